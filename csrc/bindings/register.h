@@ -1,0 +1,21 @@
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include "status.h"
+
+namespace pyserve::bindings {
+
+// Thrown by binding code for a failed core Status; translated to pyserve.errors.ServerError.
+struct StatusError {
+  Status status;
+};
+
+inline void ThrowIfError(const Status& status) {
+  if (!status.ok()) throw StatusError{status};
+}
+
+void RegisterStatus(pybind11::module_& m);
+void RegisterScheduler(pybind11::module_& m);
+
+}  // namespace pyserve::bindings

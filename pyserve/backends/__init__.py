@@ -1,0 +1,34 @@
+"""Backends: one module per framework behind the `Backend` interface.
+
+Modules are looked up by the config's backend name and imported only when a model asks for
+them, so a framework that is not installed costs nothing until a model needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pyserve.backends.base import Backend, InstanceSpec, ModelContext
+from pyserve.errors import ErrorCode, ServerError
+
+# backend name -> ("module:Class", the pip extra that installs its framework)
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("pyserve.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in _BACKENDS:
+        raise ServerError(f"unsupported backend '{name}'", ErrorCode.UNSUPPORTED)
+    target, extra = _BACKENDS[name]
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ServerError(
+            f"backend '{name}' needs a framework that is not installed ({e.name}): "
+            f"pip install 'pyserve[{extra}]'", ErrorCode.UNAVAILABLE) from None
+    return getattr(module, class_name)
+
+
+__all__ = ["Backend", "InstanceSpec", "ModelContext", "backend_class"]

@@ -1,0 +1,46 @@
+"""The interface every backend implements: one object per model instance."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pyserve.protocol import pb
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    name: str
+    version: int
+    config: pb.ModelConfig  # normalized
+    version_dir: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.version_dir / self.config.default_model_filename
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    index: int  # position among all instances of the model version
+    kind: str  # "CPU" or "GPU"
+    device_id: int = 0
+
+
+class Backend(abc.ABC):
+    """A loaded model instance. `execute` runs on the instance's worker thread, one batch at a
+    time, with batch-shaped numpy inputs (BYTES as object arrays of bytes); it returns every
+    output of the config by name."""
+
+    def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
+        self.model = model
+        self.instance = instance
+
+    @abc.abstractmethod
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Release the framework's resources; called once, after the last execute."""

@@ -1,0 +1,88 @@
+"""The `pyserve` command. It only fills ServerOptions and hands them to the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pyserve import __version__
+from pyserve.options import ServerOptions
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyserve",
+        description="A Triton-compatible inference server: KServe v2 gRPC and HTTP, "
+                    "Triton model repositories and config.pbtxt, a C++ serving core.")
+    parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="serve the models of one or more model repositories",
+        description="Serve a Triton model repository. Flag names follow tritonserver's, so a "
+                    "Triton command line works unchanged.")
+    serve.add_argument("--model-repository", "--model-store", dest="model_repositories",
+                       action="append", required=True, type=Path, metavar="DIR",
+                       help="a model repository; repeat for several")
+    net = serve.add_argument_group("network")
+    net.add_argument("--host", default="0.0.0.0",
+                     help="address the gRPC, HTTP and metrics services listen on (default: %(default)s)")
+    net.add_argument("--grpc-port", type=int, default=8001,
+                     help="gRPC port, 0 for any free one (default: %(default)s)")
+    net.add_argument("--http-port", type=int, default=8000,
+                     help="HTTP port, 0 for any free one (default: %(default)s)")
+    net.add_argument("--metrics-port", type=int, default=8002,
+                     help="Prometheus metrics port, 0 for any free one (default: %(default)s)")
+    for name in ("grpc", "http", "metrics"):
+        net.add_argument(f"--allow-{name}", type=_boolean, default=True, metavar="BOOL",
+                         help=f"serve {name} (default: true)")
+    net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
+                     metavar="BYTES", help="largest HTTP request body (default: %(default)s)")
+    models = serve.add_argument_group("models")
+    models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
+                        help="models loaded in parallel (default: %(default)s)")
+    serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
+                       help="how long shutdown waits for in-flight requests (default: %(default)s)")
+    serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
+                       help="verbose logging when > 0 (default: %(default)s)")
+    return parser
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = ServerOptions(
+        model_repositories=args.model_repositories,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        allow_grpc=args.allow_grpc,
+        allow_http=args.allow_http,
+        allow_metrics=args.allow_metrics,
+        http_max_input_size=args.http_max_input_size,
+        model_load_thread_count=args.model_load_thread_count,
+        exit_timeout_secs=args.exit_timeout_secs,
+        log_verbose=args.log_verbose,
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if options.log_verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from pyserve.server import run  # imported late: `pyserve --help` stays fast
+
+    run(options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

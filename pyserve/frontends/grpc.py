@@ -1,0 +1,204 @@
+"""The KServe v2 / Triton gRPC frontend (grpc.aio), served at Triton's service paths.
+
+Handlers are registered from the service descriptor of our private proto pool; every RPC of
+Triton's service is declared, and those pyserve does not implement yet answer UNIMPLEMENTED.
+ModelInfer and ModelStreamInfer take the raw request bytes so that tensors stay views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import AsyncIterator, Callable
+
+import grpc
+from google.protobuf.message_factory import GetMessageClass
+
+from pyserve import __version__
+from pyserve.errors import ErrorCode, ServerError
+from pyserve.frontends import codec
+from pyserve.frontends.inference import model_metadata, run_inference
+from pyserve.frontends.metrics import Metrics
+from pyserve.lifecycle import ModelManager
+from pyserve.protocol import HEALTH_SERVICE, INFERENCE_SERVICE, health, pb
+from pyserve.runner import InputTensor
+
+log = logging.getLogger("pyserve")
+
+GRPC_STATUS = {
+    ErrorCode.INVALID_ARG: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorCode.UNKNOWN: grpc.StatusCode.UNKNOWN,
+}
+
+SERVER_EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters"]
+_INT32_MAX = 2**31 - 1
+
+
+def _refusals(handler: Callable) -> Callable:
+    """Turn a ServerError into the RPC's status with Triton's text."""
+    @functools.wraps(handler)
+    async def wrapper(self, request, context):
+        try:
+            return await handler(self, request, context)
+        except ServerError as e:
+            await context.abort(GRPC_STATUS[e.code], e.message)
+    return wrapper
+
+
+class InferenceServicer:
+    """inference.GRPCInferenceService."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics | None = None) -> None:
+        self._manager = manager
+        self._metrics = metrics
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._manager.all_ready())
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="triton", version=__version__,
+                                         extensions=SERVER_EXTENSIONS)
+
+    @_refusals
+    async def ModelMetadata(self, request, context):
+        model = self._manager.get(request.name, request.version)
+        versions = [str(v.version) for v in self._manager.models[model.name].ready_versions()]
+        response = pb.ModelMetadataResponse()
+        metadata = model_metadata(model, versions)
+        response.name, response.platform = metadata["name"], metadata["platform"]
+        response.versions.extend(metadata["versions"])
+        for kind in ("inputs", "outputs"):
+            for tensor in metadata[kind]:
+                getattr(response, kind).add(**tensor)
+        return response
+
+    @_refusals
+    async def ModelConfig(self, request, context):
+        model = self._manager.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.config)
+
+    @_refusals
+    async def ModelInfer(self, request: bytes, context) -> bytes:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context):
+        """Each request runs as soon as it arrives; responses go back as they complete."""
+        responses: asyncio.Queue = asyncio.Queue()
+
+        async def one(raw: bytes) -> None:
+            try:
+                responses.put_nowait(codec.encode_stream_response(await self._infer(raw)))
+            except ServerError as e:
+                responses.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=e.message).SerializeToString())
+
+        async def read() -> None:
+            tasks = [asyncio.ensure_future(one(raw)) async for raw in requests]
+            await asyncio.gather(*tasks)
+            responses.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+
+    async def _infer(self, raw: bytes) -> bytes:
+        request, raw_inputs = codec.split_infer_request(raw)
+        inputs = _decode_inputs(request, raw_inputs)
+        requested = [o.name for o in request.outputs]
+        model, outputs = await run_inference(self._manager, request.model_name,
+                                             request.model_version, inputs, requested, request.id,
+                                             self._metrics)
+        response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
+                                         id=request.id)
+        raw_outputs = []
+        for output in outputs:
+            response.outputs.add(name=output.name, datatype=output.datatype,
+                                 shape=output.array.shape)
+            raw_outputs.append(codec.output_bytes(output.array, output.datatype))
+        return codec.encode_infer_response(response, raw_outputs)
+
+
+def _decode_inputs(request, raw_inputs: list) -> list[InputTensor]:
+    model = request.model_name
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        if raw_inputs:
+            if tensor.HasField("contents"):
+                raise ServerError(f"contents field must not be specified when using "
+                                  f"raw_input_contents for '{tensor.name}' for model '{model}'")
+            if index >= len(raw_inputs):
+                raise ServerError(f"unable to find data for input tensor '{tensor.name}' for "
+                                  f"model '{model}' in request.")
+            data = raw_inputs[index]
+        else:
+            data = codec.contents_to_bytes(tensor, model)
+        inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
+    return inputs
+
+
+class HealthServicer:
+    """grpc.health.v1.Health: SERVING once every model is ready."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    async def Check(self, request, context):
+        status = health.HealthCheckResponse.ServingStatus
+        serving = self._manager.all_ready()
+        return health.HealthCheckResponse(status=status.Value("SERVING" if serving else "NOT_SERVING"))
+
+
+async def _unimplemented(request, context):
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this RPC is not implemented by pyserve yet")
+
+
+_RAW = {"ModelInfer", "ModelStreamInfer"}  # handlers that take and return serialized bytes
+
+
+def _handlers(service, servicer) -> grpc.GenericRpcHandler:
+    handlers = {}
+    for method in service.methods:
+        raw = method.name in _RAW
+        deserialize = None if raw else GetMessageClass(method.input_type).FromString
+        serialize = None if raw else GetMessageClass(method.output_type).SerializeToString
+        behaviour = getattr(servicer, method.name, None) or _unimplemented
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour, request_deserializer=deserialize, response_serializer=serialize)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=deserialize, response_serializer=serialize)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def create_grpc_server(manager: ModelManager, address: str, metrics: Metrics | None = None,
+                       ) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server for the inference and health services; returns it and its bound port."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", _INT32_MAX),
+        ("grpc.max_receive_message_length", _INT32_MAX),
+    ])
+    server.add_generic_rpc_handlers((
+        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, metrics)),
+        _handlers(HEALTH_SERVICE, HealthServicer(manager)),
+    ))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind the gRPC frontend to {address}")
+    return server, port

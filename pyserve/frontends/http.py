@@ -1,0 +1,204 @@
+"""The KServe v2 HTTP/REST frontend (aiohttp), with Triton's binary tensor extension."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from aiohttp import web
+
+from pyserve import __version__
+from pyserve.config import config_to_json
+from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
+from pyserve.errors import ServerError, http_status
+from pyserve.frontends import codec
+from pyserve.frontends.grpc import SERVER_EXTENSIONS
+from pyserve.frontends.inference import OutputTensor, model_metadata, run_inference
+from pyserve.frontends.metrics import Metrics
+from pyserve.frontends.sockets import listen
+from pyserve.lifecycle import ModelManager
+from pyserve.runner import InputTensor
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_MODEL = "/v2/models/{model}"
+_VERSION = "/v2/models/{model}/versions/{version:[0-9]+}"
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _refusals(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ServerError as e:
+        return _error(e.message, http_status(e.code))
+
+
+class HttpFrontend:
+    def __init__(self, manager: ModelManager, metrics: Metrics | None = None) -> None:
+        self._manager = manager
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        routes = [
+            web.get("/v2/health/live", self.live),
+            web.get("/v2/health/ready", self.ready),
+            web.get("/v2", self.server_metadata),
+        ]
+        for base in (_MODEL, _VERSION):
+            routes += [
+                web.get(base, self.model_metadata),
+                web.get(base + "/ready", self.model_ready),
+                web.get(base + "/config", self.model_config),
+                web.post(base + "/infer", self.infer),
+            ]
+        return routes
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self._manager.all_ready() else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"name": "triton", "version": __version__, "extensions": SERVER_EXTENSIONS})
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        return web.Response(status=200 if self._manager.is_ready(name, version) else 400)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        model = self._manager.get(request.match_info["model"], request.match_info.get("version", ""))
+        versions = [str(v.version) for v in self._manager.models[model.name].ready_versions()]
+        return web.json_response(model_metadata(model, versions))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        model = self._manager.get(request.match_info["model"], request.match_info.get("version", ""))
+        return web.json_response(config_to_json(model.config))
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        body = await request.read()
+        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        inputs, offset = [], 0
+        for spec in header.get("inputs", []):
+            tensor, offset = _decode_input(spec, binary, offset, name)
+            inputs.append(tensor)
+        if offset != len(binary):
+            raise ServerError(f"unexpected additional input data for model '{name}'")
+
+        binary_default = bool(header.get("parameters", {}).get("binary_data_output", False))
+        requested = header.get("outputs") or []
+        model, outputs = await run_inference(self._manager, name, version, inputs,
+                                             [o["name"] for o in requested], str(header.get("id", "")),
+                                             self._metrics)
+        as_binary = {o["name"]: bool(o.get("parameters", {}).get("binary_data", binary_default))
+                     for o in requested}
+        response = {"model_name": model.name, "model_version": str(model.version)}
+        if header.get("id"):
+            response["id"] = header["id"]
+        response["outputs"], chunks = _encode_outputs(
+            outputs, lambda n: as_binary.get(n, binary_default))
+        if not chunks:
+            return web.json_response(response)
+        head = json.dumps(response).encode()
+        return web.Response(body=b"".join([head, *chunks]),
+                            headers={HEADER_LENGTH: str(len(head)),
+                                     "Content-Type": "application/octet-stream"})
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    view = memoryview(body)
+    length = len(body)
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise ServerError(f"Unable to parse {HEADER_LENGTH}, got: {header_length}") from None
+        if length == 0:
+            raise ServerError(f"must specify valid 'Infer-Header-Content-Length' in request header "
+                              "and 'binary_data_size' when passing inputs in binary data format")
+        if length < 0 or length > len(body):
+            raise ServerError(f"inference header size should be in range (0, {len(body)}), "
+                              f"got: {header_length}")
+    try:
+        header = json.loads(view[:length].tobytes() if length != len(body) else body)
+    except ValueError as e:
+        raise ServerError(f"failed to parse the request JSON buffer: {e}") from None
+    if not isinstance(header, dict):
+        raise ServerError("failed to parse the request JSON buffer: expected a JSON object")
+    return header, view[length:]
+
+
+def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tuple[InputTensor, int]:
+    try:
+        name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
+    size = spec.get("parameters", {}).get("binary_data_size")
+    has_data = "data" in spec
+    if (size is None) == (not has_data):
+        which = "But no field is set" if size is None else "But set 'data' 'binary_data_size'"
+        raise ServerError("Input must set only one of the following fields: 'data', "
+                          "'binary_data_size' in 'parameters', 'shared_memory_region' in "
+                          f"'parameters'. {which}")
+    if size is not None:
+        size = int(size)
+        if size < 0 or size > len(binary) - offset:
+            raise ServerError(f"unexpected size for input '{name}', expecting "
+                              f"{len(binary) - offset} additional bytes for model '{model}'")
+        return InputTensor(name, datatype, shape, binary[offset:offset + size]), offset + size
+    return InputTensor(name, datatype, shape, _json_data(name, datatype, shape, spec["data"])), offset
+
+
+def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
+    if datatype in ("FP16", "BF16"):
+        raise ServerError(f"receiving {datatype} data via JSON is not supported. Please use the "
+                          f"binary data format for input {name}")
+    if datatype not in NUMPY_DTYPE:
+        raise ServerError(f"invalid datatype for input {name}")
+    try:
+        if datatype == "BYTES":
+            array = np.array(data, dtype=np.object_).reshape(-1)
+        else:
+            array = np.array(data, dtype=NUMPY_DTYPE[datatype]).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ServerError(f"Unable to parse 'data': {e}") from None
+    if array.size != int(np.prod(shape)):
+        raise ServerError("Unable to parse 'data': Shape does not match true shape of 'data' field")
+    return serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+
+
+def _encode_outputs(outputs: list[OutputTensor], binary) -> tuple[list[dict], list]:
+    described, chunks = [], []
+    for output in outputs:
+        entry = {"name": output.name, "datatype": output.datatype,
+                 "shape": list(output.array.shape)}
+        if binary(output.name):
+            data = codec.output_bytes(output.array, output.datatype)
+            entry["parameters"] = {"binary_data_size": memoryview(data).nbytes}
+            chunks.append(data)
+        elif output.datatype in ("FP16", "BF16"):
+            raise ServerError(f"sending {output.datatype} data via JSON is not supported. Please "
+                              "use the binary data format for output")
+        elif output.datatype == "BYTES":
+            entry["data"] = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+                             for item in output.array.reshape(-1)]
+        else:
+            entry["data"] = output.array.reshape(-1).tolist()
+        described.append(entry)
+    return described, chunks
+
+
+async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int,
+                            metrics: Metrics | None = None) -> tuple[web.AppRunner, int]:
+    app = web.Application(middlewares=[_refusals], client_max_size=max_input_size)
+    app.add_routes(HttpFrontend(manager, metrics).routes())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = listen(host, port)
+    await web.SockSite(runner, sock).start()
+    return runner, sock.getsockname()[1]

@@ -1,0 +1,91 @@
+"""Server: wires options, the model manager and the frontends; startup, serve, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from pyserve.devices import gpu_count
+from pyserve.frontends.grpc import create_grpc_server
+from pyserve.frontends.http import start_http_server
+from pyserve.frontends.metrics import Metrics, start_metrics_server
+from pyserve.lifecycle import ModelManager
+from pyserve.options import ServerOptions
+
+log = logging.getLogger("pyserve")
+
+
+class Server:
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.manager: ModelManager | None = None
+        self.grpc_port = self.http_port = self.metrics_port = 0
+        self._grpc = None
+        self._runners = []  # aiohttp AppRunners: HTTP and metrics
+        self._should_exit = asyncio.Event()
+
+    async def start(self) -> None:
+        options = self.options
+        self.manager = ModelManager(options.model_repositories, asyncio.get_running_loop(),
+                                    gpu_count(), options.model_load_thread_count)
+        await self.manager.load_all()
+        metrics = Metrics() if options.allow_metrics else None
+        if options.allow_grpc:
+            self._grpc, self.grpc_port = create_grpc_server(
+                self.manager, f"{options.host}:{options.grpc_port}", metrics)
+            await self._grpc.start()
+            log.info("Started GRPCInferenceService at %s:%d", options.host, self.grpc_port)
+        if options.allow_http:
+            runner, self.http_port = await start_http_server(
+                self.manager, options.host, options.http_port, options.http_max_input_size,
+                metrics)
+            self._runners.append(runner)
+            log.info("Started HTTPService at %s:%d", options.host, self.http_port)
+        if metrics is not None:
+            runner, self.metrics_port = await start_metrics_server(
+                metrics, options.host, options.metrics_port)
+            self._runners.append(runner)
+            log.info("Started Metrics Service at %s:%d", options.host, self.metrics_port)
+
+    async def stop(self) -> None:
+        """Refuse new requests, let in-flight ones finish (up to exit_timeout_secs), then
+        unload the models."""
+        grace = self.options.exit_timeout_secs
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        for runner in self._runners:
+            await runner.shutdown()
+            await runner.cleanup()
+        if self.manager is not None:
+            await asyncio.to_thread(self.manager.unload_all)
+        log.info("pyserve stopped")
+
+    def request_exit(self) -> None:
+        self._should_exit.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+        try:
+            await self.start()
+            await self._should_exit.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            loop.add_signal_handler(signal.SIGINT, self._force_exit)
+            await self.stop()
+
+    def _on_signal(self) -> None:
+        log.info("shutting down (signal again to force)")
+        self.request_exit()
+
+    @staticmethod
+    def _force_exit() -> None:
+        os._exit(1)
+
+
+def run(options: ServerOptions) -> None:
+    asyncio.run(Server(options).serve())
