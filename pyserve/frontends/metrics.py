@@ -1,35 +1,51 @@
-"""Prometheus metrics on their own port, with Triton's metric names."""
+"""Prometheus metrics on their own port, with Triton's metric names.
+
+prometheus_client's Counter would expose `<name>_total`; Triton's counters carry no suffix
+(`nv_inference_request_success`), so the counters are kept here and exposed by a collector.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from pyserve.frontends.sockets import listen
+
+_COUNTERS = {
+    "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
+    "nv_inference_request_failure": "Number of failed inference requests, all batch sizes",
+    "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
+}
 
 
 class Metrics:
     def __init__(self) -> None:
+        self._values: dict[str, dict[tuple[str, str], float]] = {
+            name: defaultdict(float) for name in _COUNTERS}
         self.registry = CollectorRegistry()
-        labels = ["model", "version"]
-        self.success = Counter("nv_inference_request_success",
-                               "Number of successful inference requests, all batch sizes",
-                               labels, registry=self.registry)
-        self.failure = Counter("nv_inference_request_failure",
-                               "Number of failed inference requests, all batch sizes",
-                               labels, registry=self.registry)
-        self.duration_us = Counter("nv_inference_request_duration_us",
-                                   "Cumulative inference request duration in microseconds",
-                                   labels, registry=self.registry)
+        self.registry.register(self)
 
     def observe(self, model: str, version: str, ok: bool, duration_us: float) -> None:
-        (self.success if ok else self.failure).labels(model, version).inc()
+        key = (model, version)
         if ok:
-            self.duration_us.labels(model, version).inc(duration_us)
+            self._values["nv_inference_request_success"][key] += 1
+            self._values["nv_inference_request_duration_us"][key] += duration_us
+        else:
+            self._values["nv_inference_request_failure"][key] += 1
+
+    def collect(self):
+        for name, documentation in _COUNTERS.items():
+            metric = Metric(name, documentation, "counter")
+            for (model, version), value in sorted(self._values[name].items()):
+                metric.add_sample(name, {"model": model, "version": version}, value)
+            yield metric
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def start_metrics_server(metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -1,0 +1,86 @@
+"""Shared fixtures: real pyserve processes on 127.0.0.1, started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Server processes run outside the checkout, so that `-m` imports the installed pyserve
+# (with its compiled core) rather than the source folder.
+OUTSIDE = Path(tempfile.gettempdir())
+PYSERVE = [sys.executable, "-m", "pyserve.cli"]
+EXAMPLES = ROOT / "examples" / "model_repository"
+_PORT_LINE = re.compile(r"Started (GRPCInferenceService|HTTPService|Metrics Service) at [^:]+:(\d+)")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(repositories: list[Path], log_path: Path, *extra: str,
+                 timeout: float = 60) -> ServerProcess:
+    """Start `pyserve serve` on free ports and wait until all three services listen."""
+    command = [*PYSERVE, "serve", "--host", "127.0.0.1",
+               "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *extra]
+    for repository in repositories:
+        command += ["--model-repository", str(repository)]
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=OUTSIDE)
+    log_file.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ports = dict(_PORT_LINE.findall(log_path.read_text()))
+        if len(ports) == 3:
+            return ServerProcess(process, int(ports["GRPCInferenceService"]),
+                                 int(ports["HTTPService"]), int(ports["Metrics Service"]),
+                                 log_path)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"pyserve did not start:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def example_server(tmp_path_factory) -> ServerProcess:
+    """One server on the example repository, shared by the tests that only send requests."""
+    server = start_server([EXAMPLES], tmp_path_factory.mktemp("logs") / "example_server.log")
+    yield server
+    server.stop()

@@ -1,0 +1,68 @@
+"""config.pbtxt parsing, validation and Triton's normalization."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyserve.config import ConfigError, config_to_json, normalize, parse_config
+
+SIMPLE = """
+# Triton's example, in the forms real configs use
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size : 8
+input [ { name: "INPUT0", data_type: TYPE_INT32, dims: [ 16 ] } ]
+input { name: "INPUT1"; data_type: TYPE_INT32; dims: [ 16 ] }
+output [
+  { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
+]
+dynamic_batching: { }
+parameters { key: "x" value: { string_value: "5" } }
+"""
+
+
+def test_parse_and_normalize_like_triton():
+    config = normalize(parse_config(SIMPLE), "simple")
+    assert [i.name for i in config.input] == ["INPUT0", "INPUT1"]
+    assert config.backend == "onnxruntime"
+    assert config.default_model_filename == "model.onnx"
+    assert config.version_policy.latest.num_versions == 1
+    assert list(config.dynamic_batching.preferred_batch_size) == [8]
+    assert config.optimization.input_pinned_memory.enable
+    (group,) = config.instance_group
+    assert (group.name, group.count) == ("simple", 2)  # onnxruntime CPU default is 2
+    assert group.kind == group.Kind.Value("KIND_CPU")
+
+
+def test_json_form_prints_int64_fields_as_numbers():
+    config = normalize(parse_config(SIMPLE + "model_warmup { name: 'w' batch_size: 1 inputs { "
+                                    "key: 'INPUT0' value { data_type: TYPE_INT32 dims: [16] "
+                                    "zero_data: true } } }"), "simple")
+    doc = config_to_json(config)
+    assert doc["input"][0]["dims"] == [16]
+    assert doc["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    assert doc["dynamic_batching"]["preferred_batch_size"] == [8]
+    assert doc["model_warmup"][0]["inputs"]["INPUT0"]["dims"] == [16]
+    assert doc["max_batch_size"] == 8 and doc["name"] == "simple"
+
+
+def test_parse_error_names_file_and_line():
+    with pytest.raises(ConfigError) as error:
+        parse_config('name: "m"\nplatform: "onnxruntime_onnx"\nbogus_field: 3\n', "m/config.pbtxt")
+    assert "m/config.pbtxt:3:" in error.value.message
+    assert "bogus_field" in error.value.message
+
+
+@pytest.mark.parametrize("text, message", [
+    ('platform: "onnxruntime_onnx" max_batch_size: -1', "'max_batch_size' must be non-negative"),
+    ('max_batch_size: 1', "must specify 'platform' or 'backend'"),
+    ('platform: "onnxruntime_onnx" max_batch_size: 4 dynamic_batching { preferred_batch_size: 8 }',
+     "dynamic batching preferred size must be <= max batch size"),
+    ('name: "other" platform: "onnxruntime_onnx"', "expected 'm'"),
+    ('platform: "onnxruntime_onnx" instance_group { kind: KIND_GPU }', "no GPUs are available"),
+])
+def test_invalid_configs_are_refused(text, message):
+    with pytest.raises(ConfigError) as error:
+        normalize(parse_config(text), "m", gpu_count=0)
+    assert message in error.value.message
