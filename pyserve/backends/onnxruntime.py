@@ -46,10 +46,20 @@ class OnnxRuntimeBackend(Backend):
         return ["CPUExecutionProvider"]
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {name: (value.astype(np.str_) if value.dtype == np.object_ else value)
+        feeds = {name: (_as_text(name, value) if value.dtype == np.object_ else value)
                  for name, value in inputs.items()}
         results = self._session.run(self._outputs, feeds)
         return dict(zip(self._outputs, results))
 
     def close(self) -> None:
         self._session = None
+
+
+def _as_text(name: str, value: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's Python API takes string tensors as `str` objects (it would turn `bytes`
+    into their repr), and hands them back as `str`; BYTES elements must therefore be UTF-8."""
+    try:
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in value.reshape(-1)],
+                        dtype=np.object_).reshape(value.shape)
+    except UnicodeDecodeError as e:
+        raise ServerError(f"input '{name}': ONNX Runtime string tensors must be UTF-8 ({e})") from None

@@ -84,18 +84,20 @@ class HttpFrontend:
         body = await request.read()
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         inputs, offset = [], 0
-        for spec in header.get("inputs", []):
+        for spec in _objects(header, "inputs"):
             tensor, offset = _decode_input(spec, binary, offset, name)
             inputs.append(tensor)
         if offset != len(binary):
             raise ServerError(f"unexpected additional input data for model '{name}'")
 
-        binary_default = bool(header.get("parameters", {}).get("binary_data_output", False))
-        requested = header.get("outputs") or []
+        binary_default = bool(_parameters(header).get("binary_data_output", False))
+        requested = _objects(header, "outputs")
+        if any(not isinstance(o.get("name"), str) for o in requested):
+            raise ServerError("each requested output must have a string 'name'")
         model, outputs = await run_inference(self._manager, name, version, inputs,
                                              [o["name"] for o in requested], str(header.get("id", "")),
                                              self._metrics)
-        as_binary = {o["name"]: bool(o.get("parameters", {}).get("binary_data", binary_default))
+        as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}
         if header.get("id"):
@@ -126,11 +128,35 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
                               f"got: {header_length}")
     try:
         header = json.loads(view[:length].tobytes() if length != len(body) else body)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
+        raise ServerError(f"failed to parse the request JSON buffer: "
+                          f"{_RAPIDJSON_TEXT.get(e.msg, e.msg + '.')} at {e.pos}") from None
+    except ValueError as e:  # not UTF-8
         raise ServerError(f"failed to parse the request JSON buffer: {e}") from None
     if not isinstance(header, dict):
         raise ServerError("failed to parse the request JSON buffer: expected a JSON object")
     return header, view[length:]
+
+
+# Triton parses with RapidJSON; clients and scripts match its wording.
+_RAPIDJSON_TEXT = {
+    "Expecting value": "Invalid value.",
+    "Extra data": "The document root must not be followed by other values.",
+}
+
+
+def _objects(header: dict, key: str) -> list[dict]:
+    value = header.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ServerError(f"'{key}' must be a JSON array of objects")
+    return value
+
+
+def _parameters(entry: dict) -> dict:
+    value = entry.get("parameters", {})
+    if not isinstance(value, dict):
+        raise ServerError("'parameters' must be a JSON object")
+    return value
 
 
 def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tuple[InputTensor, int]:
@@ -138,7 +164,7 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tu
         name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
     except (KeyError, TypeError, ValueError) as e:
         raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
-    size = spec.get("parameters", {}).get("binary_data_size")
+    size = _parameters(spec).get("binary_data_size")
     has_data = "data" in spec
     if (size is None) == (not has_data):
         which = "But no field is set" if size is None else "But set 'data' 'binary_data_size'"

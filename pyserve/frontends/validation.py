@@ -7,7 +7,7 @@ import math
 import struct
 from typing import Sequence
 
-from pyserve.datatypes import ELEMENT_SIZE, wire_name
+from pyserve.datatypes import ELEMENT_SIZE, NUMPY_DTYPE, wire_name
 from pyserve.errors import ServerError
 from pyserve.protocol import pb
 from pyserve.runner import InputTensor
@@ -27,6 +27,12 @@ def _names(names: Sequence[str]) -> str:
     return "[" + ",".join(f"'{n}'" for n in names) + "]"
 
 
+def _missing(names: Sequence[str]) -> str:
+    # Triton pops the last character of "[" + "'a'," ... before adding "]": with nothing
+    # missing that is the "[" itself, so the list renders as a lone "]".
+    return _names(names) if names else "]"
+
+
 def validate_request(config: pb.ModelConfig, inputs: Sequence[InputTensor],
                      requested_outputs: Sequence[str], request_id: str = "") -> int:
     """Raise ServerError(INVALID_ARG) for a request the model cannot run; return its batch size
@@ -42,13 +48,15 @@ def validate_request(config: pb.ModelConfig, inputs: Sequence[InputTensor],
     given = [t.name for t in inputs]
     required = [i.name for i in config.input if not i.optional]
     missing = [name for name in required if name not in given]
-    if len(inputs) > len(config_inputs) or missing:
+    # Triton compares counts only: a wrong name in place of a required one is reported by the
+    # unknown-input check below, not here.
+    if len(inputs) > len(config_inputs) or len(inputs) < len(required):
         counts = (f"expected {len(config_inputs)} inputs" if len(required) == len(config_inputs)
                   else f"expected number of inputs between {len(required)} and "
                        f"{len(config_inputs)}")
         raise ServerError(
             f"{prefix}{counts} but got {len(inputs)} inputs for model '{model}'. Got input(s) "
-            f"{_names(given)}, but missing required input(s) {_names(missing)}. Please provide "
+            f"{_names(given)}, but missing required input(s) {_missing(missing)}. Please provide "
             "all required input(s).")
     for tensor in inputs:
         if tensor.name not in config_inputs:
@@ -79,8 +87,10 @@ def _validate_input(config: pb.ModelConfig, spec: pb.ModelInput, tensor: InputTe
     model = config.name
     expected_type = wire_name(spec.data_type)
     if tensor.datatype != expected_type:
+        # Triton parses the wire name first; a name it does not know becomes TYPE_INVALID.
+        given_type = tensor.datatype if tensor.datatype in NUMPY_DTYPE else "INVALID"
         raise ServerError(f"{prefix}inference input '{tensor.name}' data-type is "
-                          f"'{tensor.datatype}', but model '{model}' expects '{expected_type}'")
+                          f"'{given_type}', but model '{model}' expects '{expected_type}'")
     if any(d < 0 for d in tensor.shape):
         raise ServerError(f"{prefix}All input dimensions should be specified for input "
                           f"'{tensor.name}' for model '{model}', got {_dims(tensor.shape)}")

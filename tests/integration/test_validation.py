@@ -29,6 +29,8 @@ BATCH_NOTE = (
     "be prepended to each input shape. If you want to specify the full shape including the "
     "batch dim in your input dims config, try setting max_batch_size to zero. See the model "
     "configuration docs for more info on max_batch_size.")
+SHORT_INPUT0 = (NO_ID + "input byte size mismatch for input 'INPUT0' for model 'simple'. "
+                "Expected 64, got 60")
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404}
 PROTOCOLS = ["grpc", "http"]
@@ -204,6 +206,10 @@ NARROW = np.zeros((1, 8), dtype=np.int32)
 NINE = np.zeros((9, 16), dtype=np.int32)
 
 CONFIG_CASES = {
+    "no inputs": (
+        {}, (),
+        NO_ID + "expected 2 inputs but got 0 inputs for model 'simple'. Got input(s) [], but "
+        "missing required input(s) ['INPUT0','INPUT1']. Please provide all required input(s)."),
     "missing input": (
         {"INPUT0": A}, (),
         NO_ID + "expected 2 inputs but got 1 inputs for model 'simple'. Got input(s) ['INPUT0'], "
@@ -259,7 +265,7 @@ def test_raw_contents_shorter_than_shape_grpc(server):
                            INPUT0=int32_input(), INPUT1=int32_input())
     assert raw_grpc_refusal(server, request) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        NO_ID + "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 60")
+        SHORT_INPUT0)
     assert_serves(server)
 
 
@@ -270,7 +276,7 @@ def binary_input(name: str, size: int, shape=(1, 16), datatype="INT32") -> dict:
 
 @pytest.mark.parametrize("sizes, chunks, message", [
     ((60, 64), (A.tobytes()[:60], B.tobytes()),
-     NO_ID + "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 60"),
+     SHORT_INPUT0),
     ((64, 80), (A.tobytes(), B.tobytes()),
      "unexpected size for input 'INPUT1', expecting 64 additional bytes for model 'simple'"),
     ((64, 64), (A.tobytes(), B.tobytes(), b"\0" * 8),
@@ -285,7 +291,9 @@ def test_binary_data_size_http(server, sizes, chunks, message):
 
 # ------------------------------------------------------------------------------------ BYTES
 
-STRINGS = np.array([[b"hello", b"", "gr\u00fc\u00df".encode(), b"x" * 300]], dtype=np.object_)
+STRINGS = np.array([[b"hello", b"", b"a b", b"x" * 300]], dtype=np.object_)
+UTF8_STRINGS = np.array([["gr\u00fc\u00df".encode(), "\u65e5\u672c".encode(), b"", b"z"]],
+                        dtype=np.object_)
 
 BYTES_CASES = {
     "broken length prefix": (
@@ -308,14 +316,23 @@ BYTES_CASES = {
 }
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_bytes_round_trip(strings_server, protocol):
-    module, triton = client(strings_server, protocol)
-    result = triton.infer("strings", [tensor(module, "INPUT0", STRINGS)])
+def bytes_round_trip(server, protocol: str, strings: np.ndarray) -> None:
+    module, triton = client(server, protocol)
+    result = triton.infer("strings", [tensor(module, "INPUT0", strings)])
     triton.close()
     output = result.as_numpy("OUTPUT0")
-    assert output.shape == (1, 4)
-    assert list(output.reshape(-1)) == list(STRINGS.reshape(-1))
+    assert output.shape == strings.shape
+    assert list(output.reshape(-1)) == list(strings.reshape(-1))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bytes_round_trip(strings_server, protocol):
+    bytes_round_trip(strings_server, protocol, STRINGS)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_utf8_bytes_round_trip(strings_server, protocol):
+    bytes_round_trip(strings_server, protocol, UTF8_STRINGS)
 
 
 @pytest.mark.parametrize("case", BYTES_CASES)
@@ -324,7 +341,7 @@ def test_bad_bytes_grpc(strings_server, case):
     request = grpc_request("strings", raw=[data],
                            INPUT0={"datatype": "BYTES", "shape": [1, 4]})
     assert raw_grpc_refusal(strings_server, request) == (grpc.StatusCode.INVALID_ARGUMENT, message)
-    test_bytes_round_trip(strings_server, "grpc")
+    bytes_round_trip(strings_server, "grpc", STRINGS)
 
 
 @pytest.mark.parametrize("case", BYTES_CASES)
@@ -332,7 +349,7 @@ def test_bad_bytes_http(strings_server, case):
     data, message = BYTES_CASES[case]
     body, headers = binary_body([binary_input("INPUT0", len(data), (1, 4), "BYTES")], [data])
     assert post_refusal(strings_server, "strings", body, headers) == (400, message)
-    test_bytes_round_trip(strings_server, "http")
+    bytes_round_trip(strings_server, "http", STRINGS)
 
 
 # ------------------------------------------------------------------------- gRPC tensor data
@@ -358,10 +375,15 @@ GRPC_CASES = {
                      INPUT1=int32_input(contents={"int_contents": B.ravel().tolist()})),
         "unexpected explicit tensor data for input tensor 'INPUT0' for model 'simple', binary "
         "data was already supplied."),
+    "unknown datatype": (
+        grpc_request(raw=[A.tobytes(), B.tobytes()],
+                     INPUT0={"datatype": "FOO", "shape": [1, 16]}, INPUT1=int32_input()),
+        NO_ID + "inference input 'INPUT0' data-type is 'INVALID', but model 'simple' expects "
+        "'INT32'"),
     "typed count short": (
         grpc_request(INPUT0=int32_input(contents={"int_contents": list(range(15))}),
                      INPUT1=int32_input(contents={"int_contents": B.ravel().tolist()})),
-        NO_ID + "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 60"),
+        SHORT_INPUT0),
 }
 
 
@@ -404,8 +426,6 @@ def test_invalid_json_http(server):
     assert_serves(server)
 
 
-@pytest.mark.xfail(strict=True, reason="http.py reports Python's json error text, not RapidJSON's "
-                                       "(Triton: 'Invalid value. at 0')")
 def test_invalid_json_text_http(server):
     assert post_refusal(server, "simple", b"not json") == (
         400, "failed to parse the request JSON buffer: Invalid value. at 0")
@@ -416,19 +436,56 @@ def test_json_data_count_http(server, count):
     body = json.dumps({"inputs": [json_input("INPUT0", list(range(count))),
                                   json_input("INPUT1", B.ravel().tolist())]}).encode()
     status, message = post_refusal(server, "simple", body)
-    # Triton's inner status here is INTERNAL: 2023 servers answer 400, newer ones 500.
-    assert status in (400, 500)
+    # Triton's inner status here is INTERNAL (500 on newer servers); a client error is a 400.
+    assert status == 400
     assert message == "Unable to parse 'data': Shape does not match true shape of 'data' field"
     assert_serves(server)
 
 
-def test_fp16_json_http(server):
-    body = json.dumps({"inputs": [json_input("INPUT0", [0.5] * 16, datatype="FP16"),
-                                  json_input("INPUT1", B.ravel().tolist())]}).encode()
-    assert post_refusal(server, "simple", body) == (
-        400, "receiving FP16 data via JSON is not supported. Please use the binary data format "
-             "for input INPUT0")
+ONLY_ONE = ("Input must set only one of the following fields: 'data', 'binary_data_size' in "
+            "'parameters', 'shared_memory_region' in 'parameters'. ")
+
+JSON_INPUT_CASES = {
+    "FP16 data": (
+        json_input("INPUT0", [0.5] * 16, datatype="FP16"),
+        "receiving FP16 data via JSON is not supported. Please use the binary data format for "
+        "input INPUT0"),
+    "unknown datatype": (
+        json_input("INPUT0", A.ravel().tolist(), datatype="FOO"),
+        "invalid datatype for input INPUT0"),
+    "no data field": (
+        {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16]},
+        ONLY_ONE + "But no field is set"),
+    "data and binary size": (
+        {**json_input("INPUT0", A.ravel().tolist()), "parameters": {"binary_data_size": 64}},
+        ONLY_ONE + "But set 'data' 'binary_data_size'"),
+}
+
+
+@pytest.mark.parametrize("case", JSON_INPUT_CASES)
+def test_json_input_http(server, case):
+    spec, message = JSON_INPUT_CASES[case]
+    body = json.dumps({"inputs": [spec, json_input("INPUT1", B.ravel().tolist())]}).encode()
+    assert post_refusal(server, "simple", body) == (400, message)
     assert_serves(server)
+
+
+MISSHAPEN = {
+    "input parameters not an object": {"inputs": [
+        {**json_input("INPUT0", A.ravel().tolist()), "parameters": []},
+        json_input("INPUT1", B.ravel().tolist())]},
+    "request parameters not an object": {"parameters": [], "inputs": [
+        json_input("INPUT0", A.ravel().tolist()), json_input("INPUT1", B.ravel().tolist())]},
+    "output without name": {"outputs": [{}], "inputs": [
+        json_input("INPUT0", A.ravel().tolist()), json_input("INPUT1", B.ravel().tolist())]},
+}
+
+
+@pytest.mark.parametrize("case", MISSHAPEN)
+def test_misshapen_header_http(server, case):
+    status, answer = post(server, "simple", json.dumps(MISSHAPEN[case]).encode())
+    assert status == 400, answer
+    assert json.loads(answer)["error"]
 
 
 def test_header_length_past_body_http(server):
