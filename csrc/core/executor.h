@@ -1,16 +1,24 @@
 // Executor: what a model instance is to the core. The scheduler hands it one batch at a time on
-// the instance's worker thread; it must complete every request of the batch (deliver outputs or
-// an error to whoever enqueued them) before returning or later, never drop one.
+// the instance's worker thread. Execute() must complete every request of the batch (deliver
+// outputs or an error to whoever enqueued them), and it may stamp batch.times.infer_start,
+// infer_end and output_end; the scheduler stamps what it leaves at zero.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "request.h"
+#include "status.h"
 
 namespace pyserve {
 
 class Executor {
  public:
   virtual ~Executor() = default;
-  virtual void Execute(Batch& batch) = 0;
+  // Returns the batch's outcome, for statistics; requests are completed either way.
+  virtual Status Execute(Batch& batch) = 0;
+  // Completes requests the core refuses after accepting them (e.g. "Request timeout expired").
+  virtual void Reject(const std::vector<uint64_t>& request_ids, const Status& status) = 0;
 };
 
 }  // namespace pyserve

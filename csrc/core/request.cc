@@ -1,5 +1,7 @@
 #include "request.h"
 
+#include <chrono>
+
 namespace pyserve {
 
 size_t ElementSize(DataType dtype) {
@@ -24,6 +26,12 @@ size_t ElementSize(DataType dtype) {
     default:
       return 0;
   }
+}
+
+uint64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace pyserve

@@ -45,15 +45,46 @@ struct TensorView {
 struct InferRequest {
   uint64_t id = 0;  // the frontend's key for delivering the completion
   std::vector<TensorView> inputs;
-  uint64_t enqueue_ns = 0;  // steady clock, stamped by the scheduler
+  uint32_t batch_size = 1;   // the first dimension when the model batches, else 1
+  uint64_t priority = 0;     // the request's `priority` parameter; 0 = default level
+  uint64_t timeout_us = 0;   // the request's `timeout` parameter; 0 = none
+
+  // Stamped by the scheduler (steady clock, ns).
+  uint64_t enqueue_ns = 0;
+  uint64_t deadline_ns = 0;  // 0 = never times out
+  uint32_t priority_level = 0;  // index into the batcher's per-level queues
+};
+
+// Durations of one batch's phases, stamped as it runs (steady clock, ns).
+struct BatchTimes {
+  uint64_t input_start = 0;   // gather begins
+  uint64_t infer_start = 0;   // the executor begins computing
+  uint64_t infer_end = 0;     // the executor's compute is done
+  uint64_t output_end = 0;    // every completion has been handed off
 };
 
 // What one model instance runs at once. `inputs` are the batch's tensors: for a batch of a
-// single request they alias that request's bytes (no copy).
+// single request they alias that request's bytes (no copy); otherwise they point into one
+// gathered host buffer per input.
 struct Batch {
   std::vector<std::unique_ptr<InferRequest>> requests;
   std::vector<TensorView> inputs;
   int instance = 0;
+  BatchTimes times;
+  std::vector<std::shared_ptr<void>> buffers;  // keeps gathered memory until the batch ends
+  // GPU instances that asked for device inputs: copies of `inputs` on `device`, enqueued on
+  // `stream` (the executor orders its work on the same stream).
+  int device = -1;
+  void* stream = nullptr;
+  std::vector<TensorView> device_inputs;
+
+  uint32_t Size() const {
+    uint32_t total = 0;
+    for (const auto& r : requests) total += r->batch_size;
+    return total;
+  }
 };
+
+uint64_t SteadyNowNs();
 
 }  // namespace pyserve

@@ -1,96 +1,360 @@
 #include "scheduler.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 
 namespace pyserve {
 
 namespace {
-uint64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+
+Notifier::Clock::time_point AtSteadyNs(uint64_t ns) {
+  return Notifier::Clock::time_point(std::chrono::nanoseconds(ns));
 }
+
+const TensorView* FindInput(const InferRequest& request, const std::string& name) {
+  for (const auto& t : request.inputs) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+int64_t ElementCount(const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  return count;
+}
+
 }  // namespace
 
 Status Scheduler::Create(const SchedulerOptions& options, std::shared_ptr<Executor> executor,
                          std::unique_ptr<Scheduler>* scheduler) {
+  const std::string model = "model '" + options.model_name + "'";
   if (options.instance_count < 1) {
-    return Status(StatusCode::kInvalidArg, "instance count must be at least 1 for model '" +
-                                               options.model_name + "'");
+    return Status(StatusCode::kInvalidArg, "instance count must be at least 1 for " + model);
+  }
+  if (!options.instance_devices.empty() &&
+      options.instance_devices.size() != static_cast<size_t>(options.instance_count)) {
+    return Status(StatusCode::kInvalidArg, "one device per instance is needed for " + model);
   }
   if (!executor) return Status(StatusCode::kInvalidArg, "scheduler needs an executor");
+  const CudaRuntime* cuda = CudaRuntime::Get();
+  for (int device : options.instance_devices) {
+    if (device >= 0 && options.device_inputs && (cuda == nullptr || device >= cuda->device_count())) {
+      return Status(StatusCode::kUnavailable,
+                    "GPU " + std::to_string(device) + " is not available for " + model);
+    }
+  }
   scheduler->reset(new Scheduler(options, std::move(executor)));
+  (*scheduler)->Start();
   return Status::OK();
 }
 
 Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> executor)
-    : options_(options), executor_(std::move(executor)), queue_(options.queue_capacity) {
-  workers_.reserve(options_.instance_count);
-  for (int i = 0; i < options_.instance_count; ++i) {
-    workers_.emplace_back([this, i] { WorkerLoop(i); });
+    : options_(options),
+      executor_(std::move(executor)),
+      pool_(HostMemoryPool::Global()),
+      instances_(options.instance_count),
+      ingress_(options.queue_capacity),
+      ready_(std::max<size_t>(2, 2 * options.instance_count)) {
+  const CudaRuntime* cuda = CudaRuntime::Get();
+  for (size_t i = 0; i < instances_.size(); ++i) {
+    Instance& instance = instances_[i];
+    instance.device = options_.instance_devices.empty() ? -1 : options_.instance_devices[i];
+    if (instance.device >= 0 && options_.device_inputs && cuda != nullptr) {
+      instance.stream = cuda->CreateStream(instance.device);
+    }
+  }
+  if (options_.dynamic_batching) {
+    batcher_ = std::make_unique<DynamicBatcher>(options_.batching);
+    level_queued_.reset(new std::atomic<uint32_t>[batcher_->LevelCount()]);
+    for (uint32_t i = 0; i < batcher_->LevelCount(); ++i) level_queued_[i].store(0);
   }
 }
 
-Scheduler::~Scheduler() { Stop(); }
+void Scheduler::Start() {
+  idle_instances_.store(options_.instance_count);
+  for (int i = 0; i < options_.instance_count; ++i) {
+    if (batcher_) {
+      workers_.emplace_back([this, i] { WorkerLoop(i); });
+    } else {
+      workers_.emplace_back([this, i] { DirectWorkerLoop(i); });
+    }
+  }
+  if (batcher_) batcher_thread_ = std::thread([this] { BatcherLoop(); });
+}
+
+Scheduler::~Scheduler() {
+  Stop();
+  const CudaRuntime* cuda = CudaRuntime::Get();
+  if (cuda == nullptr) return;
+  for (Instance& instance : instances_) {
+    for (auto& [ptr, capacity] : instance.device_buffers) cuda->DeviceFree(instance.device, ptr);
+    if (instance.stream != nullptr) cuda->DestroyStream(instance.device, instance.stream);
+  }
+}
 
 Status Scheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
-  // Counted before the stop check so that a stopping worker cannot exit past this request.
+  // Counted before the stop check, so that a stopping thread cannot exit past this request.
   inflight_.fetch_add(1, std::memory_order_seq_cst);
+  if (batcher_) in_ingress_.fetch_add(1, std::memory_order_seq_cst);
+  auto refuse = [&](Status status) {
+    if (batcher_) in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
+    Release(1);
+    return status;
+  };
   if (stopping_.load(std::memory_order_seq_cst)) {
-    Release(1);
-    return Status(StatusCode::kUnavailable,
-                  "model '" + options_.model_name + "' is not accepting requests");
+    return refuse(Status(StatusCode::kUnavailable,
+                         "model '" + options_.model_name + "' is not accepting requests"));
   }
-  request->enqueue_ns = NowNs();
+  const uint64_t now = SteadyNowNs();
+  request->enqueue_ns = now;
+  std::atomic<uint32_t>* level_count = nullptr;
+  if (batcher_) {
+    request->priority_level = batcher_->LevelOf(request->priority);
+    request->deadline_ns = batcher_->DeadlineOf(*request, now);
+    level_count = &level_queued_[request->priority_level];
+    const uint32_t limit = batcher_->PolicyOf(request->priority_level).max_queue_size;
+    uint32_t queued = level_count->load(std::memory_order_relaxed);
+    do {
+      if (limit != 0 && queued >= limit) {
+        return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
+      }
+    } while (!level_count->compare_exchange_weak(queued, queued + 1));
+  }
   InferRequest* raw = request.get();
-  if (!queue_.TryPush(raw)) {
-    Release(1);
-    return Status(StatusCode::kUnavailable, "Exceeds maximum queue size");
+  if (!ingress_.TryPush(raw)) {
+    if (level_count != nullptr) level_count->fetch_sub(1);
+    return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
   }
   request.release();
-  not_empty_.NotifyOne();
+  ingress_ready_.NotifyOne();
   return Status::OK();
 }
 
 void Scheduler::Release(uint64_t count) {
   uint64_t before = inflight_.fetch_sub(count, std::memory_order_seq_cst);
-  if (before == count && stopping_.load(std::memory_order_seq_cst)) not_empty_.NotifyAll();
+  if (before == count && stopping_.load(std::memory_order_seq_cst)) {
+    ingress_ready_.NotifyAll();
+    batch_ready_.NotifyAll();
+  }
 }
 
-void Scheduler::Run(InferRequest* request, int instance) {
-  Batch batch;
-  batch.instance = instance;
-  batch.requests.emplace_back(request);
-  batch.inputs = request->inputs;
-  executor_->Execute(batch);
-  Release(batch.requests.size());
+void Scheduler::BatcherLoop() {
+  uint32_t hold = options_.delay_scheduler_count;
+  for (;;) {
+    // Prepared before looking, so that a notification during the look is not lost.
+    const uint64_t key = ingress_ready_.PrepareWait();
+    InferRequest* request = nullptr;
+    while (ingress_.TryPop(request)) {
+      batcher_->Add(request);
+      in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    const bool stopping = stopping_.load(std::memory_order_seq_cst);
+    if (stopping && in_ingress_.load(std::memory_order_seq_cst) == 0 && batcher_->Empty()) {
+      ingress_ready_.CancelWait();
+      break;
+    }
+    if (hold > 0 && !stopping && batcher_->QueuedCount() < hold) {
+      ingress_ready_.Wait(key);  // TRITONSERVER_DELAY_SCHEDULER: hold until enough are queued
+      continue;
+    }
+    hold = 0;
+
+    const uint64_t now = SteadyNowNs();
+    DynamicBatcher::Decision decision;
+    if (idle_instances_.load(std::memory_order_acquire) > 0) {
+      batcher_->Form(now, stopping, &decision);  // lazily: only when an instance can take it
+    } else {
+      batcher_->Purge(now, &decision);
+    }
+    if (!decision.rejected.empty()) RejectRequests(decision.rejected, now);
+    if (!decision.batch.empty()) {
+      auto batch = std::make_unique<Batch>();
+      for (InferRequest* r : decision.batch) {
+        level_queued_[r->priority_level].fetch_sub(1, std::memory_order_relaxed);
+        batch->requests.emplace_back(r);
+      }
+      idle_instances_.fetch_sub(1, std::memory_order_acq_rel);
+      Batch* raw = batch.release();
+      ready_.TryPush(raw);  // never full: at most one batch per idle instance is out
+      batch_ready_.NotifyOne();
+    }
+    if (!decision.batch.empty() || !decision.rejected.empty()) {
+      ingress_ready_.CancelWait();
+      continue;
+    }
+    if (decision.wait_ns > 0) {
+      ingress_ready_.Wait(key, AtSteadyNs(now + decision.wait_ns));
+    } else {
+      ingress_ready_.Wait(key);
+    }
+  }
+  batcher_done_.store(true, std::memory_order_seq_cst);
+  batch_ready_.NotifyAll();
 }
 
 void Scheduler::WorkerLoop(int instance) {
-  InferRequest* request = nullptr;
+  Batch* batch = nullptr;
   for (;;) {
-    if (queue_.TryPop(request)) {
-      Run(request, instance);
-      continue;
-    }
-    uint64_t key = not_empty_.PrepareWait();
-    if (queue_.TryPop(request)) {
-      not_empty_.CancelWait();
-      Run(request, instance);
-    } else if (stopping_.load(std::memory_order_seq_cst) &&
-               inflight_.load(std::memory_order_seq_cst) == 0) {
-      not_empty_.CancelWait();
+    const uint64_t key = batch_ready_.PrepareWait();
+    if (ready_.TryPop(batch)) {
+      batch_ready_.CancelWait();
+      batch->instance = instance;
+      Run(std::unique_ptr<Batch>(batch));
+      idle_instances_.fetch_add(1, std::memory_order_acq_rel);
+      ingress_ready_.NotifyOne();  // the batcher may form the next batch now
+    } else if (batcher_done_.load(std::memory_order_seq_cst)) {
+      batch_ready_.CancelWait();
       return;
     } else {
-      not_empty_.Wait(key);
+      batch_ready_.Wait(key);
     }
   }
 }
 
+void Scheduler::DirectWorkerLoop(int instance) {
+  InferRequest* request = nullptr;
+  for (;;) {
+    const uint64_t key = ingress_ready_.PrepareWait();
+    if (ingress_.TryPop(request)) {
+      ingress_ready_.CancelWait();
+      auto batch = std::make_unique<Batch>();
+      batch->instance = instance;
+      batch->requests.emplace_back(request);
+      Run(std::move(batch));
+    } else if (stopping_.load(std::memory_order_seq_cst) &&
+               inflight_.load(std::memory_order_seq_cst) == 0) {
+      ingress_ready_.CancelWait();
+      return;
+    } else {
+      ingress_ready_.Wait(key);
+    }
+  }
+}
+
+void Scheduler::Run(std::unique_ptr<Batch> batch) {
+  Instance& instance = instances_[batch->instance];
+  batch->times.input_start = SteadyNowNs();
+  Gather(*batch);
+  Status status;
+  if (batch->inputs.size() != batch->requests.front()->inputs.size()) {
+    status = Status(StatusCode::kInternal, "out of host memory for a batch of model '" +
+                                               options_.model_name + "'");
+  } else if (options_.device_inputs && instance.stream != nullptr && !CopyToDevice(*batch, instance)) {
+    status = Status(StatusCode::kInternal, "failed to copy a batch of model '" +
+                                               options_.model_name + "' to GPU " +
+                                               std::to_string(instance.device));
+  }
+  if (status.ok()) {
+    status = executor_->Execute(*batch);
+  } else {
+    std::vector<uint64_t> ids;
+    for (const auto& r : batch->requests) ids.push_back(r->id);
+    executor_->Reject(ids, status);
+  }
+  if (batch->stream != nullptr) CudaRuntime::Get()->Synchronize(batch->stream);
+  BatchTimes& t = batch->times;
+  const uint64_t now = SteadyNowNs();
+  if (t.infer_start == 0) t.infer_start = t.input_start;
+  if (t.infer_end == 0) t.infer_end = now;
+  if (t.output_end == 0) t.output_end = now;
+  stats_.RecordBatch(*batch, status.ok());
+  const uint64_t count = batch->requests.size();
+  batch.reset();  // frees the requests and gives the gathered buffers back to the pool
+  Release(count);
+}
+
+void Scheduler::Gather(Batch& batch) {
+  const InferRequest& first = *batch.requests.front();
+  if (batch.requests.size() == 1) {
+    batch.inputs = first.inputs;  // zero-copy: the request's own bytes
+    return;
+  }
+  for (const TensorView& model_input : first.inputs) {
+    std::vector<const TensorView*> parts;
+    size_t total = 0;
+    int64_t rows = 0, elements = 0;
+    bool same_shape = true;
+    for (const auto& request : batch.requests) {
+      const TensorView* part = FindInput(*request, model_input.name);
+      if (part == nullptr) continue;  // an optional input some requests leave out
+      parts.push_back(part);
+      total += part->byte_size;
+      rows += part->shape.empty() ? 1 : part->shape[0];
+      elements += ElementCount(part->shape);
+      same_shape = same_shape && part->shape.size() == model_input.shape.size() &&
+                   std::equal(part->shape.begin() + (part->shape.empty() ? 0 : 1),
+                              part->shape.end(),
+                              model_input.shape.begin() + (model_input.shape.empty() ? 0 : 1));
+    }
+    std::shared_ptr<uint8_t> buffer = pool_.Acquire(std::max<size_t>(total, 1));
+    if (!buffer) return;  // Run() reports the shortfall
+    size_t offset = 0;
+    for (const TensorView* part : parts) {
+      if (part->byte_size != 0) std::memcpy(buffer.get() + offset, part->data, part->byte_size);
+      offset += part->byte_size;
+    }
+    TensorView gathered = model_input;
+    gathered.data = buffer.get();
+    gathered.byte_size = total;
+    if (same_shape && !gathered.shape.empty()) {
+      gathered.shape[0] = rows;
+    } else {
+      gathered.shape = {elements};  // ragged: the elements end to end
+    }
+    batch.inputs.push_back(std::move(gathered));
+    batch.buffers.push_back(std::move(buffer));
+  }
+}
+
+bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {
+  const CudaRuntime* cuda = CudaRuntime::Get();
+  instance.device_buffers.resize(std::max(instance.device_buffers.size(), batch.inputs.size()));
+  for (size_t i = 0; i < batch.inputs.size(); ++i) {
+    const TensorView& host = batch.inputs[i];
+    auto& [ptr, capacity] = instance.device_buffers[i];
+    if (capacity < host.byte_size) {
+      if (ptr != nullptr) cuda->DeviceFree(instance.device, ptr);
+      capacity = std::max<size_t>(host.byte_size, 2 * capacity);
+      ptr = cuda->DeviceAlloc(instance.device, capacity);
+      if (ptr == nullptr) {
+        capacity = 0;
+        return false;
+      }
+    }
+    if (host.byte_size != 0 &&
+        !cuda->CopyToDeviceAsync(ptr, host.data, host.byte_size, instance.stream)) {
+      return false;
+    }
+    TensorView on_device = host;
+    on_device.data = static_cast<const uint8_t*>(ptr);
+    batch.device_inputs.push_back(std::move(on_device));
+  }
+  batch.device = instance.device;
+  batch.stream = instance.stream;
+  return true;
+}
+
+void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns) {
+  std::vector<uint64_t> ids;
+  ids.reserve(requests.size());
+  for (InferRequest* request : requests) {
+    ids.push_back(request->id);
+    stats_.RecordRejected(*request, now_ns);
+    level_queued_[request->priority_level].fetch_sub(1, std::memory_order_relaxed);
+    delete request;
+  }
+  executor_->Reject(ids, Status(StatusCode::kUnavailable, "Request timeout expired"));
+  Release(ids.size());
+}
+
 void Scheduler::Stop() {
   stopping_.store(true, std::memory_order_seq_cst);
-  not_empty_.NotifyAll();
+  ingress_ready_.NotifyAll();
+  batch_ready_.NotifyAll();
   std::lock_guard<std::mutex> lock(join_mutex_);
+  if (batcher_thread_.joinable()) batcher_thread_.join();
   for (auto& w : workers_) {
     if (w.joinable()) w.join();
   }

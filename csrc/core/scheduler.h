@@ -1,6 +1,9 @@
-// Scheduler: one per model version. Frontends enqueue requests from any thread without a lock;
-// one worker thread per model instance takes them off the queue and runs them on its instance.
-// Stop() refuses new requests, lets every accepted one run, then joins the workers.
+// Scheduler: one per model version. Frontends enqueue requests from any thread without a lock.
+// With dynamic batching, a batcher thread forms batches by Triton's rules (DynamicBatcher)
+// whenever an instance is idle; without it, each request is its own batch. One worker thread
+// per model instance gathers a batch's inputs into pooled host memory (no GIL, no copy for a
+// single request), copies them to its GPU on its own stream when asked, runs the executor and
+// records statistics. Stop() refuses new requests, runs every accepted one, joins the threads.
 #pragma once
 
 #include <atomic>
@@ -11,10 +14,14 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_runtime.h"
+#include "dynamic_batcher.h"
 #include "executor.h"
+#include "host_memory.h"
 #include "mpmc_queue.h"
 #include "notifier.h"
 #include "request.h"
+#include "stats.h"
 #include "status.h"
 
 namespace pyserve {
@@ -22,7 +29,13 @@ namespace pyserve {
 struct SchedulerOptions {
   std::string model_name;
   int instance_count = 1;
+  // Per instance: the GPU it runs on, or -1 for the CPU. Empty = all CPU.
+  std::vector<int> instance_devices;
+  bool device_inputs = false;  // copy batch inputs to the instance's GPU before Execute
   size_t queue_capacity = 4096;
+  bool dynamic_batching = false;
+  BatchingOptions batching;
+  uint32_t delay_scheduler_count = 0;  // hold batching until this many requests are queued
 };
 
 class Scheduler {
@@ -37,24 +50,50 @@ class Scheduler {
   // On success the scheduler owns the request; on failure `request` is left with the caller.
   Status Enqueue(std::unique_ptr<InferRequest>& request);
 
-  // Requests accepted but not yet completed by an executor.
+  // Requests accepted but not yet completed.
   uint64_t InflightCount() const { return inflight_.load(std::memory_order_acquire); }
+  ModelStats Statistics() const { return stats_.Snapshot(); }
 
   void Stop();
 
  private:
+  struct Instance {
+    int device = -1;
+    CudaStream stream = nullptr;
+    std::vector<std::pair<void*, size_t>> device_buffers;  // per input: pointer, capacity
+  };
+
   Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> executor);
+  void Start();
+  void BatcherLoop();
   void WorkerLoop(int instance);
-  void Run(InferRequest* request, int instance);
-  void Release(uint64_t count);  // requests done (or refused); wakes stopping workers at zero
+  void DirectWorkerLoop(int instance);
+  void Run(std::unique_ptr<Batch> batch);
+  void Gather(Batch& batch);
+  bool CopyToDevice(Batch& batch, Instance& instance);
+  void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns);
+  void Release(uint64_t count);
 
   SchedulerOptions options_;
   std::shared_ptr<Executor> executor_;
-  MpmcQueue<InferRequest*> queue_;
-  Notifier not_empty_;
+  std::unique_ptr<DynamicBatcher> batcher_;
+  HostMemoryPool& pool_;
+  StatsRecorder stats_;
+  std::vector<Instance> instances_;
+
+  MpmcQueue<InferRequest*> ingress_;
+  Notifier ingress_ready_;  // wakes whoever consumes ingress_ (batcher, or direct workers)
+  MpmcQueue<Batch*> ready_;
+  Notifier batch_ready_;    // wakes workers when ready_ gets a batch
+  std::atomic<int> idle_instances_{0};
+  std::unique_ptr<std::atomic<uint32_t>[]> level_queued_;  // for max_queue_size
+
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> batcher_done_{false};
   std::atomic<uint64_t> inflight_{0};
+  std::atomic<uint64_t> in_ingress_{0};  // accepted, not yet taken by the batcher
   std::mutex join_mutex_;
+  std::thread batcher_thread_;
   std::vector<std::thread> workers_;
 };
 

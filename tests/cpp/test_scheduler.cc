@@ -1,5 +1,7 @@
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <string>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -15,7 +17,7 @@ using namespace pyserve;
 class RecordingExecutor : public Executor {
  public:
   explicit RecordingExecutor(std::chrono::microseconds delay = {}) : delay_(delay) {}
-  void Execute(Batch& batch) override {
+  Status Execute(Batch& batch) override {
     if (delay_.count() > 0) std::this_thread::sleep_for(delay_);
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& r : batch.requests) {
@@ -25,7 +27,13 @@ class RecordingExecutor : public Executor {
       for (size_t i = 0; i < r->inputs.size(); ++i) CHECK(batch.inputs[i].data == r->inputs[i].data);
     }
     instances_.insert(batch.instance);
+    return Status::OK();
   }
+  void Reject(const std::vector<uint64_t>& ids, const Status&) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rejected_ += ids.size();
+  }
+  size_t rejected_ = 0;
   std::set<uint64_t> ids() { std::lock_guard<std::mutex> l(mutex_); return ids_; }
   std::set<int> instances() { std::lock_guard<std::mutex> l(mutex_); return instances_; }
 
@@ -114,9 +122,96 @@ static void FullQueueRefuses() {
   CHECK(executor->ids().size() == size_t(8 - refused));
 }
 
+// Records each batch's size, first input and the times; the first batch is slow so that the
+// next requests queue up behind it.
+class BatchRecorder : public Executor {
+ public:
+  Status Execute(Batch& batch) override {
+    if (batches_.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const TensorView& x = batch.inputs.at(0);
+    std::vector<int32_t> values(x.byte_size / 4);
+    std::memcpy(values.data(), x.data, x.byte_size);
+    std::lock_guard<std::mutex> lock(mutex_);
+    batches_.push_back({batch.requests.size(), x.shape, values});
+    return Status::OK();
+  }
+  void Reject(const std::vector<uint64_t>& ids, const Status& status) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto id : ids) rejected_.push_back({id, status.message()});
+  }
+  struct Seen {
+    size_t requests;
+    std::vector<int64_t> shape;
+    std::vector<int32_t> values;
+  };
+  std::mutex mutex_;
+  std::vector<Seen> batches_;
+  std::vector<std::pair<uint64_t, std::string>> rejected_;
+};
+
+static void BatchingGathersQueuedRequestsAndRecordsStats() {
+  auto executor = std::make_shared<BatchRecorder>();
+  SchedulerOptions options;
+  options.model_name = "m";
+  options.dynamic_batching = true;
+  options.batching.max_batch_size = 8;
+  options.batching.equal_shape_inputs = {"INPUT0"};
+  std::unique_ptr<Scheduler> s;
+  CHECK(Scheduler::Create(options, executor, &s).ok());
+  std::vector<std::vector<int32_t>> data;
+  for (int i = 0; i < 4; ++i) data.push_back({i, i, i, i});
+  for (int i = 0; i < 4; ++i) {
+    auto r = MakeRequest(i, data[i].data());
+    CHECK(s->Enqueue(r).ok());
+    if (i == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // first one runs alone
+  }
+  s->Stop();
+  CHECK(executor->batches_.size() == 2);
+  CHECK(executor->batches_[0].requests == 1);
+  const auto& batch = executor->batches_[1];
+  CHECK(batch.requests == 3);
+  CHECK((batch.shape == std::vector<int64_t>{3, 4}));
+  CHECK((batch.values == std::vector<int32_t>{1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3}));
+  ModelStats stats = s->Statistics();
+  CHECK(stats.execution_count == 2 && stats.inference_count == 4);
+  CHECK(stats.success.count == 4 && stats.queue.count == 4 && stats.fail.count == 0);
+  CHECK(stats.batch_stats.size() == 2);
+  CHECK(stats.batch_stats.at(1).compute_infer.count == 1);
+  CHECK(stats.batch_stats.at(3).compute_infer.count == 1);
+  CHECK(stats.batch_stats.at(1).compute_infer.ns >= 50000000);  // the slow first batch
+  CHECK(stats.last_inference_ms > 0);
+}
+
+static void QueuePolicyRejectsAndLimits() {
+  auto executor = std::make_shared<BatchRecorder>();
+  SchedulerOptions options;
+  options.dynamic_batching = true;
+  options.batching.max_batch_size = 1;
+  options.batching.default_policy.default_timeout_us = 5000;  // 5 ms; the first batch takes 50
+  options.batching.default_policy.max_queue_size = 2;
+  std::unique_ptr<Scheduler> s;
+  CHECK(Scheduler::Create(options, executor, &s).ok());
+  int32_t data[4] = {7, 7, 7, 7};
+  auto first = MakeRequest(0, data);
+  CHECK(s->Enqueue(first).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto a = MakeRequest(1, data), b = MakeRequest(2, data), c = MakeRequest(3, data);
+  CHECK(s->Enqueue(a).ok() && s->Enqueue(b).ok());
+  Status full = s->Enqueue(c);
+  CHECK(full.code() == StatusCode::kUnavailable && full.message() == "Exceeds maximum queue size");
+  s->Stop();
+  CHECK(executor->batches_.size() == 1);
+  CHECK(executor->rejected_.size() == 2);
+  CHECK(executor->rejected_[0].second == "Request timeout expired");
+  ModelStats stats = s->Statistics();
+  CHECK(stats.success.count == 1 && stats.fail.count == 2);
+}
+
 int main() {
   RUN(RejectsBadOptions);
   RUN(StopDrainsAcceptedRequests);
   RUN(FullQueueRefuses);
+  RUN(BatchingGathersQueuedRequestsAndRecordsStats);
+  RUN(QueuePolicyRejectsAndLimits);
   return 0;
 }

@@ -1,0 +1,126 @@
+#include "cuda_runtime.h"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <type_traits>
+
+namespace pyserve {
+
+namespace {
+constexpr unsigned kHostAllocPortable = 1;   // cudaHostAllocPortable
+constexpr unsigned kStreamNonBlocking = 1;   // cudaStreamNonBlocking
+constexpr int kHostToDevice = 1;             // cudaMemcpyHostToDevice
+constexpr int kDeviceToHost = 2;             // cudaMemcpyDeviceToHost
+const char* const kLibraryNames[] = {"libcudart.so", "libcudart.so.13", "libcudart.so.12",
+                                     "libcudart.so.11.0"};
+
+std::mutex& PathsMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::vector<std::string>& SearchPaths() {
+  static std::vector<std::string> paths;
+  return paths;
+}
+}  // namespace
+
+void CudaRuntime::SetSearchPaths(std::vector<std::string> paths) {
+  std::lock_guard<std::mutex> lock(PathsMutex());
+  SearchPaths() = std::move(paths);
+}
+
+const CudaRuntime* CudaRuntime::Get() {
+  static CudaRuntime* runtime = [] {
+    auto* candidate = new CudaRuntime();
+    if (candidate->Load()) return candidate;
+    delete candidate;
+    return static_cast<CudaRuntime*>(nullptr);
+  }();
+  return runtime;
+}
+
+bool CudaRuntime::Load() {
+  std::vector<std::string> candidates;
+  {
+    std::lock_guard<std::mutex> lock(PathsMutex());
+    for (const auto& dir : SearchPaths()) {
+      for (const char* name : kLibraryNames) candidates.push_back(dir + "/" + name);
+    }
+  }
+  if (const char* home = std::getenv("CUDA_HOME")) {
+    for (const char* name : kLibraryNames) candidates.push_back(std::string(home) + "/lib64/" + name);
+  }
+  for (const char* name : kLibraryNames) candidates.push_back(name);  // the loader's own search
+
+  for (const auto& path : candidates) {
+    handle_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle_ != nullptr) {
+      library_ = path;
+      break;
+    }
+  }
+  if (handle_ == nullptr) return false;
+
+  auto bind = [this](auto& fn, const char* symbol) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(handle_, symbol));
+    return fn != nullptr;
+  };
+  bool ok = bind(get_device_count_, "cudaGetDeviceCount") && bind(set_device_, "cudaSetDevice") &&
+            bind(host_alloc_, "cudaHostAlloc") && bind(free_host_, "cudaFreeHost") &&
+            bind(malloc_, "cudaMalloc") && bind(free_, "cudaFree") &&
+            bind(stream_create_, "cudaStreamCreateWithFlags") &&
+            bind(stream_destroy_, "cudaStreamDestroy") &&
+            bind(memcpy_async_, "cudaMemcpyAsync") &&
+            bind(stream_synchronize_, "cudaStreamSynchronize");
+  int count = 0;
+  if (!ok || get_device_count_(&count) != 0 || count <= 0) {
+    dlclose(handle_);
+    handle_ = nullptr;
+    return false;
+  }
+  device_count_ = count;
+  return true;
+}
+
+void* CudaRuntime::HostAlloc(size_t bytes) const {
+  void* ptr = nullptr;
+  return host_alloc_(&ptr, bytes, kHostAllocPortable) == 0 ? ptr : nullptr;
+}
+
+void CudaRuntime::FreeHost(void* ptr) const { free_host_(ptr); }
+
+void* CudaRuntime::DeviceAlloc(int device, size_t bytes) const {
+  void* ptr = nullptr;
+  if (set_device_(device) != 0) return nullptr;
+  return malloc_(&ptr, bytes) == 0 ? ptr : nullptr;
+}
+
+void CudaRuntime::DeviceFree(int device, void* ptr) const {
+  if (set_device_(device) == 0) free_(ptr);
+}
+
+CudaStream CudaRuntime::CreateStream(int device) const {
+  CudaStream stream = nullptr;
+  if (set_device_(device) != 0) return nullptr;
+  return stream_create_(&stream, kStreamNonBlocking) == 0 ? stream : nullptr;
+}
+
+void CudaRuntime::DestroyStream(int device, CudaStream stream) const {
+  if (set_device_(device) == 0) stream_destroy_(stream);
+}
+
+bool CudaRuntime::CopyToDeviceAsync(void* dst, const void* src, size_t bytes,
+                                    CudaStream stream) const {
+  return memcpy_async_(dst, src, bytes, kHostToDevice, stream) == 0;
+}
+
+bool CudaRuntime::CopyToHostAsync(void* dst, const void* src, size_t bytes,
+                                  CudaStream stream) const {
+  return memcpy_async_(dst, src, bytes, kDeviceToHost, stream) == 0;
+}
+
+bool CudaRuntime::Synchronize(CudaStream stream) const { return stream_synchronize_(stream) == 0; }
+
+}  // namespace pyserve

@@ -1,0 +1,219 @@
+// Triton's batching rules, decided without threads or clocks.
+#include <memory>
+#include <vector>
+
+#include "check.h"
+#include "dynamic_batcher.h"
+
+using namespace pyserve;
+
+namespace {
+
+constexpr uint64_t kUs = 1000;
+
+struct Requests {
+  std::vector<std::unique_ptr<InferRequest>> owned;
+  InferRequest* Make(uint64_t id, uint32_t batch_size, uint64_t enqueue_ns,
+                     std::vector<int64_t> dims = {4}) {
+    auto r = std::make_unique<InferRequest>();
+    r->id = id;
+    r->batch_size = batch_size;
+    r->enqueue_ns = enqueue_ns;
+    TensorView t;
+    t.name = "X";
+    t.shape = {int64_t(batch_size)};
+    t.shape.insert(t.shape.end(), dims.begin(), dims.end());
+    r->inputs.push_back(t);
+    owned.push_back(std::move(r));
+    return owned.back().get();
+  }
+};
+
+void Add(DynamicBatcher& b, InferRequest* r) {
+  r->priority_level = b.LevelOf(r->priority);
+  r->deadline_ns = b.DeadlineOf(*r, r->enqueue_ns);
+  b.Add(r);
+}
+
+std::vector<uint64_t> Ids(const std::vector<InferRequest*>& requests) {
+  std::vector<uint64_t> ids;
+  for (auto* r : requests) ids.push_back(r->id);
+  return ids;
+}
+
+void PreferredSizeIsSentAtOnce() {
+  BatchingOptions o;
+  o.max_batch_size = 8;
+  o.preferred_batch_sizes = {2, 4};
+  o.max_queue_delay_us = 10000;
+  DynamicBatcher b(o);
+  Requests rq;
+  for (int i = 0; i < 5; ++i) Add(b, rq.Make(i, 1, 0));
+  DynamicBatcher::Decision d;
+  b.Form(1 * kUs, false, &d);
+  CHECK((Ids(d.batch) == std::vector<uint64_t>{0, 1, 2, 3}));  // largest preferred reachable
+  DynamicBatcher::Decision rest;
+  b.Form(2 * kUs, false, &rest);
+  CHECK(rest.batch.empty());  // 1 is not preferred: wait out the delay
+  CHECK(rest.wait_ns == 10000 * kUs - 2 * kUs);
+  b.Form(10000 * kUs, false, &rest);
+  CHECK((Ids(rest.batch) == std::vector<uint64_t>{4}));
+  CHECK(b.Empty());
+}
+
+void ZeroDelaySendsEverythingUpToMax() {
+  BatchingOptions o;
+  o.max_batch_size = 4;  // preferred defaults to {4}
+  DynamicBatcher b(o);
+  Requests rq;
+  for (int i = 0; i < 6; ++i) Add(b, rq.Make(i, 1, 0));
+  DynamicBatcher::Decision d;
+  b.Form(0, false, &d);
+  CHECK(d.batch.size() == 4);
+  DynamicBatcher::Decision d2;
+  b.Form(0, false, &d2);
+  CHECK(d2.batch.size() == 2);
+}
+
+void DelayThenSendWhatIsPending() {
+  BatchingOptions o;
+  o.max_batch_size = 8;
+  o.max_queue_delay_us = 500;
+  DynamicBatcher b(o);
+  Requests rq;
+  Add(b, rq.Make(1, 1, 100 * kUs));
+  Add(b, rq.Make(2, 2, 300 * kUs));
+  DynamicBatcher::Decision d;
+  b.Form(400 * kUs, false, &d);
+  CHECK(d.batch.empty() && d.wait_ns == 200 * kUs);  // the oldest waited 300 of 500 us
+  b.Form(600 * kUs, false, &d);
+  CHECK((Ids(d.batch) == std::vector<uint64_t>{1, 2}));
+}
+
+void NeverExceedsMaxOrSplitsARequest() {
+  BatchingOptions o;
+  o.max_batch_size = 8;
+  o.max_queue_delay_us = 1000;
+  DynamicBatcher b(o);
+  Requests rq;
+  Add(b, rq.Make(1, 3, 0));
+  Add(b, rq.Make(2, 3, 0));
+  Add(b, rq.Make(3, 3, 0));
+  DynamicBatcher::Decision d;
+  b.Form(1 * kUs, false, &d);
+  CHECK((Ids(d.batch) == std::vector<uint64_t>{1, 2}));  // 9 would exceed 8
+  DynamicBatcher::Decision d2;
+  b.Form(2 * kUs, false, &d2);
+  CHECK(d2.batch.empty());
+  b.Form(2 * kUs, true, &d2);  // flush (stopping) sends what is left
+  CHECK((Ids(d2.batch) == std::vector<uint64_t>{3}));
+}
+
+void DifferentShapesAreNotBatchedUnlessRagged() {
+  for (bool ragged : {false, true}) {
+    BatchingOptions o;
+    o.max_batch_size = 8;
+    if (!ragged) o.equal_shape_inputs = {"X"};
+    DynamicBatcher b(o);
+    Requests rq;
+    Add(b, rq.Make(1, 1, 0, {4}));
+    Add(b, rq.Make(2, 1, 0, {5}));
+    Add(b, rq.Make(3, 1, 0, {5}));
+    DynamicBatcher::Decision d;
+    b.Form(0, false, &d);
+    if (ragged) {
+      CHECK(d.batch.size() == 3);
+    } else {
+      CHECK((Ids(d.batch) == std::vector<uint64_t>{1}));
+      DynamicBatcher::Decision d2;
+      b.Form(0, false, &d2);
+      CHECK((Ids(d2.batch) == std::vector<uint64_t>{2, 3}));
+    }
+  }
+}
+
+void HigherPriorityGoesFirst() {
+  BatchingOptions o;
+  o.max_batch_size = 2;
+  o.priority_levels = 3;
+  o.default_priority_level = 3;
+  DynamicBatcher b(o);
+  CHECK(b.LevelOf(0) == 2 && b.LevelOf(9) == 2 && b.LevelOf(1) == 0);
+  Requests rq;
+  auto* low = rq.Make(1, 1, 0);
+  auto* mid = rq.Make(2, 1, 1);
+  mid->priority = 2;
+  auto* high = rq.Make(3, 1, 2);
+  high->priority = 1;
+  Add(b, low);
+  Add(b, mid);
+  Add(b, high);
+  DynamicBatcher::Decision d;
+  b.Form(3, false, &d);
+  CHECK((Ids(d.batch) == std::vector<uint64_t>{3, 2}));
+  DynamicBatcher::Decision d2;
+  b.Form(3, false, &d2);
+  CHECK((Ids(d2.batch) == std::vector<uint64_t>{1}));
+}
+
+void TimeoutsRejectOrDelay() {
+  BatchingOptions o;
+  o.max_batch_size = 4;
+  o.max_queue_delay_us = 100000;
+  o.priority_levels = 2;
+  o.default_priority_level = 1;
+  o.default_policy.default_timeout_us = 1000;
+  QueuePolicy delay;
+  delay.delay_on_timeout = true;
+  delay.default_timeout_us = 1000;
+  o.level_policies[2] = delay;
+  DynamicBatcher b(o);
+  Requests rq;
+  auto* rejected = rq.Make(1, 1, 0);
+  auto* delayed = rq.Make(2, 1, 0);
+  delayed->priority = 2;
+  auto* fresh = rq.Make(3, 1, 0);
+  fresh->priority = 2;
+  fresh->timeout_us = 50;  // no override allowed: keeps the default
+  Add(b, rejected);
+  Add(b, delayed);
+  DynamicBatcher::Decision d;
+  b.Form(500 * kUs, false, &d);
+  CHECK(d.batch.empty() && d.rejected.empty() && d.wait_ns == 500 * kUs);  // closest deadline
+  b.Form(1500 * kUs, false, &d);
+  CHECK((Ids(d.rejected) == std::vector<uint64_t>{1}));
+  CHECK(d.batch.empty());
+  fresh->enqueue_ns = 1500 * kUs;
+  Add(b, fresh);
+  DynamicBatcher::Decision d2;
+  b.Form(1600 * kUs, true, &d2);
+  CHECK((Ids(d2.batch) == std::vector<uint64_t>{3, 2}));  // the delayed one is served last
+}
+
+void TimeoutOverrideOnlyShortens() {
+  BatchingOptions o;
+  o.default_policy.allow_timeout_override = true;
+  o.default_policy.default_timeout_us = 1000;
+  DynamicBatcher b(o);
+  InferRequest r;
+  r.timeout_us = 10;
+  CHECK(b.DeadlineOf(r, 0) == 10 * kUs);
+  r.timeout_us = 5000;
+  CHECK(b.DeadlineOf(r, 0) == 1000 * kUs);
+  r.timeout_us = 0;
+  CHECK(b.DeadlineOf(r, 0) == 1000 * kUs);
+}
+
+}  // namespace
+
+int main() {
+  RUN(PreferredSizeIsSentAtOnce);
+  RUN(ZeroDelaySendsEverythingUpToMax);
+  RUN(DelayThenSendWhatIsPending);
+  RUN(NeverExceedsMaxOrSplitsARequest);
+  RUN(DifferentShapesAreNotBatchedUnlessRagged);
+  RUN(HigherPriorityGoesFirst);
+  RUN(TimeoutsRejectOrDelay);
+  RUN(TimeoutOverrideOnlyShortens);
+  return 0;
+}
