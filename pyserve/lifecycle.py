@@ -100,11 +100,13 @@ class ModelManager:
     def _create_runner(self, config: pb.ModelConfig, version: int, version_dir: Path) -> ModelRunner:
         cls = backend_class(config.backend)
         context = ModelContext(config.name, version, config, version_dir)
+        specs = instance_specs(config)
         instances = []
         try:
-            for spec in instance_specs(config):
+            for spec in specs:
                 instances.append(cls(context, spec))
-            return ModelRunner(config.name, version, instances, self._loop)
+            devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
+            return ModelRunner(config, version, instances, devices, self._loop)
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -143,6 +145,18 @@ class ModelManager:
     def all_ready(self) -> bool:
         return all(m.ready_versions() and not m.reason for m in self.models.values())
 
+    def statistics(self, name: str = "", version: str = "") -> list[dict]:
+        """Triton's ModelStatistics entries: every loaded version of every model when `name`
+        is empty, of one model when `version` is empty."""
+        if name and name not in self.models:
+            raise ServerError(f"Request for unknown model: '{name}' is not found")
+        if name and version:
+            entries = [self.get(name, version)]
+        else:
+            models = [self.models[name]] if name else self.models.values()
+            entries = [v for m in models for v in m.ready_versions()]
+        return [statistics_entry(entry) for entry in entries]
+
     def inflight_count(self) -> int:
         return sum(v.runner.inflight_count for m in self.models.values()
                    for v in m.versions.values() if v.runner)
@@ -156,6 +170,17 @@ class ModelManager:
                     entry.runner.stop()
                     entry.runner = None
                     entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+
+
+_NO_DURATION = {"count": 0, "ns": 0}
+
+
+def statistics_entry(entry: ModelVersion) -> dict:
+    """One ModelStatistics message as a dict (the HTTP JSON form; gRPC parses it)."""
+    core = entry.runner.statistics()
+    core["inference_stats"].update(cache_hit=_NO_DURATION, cache_miss=_NO_DURATION)
+    return {"name": entry.name, "version": str(entry.version), **core,
+            "memory_usage": [], "response_stats": {}}
 
 
 def parse_version(version: str) -> int:

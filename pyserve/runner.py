@@ -1,8 +1,9 @@
 """ModelRunner: one served model version, its instances and its core scheduler.
 
 `infer()` is called on the asyncio loop: it hands the request to the C++ scheduler (inputs as
-views, no copy) and awaits the completion. The scheduler's worker threads call `_execute`
-once per batch with the GIL taken once; results return to the loop in one hand-off per batch.
+views, no copy) and awaits the completion. The core batches requests by the config's rules
+and calls back once per batch, with the GIL taken once: `_execute` runs the backend and
+`_deliver` splits the outputs per request and hands them to the loop in one call.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from pyserve import _core
+from pyserve import _core, devices  # noqa: F401 - devices sets up CUDA discovery first
 from pyserve.backends import Backend
-from pyserve.datatypes import config_type, deserialize_bytes
+from pyserve.datatypes import config_type
 from pyserve.errors import ErrorCode, ServerError
+from pyserve.protocol import pb
 
 log = logging.getLogger("pyserve")
 
@@ -37,69 +40,155 @@ class InputTensor:
 class _Pending:
     future: asyncio.Future
     inputs: Sequence[InputTensor] = field(repr=False)  # keeps the viewed bytes alive
+    result: tuple | None = None  # (outputs, error) once done, for preserve_ordering
 
 
 class ModelRunner:
-    def __init__(self, name: str, version: int, instances: list[Backend],
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.name = name
+    def __init__(self, config: pb.ModelConfig, version: int, instances: list[Backend],
+                 instance_devices: list[int], loop: asyncio.AbstractEventLoop) -> None:
+        self.name = config.name
         self.version = version
         self._instances = instances
         self._loop = loop
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
-        self._scheduler = _core.Scheduler(f"{name}:{version}", len(instances), self._execute)
+        self._batching = config.max_batch_size > 0
+        self._ordered = (config.HasField("dynamic_batching")
+                         and config.dynamic_batching.preserve_ordering)
+        self._scheduler = _core.Scheduler(scheduler_options(config, instance_devices),
+                                          self._execute, self._deliver, self._reject)
 
-    async def infer(self, inputs: Sequence[InputTensor]) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: Sequence[InputTensor], batch_size: int = 1,
+                    priority: int = 0, timeout_us: int = 0) -> dict[str, np.ndarray]:
         """Run one request; returns every output of the model by name."""
         request_id = next(self._ids)
         future = self._loop.create_future()
         self._pending[request_id] = _Pending(future, inputs)
         try:
             self._scheduler.enqueue(
-                request_id, [(t.name, config_type(t.datatype), t.shape, t.data) for t in inputs])
+                request_id, [(t.name, config_type(t.datatype), t.shape, t.data) for t in inputs],
+                batch_size, priority, timeout_us)
         except BaseException:
             del self._pending[request_id]
             raise
         return await future
 
-    def _execute(self, instance: int, request_ids: list[int], inputs: dict[str, np.ndarray]) -> None:
-        """Worker thread, GIL held: run the batch and hand all completions to the loop."""
-        try:
-            # The core hands BYTES over serialized; the entry in _pending (inserted before the
-            # enqueue, removed only after completion) has its shape.
-            for tensor in self._pending[request_ids[0]].inputs:
-                if tensor.datatype == "BYTES":
-                    items = deserialize_bytes(inputs[tensor.name])
-                    array = np.empty(len(items), dtype=np.object_)
-                    array[:] = items
-                    inputs[tensor.name] = array.reshape(tensor.shape)
-            outputs = self._instances[instance].execute(inputs)
-            results = [(request_ids[0], outputs, None)]
-        except ServerError as e:
-            results = [(rid, None, e) for rid in request_ids]
-        except Exception as e:  # noqa: BLE001 - a backend failure fails the batch, not the server
-            log.exception("model '%s' version %d failed a batch", self.name, self.version)
-            error = ServerError(f"{type(e).__name__}: {e}", ErrorCode.INTERNAL)
-            results = [(rid, None, error) for rid in request_ids]
+    def _execute(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Worker thread, GIL held: the backend's compute for one batch."""
+        return self._instances[instance].execute(inputs)
+
+    def _deliver(self, request_ids: list[int], batch_sizes: list[int],
+                 inputs: dict[str, np.ndarray], outputs: dict | None,
+                 error: BaseException | None) -> None:
+        """Worker thread, GIL held: each request's share of the outputs, to the loop at once."""
+        if error is None:
+            try:
+                results = self._split(request_ids, batch_sizes, inputs, outputs)
+            except ServerError as e:
+                error = e
+        if error is not None:
+            if not isinstance(error, ServerError):
+                log.error("model '%s' version %d failed a batch: %s: %s", self.name, self.version,
+                          type(error).__name__, error)
+                error = ServerError(f"{type(error).__name__}: {error}", ErrorCode.INTERNAL)
+            results = [(request_id, None, error) for request_id in request_ids]
         self._loop.call_soon_threadsafe(self._complete, results)
+
+    def _split(self, request_ids, batch_sizes, inputs, outputs) -> list[tuple]:
+        if not isinstance(outputs, dict):
+            raise ServerError(f"model '{self.name}' returned {type(outputs).__name__}, not a dict "
+                              "of outputs", ErrorCode.INTERNAL)
+        if len(request_ids) == 1:
+            return [(request_ids[0], outputs, None)]
+        total = sum(batch_sizes)
+        gathered = list(inputs.values())
+        results, offset = [], 0
+        for request_id, size in zip(request_ids, batch_sizes):
+            share = {}
+            for name, array in outputs.items():
+                array = np.asarray(array)
+                if array.ndim == 0 or array.shape[0] != total:
+                    raise ServerError(
+                        f"model '{self.name}' output '{name}' has batch dimension "
+                        f"{array.shape[:1]}, expected {total}", ErrorCode.INTERNAL)
+                part = array[offset:offset + size]
+                # Gathered inputs live in pooled buffers that are reused after this batch.
+                if any(np.may_share_memory(part, g) for g in gathered):
+                    part = part.copy()
+                share[name] = part
+            results.append((request_id, share, None))
+            offset += size
+        return results
+
+    def _reject(self, request_ids: list[int], code: str, message: str) -> None:
+        error = ServerError(message, code)
+        self._loop.call_soon_threadsafe(self._complete, [(rid, None, error) for rid in request_ids])
 
     def _complete(self, results: list) -> None:
         for request_id, outputs, error in results:
-            pending = self._pending.pop(request_id)
-            if pending.future.done():  # the caller went away
-                continue
-            if error is None:
-                pending.future.set_result(outputs)
-            else:
-                pending.future.set_exception(error)
+            self._pending[request_id].result = (outputs, error)
+            if not self._ordered:
+                self._finish(request_id)
+        if self._ordered:  # release in arrival order: only the oldest finished ones
+            while self._pending:
+                request_id, pending = next(iter(self._pending.items()))
+                if pending.result is None:
+                    break
+                self._finish(request_id)
+
+    def _finish(self, request_id: int) -> None:
+        pending = self._pending.pop(request_id)
+        if pending.future.done():  # the caller went away
+            return
+        outputs, error = pending.result
+        if error is None:
+            pending.future.set_result(outputs)
+        else:
+            pending.future.set_exception(error)
 
     @property
     def inflight_count(self) -> int:
         return len(self._pending)
+
+    def statistics(self) -> dict:
+        return self._scheduler.statistics()
 
     def stop(self) -> None:
         """Refuse new requests and run every accepted one; then release the instances."""
         self._scheduler.stop()
         for backend in self._instances:
             backend.close()
+
+
+def scheduler_options(config: pb.ModelConfig, instance_devices: list[int]) -> _core.SchedulerOptions:
+    """The core's scheduling options from a normalized model config."""
+    options = _core.SchedulerOptions()
+    options.model_name = config.name
+    options.instance_count = len(instance_devices)
+    options.instance_devices = instance_devices
+    if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+        dynamic = config.dynamic_batching
+        options.dynamic_batching = True
+        batching = options.batching
+        batching.max_batch_size = config.max_batch_size
+        batching.preferred_batch_sizes = list(dynamic.preferred_batch_size)
+        batching.max_queue_delay_us = dynamic.max_queue_delay_microseconds
+        batching.priority_levels = dynamic.priority_levels
+        batching.default_priority_level = dynamic.default_priority_level
+        batching.default_policy = _queue_policy(dynamic.default_queue_policy)
+        batching.level_policies = {level: _queue_policy(policy)
+                                   for level, policy in dynamic.priority_queue_policy.items()}
+        batching.equal_shape_inputs = [i.name for i in config.input if not i.allow_ragged_batch]
+        batching.equal_input_sets = any(i.optional for i in config.input)
+    # Triton's switch for deterministic batching tests: hold until N requests are queued.
+    options.delay_scheduler_count = int(os.environ.get("TRITONSERVER_DELAY_SCHEDULER") or 0)
+    return options
+
+
+def _queue_policy(policy: pb.ModelQueuePolicy) -> _core.QueuePolicy:
+    out = _core.QueuePolicy()
+    out.delay_on_timeout = policy.timeout_action == pb.ModelQueuePolicy.TimeoutAction.Value("DELAY")
+    out.default_timeout_us = policy.default_timeout_microseconds
+    out.allow_timeout_override = policy.allow_timeout_override
+    out.max_queue_size = policy.max_queue_size
+    return out

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve's C++ serving core (private; use the pyserve package)";
   pyserve::bindings::RegisterStatus(m);
   pyserve::bindings::RegisterScheduler(m);
+  pyserve::bindings::RegisterMemory(m);
 }

@@ -15,7 +15,11 @@ inline void ThrowIfError(const Status& status) {
   if (!status.ok()) throw StatusError{status};
 }
 
+// The Triton code name of a status ("INVALID_ARG", ...), as pyserve.errors.ErrorCode spells it.
+const char* CodeName(StatusCode code);
+
 void RegisterStatus(pybind11::module_& m);
 void RegisterScheduler(pybind11::module_& m);
+void RegisterMemory(pybind11::module_& m);
 
 }  // namespace pyserve::bindings

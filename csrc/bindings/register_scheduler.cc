@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,66 +32,139 @@ py::dtype NumpyDtype(DataType dtype) {
     case DataType::kFp32: return py::dtype::of<float>();
     case DataType::kFp64: return py::dtype::of<double>();
     case DataType::kBf16: return py::dtype::of<uint16_t>();  // raw bits; numpy has no bfloat16
-    default: return py::dtype::of<uint8_t>();                // BYTES: the serialized elements
+    default: return py::dtype::of<uint8_t>();
   }
+}
+
+// BYTES elements as a numpy object array of bytes. The frontend has checked the length
+// prefixes; a short buffer leaves the remaining elements empty rather than reading past it.
+py::array BytesArray(const TensorView& t) {
+  std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+  py::array array(py::dtype("O"), shape);
+  auto** items = static_cast<PyObject**>(array.mutable_data());
+  const py::ssize_t count = array.size();
+  size_t offset = 0;
+  for (py::ssize_t i = 0; i < count; ++i) {
+    uint32_t length = 0;
+    if (offset + 4 <= t.byte_size) {
+      std::memcpy(&length, t.data + offset, 4);
+      offset += 4;
+    }
+    length = static_cast<uint32_t>(std::min<size_t>(length, t.byte_size - offset));
+    PyObject* item = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(t.data + offset), length);
+    if (item == nullptr) throw py::error_already_set();
+    Py_XDECREF(items[i]);  // numpy filled the array with None
+    items[i] = item;
+    offset += length;
+  }
+  return array;
 }
 
 // A read-only numpy view of bytes the core does not own: no copy.
 py::array View(const TensorView& t) {
+  if (t.dtype == DataType::kBytes) return BytesArray(t);
   static const uint8_t kEmpty = 0;
-  std::vector<py::ssize_t> shape;
-  if (t.dtype == DataType::kBytes) {
-    shape.push_back(static_cast<py::ssize_t>(t.byte_size));
-  } else {
-    shape.assign(t.shape.begin(), t.shape.end());
-  }
+  std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
   const void* data = t.data != nullptr ? t.data : &kEmpty;
   py::array array(NumpyDtype(t.dtype), shape, {}, data, py::none());
   py::detail::array_proxy(array.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return array;
 }
 
-// Runs a Python callable per batch: `execute(instance, request_ids, inputs)`, with the GIL
-// taken once for the whole batch. The callable delivers every completion itself.
+// The trampoline into Python, with the GIL taken once per batch:
+//   outputs = execute(instance, inputs)            the backend's compute
+//   deliver(ids, batch_sizes, inputs, outputs, error)   split and hand to the event loop
+// and reject(ids, code, message) for requests the core refuses after accepting them.
 class PyExecutor : public Executor {
  public:
-  explicit PyExecutor(py::object execute) : execute_(std::move(execute)) {}
+  PyExecutor(py::object execute, py::object deliver, py::object reject)
+      : execute_(std::move(execute)), deliver_(std::move(deliver)), reject_(std::move(reject)) {}
   ~PyExecutor() override {
     py::gil_scoped_acquire gil;
-    execute_ = py::object();
+    execute_ = deliver_ = reject_ = py::object();
   }
 
-  void Execute(Batch& batch) override {
+  Status Execute(Batch& batch) override {
+    py::gil_scoped_acquire gil;
+    py::list ids(batch.requests.size()), sizes(batch.requests.size());
+    for (size_t i = 0; i < batch.requests.size(); ++i) {
+      ids[i] = py::int_(batch.requests[i]->id);
+      sizes[i] = py::int_(batch.requests[i]->batch_size);
+    }
+    py::dict inputs;
+    py::object outputs = py::none(), error = py::none();
+    try {
+      for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t);
+      batch.times.infer_start = SteadyNowNs();
+      outputs = execute_(batch.instance, inputs);
+    } catch (py::error_already_set& e) {
+      error = e.value();
+    }
+    batch.times.infer_end = SteadyNowNs();
+    try {
+      deliver_(ids, sizes, inputs, outputs, error);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("pyserve deliver");  // a bug in the runner: show the traceback
+    }
+    batch.times.output_end = SteadyNowNs();
+    if (error.is_none()) return Status::OK();
+    return Status(StatusCode::kInternal, py::str(error).cast<std::string>());
+  }
+
+  void Reject(const std::vector<uint64_t>& request_ids, const Status& status) override {
     py::gil_scoped_acquire gil;
     try {
-      py::list ids(batch.requests.size());
-      for (size_t i = 0; i < batch.requests.size(); ++i) {
-        ids[i] = py::int_(batch.requests[i]->id);
-      }
-      py::dict inputs;
-      for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t);
-      execute_(batch.instance, ids, inputs);
+      reject_(request_ids, CodeName(status.code()), status.message());
     } catch (py::error_already_set& e) {
-      // The callable owns error delivery; an exception here is a bug worth a traceback.
-      e.discard_as_unraisable("pyserve executor");
+      e.discard_as_unraisable("pyserve reject");
     }
   }
 
  private:
-  py::object execute_;
+  py::object execute_, deliver_, reject_;
 };
+
+py::dict DurationDict(const Duration& d) {
+  py::dict out;
+  out["count"] = d.count;
+  out["ns"] = d.ns;
+  return out;
+}
+
+py::dict StatsDict(const ModelStats& s) {
+  py::dict inference;
+  inference["success"] = DurationDict(s.success);
+  inference["fail"] = DurationDict(s.fail);
+  inference["queue"] = DurationDict(s.queue);
+  inference["compute_input"] = DurationDict(s.compute_input);
+  inference["compute_infer"] = DurationDict(s.compute_infer);
+  inference["compute_output"] = DurationDict(s.compute_output);
+  py::list batches;
+  for (const auto& [size, b] : s.batch_stats) {
+    py::dict entry;
+    entry["batch_size"] = size;
+    entry["compute_input"] = DurationDict(b.compute_input);
+    entry["compute_infer"] = DurationDict(b.compute_infer);
+    entry["compute_output"] = DurationDict(b.compute_output);
+    batches.append(entry);
+  }
+  py::dict out;
+  out["last_inference"] = s.last_inference_ms;
+  out["inference_count"] = s.inference_count;
+  out["execution_count"] = s.execution_count;
+  out["inference_stats"] = inference;
+  out["batch_stats"] = batches;
+  return out;
+}
 
 // Owns the core scheduler; stops it without the GIL so workers inside Python can finish.
 class PyScheduler {
  public:
-  PyScheduler(const std::string& model_name, int instance_count, py::object execute,
-              size_t queue_capacity) {
-    SchedulerOptions options;
-    options.model_name = model_name;
-    options.instance_count = instance_count;
-    options.queue_capacity = queue_capacity;
-    ThrowIfError(Scheduler::Create(options, std::make_shared<PyExecutor>(std::move(execute)),
-                                   &scheduler_));
+  PyScheduler(const SchedulerOptions& options, py::object execute, py::object deliver,
+              py::object reject) {
+    auto executor = std::make_shared<PyExecutor>(std::move(execute), std::move(deliver),
+                                                 std::move(reject));
+    ThrowIfError(Scheduler::Create(options, std::move(executor), &scheduler_));
   }
 
   ~PyScheduler() {
@@ -100,9 +174,13 @@ class PyScheduler {
 
   // inputs: a sequence of (name, datatype code, shape, buffer). The buffers must stay alive
   // until the request's completion is delivered; the core keeps only pointers.
-  void Enqueue(uint64_t request_id, const py::sequence& inputs) {
+  void Enqueue(uint64_t request_id, const py::sequence& inputs, uint32_t batch_size,
+               uint64_t priority, uint64_t timeout_us) {
     auto request = std::make_unique<InferRequest>();
     request->id = request_id;
+    request->batch_size = batch_size;
+    request->priority = priority;
+    request->timeout_us = timeout_us;
     request->inputs.reserve(inputs.size());
     for (const py::handle item : inputs) {
       auto tuple = item.cast<py::tuple>();
@@ -124,6 +202,7 @@ class PyScheduler {
   }
 
   uint64_t InflightCount() const { return scheduler_->InflightCount(); }
+  py::dict Statistics() const { return StatsDict(scheduler_->Statistics()); }
 
  private:
   std::unique_ptr<Scheduler> scheduler_;
@@ -132,11 +211,43 @@ class PyScheduler {
 }  // namespace
 
 void RegisterScheduler(py::module_& m) {
+  py::class_<QueuePolicy>(m, "QueuePolicy")
+      .def(py::init<>())
+      .def_readwrite("delay_on_timeout", &QueuePolicy::delay_on_timeout)
+      .def_readwrite("default_timeout_us", &QueuePolicy::default_timeout_us)
+      .def_readwrite("allow_timeout_override", &QueuePolicy::allow_timeout_override)
+      .def_readwrite("max_queue_size", &QueuePolicy::max_queue_size);
+
+  py::class_<BatchingOptions>(m, "BatchingOptions")
+      .def(py::init<>())
+      .def_readwrite("max_batch_size", &BatchingOptions::max_batch_size)
+      .def_readwrite("preferred_batch_sizes", &BatchingOptions::preferred_batch_sizes)
+      .def_readwrite("max_queue_delay_us", &BatchingOptions::max_queue_delay_us)
+      .def_readwrite("priority_levels", &BatchingOptions::priority_levels)
+      .def_readwrite("default_priority_level", &BatchingOptions::default_priority_level)
+      .def_readwrite("default_policy", &BatchingOptions::default_policy)
+      .def_readwrite("level_policies", &BatchingOptions::level_policies)
+      .def_readwrite("equal_shape_inputs", &BatchingOptions::equal_shape_inputs)
+      .def_readwrite("equal_input_sets", &BatchingOptions::equal_input_sets);
+
+  py::class_<SchedulerOptions>(m, "SchedulerOptions")
+      .def(py::init<>())
+      .def_readwrite("model_name", &SchedulerOptions::model_name)
+      .def_readwrite("instance_count", &SchedulerOptions::instance_count)
+      .def_readwrite("instance_devices", &SchedulerOptions::instance_devices)
+      .def_readwrite("device_inputs", &SchedulerOptions::device_inputs)
+      .def_readwrite("queue_capacity", &SchedulerOptions::queue_capacity)
+      .def_readwrite("dynamic_batching", &SchedulerOptions::dynamic_batching)
+      .def_readwrite("batching", &SchedulerOptions::batching)
+      .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count);
+
   py::class_<PyScheduler>(m, "Scheduler")
-      .def(py::init<const std::string&, int, py::object, size_t>(), py::arg("model_name"),
-           py::arg("instance_count"), py::arg("execute"), py::arg("queue_capacity") = 4096)
-      .def("enqueue", &PyScheduler::Enqueue, py::arg("request_id"), py::arg("inputs"))
+      .def(py::init<const SchedulerOptions&, py::object, py::object, py::object>(),
+           py::arg("options"), py::arg("execute"), py::arg("deliver"), py::arg("reject"))
+      .def("enqueue", &PyScheduler::Enqueue, py::arg("request_id"), py::arg("inputs"),
+           py::arg("batch_size") = 1, py::arg("priority") = 0, py::arg("timeout_us") = 0)
       .def("stop", &PyScheduler::Stop)
+      .def("statistics", &PyScheduler::Statistics)
       .def_property_readonly("inflight_count", &PyScheduler::InflightCount);
 }
 

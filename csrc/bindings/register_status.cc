@@ -6,7 +6,6 @@ namespace py = pybind11;
 
 namespace pyserve::bindings {
 
-namespace {
 const char* CodeName(StatusCode code) {
   switch (code) {
     case StatusCode::kOk: return "OK";
@@ -20,7 +19,6 @@ const char* CodeName(StatusCode code) {
   }
   return "UNKNOWN";
 }
-}  // namespace
 
 void RegisterStatus(py::module_& m) {
   (void)m;

@@ -91,6 +91,12 @@ def encode_stream_response(infer_response: bytes) -> bytes:
     return b"".join((_STREAM_RESPONSE_TAG, _varint(len(infer_response)), infer_response))
 
 
+def parameters_dict(parameters) -> dict:
+    """A protobuf map<string, InferParameter> as plain Python values."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice"))
+            for key, value in parameters.items() if value.WhichOneof("parameter_choice")}
+
+
 # Typed `contents` field per wire datatype (InferTensorContents).
 CONTENTS_FIELD = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",

@@ -13,6 +13,7 @@ import logging
 from typing import AsyncIterator, Callable
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from pyserve import __version__
@@ -37,7 +38,8 @@ GRPC_STATUS = {
     ErrorCode.UNKNOWN: grpc.StatusCode.UNKNOWN,
 }
 
-SERVER_EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters"]
+SERVER_EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics",
+                     "schedule_policy"]
 _INT32_MAX = 2**31 - 1
 
 
@@ -91,6 +93,13 @@ class InferenceServicer:
         return pb.ModelConfigResponse(config=model.config)
 
     @_refusals
+    async def ModelStatistics(self, request, context):
+        response = pb.ModelStatisticsResponse()
+        for entry in self._manager.statistics(request.name, request.version):
+            json_format.ParseDict(entry, response.model_stats.add())
+        return response
+
+    @_refusals
     async def ModelInfer(self, request: bytes, context) -> bytes:
         return await self._infer(request)
 
@@ -123,6 +132,7 @@ class InferenceServicer:
         requested = [o.name for o in request.outputs]
         model, outputs = await run_inference(self._manager, request.model_name,
                                              request.model_version, inputs, requested, request.id,
+                                             codec.parameters_dict(request.parameters),
                                              self._metrics)
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)

@@ -46,12 +46,14 @@ class HttpFrontend:
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
             web.get("/v2", self.server_metadata),
+            web.get("/v2/models/stats", self.statistics),
         ]
         for base in (_MODEL, _VERSION):
             routes += [
                 web.get(base, self.model_metadata),
                 web.get(base + "/ready", self.model_ready),
                 web.get(base + "/config", self.model_config),
+                web.get(base + "/stats", self.statistics),
                 web.post(base + "/infer", self.infer),
             ]
         return routes
@@ -79,6 +81,11 @@ class HttpFrontend:
         model = self._manager.get(request.match_info["model"], request.match_info.get("version", ""))
         return web.json_response(config_to_json(model.config))
 
+    async def statistics(self, request: web.Request) -> web.Response:
+        entries = self._manager.statistics(request.match_info.get("model", ""),
+                                           request.match_info.get("version", ""))
+        return web.json_response({"model_stats": entries})
+
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await request.read()
@@ -96,7 +103,7 @@ class HttpFrontend:
             raise ServerError("each requested output must have a string 'name'")
         model, outputs = await run_inference(self._manager, name, version, inputs,
                                              [o["name"] for o in requested], str(header.get("id", "")),
-                                             self._metrics)
+                                             _parameters(header), self._metrics)
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from pyserve.datatypes import wire_name
+from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends.metrics import Metrics
 from pyserve.frontends.validation import validate_request
 from pyserve.lifecycle import ModelManager, ModelVersion
@@ -25,15 +26,19 @@ class OutputTensor:
 
 async def run_inference(manager: ModelManager, model_name: str, version: str,
                         inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
-                        request_id: str = "", metrics: Metrics | None = None,
+                        request_id: str = "", parameters: dict | None = None,
+                        metrics: Metrics | None = None,
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
-    """Outputs in the order requested, or every output of the config in config order."""
+    """Outputs in the order requested, or every output of the config in config order.
+    `parameters` are the request's (priority and timeout are read here)."""
     model = manager.get(model_name, version)
+    parameters = parameters or {}
     start = time.perf_counter()
     ok = False
     try:
-        validate_request(model.config, inputs, requested_outputs, request_id)
-        results = await model.runner.infer(inputs)
+        batch_size = validate_request(model.config, inputs, requested_outputs, request_id)
+        results = await model.runner.infer(
+            inputs, batch_size, _unsigned(parameters, "priority"), _unsigned(parameters, "timeout"))
         ok = True
     finally:
         if metrics is not None:
@@ -41,7 +46,18 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
                             (time.perf_counter() - start) * 1e6)
     datatypes = {o.name: wire_name(o.data_type) for o in model.config.output}
     names = list(requested_outputs) or [o.name for o in model.config.output]
+    missing = [name for name in names if name not in results]
+    if missing:
+        raise ServerError(f"model '{model.name}' did not produce output(s) {missing}",
+                          ErrorCode.INTERNAL)
     return model, [OutputTensor(name, datatypes[name], results[name]) for name in names]
+
+
+def _unsigned(parameters: dict, key: str) -> int:
+    value = parameters.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ServerError(f"parameter '{key}' must be a non-negative integer, got {value!r}")
+    return value
 
 
 def model_metadata(model: ModelVersion, versions: list[str]) -> dict:
