@@ -236,9 +236,8 @@ void Scheduler::DirectWorkerLoop(int instance) {
 void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
   batch->times.input_start = SteadyNowNs();
-  Gather(*batch);
   Status status;
-  if (batch->inputs.size() != batch->requests.front()->inputs.size()) {
+  if (!GatherBatch(*batch, pool_)) {
     status = Status(StatusCode::kInternal, "out of host memory for a batch of model '" +
                                                options_.model_name + "'");
   } else if (options_.device_inputs && instance.stream != nullptr && !CopyToDevice(*batch, instance)) {
@@ -265,11 +264,11 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Release(count);
 }
 
-void Scheduler::Gather(Batch& batch) {
+bool GatherBatch(Batch& batch, HostMemoryPool& pool) {
   const InferRequest& first = *batch.requests.front();
   if (batch.requests.size() == 1) {
     batch.inputs = first.inputs;  // zero-copy: the request's own bytes
-    return;
+    return true;
   }
   for (const TensorView& model_input : first.inputs) {
     std::vector<const TensorView*> parts;
@@ -288,8 +287,8 @@ void Scheduler::Gather(Batch& batch) {
                               part->shape.end(),
                               model_input.shape.begin() + (model_input.shape.empty() ? 0 : 1));
     }
-    std::shared_ptr<uint8_t> buffer = pool_.Acquire(std::max<size_t>(total, 1));
-    if (!buffer) return;  // Run() reports the shortfall
+    std::shared_ptr<uint8_t> buffer = pool.Acquire(std::max<size_t>(total, 1));
+    if (!buffer) return false;
     size_t offset = 0;
     for (const TensorView* part : parts) {
       if (part->byte_size != 0) std::memcpy(buffer.get() + offset, part->data, part->byte_size);
@@ -306,6 +305,7 @@ void Scheduler::Gather(Batch& batch) {
     batch.inputs.push_back(std::move(gathered));
     batch.buffers.push_back(std::move(buffer));
   }
+  return true;
 }
 
 bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {

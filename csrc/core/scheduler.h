@@ -38,6 +38,10 @@ struct SchedulerOptions {
   uint32_t delay_scheduler_count = 0;  // hold batching until this many requests are queued
 };
 
+// Gathers the batch's inputs into one pooled host buffer per input (batch.inputs), or aliases
+// the request's own bytes when the batch holds one request. Returns false when out of memory.
+bool GatherBatch(Batch& batch, HostMemoryPool& pool);
+
 class Scheduler {
  public:
   static Status Create(const SchedulerOptions& options, std::shared_ptr<Executor> executor,
@@ -69,7 +73,6 @@ class Scheduler {
   void WorkerLoop(int instance);
   void DirectWorkerLoop(int instance);
   void Run(std::unique_ptr<Batch> batch);
-  void Gather(Batch& batch);
   bool CopyToDevice(Batch& batch, Instance& instance);
   void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns);
   void Release(uint64_t count);
