@@ -1,0 +1,60 @@
+"""Type stubs for pyserve._core, the C++ serving core (private: use the pyserve package)."""
+
+from typing import Any, Callable, Sequence
+
+class QueuePolicy:
+    delay_on_timeout: bool
+    default_timeout_us: int
+    allow_timeout_override: bool
+    max_queue_size: int
+    def __init__(self) -> None: ...
+
+class BatchingOptions:
+    max_batch_size: int
+    preferred_batch_sizes: list[int]
+    max_queue_delay_us: int
+    priority_levels: int
+    default_priority_level: int
+    default_policy: QueuePolicy
+    level_policies: dict[int, QueuePolicy]
+    equal_shape_inputs: list[str]
+    equal_input_sets: bool
+    def __init__(self) -> None: ...
+
+class SchedulerOptions:
+    model_name: str
+    instance_count: int
+    instance_devices: list[int]
+    device_inputs: bool
+    queue_capacity: int
+    dynamic_batching: bool
+    batching: BatchingOptions
+    delay_scheduler_count: int
+    def __init__(self) -> None: ...
+
+class Scheduler:
+    def __init__(
+        self,
+        options: SchedulerOptions,
+        execute: Callable[[int, dict[str, Any]], Any],
+        deliver: Callable[[list[int], list[int], dict[str, Any], Any, BaseException | None], None],
+        reject: Callable[[list[int], str, str], None],
+    ) -> None: ...
+    def enqueue(
+        self,
+        request_id: int,
+        inputs: Sequence[tuple[str, int, Sequence[int], Any]],
+        batch_size: int = 1,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> None: ...
+    def stop(self) -> None: ...
+    def statistics(self) -> dict[str, Any]: ...
+    @property
+    def inflight_count(self) -> int: ...
+
+def set_cuda_search_paths(paths: list[str]) -> None: ...
+def cuda_device_count() -> int: ...
+def cuda_library() -> str: ...
+def host_memory_usage() -> dict[str, Any]: ...
+def reset_host_memory() -> None: ...
