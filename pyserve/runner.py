@@ -9,6 +9,7 @@ and calls back once per batch, with the GIL taken once: `_execute` runs the back
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -55,6 +56,9 @@ class ModelRunner:
         self._batching = config.max_batch_size > 0
         self._ordered = (config.HasField("dynamic_batching")
                          and config.dynamic_batching.preserve_ordering)
+        # Completions waiting for the loop; one wake-up of the loop serves all of them.
+        self._handed_off: collections.deque = collections.deque()
+        self._wake_pending = False
         self._scheduler = _core.Scheduler(scheduler_options(config, instance_devices),
                                           self._execute, self._deliver, self._reject)
 
@@ -92,7 +96,7 @@ class ModelRunner:
                           type(error).__name__, error)
                 error = ServerError(f"{type(error).__name__}: {error}", ErrorCode.INTERNAL)
             results = [(request_id, None, error) for request_id in request_ids]
-        self._loop.call_soon_threadsafe(self._complete, results)
+        self._hand_off(results)
 
     def _split(self, request_ids, batch_sizes, inputs, outputs) -> list[tuple]:
         if not isinstance(outputs, dict):
@@ -122,7 +126,20 @@ class ModelRunner:
 
     def _reject(self, request_ids: list[int], code: str, message: str) -> None:
         error = ServerError(message, code)
-        self._loop.call_soon_threadsafe(self._complete, [(rid, None, error) for rid in request_ids])
+        self._hand_off([(rid, None, error) for rid in request_ids])
+
+    def _hand_off(self, results: list) -> None:
+        """Worker thread, GIL held. Wakes the loop only if no wake-up is already on its way,
+        which saves a syscall per batch under load."""
+        self._handed_off.append(results)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._wake_pending = False  # first: a hand-off during the drain schedules another
+        while self._handed_off:
+            self._complete(self._handed_off.popleft())
 
     def _complete(self, results: list) -> None:
         for request_id, outputs, error in results:
