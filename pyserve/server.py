@@ -50,16 +50,20 @@ class Server:
             log.info("Started Metrics Service at %s:%d", options.host, self.metrics_port)
 
     async def stop(self) -> None:
-        """Refuse new requests, let in-flight ones finish (up to exit_timeout_secs), then
-        unload the models."""
-        grace = self.options.exit_timeout_secs
+        """Refuse new requests and answer every accepted one, then close the frontends.
+
+        The frontends drain (up to exit_timeout_secs) while the models unload: unloading runs
+        every request the schedulers hold, batches still waiting out a delay included, and the
+        loop stays free to send their responses.
+        """
+        frontends = []
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            frontends.append(asyncio.ensure_future(self._grpc.stop(self.options.exit_timeout_secs)))
         for runner in self._runners:
-            await runner.shutdown()
-            await runner.cleanup()
+            frontends.append(asyncio.ensure_future(_close(runner)))
         if self.manager is not None:
             await asyncio.to_thread(self.manager.unload_all)
+        await asyncio.gather(*frontends)
         log.info("pyserve stopped")
 
     def request_exit(self) -> None:
@@ -85,6 +89,11 @@ class Server:
     @staticmethod
     def _force_exit() -> None:
         os._exit(1)
+
+
+async def _close(runner) -> None:
+    await runner.shutdown()
+    await runner.cleanup()
 
 
 def run(options: ServerOptions) -> None:

@@ -54,14 +54,17 @@ class ServerProcess:
 
 
 def start_server(repositories: list[Path], log_path: Path, *extra: str,
-                 timeout: float = 60) -> ServerProcess:
-    """Start `pyserve serve` on free ports and wait until all three services listen."""
+                 timeout: float = 60, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `pyserve serve` on free ports and wait until all three services listen.
+
+    `env` adds to (or overrides) the inherited environment of the server process."""
     command = [*PYSERVE, "serve", "--host", "127.0.0.1",
                "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *extra]
     for repository in repositories:
         command += ["--model-repository", str(repository)]
     log_file = open(log_path, "w")
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=OUTSIDE)
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=OUTSIDE,
+                               env=None if env is None else {**os.environ, **env})
     log_file.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
