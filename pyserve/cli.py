@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pyserve import __version__
-from pyserve.options import ServerOptions
+from pyserve.options import CONTROL_MODES, ServerOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +41,29 @@ def _parser() -> argparse.ArgumentParser:
     net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                      metavar="BYTES", help="largest HTTP request body (default: %(default)s)")
     models = serve.add_argument_group("models")
+    models.add_argument("--model-control-mode", choices=CONTROL_MODES, default="none",
+                        type=str.lower,
+                        help="none: load every model at startup; poll: also reload what changes "
+                             "on disk; explicit: load only --load-model names, then use the "
+                             "repository API (default: %(default)s)")
+    models.add_argument("--load-model", dest="load_models", action="append", default=[],
+                        metavar="NAME", help="explicit mode: a model to load at startup; "
+                                             "repeat for several, '*' for all")
+    models.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
+                        help="poll mode: seconds between repository scans (default: %(default)s)")
+    models.add_argument("--strict-readiness", type=_boolean, default=True, metavar="BOOL",
+                        help="ready only when every model is ready (default: true)")
+    models.add_argument("--exit-on-error", type=_boolean, default=True, metavar="BOOL",
+                        help="exit when a model fails to load at startup (default: true)")
+    models.add_argument("--disable-auto-complete-config", action="store_true",
+                        help="use config.pbtxt as written, without filling it from the model")
+    models.add_argument("--strict-model-config", type=_boolean, default=None, metavar="BOOL",
+                        help=argparse.SUPPRESS)  # deprecated Triton spelling: true disables it
+    models.add_argument("--model-config-name", default="", metavar="NAME",
+                        help="read configs/NAME.pbtxt instead of config.pbtxt where present")
+    models.add_argument("--backend-config", action="append", default=[],
+                        metavar="[BACKEND,]KEY=VALUE",
+                        help="backend settings; supported: default-max-batch-size=N")
     models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
                         help="models loaded in parallel (default: %(default)s)")
     serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
@@ -59,6 +82,17 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
+def _default_max_batch_size(settings: list[str]) -> int:
+    """--backend-config=[onnxruntime,]default-max-batch-size=N; other settings are refused."""
+    value = 4
+    for setting in settings:
+        key, _, number = setting.rpartition(",")[2].partition("=")
+        if key != "default-max-batch-size" or not number.isdigit():
+            raise SystemExit(f"pyserve: unsupported --backend-config '{setting}'")
+        value = int(number)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = ServerOptions(
@@ -71,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,
         http_max_input_size=args.http_max_input_size,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_models,
+        repository_poll_secs=args.repository_poll_secs,
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
+        model_config_name=args.model_config_name,
+        default_max_batch_size=_default_max_batch_size(args.backend_config),
         model_load_thread_count=args.model_load_thread_count,
         exit_timeout_secs=args.exit_timeout_secs,
         log_verbose=args.log_verbose,
@@ -80,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from pyserve.server import run  # imported late: `pyserve --help` stays fast
 
-    run(options)
-    return 0
+    return run(options)
 
 
 if __name__ == "__main__":

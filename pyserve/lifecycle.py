@@ -1,22 +1,38 @@
-"""ModelManager: which model versions exist, their state and reason, and the runners that
-serve the READY ones. Frontends look models up here with Triton's rules and error texts."""
+"""ModelManager: which models and versions exist, their state and reason, and the runners that
+serve the READY ones; loads, unloads and reloads them without a restart.
+
+Loading (sessions, weights) runs on worker threads; every change of what is served happens on
+the event loop, between requests. A reload builds the new runners while the old ones keep
+serving, swaps them in, then retires the old ones: a retiring runner refuses nothing it
+already accepted, and no request can reach it after the swap, so none is lost.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pyserve.backends import InstanceSpec, ModelContext, backend_class
-from pyserve.config import load_config, normalize
+from pyserve.config import ConfigOptions, model_config, parse_config_json
+from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes, wire_name
 from pyserve.errors import ErrorCode, ServerError
+from pyserve.options import ServerOptions
 from pyserve.protocol import pb
 from pyserve.repository import find_models, select_versions, version_dirs
-from pyserve.runner import ModelRunner
+from pyserve.runner import InputTensor, ModelRunner
 
 log = logging.getLogger("pyserve")
+
+NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
 
 
 class ModelState(str, enum.Enum):
@@ -41,63 +57,194 @@ class ModelVersion:
 class Model:
     name: str
     versions: dict[int, ModelVersion] = field(default_factory=dict)
-    reason: str = ""  # why the model as a whole could not be loaded
+    reason: str = ""  # why the model as a whole failed to load, if it did
+    wanted: bool = False  # asked to be loaded (and not unloaded since): counts for readiness
+    fingerprint: tuple = ()  # of the files last loaded, for polling
+    upload_dir: Path | None = None  # a temporary model directory made from uploaded files
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def ready_versions(self) -> list[ModelVersion]:
         return [v for _, v in sorted(self.versions.items()) if v.state == ModelState.READY]
 
+    def ready(self) -> bool:
+        return bool(self.versions) and all(
+            v.state == ModelState.READY for v in self.versions.values())
+
 
 class ModelManager:
-    def __init__(self, repositories: list[Path], loop: asyncio.AbstractEventLoop,
-                 gpu_count: int = 0, load_threads: int = 4) -> None:
-        self._repositories = [Path(r) for r in repositories]
+    def __init__(self, options: ServerOptions, loop: asyncio.AbstractEventLoop,
+                 gpu_count: int = 0) -> None:
+        self._options = options
+        self._repositories = [Path(r) for r in options.model_repositories]
         self._loop = loop
-        self._gpu_count = gpu_count
-        self._load_slots = asyncio.Semaphore(max(load_threads, 1))
+        self._config_options = ConfigOptions(
+            gpu_count=gpu_count, auto_complete=options.auto_complete_config,
+            config_name=options.model_config_name,
+            default_max_batch_size=options.default_max_batch_size)
+        self._load_slots = asyncio.Semaphore(max(options.model_load_thread_count, 1))
+        self._poller: asyncio.Task | None = None
         self.models: dict[str, Model] = {}
 
-    async def load_all(self) -> None:
-        """Load every model of the repositories (model control mode "none")."""
-        loads = []
-        for name, dirs in find_models(self._repositories).items():
-            model = self.models.setdefault(name, Model(name))
-            if len(dirs) > 1:
-                model.reason = "model appears in two or more repositories"
-                log.error("failed to load '%s': %s", name, model.reason)
-                continue
-            loads.append(self._load_model(model, dirs[0]))
-        await asyncio.gather(*loads)
+    # --- startup, polling, shutdown ---------------------------------------------------------
 
-    async def _load_model(self, model: Model, model_dir: Path) -> None:
-        try:
-            config = normalize(load_config(model_dir), model.name, self._gpu_count)
-            available = version_dirs(model_dir)
-            chosen = select_versions(config.version_policy, list(available))
-            if not chosen:
-                raise ServerError(f"at least one version must be available under the version "
-                                  f"policy of model '{model.name}'")
-        except ServerError as e:
-            model.reason = e.message
-            log.error("failed to load '%s': %s", model.name, e.message)
-            return
-        await asyncio.gather(*(self._load_version(model, config, v, available[v]) for v in chosen))
+    async def startup(self) -> list[str]:
+        """Load what the control mode says to load; returns the names that failed."""
+        mode = self._options.model_control_mode
+        if mode == "explicit":
+            names = self._options.load_models
+            if "*" in names:
+                if len(names) > 1:
+                    raise ServerError("Wildcard model name '*' must be the ONLY startup model "
+                                      "if specified at all.")
+                names = list(find_models(self._repositories))
+        else:
+            names = list(find_models(self._repositories))
+        results = await asyncio.gather(*(self.load(name) for name in names),
+                                       return_exceptions=True)
+        failed = [n for n, r in zip(names, results) if isinstance(r, BaseException)]
+        if mode == "poll" and self._options.repository_poll_secs > 0:
+            self._poller = asyncio.ensure_future(self._poll_forever())
+        return failed
 
-    async def _load_version(self, model: Model, config: pb.ModelConfig, version: int,
-                            version_dir: Path) -> None:
-        entry = model.versions[version] = ModelVersion(model.name, version, config)
-        async with self._load_slots:
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.repository_poll_secs)
             try:
-                entry.runner = await asyncio.to_thread(self._create_runner, config, version,
-                                                       version_dir)
-            except Exception as e:  # noqa: BLE001 - any load failure leaves the server running
-                message = e.message if isinstance(e, ServerError) else f"{type(e).__name__}: {e}"
-                entry.state, entry.reason = ModelState.UNAVAILABLE, message
-                log.error("failed to load '%s' version %d: %s", model.name, version, message)
-                return
-        entry.state = ModelState.READY
-        log.info("successfully loaded '%s' version %d", model.name, version)
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - polling must go on
+                log.exception("repository poll failed")
 
-    def _create_runner(self, config: pb.ModelConfig, version: int, version_dir: Path) -> ModelRunner:
+    async def poll_once(self) -> None:
+        """Load added and changed models, unload removed ones (poll mode)."""
+        found = find_models(self._repositories)
+        changes = []
+        for name, dirs in found.items():
+            model = self.models.get(name)
+            if model is None or model.fingerprint != _fingerprint(dirs):
+                changes.append(self.load(name))
+        for name, model in self.models.items():
+            if name not in found and model.wanted:
+                changes.append(self.unload(name))
+        results = await asyncio.gather(*changes, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ServerError):
+                raise result
+
+    async def shutdown(self) -> None:
+        """Stop polling, then unload every model: each runner answers what it accepted."""
+        if self._poller is not None:
+            self._poller.cancel()
+        await asyncio.gather(*(self.unload(name) for name in list(self.models)),
+                             return_exceptions=True)
+
+    # --- load / unload ----------------------------------------------------------------------
+
+    def check_control_allowed(self) -> None:
+        if self._options.model_control_mode != "explicit":
+            raise ServerError(NOT_ALLOWED, ErrorCode.UNAVAILABLE)
+
+    async def load(self, name: str, config_override: pb.ModelConfig | None = None,
+                   files: dict[str, bytes] | None = None) -> None:
+        """Load or reload `name`. The versions it serves now keep serving until their
+        replacements are READY; a failure leaves them serving and raises ServerError."""
+        if not files and name not in self.models and not any(
+                (repo / name).is_dir() for repo in self._repositories):
+            raise ServerError(f"failed to load '{name}', failed to poll from model repository")
+        model = self.models.setdefault(name, Model(name))
+        async with model.lock:
+            model.wanted = True
+            upload_dir = None
+            try:
+                if files:
+                    if config_override is None:
+                        raise ServerError(f"failed to load '{name}': a 'config' parameter is "
+                                          "required when model files are given")
+                    upload_dir = _write_upload(name, files)
+                    model_dir, fingerprint = upload_dir, ()
+                else:
+                    dirs = [repo / name for repo in self._repositories if (repo / name).is_dir()]
+                    if not dirs:
+                        raise ServerError(f"failed to load '{name}', failed to poll from model "
+                                          "repository")
+                    if len(dirs) > 1:
+                        raise ServerError("model appears in two or more repositories")
+                    model_dir, fingerprint = dirs[0], _fingerprint(dirs)
+                config = await asyncio.to_thread(model_config, model_dir, self._config_options,
+                                                 config_override)
+                available = version_dirs(model_dir)
+                chosen = select_versions(config.version_policy, list(available))
+                if not chosen:
+                    raise ServerError(f"at least one version must be available under the "
+                                      f"version policy of model '{name}'")
+            except ServerError as e:
+                _remove(upload_dir)
+                log.error("failed to load '%s': %s", name, e.message)
+                serving = model.ready_versions()
+                for entry in serving:
+                    entry.reason = f"reload failed, still serving the previous load: {e.message}"
+                if not serving:
+                    model.reason = e.message
+                if e.message.startswith("failed to load"):
+                    raise
+                raise ServerError(f"failed to load '{name}': {e.message}", e.code) from None
+
+            for version in chosen:
+                entry = model.versions.get(version)
+                if entry is None or entry.state != ModelState.READY:
+                    model.versions[version] = ModelVersion(name, version, config)
+            results = await asyncio.gather(*(
+                self._load_version(config, version, available[version]) for version in chosen),
+                return_exceptions=True)
+
+            retiring, failures = [], {}
+            for version, result in zip(chosen, results):
+                old = model.versions.get(version)
+                if isinstance(result, BaseException):
+                    message = result.message if isinstance(result, ServerError) else repr(result)
+                    failures[version] = message
+                    log.error("failed to load '%s' version %d: %s", name, version, message)
+                    if old is not None and old.runner is not None:
+                        old.reason = f"reload failed, still serving the previous load: {message}"
+                    else:
+                        model.versions[version] = ModelVersion(
+                            name, version, config, None, ModelState.UNAVAILABLE, message)
+                    continue
+                if old is not None and old.runner is not None:
+                    retiring.append(old.runner)
+                model.versions[version] = ModelVersion(name, version, config, result,
+                                                       ModelState.READY)
+                log.info("successfully loaded '%s' version %d", name, version)
+            if not failures:  # the new set of versions replaces the old one
+                for version, entry in model.versions.items():
+                    if version not in chosen and entry.runner is not None:
+                        retiring.append(entry.runner)
+                        entry.runner, entry.state, entry.reason = (
+                            None, ModelState.UNAVAILABLE, "unloaded")
+                if upload_dir is not None or model.upload_dir is not None:
+                    _remove(model.upload_dir)
+                    model.upload_dir = upload_dir
+                model.fingerprint = fingerprint
+                model.reason = ""
+            else:
+                _remove(upload_dir)
+                model.reason = "; ".join(f"version {v}: {m}" for v, m in failures.items())
+            await _retire(retiring)
+            if failures:
+                raise ServerError(f"failed to load '{name}': {model.reason}")
+
+    async def _load_version(self, config: pb.ModelConfig, version: int,
+                            version_dir: Path) -> ModelRunner:
+        async with self._load_slots:
+            runner = await asyncio.to_thread(self._create_runner, config, version, version_dir)
+        try:
+            await _warm_up(runner, config, version_dir)
+        except BaseException:
+            await _retire([runner])
+            raise
+        return runner
+
+    def _create_runner(self, config: pb.ModelConfig, version: int,
+                       version_dir: Path) -> ModelRunner:
         cls = backend_class(config.backend)
         context = ModelContext(config.name, version, config, version_dir)
         specs = instance_specs(config)
@@ -111,6 +258,29 @@ class ModelManager:
             for backend in instances:
                 backend.close()
             raise
+
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Stop serving every version of `name`; requests in flight finish first."""
+        model = self.models.get(name)
+        if model is None:
+            return
+        async with model.lock:
+            model.wanted = False
+            retiring = []
+            for entry in model.versions.values():
+                if entry.runner is not None:
+                    retiring.append(entry.runner)
+                    entry.state = ModelState.UNLOADING
+            await _retire(retiring)
+            for entry in model.versions.values():
+                entry.runner, entry.state, entry.reason = None, ModelState.UNAVAILABLE, "unloaded"
+            _remove(model.upload_dir)
+            model.upload_dir = None
+            model.fingerprint = ()
+            if retiring:
+                log.info("successfully unloaded '%s'", name)
+
+    # --- lookups ----------------------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The READY version a request names (empty = the latest ready one), or Triton's error."""
@@ -143,7 +313,29 @@ class ModelManager:
         return True
 
     def all_ready(self) -> bool:
-        return all(m.ready_versions() and not m.reason for m in self.models.values())
+        """Server readiness: with strict readiness, every model asked for must be ready."""
+        if not self._options.strict_readiness:
+            return True
+        return all(m.ready() for m in self.models.values() if m.wanted)
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """RepositoryIndex: every model of the repositories and every version known."""
+        entries = []
+        names = sorted(set(find_models(self._repositories)) | set(self.models))
+        for name in names:
+            model = self.models.get(name)
+            if model is None or not model.versions:
+                if not ready_only:
+                    state = ModelState.UNAVAILABLE.value if model and model.reason else ""
+                    entries.append({"name": name, "version": "", "state": state,
+                                    "reason": model.reason if model else ""})
+                continue
+            for version, entry in sorted(model.versions.items()):
+                if ready_only and entry.state != ModelState.READY:
+                    continue
+                entries.append({"name": name, "version": str(version),
+                                "state": entry.state.value, "reason": entry.reason})
+        return entries
 
     def statistics(self, name: str = "", version: str = "") -> list[dict]:
         """Triton's ModelStatistics entries: every loaded version of every model when `name`
@@ -161,15 +353,116 @@ class ModelManager:
         return sum(v.runner.inflight_count for m in self.models.values()
                    for v in m.versions.values() if v.runner)
 
-    def unload_all(self) -> None:
-        """Stop every runner; each finishes the requests it accepted first."""
-        for model in self.models.values():
-            for entry in model.versions.values():
-                if entry.runner is not None:
-                    entry.state = ModelState.UNLOADING
-                    entry.runner.stop()
-                    entry.runner = None
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+
+def load_parameters(parameters: dict) -> tuple[pb.ModelConfig | None, dict[str, bytes]]:
+    """The load API's parameters: `config` (JSON ModelConfig) and `file:<version>/<path>`
+    contents (bytes, or base64 text over HTTP)."""
+    config, files = None, {}
+    for key, value in parameters.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise ServerError("Invalid config override: 'config' must be a JSON string")
+            config = parse_config_json(value)
+        elif key.startswith("file:"):
+            if isinstance(value, str):
+                try:
+                    value = base64.b64decode(value, validate=True)
+                except ValueError:
+                    raise ServerError(f"load parameter '{key}' is not valid base64") from None
+            if not isinstance(value, bytes):
+                raise ServerError(f"load parameter '{key}' must hold the file's bytes")
+            files[key] = value
+        else:
+            raise ServerError(f"Unrecognized load parameter '{key}'.")
+    return config, files
+
+
+def _write_upload(name: str, files: dict[str, bytes]) -> Path:
+    """A temporary model directory holding the uploaded files; a path that would land
+    outside it ('..', absolute paths, links) is refused and nothing is written."""
+    root = Path(tempfile.mkdtemp(prefix="pyserve-upload-")) / name
+    root.mkdir()
+    try:
+        targets = {}
+        for key, data in files.items():
+            relative = key[len("file:"):]
+            parts = Path(relative).parts
+            if not relative or Path(relative).is_absolute() or ".." in parts or len(parts) < 2:
+                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}': it "
+                                  "must be <version>/<path> inside the model directory")
+            target = (root / relative).resolve()
+            if not target.is_relative_to(root.resolve()):
+                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}'")
+            targets[target] = data
+        for target, data in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    except BaseException:
+        _remove(root)
+        raise
+    return root
+
+
+def _remove(upload_dir: Path | None) -> None:
+    if upload_dir is not None:
+        shutil.rmtree(upload_dir.parent, ignore_errors=True)
+
+
+def _fingerprint(dirs: list[Path]) -> tuple:
+    """What polling compares: every file's path, size and modification time."""
+    entries = []
+    for directory in dirs:
+        for root, _, names in os.walk(directory):
+            for file_name in names:
+                path = Path(root) / file_name
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+async def _retire(runners: list[ModelRunner]) -> None:
+    """Stop runners off the loop: each answers every request it accepted, then closes."""
+    await asyncio.gather(*(asyncio.to_thread(r.stop) for r in runners))
+
+
+async def _warm_up(runner: ModelRunner, config: pb.ModelConfig, version_dir: Path) -> None:
+    """Run the config's model_warmup requests; a failure fails the load."""
+    for warmup in config.model_warmup:
+        inputs = []
+        for name, spec in warmup.inputs.items():
+            datatype = wire_name(spec.data_type)
+            shape = ([max(warmup.batch_size, 1)] if config.max_batch_size > 0 else []) + list(spec.dims)
+            inputs.append(InputTensor(name, datatype, shape,
+                                      _warmup_data(spec, datatype, shape, version_dir)))
+        batch = shape[0] if config.max_batch_size > 0 and inputs else 1
+        for _ in range(max(warmup.count, 1)):
+            try:
+                await runner.infer(inputs, batch)
+            except ServerError as e:
+                raise ServerError(f"model warmup '{warmup.name}' failed: {e.message}") from None
+
+
+def _warmup_data(spec, datatype: str, shape: list[int], version_dir: Path) -> bytes:
+    count = int(np.prod(shape)) if shape else 1
+    choice = spec.WhichOneof("input_data_type")
+    if choice == "input_data_file":
+        path = (version_dir.parent / "warmup" / spec.input_data_file).resolve()
+        if not path.is_relative_to((version_dir.parent / "warmup").resolve()):
+            raise ServerError(f"warmup input file '{spec.input_data_file}' is outside the "
+                              "model's warmup directory")
+        return path.read_bytes()
+    if datatype == "BYTES":  # random data on strings falls back to zeros, as in Triton
+        return serialize_bytes(np.array([b"\0"] * count, dtype=np.object_))
+    dtype = NUMPY_DTYPE[datatype]
+    if choice == "random_data":
+        rng = np.random.default_rng()
+        if dtype.kind == "f":
+            return rng.random(count).astype(dtype).tobytes()
+        return rng.integers(0, 2, count).astype(dtype).tobytes()
+    return np.zeros(count, dtype=dtype).tobytes()
 
 
 _NO_DURATION = {"count": 0, "ns": 0}

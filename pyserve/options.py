@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+CONTROL_MODES = ("none", "poll", "explicit")
+
 
 @dataclass
 class ServerOptions:
@@ -17,6 +19,22 @@ class ServerOptions:
     allow_http: bool = True
     allow_metrics: bool = True
     http_max_input_size: int = 64 * 1024 * 1024  # bytes; larger bodies get 413
+
+    # Models, with tritonserver's meanings and defaults.
+    model_control_mode: str = "none"  # none | poll | explicit
+    load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all
+    repository_poll_secs: float = 15.0
+    strict_readiness: bool = True  # ready only when every model asked for is ready
+    exit_on_error: bool = True  # exit when a model fails to load at startup
+    auto_complete_config: bool = True
+    model_config_name: str = ""  # configs/<name>.pbtxt instead of config.pbtxt
+    default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
+
     exit_timeout_secs: float = 30.0  # how long shutdown waits for in-flight requests
     log_verbose: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model_control_mode not in CONTROL_MODES:
+            raise ValueError(f"model control mode must be one of {CONTROL_MODES}, "
+                             f"got '{self.model_control_mode}'")

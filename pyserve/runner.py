@@ -77,7 +77,8 @@ class ModelRunner:
             raise
         return await future
 
-    def _execute(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _execute(self, instance: int, batch_sizes: list[int],
+                  inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Worker thread, GIL held: the backend's compute for one batch."""
         return self._instances[instance].execute(inputs)
 

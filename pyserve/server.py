@@ -8,6 +8,7 @@ import os
 import signal
 
 from pyserve.devices import gpu_count
+from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
 from pyserve.frontends.http import start_http_server
 from pyserve.frontends.metrics import Metrics, start_metrics_server
@@ -15,6 +16,10 @@ from pyserve.lifecycle import ModelManager
 from pyserve.options import ServerOptions
 
 log = logging.getLogger("pyserve")
+
+
+class StartupError(Exception):
+    """The server cannot start as asked (e.g. a model failed to load with --exit-on-error)."""
 
 
 class Server:
@@ -28,9 +33,15 @@ class Server:
 
     async def start(self) -> None:
         options = self.options
-        self.manager = ModelManager(options.model_repositories, asyncio.get_running_loop(),
-                                    gpu_count(), options.model_load_thread_count)
-        await self.manager.load_all()
+        self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
+        try:
+            failed = await self.manager.startup()
+        except ServerError as e:
+            raise StartupError(e.message) from None
+        if failed and options.exit_on_error:
+            await self.manager.shutdown()
+            raise StartupError(f"failed to load {', '.join(repr(n) for n in failed)}; exiting "
+                               "(--exit-on-error=false serves the models that did load)")
         metrics = Metrics() if options.allow_metrics else None
         if options.allow_grpc:
             self._grpc, self.grpc_port = create_grpc_server(
@@ -62,7 +73,7 @@ class Server:
         for runner in self._runners:
             frontends.append(asyncio.ensure_future(_close(runner)))
         if self.manager is not None:
-            await asyncio.to_thread(self.manager.unload_all)
+            await self.manager.shutdown()
         await asyncio.gather(*frontends)
         log.info("pyserve stopped")
 
@@ -96,5 +107,11 @@ async def _close(runner) -> None:
     await runner.cleanup()
 
 
-def run(options: ServerOptions) -> None:
-    asyncio.run(Server(options).serve())
+def run(options: ServerOptions) -> int:
+    """Serve until a signal; the process's exit status."""
+    try:
+        asyncio.run(Server(options).serve())
+    except StartupError as e:
+        log.error("%s", e)
+        return 1
+    return 0

@@ -44,3 +44,12 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release the framework's resources; called once, after the last execute."""
+
+    @staticmethod
+    def auto_complete_config(config: pb.ModelConfig, version_dir: Path | None,
+                             options: object) -> pb.ModelConfig:
+        """Complete `config` from the model files in `version_dir` (None when the model has no
+        version yet), Triton's backend auto-complete; `options` is the
+        pyserve.config.ConfigOptions in force. Called only when auto-complete is enabled, after
+        the server-side normalization; returns the completed config (the default: unchanged)."""
+        return config

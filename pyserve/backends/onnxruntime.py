@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
 from pyserve.backends.base import Backend, InstanceSpec, ModelContext
 from pyserve.errors import ErrorCode, ServerError
+from pyserve.protocol import pb
+
+# ONNX Runtime's tensor type strings -> config data types (the ORT backend's
+# OnnxDataTypeToModelConfigDataType).
+_ONNX_TYPES = {
+    "tensor(bool)": "TYPE_BOOL", "tensor(uint8)": "TYPE_UINT8", "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32", "tensor(uint64)": "TYPE_UINT64", "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16", "tensor(int32)": "TYPE_INT32", "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16", "tensor(float)": "TYPE_FP32", "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING", "tensor(bfloat16)": "TYPE_BF16",
+}
+_DATA_TYPE = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type
 
 
 class OnnxRuntimeBackend(Backend):
@@ -54,6 +68,54 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._session = None
 
+    @staticmethod
+    def auto_complete_config(config: pb.ModelConfig, version_dir: Path | None,
+                             options: object) -> pb.ModelConfig:
+        """The ONNX Runtime backend's AutoCompleteConfig: skipped when the config lists both
+        inputs (or batch inputs) and outputs; otherwise max_batch_size, dynamic_batching and
+        the missing inputs/outputs come from the model's signature."""
+        if (config.input or config.batch_input) and config.output:
+            return config
+        if version_dir is None:
+            return config  # no version to read; loading will report it
+        path = version_dir / config.default_model_filename
+        if path.is_dir():
+            path = path / "model.onnx"
+        if not path.is_file():
+            raise ServerError(f"unable to find '{path}' for model '{config.name}'",
+                              ErrorCode.NOT_FOUND)
+        options_ = ort.SessionOptions()
+        options_.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options_,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise ServerError(f"failed to load model '{config.name}': {e}",
+                              ErrorCode.INVALID_ARG) from None
+        inputs = [_tensor_info(config.name, arg) for arg in session.get_inputs()]
+        outputs = [_tensor_info(config.name, arg) for arg in session.get_outputs()]
+        del session
+
+        out = pb.ModelConfig()
+        out.CopyFrom(config)
+        default_max_batch_size = getattr(options, "default_max_batch_size", 4)
+        can_batch = all(dims and dims[0] == -1 for _, _, dims in inputs + outputs)
+        if can_batch:
+            if out.max_batch_size == 0:
+                out.max_batch_size = max(default_max_batch_size, 0)
+            if (out.max_batch_size > 1 and not out.HasField("sequence_batching")
+                    and not out.HasField("dynamic_batching")):
+                out.dynamic_batching.SetInParent()
+        elif out.max_batch_size != 0:
+            raise ServerError(
+                f"autofill failed for model '{config.name}': model does not support batching "
+                "while non-zero max_batch_size is specified")
+        if not config.input and not config.batch_input:
+            _fill_io(out.input, inputs, out.max_batch_size)
+        if not config.output:
+            _fill_io(out.output, outputs, out.max_batch_size)
+        return out
+
 
 def _as_text(name: str, value: np.ndarray) -> np.ndarray:
     """ONNX Runtime's Python API takes string tensors as `str` objects (it would turn `bytes`
@@ -63,3 +125,31 @@ def _as_text(name: str, value: np.ndarray) -> np.ndarray:
                         dtype=np.object_).reshape(value.shape)
     except UnicodeDecodeError as e:
         raise ServerError(f"input '{name}': ONNX Runtime string tensors must be UTF-8 ({e})") from None
+
+
+def _tensor_info(model: str, arg) -> tuple[str, int, list[int]]:
+    """(name, config data type, dims) of a session input or output; symbolic and unknown
+    dimensions are -1, as the ORT C API reports them."""
+    type_name = _ONNX_TYPES.get(arg.type)
+    if type_name is None:
+        raise ServerError(
+            f"autofill failed for model '{model}': unsupported ONNX type '{arg.type}' of "
+            f"tensor '{arg.name}'")
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+    return arg.name, _DATA_TYPE.values_by_name[type_name].number, dims
+
+
+def _fill_io(target, infos: list[tuple[str, int, list[int]]], max_batch_size: int) -> None:
+    """AutoCompleteIO: the first dimension is the batch when batching; a tensor left with no
+    dimensions becomes dims [1] with an empty reshape (the reshape only when batching, since
+    an empty reshape on a non-batching model would be a scalar, which configs cannot hold)."""
+    del target[:]
+    for name, data_type, dims in infos:
+        io = target.add()
+        io.name = name
+        io.data_type = data_type
+        io.dims.extend(dims[1:] if max_batch_size > 0 else dims)
+        if not io.dims:
+            io.dims.append(1)
+            if max_batch_size > 0:
+                io.reshape.SetInParent()

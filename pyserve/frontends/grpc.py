@@ -21,7 +21,7 @@ from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import model_metadata, run_inference
 from pyserve.frontends.metrics import Metrics
-from pyserve.lifecycle import ModelManager
+from pyserve.lifecycle import ModelManager, load_parameters
 from pyserve.protocol import HEALTH_SERVICE, INFERENCE_SERVICE, health, pb
 from pyserve.runner import InputTensor
 
@@ -38,7 +38,8 @@ GRPC_STATUS = {
     ErrorCode.UNKNOWN: grpc.StatusCode.UNKNOWN,
 }
 
-SERVER_EXTENSIONS = ["model_configuration", "binary_tensor_data", "parameters", "statistics",
+SERVER_EXTENSIONS = ["model_repository", "model_repository(unload_dependents)",
+                     "model_configuration", "binary_tensor_data", "parameters", "statistics",
                      "schedule_policy"]
 _INT32_MAX = 2**31 - 1
 
@@ -98,6 +99,28 @@ class InferenceServicer:
         for entry in self._manager.statistics(request.name, request.version):
             json_format.ParseDict(entry, response.model_stats.add())
         return response
+
+    @_refusals
+    async def RepositoryIndex(self, request, context):
+        response = pb.RepositoryIndexResponse()
+        for entry in self._manager.index(ready_only=request.ready):
+            response.models.add(**entry)
+        return response
+
+    @_refusals
+    async def RepositoryModelLoad(self, request, context):
+        self._manager.check_control_allowed()
+        config, files = load_parameters(codec.parameters_dict(request.parameters))
+        await self._manager.load(request.model_name, config, files)
+        return pb.RepositoryModelLoadResponse()
+
+    @_refusals
+    async def RepositoryModelUnload(self, request, context):
+        self._manager.check_control_allowed()
+        parameters = codec.parameters_dict(request.parameters)
+        await self._manager.unload(request.model_name,
+                                   bool(parameters.get("unload_dependents", False)))
+        return pb.RepositoryModelUnloadResponse()
 
     @_refusals
     async def ModelInfer(self, request: bytes, context) -> bytes:

@@ -16,7 +16,7 @@ from pyserve.frontends.grpc import SERVER_EXTENSIONS
 from pyserve.frontends.inference import OutputTensor, model_metadata, run_inference
 from pyserve.frontends.metrics import Metrics
 from pyserve.frontends.sockets import listen
-from pyserve.lifecycle import ModelManager
+from pyserve.lifecycle import ModelManager, load_parameters
 from pyserve.runner import InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -48,6 +48,12 @@ class HttpFrontend:
             web.get("/v2", self.server_metadata),
             web.get("/v2/models/stats", self.statistics),
         ]
+        for base in ("/v2/repository", "/v2/repository/{repository}"):
+            routes += [
+                web.post(base + "/index", self.repository_index),
+                web.post(base + "/models/{model}/load", self.load),
+                web.post(base + "/models/{model}/unload", self.unload),
+            ]
         for base in (_MODEL, _VERSION):
             routes += [
                 web.get(base, self.model_metadata),
@@ -86,6 +92,23 @@ class HttpFrontend:
                                            request.match_info.get("version", ""))
         return web.json_response({"model_stats": entries})
 
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        return web.json_response(self._manager.index(ready_only=bool(body.get("ready", False))))
+
+    async def load(self, request: web.Request) -> web.Response:
+        self._manager.check_control_allowed()
+        config, files = load_parameters(_parameters(await _json_body(request)))
+        await self._manager.load(request.match_info["model"], config, files)
+        return web.Response(status=200)
+
+    async def unload(self, request: web.Request) -> web.Response:
+        self._manager.check_control_allowed()
+        parameters = _parameters(await _json_body(request))
+        await self._manager.unload(request.match_info["model"],
+                                   bool(parameters.get("unload_dependents", False)))
+        return web.Response(status=200)
+
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await request.read()
@@ -117,6 +140,20 @@ class HttpFrontend:
         return web.Response(body=b"".join([head, *chunks]),
                             headers={HEADER_LENGTH: str(len(head)),
                                      "Content-Type": "application/octet-stream"})
+
+
+async def _json_body(request: web.Request) -> dict:
+    """An optional JSON object body (tritonclient sends none for some calls)."""
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        document = json.loads(body)
+    except ValueError as e:
+        raise ServerError(f"failed to parse the request JSON buffer: {e}") from None
+    if not isinstance(document, dict):
+        raise ServerError("the request body must be a JSON object")
+    return document
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:

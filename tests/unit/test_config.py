@@ -50,19 +50,36 @@ def test_json_form_prints_int64_fields_as_numbers():
 def test_parse_error_names_file_and_line():
     with pytest.raises(ConfigError) as error:
         parse_config('name: "m"\nplatform: "onnxruntime_onnx"\nbogus_field: 3\n', "m/config.pbtxt")
-    assert "m/config.pbtxt:3:" in error.value.message
+    assert error.value.message.startswith("failed to read text proto from m/config.pbtxt:3:1: ")
     assert "bogus_field" in error.value.message
 
 
 @pytest.mark.parametrize("text, message", [
     ('platform: "onnxruntime_onnx" max_batch_size: -1', "'max_batch_size' must be non-negative"),
-    ('max_batch_size: 1', "must specify 'platform' or 'backend'"),
+    ('max_batch_size: 1', "Invalid model name: Could not determine backend for model 'm'"),
+    ('platform: "custom"', "unexpected platform type 'custom' for m"),
     ('platform: "onnxruntime_onnx" max_batch_size: 4 dynamic_batching { preferred_batch_size: 8 }',
      "dynamic batching preferred size must be <= max batch size"),
-    ('name: "other" platform: "onnxruntime_onnx"', "expected 'm'"),
+    ('name: "other" platform: "onnxruntime_onnx"',
+     "unexpected directory name 'm' for model 'other', directory name must equal model name"),
     ('platform: "onnxruntime_onnx" instance_group { kind: KIND_GPU }', "no GPUs are available"),
 ])
 def test_invalid_configs_are_refused(text, message):
     with pytest.raises(ConfigError) as error:
         normalize(parse_config(text), "m", gpu_count=0)
     assert message in error.value.message
+
+
+def test_model_name_with_backend_suffix_names_the_backend():
+    config = normalize(parse_config("max_batch_size: 0"), "add.identity")
+    assert (config.backend, config.default_model_filename, config.platform) == (
+        "identity", "model.identity", "")
+    assert config.instance_group[0].count == 1
+
+
+def test_explicit_pinned_memory_setting_is_kept():
+    config = normalize(parse_config(
+        'platform: "onnxruntime_onnx" optimization { output_pinned_memory { enable: false } }'),
+        "m")
+    assert config.optimization.input_pinned_memory.enable
+    assert not config.optimization.output_pinned_memory.enable
