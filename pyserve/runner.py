@@ -80,7 +80,7 @@ class ModelRunner:
     def _execute(self, instance: int, batch_sizes: list[int],
                   inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Worker thread, GIL held: the backend's compute for one batch."""
-        return self._instances[instance].execute(inputs)
+        return self._instances[instance].execute(inputs, batch_sizes)
 
     def _deliver(self, request_ids: list[int], batch_sizes: list[int],
                  inputs: dict[str, np.ndarray], outputs: dict | None,
@@ -100,6 +100,11 @@ class ModelRunner:
         self._hand_off(results)
 
     def _split(self, request_ids, batch_sizes, inputs, outputs) -> list[tuple]:
+        if isinstance(outputs, list):  # one result per request, from the backend itself
+            if len(outputs) != len(request_ids):
+                raise ServerError(f"model '{self.name}' returned {len(outputs)} responses for "
+                                  f"{len(request_ids)} requests", ErrorCode.INTERNAL)
+            return [(rid, *_per_request(self.name, result)) for rid, result in zip(request_ids, outputs)]
         if not isinstance(outputs, dict):
             raise ServerError(f"model '{self.name}' returned {type(outputs).__name__}, not a dict "
                               "of outputs", ErrorCode.INTERNAL)
@@ -176,6 +181,18 @@ class ModelRunner:
         self._scheduler.stop()
         for backend in self._instances:
             backend.close()
+
+
+def _per_request(model: str, result) -> tuple:
+    """(outputs, error) for one request's entry of a per-request result list."""
+    if isinstance(result, dict):
+        return result, None
+    if isinstance(result, ServerError):
+        return None, result
+    if isinstance(result, Exception):
+        return None, ServerError(str(result), ErrorCode.INTERNAL)
+    return None, ServerError(f"model '{model}' returned {type(result).__name__} for a request",
+                             ErrorCode.INTERNAL)
 
 
 def scheduler_options(config: pb.ModelConfig, instance_devices: list[int]) -> _core.SchedulerOptions:

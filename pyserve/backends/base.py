@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -30,17 +31,22 @@ class InstanceSpec:
     device_id: int = 0
 
 
+# What execute() returns: every output of the batch by name (split per request by the
+# runner), or one entry per request: its outputs, or an Exception that fails that request only.
+BatchResult = Union[dict[str, np.ndarray], list[Union[dict[str, np.ndarray], Exception]]]
+
+
 class Backend(abc.ABC):
     """A loaded model instance. `execute` runs on the instance's worker thread, one batch at a
-    time, with batch-shaped numpy inputs (BYTES as object arrays of bytes); it returns every
-    output of the config by name."""
+    time, with batch-shaped numpy inputs (read-only views; BYTES as object arrays of bytes)
+    and the batch size of each request in the batch, in order."""
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         self.model = model
         self.instance = instance
 
     @abc.abstractmethod
-    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> BatchResult: ...
 
     def close(self) -> None:
         """Release the framework's resources; called once, after the last execute."""

@@ -59,7 +59,7 @@ class OnnxRuntimeBackend(Backend):
                     "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
         feeds = {name: (_as_text(name, value) if value.dtype == np.object_ else value)
                  for name, value in inputs.items()}
         results = self._session.run(self._outputs, feeds)

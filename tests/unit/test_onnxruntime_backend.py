@@ -21,7 +21,7 @@ def _context(gpus: int = 0) -> ModelContext:
 def test_cpu_instance_runs_on_the_cpu_provider():
     backend = backend_class("onnxruntime")(_context(), InstanceSpec(0, "CPU"))
     a = np.arange(32, dtype=np.int32).reshape(2, 16)
-    outputs = backend.execute({"INPUT0": a, "INPUT1": a})
+    outputs = backend.execute({"INPUT0": a, "INPUT1": a}, [2])
     np.testing.assert_array_equal(outputs["OUTPUT0"], a + a)
     np.testing.assert_array_equal(outputs["OUTPUT1"], a - a)
     assert backend._session.get_providers() == ["CPUExecutionProvider"]
@@ -42,5 +42,5 @@ def test_gpu_instance_selects_the_cuda_provider():
     backend = backend_class("onnxruntime")(_context(gpu_count()), InstanceSpec(0, "GPU", 0))
     assert backend._session.get_providers()[0] == "CUDAExecutionProvider"
     a = np.ones((1, 16), np.int32)
-    np.testing.assert_array_equal(backend.execute({"INPUT0": a, "INPUT1": a})["OUTPUT0"], a * 2)
+    np.testing.assert_array_equal(backend.execute({"INPUT0": a, "INPUT1": a}, [1])["OUTPUT0"], a * 2)
     backend.close()
