@@ -292,3 +292,13 @@ def test_model_warmup_runs_before_ready(tmp_path, server_factory):
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         stats = client.get_inference_statistics("warm").model_stats[0]
         assert stats.inference_count == 16 and stats.execution_count == 2
+
+
+def test_a_name_in_two_repositories_is_unavailable(tmp_path, server_factory):
+    first = make_repository(tmp_path / "first", {"twice": [1], "only_first": [1]})
+    second = make_repository(tmp_path / "second", {"twice": [1]})
+    server = server_factory([first, second], "--exit-on-error", "false")
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert client.is_model_ready("only_first") and not client.is_model_ready("twice")
+        assert index(client)[("twice", "")] == (
+            "UNAVAILABLE", "model appears in two or more repositories")
