@@ -30,5 +30,5 @@ def test_core_native_tests_pass(tmp_path_factory, sanitizer):
     tested = subprocess.run(["ctest", "--test-dir", str(build), "--output-on-failure"],
                             capture_output=True, text=True, env=env)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert "tests passed, 0 tests failed" in tested.stdout
+    assert "100% tests passed" in tested.stdout  # skipped ones (no GPU) do not count
     assert "ThreadSanitizer" not in tested.stdout + tested.stderr
