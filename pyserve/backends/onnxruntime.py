@@ -32,11 +32,10 @@ class OnnxRuntimeBackend(Backend):
         if not path.is_file():
             raise ServerError(f"unable to find '{path}' for model '{model.name}'",
                               ErrorCode.NOT_FOUND)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options, providers = session_options(model.config), self._providers()
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=self._providers())
+            self._session = ort.InferenceSession(str(path), sess_options=options,
+                                                 providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise ServerError(f"failed to load model '{model.name}': {e}",
                               ErrorCode.INVALID_ARG) from None
@@ -49,15 +48,38 @@ class OnnxRuntimeBackend(Backend):
                 f"model does not have (it has {sorted(session_outputs)})")
 
     def _providers(self) -> list:
+        """Execution providers by instance kind, with the config's execution accelerators
+        (TensorRT on GPU, OpenVINO on CPU) ahead of the default one."""
+        accelerators = self.model.config.optimization.execution_accelerators
+        available = ort.get_available_providers()
+        providers: list = []
         if self.instance.kind == "GPU":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+            if "CUDAExecutionProvider" not in available:
                 raise ServerError(
                     f"model '{self.model.name}' asks for a GPU instance but onnxruntime has no "
                     "CUDA execution provider: pip install 'pyserve[onnx-gpu]'",
                     ErrorCode.UNAVAILABLE)
-            return [("CUDAExecutionProvider", {"device_id": self.instance.device_id}),
-                    "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
+            device = {"device_id": self.instance.device_id}
+            for accelerator in accelerators.gpu_execution_accelerator:
+                if accelerator.name != "tensorrt":
+                    raise ServerError(f"unknown GPU execution accelerator '{accelerator.name}' "
+                                      f"for model '{self.model.name}'")
+                providers.append(("TensorrtExecutionProvider",
+                                  {**device, **_tensorrt_options(accelerator.parameters)}))
+            providers.append(("CUDAExecutionProvider", {**device, **_cuda_options(self.model.config)}))
+        else:
+            for accelerator in accelerators.cpu_execution_accelerator:
+                if accelerator.name != "openvino":
+                    raise ServerError(f"unknown CPU execution accelerator '{accelerator.name}' "
+                                      f"for model '{self.model.name}'")
+                providers.append(("OpenVINOExecutionProvider", dict(accelerator.parameters)))
+        providers.append("CPUExecutionProvider")
+        missing = [p[0] for p in providers if isinstance(p, tuple) and p[0] not in available]
+        if missing:
+            raise ServerError(f"model '{self.model.name}' asks for {missing}, which this "
+                              f"onnxruntime build does not have (it has {available})",
+                              ErrorCode.UNAVAILABLE)
+        return providers
 
     def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
         feeds = {name: (_as_text(name, value) if value.dtype == np.object_ else value)
@@ -115,6 +137,72 @@ class OnnxRuntimeBackend(Backend):
         if not config.output:
             _fill_io(out.output, outputs, out.max_batch_size)
         return out
+
+
+# Triton's onnxruntime backend: optimization.graph.level -1 = basic, 1 = extended, else all.
+_GRAPH_LEVELS = {-1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                 1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+
+
+def session_options(config: pb.ModelConfig) -> ort.SessionOptions:
+    """SessionOptions from the config as Triton's onnxruntime backend reads them: the
+    `parameters` intra_op_thread_count, inter_op_thread_count, execution_mode (0 sequential,
+    1 parallel), enable_mem_arena, enable_mem_pattern; and optimization.graph.level."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = _GRAPH_LEVELS.get(
+        config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    if "intra_op_thread_count" in parameters:
+        options.intra_op_num_threads = _int_parameter(config, parameters, "intra_op_thread_count")
+    if "inter_op_thread_count" in parameters:
+        options.inter_op_num_threads = _int_parameter(config, parameters, "inter_op_thread_count")
+    if "execution_mode" in parameters:
+        parallel = _int_parameter(config, parameters, "execution_mode") == 1
+        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if parallel
+                                  else ort.ExecutionMode.ORT_SEQUENTIAL)
+    if "enable_mem_arena" in parameters:
+        options.enable_cpu_mem_arena = _int_parameter(config, parameters, "enable_mem_arena") != 0
+    if "enable_mem_pattern" in parameters:
+        options.enable_mem_pattern = _int_parameter(config, parameters, "enable_mem_pattern") != 0
+    return options
+
+
+def _int_parameter(config: pb.ModelConfig, parameters: dict[str, str], key: str) -> int:
+    try:
+        value = int(parameters[key])
+    except ValueError:
+        raise ServerError(f"failed to convert '{parameters[key]}' to an integer for parameter "
+                          f"'{key}' of model '{config.name}'") from None
+    if value < 0:
+        raise ServerError(f"parameter '{key}' of model '{config.name}' must be non-negative")
+    return value
+
+
+def _cuda_options(config: pb.ModelConfig) -> dict[str, str]:
+    """CUDA execution provider options Triton reads from `parameters`."""
+    keys = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy",
+            "do_copy_in_default_stream", "cudnn_conv_use_max_workspace")
+    return {key: config.parameters[key].string_value for key in keys if key in config.parameters}
+
+
+def _tensorrt_options(parameters) -> dict[str, str]:
+    """Triton's names for the TensorRT accelerator's parameters -> ORT's provider options."""
+    names = {"precision_mode": None, "max_workspace_size_bytes": "trt_max_workspace_size",
+             "trt_engine_cache_enable": "trt_engine_cache_enable",
+             "trt_engine_cache_path": "trt_engine_cache_path",
+             "max_partition_iterations": "trt_max_partition_iterations",
+             "minimum_segment_size": "trt_min_subgraph_size"}
+    options = {}
+    for key, value in parameters.items():
+        if key == "precision_mode":
+            options["trt_fp16_enable"] = str(value.upper() == "FP16")
+            options["trt_int8_enable"] = str(value.upper() == "INT8")
+        elif names.get(key):
+            options[names[key]] = value
+        else:
+            options[key] = value  # ORT's own trt_* names pass through
+    return options
 
 
 def _as_text(name: str, value: np.ndarray) -> np.ndarray:

@@ -44,3 +44,66 @@ def test_gpu_instance_selects_the_cuda_provider():
     a = np.ones((1, 16), np.int32)
     np.testing.assert_array_equal(backend.execute({"INPUT0": a, "INPUT1": a}, [1])["OUTPUT0"], a * 2)
     backend.close()
+
+
+def test_session_options_follow_the_config_parameters():
+    from pyserve.backends.onnxruntime import session_options
+    from pyserve.config import parse_config
+
+    config = parse_config('parameters { key: "intra_op_thread_count" value: { string_value: "1" } }'
+                          'parameters { key: "execution_mode" value: { string_value: "1" } }'
+                          'parameters { key: "enable_mem_pattern" value: { string_value: "0" } }'
+                          'optimization { graph { level: -1 } }')
+    options = session_options(config)
+    assert options.intra_op_num_threads == 1
+    assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+    assert not options.enable_mem_pattern
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    default = session_options(parse_config(""))
+    assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+    context = _context()
+    context.config.parameters["intra_op_thread_count"].string_value = "two"
+    with pytest.raises(ServerError, match="failed to convert 'two' to an integer"):
+        backend_class("onnxruntime")(context, InstanceSpec(0, "CPU"))
+
+
+def test_unavailable_accelerator_is_a_clear_load_error():
+    context = _context()
+    context.config.optimization.execution_accelerators.cpu_execution_accelerator.add(name="openvino")
+    with pytest.raises(ServerError, match="OpenVINOExecutionProvider") as error:
+        backend_class("onnxruntime")(context, InstanceSpec(0, "CPU"))
+    assert error.value.code.value == "UNAVAILABLE"
+
+
+def test_model_directory_with_external_data(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(16 * 16, dtype=np.float32).reshape(16, 16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 16])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    directory = tmp_path / "1" / "model.onnx"  # Triton's form: a directory named model.onnx
+    directory.mkdir(parents=True)
+    onnx.save(model, str(directory / "model.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert (directory / "weights.bin").stat().st_size == 16 * 16 * 4
+    config = normalize(parse_config_for("ext", 'platform: "onnxruntime_onnx" max_batch_size: 4 '
+                                        'input { name: "x" data_type: TYPE_FP32 dims: [16] } '
+                                        'output { name: "y" data_type: TYPE_FP32 dims: [16] }'),
+                       "ext")
+    backend = backend_class("onnxruntime")(ModelContext("ext", 1, config, tmp_path / "1"),
+                                           InstanceSpec(0, "CPU"))
+    x = np.ones((2, 16), np.float32)
+    np.testing.assert_allclose(backend.execute({"x": x}, [2])["y"],
+                               x @ np.arange(256, dtype=np.float32).reshape(16, 16))
+
+
+def parse_config_for(name: str, text: str):
+    from pyserve.config import parse_config
+
+    return parse_config(f'name: "{name}" ' + text)
