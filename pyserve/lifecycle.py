@@ -10,25 +10,20 @@ already accepted, and no request can reach it after the swap, so none is lost.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from pyserve.backends import InstanceSpec, ModelContext, backend_class
-from pyserve.config import ConfigOptions, model_config, parse_config_json
-from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes, wire_name
+from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
 from pyserve.protocol import pb
-from pyserve.repository import find_models, select_versions, version_dirs
-from pyserve.runner import InputTensor, ModelRunner
+from pyserve.repository import (fingerprint, find_models, remove_upload, select_versions,
+                                version_dirs, write_upload)
+from pyserve.runner import ModelRunner
+from pyserve.warmup import warm_up
 
 log = logging.getLogger("pyserve")
 
@@ -101,7 +96,12 @@ class ModelManager:
             names = list(find_models(self._repositories))
         results = await asyncio.gather(*(self.load(name) for name in names),
                                        return_exceptions=True)
-        failed = [n for n, r in zip(names, results) if isinstance(r, BaseException)]
+        failed = []
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                failed.append(name)
+                if not isinstance(result, ServerError):  # a bug, not a bad model: show it
+                    log.error("failed to load '%s'", name, exc_info=result)
         if mode == "poll" and self._options.repository_poll_secs > 0:
             self._poller = asyncio.ensure_future(self._poll_forever())
         return failed
@@ -120,7 +120,7 @@ class ModelManager:
         changes = []
         for name, dirs in found.items():
             model = self.models.get(name)
-            if model is None or model.fingerprint != _fingerprint(dirs):
+            if model is None or model.fingerprint != fingerprint(dirs):
                 changes.append(self.load(name))
         for name, model in self.models.items():
             if name not in found and model.wanted:
@@ -159,8 +159,8 @@ class ModelManager:
                     if config_override is None:
                         raise ServerError(f"failed to load '{name}': a 'config' parameter is "
                                           "required when model files are given")
-                    upload_dir = _write_upload(name, files)
-                    model_dir, fingerprint = upload_dir, ()
+                    upload_dir = write_upload(name, files)
+                    model_dir, stamp = upload_dir, ()
                 else:
                     dirs = [repo / name for repo in self._repositories if (repo / name).is_dir()]
                     if not dirs:
@@ -168,7 +168,7 @@ class ModelManager:
                                           "repository")
                     if len(dirs) > 1:
                         raise ServerError("model appears in two or more repositories")
-                    model_dir, fingerprint = dirs[0], _fingerprint(dirs)
+                    model_dir, stamp = dirs[0], fingerprint(dirs)
                 config = await asyncio.to_thread(model_config, model_dir, self._config_options,
                                                  config_override)
                 available = version_dirs(model_dir)
@@ -177,7 +177,7 @@ class ModelManager:
                     raise ServerError(f"at least one version must be available under the "
                                       f"version policy of model '{name}'")
             except ServerError as e:
-                _remove(upload_dir)
+                remove_upload(upload_dir)
                 log.error("failed to load '%s': %s", name, e.message)
                 serving = model.ready_versions()
                 for entry in serving:
@@ -221,12 +221,12 @@ class ModelManager:
                         entry.runner, entry.state, entry.reason = (
                             None, ModelState.UNAVAILABLE, "unloaded")
                 if upload_dir is not None or model.upload_dir is not None:
-                    _remove(model.upload_dir)
+                    remove_upload(model.upload_dir)
                     model.upload_dir = upload_dir
-                model.fingerprint = fingerprint
+                model.fingerprint = stamp
                 model.reason = ""
             else:
-                _remove(upload_dir)
+                remove_upload(upload_dir)
                 model.reason = "; ".join(f"version {v}: {m}" for v, m in failures.items())
             await _retire(retiring)
             if failures:
@@ -237,7 +237,7 @@ class ModelManager:
         async with self._load_slots:
             runner = await asyncio.to_thread(self._create_runner, config, version, version_dir)
         try:
-            await _warm_up(runner, config, version_dir)
+            await warm_up(runner, config, version_dir)
         except BaseException:
             await _retire([runner])
             raise
@@ -274,7 +274,7 @@ class ModelManager:
             await _retire(retiring)
             for entry in model.versions.values():
                 entry.runner, entry.state, entry.reason = None, ModelState.UNAVAILABLE, "unloaded"
-            _remove(model.upload_dir)
+            remove_upload(model.upload_dir)
             model.upload_dir = None
             model.fingerprint = ()
             if retiring:
@@ -354,115 +354,9 @@ class ModelManager:
                    for v in m.versions.values() if v.runner)
 
 
-def load_parameters(parameters: dict) -> tuple[pb.ModelConfig | None, dict[str, bytes]]:
-    """The load API's parameters: `config` (JSON ModelConfig) and `file:<version>/<path>`
-    contents (bytes, or base64 text over HTTP)."""
-    config, files = None, {}
-    for key, value in parameters.items():
-        if key == "config":
-            if not isinstance(value, str):
-                raise ServerError("Invalid config override: 'config' must be a JSON string")
-            config = parse_config_json(value)
-        elif key.startswith("file:"):
-            if isinstance(value, str):
-                try:
-                    value = base64.b64decode(value, validate=True)
-                except ValueError:
-                    raise ServerError(f"load parameter '{key}' is not valid base64") from None
-            if not isinstance(value, bytes):
-                raise ServerError(f"load parameter '{key}' must hold the file's bytes")
-            files[key] = value
-        else:
-            raise ServerError(f"Unrecognized load parameter '{key}'.")
-    return config, files
-
-
-def _write_upload(name: str, files: dict[str, bytes]) -> Path:
-    """A temporary model directory holding the uploaded files; a path that would land
-    outside it ('..', absolute paths, links) is refused and nothing is written."""
-    root = Path(tempfile.mkdtemp(prefix="pyserve-upload-")) / name
-    root.mkdir()
-    try:
-        targets = {}
-        for key, data in files.items():
-            relative = key[len("file:"):]
-            parts = Path(relative).parts
-            if not relative or Path(relative).is_absolute() or ".." in parts or len(parts) < 2:
-                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}': it "
-                                  "must be <version>/<path> inside the model directory")
-            target = (root / relative).resolve()
-            if not target.is_relative_to(root.resolve()):
-                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}'")
-            targets[target] = data
-        for target, data in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-    except BaseException:
-        _remove(root)
-        raise
-    return root
-
-
-def _remove(upload_dir: Path | None) -> None:
-    if upload_dir is not None:
-        shutil.rmtree(upload_dir.parent, ignore_errors=True)
-
-
-def _fingerprint(dirs: list[Path]) -> tuple:
-    """What polling compares: every file's path, size and modification time."""
-    entries = []
-    for directory in dirs:
-        for root, _, names in os.walk(directory):
-            for file_name in names:
-                path = Path(root) / file_name
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                entries.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return tuple(sorted(entries))
-
-
 async def _retire(runners: list[ModelRunner]) -> None:
     """Stop runners off the loop: each answers every request it accepted, then closes."""
     await asyncio.gather(*(asyncio.to_thread(r.stop) for r in runners))
-
-
-async def _warm_up(runner: ModelRunner, config: pb.ModelConfig, version_dir: Path) -> None:
-    """Run the config's model_warmup requests; a failure fails the load."""
-    for warmup in config.model_warmup:
-        inputs = []
-        for name, spec in warmup.inputs.items():
-            datatype = wire_name(spec.data_type)
-            shape = ([max(warmup.batch_size, 1)] if config.max_batch_size > 0 else []) + list(spec.dims)
-            inputs.append(InputTensor(name, datatype, shape,
-                                      _warmup_data(spec, datatype, shape, version_dir)))
-        batch = shape[0] if config.max_batch_size > 0 and inputs else 1
-        for _ in range(max(warmup.count, 1)):
-            try:
-                await runner.infer(inputs, batch)
-            except ServerError as e:
-                raise ServerError(f"model warmup '{warmup.name}' failed: {e.message}") from None
-
-
-def _warmup_data(spec, datatype: str, shape: list[int], version_dir: Path) -> bytes:
-    count = int(np.prod(shape)) if shape else 1
-    choice = spec.WhichOneof("input_data_type")
-    if choice == "input_data_file":
-        path = (version_dir.parent / "warmup" / spec.input_data_file).resolve()
-        if not path.is_relative_to((version_dir.parent / "warmup").resolve()):
-            raise ServerError(f"warmup input file '{spec.input_data_file}' is outside the "
-                              "model's warmup directory")
-        return path.read_bytes()
-    if datatype == "BYTES":  # random data on strings falls back to zeros, as in Triton
-        return serialize_bytes(np.array([b"\0"] * count, dtype=np.object_))
-    dtype = NUMPY_DTYPE[datatype]
-    if choice == "random_data":
-        rng = np.random.default_rng()
-        if dtype.kind == "f":
-            return rng.random(count).astype(dtype).tobytes()
-        return rng.integers(0, 2, count).astype(dtype).tobytes()
-    return np.zeros(count, dtype=dtype).tobytes()
 
 
 _NO_DURATION = {"count": 0, "ns": 0}

@@ -19,9 +19,9 @@ from google.protobuf.message_factory import GetMessageClass
 from pyserve import __version__
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
-from pyserve.frontends.inference import model_metadata, run_inference
+from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
 from pyserve.frontends.metrics import Metrics
-from pyserve.lifecycle import ModelManager, load_parameters
+from pyserve.lifecycle import ModelManager
 from pyserve.protocol import HEALTH_SERVICE, INFERENCE_SERVICE, health, pb
 from pyserve.runner import InputTensor
 

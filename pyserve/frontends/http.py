@@ -13,10 +13,11 @@ from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
 from pyserve.errors import ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
-from pyserve.frontends.inference import OutputTensor, model_metadata, run_inference
+from pyserve.frontends.inference import (OutputTensor, load_parameters, model_metadata,
+                                         run_inference)
 from pyserve.frontends.metrics import Metrics
 from pyserve.frontends.sockets import listen
-from pyserve.lifecycle import ModelManager, load_parameters
+from pyserve.lifecycle import ModelManager
 from pyserve.runner import InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -165,7 +166,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryvie
         except ValueError:
             raise ServerError(f"Unable to parse {HEADER_LENGTH}, got: {header_length}") from None
         if length == 0:
-            raise ServerError(f"must specify valid 'Infer-Header-Content-Length' in request header "
+            raise ServerError("must specify valid 'Infer-Header-Content-Length' in request header "
                               "and 'binary_data_size' when passing inputs in binary data format")
         if length < 0 or length > len(body):
             raise ServerError(f"inference header size should be in range (0, {len(body)}), "

@@ -3,17 +3,20 @@ and pick the outputs to return. Both frontends decode into this and encode what 
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from pyserve.config import parse_config_json
 from pyserve.datatypes import wire_name
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends.metrics import Metrics
 from pyserve.frontends.validation import validate_request
 from pyserve.lifecycle import ModelManager, ModelVersion
+from pyserve.protocol import pb
 from pyserve.runner import InputTensor
 
 
@@ -75,3 +78,26 @@ def model_metadata(model: ModelVersion, versions: list[str]) -> dict:
         "inputs": tensors(config.input),
         "outputs": tensors(config.output),
     }
+
+
+def load_parameters(parameters: dict) -> tuple[pb.ModelConfig | None, dict[str, bytes]]:
+    """The load API's parameters: `config` (JSON ModelConfig) and `file:<version>/<path>`
+    contents (bytes, or base64 text over HTTP)."""
+    config, files = None, {}
+    for key, value in parameters.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise ServerError("Invalid config override: 'config' must be a JSON string")
+            config = parse_config_json(value)
+        elif key.startswith("file:"):
+            if isinstance(value, str):
+                try:
+                    value = base64.b64decode(value, validate=True)
+                except ValueError:
+                    raise ServerError(f"load parameter '{key}' is not valid base64") from None
+            if not isinstance(value, bytes):
+                raise ServerError(f"load parameter '{key}' must hold the file's bytes")
+            files[key] = value
+        else:
+            raise ServerError(f"Unrecognized load parameter '{key}'.")
+    return config, files

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from pyserve.errors import ServerError
 from pyserve.protocol import pb
 
 
@@ -37,3 +41,49 @@ def select_versions(policy: pb.ModelVersionPolicy, available: list[int]) -> list
         return [v for v in ordered if v in wanted]
     count = policy.latest.num_versions if choice == "latest" else 1
     return ordered[-max(count, 1):] if ordered else []
+
+
+def write_upload(name: str, files: dict[str, bytes]) -> Path:
+    """A temporary model directory holding the uploaded files; a path that would land
+    outside it ('..', absolute paths, links) is refused and nothing is written."""
+    root = Path(tempfile.mkdtemp(prefix="pyserve-upload-")) / name
+    root.mkdir()
+    try:
+        targets = {}
+        for key, data in files.items():
+            relative = key[len("file:"):]
+            parts = Path(relative).parts
+            if not relative or Path(relative).is_absolute() or ".." in parts or len(parts) < 2:
+                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}': it "
+                                  "must be <version>/<path> inside the model directory")
+            target = (root / relative).resolve()
+            if not target.is_relative_to(root.resolve()):
+                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}'")
+            targets[target] = data
+        for target, data in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    except BaseException:
+        remove_upload(root)
+        raise
+    return root
+
+
+def remove_upload(upload_dir: Path | None) -> None:
+    if upload_dir is not None:
+        shutil.rmtree(upload_dir.parent, ignore_errors=True)
+
+
+def fingerprint(dirs: list[Path]) -> tuple:
+    """What polling compares: every file's path, size and modification time."""
+    entries = []
+    for directory in dirs:
+        for root, _, names in os.walk(directory):
+            for file_name in names:
+                path = Path(root) / file_name
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))

@@ -97,7 +97,8 @@ def test_none_mode_refuses_the_load_api(server_factory):
 def test_explicit_mode_loads_and_unloads_on_request(server_factory):
     server = server_factory([EXAMPLES], "--model-control-mode", "explicit", "--load-model", "simple")
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        assert index(client) == {("mnist_cnn", ""): ("", ""), ("simple", "1"): ("READY", "")}
+        entries = index(client)
+        assert entries[("mnist_cnn", "")] == ("", "") and entries[("simple", "1")] == ("READY", "")
         assert client.is_server_ready() and not client.is_model_ready("mnist_cnn")
         client.load_model("mnist_cnn")
         assert client.is_model_ready("mnist_cnn")
@@ -110,8 +111,8 @@ def test_explicit_mode_loads_and_unloads_on_request(server_factory):
     with httpclient.InferenceServerClient(server.http_url) as client:
         client.load_model("simple")
         infer(client, "simple")
-        assert {m["name"]: m["state"] for m in client.get_model_repository_index()} == {
-            "mnist_cnn": "READY", "simple": "READY"}
+        states = {m["name"]: m["state"] for m in client.get_model_repository_index()}
+        assert states["mnist_cnn"] == states["simple"] == "READY"
 
 
 def test_explicit_mode_wildcard_loads_everything(server_factory):
