@@ -100,18 +100,26 @@ class ModelRunner:
         self._hand_off(results)
 
     def _split(self, request_ids, batch_sizes, inputs, outputs) -> list[tuple]:
+        # A gathered batch lives in pooled buffers that are reused after it: an output that
+        # points into them (an input passed through) must be copied out.
+        gathered = list(inputs.values()) if len(request_ids) > 1 else []
         if isinstance(outputs, list):  # one result per request, from the backend itself
             if len(outputs) != len(request_ids):
                 raise ServerError(f"model '{self.name}' returned {len(outputs)} responses for "
                                   f"{len(request_ids)} requests", ErrorCode.INTERNAL)
-            return [(rid, *_per_request(self.name, result)) for rid, result in zip(request_ids, outputs)]
+            results = []
+            for request_id, result in zip(request_ids, outputs):
+                share, error = _per_request(self.name, result)
+                if share is not None:
+                    share = {name: _detached(np.asarray(a), gathered) for name, a in share.items()}
+                results.append((request_id, share, error))
+            return results
         if not isinstance(outputs, dict):
             raise ServerError(f"model '{self.name}' returned {type(outputs).__name__}, not a dict "
                               "of outputs", ErrorCode.INTERNAL)
         if len(request_ids) == 1:
             return [(request_ids[0], outputs, None)]
         total = sum(batch_sizes)
-        gathered = list(inputs.values())
         results, offset = [], 0
         for request_id, size in zip(request_ids, batch_sizes):
             share = {}
@@ -121,11 +129,7 @@ class ModelRunner:
                     raise ServerError(
                         f"model '{self.name}' output '{name}' has batch dimension "
                         f"{array.shape[:1]}, expected {total}", ErrorCode.INTERNAL)
-                part = array[offset:offset + size]
-                # Gathered inputs live in pooled buffers that are reused after this batch.
-                if any(np.may_share_memory(part, g) for g in gathered):
-                    part = part.copy()
-                share[name] = part
+                share[name] = _detached(array[offset:offset + size], gathered)
             results.append((request_id, share, None))
             offset += size
         return results
@@ -181,6 +185,12 @@ class ModelRunner:
         self._scheduler.stop()
         for backend in self._instances:
             backend.close()
+
+
+def _detached(array: np.ndarray, gathered: list[np.ndarray]) -> np.ndarray:
+    if array.dtype != np.object_ and any(np.may_share_memory(array, g) for g in gathered):
+        return array.copy()
+    return array
 
 
 def _per_request(model: str, result) -> tuple:

@@ -14,6 +14,8 @@ from pyserve.errors import ErrorCode, ServerError
 # backend name -> ("module:Class", the pip extra that installs its framework)
 _BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("pyserve.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
+    "pytorch": ("pyserve.backends.pytorch:PyTorchBackend", "torch"),
+    "python": ("pyserve.backends.python:PythonBackend", ""),
 }
 
 
@@ -25,6 +27,9 @@ def backend_class(name: str) -> type[Backend]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
+        if not extra:  # nothing to install: the backend's own module is broken
+            raise ServerError(f"backend '{name}' failed to import ({e.name}): {e}",
+                              ErrorCode.UNAVAILABLE) from None
         raise ServerError(
             f"backend '{name}' needs a framework that is not installed ({e.name}): "
             f"pip install 'pyserve[{extra}]'", ErrorCode.UNAVAILABLE) from None

@@ -41,6 +41,7 @@ def test_signal_shuts_down_cleanly(tmp_path, sig):
     assert code == 0, log
     assert "successfully loaded 'simple' version 1" in log
     assert "successfully loaded 'mnist_cnn' version 1" in log
+    assert "successfully loaded 'add_sub_python' version 1" in log
     assert "pyserve stopped" in log
 
 

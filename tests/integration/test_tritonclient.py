@@ -39,6 +39,18 @@ def test_simple_sums_and_differences(client, batch):
     assert result.as_numpy("OUTPUT0").dtype == np.int32
 
 
+def test_example_python_model(client):
+    module, c = client
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.full((3, 4), 0.5, dtype=np.float32)
+    inputs = [module.InferInput("INPUT0", a.shape, "FP32"), module.InferInput("INPUT1", b.shape, "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = c.infer("add_sub_python", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+
+
 def test_requested_output_subset_and_request_id(client):
     module, c = client
     a, b, inputs = _simple_inputs(module, 2)

@@ -1,0 +1,246 @@
+"""Python backend (`backend: "python"`, file `model.py`): models run in-process, zero-copy.
+
+Two forms of model.py:
+
+- Triton's: a `TritonPythonModel` class using `triton_python_backend_utils` (`initialize`,
+  `execute(requests)` -> one InferenceResponse per request, `finalize`, and the optional
+  staticmethod `auto_complete_config`). It runs unchanged; each request's inputs are numpy
+  views of the batch (which, for a one-request batch, is the received bytes), never copies.
+- pyserve's native one: a function marked `@pyserve.batched`, called once per batch with the
+  batched inputs (see pyserve.model).
+
+Unlike Triton, which runs every instance in its own stub process and copies tensors through
+shared memory, the model runs on the instance's worker thread in the server process. Each
+instance imports model.py as its own fresh module (as Triton's one process per instance
+would), so module state is not shared between instances or versions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext
+from pyserve.config import config_to_json, parse_config_json
+from pyserve.errors import ErrorCode, ServerError
+from pyserve.model import is_batched
+from pyserve.protocol import pb
+
+log = logging.getLogger("pyserve")
+
+_MODULE_IDS = itertools.count()
+_IMPORT_LOCK = threading.Lock()  # sys.path and sys.modules are process-wide
+_GPU = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
+
+
+class PythonBackend(Backend):
+    def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
+        super().__init__(model, instance)
+        config = model.config
+        if config.model_transaction_policy.decoupled:
+            raise ServerError(
+                f"model '{model.name}': decoupled Python models are not supported by pyserve "
+                "(model_transaction_policy { decoupled: true })", ErrorCode.UNSUPPORTED)
+        self._batching = config.max_batch_size > 0
+        self._instance_name = instance_name(config, instance)
+        self._outputs = [output.name for output in config.output]
+        self._model = None
+        self._function = None
+        module = _import_model(model.model_path, model.name, model.version_dir)
+        model_class = getattr(module, "TritonPythonModel", None)
+        if model_class is not None:
+            self._model = model_class()
+            initialize = getattr(self._model, "initialize", None)
+            if initialize is not None:
+                args = {
+                    "model_config": json.dumps(config_to_json(config)),
+                    "model_instance_kind": instance.kind,
+                    "model_instance_name": self._instance_name,
+                    "model_instance_device_id": str(instance.device_id),
+                    "model_repository": str(model.version_dir.parent),
+                    "model_version": str(model.version),
+                    "model_name": model.name,
+                }
+                _call_model(model.name, "initialize", initialize, args,
+                            version_dir=model.version_dir)
+            self._execute_model = self._model.execute
+            return
+        functions = [value for value in vars(module).values() if is_batched(value)]
+        if len(functions) != 1:
+            found = "none" if not functions else ", ".join(f.__name__ for f in functions)
+            raise ServerError(
+                f"failed to load model '{model.name}': {model.model_path.name} must define "
+                "class TritonPythonModel or exactly one function marked @pyserve.batched "
+                f"(found {found})", ErrorCode.INVALID_ARG)
+        self._function = functions[0]
+
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> BatchResult:
+        if self._function is not None:
+            return self._function(inputs)
+        requests = self._requests(inputs, batch_sizes)
+        try:
+            responses = self._execute_model(requests)
+        except Exception as e:  # noqa: BLE001 - the model's own failure fails its batch
+            raise ServerError(
+                f"Failed to process the request(s) for model instance '{self._instance_name}', "
+                f"message: {type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
+        return self._results(responses, len(requests))
+
+    def _requests(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        Tensor, Request = pb_utils.Tensor, pb_utils.InferenceRequest
+        name, version, outputs = self.model.name, self.model.version, self._outputs
+        if not self._batching or len(batch_sizes) == 1:
+            return [Request(name, [Tensor._wrap(k, v) for k, v in inputs.items()], outputs,
+                            model_version=version)]
+        requests, offset = [], 0
+        for size in batch_sizes:
+            end = offset + size
+            # Basic slicing: views of the batch buffers, read-only like them.
+            tensors = [Tensor._wrap(k, v[offset:end]) for k, v in inputs.items()]
+            requests.append(Request(name, tensors, outputs, model_version=version))
+            offset = end
+        return requests
+
+    def _results(self, responses, count: int) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        if not isinstance(responses, (list, tuple)):
+            raise ServerError(
+                f"model '{self.model.name}': execute must return a list of InferenceResponse "
+                f"(one per request), got {type(responses).__name__}", ErrorCode.INTERNAL)
+        if len(responses) != count:
+            raise ServerError(
+                "Number of InferenceResponse objects do not match the number of "
+                f"InferenceRequest objects. InferenceRequest(s) size is:{count}, and "
+                f"InferenceResponse(s) size is:{len(responses)}", ErrorCode.INTERNAL)
+        results: list = []
+        for response in responses:
+            if not isinstance(response, pb_utils.InferenceResponse):
+                results.append(ServerError(
+                    f"model '{self.model.name}': execute returned {type(response).__name__} "
+                    "where an InferenceResponse was expected", ErrorCode.INTERNAL))
+                continue
+            error = response.error()
+            if error is not None:
+                results.append(_server_error(error))
+                continue
+            results.append({tensor.name(): tensor.as_numpy()
+                            for tensor in response.output_tensors()})
+        return results
+
+    def close(self) -> None:
+        model, self._model = self._model, None
+        finalize = getattr(model, "finalize", None)
+        if finalize is not None:
+            try:
+                finalize()
+            except Exception as e:  # noqa: BLE001 - unloading goes on
+                log.error("model '%s' version %d: finalize failed: %s: %s",
+                          self.model.name, self.model.version, type(e).__name__, e)
+
+    @staticmethod
+    def auto_complete_config(config: pb.ModelConfig, version_dir: Path | None,
+                             options: object) -> pb.ModelConfig:
+        """Runs the model's `TritonPythonModel.auto_complete_config(auto_complete_model_config)`
+        when it has one; otherwise the config is unchanged."""
+        if version_dir is None:
+            return config
+        path = version_dir / config.default_model_filename
+        module = _import_model(path, config.name, version_dir)
+        model_class = getattr(module, "TritonPythonModel", None)
+        complete = getattr(model_class, "auto_complete_config", None)
+        if complete is None:
+            return config
+        import triton_python_backend_utils as pb_utils
+
+        helper = pb_utils.ModelConfig(json.dumps(config_to_json(config)))
+        result = _call_model(config.name, "auto_complete_config", complete, helper,
+                             version_dir=version_dir)
+        completed = (result if result is not None else helper).as_dict()
+        try:
+            return parse_config_json(json.dumps(completed))
+        except ServerError as e:
+            raise ServerError(f"model '{config.name}': auto_complete_config produced an invalid "
+                              f"configuration: {e.message}") from None
+
+
+def instance_name(config: pb.ModelConfig, instance: InstanceSpec) -> str:
+    """Triton's instance name: the instance group's name, '_', the index within the group."""
+    start = 0
+    for group in config.instance_group:
+        size = group.count * (len(group.gpus) if group.kind == _GPU and group.gpus else 1)
+        if instance.index < start + size:
+            return f"{group.name}_{instance.index - start}"
+        start += size
+    return f"{config.name}_{instance.index}"
+
+
+def _server_error(error) -> ServerError:
+    code = getattr(error, "code", None)
+    code_name = getattr(code(), "name", "INTERNAL") if callable(code) else "INTERNAL"
+    message = error.message() if callable(getattr(error, "message", None)) else str(error)
+    try:
+        return ServerError(message, ErrorCode(code_name))
+    except ValueError:
+        return ServerError(message, ErrorCode.INTERNAL)
+
+
+def _import_model(path: Path, model_name: str, version_dir: Path) -> ModuleType:
+    """model.py as a fresh module with a unique name. Its directory is on sys.path while it is
+    imported, so that it can import the files next to it; those are taken out of
+    sys.modules again, so two models' `utils.py` do not collide."""
+    if not path.is_file():
+        raise ServerError(f"unable to find '{path}' for model '{model_name}'", ErrorCode.NOT_FOUND)
+    module_name = f"pyserve_python_model_{next(_MODULE_IDS)}_{_identifier(model_name)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    with _IMPORT_LOCK, _on_sys_path(version_dir):
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's module
+            raise ServerError(f"failed to load model '{model_name}': error importing "
+                              f"{path.name}: {type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
+    return module
+
+
+def _call_model(model_name: str, what: str, function, *args, version_dir: Path):
+    with _on_sys_path(version_dir):
+        try:
+            return function(*args)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's code
+            raise ServerError(f"failed to load model '{model_name}': {what} failed: "
+                              f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
+
+
+class _on_sys_path:
+    def __init__(self, directory: Path) -> None:
+        self._directory = str(directory)
+
+    def __enter__(self) -> None:
+        self._modules = set(sys.modules)
+        sys.path.insert(0, self._directory)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            sys.path.remove(self._directory)
+        except ValueError:
+            pass
+        prefix = self._directory.rstrip("/") + "/"
+        for name in set(sys.modules) - self._modules:
+            file = getattr(sys.modules.get(name), "__file__", None) or ""
+            if file.startswith(prefix):
+                del sys.modules[name]
+
+
+def _identifier(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)

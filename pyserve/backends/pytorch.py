@@ -1,0 +1,354 @@
+"""PyTorch backend: TorchScript (`platform: "pytorch_libtorch"`, file model.pt) and AOTInductor
+packages (`platform: "torch_aoti"`, file model.pt2), both `backend: "pytorch"`.
+
+Input and output names follow Triton's pytorch_backend (libtorch.cc GetNamingConvention):
+
+- inputs: if every config input is an argument name of `forward()`, each feeds that argument;
+  else if every name has the form `<name>__<index>` (digits after the first `__`), the index
+  is the argument position; else the config order is the argument order. A `forward()` with a
+  single `Dict[str, Tensor]` argument gets one dict keyed by the config input names.
+  AOTInductor packages carry no argument names, so only the last two rules apply there.
+- outputs: `<name>__<index>` gives the position in the returned tuple/list, else config order;
+  a single tensor is output 0.
+
+BYTES tensors travel as TorchScript `List[str]` (Triton's rule: one dimension, UTF-8 here
+because TorchScript strings are Python `str`); AOTInductor takes tensors only.
+
+Inputs are zero-copy: `torch.from_numpy` on the batch's read-only views. torch warns once per
+process about non-writable arrays; that one warning is filtered below because the views are
+read-only on purpose. As in Triton (which wraps the request buffers with `from_blob`), a model
+that writes into its inputs in place writes into the request buffers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyserve.backends.base import Backend, InstanceSpec, ModelContext
+from pyserve.errors import ErrorCode, ServerError
+from pyserve.protocol import pb
+
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                        category=UserWarning)
+
+AOTI_PLATFORM = "torch_aoti"
+_DEFAULT_FILE = {AOTI_PLATFORM: "model.pt2"}  # every other platform: model.pt
+
+_DATA_TYPE = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type
+_TORCH_TYPES: dict[str, torch.dtype] = {
+    "TYPE_BOOL": torch.bool, "TYPE_UINT8": torch.uint8, "TYPE_INT8": torch.int8,
+    "TYPE_INT16": torch.int16, "TYPE_INT32": torch.int32, "TYPE_INT64": torch.int64,
+    "TYPE_FP16": torch.float16, "TYPE_FP32": torch.float32, "TYPE_FP64": torch.float64,
+    "TYPE_BF16": torch.bfloat16,
+}
+# Unsigned 16/32/64-bit tensors exist (with few kernels) in recent torch releases only.
+for _name, _attr in (("TYPE_UINT16", "uint16"), ("TYPE_UINT32", "uint32"), ("TYPE_UINT64", "uint64")):
+    if hasattr(torch, _attr):
+        _TORCH_TYPES[_name] = getattr(torch, _attr)
+_CONFIG_TYPES = {dtype: name for name, dtype in _TORCH_TYPES.items()}
+_STRING = "TYPE_STRING"
+_TRUE = {"true", "1", "on", "yes", "y"}
+_FALSE = {"false", "0", "off", "no", "n"}
+
+
+def _type_name(data_type: int) -> str:
+    return _DATA_TYPE.values_by_number[data_type].name
+
+
+def _named_index(name: str) -> int | None:
+    """The index of a `<name>__<index>` name: digits after the first `__` (Triton's find), or
+    None. Like Triton's atoi, an empty index reads as 0."""
+    start = name.find("__")
+    if start < 0:
+        return None
+    digits = name[start + 2:]
+    if digits and not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits or 0)
+
+
+class PyTorchBackend(Backend):
+    def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
+        super().__init__(model, instance)
+        config = model.config
+        self._aoti = config.platform == AOTI_PLATFORM
+        filename = config.default_model_filename or _DEFAULT_FILE.get(config.platform, "model.pt")
+        path = model.version_dir / filename
+        if not path.is_file():
+            raise ServerError(f"unable to find '{path}' for model instance '{model.name}'",
+                              ErrorCode.UNAVAILABLE)
+        parameters = {key: value.string_value for key, value in config.parameters.items()}
+        self._inference_mode = self._bool_parameter(parameters, "INFERENCE_MODE", True)
+        self._optimized = not self._bool_parameter(parameters, "DISABLE_OPTIMIZED_EXECUTION", False)
+        self._clean_cache = self._bool_parameter(parameters, "ENABLE_CACHE_CLEANING", False)
+
+        self.device = self._device()
+        self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        self._input_types = {io.name: _type_name(io.data_type) for io in config.input}
+        self._output_types = {io.name: _type_name(io.data_type) for io in config.output}
+        self._check_types()
+        if self._aoti:
+            self._module = self._load_aoti(path)
+            argument_names: list[str] = []
+            self._dict_input = False
+        else:
+            self._module = self._load_torchscript(path)
+            argument_names, self._dict_input = self._forward_arguments()
+        self._argument_count = len(argument_names)
+        self._input_positions = self._map_inputs(argument_names)
+        self._output_positions = self._map_outputs()
+        if self._stream is not None:
+            # The weights were copied on the device's default stream; the instance's own
+            # stream does not wait for that stream by itself.
+            torch.cuda.synchronize(self.device)
+
+    # --- loading ------------------------------------------------------------------------
+
+    def _bool_parameter(self, parameters: dict[str, str], key: str, default: bool) -> bool:
+        if key not in parameters:
+            return default
+        value = parameters[key].strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ServerError(f"failed to convert '{parameters[key]}' to a boolean value for "
+                          f"parameter '{key}' of model '{self.model.name}'")
+
+    def _device(self) -> torch.device:
+        if self.instance.kind != "GPU":
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ServerError(
+                f"model '{self.model.name}' asks for a GPU instance but the installed torch "
+                f"({torch.__version__}) has no CUDA support: install a CUDA build of torch",
+                ErrorCode.UNAVAILABLE)
+        if self.instance.device_id >= torch.cuda.device_count():
+            raise ServerError(
+                f"model '{self.model.name}' asks for GPU {self.instance.device_id} but torch "
+                f"sees {torch.cuda.device_count()} GPU(s)", ErrorCode.UNAVAILABLE)
+        return torch.device("cuda", self.instance.device_id)
+
+    def _check_types(self) -> None:
+        for kind, types in (("input", self._input_types), ("output", self._output_types)):
+            for name, type_name in types.items():
+                if type_name in _TORCH_TYPES:
+                    continue
+                if type_name == _STRING and not self._aoti:
+                    continue
+                raise ServerError(f"unsupported datatype {type_name} for {kind} '{name}' for "
+                                  f"model '{self.model.name}'", ErrorCode.INTERNAL)
+
+    def _load_torchscript(self, path: Path):
+        try:
+            with warnings.catch_warnings():  # torch.jit.load's own deprecation notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=self.device)
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and its own types
+            raise ServerError(f"failed to load model '{self.model.name}': {e}",
+                              ErrorCode.INTERNAL) from None
+        module.eval()
+        return module
+
+    def _load_aoti(self, path: Path):
+        load = getattr(getattr(torch, "_inductor", None), "aoti_load_package", None)
+        if load is None:
+            raise ServerError(
+                f"model '{self.model.name}': the installed torch ({torch.__version__}) cannot "
+                "load AOTInductor packages (torch._inductor.aoti_load_package)",
+                ErrorCode.UNSUPPORTED)
+        device_index = self.device.index if self.device.type == "cuda" else -1
+        try:
+            module = load(str(path), device_index=device_index)
+        except Exception as e:  # noqa: BLE001
+            raise ServerError(f"failed to load model '{self.model.name}': {e}",
+                              ErrorCode.INTERNAL) from None
+        try:
+            package_device = module.get_metadata().get("AOTI_DEVICE_KEY", "")
+        except Exception:  # noqa: BLE001 - older packages may lack metadata
+            package_device = ""
+        if package_device and package_device != self.device.type:
+            raise ServerError(
+                f"model '{self.model.name}': the AOTInductor package was compiled for "
+                f"'{package_device}' but the instance runs on '{self.device.type}'",
+                ErrorCode.INVALID_ARG)
+        return module
+
+    def _forward_arguments(self) -> tuple[list[str], bool]:
+        """forward()'s argument names (without self) and whether it takes one Dict input;
+        Triton's ValidateInputs."""
+        try:
+            arguments = list(self._module.forward.schema.arguments)
+        except Exception as e:  # noqa: BLE001
+            raise ServerError(f"model '{self.model.name}': unable to read the forward() "
+                              f"signature: {e}", ErrorCode.INTERNAL) from None
+        if arguments and arguments[0].type.kind() == "ClassType":
+            arguments = arguments[1:]
+        if len(arguments) == 1 and arguments[0].type.kind() == "DictType":
+            for name, type_name in self._input_types.items():
+                if type_name == _STRING:
+                    raise ServerError(
+                        f"input '{name}' of model '{self.model.name}' is BYTES, but a "
+                        "Dict(str, Tensor) input holds tensors only", ErrorCode.INTERNAL)
+            return [arguments[0].name], True
+        if any(a.type.kind() == "DictType" for a in arguments[1:]):
+            raise ServerError("Multiple inputs of kind DictType were detected. Only a single "
+                              "input of type Dict(str, Tensor) is supported.",
+                              ErrorCode.INTERNAL)
+        for argument in arguments:
+            if argument.type.kind() not in ("TensorType", "ListType"):
+                raise ServerError(
+                    f"An input of type '{argument.type}' was detected in the model. Only a "
+                    "single input of type Dict(str, Tensor) or input(s) of type Tensor are "
+                    "supported.", ErrorCode.INTERNAL)
+        if len(arguments) != len(self._input_types):
+            raise ServerError(
+                f"unable to load model '{self.model.name}', configuration expects "
+                f"{len(self._input_types)} inputs, model provides {len(arguments)}")
+        return [a.name for a in arguments], False
+
+    def _map_inputs(self, argument_names: list[str]) -> dict[str, int]:
+        names = list(self._input_types)
+        if not names:
+            raise ServerError("model configuration must contain at least one input, none "
+                              "were specified.", ErrorCode.INTERNAL)
+        if self._dict_input:
+            return {name: i for i, name in enumerate(names)}
+        if argument_names and all(name in argument_names for name in names):
+            return {name: argument_names.index(name) for name in names}
+        positions = self._named_indices("input", names)
+        count = self._argument_count or len(names)  # AOTI: as many arguments as inputs
+        if len(set(positions.values())) != len(names) or max(positions.values()) >= count:
+            raise ServerError(
+                f"model '{self.model.name}': input names {names} map to argument positions "
+                f"{list(positions.values())}, but forward() takes {count} arguments",
+                ErrorCode.INVALID_ARG)
+        return positions
+
+    def _map_outputs(self) -> dict[str, int]:
+        names = list(self._output_types)
+        if not names:
+            raise ServerError("model configuration must contain at least one output, none "
+                              "were specified.", ErrorCode.INTERNAL)
+        return self._named_indices("output", names)
+
+    @staticmethod
+    def _named_indices(kind: str, names: list[str]) -> dict[str, int]:
+        """`<name>__<index>` positions when every name has one, else the config order."""
+        indices = [_named_index(name) for name in names]
+        if all(index is not None for index in indices):
+            return dict(zip(names, indices))
+        return {name: i for i, name in enumerate(names)}
+
+    # --- execution ----------------------------------------------------------------------
+
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
+        with ExitStack() as stack:
+            if self._stream is not None:
+                stack.enter_context(torch.cuda.device(self.device))
+                stack.enter_context(torch.cuda.stream(self._stream))
+                # On every exit, errors included: queued copies read the request buffers
+                # (reused once this returns) and write the outputs read below.
+                stack.callback(self._stream.synchronize)
+            stack.enter_context(torch.inference_mode() if self._inference_mode
+                                else torch.no_grad())
+            if not self._optimized and not self._aoti:
+                stack.enter_context(torch.jit.optimized_execution(self._optimized))
+            fed = {name: self._to_torch(name, value) for name, value in inputs.items()}
+            try:
+                if self._dict_input:
+                    result = self._module(fed)
+                else:
+                    arguments = [None] * (self._argument_count or len(self._input_positions))
+                    for name, value in fed.items():
+                        arguments[self._input_positions[name]] = value
+                    result = self._module(*arguments)
+            except Exception as e:  # noqa: BLE001 - TorchScript raises torch.jit.Error etc.
+                raise ServerError(f"PyTorch execute failure: {e}", ErrorCode.INTERNAL) from None
+            results = self._result_list(result)
+            outputs = {name: self._to_numpy(name, results[position])
+                       for name, position in self._output_positions.items()}
+        if self._stream is not None and self._clean_cache:
+            torch.cuda.empty_cache()
+        return {name: (value() if callable(value) else value) for name, value in outputs.items()}
+
+    def _to_torch(self, name: str, value: np.ndarray):
+        type_name = self._input_types.get(name)
+        if type_name == _STRING:
+            try:
+                return [v.decode() if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]
+            except UnicodeDecodeError as e:
+                raise ServerError(f"input '{name}': TorchScript strings must be UTF-8 ({e})") from None
+        if type_name == "TYPE_BF16":  # BF16 arrives as its raw 16 bits (uint16)
+            tensor = _from_numpy(value.view(np.int16)).view(torch.bfloat16)
+        else:
+            tensor = _from_numpy(value)
+        if self._stream is not None:
+            tensor = tensor.to(self.device, non_blocking=True)
+        return tensor
+
+    def _result_list(self, result) -> list:
+        if isinstance(result, torch.Tensor):
+            results = [result]
+        elif isinstance(result, (tuple, list)) and result and all(
+                isinstance(r, str) for r in result):
+            results = [result]  # one List[str] output
+        elif isinstance(result, (tuple, list)):
+            results = list(result)
+        else:
+            raise ServerError(
+                f"PyTorch execute failure: output must be of type Tensor, List[str] or Tuple "
+                f"containing one of these two types, got {type(result).__name__}",
+                ErrorCode.INTERNAL)
+        for name, position in self._output_positions.items():
+            if position >= len(results):
+                raise ServerError(
+                    f"The output {name} in the model configuration refers to an output index "
+                    f"which doesn't exist. This model has {len(results)} outputs")
+        return results
+
+    def _to_numpy(self, name: str, value):
+        """The output as numpy, or (GPU) a callable that reads it once the stream is synced."""
+        type_name = self._output_types[name]
+        if isinstance(value, (list, tuple)):
+            if type_name != _STRING or not all(isinstance(v, str) for v in value):
+                raise ServerError(f"output '{name}' must be of type Tensor or List[str].")
+            return np.array([v.encode() for v in value], dtype=np.object_)
+        if not isinstance(value, torch.Tensor):
+            raise ServerError(f"output '{name}' must be of type Tensor or List[str].")
+        provided = _CONFIG_TYPES.get(value.dtype, str(value.dtype))
+        if provided != type_name:
+            raise ServerError(f"configuration expects datatype {type_name} for output "
+                              f"'{name}', model provides {provided}")
+        if value.dim() == 0:
+            raise ServerError(f"output '{name}' is a scalar which is not supported.")
+        if value.dtype == torch.bfloat16:
+            value = value.view(torch.int16)
+        if value.device.type != "cpu":
+            host = value.to("cpu", non_blocking=True)
+            return lambda: _host_numpy(host, type_name)
+        return _host_numpy(value, type_name)
+
+    def close(self) -> None:
+        self._module = None
+        if self._stream is not None:
+            self._stream.synchronize()
+            self._stream = None
+            torch.cuda.empty_cache()
+
+
+def _from_numpy(value: np.ndarray) -> torch.Tensor:
+    try:
+        return torch.from_numpy(value)
+    except (ValueError, TypeError):  # negative strides or a non-native byte order: copy
+        return torch.from_numpy(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("=")))
+
+
+def _host_numpy(tensor: torch.Tensor, type_name: str) -> np.ndarray:
+    array = tensor.numpy()
+    return array.view(np.uint16) if type_name == "TYPE_BF16" else array

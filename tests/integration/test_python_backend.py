@@ -1,0 +1,491 @@
+"""The Python backend: Triton model.py files run unchanged, in-process, against real clients.
+
+Two servers share one repository builder: `server` serves every model as requests arrive, and
+`held` runs with TRITONSERVER_DELAY_SCHEDULER=3 so that each model's first three requests
+form one batch, which shows how a batch is split back into per-request InferenceRequests.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import start_server
+
+CLIENTS = {"grpc": grpcclient, "http": httpclient}
+HOLD = {"TRITONSERVER_DELAY_SCHEDULER": "3"}
+TIMEOUT_S = 30
+
+ADD_SUB_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [
+  {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }},
+  {{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] }}
+]
+output [
+  {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }},
+  {{ name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] }}
+]
+dynamic_batching {{ }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+# Triton's examples/add_sub/model.py, as a Triton user has it: nothing pyserve-specific.
+ADD_SUB_MODEL = '''
+import json
+
+import numpy as np
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.model_config = model_config = json.loads(args["model_config"])
+        output0_config = pb_utils.get_output_config_by_name(model_config, "OUTPUT0")
+        output1_config = pb_utils.get_output_config_by_name(model_config, "OUTPUT1")
+        self.output0_dtype = pb_utils.triton_string_to_numpy(output0_config["data_type"])
+        self.output1_dtype = pb_utils.triton_string_to_numpy(output1_config["data_type"])
+
+    def execute(self, requests):
+        output0_dtype = self.output0_dtype
+        output1_dtype = self.output1_dtype
+        responses = []
+        for request in requests:
+            in_0 = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            in_1 = pb_utils.get_input_tensor_by_name(request, "INPUT1")
+            out_0, out_1 = (in_0.as_numpy() + in_1.as_numpy(),
+                            in_0.as_numpy() - in_1.as_numpy())
+            out_tensor_0 = pb_utils.Tensor("OUTPUT0", out_0.astype(output0_dtype))
+            out_tensor_1 = pb_utils.Tensor("OUTPUT1", out_1.astype(output1_dtype))
+            inference_response = pb_utils.InferenceResponse(
+                output_tensors=[out_tensor_0, out_tensor_1])
+            responses.append(inference_response)
+        return responses
+
+    def finalize(self):
+        print("Cleaning up...")
+'''
+
+STRING_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [
+  { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] },
+  { name: "UPPER" data_type: TYPE_STRING dims: [ -1 ] }
+]
+"""
+
+STRING_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            assert data.dtype == np.object_ and all(isinstance(v, bytes) for v in data.flat)
+            upper = np.array([v.decode().upper() for v in data.flat], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", data),
+                pb_utils.Tensor("UPPER", upper.reshape(data.shape)),  # str elements
+            ]))
+        return responses
+'''
+
+CHECKED_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+dynamic_batching { }
+"""
+
+# Fails the requests that carry a negative number, and only those.
+CHECKED_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = request.get_input_tensor_by_name("INPUT0").as_numpy()
+            if (data < 0).any():
+                error = pb_utils.TritonError("negative input is not allowed",
+                                             pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", data * 10)]))
+        return responses
+'''
+
+WRONG_COUNT_MODEL = '''
+class TritonPythonModel:
+    def execute(self, requests):
+        return []
+'''
+
+RAISING_MODEL = '''
+class TritonPythonModel:
+    def execute(self, requests):
+        raise ValueError("the model broke")
+'''
+
+# No config.pbtxt: the model describes itself.
+AUTO_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        auto_complete_model_config.add_input({"name": "IN", "data_type": "TYPE_INT32", "dims": [3]})
+        auto_complete_model_config.add_output({"name": "OUT", "data_type": "TYPE_INT32", "dims": [3]})
+        auto_complete_model_config.set_max_batch_size(4)
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("OUT", r.get_input_tensor_by_name("IN").as_numpy() + 1)])
+                for r in requests]
+'''
+
+NATIVE_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "X" data_type: TYPE_FP16 dims: [ 2 ] } ]
+output [
+  { name: "DOUBLED" data_type: TYPE_FP16 dims: [ 2 ] },
+  { name: "BATCH" data_type: TYPE_INT32 dims: [ 1 ] }
+]
+dynamic_batching { }
+"""
+
+NATIVE_MODEL = '''
+import numpy as np
+
+import pyserve
+
+
+@pyserve.batched
+def infer(inputs):
+    x = inputs["X"]
+    return {"DOUBLED": x * np.float16(2),
+            "BATCH": np.full((x.shape[0], 1), x.shape[0], dtype=np.int32)}
+'''
+
+ZERO_COPY_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [
+  { name: "VIEW" data_type: TYPE_BOOL dims: [ 1 ] },
+  { name: "ARGS" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }
+]
+dynamic_batching { }
+"""
+
+# Reports whether its inputs are read-only views (not copies), and returns them unchanged.
+ZERO_COPY_MODEL = '''
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = dict(args)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = request.inputs()[0].as_numpy()
+            view = not data.flags.writeable and not data.flags.owndata
+            n = data.shape[0]
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("VIEW", np.full((n, 1), view)),
+                pb_utils.Tensor("ARGS", np.full((n, 1), json.dumps(self.args).encode(), dtype=object)),
+                pb_utils.Tensor("OUTPUT0", data),
+            ]))
+        return responses
+'''
+
+BAD_INIT_MODEL = '''
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("weights not found")
+
+    def execute(self, requests):
+        return []
+'''
+
+
+def _model(repository: Path, name: str, config: str | None, code: str) -> None:
+    (repository / name / "1").mkdir(parents=True)
+    if config is not None:
+        (repository / name / "config.pbtxt").write_text(textwrap.dedent(config))
+    (repository / name / "1" / "model.py").write_text(textwrap.dedent(code))
+
+
+def build_repository(repository: Path) -> None:
+    _model(repository, "add_sub", ADD_SUB_CONFIG.format(name="add_sub"), ADD_SUB_MODEL)
+    _model(repository, "checked", CHECKED_CONFIG, CHECKED_MODEL)
+    _model(repository, "native", NATIVE_CONFIG, NATIVE_MODEL)
+    _model(repository, "zero_copy", ZERO_COPY_CONFIG, ZERO_COPY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("python_models")
+    build_repository(repository)
+    _model(repository, "strings", STRING_CONFIG, STRING_MODEL)
+    _model(repository, "wrong_count", CHECKED_CONFIG, WRONG_COUNT_MODEL)
+    _model(repository, "raising", CHECKED_CONFIG, RAISING_MODEL)
+    _model(repository, "auto", None, AUTO_MODEL)
+    _model(repository, "bad_init", CHECKED_CONFIG, BAD_INIT_MODEL)
+    process = start_server([repository], tmp_path_factory.mktemp("logs") / "python.log",
+                           "--exit-on-error", "false")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    repository = tmp_path_factory.mktemp("python_models_held")
+    build_repository(repository)
+    process = start_server([repository], tmp_path_factory.mktemp("logs") / "python_held.log",
+                           env=HOLD)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def client(request, server):
+    module = CLIENTS[request.param]
+    url = server.grpc_url if request.param == "grpc" else server.http_url
+    with module.InferenceServerClient(url) as c:
+        yield module, c
+
+
+def _tensor(module, name: str, array: np.ndarray, datatype: str):
+    tensor = module.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _add_sub_inputs(module, a: np.ndarray, b: np.ndarray) -> list:
+    return [_tensor(module, "INPUT0", a, "FP32"), _tensor(module, "INPUT1", b, "FP32")]
+
+
+def _send_concurrently(url: str, model: str, inputs: list[list]) -> list:
+    """Each request's (result, error), in sending order, through the async gRPC API."""
+    done: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(url) as c:
+        for index, tensors in enumerate(inputs):
+            c.async_infer(model, tensors,
+                          lambda result, error, index=index: done.put((index, (result, error))))
+        results = dict(done.get(timeout=TIMEOUT_S) for _ in inputs)
+    return [results[i] for i in range(len(inputs))]
+
+
+def _batch_counts(url: str, model: str, settled: int) -> dict[int, int]:
+    """batch size -> executions, once `settled` requests are counted in the statistics."""
+    with grpcclient.InferenceServerClient(url) as c:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            stats = c.get_inference_statistics(model).model_stats[0]
+            counted = stats.inference_stats.success.count + stats.inference_stats.fail.count
+            if counted >= settled or time.monotonic() > deadline:
+                return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+            time.sleep(0.01)
+
+
+# --- Triton's add_sub, unchanged ----------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_add_sub_model_runs_unchanged(client, batch):
+    module, c = client
+    rng = np.random.default_rng(batch)
+    a = rng.standard_normal((batch, 4)).astype(np.float32)
+    b = rng.standard_normal((batch, 4)).astype(np.float32)
+    result = c.infer("add_sub", _add_sub_inputs(module, a, b))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    assert result.as_numpy("OUTPUT0").dtype == np.float32
+
+
+def test_add_sub_batch_is_split_per_request(held):
+    sizes = [1, 2, 3]
+    pairs = [(np.full((n, 4), i + 1, np.float32) + np.arange(4, dtype=np.float32),
+              np.full((n, 4), 0.5 * (i + 1), np.float32)) for i, n in enumerate(sizes)]
+    done = _send_concurrently(held.grpc_url, "add_sub",
+                              [_add_sub_inputs(grpcclient, a, b) for a, b in pairs])
+    for (a, b), (result, error) in zip(pairs, done):
+        assert error is None, error
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    assert _batch_counts(held.grpc_url, "add_sub", 3) == {6: 1}
+
+
+def test_metadata_and_platform(client):
+    module, c = client
+    metadata = c.get_model_metadata("add_sub")
+    if module is grpcclient:
+        assert metadata.platform == "python"
+        assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+            ("INPUT0", "FP32", [-1, 4]), ("INPUT1", "FP32", [-1, 4])]
+    else:
+        assert metadata["platform"] == "python"
+        assert [(t["name"], t["shape"]) for t in metadata["outputs"]] == [
+            ("OUTPUT0", [-1, 4]), ("OUTPUT1", [-1, 4])]
+
+
+# --- BYTES ----------------------------------------------------------------------------------
+
+def test_string_identity_and_str_outputs(client):
+    module, c = client
+    data = np.array([[b"hello", b"wor\x00ld", b""]], dtype=np.object_)
+    result = c.infer("strings", [_tensor(module, "INPUT0", data, "BYTES")])
+    assert result.as_numpy("OUTPUT0").tolist() == data.tolist()
+    assert result.as_numpy("UPPER").tolist() == [[b"HELLO", b"WOR\x00LD", b""]]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+def test_error_response_fails_only_its_request(client):
+    module, c = client
+    good = np.array([[1, 2]], np.float32)
+    np.testing.assert_array_equal(
+        c.infer("checked", [_tensor(module, "INPUT0", good, "FP32")]).as_numpy("OUTPUT0"), good * 10)
+    with pytest.raises(InferenceServerException, match="negative input is not allowed") as info:
+        c.infer("checked", [_tensor(module, "INPUT0", -good, "FP32")])
+    status = info.value.status()
+    assert status in ("StatusCode.INVALID_ARGUMENT", "400"), status
+
+
+def test_error_response_in_a_batch_fails_only_its_request(held):
+    arrays = [np.array([[1, 2]], np.float32), np.array([[-1, 2]], np.float32),
+              np.array([[3, 4], [5, 6]], np.float32)]
+    done = _send_concurrently(held.grpc_url, "checked",
+                              [[_tensor(grpcclient, "INPUT0", a, "FP32")] for a in arrays])
+    assert done[1][0] is None and "negative input is not allowed" in str(done[1][1])
+    for index in (0, 2):
+        result, error = done[index]
+        assert error is None, error
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), arrays[index] * 10)
+    assert _batch_counts(held.grpc_url, "checked", 3) == {4: 1}
+
+
+def test_wrong_response_count_fails_the_request(client):
+    module, c = client
+    with pytest.raises(InferenceServerException,
+                       match="Number of InferenceResponse objects do not match"):
+        c.infer("wrong_count", [_tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")])
+
+
+def test_raising_execute_fails_the_batch_and_keeps_serving(client):
+    module, c = client
+    tensor = _tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")
+    for _ in range(2):
+        with pytest.raises(InferenceServerException, match="ValueError: the model broke"):
+            c.infer("raising", [tensor])
+    assert c.is_model_ready("raising")
+
+
+def test_failing_initialize_leaves_the_others_serving(server):
+    with httpclient.InferenceServerClient(server.http_url) as c:
+        assert not c.is_model_ready("bad_init")
+        assert c.is_model_ready("add_sub")
+        index = {m["name"]: m for m in c.get_model_repository_index()}
+    assert index["bad_init"]["state"] == "UNAVAILABLE"
+    assert "initialize failed: RuntimeError: weights not found" in index["bad_init"]["reason"]
+    assert "failed to load 'bad_init'" in server.log()
+
+
+# --- auto-complete ------------------------------------------------------------------------
+
+def test_auto_complete_config_fills_the_config(client):
+    module, c = client
+    metadata = c.get_model_metadata("auto")
+    config = c.get_model_config("auto")
+    if module is grpcclient:
+        assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+            ("IN", "INT32", [-1, 3])]
+        assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
+            ("OUT", "INT32", [-1, 3])]
+        assert config.config.max_batch_size == 4
+        assert config.config.HasField("dynamic_batching")
+    else:
+        assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
+            ("IN", "INT32", [-1, 3])]
+        assert config["max_batch_size"] == 4 and "dynamic_batching" in config
+    data = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    result = c.infer("auto", [_tensor(module, "IN", data, "INT32")])
+    np.testing.assert_array_equal(result.as_numpy("OUT"), data + 1)
+
+
+# --- the native form ----------------------------------------------------------------------
+
+def test_native_batched_function_with_fp16(client):
+    module, c = client
+    x = np.array([[1.5, -2.25], [0.5, 8]], np.float16)
+    result = c.infer("native", [_tensor(module, "X", x, "FP16")])
+    assert result.as_numpy("DOUBLED").dtype == np.float16
+    np.testing.assert_array_equal(result.as_numpy("DOUBLED"), x * 2)
+    np.testing.assert_array_equal(result.as_numpy("BATCH"), [[2], [2]])
+
+
+def test_native_function_sees_the_whole_batch(held):
+    xs = [np.full((n, 2), n, np.float16) for n in (1, 1, 2)]
+    done = _send_concurrently(held.grpc_url, "native",
+                              [[_tensor(grpcclient, "X", x, "FP16")] for x in xs])
+    for x, (result, error) in zip(xs, done):
+        assert error is None, error
+        np.testing.assert_array_equal(result.as_numpy("DOUBLED"), x * 2)
+        np.testing.assert_array_equal(result.as_numpy("BATCH"), np.full((len(x), 1), 4))
+
+
+# --- zero copy ----------------------------------------------------------------------------
+
+def test_inputs_are_read_only_views_and_args_follow_triton(client):
+    module, c = client
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    result = c.infer("zero_copy", [_tensor(module, "INPUT0", data, "FP32")])
+    assert result.as_numpy("VIEW").tolist() == [[True], [True]]
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+    args = json.loads(result.as_numpy("ARGS")[0, 0])
+    assert args["model_name"] == "zero_copy" and args["model_version"] == "1"
+    assert args["model_instance_kind"] == "CPU" and args["model_instance_device_id"] == "0"
+    assert args["model_instance_name"] == "zero_copy_0"
+    assert Path(args["model_repository"]).name == "zero_copy"
+    assert json.loads(args["model_config"])["input"][0]["dims"] == [4]
+
+
+def test_batched_inputs_are_views_and_passed_through_outputs_survive(held):
+    arrays = [np.full((n, 4), n * 10, np.float32) + np.arange(4, dtype=np.float32)
+              for n in (1, 2, 3)]
+    done = _send_concurrently(held.grpc_url, "zero_copy",
+                              [[_tensor(grpcclient, "INPUT0", a, "FP32")] for a in arrays])
+    for array, (result, error) in zip(arrays, done):
+        assert error is None, error
+        assert result.as_numpy("VIEW").all()
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), array)
+    assert _batch_counts(held.grpc_url, "zero_copy", 3) == {6: 1}
