@@ -161,6 +161,7 @@ output [
     name: "logits"
     data_type: TYPE_FP32
     dims: [ 10 ]
+    label_filename: "labels.txt"
   },
   {
     name: "probabilities"
@@ -273,6 +274,8 @@ def check_mnist_cnn(model: onnx.ModelProto) -> None:
 # main
 # --------------------------------------------------------------------------------------------
 
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
 MODELS = [
     # (name, builder, checker, config.pbtxt)
     ("simple", make_simple, check_simple, SIMPLE_CONFIG),
@@ -288,6 +291,8 @@ def main(argv: list[str]) -> int:
         model_path = repository / name / "1" / "model.onnx"
         _write(model_path, model.SerializeToString())
         _write(repository / name / "config.pbtxt", config)
+        if name == "mnist_cnn":  # class names for Triton's classification extension
+            _write(repository / name / "labels.txt", "".join(f"{d}\n" for d in DIGITS))
         print(f"wrote {model_path} ({model_path.stat().st_size} bytes) and config.pbtxt")
     return 0
 

@@ -20,8 +20,8 @@ from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
 from pyserve.protocol import pb
-from pyserve.repository import (fingerprint, find_models, remove_upload, select_versions,
-                                version_dirs, write_upload)
+from pyserve.repository import (fingerprint, find_models, read_labels, remove_upload,
+                                select_versions, version_dirs, write_upload)
 from pyserve.runner import ModelRunner
 from pyserve.warmup import warm_up
 
@@ -46,6 +46,7 @@ class ModelVersion:
     runner: ModelRunner | None = None
     state: ModelState = ModelState.LOADING
     reason: str = ""
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output name -> class labels
 
 
 @dataclass
@@ -171,6 +172,7 @@ class ModelManager:
                     model_dir, stamp = dirs[0], fingerprint(dirs)
                 config = await asyncio.to_thread(model_config, model_dir, self._config_options,
                                                  config_override)
+                labels = read_labels(model_dir, config)
                 available = version_dirs(model_dir)
                 chosen = select_versions(config.version_policy, list(available))
                 if not chosen:
@@ -212,7 +214,7 @@ class ModelManager:
                 if old is not None and old.runner is not None:
                     retiring.append(old.runner)
                 model.versions[version] = ModelVersion(name, version, config, result,
-                                                       ModelState.READY)
+                                                       ModelState.READY, labels=labels)
                 log.info("successfully loaded '%s' version %d", name, version)
             if not failures:  # the new set of versions replaces the old one
                 for version, entry in model.versions.items():

@@ -38,7 +38,7 @@ GRPC_STATUS = {
     ErrorCode.UNKNOWN: grpc.StatusCode.UNKNOWN,
 }
 
-SERVER_EXTENSIONS = ["model_repository", "model_repository(unload_dependents)",
+SERVER_EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)",
                      "model_configuration", "binary_tensor_data", "parameters", "statistics",
                      "schedule_policy"]
 _INT32_MAX = 2**31 - 1
@@ -153,10 +153,12 @@ class InferenceServicer:
         request, raw_inputs = codec.split_infer_request(raw)
         inputs = _decode_inputs(request, raw_inputs)
         requested = [o.name for o in request.outputs]
+        classification = {o.name: o.parameters["classification"].int64_param
+                          for o in request.outputs if "classification" in o.parameters}
         model, outputs = await run_inference(self._manager, request.model_name,
                                              request.model_version, inputs, requested, request.id,
                                              codec.parameters_dict(request.parameters),
-                                             self._metrics)
+                                             self._metrics, classification)
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
         raw_outputs = []

@@ -127,7 +127,10 @@ class HttpFrontend:
             raise ServerError("each requested output must have a string 'name'")
         model, outputs = await run_inference(self._manager, name, version, inputs,
                                              [o["name"] for o in requested], str(header.get("id", "")),
-                                             _parameters(header), self._metrics)
+                                             _parameters(header), self._metrics,
+                                             {o["name"]: _parameters(o)["classification"]
+                                              for o in requested
+                                              if "classification" in _parameters(o)})
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}

@@ -31,9 +31,11 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
                         inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
                         request_id: str = "", parameters: dict | None = None,
                         metrics: Metrics | None = None,
+                        classification: dict[str, int] | None = None,
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
     """Outputs in the order requested, or every output of the config in config order.
-    `parameters` are the request's (priority and timeout are read here)."""
+    `parameters` are the request's (priority and timeout are read here); `classification`
+    asks for the top k classes of some outputs instead of their values."""
     model = manager.get(model_name, version)
     parameters = parameters or {}
     start = time.perf_counter()
@@ -53,7 +55,39 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     if missing:
         raise ServerError(f"model '{model.name}' did not produce output(s) {missing}",
                           ErrorCode.INTERNAL)
-    return model, [OutputTensor(name, datatypes[name], results[name]) for name in names]
+    outputs = []
+    for name in names:
+        k = (classification or {}).get(name)
+        if k is None:
+            outputs.append(OutputTensor(name, datatypes[name], results[name]))
+        else:
+            outputs.append(OutputTensor(name, "BYTES", classify(
+                results[name], k, model.labels.get(name), model.config.max_batch_size > 0)))
+    return model, outputs
+
+
+def classify(array: np.ndarray, k: int, labels: list[str] | None, batched: bool) -> np.ndarray:
+    """Triton's classification extension: per batch item, the k largest values as
+    "value:index" or "value:index:label" strings, largest first."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ServerError(f"classification count must be a positive integer, got {k!r}")
+    items = array.reshape(array.shape[0] if batched else 1, -1)
+    if items.dtype == np.object_:
+        raise ServerError("classification is not supported on BYTES outputs")
+    rows = []
+    for item in items:
+        top = np.argsort(-item.astype(np.float64), kind="stable")[:k]
+        rows.append([_class_entry(item[i], int(i), labels) for i in top])
+    result = np.array(rows, dtype=np.object_)
+    return result if batched else result[0]
+
+
+def _class_entry(value, index: int, labels: list[str] | None) -> bytes:
+    text = f"{value:f}" if isinstance(value, np.floating) else str(value)
+    entry = f"{text}:{index}"
+    if labels is not None and index < len(labels):
+        entry += f":{labels[index]}"
+    return entry.encode()
 
 
 def _unsigned(parameters: dict, key: str) -> int:

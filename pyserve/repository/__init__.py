@@ -43,6 +43,20 @@ def select_versions(policy: pb.ModelVersionPolicy, available: list[int]) -> list
     return ordered[-max(count, 1):] if ordered else []
 
 
+def read_labels(model_dir: Path, config: pb.ModelConfig) -> dict[str, list[str]]:
+    """The label files the config's outputs name (one label per line), by output name."""
+    labels = {}
+    for output in config.output:
+        if not output.label_filename:
+            continue
+        path = (model_dir / output.label_filename).resolve()
+        if not path.is_relative_to(model_dir.resolve()) or not path.is_file():
+            raise ServerError(f"failed to open label file '{output.label_filename}' of output "
+                              f"'{output.name}' in model directory '{model_dir}'")
+        labels[output.name] = path.read_text().splitlines()
+    return labels
+
+
 def write_upload(name: str, files: dict[str, bytes]) -> Path:
     """A temporary model directory holding the uploaded files; a path that would land
     outside it ('..', absolute paths, links) is refused and nothing is written."""

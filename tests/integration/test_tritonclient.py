@@ -171,3 +171,27 @@ def test_health_service_and_metrics(example_server):
     line = next(l for l in text.splitlines()
                 if l.startswith('nv_inference_request_success{model="simple",version="1"}'))
     assert float(line.split()[-1]) >= 1
+
+
+def test_classification_extension_with_labels(client):
+    import onnxruntime as ort
+
+    from conftest import EXAMPLES
+
+    module, c = client
+    images = np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    (logits,) = ort.InferenceSession(str(EXAMPLES / "mnist_cnn" / "1" / "model.onnx")).run(
+        ["logits"], {"image": images})
+    labels = (EXAMPLES / "mnist_cnn" / "labels.txt").read_text().split()
+    tensor = module.InferInput("image", images.shape, "FP32")
+    tensor.set_data_from_numpy(images)
+    result = c.infer("mnist_cnn", [tensor],
+                     outputs=[module.InferRequestedOutput("logits", class_count=3)])
+    top = result.as_numpy("logits")
+    assert top.shape == (2, 3)
+    for row, item in zip(top, logits):
+        expected = np.argsort(-item)[:3]
+        for entry, index in zip(row, expected):
+            value, got_index, label = entry.decode().split(":")
+            assert int(got_index) == index and label == labels[index]
+            assert abs(float(value) - item[index]) < 1e-5
