@@ -16,6 +16,7 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("pyserve.backends.onnxruntime:OnnxRuntimeBackend", "onnx"),
     "pytorch": ("pyserve.backends.pytorch:PyTorchBackend", "torch"),
     "python": ("pyserve.backends.python:PythonBackend", ""),
+    "tensorflow": ("pyserve.backends.tensorflow:TensorFlowBackend", "tensorflow"),
 }
 
 

@@ -39,7 +39,7 @@ class ConfigOptions:
     gpu_count: int = 0
     auto_complete: bool = True          # --disable-auto-complete-config sets False
     config_name: str = ""               # --model-config-name: read configs/<name>.pbtxt when present
-    default_max_batch_size: int = 4     # --backend-config=default-max-batch-size=N (onnxruntime)
+    default_max_batch_size: int = 4     # --backend-config=default-max-batch-size=N (ONNX, TF)
 
 
 def config_path(model_dir: Path, config_name: str = "") -> Path:
