@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ _ONNX_TYPES = {
     "tensor(string)": "TYPE_STRING", "tensor(bfloat16)": "TYPE_BF16",
 }
 _DATA_TYPE = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type
+_ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 
 
 class OnnxRuntimeBackend(Backend):
@@ -40,6 +42,9 @@ class OnnxRuntimeBackend(Backend):
             raise ServerError(f"failed to load model '{model.name}': {e}",
                               ErrorCode.INVALID_ARG) from None
         self._outputs = [output.name for output in model.config.output]
+        bf16 = _DATA_TYPE.values_by_name["TYPE_BF16"].number
+        self._bf16 = {t.name for t in (*model.config.input, *model.config.output)
+                      if t.data_type == bf16}
         session_outputs = {o.name for o in self._session.get_outputs()}
         missing = [name for name in self._outputs if name not in session_outputs]
         if missing:
@@ -84,8 +89,31 @@ class OnnxRuntimeBackend(Backend):
     def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
         feeds = {name: (_as_text(name, value) if value.dtype == np.object_ else value)
                  for name, value in inputs.items()}
+        if self._bf16:
+            return self._execute_bf16(feeds)
         results = self._session.run(self._outputs, feeds)
         return dict(zip(self._outputs, results))
+
+    def _execute_bf16(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """numpy has no bfloat16, so BF16 tensors cross as their raw 16 bits (uint16) through
+        OrtValues that carry the ONNX type."""
+        values = {}
+        for name, array in feeds.items():
+            if name in self._bf16:
+                values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    np.ascontiguousarray(array), onnx_element_type=_ONNX_BFLOAT16)
+            else:
+                values[name] = ort.OrtValue.ortvalue_from_numpy(array)
+        results = self._session.run_with_ort_values(self._outputs, values)
+        outputs = {}
+        for name, value in zip(self._outputs, results):
+            if name in self._bf16:
+                count = int(np.prod(value.shape()))
+                raw = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+                outputs[name] = np.ctypeslib.as_array(raw).copy().reshape(value.shape())
+            else:
+                outputs[name] = value.numpy()
+        return outputs
 
     def close(self) -> None:
         self._session = None

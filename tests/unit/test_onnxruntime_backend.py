@@ -107,3 +107,27 @@ def parse_config_for(name: str, text: str):
     from pyserve.config import parse_config
 
     return parse_config(f'name: "{name}" ' + text)
+
+
+def test_bf16_inputs_and_outputs_travel_as_raw_bits(tmp_path):
+    import ml_dtypes
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",  # ORT's CPU kernels do little BF16
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["b", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "1").mkdir()
+    onnx.save(model, str(tmp_path / "1" / "model.onnx"))
+    config = normalize(parse_config_for("bf", 'platform: "onnxruntime_onnx" max_batch_size: 4 '
+                                       'input { name: "x" data_type: TYPE_BF16 dims: [4] } '
+                                       'output { name: "y" data_type: TYPE_BF16 dims: [4] }'), "bf")
+    backend = backend_class("onnxruntime")(ModelContext("bf", 1, config, tmp_path / "1"),
+                                           InstanceSpec(0, "CPU"))
+    x = np.array([[1.5, -2.0, 0.25, 3.0]], dtype=ml_dtypes.bfloat16)
+    y = backend.execute({"x": x.view(np.uint16)}, [1])["y"]
+    assert y.dtype == np.uint16
+    np.testing.assert_array_equal(y.view(ml_dtypes.bfloat16), x)
