@@ -74,7 +74,7 @@ double QueueLockFree() {
   uint64_t sum = 0;
   for (uint64_t n = 0; n < kProducers * kItems;) {
     uint64_t v;
-    if (queue.TryPop(v)) {
+    if (queue.TryPop(v) || SpinBriefly([&] { return queue.TryPop(v); })) {
       sum += v;
       ++n;
       continue;

@@ -16,6 +16,26 @@
 
 namespace pyserve {
 
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Retries `attempt` for about a microsecond before the caller goes to sleep: an item that is
+// mid-push in another thread usually lands within that, and a sleep and wake-up cost far
+// more. Bounded, so an idle consumer still sleeps almost at once.
+template <typename Attempt>
+bool SpinBriefly(Attempt&& attempt) {
+  for (int i = 0; i < 64; ++i) {
+    CpuRelax();
+    if (attempt()) return true;
+  }
+  return false;
+}
+
 class Notifier {
  public:
   using Clock = std::chrono::steady_clock;

@@ -196,14 +196,21 @@ void Scheduler::BatcherLoop() {
 
 void Scheduler::WorkerLoop(int instance) {
   Batch* batch = nullptr;
+  auto run = [&] {
+    batch->instance = instance;
+    Run(std::unique_ptr<Batch>(batch));
+    idle_instances_.fetch_add(1, std::memory_order_acq_rel);
+    ingress_ready_.NotifyOne();  // the batcher may form the next batch now
+  };
   for (;;) {
+    if (ready_.TryPop(batch) || SpinBriefly([&] { return ready_.TryPop(batch); })) {
+      run();
+      continue;
+    }
     const uint64_t key = batch_ready_.PrepareWait();
     if (ready_.TryPop(batch)) {
       batch_ready_.CancelWait();
-      batch->instance = instance;
-      Run(std::unique_ptr<Batch>(batch));
-      idle_instances_.fetch_add(1, std::memory_order_acq_rel);
-      ingress_ready_.NotifyOne();  // the batcher may form the next batch now
+      run();
     } else if (batcher_done_.load(std::memory_order_seq_cst)) {
       batch_ready_.CancelWait();
       return;
@@ -215,14 +222,21 @@ void Scheduler::WorkerLoop(int instance) {
 
 void Scheduler::DirectWorkerLoop(int instance) {
   InferRequest* request = nullptr;
+  auto run = [&] {
+    auto batch = std::make_unique<Batch>();
+    batch->instance = instance;
+    batch->requests.emplace_back(request);
+    Run(std::move(batch));
+  };
   for (;;) {
+    if (ingress_.TryPop(request) || SpinBriefly([&] { return ingress_.TryPop(request); })) {
+      run();
+      continue;
+    }
     const uint64_t key = ingress_ready_.PrepareWait();
     if (ingress_.TryPop(request)) {
       ingress_ready_.CancelWait();
-      auto batch = std::make_unique<Batch>();
-      batch->instance = instance;
-      batch->requests.emplace_back(request);
-      Run(std::move(batch));
+      run();
     } else if (stopping_.load(std::memory_order_seq_cst) &&
                inflight_.load(std::memory_order_seq_cst) == 0) {
       ingress_ready_.CancelWait();
