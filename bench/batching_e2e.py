@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import start_server  # noqa: E402
+from grpc_load import throughput  # noqa: E402
 
 WIDTHS = [2048, 4096, 4096, 2048]
 CONFIG = """
@@ -65,30 +65,6 @@ def write_repository(root: Path) -> None:
             width_in=WIDTHS[0], width_out=WIDTHS[-1], scheduling=scheduling))
 
 
-async def drive(url: str, model: str, seconds: float, concurrency: int) -> float:
-    """Inferences per second with `concurrency` clients each sending one request at a time."""
-    import tritonclient.grpc.aio as aioclient
-
-    client = aioclient.InferenceServerClient(url)
-    data = np.random.default_rng(1).standard_normal((1, WIDTHS[0])).astype(np.float32)
-    tensor = aioclient.InferInput("x", data.shape, "FP32")
-    tensor.set_data_from_numpy(data)
-    done = 0
-
-    async def loop(until: float, count: bool) -> None:
-        nonlocal done
-        while time.perf_counter() < until:
-            await client.infer(model, [tensor])
-            done += count
-
-    await asyncio.gather(*(loop(time.perf_counter() + 1.0, False) for _ in range(concurrency)))
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(start + seconds, True) for _ in range(concurrency)))
-    rate = done / (time.perf_counter() - start)
-    await client.close()
-    return rate
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -99,7 +75,9 @@ def main() -> None:
         write_repository(repository)
         server = start_server([repository], Path(tmp) / "server.log")
         try:
-            rates = {model: asyncio.run(drive(server.grpc_url, model, args.seconds, args.concurrency))
+            data = np.random.default_rng(1).standard_normal((1, WIDTHS[0])).astype(np.float32)
+            rates = {model: asyncio.run(throughput(server.grpc_url, model, "x", data,
+                                                   args.seconds, args.concurrency))
                      for model in ("mlp_no_batching", "mlp_batching")}
         finally:
             server.stop()

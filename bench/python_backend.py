@@ -28,6 +28,7 @@ from onnx import TensorProto, helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import start_server  # noqa: E402
+from grpc_load import throughput  # noqa: E402
 
 MODELS = ("noop_onnx", "noop_python", "noop_native")
 CONFIG = """
@@ -97,30 +98,6 @@ def latencies_us(url: str, model: str, requests: int, data: np.ndarray) -> list[
     return times
 
 
-async def throughput(url: str, model: str, seconds: float, concurrency: int,
-                     data: np.ndarray) -> float:
-    """Inferences per second with `concurrency` clients each sending one request at a time."""
-    import tritonclient.grpc.aio as aioclient
-
-    client = aioclient.InferenceServerClient(url)
-    tensor = aioclient.InferInput("INPUT0", list(data.shape), "FP32")
-    tensor.set_data_from_numpy(data)
-    done = 0
-
-    async def loop(until: float, count: bool) -> None:
-        nonlocal done
-        while time.perf_counter() < until:
-            await client.infer(model, [tensor])
-            done += count
-
-    await asyncio.gather(*(loop(time.perf_counter() + 0.5, False) for _ in range(concurrency)))
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(start + seconds, True) for _ in range(concurrency)))
-    rate = done / (time.perf_counter() - start)
-    await client.close()
-    return rate
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -143,7 +120,8 @@ def main() -> None:
                     times[model] += latencies_us(server.grpc_url, model,
                                                  args.requests // args.rounds, data)
                     rates[model].append(asyncio.run(throughput(
-                        server.grpc_url, model, args.seconds / args.rounds, args.concurrency, data)))
+                        server.grpc_url, model, "INPUT0", data, args.seconds / args.rounds,
+                        args.concurrency, warmup_seconds=0.5)))
         finally:
             server.stop()
     latency = {model: statistics.median(t) for model, t in times.items()}

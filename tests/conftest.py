@@ -87,3 +87,22 @@ def example_server(tmp_path_factory) -> ServerProcess:
     server = start_server([EXAMPLES], tmp_path_factory.mktemp("logs") / "example_server.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def client(request, server):
+    """(client module, connected client) for the test module's `server`, once per protocol."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    module = grpcclient if request.param == "grpc" else httpclient
+    url = server.grpc_url if request.param == "grpc" else server.http_url
+    with module.InferenceServerClient(url) as c:
+        yield module, c
+
+
+def tensor(module, name: str, array, datatype: str):
+    """A tritonclient InferInput holding `array`."""
+    t = module.InferInput(name, list(array.shape), datatype)
+    t.set_data_from_numpy(array)
+    return t

@@ -19,9 +19,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import start_server
+from conftest import start_server, tensor
 
-CLIENTS = {"grpc": grpcclient, "http": httpclient}
 HOLD = {"TRITONSERVER_DELAY_SCHEDULER": "3"}
 TIMEOUT_S = 30
 
@@ -277,22 +276,8 @@ def held(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture(params=["grpc", "http"])
-def client(request, server):
-    module = CLIENTS[request.param]
-    url = server.grpc_url if request.param == "grpc" else server.http_url
-    with module.InferenceServerClient(url) as c:
-        yield module, c
-
-
-def _tensor(module, name: str, array: np.ndarray, datatype: str):
-    tensor = module.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
 def _add_sub_inputs(module, a: np.ndarray, b: np.ndarray) -> list:
-    return [_tensor(module, "INPUT0", a, "FP32"), _tensor(module, "INPUT1", b, "FP32")]
+    return [tensor(module, "INPUT0", a, "FP32"), tensor(module, "INPUT1", b, "FP32")]
 
 
 def _send_concurrently(url: str, model: str, inputs: list[list]) -> list:
@@ -363,7 +348,7 @@ def test_metadata_and_platform(client):
 def test_string_identity_and_str_outputs(client):
     module, c = client
     data = np.array([[b"hello", b"wor\x00ld", b""]], dtype=np.object_)
-    result = c.infer("strings", [_tensor(module, "INPUT0", data, "BYTES")])
+    result = c.infer("strings", [tensor(module, "INPUT0", data, "BYTES")])
     assert result.as_numpy("OUTPUT0").tolist() == data.tolist()
     assert result.as_numpy("UPPER").tolist() == [[b"HELLO", b"WOR\x00LD", b""]]
 
@@ -374,9 +359,9 @@ def test_error_response_fails_only_its_request(client):
     module, c = client
     good = np.array([[1, 2]], np.float32)
     np.testing.assert_array_equal(
-        c.infer("checked", [_tensor(module, "INPUT0", good, "FP32")]).as_numpy("OUTPUT0"), good * 10)
+        c.infer("checked", [tensor(module, "INPUT0", good, "FP32")]).as_numpy("OUTPUT0"), good * 10)
     with pytest.raises(InferenceServerException, match="negative input is not allowed") as info:
-        c.infer("checked", [_tensor(module, "INPUT0", -good, "FP32")])
+        c.infer("checked", [tensor(module, "INPUT0", -good, "FP32")])
     status = info.value.status()
     assert status in ("StatusCode.INVALID_ARGUMENT", "400"), status
 
@@ -385,7 +370,7 @@ def test_error_response_in_a_batch_fails_only_its_request(held):
     arrays = [np.array([[1, 2]], np.float32), np.array([[-1, 2]], np.float32),
               np.array([[3, 4], [5, 6]], np.float32)]
     done = _send_concurrently(held.grpc_url, "checked",
-                              [[_tensor(grpcclient, "INPUT0", a, "FP32")] for a in arrays])
+                              [[tensor(grpcclient, "INPUT0", a, "FP32")] for a in arrays])
     assert done[1][0] is None and "negative input is not allowed" in str(done[1][1])
     for index in (0, 2):
         result, error = done[index]
@@ -398,15 +383,15 @@ def test_wrong_response_count_fails_the_request(client):
     module, c = client
     with pytest.raises(InferenceServerException,
                        match="Number of InferenceResponse objects do not match"):
-        c.infer("wrong_count", [_tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")])
+        c.infer("wrong_count", [tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")])
 
 
 def test_raising_execute_fails_the_batch_and_keeps_serving(client):
     module, c = client
-    tensor = _tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")
+    ones = tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")
     for _ in range(2):
         with pytest.raises(InferenceServerException, match="ValueError: the model broke"):
-            c.infer("raising", [tensor])
+            c.infer("raising", [ones])
     assert c.is_model_ready("raising")
 
 
@@ -438,7 +423,7 @@ def test_auto_complete_config_fills_the_config(client):
             ("IN", "INT32", [-1, 3])]
         assert config["max_batch_size"] == 4 and "dynamic_batching" in config
     data = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
-    result = c.infer("auto", [_tensor(module, "IN", data, "INT32")])
+    result = c.infer("auto", [tensor(module, "IN", data, "INT32")])
     np.testing.assert_array_equal(result.as_numpy("OUT"), data + 1)
 
 
@@ -447,7 +432,7 @@ def test_auto_complete_config_fills_the_config(client):
 def test_native_batched_function_with_fp16(client):
     module, c = client
     x = np.array([[1.5, -2.25], [0.5, 8]], np.float16)
-    result = c.infer("native", [_tensor(module, "X", x, "FP16")])
+    result = c.infer("native", [tensor(module, "X", x, "FP16")])
     assert result.as_numpy("DOUBLED").dtype == np.float16
     np.testing.assert_array_equal(result.as_numpy("DOUBLED"), x * 2)
     np.testing.assert_array_equal(result.as_numpy("BATCH"), [[2], [2]])
@@ -456,7 +441,7 @@ def test_native_batched_function_with_fp16(client):
 def test_native_function_sees_the_whole_batch(held):
     xs = [np.full((n, 2), n, np.float16) for n in (1, 1, 2)]
     done = _send_concurrently(held.grpc_url, "native",
-                              [[_tensor(grpcclient, "X", x, "FP16")] for x in xs])
+                              [[tensor(grpcclient, "X", x, "FP16")] for x in xs])
     for x, (result, error) in zip(xs, done):
         assert error is None, error
         np.testing.assert_array_equal(result.as_numpy("DOUBLED"), x * 2)
@@ -468,7 +453,7 @@ def test_native_function_sees_the_whole_batch(held):
 def test_inputs_are_read_only_views_and_args_follow_triton(client):
     module, c = client
     data = np.arange(8, dtype=np.float32).reshape(2, 4)
-    result = c.infer("zero_copy", [_tensor(module, "INPUT0", data, "FP32")])
+    result = c.infer("zero_copy", [tensor(module, "INPUT0", data, "FP32")])
     assert result.as_numpy("VIEW").tolist() == [[True], [True]]
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
     args = json.loads(result.as_numpy("ARGS")[0, 0])
@@ -483,7 +468,7 @@ def test_batched_inputs_are_views_and_passed_through_outputs_survive(held):
     arrays = [np.full((n, 4), n * 10, np.float32) + np.arange(4, dtype=np.float32)
               for n in (1, 2, 3)]
     done = _send_concurrently(held.grpc_url, "zero_copy",
-                              [[_tensor(grpcclient, "INPUT0", a, "FP32")] for a in arrays])
+                              [[tensor(grpcclient, "INPUT0", a, "FP32")] for a in arrays])
     for array, (result, error) in zip(arrays, done):
         assert error is None, error
         assert result.as_numpy("VIEW").all()

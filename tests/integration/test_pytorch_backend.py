@@ -19,10 +19,9 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from conftest import start_server  # noqa: E402
+from conftest import start_server, tensor  # noqa: E402
 
 Tensor = torch.Tensor
-CLIENTS = {"grpc": grpcclient, "http": httpclient}
 BATCHING = "max_batch_size: 8\ndynamic_batching { }"
 pytestmark = [  # torch's own notices: torch.jit.* deprecation, torch.export's pytree
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -134,20 +133,6 @@ def server(tmp_path_factory):
     process = start_server([repository], tmp_path_factory.mktemp("logs") / "pytorch.log")
     yield process
     process.stop()
-
-
-@pytest.fixture(params=["grpc", "http"])
-def client(request, server):
-    module = CLIENTS[request.param]
-    url = server.grpc_url if request.param == "grpc" else server.http_url
-    with module.InferenceServerClient(url) as c:
-        yield module, c
-
-
-def tensor(module, name: str, array: np.ndarray, datatype: str):
-    t = module.InferInput(name, list(array.shape), datatype)
-    t.set_data_from_numpy(array)
-    return t
 
 
 def run_torch(module: torch.nn.Module, *arrays: np.ndarray):

@@ -23,10 +23,9 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from conftest import start_server  # noqa: E402
+from conftest import start_server, tensor  # noqa: E402
 from pyserve.config import ConfigOptions, model_config, parse_config  # noqa: E402
 
-CLIENTS = {"grpc": grpcclient, "http": httpclient}
 BATCHING = "max_batch_size: 8\ndynamic_batching { }"
 ONE_CPU = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
 
@@ -163,20 +162,6 @@ def server(tmp_path_factory):
                            "--model-control-mode", "explicit", *loads, timeout=180)
     yield process
     process.stop()
-
-
-@pytest.fixture(params=["grpc", "http"])
-def client(request, server):
-    module = CLIENTS[request.param]
-    url = server.grpc_url if request.param == "grpc" else server.http_url
-    with module.InferenceServerClient(url) as c:
-        yield module, c
-
-
-def tensor(module, name: str, array: np.ndarray, datatype: str):
-    t = module.InferInput(name, list(array.shape), datatype)
-    t.set_data_from_numpy(array)
-    return t
 
 
 def run_tf(module: tf.Module, signature: str = "serve", **arrays) -> dict[str, np.ndarray]:
