@@ -2,11 +2,14 @@
 
 prometheus_client's Counter would expose `<name>_total`; Triton's counters carry no suffix
 (`nv_inference_request_success`), so the counters are kept here and exposed by a collector.
+Request outcomes are counted by the frontends; counts and durations of the core's work come
+from the statistics the core already keeps, read at scrape time.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,10 +24,25 @@ _COUNTERS = {
 }
 
 
+# Triton's per-model counters that the core's ModelStatistics already hold:
+# name -> (help, how to read the value from one statistics entry)
+_FROM_STATISTICS = {
+    "nv_inference_count": ("Number of inferences performed (a batch of n counts n)",
+                           lambda s: s["inference_count"]),
+    "nv_inference_exec_count": ("Number of model executions performed",
+                                lambda s: s["execution_count"]),
+    **{f"nv_inference_{phase}_duration_us": (
+        f"Cumulative {phase.replace('_', ' ')} duration in microseconds",
+        lambda s, phase=phase: s["inference_stats"][phase]["ns"] / 1000)
+       for phase in ("queue", "compute_input", "compute_infer", "compute_output")},
+}
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, statistics: Callable[[], list[dict]] | None = None) -> None:
         self._values: dict[str, dict[tuple[str, str], float]] = {
             name: defaultdict(float) for name in _COUNTERS}
+        self._statistics = statistics
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -41,6 +59,13 @@ class Metrics:
             metric = Metric(name, documentation, "counter")
             for (model, version), value in sorted(self._values[name].items()):
                 metric.add_sample(name, {"model": model, "version": version}, value)
+            yield metric
+        entries = self._statistics() if self._statistics is not None else []
+        for name, (documentation, read) in _FROM_STATISTICS.items():
+            metric = Metric(name, documentation, "counter")
+            for entry in entries:
+                metric.add_sample(name, {"model": entry["name"], "version": entry["version"]},
+                                  read(entry))
             yield metric
 
     async def handle(self, request: web.Request) -> web.Response:

@@ -168,9 +168,14 @@ def test_health_service_and_metrics(example_server):
         c.infer("simple", inputs)
     url = f"http://127.0.0.1:{example_server.metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    line = next(l for l in text.splitlines()
-                if l.startswith('nv_inference_request_success{model="simple",version="1"}'))
-    assert float(line.split()[-1]) >= 1
+    def value(metric: str) -> float:
+        line = next(l for l in text.splitlines()
+                    if l.startswith(metric + '{model="simple",version="1"}'))
+        return float(line.split()[-1])
+
+    assert value("nv_inference_request_success") >= 1
+    assert value("nv_inference_count") >= value("nv_inference_exec_count") >= 1
+    assert value("nv_inference_compute_infer_duration_us") > 0
 
 
 def test_classification_extension_with_labels(client):
