@@ -42,7 +42,7 @@ def python_executor_overhead_us(requests: int = 20000) -> list[float]:
     done = threading.Event()
     delivered_at = [0]
 
-    def execute(instance, batch_sizes, inputs):
+    def execute(instance, ids, batch_sizes, inputs):
         return {}
 
     def deliver(ids, sizes, inputs, outputs, error):

@@ -36,7 +36,7 @@ class Scheduler:
     def __init__(
         self,
         options: SchedulerOptions,
-        execute: Callable[[int, list[int], dict[str, Any]], Any],
+        execute: Callable[[int, list[int], list[int], dict[str, Any]], Any],
         deliver: Callable[[list[int], list[int], dict[str, Any], Any, BaseException | None], None],
         reject: Callable[[list[int], str, str], None],
     ) -> None: ...

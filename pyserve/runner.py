@@ -20,6 +20,7 @@ import numpy as np
 
 from pyserve import _core, devices  # noqa: F401 - devices sets up CUDA discovery first
 from pyserve.backends import Backend
+from pyserve.backends.base import RequestInfo
 from pyserve.datatypes import config_type
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -41,6 +42,7 @@ class InputTensor:
 class _Pending:
     future: asyncio.Future
     inputs: Sequence[InputTensor] = field(repr=False)  # keeps the viewed bytes alive
+    info: RequestInfo
     result: tuple | None = None  # (outputs, error) once done, for preserve_ordering
 
 
@@ -63,11 +65,12 @@ class ModelRunner:
                                           self._execute, self._deliver, self._reject)
 
     async def infer(self, inputs: Sequence[InputTensor], batch_size: int = 1,
-                    priority: int = 0, timeout_us: int = 0) -> dict[str, np.ndarray]:
+                    priority: int = 0, timeout_us: int = 0,
+                    info: RequestInfo | None = None) -> dict[str, np.ndarray]:
         """Run one request; returns every output of the model by name."""
         request_id = next(self._ids)
         future = self._loop.create_future()
-        self._pending[request_id] = _Pending(future, inputs)
+        self._pending[request_id] = _Pending(future, inputs, info or RequestInfo())
         try:
             self._scheduler.enqueue(
                 request_id, [(t.name, config_type(t.datatype), t.shape, t.data) for t in inputs],
@@ -77,10 +80,12 @@ class ModelRunner:
             raise
         return await future
 
-    def _execute(self, instance: int, batch_sizes: list[int],
+    def _execute(self, instance: int, request_ids: list[int], batch_sizes: list[int],
                   inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Worker thread, GIL held: the backend's compute for one batch."""
-        return self._instances[instance].execute(inputs, batch_sizes)
+        """Worker thread, GIL held: the backend's compute for one batch. (_pending entries
+        are added before their enqueue and removed after their completion, so they are here.)"""
+        requests = [self._pending[request_id].info for request_id in request_ids]
+        return self._instances[instance].execute(inputs, batch_sizes, requests)
 
     def _deliver(self, request_ids: list[int], batch_sizes: list[int],
                  inputs: dict[str, np.ndarray], outputs: dict | None,

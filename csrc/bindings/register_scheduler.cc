@@ -72,7 +72,7 @@ py::array View(const TensorView& t) {
 }
 
 // The trampoline into Python, with the GIL taken once per batch:
-//   outputs = execute(instance, batch_sizes, inputs)   the backend's compute
+//   outputs = execute(instance, ids, batch_sizes, inputs)   the backend's compute
 //   deliver(ids, batch_sizes, inputs, outputs, error)   split and hand to the event loop
 // and reject(ids, code, message) for requests the core refuses after accepting them.
 class PyExecutor : public Executor {
@@ -96,7 +96,7 @@ class PyExecutor : public Executor {
     try {
       for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t);
       batch.times.infer_start = SteadyNowNs();
-      outputs = execute_(batch.instance, sizes, inputs);
+      outputs = execute_(batch.instance, ids, sizes, inputs);
     } catch (py::error_already_set& e) {
       error = e.value();
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -36,6 +36,15 @@ class InstanceSpec:
 BatchResult = Union[dict[str, np.ndarray], list[Union[dict[str, np.ndarray], Exception]]]
 
 
+@dataclass
+class RequestInfo:
+    """What a backend may want to know of each request in a batch besides its tensors."""
+
+    id: str = ""
+    parameters: dict = field(default_factory=dict)  # the request's own (custom) parameters
+    requested_outputs: list[str] = field(default_factory=list)  # empty = all
+
+
 class Backend(abc.ABC):
     """A loaded model instance. `execute` runs on the instance's worker thread, one batch at a
     time, with batch-shaped numpy inputs (read-only views; BYTES as object arrays of bytes)
@@ -46,7 +55,8 @@ class Backend(abc.ABC):
         self.instance = instance
 
     @abc.abstractmethod
-    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> BatchResult: ...
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list[RequestInfo] | None = None) -> BatchResult: ...
 
     def close(self) -> None:
         """Release the framework's resources; called once, after the last execute."""

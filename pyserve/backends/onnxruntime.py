@@ -86,7 +86,8 @@ class OnnxRuntimeBackend(Backend):
                               ErrorCode.UNAVAILABLE)
         return providers
 
-    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list | None = None) -> dict[str, np.ndarray]:
         feeds = {name: (_as_text(name, value) if value.dtype == np.object_ else value)
                  for name, value in inputs.items()}
         if self._bf16:

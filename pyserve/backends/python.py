@@ -28,7 +28,7 @@ from types import ModuleType
 
 import numpy as np
 
-from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext
+from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
 from pyserve.config import config_to_json, parse_config_json
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.model import is_batched
@@ -82,10 +82,12 @@ class PythonBackend(Backend):
                 f"(found {found})", ErrorCode.INVALID_ARG)
         self._function = functions[0]
 
-    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> BatchResult:
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list[RequestInfo] | None = None) -> BatchResult:
         if self._function is not None:
             return self._function(inputs)
-        requests = self._requests(inputs, batch_sizes)
+        requests = self._requests(inputs, batch_sizes,
+                                  requests or [RequestInfo() for _ in batch_sizes])
         try:
             responses = self._execute_model(requests)
         except Exception as e:  # noqa: BLE001 - the model's own failure fails its batch
@@ -94,20 +96,26 @@ class PythonBackend(Backend):
                 f"message: {type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
         return self._results(responses, len(requests))
 
-    def _requests(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> list:
+    def _requests(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                  infos: list[RequestInfo]) -> list:
         import triton_python_backend_utils as pb_utils
 
         Tensor, Request = pb_utils.Tensor, pb_utils.InferenceRequest
-        name, version, outputs = self.model.name, self.model.version, self._outputs
+        name, version = self.model.name, self.model.version
+
+        def request(tensors, info: RequestInfo):
+            return Request(name, tensors, info.requested_outputs or self._outputs,
+                           request_id=info.id, model_version=version,
+                           parameters=info.parameters)
+
         if not self._batching or len(batch_sizes) == 1:
-            return [Request(name, [Tensor._wrap(k, v) for k, v in inputs.items()], outputs,
-                            model_version=version)]
+            return [request([Tensor._wrap(k, v) for k, v in inputs.items()], infos[0])]
         requests, offset = [], 0
-        for size in batch_sizes:
+        for size, info in zip(batch_sizes, infos):
             end = offset + size
             # Basic slicing: views of the batch buffers, read-only like them.
-            tensors = [Tensor._wrap(k, v[offset:end]) for k, v in inputs.items()]
-            requests.append(Request(name, tensors, outputs, model_version=version))
+            requests.append(request([Tensor._wrap(k, v[offset:end]) for k, v in inputs.items()],
+                                    info))
             offset = end
         return requests
 

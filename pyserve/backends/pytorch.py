@@ -247,7 +247,8 @@ class PyTorchBackend(Backend):
 
     # --- execution ----------------------------------------------------------------------
 
-    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list | None = None) -> dict[str, np.ndarray]:
         with ExitStack() as stack:
             if self._stream is not None:
                 stack.enter_context(torch.cuda.device(self.device))

@@ -238,7 +238,8 @@ class TensorFlowBackend(Backend):
                         f"{type_name} for {kind} '{io.name}', model provides "
                         f"{_tf_type_name(dtype)}")
 
-    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int]) -> dict[str, np.ndarray]:
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list | None = None) -> dict[str, np.ndarray]:
         with tf.device(self._device):
             feeds = {name: self._to_tf(name, value) for name, value in inputs.items()}
             try:

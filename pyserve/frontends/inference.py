@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pyserve.backends.base import RequestInfo
 from pyserve.config import parse_config_json
 from pyserve.datatypes import wire_name
 from pyserve.errors import ErrorCode, ServerError
@@ -18,6 +19,10 @@ from pyserve.frontends.validation import validate_request
 from pyserve.lifecycle import ModelManager, ModelVersion
 from pyserve.protocol import pb
 from pyserve.runner import InputTensor
+
+
+# Request parameters the server itself acts on; the rest are the model's.
+_SERVER_PARAMETERS = {"priority", "timeout", "binary_data_output"}
 
 
 @dataclass
@@ -42,8 +47,11 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     ok = False
     try:
         batch_size = validate_request(model.config, inputs, requested_outputs, request_id)
+        info = RequestInfo(request_id, {k: v for k, v in parameters.items()
+                                        if k not in _SERVER_PARAMETERS}, list(requested_outputs))
         results = await model.runner.infer(
-            inputs, batch_size, _unsigned(parameters, "priority"), _unsigned(parameters, "timeout"))
+            inputs, batch_size, _unsigned(parameters, "priority"), _unsigned(parameters, "timeout"),
+            info)
         ok = True
     finally:
         if metrics is not None:

@@ -106,6 +106,27 @@ class TritonPythonModel:
         return responses
 '''
 
+INTROSPECT_MODEL = '''
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Answers with what it was told about the request besides its tensors."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            seen = {"id": request.request_id(), "parameters": json.loads(request.parameters()),
+                    "outputs": request.requested_output_names()}
+            text = np.array([[json.dumps(seen, sort_keys=True).encode()]], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", text), pb_utils.Tensor("UPPER", text)]))
+        return responses
+'''
+
 CHECKED_CONFIG = """
 backend: "python"
 max_batch_size: 8
@@ -256,6 +277,7 @@ def server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("python_models")
     build_repository(repository)
     _model(repository, "strings", STRING_CONFIG, STRING_MODEL)
+    _model(repository, "introspect", STRING_CONFIG, INTROSPECT_MODEL)
     _model(repository, "wrong_count", CHECKED_CONFIG, WRONG_COUNT_MODEL)
     _model(repository, "raising", CHECKED_CONFIG, RAISING_MODEL)
     _model(repository, "auto", None, AUTO_MODEL)
@@ -474,3 +496,14 @@ def test_batched_inputs_are_views_and_passed_through_outputs_survive(held):
         assert result.as_numpy("VIEW").all()
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), array)
     assert _batch_counts(held.grpc_url, "zero_copy", 3) == {6: 1}
+
+
+def test_requests_carry_their_id_parameters_and_requested_outputs(client):
+    module, c = client
+    words = np.array([[b"a"]], dtype=np.object_)
+    result = c.infer("introspect", [tensor(module, "INPUT0", words, "BYTES")], request_id="r-9",
+                     parameters={"temperature": "hot", "top_k": 3}, priority=0,
+                     outputs=[module.InferRequestedOutput("OUTPUT0")])
+    seen = json.loads(result.as_numpy("OUTPUT0")[0, 0])
+    assert seen == {"id": "r-9", "parameters": {"temperature": "hot", "top_k": 3},
+                    "outputs": ["OUTPUT0"]}

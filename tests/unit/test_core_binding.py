@@ -20,7 +20,7 @@ class Recorder:
         self.done = threading.Semaphore(0)
         self.expected = expected
 
-    def execute(self, instance, batch_sizes, inputs):
+    def execute(self, instance, ids, batch_sizes, inputs):
         x = inputs["X"]
         self.executed.append(dict(instance=instance, array=x.copy(), writeable=x.flags.writeable,
                                   address=x.__array_interface__["data"][0] if x.dtype != object else 0,
@@ -108,7 +108,7 @@ def test_bytes_inputs_arrive_as_object_arrays():
 def test_backend_errors_reach_deliver_and_count_as_failures():
     recorder = Recorder()
 
-    def failing(instance, batch_sizes, inputs):
+    def failing(instance, ids, batch_sizes, inputs):
         raise ValueError("boom")
 
     scheduler = _core.Scheduler(_options(), failing, recorder.deliver, recorder.reject)
