@@ -351,6 +351,11 @@ class ModelManager:
             entries = [v for m in models for v in m.ready_versions()]
         return [statistics_entry(entry) for entry in entries]
 
+    def pending_counts(self) -> dict[tuple[str, str], int]:
+        """Requests queued and not yet executing, per READY (model, version)."""
+        return {(m.name, str(v.version)): v.runner.pending_count
+                for m in self.models.values() for v in m.ready_versions()}
+
     def inflight_count(self) -> int:
         return sum(v.runner.inflight_count for m in self.models.values()
                    for v in m.versions.values() if v.runner)

@@ -182,6 +182,11 @@ class ModelRunner:
     def inflight_count(self) -> int:
         return len(self._pending)
 
+    @property
+    def pending_count(self) -> int:
+        """Requests queued and not yet executing."""
+        return self._scheduler.pending_count
+
     def statistics(self) -> dict:
         return self._scheduler.statistics()
 

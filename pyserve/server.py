@@ -42,7 +42,8 @@ class Server:
             await self.manager.shutdown()
             raise StartupError(f"failed to load {', '.join(repr(n) for n in failed)}; exiting "
                                "(--exit-on-error=false serves the models that did load)")
-        metrics = Metrics(self.manager.statistics) if options.allow_metrics else None
+        metrics = (Metrics(self.manager.statistics, self.manager.pending_counts)
+                   if options.allow_metrics else None)
         if options.allow_grpc:
             self._grpc, self.grpc_port = create_grpc_server(
                 self.manager, f"{options.host}:{options.grpc_port}", metrics)

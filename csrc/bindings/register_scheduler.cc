@@ -202,6 +202,7 @@ class PyScheduler {
   }
 
   uint64_t InflightCount() const { return scheduler_->InflightCount(); }
+  uint64_t PendingCount() const { return scheduler_->PendingCount(); }
   py::dict Statistics() const { return StatsDict(scheduler_->Statistics()); }
 
  private:
@@ -248,7 +249,8 @@ void RegisterScheduler(py::module_& m) {
            py::arg("batch_size") = 1, py::arg("priority") = 0, py::arg("timeout_us") = 0)
       .def("stop", &PyScheduler::Stop)
       .def("statistics", &PyScheduler::Statistics)
-      .def_property_readonly("inflight_count", &PyScheduler::InflightCount);
+      .def_property_readonly("inflight_count", &PyScheduler::InflightCount)
+      .def_property_readonly("pending_count", &PyScheduler::PendingCount);
 }
 
 }  // namespace pyserve::bindings

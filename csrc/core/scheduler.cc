@@ -249,6 +249,8 @@ void Scheduler::DirectWorkerLoop(int instance) {
 
 void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
+  const uint64_t count = batch->requests.size();
+  executing_.fetch_add(count, std::memory_order_acq_rel);
   batch->times.input_start = SteadyNowNs();
   Status status;
   if (!GatherBatch(*batch, pool_)) {
@@ -273,8 +275,8 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
   if (t.infer_end == 0) t.infer_end = now;
   if (t.output_end == 0) t.output_end = now;
   stats_.RecordBatch(*batch, status.ok());
-  const uint64_t count = batch->requests.size();
   batch.reset();  // frees the requests and gives the gathered buffers back to the pool
+  executing_.fetch_sub(count, std::memory_order_acq_rel);
   Release(count);
 }
 

@@ -56,6 +56,12 @@ class Scheduler {
 
   // Requests accepted but not yet completed.
   uint64_t InflightCount() const { return inflight_.load(std::memory_order_acquire); }
+  // Requests accepted and not yet executing (Triton's nv_inference_pending_request_count).
+  uint64_t PendingCount() const {
+    const uint64_t inflight = inflight_.load(std::memory_order_acquire);
+    const uint64_t executing = executing_.load(std::memory_order_acquire);
+    return inflight > executing ? inflight - executing : 0;
+  }
   ModelStats Statistics() const { return stats_.Snapshot(); }
 
   void Stop();
@@ -94,6 +100,7 @@ class Scheduler {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> batcher_done_{false};
   std::atomic<uint64_t> inflight_{0};
+  std::atomic<uint64_t> executing_{0};  // requests in batches an instance is running
   std::atomic<uint64_t> in_ingress_{0};  // accepted, not yet taken by the batcher
   std::mutex join_mutex_;
   std::thread batcher_thread_;

@@ -39,10 +39,12 @@ _FROM_STATISTICS = {
 
 
 class Metrics:
-    def __init__(self, statistics: Callable[[], list[dict]] | None = None) -> None:
+    def __init__(self, statistics: Callable[[], list[dict]] | None = None,
+                 pending: Callable[[], dict[tuple[str, str], int]] | None = None) -> None:
         self._values: dict[str, dict[tuple[str, str], float]] = {
             name: defaultdict(float) for name in _COUNTERS}
         self._statistics = statistics
+        self._pending = pending
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -66,6 +68,13 @@ class Metrics:
             for entry in entries:
                 metric.add_sample(name, {"model": entry["name"], "version": entry["version"]},
                                   read(entry))
+            yield metric
+        if self._pending is not None:
+            name = "nv_inference_pending_request_count"
+            metric = Metric(name, "Instantaneous number of pending requests awaiting execution "
+                                  "per-model.", "gauge")
+            for (model, version), count in sorted(self._pending().items()):
+                metric.add_sample(name, {"model": model, "version": version}, count)
             yield metric
 
     async def handle(self, request: web.Request) -> web.Response:

@@ -176,6 +176,7 @@ def test_health_service_and_metrics(example_server):
     assert value("nv_inference_request_success") >= 1
     assert value("nv_inference_count") >= value("nv_inference_exec_count") >= 1
     assert value("nv_inference_compute_infer_duration_us") > 0
+    assert value("nv_inference_pending_request_count") == 0  # nothing is queued now
 
 
 def test_classification_extension_with_labels(client):

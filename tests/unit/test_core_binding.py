@@ -148,3 +148,26 @@ def test_host_memory_pool_reports_usage():
     usage = _core.host_memory_usage()
     assert set(usage) == {"pinned", "cached_bytes", "in_use_bytes", "allocations"}
     assert usage["pinned"] == (_core.cuda_device_count() > 0)
+
+
+def test_pending_counts_queued_requests_not_executing_ones():
+    started, release = threading.Event(), threading.Event()
+
+    def execute(instance, ids, batch_sizes, inputs):
+        started.set()
+        release.wait(10)
+        return {}
+
+    recorder = Recorder()
+    scheduler = _core.Scheduler(_options(), execute, recorder.deliver, recorder.reject)
+    payload = b"\0" * 4
+    scheduler.enqueue(1, [("X", config_type("INT32"), [1], payload)])
+    assert started.wait(10)
+    for request_id in (2, 3):
+        scheduler.enqueue(request_id, [("X", config_type("INT32"), [1], payload)])
+    assert (scheduler.pending_count, scheduler.inflight_count) == (2, 3)
+    release.set()
+    recorder.wait(3)
+    scheduler.stop()
+    assert (scheduler.pending_count, scheduler.inflight_count) == (0, 0)
+
