@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -106,3 +107,37 @@ def tensor(module, name: str, array, datatype: str):
     t = module.InferInput(name, list(array.shape), datatype)
     t.set_data_from_numpy(array)
     return t
+
+
+def send_concurrently(client, model: str, inputs: list[list]) -> list[tuple]:
+    """Each request's (result, error), in sending order, sent together through a gRPC
+    client's async_infer (so the batcher can see them all at once)."""
+    done: queue.Queue = queue.Queue()
+    for index, tensors in enumerate(inputs):
+        client.async_infer(model, tensors,
+                           lambda result, error, index=index: done.put((index, (result, error))))
+    results = dict(done.get(timeout=60) for _ in inputs)
+    return [results[i] for i in range(len(inputs))]
+
+
+def settled_statistics(client, model: str, settled: int, timeout: float = 30):
+    """The model's statistics (gRPC) once `settled` requests are counted in them.
+
+    The server records a batch's statistics right after it hands the responses back (as
+    Triton's backends do), so a client holding all its responses may still briefly read the
+    statistics from before the last batch.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get_inference_statistics(model)
+        assert len(response.model_stats) == 1
+        stats = response.model_stats[0]
+        counted = stats.inference_stats.success.count + stats.inference_stats.fail.count
+        if counted >= settled or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.01)
+
+
+def batch_counts(stats) -> dict[int, int]:
+    """batch size -> executions, from a ModelStatistics message."""
+    return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}

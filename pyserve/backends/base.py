@@ -9,6 +9,7 @@ from typing import Union
 
 import numpy as np
 
+from pyserve.errors import ServerError
 from pyserve.protocol import pb
 
 
@@ -69,3 +70,19 @@ class Backend(abc.ABC):
         pyserve.config.ConfigOptions in force. Called only when auto-complete is enabled, after
         the server-side normalization; returns the completed config (the default: unchanged)."""
         return config
+
+
+def int_parameter(config: pb.ModelConfig, key: str) -> int | None:
+    """A non-negative integer from the config's `parameters` (string values, as Triton's
+    backends read them), or None when the key is absent."""
+    if key not in config.parameters:
+        return None
+    text = config.parameters[key].string_value
+    try:
+        value = int(text)
+    except ValueError:
+        raise ServerError(f"failed to convert '{text}' to an integer for parameter '{key}' of "
+                          f"model '{config.name}'") from None
+    if value < 0:
+        raise ServerError(f"parameter '{key}' of model '{config.name}' must be non-negative")
+    return value

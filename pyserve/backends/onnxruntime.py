@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pyserve.backends.base import Backend, InstanceSpec, ModelContext
+from pyserve.backends.base import Backend, InstanceSpec, ModelContext, int_parameter
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
 
@@ -181,31 +181,23 @@ def session_options(config: pb.ModelConfig) -> ort.SessionOptions:
     options.log_severity_level = 3
     options.graph_optimization_level = _GRAPH_LEVELS.get(
         config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    parameters = {key: value.string_value for key, value in config.parameters.items()}
-    if "intra_op_thread_count" in parameters:
-        options.intra_op_num_threads = _int_parameter(config, parameters, "intra_op_thread_count")
-    if "inter_op_thread_count" in parameters:
-        options.inter_op_num_threads = _int_parameter(config, parameters, "inter_op_thread_count")
-    if "execution_mode" in parameters:
-        parallel = _int_parameter(config, parameters, "execution_mode") == 1
-        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if parallel
+    threads = int_parameter(config, "intra_op_thread_count")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    threads = int_parameter(config, "inter_op_thread_count")
+    if threads is not None:
+        options.inter_op_num_threads = threads
+    mode = int_parameter(config, "execution_mode")
+    if mode is not None:
+        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == 1
                                   else ort.ExecutionMode.ORT_SEQUENTIAL)
-    if "enable_mem_arena" in parameters:
-        options.enable_cpu_mem_arena = _int_parameter(config, parameters, "enable_mem_arena") != 0
-    if "enable_mem_pattern" in parameters:
-        options.enable_mem_pattern = _int_parameter(config, parameters, "enable_mem_pattern") != 0
+    arena = int_parameter(config, "enable_mem_arena")
+    if arena is not None:
+        options.enable_cpu_mem_arena = arena != 0
+    pattern = int_parameter(config, "enable_mem_pattern")
+    if pattern is not None:
+        options.enable_mem_pattern = pattern != 0
     return options
-
-
-def _int_parameter(config: pb.ModelConfig, parameters: dict[str, str], key: str) -> int:
-    try:
-        value = int(parameters[key])
-    except ValueError:
-        raise ServerError(f"failed to convert '{parameters[key]}' to an integer for parameter "
-                          f"'{key}' of model '{config.name}'") from None
-    if value < 0:
-        raise ServerError(f"parameter '{key}' of model '{config.name}' must be non-negative")
-    return value
 
 
 def _cuda_options(config: pb.ModelConfig) -> dict[str, str]:

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pyserve.backends.base import Backend, InstanceSpec, ModelContext  # noqa: E402
+from pyserve.backends.base import Backend, InstanceSpec, ModelContext, int_parameter  # noqa: E402
 from pyserve.errors import ErrorCode, ServerError  # noqa: E402
 from pyserve.protocol import pb  # noqa: E402
 
@@ -104,20 +104,6 @@ def _parameters(config: pb.ModelConfig) -> dict[str, str]:
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
-def _int_parameter(model: str, parameters: dict[str, str], key: str) -> int | None:
-    if key not in parameters:
-        return None
-    try:
-        value = int(parameters[key])
-    except ValueError:
-        raise ServerError(f"failed to convert '{parameters[key]}' to an integer for parameter "
-                          f"'{key}' of model '{model}'") from None
-    if value < 0:
-        raise ServerError(f"parameter '{key}' must be non-negative number for TensorFlow "
-                          f"model '{model}'")
-    return value
-
-
 def _set_threads(model: str, intra: int | None, inter: int | None) -> None:
     """TF_NUM_INTRA_THREADS / TF_NUM_INTER_THREADS (0 = TensorFlow's choice). Process-wide in
     TF2 and fixed once TensorFlow has started its runtime."""
@@ -179,8 +165,8 @@ class TensorFlowBackend(Backend):
                                                    if config.platform == "tensorflow_graphdef"
                                                    else ""), ErrorCode.UNSUPPORTED)
         parameters = _parameters(config)
-        _set_threads(model.name, _int_parameter(model.name, parameters, "TF_NUM_INTRA_THREADS"),
-                     _int_parameter(model.name, parameters, "TF_NUM_INTER_THREADS"))
+        _set_threads(model.name, int_parameter(config, "TF_NUM_INTRA_THREADS"),
+                     int_parameter(config, "TF_NUM_INTER_THREADS"))
         tag = parameters.get("TF_GRAPH_TAG") or DEFAULT_TAG
         signature_key = parameters.get("TF_SIGNATURE_DEF") or DEFAULT_SIGNATURE
         self._device = self._device_name()

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from conftest import start_server
+from conftest import settled_statistics, start_server
 
 HOLD = {"TRITONSERVER_DELAY_SCHEDULER": "3"}
 GAP_S = 0.02  # between sends where arrival order matters; nothing runs while the batcher is held
@@ -180,22 +180,9 @@ class StreamSender(Sender):
         self.client.async_stream_infer(self.model, [tensor], request_id=str(index), **kwargs)
 
 
-def statistics(client, model: str, settled: int | None = None):
-    """The model's statistics; with `settled`, once that many requests are counted in them.
-
-    The server records a batch's statistics right after it hands the responses back (as
-    Triton's backends do), so a client that has all its responses may still briefly read
-    the statistics from before the last batch.
-    """
-    deadline = time.monotonic() + RESULT_TIMEOUT_S
-    while True:
-        response = client.get_inference_statistics(model)
-        assert len(response.model_stats) == 1
-        stats = response.model_stats[0]
-        counted = stats.inference_stats.success.count + stats.inference_stats.fail.count
-        if settled is None or counted >= settled or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.01)
+def statistics(client, model: str, settled: int = 0):
+    """The model's statistics; with `settled`, once that many requests are counted in them."""
+    return settled_statistics(client, model, settled, timeout=RESULT_TIMEOUT_S)
 
 
 def batch_counts(stats) -> dict[int, int]:

@@ -8,9 +8,7 @@ form one batch, which shows how a batch is split back into per-request Inference
 from __future__ import annotations
 
 import json
-import queue
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import start_server, tensor
+from conftest import EXAMPLES, batch_counts, send_concurrently, settled_statistics, start_server, tensor
 
 HOLD = {"TRITONSERVER_DELAY_SCHEDULER": "3"}
 TIMEOUT_S = 30
@@ -41,41 +39,7 @@ instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 """
 
 # Triton's examples/add_sub/model.py, as a Triton user has it: nothing pyserve-specific.
-ADD_SUB_MODEL = '''
-import json
-
-import numpy as np
-
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.model_config = model_config = json.loads(args["model_config"])
-        output0_config = pb_utils.get_output_config_by_name(model_config, "OUTPUT0")
-        output1_config = pb_utils.get_output_config_by_name(model_config, "OUTPUT1")
-        self.output0_dtype = pb_utils.triton_string_to_numpy(output0_config["data_type"])
-        self.output1_dtype = pb_utils.triton_string_to_numpy(output1_config["data_type"])
-
-    def execute(self, requests):
-        output0_dtype = self.output0_dtype
-        output1_dtype = self.output1_dtype
-        responses = []
-        for request in requests:
-            in_0 = pb_utils.get_input_tensor_by_name(request, "INPUT0")
-            in_1 = pb_utils.get_input_tensor_by_name(request, "INPUT1")
-            out_0, out_1 = (in_0.as_numpy() + in_1.as_numpy(),
-                            in_0.as_numpy() - in_1.as_numpy())
-            out_tensor_0 = pb_utils.Tensor("OUTPUT0", out_0.astype(output0_dtype))
-            out_tensor_1 = pb_utils.Tensor("OUTPUT1", out_1.astype(output1_dtype))
-            inference_response = pb_utils.InferenceResponse(
-                output_tensors=[out_tensor_0, out_tensor_1])
-            responses.append(inference_response)
-        return responses
-
-    def finalize(self):
-        print("Cleaning up...")
-'''
+ADD_SUB_MODEL = (EXAMPLES / "add_sub_python" / "1" / "model.py").read_text()
 
 STRING_CONFIG = """
 backend: "python"
@@ -303,26 +267,13 @@ def _add_sub_inputs(module, a: np.ndarray, b: np.ndarray) -> list:
 
 
 def _send_concurrently(url: str, model: str, inputs: list[list]) -> list:
-    """Each request's (result, error), in sending order, through the async gRPC API."""
-    done: queue.Queue = queue.Queue()
     with grpcclient.InferenceServerClient(url) as c:
-        for index, tensors in enumerate(inputs):
-            c.async_infer(model, tensors,
-                          lambda result, error, index=index: done.put((index, (result, error))))
-        results = dict(done.get(timeout=TIMEOUT_S) for _ in inputs)
-    return [results[i] for i in range(len(inputs))]
+        return send_concurrently(c, model, inputs)
 
 
 def _batch_counts(url: str, model: str, settled: int) -> dict[int, int]:
-    """batch size -> executions, once `settled` requests are counted in the statistics."""
     with grpcclient.InferenceServerClient(url) as c:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            stats = c.get_inference_statistics(model).model_stats[0]
-            counted = stats.inference_stats.success.count + stats.inference_stats.fail.count
-            if counted >= settled or time.monotonic() > deadline:
-                return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
-            time.sleep(0.01)
+        return batch_counts(settled_statistics(c, model, settled))
 
 
 # --- Triton's add_sub, unchanged ----------------------------------------------------------

@@ -9,8 +9,6 @@ batching, and one with a held batcher (TRITONSERVER_DELAY_SCHEDULER)."""
 from __future__ import annotations
 
 import os
-import queue
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from conftest import start_server, tensor  # noqa: E402
+from conftest import batch_counts, send_concurrently, settled_statistics, start_server, tensor  # noqa: E402
 from pyserve.config import ConfigOptions, model_config, parse_config  # noqa: E402
 
 BATCHING = "max_batch_size: 8\ndynamic_batching { }"
@@ -375,34 +373,23 @@ def test_dynamic_batcher_batches_and_splits(tmp_path):
     server = start_server([repository], tmp_path / "batching.log", timeout=180,
                           env={"TRITONSERVER_DELAY_SCHEDULER": "3"})
     try:
+        sent = []
+        for index, rows in enumerate((1, 2, 1)):
+            x = np.full((rows, 4), 10.0 * (index + 1), dtype=np.float32) + np.arange(
+                4 * rows, dtype=np.float32).reshape(rows, 4)
+            sent.append((x, np.full((rows, 4), float(index), dtype=np.float32)))
+        model = AddSub()
         with grpcclient.InferenceServerClient(server.grpc_url) as c:
-            done: queue.Queue = queue.Queue()
-            sent = []
-            for index, rows in enumerate((1, 2, 1)):
-                x = np.full((rows, 4), 10.0 * (index + 1), dtype=np.float32) + np.arange(
-                    4 * rows, dtype=np.float32).reshape(rows, 4)
-                y = np.full((rows, 4), float(index), dtype=np.float32)
-                sent.append((x, y))
-                c.async_infer("add_sub", [tensor(grpcclient, "INPUT0", x, "FP32"),
-                                          tensor(grpcclient, "INPUT1", y, "FP32")],
-                              lambda result, error, i=index: done.put((i, result, error)))
-            model = AddSub()
-            for _ in sent:
-                index, result, error = done.get(timeout=60)
-                assert error is None, error
-                x, y = sent[index]
-                expected = run_tf(model, INPUT0=x, INPUT1=y)
-                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), expected["OUTPUT0"])
-                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), expected["OUTPUT1"])
-
-            deadline = time.monotonic() + 30
-            while True:
-                stats = c.get_inference_statistics("add_sub").model_stats[0]
-                if stats.inference_stats.success.count >= 3 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.01)
-            assert stats.inference_stats.success.count == 3
-            batches = {s.batch_size: s.compute_infer.count for s in stats.batch_stats}
-            assert batches == {4: 1}
+            results = send_concurrently(c, "add_sub", [
+                [tensor(grpcclient, "INPUT0", x, "FP32"), tensor(grpcclient, "INPUT1", y, "FP32")]
+                for x, y in sent])
+            stats = settled_statistics(c, "add_sub", settled=3)
+        for (x, y), (result, error) in zip(sent, results):
+            assert error is None, error
+            expected = run_tf(model, INPUT0=x, INPUT1=y)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), expected["OUTPUT0"])
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), expected["OUTPUT1"])
+        assert stats.inference_stats.success.count == 3
+        assert batch_counts(stats) == {4: 1}
     finally:
         server.stop()
