@@ -5,6 +5,11 @@ unchanged: pyserve runs it in-process (no stub process, no shared-memory copies)
 tensors a model sees are numpy views of the request bytes. Names and semantics follow
 Triton's python_backend; what pyserve does not support (decoupled responses, BLS, GPU DLPack
 tensors, custom metrics) raises NotImplementedError with the reason.
+
+BF16 follows Triton: numpy has no bfloat16, so `as_numpy()` refuses a BF16 tensor and
+`to_dlpack()` / `from_dlpack()` carry it to and from torch (which must be installed for it).
+`Tensor(name, array)` also takes an ml_dtypes.bfloat16 array, or raw uint16 bits with
+`triton_dtype` 14.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ _NUMBER_TO_NUMPY = {
     13: np.object_,
 }
 _NUMPY_TO_NUMBER = {np.dtype(t): n for n, t in _NUMBER_TO_NUMPY.items()}
+_BF16 = 14  # TYPE_BF16: carried as its raw 16 bits in uint16 arrays
 
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
@@ -165,11 +171,18 @@ class Tensor:
 
     def __init__(self, name: str, numpy_array: Any, triton_dtype: int | None = None) -> None:
         array = numpy_array if isinstance(numpy_array, np.ndarray) else np.asarray(numpy_array)
+        if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
+            array, triton_dtype = array.view(np.uint16), _BF16
         if array.dtype.kind == "U" or array.dtype.kind == "V":
             raise TritonModelException(
                 "Tensor dtype used for numpy_array is not support by Python backend. "
                 "Please use np.object_ instead.")
-        if triton_dtype is not None:
+        if triton_dtype == _BF16:
+            if array.dtype.itemsize != 2:
+                raise TritonModelException(
+                    f"a BF16 tensor needs 2-byte elements (raw bfloat16 bits), got {array.dtype}")
+            array = array.view(np.uint16)
+        elif triton_dtype is not None:
             wanted = triton_to_numpy_type(triton_dtype)
             if wanted is not None and array.dtype != wanted:
                 array = array.view(wanted)  # reinterpret, as Triton does
@@ -180,18 +193,22 @@ class Tensor:
         self._triton_dtype = triton_dtype
 
     @classmethod
-    def _wrap(cls, name: str, array: np.ndarray) -> "Tensor":
+    def _wrap(cls, name: str, array: np.ndarray, triton_dtype: int | None = None) -> "Tensor":
         """The backend's fast path for inputs: no checks, no conversion."""
         tensor = cls.__new__(cls)
         tensor._name = name
         tensor._array = array
-        tensor._triton_dtype = None
+        tensor._triton_dtype = triton_dtype
         return tensor
 
     def name(self) -> str:
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        if self._triton_dtype == _BF16:
+            raise TritonModelException(
+                "tensor dtype is bf16 and cannot be converted to numpy. Use Tensor.to_dlpack() "
+                "and Tensor.from_dlpack() instead.")
         return self._array
 
     def triton_dtype(self) -> int | None:
@@ -206,8 +223,17 @@ class Tensor:
         return True  # pyserve hands Python models host memory
 
     def to_dlpack(self):
-        """A DLPack capsule of the array (numpy refuses to export read-only arrays, such as
-        request inputs: copy with `np.array(t.as_numpy())` first if you need one)."""
+        """A DLPack capsule of the tensor's memory, no copy. Request inputs are read-only, which
+        numpy will not export, so they (and BF16 tensors, which numpy cannot describe) go
+        through torch, as the models that call this use torch anyway."""
+        if self._triton_dtype == _BF16 or not self._array.flags.writeable:
+            import torch
+            import torch.utils.dlpack
+
+            tensor = _torch_from_numpy(self._array)
+            if self._triton_dtype == _BF16:
+                tensor = tensor.view(torch.int16).view(torch.bfloat16)
+            return torch.utils.dlpack.to_dlpack(tensor)
         try:
             return self._array.__dlpack__()
         except (AttributeError, BufferError, TypeError) as e:
@@ -215,20 +241,47 @@ class Tensor:
 
     @staticmethod
     def from_dlpack(tensor_name: str, dlpack_object) -> "Tensor":
-        """A Tensor over a host (CPU) object that speaks DLPack (e.g. a CPU torch tensor)."""
-        if not hasattr(dlpack_object, "__dlpack__"):
-            raise NotImplementedError(
-                "Tensor.from_dlpack needs an object with __dlpack__ (a bare capsule is not "
-                "supported by pyserve)")
+        """A Tensor over an object that speaks DLPack, or a DLPack capsule (e.g. from
+        torch.utils.dlpack.to_dlpack). Host memory is shared; device memory is copied to the
+        host, where pyserve's responses live."""
+        if not hasattr(dlpack_object, "__dlpack__") or _is_torch_tensor(dlpack_object):
+            try:
+                import torch
+                import torch.utils.dlpack
+            except ImportError:
+                raise NotImplementedError(
+                    "Tensor.from_dlpack of a bare DLPack capsule needs torch installed") from None
+            tensor = (dlpack_object if isinstance(dlpack_object, torch.Tensor)
+                      else torch.utils.dlpack.from_dlpack(dlpack_object))
+            tensor = tensor.detach().cpu()
+            if tensor.dtype == torch.bfloat16:
+                return Tensor(tensor_name, tensor.view(torch.int16).numpy(), _BF16)
+            return Tensor(tensor_name, tensor.numpy())
         try:
             array = np.from_dlpack(dlpack_object)
         except (BufferError, RuntimeError, TypeError) as e:
             raise NotImplementedError(
-                f"Tensor.from_dlpack supports host memory only in pyserve: {e}") from None
+                f"Tensor.from_dlpack supports host memory only for non-torch objects: {e}") from None
         return Tensor(tensor_name, array)
 
     def __repr__(self) -> str:
         return f"Tensor({self._name!r}, shape={list(self._array.shape)}, dtype={self._array.dtype})"
+
+
+def _is_torch_tensor(value) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
+def _torch_from_numpy(array: np.ndarray):
+    """torch.from_numpy, quiet about read-only arrays (torch warns that writes would reach the
+    array; for request inputs that is the point: no copy)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 class InferenceRequest:

@@ -39,6 +39,8 @@ log = logging.getLogger("pyserve")
 _MODULE_IDS = itertools.count()
 _IMPORT_LOCK = threading.Lock()  # sys.path and sys.modules are process-wide
 _GPU = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
+_BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name[
+    "TYPE_BF16"].number
 
 
 class PythonBackend(Backend):
@@ -52,6 +54,7 @@ class PythonBackend(Backend):
         self._batching = config.max_batch_size > 0
         self._instance_name = instance_name(config, instance)
         self._outputs = [output.name for output in config.output]
+        self._bf16_inputs = {i.name for i in config.input if i.data_type == _BF16}
         self._model = None
         self._function = None
         module = _import_model(model.model_path, model.name, model.version_dir)
@@ -103,19 +106,23 @@ class PythonBackend(Backend):
         Tensor, Request = pb_utils.Tensor, pb_utils.InferenceRequest
         name, version = self.model.name, self.model.version
 
+        bf16 = self._bf16_inputs
+
         def request(tensors, info: RequestInfo):
             return Request(name, tensors, info.requested_outputs or self._outputs,
                            request_id=info.id, model_version=version,
                            parameters=info.parameters)
 
+        def wrap(key: str, value: np.ndarray):
+            return Tensor._wrap(key, value, _BF16 if key in bf16 else None)
+
         if not self._batching or len(batch_sizes) == 1:
-            return [request([Tensor._wrap(k, v) for k, v in inputs.items()], infos[0])]
+            return [request([wrap(k, v) for k, v in inputs.items()], infos[0])]
         requests, offset = [], 0
         for size, info in zip(batch_sizes, infos):
             end = offset + size
             # Basic slicing: views of the batch buffers, read-only like them.
-            requests.append(request([Tensor._wrap(k, v[offset:end]) for k, v in inputs.items()],
-                                    info))
+            requests.append(request([wrap(k, v[offset:end]) for k, v in inputs.items()], info))
             offset = end
         return requests
 
@@ -142,7 +149,8 @@ class PythonBackend(Backend):
             if error is not None:
                 results.append(_server_error(error))
                 continue
-            results.append({tensor.name(): tensor.as_numpy()
+            # The raw arrays: BF16 outputs are uint16 bits, which as_numpy() would refuse.
+            results.append({tensor.name(): tensor._array
                             for tensor in response.output_tensors()})
         return results
 

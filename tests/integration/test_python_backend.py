@@ -222,6 +222,37 @@ class TritonPythonModel:
 '''
 
 
+BF16_CONFIG = """
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_BF16 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_BF16 dims: [ -1 ] } ]
+"""
+
+# Triton's BF16 example model: numpy refuses BF16, DLPack carries it to and from torch.
+BF16_MODEL = '''
+import torch
+import torch.utils.dlpack
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            try:
+                tensor.as_numpy()
+            except pb_utils.TritonModelException as e:
+                assert "tensor dtype is bf16 and cannot be converted to numpy" in str(e).lower()
+            else:
+                raise Exception("Expected BF16 conversion to numpy to fail")
+            x = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+            out = pb_utils.Tensor.from_dlpack("OUTPUT0", torch.utils.dlpack.to_dlpack(x * 2 + 1))
+            responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+'''
+
+
 def _model(repository: Path, name: str, config: str | None, code: str) -> None:
     (repository / name / "1").mkdir(parents=True)
     if config is not None:
@@ -246,6 +277,7 @@ def server(tmp_path_factory):
     _model(repository, "raising", CHECKED_CONFIG, RAISING_MODEL)
     _model(repository, "auto", None, AUTO_MODEL)
     _model(repository, "bad_init", CHECKED_CONFIG, BAD_INIT_MODEL)
+    _model(repository, "bf16", BF16_CONFIG, BF16_MODEL)
     process = start_server([repository], tmp_path_factory.mktemp("logs") / "python.log",
                            "--exit-on-error", "false")
     yield process
@@ -324,6 +356,17 @@ def test_string_identity_and_str_outputs(client):
     result = c.infer("strings", [tensor(module, "INPUT0", data, "BYTES")])
     assert result.as_numpy("OUTPUT0").tolist() == data.tolist()
     assert result.as_numpy("UPPER").tolist() == [[b"HELLO", b"WOR\x00LD", b""]]
+
+
+def test_bf16_model_through_dlpack_and_torch(client):
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    module, c = client
+    data = np.array([[1.5, -2.25, 3.0, 0.0078125]], ml_dtypes.bfloat16)
+    result = c.infer("bf16", [tensor(module, "INPUT0", data, "BF16")])
+    expected = torch.from_numpy(data.view(np.int16)).view(torch.bfloat16) * 2 + 1
+    got = np.asarray(result.as_numpy("OUTPUT0")).view(np.uint16)
+    np.testing.assert_array_equal(got, expected.view(torch.int16).numpy().view(np.uint16))
 
 
 # --- errors -------------------------------------------------------------------------------

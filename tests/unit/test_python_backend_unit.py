@@ -156,3 +156,48 @@ def test_request_surface():
     assert not response.has_error()
     error = pb_utils.TritonError("boom")
     assert error.code() == pb_utils.TritonError.INTERNAL and error.message() == "boom"
+
+
+# --- DLPack and BF16 (Triton's contract: BF16 crosses through DLPack, never numpy) -----------
+
+def test_read_only_input_goes_to_torch_without_a_copy():
+    torch = pytest.importorskip("torch")
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    data.flags.writeable = False  # as request inputs are
+    tensor = torch.utils.dlpack.from_dlpack(pb_utils.Tensor._wrap("X", data).to_dlpack())
+    assert tensor.data_ptr() == data.ctypes.data
+    np.testing.assert_array_equal(tensor.numpy(), data)
+
+
+def test_bf16_tensor_refuses_numpy_and_round_trips_through_dlpack():
+    torch = pytest.importorskip("torch")
+    values = torch.tensor([[1.5, -2.25], [3.0, 1e-3]], dtype=torch.bfloat16)
+    bits = values.view(torch.int16).numpy().view(np.uint16)
+    bits.flags.writeable = False
+    t = pb_utils.Tensor._wrap("X", bits, 14)
+    with pytest.raises(pb_utils.TritonModelException, match="bf16 and cannot be converted"):
+        t.as_numpy()
+    seen = torch.utils.dlpack.from_dlpack(t.to_dlpack())
+    assert seen.dtype == torch.bfloat16 and torch.equal(seen, values)
+    back = pb_utils.Tensor.from_dlpack("Y", torch.utils.dlpack.to_dlpack(seen * 2))
+    assert back.triton_dtype() == 14
+    np.testing.assert_array_equal(back._array, (values * 2).view(torch.int16).numpy().view(np.uint16))
+
+
+def test_tensor_from_ml_dtypes_bfloat16_and_raw_bits():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    values = np.array([0.5, -8.0], ml_dtypes.bfloat16)
+    t = pb_utils.Tensor("Y", values)
+    assert t.triton_dtype() == 14
+    np.testing.assert_array_equal(t._array, values.view(np.uint16))
+    assert pb_utils.Tensor("Y", values.view(np.int16), 14)._array.dtype == np.uint16
+    with pytest.raises(pb_utils.TritonModelException, match="2-byte"):
+        pb_utils.Tensor("Y", np.zeros(2, np.float32), 14)
+
+
+def test_from_dlpack_of_a_bare_capsule_and_of_numpy():
+    torch = pytest.importorskip("torch")
+    capsule = torch.utils.dlpack.to_dlpack(torch.arange(4, dtype=torch.int32))
+    t = pb_utils.Tensor.from_dlpack("Y", capsule)
+    assert t.triton_dtype() == 8 and t.as_numpy().tolist() == [0, 1, 2, 3]
+    assert pb_utils.Tensor.from_dlpack("Y", np.ones(3, np.float64)).triton_dtype() == 12
