@@ -61,7 +61,9 @@ class ModelRunner:
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
         self._handed_off: collections.deque = collections.deque()
         self._wake_pending = False
-        self._scheduler = _core.Scheduler(scheduler_options(config, instance_devices),
+        options = scheduler_options(config, instance_devices)
+        options.device_inputs = any(backend.device_inputs for backend in instances)
+        self._scheduler = _core.Scheduler(options,
                                           self._execute, self._deliver, self._reject)
 
     async def infer(self, inputs: Sequence[InputTensor], batch_size: int = 1,

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   pyserve::bindings::RegisterStatus(m);
   pyserve::bindings::RegisterScheduler(m);
   pyserve::bindings::RegisterMemory(m);
+  pyserve::bindings::RegisterDevice(m);
 }

@@ -21,5 +21,6 @@ const char* CodeName(StatusCode code);
 void RegisterStatus(pybind11::module_& m);
 void RegisterScheduler(pybind11::module_& m);
 void RegisterMemory(pybind11::module_& m);
+void RegisterDevice(pybind11::module_& m);
 
 }  // namespace pyserve::bindings

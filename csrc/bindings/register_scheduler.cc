@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "device.h"
 #include "executor.h"
 #include "register.h"
 #include "scheduler.h"
@@ -96,7 +97,7 @@ class PyExecutor : public Executor {
     try {
       for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t);
       batch.times.infer_start = SteadyNowNs();
-      outputs = execute_(batch.instance, ids, sizes, inputs);
+      outputs = execute_(batch.instance, ids, sizes, WithDeviceInputs(batch, inputs));
     } catch (py::error_already_set& e) {
       error = e.value();
     }
@@ -121,6 +122,21 @@ class PyExecutor : public Executor {
   }
 
  private:
+  // What the backend computes on: the host views, with each input the core copied to the
+  // GPU replaced by a DeviceTensor (whose `host` is the view).
+  static py::dict WithDeviceInputs(const Batch& batch, const py::dict& inputs) {
+    if (batch.device_inputs.empty()) return inputs;
+    py::dict out = inputs.attr("copy")();
+    for (const TensorView& t : batch.device_inputs) {
+      py::str name(t.name);
+      py::object host = inputs[name];
+      out[name] = py::cast(DeviceTensor{t.name, reinterpret_cast<uintptr_t>(t.data), t.byte_size,
+                                        t.shape, NumpyDtype(t.dtype), batch.device,
+                                        reinterpret_cast<uintptr_t>(batch.stream), host});
+    }
+    return out;
+  }
+
   py::object execute_, deliver_, reject_;
 };
 

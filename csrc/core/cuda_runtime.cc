@@ -91,6 +91,8 @@ void* CudaRuntime::HostAlloc(size_t bytes) const {
 
 void CudaRuntime::FreeHost(void* ptr) const { free_host_(ptr); }
 
+bool CudaRuntime::SetDevice(int device) const { return set_device_(device) == 0; }
+
 void* CudaRuntime::DeviceAlloc(int device, size_t bytes) const {
   void* ptr = nullptr;
   if (set_device_(device) != 0) return nullptr;

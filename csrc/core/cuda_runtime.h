@@ -22,6 +22,7 @@ class CudaRuntime {
   int device_count() const { return device_count_; }
   const std::string& library() const { return library_; }
 
+  bool SetDevice(int device) const;  // for the calling thread
   void* HostAlloc(size_t bytes) const;  // pinned, portable; nullptr on failure
   void FreeHost(void* ptr) const;
   void* DeviceAlloc(int device, size_t bytes) const;

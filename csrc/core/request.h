@@ -72,8 +72,8 @@ struct Batch {
   int instance = 0;
   BatchTimes times;
   std::vector<std::shared_ptr<void>> buffers;  // keeps gathered memory until the batch ends
-  // GPU instances that asked for device inputs: copies of `inputs` on `device`, enqueued on
-  // `stream` (the executor orders its work on the same stream).
+  // GPU instances that asked for device inputs: copies of `inputs` (BYTES left out) on
+  // `device`, enqueued on `stream` (the executor orders its work after them).
   int device = -1;
   void* stream = nullptr;
   std::vector<TensorView> device_inputs;

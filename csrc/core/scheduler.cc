@@ -329,6 +329,7 @@ bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {
   instance.device_buffers.resize(std::max(instance.device_buffers.size(), batch.inputs.size()));
   for (size_t i = 0; i < batch.inputs.size(); ++i) {
     const TensorView& host = batch.inputs[i];
+    if (host.dtype == DataType::kBytes) continue;  // strings are read on the host
     auto& [ptr, capacity] = instance.device_buffers[i];
     if (capacity < host.byte_size) {
       if (ptr != nullptr) cuda->DeviceFree(instance.device, ptr);

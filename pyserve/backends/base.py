@@ -51,6 +51,11 @@ class Backend(abc.ABC):
     time, with batch-shaped numpy inputs (read-only views; BYTES as object arrays of bytes)
     and the batch size of each request in the batch, in order."""
 
+    # Set (on a GPU instance) to have the core copy the batch inputs to the instance's GPU on
+    # the instance's stream: execute() then gets pyserve._core.DeviceTensor values for them
+    # (device pointer, shape, stream, and the host view as `.host`); BYTES stay numpy.
+    device_inputs: bool = False
+
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         self.model = model
         self.instance = instance

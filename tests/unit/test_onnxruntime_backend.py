@@ -46,6 +46,30 @@ def test_gpu_instance_selects_the_cuda_provider():
     backend.close()
 
 
+@pytest.mark.skipif(gpu_count() == 0 or "CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs a GPU and onnxruntime-gpu")
+def test_gpu_instance_binds_device_inputs_in_place():
+    """I/O binding: inputs the core put on the GPU are read there, not copied back first."""
+    from pyserve import _core
+
+    backend = backend_class("onnxruntime")(_context(gpu_count()), InstanceSpec(0, "GPU", 0))
+    assert backend.device_inputs
+    a = np.arange(48, dtype=np.int32).reshape(3, 16)
+    b = np.full((3, 16), 5, np.int32)
+    buffers, inputs = [], {}
+    for name, host in (("INPUT0", a), ("INPUT1", b)):
+        buffer = _core.DeviceBuffer(0, host.nbytes)
+        buffer.copy_from_host(host)
+        buffers.append(buffer)
+        # A host view that disagrees with the device bytes shows which one was read.
+        inputs[name] = _core.DeviceTensor(name, buffer.ptr, host.nbytes, list(host.shape),
+                                          host.dtype, 0, 0, np.zeros_like(host))
+    outputs = backend.execute(inputs, [1, 2])
+    np.testing.assert_array_equal(outputs["OUTPUT0"], a + b)
+    np.testing.assert_array_equal(outputs["OUTPUT1"], a - b)
+    backend.close()
+
+
 def test_session_options_follow_the_config_parameters():
     from pyserve.backends.onnxruntime import session_options
     from pyserve.config import parse_config
