@@ -17,6 +17,7 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "pytorch": ("pyserve.backends.pytorch:PyTorchBackend", "torch"),
     "python": ("pyserve.backends.python:PythonBackend", ""),
     "tensorflow": ("pyserve.backends.tensorflow:TensorFlowBackend", "tensorflow"),
+    "tensorrt": ("pyserve.backends.tensorrt:TensorRTBackend", "tensorrt"),
 }
 
 
