@@ -131,6 +131,10 @@ class TensorRTBackend(Backend):
             self._context.set_optimization_profile_async(self._profile, 0)
             _core.cuda_synchronize(0)
         self._requested = {o.name for o in config.output}
+        # Config `reshape`s: the engine's shape of a tensor whose request shape is `dims`.
+        self._reshapes = {io.name: list(io.reshape.shape)
+                          for io in (*config.input, *config.output) if io.HasField("reshape")}
+        self._dims = {io.name: list(io.dims) for io in config.output}
         self._staging: dict[str, _core.DeviceBuffer] = {}  # inputs that arrive on the host
         self._results: dict[str, _core.DeviceBuffer] = {}  # outputs, grown as needed
 
@@ -154,6 +158,7 @@ class TensorRTBackend(Backend):
                 buffer.copy_from_host(array, stream, wait=False)
                 staged.append(array)
                 address, shape = buffer.ptr, array.shape
+            shape = self._engine_shape(tensor.name, shape)
             if not context.set_input_shape(tensor.name, tuple(shape)):
                 raise ServerError(
                     f"model '{self.model.name}': input '{tensor.name}' shape {list(shape)} is "
@@ -179,9 +184,19 @@ class TensorRTBackend(Backend):
             if tensor.name in self._requested:
                 host = np.empty(shapes[tensor.name], tensor.dtype)
                 self._results[tensor.name].copy_to_host(host, stream, wait=False)
+                if tensor.name in self._reshapes:  # back to the config's dims
+                    rows = host.shape[:1] if self.model.config.max_batch_size > 0 else ()
+                    host = host.reshape(*rows, *self._dims[tensor.name])
                 outputs[tensor.name] = host
         _core.cuda_synchronize(stream)
         return outputs
+
+    def _engine_shape(self, name: str, shape) -> list[int]:
+        """A request tensor's shape as the engine takes it: the config's reshape applied."""
+        if name not in self._reshapes:
+            return list(shape)
+        rows = list(shape[:1]) if self.model.config.max_batch_size > 0 else []
+        return rows + self._reshapes[name]
 
     def close(self) -> None:
         _core.cuda_set_device(self._device)
@@ -213,7 +228,12 @@ def _batching_dims(config: pb.ModelConfig, tensor: _Tensor) -> list[int]:
 
 def _check_config(config: pb.ModelConfig, tensors: dict[str, _Tensor]) -> None:
     """Every config input and output must be an engine tensor of the same kind, type and
-    (compatible) dims."""
+    (compatible) dims, and every engine input must be fed."""
+    unfed = sorted(t.name for t in tensors.values()
+                   if t.is_input and t.name not in {io.name for io in config.input})
+    if unfed:
+        raise ServerError(f"model '{config.name}': the engine's inputs {unfed} are missing from "
+                          "the configuration")
     for kind, ios, want_input in (("input", config.input, True), ("output", config.output, False)):
         for io in ios:
             tensor = tensors.get(io.name)
@@ -244,14 +264,7 @@ def _instance_profile(config: pb.ModelConfig, instance: InstanceSpec, count: int
     for group in config.instance_group:
         size = group.count * (len(group.gpus) if group.kind == _GPU and group.gpus else 1)
         if instance.index < start + size:
-            if not group.profile:
-                return 0
-            text = group.profile[0]
-            if not (text.isascii() and text.isdigit()) or int(text) >= count:
-                raise ServerError(f"model '{config.name}': instance group '{group.name}' asks "
-                                  f"for optimization profile '{text}' but the engine has "
-                                  f"{count} (0 to {count - 1})")
-            return int(text)
+            return _profile_index(config, group.profile[0], count) if group.profile else 0
         start += size
     return 0
 
@@ -270,34 +283,72 @@ def _check_profile(config: pb.ModelConfig, engine: trt.ICudaEngine, inputs: list
 
 
 def auto_complete(config: pb.ModelConfig, version_dir: Path | None) -> pb.ModelConfig:
-    """Triton's TensorRT auto-complete: max_batch_size, inputs and outputs from the engine.
-    A model batches when every I/O tensor's first dimension is dynamic; max_batch_size is
-    then the smallest largest-batch over the inputs in profile 0."""
-    if version_dir is None:
-        return config
-    if (config.input and config.output) and config.max_batch_size != 0:
-        return config
-    if _core.cuda_device_count() == 0:
-        return config  # no GPU to deserialize the engine on; loading will say so
+    """Triton's TensorRT auto-complete (model_state.cc AutoCompleteConfigHelper): the engine
+    gives max_batch_size, data types and dims; inputs and outputs the config lists keep what
+    they set. Where Triton takes any engine's first dimension as the batch, pyserve takes it
+    only when every I/O tensor's first dimension is dynamic (-1)."""
+    if version_dir is None or _core.cuda_device_count() == 0:
+        return config  # nothing to read, or no GPU to read it on: loading will say so
     engine = _deserialize(version_dir / config.default_model_filename, config.name, 0)
-    tensors = engine_tensors(engine, config.name)
+    tensors = {t.name: t for t in engine_tensors(engine, config.name)}
+    inputs = [t for t in tensors.values() if t.is_input]
     out = pb.ModelConfig()
     out.CopyFrom(config)
-    can_batch = all(t.shape and t.shape[0] == -1 for t in tensors)
-    if can_batch and out.max_batch_size == 0:
-        out.max_batch_size = min(int(engine.get_tensor_profile_shape(t.name, 0)[2][0])
-                                 for t in tensors if t.is_input)
-        if (out.max_batch_size > 1 and not out.HasField("dynamic_batching")
-                and not out.HasField("sequence_batching")):
-            out.dynamic_batching.SetInParent()
+
+    # The config's own dims hint at batching: the engine has one dimension more.
+    hints = {True} if any(i.allow_ragged_batch for i in config.input) else set()
+    for io in (*(i for i in config.input if not i.allow_ragged_batch), *config.output):
+        dims = io.reshape.shape if io.HasField("reshape") else io.dims
+        if dims and io.name in tensors:
+            hints.add(len(tensors[io.name].shape) == len(dims) + 1)
+    if len(hints) == 2:
+        raise ServerError(f"unable to autofill for '{config.name}', model tensor configurations "
+                          "are contradicting each other in terms of whether batching is "
+                          "supported")
+    batchable = all(t.shape and t.shape[0] == -1 for t in tensors.values())
+    profiles = sorted({_profile_index(config, text, engine.num_optimization_profiles)
+                       for group in config.instance_group for text in group.profile} or {0})
+    largest = max(min(int(engine.get_tensor_profile_shape(t.name, p)[2][0]) for t in inputs)
+                  for p in profiles) if batchable and inputs else 0
+    if hints == {True} and largest == 0:
+        raise ServerError(f"autofill failed for model '{config.name}': model tensor shape "
+                          "configuration hints for dynamic batching but the underlying engine "
+                          "doesn't support batching.")
+    if hints == {False}:
+        largest = 0
+    if out.max_batch_size == 0:
+        out.max_batch_size = largest
+    elif out.max_batch_size > largest:
+        raise ServerError(f"autofill failed for model '{config.name}': configuration specified "
+                          f"max-batch {out.max_batch_size} but TensorRT engine only supports "
+                          f"max-batch {largest}")
+    if (out.max_batch_size > 1 and not out.HasField("dynamic_batching")
+            and not out.HasField("sequence_batching")):
+        out.dynamic_batching.SetInParent()
+
     for target, want_input in ((out.input, True), (out.output, False)):
-        if target:
-            continue
-        for tensor in tensors:
-            if tensor.is_input != want_input:
-                continue
-            io = target.add()
-            io.name = tensor.name
-            io.data_type = _DATA_TYPE.values_by_name[tensor.type_name].number
-            io.dims.extend(_batching_dims(out, tensor))
+        if not target:
+            for tensor in tensors.values():
+                if tensor.is_input == want_input:
+                    target.add().name = tensor.name
+        for io in target:
+            tensor = tensors.get(io.name)
+            if tensor is None:
+                raise ServerError(f"binding for '{io.name}' not found in the model.",
+                                  ErrorCode.INVALID_ARG)
+            if io.data_type == 0:  # TYPE_INVALID: not given
+                io.data_type = _DATA_TYPE.values_by_name[tensor.type_name].number
+            if not io.dims:
+                io.dims.extend(_batching_dims(out, tensor) or [1])
+                # A scalar per batch row: dims [1] read as shape [] (Triton's empty reshape;
+                # without batching that would be a whole scalar, which configs cannot hold).
+                if not _batching_dims(out, tensor) and out.max_batch_size > 0:
+                    io.reshape.SetInParent()
     return out
+
+
+def _profile_index(config: pb.ModelConfig, text: str, count: int) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) >= count:
+        raise ServerError(f"model '{config.name}': optimization profile '{text}' is not one of "
+                          f"the engine's {count} (0 to {count - 1})")
+    return int(text)

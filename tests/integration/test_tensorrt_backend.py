@@ -88,12 +88,13 @@ def build_add_sub_engine(path, max_batch: int = 8) -> None:
 def trt_server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("trt_models")
     for name, config in (("add_sub", 'name: "add_sub"\n' + PLAN_CONFIG),
-                         ("auto", 'platform: "tensorrt_plan"\n')):
+                         ("auto", 'platform: "tensorrt_plan"\n'),
+                         ("too_big", 'platform: "tensorrt_plan"\nmax_batch_size: 16\n')):
         (repository / name / "1").mkdir(parents=True)
         build_add_sub_engine(repository / name / "1" / "model.plan")
         (repository / name / "config.pbtxt").write_text(config)
     server = start_server([repository], tmp_path_factory.mktemp("logs") / "trt.log",
-                          env={"TRITONSERVER_DELAY_SCHEDULER": "3"})
+                          "--exit-on-error", "false", env={"TRITONSERVER_DELAY_SCHEDULER": "3"})
     yield server
     server.stop()
 
@@ -137,3 +138,13 @@ def test_shape_outside_the_profile_fails_only_that_request(trt_server):
             c.infer("add_sub", _inputs(wide, wide))
         a = np.ones((1, 4), np.float32)
         np.testing.assert_array_equal(c.infer("add_sub", _inputs(a, a)).as_numpy("OUTPUT0"), a * 2)
+
+
+@needs_tensorrt_gpu
+def test_max_batch_size_beyond_the_engine_fails_that_load(trt_server):
+    with grpcclient.InferenceServerClient(trt_server.grpc_url) as c:
+        index = {m.name: (m.state, m.reason) for m in c.get_model_repository_index().models}
+        state, reason = index["too_big"]
+        assert state == "UNAVAILABLE"
+        assert "configuration specified max-batch 16 but TensorRT engine only supports " \
+               "max-batch 8" in reason
