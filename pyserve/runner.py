@@ -56,6 +56,11 @@ class ModelRunner:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._batching = config.max_batch_size > 0
+        # Triton's `reshape`: the model sees the reshape's shape, clients see `dims`.
+        self._input_reshapes = {i.name: (tuple(i.dims), tuple(i.reshape.shape))
+                                for i in config.input if i.HasField("reshape")}
+        self._output_reshapes = {o.name: (tuple(o.reshape.shape), tuple(o.dims))
+                                 for o in config.output if o.HasField("reshape")}
         self._ordered = (config.HasField("dynamic_batching")
                          and config.dynamic_batching.preserve_ordering)
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
@@ -75,12 +80,27 @@ class ModelRunner:
         self._pending[request_id] = _Pending(future, inputs, info or RequestInfo())
         try:
             self._scheduler.enqueue(
-                request_id, [(t.name, config_type(t.datatype), t.shape, t.data) for t in inputs],
+                request_id, [(t.name, config_type(t.datatype), self._model_shape(t), t.data)
+                             for t in inputs],
                 batch_size, priority, timeout_us)
         except BaseException:
             del self._pending[request_id]
             raise
         return await future
+
+    def _model_shape(self, tensor: InputTensor):
+        if tensor.name not in self._input_reshapes:
+            return tensor.shape
+        return reshaped(tensor.shape, *self._input_reshapes[tensor.name], self._batching)
+
+    def _client_shapes(self, outputs: dict) -> dict:
+        """Outputs with a config `reshape` back in the shape of their `dims`."""
+        for name, (source, target) in self._output_reshapes.items():
+            array = outputs.get(name)
+            if array is not None and array.ndim == len(source) + self._batching:
+                outputs[name] = array.reshape(reshaped(array.shape, source, target,
+                                                       self._batching))
+        return outputs
 
     def _execute(self, instance: int, request_ids: list[int], batch_sizes: list[int],
                   inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,14 +138,15 @@ class ModelRunner:
             for request_id, result in zip(request_ids, outputs):
                 share, error = _per_request(self.name, result)
                 if share is not None:
-                    share = {name: _detached(np.asarray(a), gathered) for name, a in share.items()}
+                    share = self._client_shapes(
+                        {name: _detached(np.asarray(a), gathered) for name, a in share.items()})
                 results.append((request_id, share, error))
             return results
         if not isinstance(outputs, dict):
             raise ServerError(f"model '{self.name}' returned {type(outputs).__name__}, not a dict "
                               "of outputs", ErrorCode.INTERNAL)
         if len(request_ids) == 1:
-            return [(request_ids[0], outputs, None)]
+            return [(request_ids[0], self._client_shapes(outputs), None)]
         total = sum(batch_sizes)
         results, offset = [], 0
         for request_id, size in zip(request_ids, batch_sizes):
@@ -137,7 +158,7 @@ class ModelRunner:
                         f"model '{self.name}' output '{name}' has batch dimension "
                         f"{array.shape[:1]}, expected {total}", ErrorCode.INTERNAL)
                 share[name] = _detached(array[offset:offset + size], gathered)
-            results.append((request_id, share, None))
+            results.append((request_id, self._client_shapes(share), None))
             offset += size
         return results
 
@@ -197,6 +218,15 @@ class ModelRunner:
         self._scheduler.stop()
         for backend in self._instances:
             backend.close()
+
+
+def reshaped(shape, source: tuple, target: tuple, batching: bool) -> tuple:
+    """Triton's reshape of a tensor whose shape follows `source` (config dims or reshape) into
+    `target`: each -1 of `target` takes the value of the next -1 of `source`; a batching
+    model's first dimension stays."""
+    rows, rest = (tuple(shape[:1]), shape[1:]) if batching else ((), shape)
+    variable = iter([value for value, dim in zip(rest, source) if dim == -1])
+    return (*rows, *(next(variable) if dim == -1 else dim for dim in target))
 
 
 def _detached(array: np.ndarray, gathered: list[np.ndarray]) -> np.ndarray:

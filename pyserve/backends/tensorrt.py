@@ -131,10 +131,6 @@ class TensorRTBackend(Backend):
         self._requested = {o.name for o in config.output}
         # numpy dtype of each output's bytes (BF16 as raw uint16 bits)
         self._dtypes = {t.name: NUMPY_DTYPE[t.type_name[len("TYPE_"):]] for t in self._outputs}
-        # Config `reshape`s: the engine's shape of a tensor whose request shape is `dims`.
-        self._reshapes = {io.name: list(io.reshape.shape)
-                          for io in (*config.input, *config.output) if io.HasField("reshape")}
-        self._dims = {io.name: list(io.dims) for io in config.output}
         self._staging: dict[str, _core.DeviceBuffer] = {}  # inputs that arrive on the host
         self._results: dict[str, _core.DeviceBuffer] = {}  # outputs, grown as needed
 
@@ -158,7 +154,6 @@ class TensorRTBackend(Backend):
                 buffer.copy_from_host(array, stream, wait=False)
                 staged.append(array)
                 address, shape = buffer.ptr, array.shape
-            shape = self._engine_shape(tensor.name, shape)
             if not context.set_input_shape(tensor.name, tuple(shape)):
                 raise ServerError(
                     f"model '{self.model.name}': input '{tensor.name}' shape {list(shape)} is "
@@ -184,19 +179,9 @@ class TensorRTBackend(Backend):
             if tensor.name in self._requested:
                 host = np.empty(shapes[tensor.name], self._dtypes[tensor.name])
                 self._results[tensor.name].copy_to_host(host, stream, wait=False)
-                if tensor.name in self._reshapes:  # back to the config's dims
-                    rows = host.shape[:1] if self.model.config.max_batch_size > 0 else ()
-                    host = host.reshape(*rows, *self._dims[tensor.name])
                 outputs[tensor.name] = host
         _core.cuda_synchronize(stream)
         return outputs
-
-    def _engine_shape(self, name: str, shape) -> list[int]:
-        """A request tensor's shape as the engine takes it: the config's reshape applied."""
-        if name not in self._reshapes:
-            return list(shape)
-        rows = list(shape[:1]) if self.model.config.max_batch_size > 0 else []
-        return rows + self._reshapes[name]
 
     def close(self) -> None:
         _core.cuda_set_device(self._device)
