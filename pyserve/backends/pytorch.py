@@ -18,6 +18,11 @@ Inputs are zero-copy: `torch.from_numpy` on the batch's read-only views. torch w
 process about non-writable arrays; that one warning is filtered below because the views are
 read-only on purpose. As in Triton (which wraps the request buffers with `from_blob`), a model
 that writes into its inputs in place writes into the request buffers.
+
+On a GPU instance the core copies the batch to the device on the instance's CUDA stream: the
+module runs on that same stream (a torch.cuda.ExternalStream) over those device buffers, and its
+outputs are copied back on it, so the instance waits for the GPU once per batch. A model whose
+inputs are all strings runs on a stream of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyserve import _core
 from pyserve.backends.base import Backend, InstanceSpec, ModelContext
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -88,7 +94,9 @@ class PyTorchBackend(Backend):
         self._clean_cache = self._bool_parameter(parameters, "ENABLE_CACHE_CLEANING", False)
 
         self.device = self._device()
-        self._stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        self.device_inputs = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(device=self.device) if self.device_inputs else None
+        self._core_stream: torch.cuda.ExternalStream | None = None
         self._input_types = {io.name: _type_name(io.data_type) for io in config.input}
         self._output_types = {io.name: _type_name(io.data_type) for io in config.output}
         self._check_types()
@@ -251,11 +259,12 @@ class PyTorchBackend(Backend):
                 requests: list | None = None) -> dict[str, np.ndarray]:
         with ExitStack() as stack:
             if self._stream is not None:
+                stream = self._compute_stream(inputs)
                 stack.enter_context(torch.cuda.device(self.device))
-                stack.enter_context(torch.cuda.stream(self._stream))
-                # On every exit, errors included: queued copies read the request buffers
-                # (reused once this returns) and write the outputs read below.
-                stack.callback(self._stream.synchronize)
+                stack.enter_context(torch.cuda.stream(stream))
+                # On every exit, errors included: queued work reads the request buffers
+                # (reused once this returns) and writes the outputs read below.
+                stack.callback(stream.synchronize)
             stack.enter_context(torch.inference_mode() if self._inference_mode
                                 else torch.no_grad())
             if not self._optimized and not self._aoti:
@@ -278,8 +287,24 @@ class PyTorchBackend(Backend):
             torch.cuda.empty_cache()
         return {name: (value() if callable(value) else value) for name, value in outputs.items()}
 
-    def _to_torch(self, name: str, value: np.ndarray):
+    def _compute_stream(self, inputs: dict):
+        """The core's stream, where it copied the inputs to the device, else the instance's own."""
+        handle = next((value.stream for value in inputs.values()
+                       if isinstance(value, _core.DeviceTensor)), None)
+        if handle is None:
+            return self._stream
+        if self._core_stream is None or self._core_stream.cuda_stream != handle:
+            self._core_stream = torch.cuda.ExternalStream(handle, device=self.device)
+        return self._core_stream
+
+    def _to_torch(self, name: str, value):
         type_name = self._input_types.get(name)
+        if isinstance(value, _core.DeviceTensor):
+            if value.byte_size == 0:  # no device memory behind an empty tensor
+                value = value.host
+            else:  # already on the device: wrap the core's buffer (__cuda_array_interface__)
+                tensor = torch.as_tensor(value, device=self.device)
+                return tensor.view(torch.bfloat16) if type_name == "TYPE_BF16" else tensor
         if type_name == _STRING:
             try:
                 return [v.decode() if isinstance(v, bytes) else str(v) for v in value.reshape(-1)]

@@ -335,6 +335,48 @@ def test_gpu_instance_runs_on_its_gpu(tmp_path):
         server.stop()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no CUDA device here")
+def test_gpu_batches_run_on_the_cores_device_buffers(tmp_path):
+    """Concurrent requests batched on a GPU instance: the module computes on the inputs the
+    core copied to the device (on its stream), FP32 and BF16, with per-request results."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    repository = tmp_path / "repo"
+    gpu = "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]\n"
+    slow_batching = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n"
+    write_model(repository, "add_sub_gpu", torch.jit.script(AddSub()),
+                ADD_SUB_CONFIG.replace("KIND_CPU", "KIND_GPU gpus: [ 0 ]"))
+    write_model(repository, "bfloat_gpu", torch.jit.script(BFloat()),
+                slow_batching + io("input", "INPUT__0", "TYPE_BF16", "3")
+                + io("output", "OUTPUT__0", "TYPE_BF16", "3") + gpu)
+    server = start_server([repository], tmp_path / "gpu.log")
+    rng = np.random.default_rng(7)
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            pairs = [(rng.standard_normal((1, 4)).astype(np.float32),
+                      rng.standard_normal((1, 4)).astype(np.float32)) for _ in range(8)]
+            answers = send_concurrently(c, "add_sub_gpu", [
+                [tensor(grpcclient, "INPUT__0", x, "FP32"), tensor(grpcclient, "INPUT__1", y, "FP32")]
+                for x, y in pairs])
+            for (x, y), (result, error) in zip(pairs, answers):
+                assert error is None
+                expected_sum, expected_diff = run_torch(AddSub(), x, y)
+                np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), expected_sum, rtol=1e-6)
+                np.testing.assert_allclose(result.as_numpy("OUTPUT__1"), expected_diff, rtol=1e-6)
+
+            rows = [rng.standard_normal((1, 3)).astype(ml_dtypes.bfloat16) for _ in range(6)]
+            answers = send_concurrently(c, "bfloat_gpu", [
+                [tensor(grpcclient, "INPUT__0", row, "BF16")] for row in rows])
+            for row, (result, error) in zip(rows, answers):
+                assert error is None
+                expected = BFloat()(torch.from_numpy(row.view(np.int16)).view(torch.bfloat16))
+                got = np.asarray(result.as_numpy("OUTPUT__0")).view(np.uint16)
+                np.testing.assert_array_equal(got, expected.view(torch.int16).numpy().view(np.uint16))
+            stats = settled_statistics(c, "bfloat_gpu", len(rows))
+            assert max(batch_counts(stats)) > 1  # the rows were batched on the device
+    finally:
+        server.stop()
+
+
 # --- AOTInductor ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
