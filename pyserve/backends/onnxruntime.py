@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from pyserve import _core
-from pyserve.backends.base import Backend, InstanceSpec, ModelContext, int_parameter
+from pyserve.backends.base import Backend, InstanceSpec, ModelContext
+from pyserve.backends.onnxruntime_options import providers, session_options
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
 
@@ -63,38 +64,19 @@ class OnnxRuntimeBackend(Backend):
                 f"model does not have (it has {sorted(session_outputs)})")
 
     def _providers(self) -> list:
-        """Execution providers by instance kind, with the config's execution accelerators
-        (TensorRT on GPU, OpenVINO on CPU) ahead of the default one."""
-        accelerators = self.model.config.optimization.execution_accelerators
+        if self.instance.kind == "GPU" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ServerError(
+                f"model '{self.model.name}' asks for a GPU instance but onnxruntime has no "
+                "CUDA execution provider: pip install 'pyserve[onnx-gpu]'",
+                ErrorCode.UNAVAILABLE)
+        chosen = providers(self.model.config, self.instance.kind, self.instance.device_id)
         available = ort.get_available_providers()
-        providers: list = []
-        if self.instance.kind == "GPU":
-            if "CUDAExecutionProvider" not in available:
-                raise ServerError(
-                    f"model '{self.model.name}' asks for a GPU instance but onnxruntime has no "
-                    "CUDA execution provider: pip install 'pyserve[onnx-gpu]'",
-                    ErrorCode.UNAVAILABLE)
-            device = {"device_id": self.instance.device_id}
-            for accelerator in accelerators.gpu_execution_accelerator:
-                if accelerator.name != "tensorrt":
-                    raise ServerError(f"unknown GPU execution accelerator '{accelerator.name}' "
-                                      f"for model '{self.model.name}'")
-                providers.append(("TensorrtExecutionProvider",
-                                  {**device, **_tensorrt_options(accelerator.parameters)}))
-            providers.append(("CUDAExecutionProvider", {**device, **_cuda_options(self.model.config)}))
-        else:
-            for accelerator in accelerators.cpu_execution_accelerator:
-                if accelerator.name != "openvino":
-                    raise ServerError(f"unknown CPU execution accelerator '{accelerator.name}' "
-                                      f"for model '{self.model.name}'")
-                providers.append(("OpenVINOExecutionProvider", dict(accelerator.parameters)))
-        providers.append("CPUExecutionProvider")
-        missing = [p[0] for p in providers if isinstance(p, tuple) and p[0] not in available]
+        missing = [p[0] for p in chosen if isinstance(p, tuple) and p[0] not in available]
         if missing:
             raise ServerError(f"model '{self.model.name}' asks for {missing}, which this "
                               f"onnxruntime build does not have (it has {available})",
                               ErrorCode.UNAVAILABLE)
-        return providers
+        return chosen
 
     def execute(self, inputs: dict, batch_sizes: list[int],
                 requests: list | None = None) -> dict[str, np.ndarray]:
@@ -200,64 +182,6 @@ class OnnxRuntimeBackend(Backend):
         if not config.output:
             _fill_io(out.output, outputs, out.max_batch_size)
         return out
-
-
-# Triton's onnxruntime backend: optimization.graph.level -1 = basic, 1 = extended, else all.
-_GRAPH_LEVELS = {-1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                 1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
-
-
-def session_options(config: pb.ModelConfig) -> ort.SessionOptions:
-    """SessionOptions from the config as Triton's onnxruntime backend reads them: the
-    `parameters` intra_op_thread_count, inter_op_thread_count, execution_mode (0 sequential,
-    1 parallel), enable_mem_arena, enable_mem_pattern; and optimization.graph.level."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = _GRAPH_LEVELS.get(
-        config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    threads = int_parameter(config, "intra_op_thread_count")
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    threads = int_parameter(config, "inter_op_thread_count")
-    if threads is not None:
-        options.inter_op_num_threads = threads
-    mode = int_parameter(config, "execution_mode")
-    if mode is not None:
-        options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == 1
-                                  else ort.ExecutionMode.ORT_SEQUENTIAL)
-    arena = int_parameter(config, "enable_mem_arena")
-    if arena is not None:
-        options.enable_cpu_mem_arena = arena != 0
-    pattern = int_parameter(config, "enable_mem_pattern")
-    if pattern is not None:
-        options.enable_mem_pattern = pattern != 0
-    return options
-
-
-def _cuda_options(config: pb.ModelConfig) -> dict[str, str]:
-    """CUDA execution provider options Triton reads from `parameters`."""
-    keys = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy",
-            "do_copy_in_default_stream", "cudnn_conv_use_max_workspace")
-    return {key: config.parameters[key].string_value for key in keys if key in config.parameters}
-
-
-def _tensorrt_options(parameters) -> dict[str, str]:
-    """Triton's names for the TensorRT accelerator's parameters -> ORT's provider options."""
-    names = {"precision_mode": None, "max_workspace_size_bytes": "trt_max_workspace_size",
-             "trt_engine_cache_enable": "trt_engine_cache_enable",
-             "trt_engine_cache_path": "trt_engine_cache_path",
-             "max_partition_iterations": "trt_max_partition_iterations",
-             "minimum_segment_size": "trt_min_subgraph_size"}
-    options = {}
-    for key, value in parameters.items():
-        if key == "precision_mode":
-            options["trt_fp16_enable"] = str(value.upper() == "FP16")
-            options["trt_int8_enable"] = str(value.upper() == "INT8")
-        elif names.get(key):
-            options[names[key]] = value
-        else:
-            options[key] = value  # ORT's own trt_* names pass through
-    return options
 
 
 def _as_text(name: str, value: np.ndarray) -> np.ndarray:

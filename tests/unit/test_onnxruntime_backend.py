@@ -70,22 +70,7 @@ def test_gpu_instance_binds_device_inputs_in_place():
     backend.close()
 
 
-def test_session_options_follow_the_config_parameters():
-    from pyserve.backends.onnxruntime import session_options
-    from pyserve.config import parse_config
-
-    config = parse_config('parameters { key: "intra_op_thread_count" value: { string_value: "1" } }'
-                          'parameters { key: "execution_mode" value: { string_value: "1" } }'
-                          'parameters { key: "enable_mem_pattern" value: { string_value: "0" } }'
-                          'optimization { graph { level: -1 } }')
-    options = session_options(config)
-    assert options.intra_op_num_threads == 1
-    assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
-    assert not options.enable_mem_pattern
-    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    default = session_options(parse_config(""))
-    assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
+def test_bad_session_parameter_fails_the_load():
     context = _context()
     context.config.parameters["intra_op_thread_count"].string_value = "two"
     with pytest.raises(ServerError, match="failed to convert 'two' to an integer"):
