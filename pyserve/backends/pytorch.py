@@ -11,6 +11,12 @@ Input and output names follow Triton's pytorch_backend (libtorch.cc GetNamingCon
 - outputs: `<name>__<index>` gives the position in the returned tuple/list, else config order;
   a single tensor is output 0.
 
+Config `parameters` as Triton reads them: INFERENCE_MODE, DISABLE_OPTIMIZED_EXECUTION,
+DISABLE_CUDNN, ENABLE_CACHE_CLEANING, ENABLE_WEIGHT_SHARING (instances on one device share one
+loaded module), the TorchScript switches ENABLE_JIT_PROFILING, ENABLE_JIT_EXECUTOR and
+ENABLE_TENSOR_FUSER (torch-wide, set before each execute when given), and
+INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT (torch-wide, the first model to give one wins).
+
 BYTES tensors travel as TorchScript `List[str]` (Triton's rule: one dimension, UTF-8 here
 because TorchScript strings are Python `str`); AOTInductor takes tensors only.
 
@@ -27,7 +33,9 @@ inputs are all strings runs on a stream of its own.
 
 from __future__ import annotations
 
+import logging
 import warnings
+import weakref
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -35,7 +43,7 @@ import numpy as np
 import torch
 
 from pyserve import _core
-from pyserve.backends.base import Backend, InstanceSpec, ModelContext
+from pyserve.backends.base import Backend, InstanceSpec, ModelContext, int_parameter
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
 
@@ -58,6 +66,14 @@ for _name, _attr in (("TYPE_UINT16", "uint16"), ("TYPE_UINT32", "uint32"), ("TYP
         _TORCH_TYPES[_name] = getattr(torch, _attr)
 _CONFIG_TYPES = {dtype: name for name, dtype in _TORCH_TYPES.items()}
 _STRING = "TYPE_STRING"
+# Triton's TorchScript switches: parameter -> torch's process-wide setter.
+_JIT_SWITCHES = {"ENABLE_JIT_PROFILING": torch._C._jit_set_profiling_mode,
+                 "ENABLE_JIT_EXECUTOR": torch._C._jit_set_profiling_executor,
+                 "ENABLE_TENSOR_FUSER": torch._C._jit_set_texpr_fuser_enabled}
+# ENABLE_WEIGHT_SHARING: (model file, its mtime, device) -> the module instances share.
+_SHARED_MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_thread_counts_set: set[str] = set()  # which of torch's process-wide thread counts are set
+log = logging.getLogger("pyserve")
 _TRUE = {"true", "1", "on", "yes", "y"}
 _FALSE = {"false", "0", "off", "no", "n"}
 
@@ -92,6 +108,11 @@ class PyTorchBackend(Backend):
         self._inference_mode = self._bool_parameter(parameters, "INFERENCE_MODE", True)
         self._optimized = not self._bool_parameter(parameters, "DISABLE_OPTIMIZED_EXECUTION", False)
         self._clean_cache = self._bool_parameter(parameters, "ENABLE_CACHE_CLEANING", False)
+        self._cudnn = not self._bool_parameter(parameters, "DISABLE_CUDNN", False)
+        self._share_weights = self._bool_parameter(parameters, "ENABLE_WEIGHT_SHARING", False)
+        self._jit_switches = [(setter, self._bool_parameter(parameters, key, False))
+                              for key, setter in _JIT_SWITCHES.items() if key in parameters]
+        self._set_thread_counts()
 
         self.device = self._device()
         self.device_inputs = self.device.type == "cuda"
@@ -128,6 +149,19 @@ class PyTorchBackend(Backend):
         raise ServerError(f"failed to convert '{parameters[key]}' to a boolean value for "
                           f"parameter '{key}' of model '{self.model.name}'")
 
+    def _set_thread_counts(self) -> None:
+        """Triton sets torch's thread pools once per process, from the first model asking."""
+        for key, setter in (("INTRA_OP_THREAD_COUNT", torch.set_num_threads),
+                            ("INTER_OP_THREAD_COUNT", torch.set_num_interop_threads)):
+            count = int_parameter(self.model.config, key)
+            if not count or key in _thread_counts_set:
+                continue
+            try:
+                setter(count)
+            except RuntimeError as e:  # the inter-op pool is fixed once torch has used it
+                log.warning("model '%s': %s=%d not applied: %s", self.model.name, key, count, e)
+            _thread_counts_set.add(key)
+
     def _device(self) -> torch.device:
         if self.instance.kind != "GPU":
             return torch.device("cpu")
@@ -153,6 +187,10 @@ class PyTorchBackend(Backend):
                                   f"model '{self.model.name}'", ErrorCode.INTERNAL)
 
     def _load_torchscript(self, path: Path):
+        key = (str(path), path.stat().st_mtime_ns, str(self.device))
+        shared = _SHARED_MODULES.get(key) if self._share_weights else None
+        if shared is not None:
+            return shared
         try:
             with warnings.catch_warnings():  # torch.jit.load's own deprecation notice
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -161,6 +199,8 @@ class PyTorchBackend(Backend):
             raise ServerError(f"failed to load model '{self.model.name}': {e}",
                               ErrorCode.INTERNAL) from None
         module.eval()
+        if self._share_weights:
+            _SHARED_MODULES[key] = module
         return module
 
     def _load_aoti(self, path: Path):
@@ -269,6 +309,9 @@ class PyTorchBackend(Backend):
                                 else torch.no_grad())
             if not self._optimized and not self._aoti:
                 stack.enter_context(torch.jit.optimized_execution(self._optimized))
+            torch.backends.cudnn.enabled = self._cudnn  # as Triton: set before each execute
+            for setter, value in self._jit_switches:
+                setter(value)
             fed = {name: self._to_torch(name, value) for name, value in inputs.items()}
             try:
                 if self._dict_input:
