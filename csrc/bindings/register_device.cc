@@ -56,10 +56,13 @@ class DeviceBuffer {
 
   void CopyFromHost(const py::array& array, uintptr_t stream, bool wait) {
     Check(array, false);
+    // Read the array before the GIL goes: nbytes() touches its dtype's refcount.
+    const void* source = array.data();
+    const size_t byte_size = array.nbytes();
     bool ok;
     {
       py::gil_scoped_release release;
-      ok = Cuda().CopyToDeviceAsync(ptr_, array.data(), array.nbytes(), AsStream(stream));
+      ok = Cuda().CopyToDeviceAsync(ptr_, source, byte_size, AsStream(stream));
     }
     if (!ok) throw StatusError{Status(StatusCode::kInternal, "copy to GPU failed")};
     if (wait) Synchronize(stream);
@@ -67,10 +70,12 @@ class DeviceBuffer {
 
   void CopyToHost(py::array& array, uintptr_t stream, bool wait) {
     Check(array, true);
+    void* target = array.mutable_data();
+    const size_t byte_size = array.nbytes();
     bool ok;
     {
       py::gil_scoped_release release;
-      ok = Cuda().CopyToHostAsync(array.mutable_data(), ptr_, array.nbytes(), AsStream(stream));
+      ok = Cuda().CopyToHostAsync(target, ptr_, byte_size, AsStream(stream));
     }
     if (!ok) throw StatusError{Status(StatusCode::kInternal, "copy from GPU failed")};
     if (wait) Synchronize(stream);
@@ -100,7 +105,8 @@ py::dict CudaArrayInterface(const DeviceTensor& t) {
   out["data"] = py::make_tuple(t.data_ptr, false);
   out["version"] = 3;
   out["strides"] = py::none();
-  out["stream"] = t.stream == 0 ? py::object(py::none()) : py::object(py::int_(t.stream));
+  // The interface's 1 names the legacy default stream, which is what a null handle is here.
+  out["stream"] = py::int_(t.stream == 0 ? 1 : t.stream);
   return out;
 }
 

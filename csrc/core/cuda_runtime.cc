@@ -68,6 +68,7 @@ bool CudaRuntime::Load() {
     return fn != nullptr;
   };
   bool ok = bind(get_device_count_, "cudaGetDeviceCount") && bind(set_device_, "cudaSetDevice") &&
+            bind(get_device_, "cudaGetDevice") &&
             bind(host_alloc_, "cudaHostAlloc") && bind(free_host_, "cudaFreeHost") &&
             bind(malloc_, "cudaMalloc") && bind(free_, "cudaFree") &&
             bind(stream_create_, "cudaStreamCreateWithFlags") &&
@@ -93,24 +94,35 @@ void CudaRuntime::FreeHost(void* ptr) const { free_host_(ptr); }
 
 bool CudaRuntime::SetDevice(int device) const { return set_device_(device) == 0; }
 
+// Runs `work` with `device` current, then gives the thread its own device back: freeing a
+// buffer of one GPU must not move whichever thread drops it onto that GPU.
+template <typename Work>
+bool CudaRuntime::OnDevice(int device, Work work) const {
+  int previous = device;
+  if (get_device_(&previous) != 0 || set_device_(device) != 0) return false;
+  bool ok = work();
+  if (previous != device) set_device_(previous);
+  return ok;
+}
+
 void* CudaRuntime::DeviceAlloc(int device, size_t bytes) const {
   void* ptr = nullptr;
-  if (set_device_(device) != 0) return nullptr;
-  return malloc_(&ptr, bytes) == 0 ? ptr : nullptr;
+  return OnDevice(device, [&] { return malloc_(&ptr, bytes) == 0; }) ? ptr : nullptr;
 }
 
 void CudaRuntime::DeviceFree(int device, void* ptr) const {
-  if (set_device_(device) == 0) free_(ptr);
+  OnDevice(device, [&] { return free_(ptr) == 0; });
 }
 
 CudaStream CudaRuntime::CreateStream(int device) const {
   CudaStream stream = nullptr;
-  if (set_device_(device) != 0) return nullptr;
-  return stream_create_(&stream, kStreamNonBlocking) == 0 ? stream : nullptr;
+  return OnDevice(device, [&] { return stream_create_(&stream, kStreamNonBlocking) == 0; })
+             ? stream
+             : nullptr;
 }
 
 void CudaRuntime::DestroyStream(int device, CudaStream stream) const {
-  if (set_device_(device) == 0) stream_destroy_(stream);
+  OnDevice(device, [&] { return stream_destroy_(stream) == 0; });
 }
 
 bool CudaRuntime::CopyToDeviceAsync(void* dst, const void* src, size_t bytes,

@@ -23,6 +23,7 @@ class CudaRuntime {
   const std::string& library() const { return library_; }
 
   bool SetDevice(int device) const;  // for the calling thread
+  // These four leave the calling thread's current device as they found it.
   void* HostAlloc(size_t bytes) const;  // pinned, portable; nullptr on failure
   void FreeHost(void* ptr) const;
   void* DeviceAlloc(int device, size_t bytes) const;
@@ -36,10 +37,13 @@ class CudaRuntime {
  private:
   CudaRuntime() = default;
   bool Load();
+  template <typename Work>
+  bool OnDevice(int device, Work work) const;
 
   using Err = int;
   Err (*get_device_count_)(int*) = nullptr;
   Err (*set_device_)(int) = nullptr;
+  Err (*get_device_)(int*) = nullptr;
   Err (*host_alloc_)(void**, size_t, unsigned) = nullptr;
   Err (*free_host_)(void*) = nullptr;
   Err (*malloc_)(void**, size_t) = nullptr;

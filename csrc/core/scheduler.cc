@@ -75,11 +75,17 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
 void Scheduler::Start() {
   idle_instances_.store(options_.instance_count);
   for (int i = 0; i < options_.instance_count; ++i) {
-    if (batcher_) {
-      workers_.emplace_back([this, i] { WorkerLoop(i); });
-    } else {
-      workers_.emplace_back([this, i] { DirectWorkerLoop(i); });
-    }
+    workers_.emplace_back([this, i] {
+      // A GPU instance's worker keeps its GPU current, as Triton's instance threads do:
+      // frameworks launch their kernels on the calling thread's current device.
+      const CudaRuntime* cuda = CudaRuntime::Get();
+      if (cuda != nullptr && instances_[i].device >= 0) cuda->SetDevice(instances_[i].device);
+      if (batcher_) {
+        WorkerLoop(i);
+      } else {
+        DirectWorkerLoop(i);
+      }
+    });
   }
   if (batcher_) batcher_thread_ = std::thread([this] { BatcherLoop(); });
 }

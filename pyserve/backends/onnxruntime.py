@@ -2,8 +2,8 @@
 
 On a GPU instance the inputs arrive already on the GPU (the core copies them on the
 instance's stream) and are bound in place with ORT's I/O binding; outputs are bound on the
-device as well and cross to the host once, at the end. BF16 tensors, which ORT's Python
-binding cannot describe, take the host path instead.
+device as well and cross to the host once, at the end. Models with BF16 tensors (which ORT's
+Python binding cannot describe) or strings (which it cannot bind) take the host path instead.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class OnnxRuntimeBackend(Backend):
         self._bf16 = {t.name for t in (*model.config.input, *model.config.output)
                       if t.data_type == bf16}
         string = _DATA_TYPE.values_by_name["TYPE_STRING"].number
-        self._host_outputs = {t.name for t in model.config.output if t.data_type == string}
-        self.device_inputs = instance.kind == "GPU" and not self._bf16
+        strings = any(t.data_type == string for t in (*model.config.input, *model.config.output))
+        # ORT's Python I/O binding cannot bind strings or describe BF16: those take the host path.
+        self.device_inputs = instance.kind == "GPU" and not self._bf16 and not strings
         session_outputs = {o.name for o in self._session.get_outputs()}
         missing = [name for name in self._outputs if name not in session_outputs]
         if missing:
@@ -93,19 +94,13 @@ class OnnxRuntimeBackend(Backend):
         """I/O binding: the core's device copies are the inputs, outputs stay on the device
         until the one copy to the host."""
         binding = self._session.io_binding()
-        device, stream = self.instance.device_id, 0
+        stream = 0
         for name, value in inputs.items():
-            if isinstance(value, _core.DeviceTensor):
-                stream = value.stream
-                binding.bind_input(name, "cuda", value.device, value.dtype, list(value.shape),
-                                   value.data_ptr)
-            else:  # BYTES: ORT reads strings on the host
-                binding.bind_cpu_input(name, _as_text(name, value))
+            stream = value.stream
+            binding.bind_input(name, "cuda", value.device, value.dtype, list(value.shape),
+                               value.data_ptr)
         for name in self._outputs:
-            if name in self._host_outputs:
-                binding.bind_output(name, "cpu")
-            else:
-                binding.bind_output(name, "cuda", device)
+            binding.bind_output(name, "cuda", self.instance.device_id)
         # ORT computes on its own stream: the core's copies, on the instance's, come first.
         _core.cuda_synchronize(stream)
         self._session.run_with_iobinding(binding)

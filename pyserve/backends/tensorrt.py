@@ -126,7 +126,9 @@ class TensorRTBackend(Backend):
                               f"context on GPU {self._device} (out of device memory?)",
                               ErrorCode.UNAVAILABLE)
         if self._profile != 0:
-            self._context.set_optimization_profile_async(self._profile, 0)
+            if not self._context.set_optimization_profile_async(self._profile, 0):
+                raise ServerError(f"model '{model.name}': TensorRT refused optimization profile "
+                                  f"{self._profile}", ErrorCode.INVALID_ARG)
             _core.cuda_synchronize(0)
         self._requested = {o.name for o in config.output}
         # numpy dtype of each output's bytes (BF16 as raw uint16 bits)
@@ -159,7 +161,9 @@ class TensorRTBackend(Backend):
                     f"model '{self.model.name}': input '{tensor.name}' shape {list(shape)} is "
                     f"outside optimization profile {self._profile} of the engine",
                     ErrorCode.INVALID_ARG)
-            context.set_tensor_address(tensor.name, address)
+            if address == 0:  # an empty tensor: the core allocated nothing for it
+                address = _grown(self._staging, tensor.name, self._device, 1).ptr
+            _set_address(context, tensor.name, address)
         shapes = {}
         for tensor in self._outputs:
             shape = tuple(context.get_tensor_shape(tensor.name))
@@ -169,8 +173,8 @@ class TensorRTBackend(Backend):
                                   "TensorRT backend does not support", ErrorCode.UNSUPPORTED)
             shapes[tensor.name] = shape
             size = int(np.prod(shape, dtype=np.int64)) * self._dtypes[tensor.name].itemsize
-            context.set_tensor_address(tensor.name, _grown(self._results, tensor.name,
-                                                           self._device, size).ptr)
+            buffer = _grown(self._results, tensor.name, self._device, max(size, 1))
+            _set_address(context, tensor.name, buffer.ptr)
         if not context.execute_async_v3(stream):
             raise ServerError(f"model '{self.model.name}': TensorRT failed to enqueue the batch",
                               ErrorCode.INTERNAL)
@@ -198,6 +202,12 @@ class TensorRTBackend(Backend):
             return config  # nothing to read, or no GPU to read it on: loading will say so
         engine = _deserialize(version_dir / config.default_model_filename, config.name, 0)
         return auto_complete(config, engine_info(engine, config.name))
+
+
+def _set_address(context, name: str, address: int) -> None:
+    if not context.set_tensor_address(name, address):
+        raise ServerError(f"TensorRT refused the device address of tensor '{name}'",
+                          ErrorCode.INTERNAL)
 
 
 def _grown(buffers: dict, name: str, device: int, size: int) -> "_core.DeviceBuffer":

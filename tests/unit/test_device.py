@@ -23,9 +23,9 @@ def test_device_tensor_speaks_the_cuda_array_interface():
         "shape": (2, 3), "typestr": "<f2", "data": (4096, False), "version": 3,
         "strides": None, "stream": 77}
     assert t.shape == (2, 3) and t.device == 1 and t.host is host
-    # Stream 0 means "no stream to wait for", which the interface spells None (0 is invalid).
+    # A null stream handle is the legacy default stream, which the interface spells 1.
     assert _core.DeviceTensor("X", 1, 2, [1], np.float16, 0, 0, host) \
-        .__cuda_array_interface__["stream"] is None
+        .__cuda_array_interface__["stream"] == 1
 
 
 @pytest.mark.skipif(gpu_count() > 0, reason="checks the answer where CUDA is absent")

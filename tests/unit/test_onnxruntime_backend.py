@@ -140,3 +140,37 @@ def test_bf16_inputs_and_outputs_travel_as_raw_bits(tmp_path):
     y = backend.execute({"x": x.view(np.uint16)}, [1])["y"]
     assert y.dtype == np.uint16
     np.testing.assert_array_equal(y.view(ml_dtypes.bfloat16), x)
+
+
+@pytest.mark.skipif(gpu_count() == 0 or "CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs a GPU and onnxruntime-gpu")
+def test_gpu_instance_with_strings_takes_the_host_path(tmp_path):
+    """ORT's Python I/O binding cannot bind strings: such a model is fed from the host."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"]), helper.make_node("Neg", ["x"], ["y"])],
+        "g", [helper.make_tensor_value_info("text", TensorProto.STRING, ["b", 1]),
+              helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["b", 1]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "1").mkdir()
+    onnx.save(model, str(tmp_path / "1" / "model.onnx"))
+    config = normalize(parse_config_for("mixed", 'platform: "onnxruntime_onnx" max_batch_size: 4 '
+                                        'input { name: "text" data_type: TYPE_STRING dims: [1] } '
+                                        'input { name: "x" data_type: TYPE_FP32 dims: [2] } '
+                                        'output { name: "same" data_type: TYPE_STRING dims: [1] } '
+                                        'output { name: "y" data_type: TYPE_FP32 dims: [2] }'),
+                       "mixed", gpu_count=gpu_count())
+    backend = backend_class("onnxruntime")(ModelContext("mixed", 1, config, tmp_path / "1"),
+                                           InstanceSpec(0, "GPU", 0))
+    assert not backend.device_inputs
+    text = np.array([[b"abc"], [b"xyz"]], dtype=np.object_)
+    x = np.array([[1, 2], [3, 4]], np.float32)
+    outputs = backend.execute({"text": text, "x": x}, [2])
+    assert [v.encode() if isinstance(v, str) else v for v in outputs["same"].reshape(-1)] == [b"abc", b"xyz"]
+    np.testing.assert_array_equal(outputs["y"], -x)
+    backend.close()
