@@ -118,19 +118,25 @@ def parse_config_for(name: str, text: str):
     return parse_config(f'name: "{name}" ' + text)
 
 
+def save_onnx(graph, version_dir) -> None:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    version_dir.mkdir()
+    onnx.save(model, str(version_dir / "model.onnx"))
+
+
 def test_bf16_inputs_and_outputs_travel_as_raw_bits(tmp_path):
     import ml_dtypes
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "g",  # ORT's CPU kernels do little BF16
         [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["b", 4])],
         [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["b", 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (tmp_path / "1").mkdir()
-    onnx.save(model, str(tmp_path / "1" / "model.onnx"))
+    save_onnx(graph, tmp_path / "1")
     config = normalize(parse_config_for("bf", 'platform: "onnxruntime_onnx" max_batch_size: 4 '
                                        'input { name: "x" data_type: TYPE_BF16 dims: [4] } '
                                        'output { name: "y" data_type: TYPE_BF16 dims: [4] }'), "bf")
@@ -146,7 +152,6 @@ def test_bf16_inputs_and_outputs_travel_as_raw_bits(tmp_path):
                     reason="needs a GPU and onnxruntime-gpu")
 def test_gpu_instance_with_strings_takes_the_host_path(tmp_path):
     """ORT's Python I/O binding cannot bind strings: such a model is fed from the host."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -155,10 +160,7 @@ def test_gpu_instance_with_strings_takes_the_host_path(tmp_path):
               helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2])],
         [helper.make_tensor_value_info("same", TensorProto.STRING, ["b", 1]),
          helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (tmp_path / "1").mkdir()
-    onnx.save(model, str(tmp_path / "1" / "model.onnx"))
+    save_onnx(graph, tmp_path / "1")
     config = normalize(parse_config_for("mixed", 'platform: "onnxruntime_onnx" max_batch_size: 4 '
                                         'input { name: "text" data_type: TYPE_STRING dims: [1] } '
                                         'input { name: "x" data_type: TYPE_FP32 dims: [2] } '
