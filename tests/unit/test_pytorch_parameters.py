@@ -87,7 +87,8 @@ def test_thread_counts_are_set_once_per_process_by_the_first_model(tmp_path):
         instances(make_model(root / "b" / "1", {{"INTRA_OP_THREAD_COUNT": "5"}}), 1)
         print(torch.get_num_threads(), torch.get_num_interop_threads())
     """)
+    # Run from tmp_path: from the checkout, `import pyserve` would find the unbuilt sources.
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3", "3"]  # neither torch's default nor the second's
