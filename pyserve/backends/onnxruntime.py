@@ -65,13 +65,13 @@ class OnnxRuntimeBackend(Backend):
                 f"model does not have (it has {sorted(session_outputs)})")
 
     def _providers(self) -> list:
-        if self.instance.kind == "GPU" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        available = ort.get_available_providers()
+        if self.instance.kind == "GPU" and "CUDAExecutionProvider" not in available:
             raise ServerError(
                 f"model '{self.model.name}' asks for a GPU instance but onnxruntime has no "
                 "CUDA execution provider: pip install 'pyserve[onnx-gpu]'",
                 ErrorCode.UNAVAILABLE)
         chosen = providers(self.model.config, self.instance.kind, self.instance.device_id)
-        available = ort.get_available_providers()
         missing = [p[0] for p in chosen if isinstance(p, tuple) and p[0] not in available]
         if missing:
             raise ServerError(f"model '{self.model.name}' asks for {missing}, which this "

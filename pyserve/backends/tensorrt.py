@@ -138,7 +138,7 @@ class TensorRTBackend(Backend):
 
     def execute(self, inputs: dict, batch_sizes: list[int],
                 requests: list | None = None) -> dict[str, np.ndarray]:
-        _core.cuda_set_device(self._device)
+        # The core's worker thread for this instance already has its GPU current.
         context = self._context
         given = [(tensor, inputs.get(tensor.name)) for tensor in self._inputs]
         # The core's copies are on the instance's stream: the engine runs after them there.
