@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pyserve import __version__
-from pyserve.options import CONTROL_MODES, ServerOptions
+from pyserve.options import CONTROL_MODES, FRONTENDS, ServerOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("grpc", "http", "metrics"):
         net.add_argument(f"--allow-{name}", type=_boolean, default=True, metavar="BOOL",
                          help=f"serve {name} (default: true)")
+    net.add_argument("--grpc-frontend", choices=FRONTENDS, default="auto",
+                     help="native: gRPC C++ serves inference (control RPCs still in Python), "
+                          "python: grpc.aio serves everything, auto: native when built "
+                          "(default: %(default)s)")
     net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                      metavar="BYTES", help="largest HTTP request body (default: %(default)s)")
     models = serve.add_argument_group("models")
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,
         http_max_input_size=args.http_max_input_size,
+        grpc_frontend=args.grpc_frontend,
         model_control_mode=args.model_control_mode,
         load_models=args.load_models,
         repository_poll_secs=args.repository_poll_secs,

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyserve import _core
 from pyserve.backends import InstanceSpec, ModelContext, backend_class
 from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
@@ -80,6 +81,8 @@ class ModelManager:
         self._load_slots = asyncio.Semaphore(max(options.model_load_thread_count, 1))
         self._poller: asyncio.Task | None = None
         self.models: dict[str, Model] = {}
+        # The READY versions, for frontends that resolve requests in native code.
+        self.table = _core.ModelTable()
 
     # --- startup, polling, shutdown ---------------------------------------------------------
 
@@ -195,7 +198,8 @@ class ModelManager:
                 if entry is None or entry.state != ModelState.READY:
                     model.versions[version] = ModelVersion(name, version, config)
             results = await asyncio.gather(*(
-                self._load_version(config, version, available[version]) for version in chosen),
+                self._load_version(config, version, available[version], labels)
+                for version in chosen),
                 return_exceptions=True)
 
             retiring, failures = [], {}
@@ -230,14 +234,16 @@ class ModelManager:
             else:
                 remove_upload(upload_dir)
                 model.reason = "; ".join(f"version {v}: {m}" for v, m in failures.items())
+            self._publish(model)
             await _retire(retiring)
             if failures:
                 raise ServerError(f"failed to load '{name}': {model.reason}")
 
-    async def _load_version(self, config: pb.ModelConfig, version: int,
-                            version_dir: Path) -> ModelRunner:
+    async def _load_version(self, config: pb.ModelConfig, version: int, version_dir: Path,
+                            labels: dict[str, list[str]]) -> ModelRunner:
         async with self._load_slots:
-            runner = await asyncio.to_thread(self._create_runner, config, version, version_dir)
+            runner = await asyncio.to_thread(self._create_runner, config, version, version_dir,
+                                             labels)
         try:
             await warm_up(runner, config, version_dir)
         except BaseException:
@@ -245,8 +251,8 @@ class ModelManager:
             raise
         return runner
 
-    def _create_runner(self, config: pb.ModelConfig, version: int,
-                       version_dir: Path) -> ModelRunner:
+    def _create_runner(self, config: pb.ModelConfig, version: int, version_dir: Path,
+                       labels: dict[str, list[str]]) -> ModelRunner:
         cls = backend_class(config.backend)
         context = ModelContext(config.name, version, config, version_dir)
         specs = instance_specs(config)
@@ -255,7 +261,7 @@ class ModelManager:
             for spec in specs:
                 instances.append(cls(context, spec))
             devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
-            return ModelRunner(config, version, instances, devices, self._loop)
+            return ModelRunner(config, version, instances, devices, self._loop, labels)
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -273,6 +279,7 @@ class ModelManager:
                 if entry.runner is not None:
                     retiring.append(entry.runner)
                     entry.state = ModelState.UNLOADING
+            self._publish(model)
             await _retire(retiring)
             for entry in model.versions.values():
                 entry.runner, entry.state, entry.reason = None, ModelState.UNAVAILABLE, "unloaded"
@@ -281,6 +288,10 @@ class ModelManager:
             model.fingerprint = ()
             if retiring:
                 log.info("successfully unloaded '%s'", name)
+
+    def _publish(self, model: Model) -> None:
+        """Tell the core's model table which versions of `model` serve now."""
+        self.table.publish(model.name, [v.runner.model for v in model.ready_versions()])
 
     # --- lookups ----------------------------------------------------------------------------
 
@@ -351,14 +362,15 @@ class ModelManager:
             entries = [v for m in models for v in m.ready_versions()]
         return [statistics_entry(entry) for entry in entries]
 
+    def request_counts(self) -> dict[tuple[str, str], dict]:
+        """The core's request outcome counts, per READY (model, version)."""
+        return {(m.name, str(v.version)): v.runner.request_counts()
+                for m in self.models.values() for v in m.ready_versions()}
+
     def pending_counts(self) -> dict[tuple[str, str], int]:
         """Requests queued and not yet executing, per READY (model, version)."""
         return {(m.name, str(v.version)): v.runner.pending_count
                 for m in self.models.values() for v in m.ready_versions()}
-
-    def inflight_count(self) -> int:
-        return sum(v.runner.inflight_count for m in self.models.values()
-                   for v in m.versions.values() if v.runner)
 
 
 async def _retire(runners: list[ModelRunner]) -> None:

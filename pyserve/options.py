@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTROL_MODES = ("none", "poll", "explicit")
+FRONTENDS = ("auto", "native", "python")
 
 
 @dataclass
@@ -19,6 +20,8 @@ class ServerOptions:
     allow_http: bool = True
     allow_metrics: bool = True
     http_max_input_size: int = 64 * 1024 * 1024  # bytes; larger bodies get 413
+    # gRPC in native code (gRPC C++; auto = when pyserve was built with it) or in grpc.aio.
+    grpc_frontend: str = "auto"
 
     # Models, with tritonserver's meanings and defaults.
     model_control_mode: str = "none"  # none | poll | explicit
@@ -38,3 +41,5 @@ class ServerOptions:
         if self.model_control_mode not in CONTROL_MODES:
             raise ValueError(f"model control mode must be one of {CONTROL_MODES}, "
                              f"got '{self.model_control_mode}'")
+        if self.grpc_frontend not in FRONTENDS:
+            raise ValueError(f"gRPC frontend must be one of {FRONTENDS}, got '{self.grpc_frontend}'")

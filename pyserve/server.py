@@ -42,17 +42,16 @@ class Server:
             await self.manager.shutdown()
             raise StartupError(f"failed to load {', '.join(repr(n) for n in failed)}; exiting "
                                "(--exit-on-error=false serves the models that did load)")
-        metrics = (Metrics(self.manager.statistics, self.manager.pending_counts)
+        metrics = (Metrics(self.manager.statistics, self.manager.pending_counts,
+                           self.manager.request_counts)
                    if options.allow_metrics else None)
         if options.allow_grpc:
-            self._grpc, self.grpc_port = create_grpc_server(
-                self.manager, f"{options.host}:{options.grpc_port}", metrics)
+            self._grpc, self.grpc_port = _grpc_frontend(options, self.manager)
             await self._grpc.start()
             log.info("Started GRPCInferenceService at %s:%d", options.host, self.grpc_port)
         if options.allow_http:
             runner, self.http_port = await start_http_server(
-                self.manager, options.host, options.http_port, options.http_max_input_size,
-                metrics)
+                self.manager, options.host, options.http_port, options.http_max_input_size)
             self._runners.append(runner)
             log.info("Started HTTPService at %s:%d", options.host, self.http_port)
         if metrics is not None:
@@ -101,6 +100,25 @@ class Server:
     @staticmethod
     def _force_exit() -> None:
         os._exit(1)
+
+
+def _grpc_frontend(options: ServerOptions, manager: ModelManager):
+    """The gRPC server the options ask for: native when built (or asked), else grpc.aio."""
+    address = f"{options.host}:{options.grpc_port}"
+    if options.grpc_frontend != "python":
+        from pyserve.frontends import grpc_native
+
+        if grpc_native.available():
+            log.info("gRPC frontend: native (gRPC C++)")
+            return grpc_native.create_native_grpc_server(manager, address)
+        if options.grpc_frontend == "native":
+            raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
+                               f"available ({grpc_native.UNAVAILABLE_REASON})")
+        log.warning("gRPC frontend: python (grpc.aio); the native one is not available: %s",
+                    grpc_native.UNAVAILABLE_REASON)
+    else:
+        log.info("gRPC frontend: python (grpc.aio)")
+    return create_grpc_server(manager, address)
 
 
 async def _close(runner) -> None:

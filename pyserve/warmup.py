@@ -21,10 +21,9 @@ async def warm_up(runner: ModelRunner, config: pb.ModelConfig, version_dir: Path
             shape = ([max(warmup.batch_size, 1)] if config.max_batch_size > 0 else []) + list(spec.dims)
             inputs.append(InputTensor(name, datatype, shape,
                                       _warmup_data(spec, datatype, shape, version_dir)))
-        batch = shape[0] if config.max_batch_size > 0 and inputs else 1
         for _ in range(max(warmup.count, 1)):
             try:
-                await runner.infer(inputs, batch)
+                await runner.infer(inputs)
             except ServerError as e:
                 raise ServerError(f"model warmup '{warmup.name}' failed: {e.message}") from None
 

@@ -82,10 +82,24 @@ def start_server(repositories: list[Path], log_path: Path, *extra: str,
     raise RuntimeError(f"pyserve did not start:\n{log_path.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def example_server(tmp_path_factory) -> ServerProcess:
-    """One server on the example repository, shared by the tests that only send requests."""
-    server = start_server([EXAMPLES], tmp_path_factory.mktemp("logs") / "example_server.log")
+# The gRPC frontends the protocol tests run against: gRPC C++ (when built) and grpc.aio.
+GRPC_FRONTENDS = ["native", "python"]
+
+
+def native_grpc_built() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("pyserve._grpc_server") is not None
+
+
+@pytest.fixture(scope="session", params=GRPC_FRONTENDS)
+def example_server(request, tmp_path_factory) -> ServerProcess:
+    """A server on the example repository, shared by the tests that only send requests; once
+    per gRPC frontend."""
+    if request.param == "native" and not native_grpc_built():
+        pytest.skip("pyserve was built without the native gRPC frontend")
+    server = start_server([EXAMPLES], tmp_path_factory.mktemp("logs") / "example_server.log",
+                          "--grpc-frontend", request.param)
     yield server
     server.stop()
 

@@ -157,7 +157,7 @@ class NoopExecutor : public Executor {
     done.store(batch.requests.front()->id, std::memory_order_release);
     return Status::OK();
   }
-  void Reject(const std::vector<uint64_t>&, const Status&) override {}
+  void Reject(const std::vector<InferRequest*>&, const Status&) override {}
   std::atomic<uint64_t> done{0};
 };
 

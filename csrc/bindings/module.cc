@@ -7,7 +7,7 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve's C++ serving core (private; use the pyserve package)";
   pyserve::bindings::RegisterStatus(m);
-  pyserve::bindings::RegisterScheduler(m);
+  pyserve::bindings::RegisterModel(m);
   pyserve::bindings::RegisterMemory(m);
   pyserve::bindings::RegisterDevice(m);
 }

@@ -19,7 +19,7 @@ inline void ThrowIfError(const Status& status) {
 const char* CodeName(StatusCode code);
 
 void RegisterStatus(pybind11::module_& m);
-void RegisterScheduler(pybind11::module_& m);
+void RegisterModel(pybind11::module_& m);
 void RegisterMemory(pybind11::module_& m);
 void RegisterDevice(pybind11::module_& m);
 

@@ -28,6 +28,25 @@ size_t ElementSize(DataType dtype) {
   }
 }
 
+namespace {
+const char* const kWireNames[] = {"INVALID", "BOOL",  "UINT8", "UINT16", "UINT32",
+                                  "UINT64",  "INT8",  "INT16", "INT32",  "INT64",
+                                  "FP16",    "FP32",  "FP64",  "BYTES",  "BF16"};
+constexpr int kTypeCount = sizeof(kWireNames) / sizeof(kWireNames[0]);
+}  // namespace
+
+const char* WireName(DataType dtype) {
+  const int index = static_cast<int>(dtype);
+  return index < kTypeCount ? kWireNames[index] : "INVALID";
+}
+
+DataType DataTypeFromWire(const std::string& name) {
+  for (int i = 1; i < kTypeCount; ++i) {
+    if (name == kWireNames[i]) return static_cast<DataType>(i);
+  }
+  return DataType::kInvalid;
+}
+
 uint64_t SteadyNowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())

@@ -31,6 +31,10 @@ enum class DataType : uint8_t {
 
 // Bytes per element; 0 for BYTES and invalid types.
 size_t ElementSize(DataType dtype);
+// The protocol's name of a type ("FP32", "BYTES"; "INVALID" for kInvalid), and back
+// (kInvalid for names the protocol does not have).
+const char* WireName(DataType dtype);
+DataType DataTypeFromWire(const std::string& name);
 
 // A view of a tensor's bytes. The owner (the frontend that received them) keeps the memory
 // alive until the request's completion has been delivered.
@@ -42,9 +46,33 @@ struct TensorView {
   size_t byte_size = 0;
 };
 
+class ResponseSink;
+
+// An output the client asked for: by name, or the top `classification` classes of it.
+struct RequestedOutput {
+  std::string name;
+  uint32_t classification = 0;  // 0 = the values themselves
+};
+
+// A request parameter the model sees (Triton's InferParameter: bool, int64, double or string).
+struct Parameter {
+  enum class Kind : uint8_t { kBool, kInt, kDouble, kString };
+  std::string key;
+  Kind kind = Kind::kString;
+  bool bool_value = false;
+  int64_t int_value = 0;
+  double double_value = 0;
+  std::string string_value;
+};
+
 struct InferRequest {
-  uint64_t id = 0;  // the frontend's key for delivering the completion
+  uint64_t id = 0;  // the frontend's key for delivering the completion (the sink's tag)
+  ResponseSink* sink = nullptr;  // where the response goes; outlives the request's model
+  std::shared_ptr<void> owner;   // keeps the bytes `inputs` view alive (null: the sink does)
   std::vector<TensorView> inputs;
+  std::string request_id;                  // the client's id, for texts and backends
+  std::vector<RequestedOutput> outputs;    // empty = every output of the model
+  std::vector<Parameter> parameters;       // the model's own, for backends that read them
   uint32_t batch_size = 1;   // the first dimension when the model batches, else 1
   uint64_t priority = 0;     // the request's `priority` parameter; 0 = default level
   uint64_t timeout_us = 0;   // the request's `timeout` parameter; 0 = none
@@ -53,6 +81,7 @@ struct InferRequest {
   uint64_t enqueue_ns = 0;
   uint64_t deadline_ns = 0;  // 0 = never times out
   uint32_t priority_level = 0;  // index into the batcher's per-level queues
+  uint64_t sequence = 0;        // arrival order, for preserve_ordering (stamped by the model)
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).

@@ -268,11 +268,15 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
                                                std::to_string(instance.device));
   }
   if (status.ok()) {
-    status = executor_->Execute(*batch);
+    try {
+      status = executor_->Execute(*batch);
+    } catch (...) {  // an executor must complete its requests; a throw is a bug, not a crash
+      status = Status(StatusCode::kInternal, "executor of model '" + options_.model_name + "' failed");
+    }
   } else {
-    std::vector<uint64_t> ids;
-    for (const auto& r : batch->requests) ids.push_back(r->id);
-    executor_->Reject(ids, status);
+    std::vector<InferRequest*> requests;
+    for (const auto& r : batch->requests) requests.push_back(r.get());
+    executor_->Reject(requests, status);
   }
   if (batch->stream != nullptr) CudaRuntime::Get()->Synchronize(batch->stream);
   BatchTimes& t = batch->times;
@@ -360,16 +364,13 @@ bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {
 }
 
 void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns) {
-  std::vector<uint64_t> ids;
-  ids.reserve(requests.size());
   for (InferRequest* request : requests) {
-    ids.push_back(request->id);
     stats_.RecordRejected(*request, now_ns);
     level_queued_[request->priority_level].fetch_sub(1, std::memory_order_relaxed);
-    delete request;
   }
-  executor_->Reject(ids, Status(StatusCode::kUnavailable, "Request timeout expired"));
-  Release(ids.size());
+  executor_->Reject(requests, Status(StatusCode::kUnavailable, "Request timeout expired"));
+  for (InferRequest* request : requests) delete request;
+  Release(requests.size());
 }
 
 void Scheduler::Stop() {

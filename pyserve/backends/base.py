@@ -55,6 +55,9 @@ class Backend(abc.ABC):
     # the instance's stream: execute() then gets pyserve._core.DeviceTensor values for them
     # (device pointer, shape, stream, and the host view as `.host`); BYTES stay numpy.
     device_inputs: bool = False
+    # Set to have execute() get each request's RequestInfo (id, parameters, outputs asked
+    # for); others get None, which spares the core building them per request.
+    request_info: bool = False
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         self.model = model

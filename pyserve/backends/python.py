@@ -44,6 +44,8 @@ _BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by
 
 
 class PythonBackend(Backend):
+    request_info = True  # model.py sees each request's id, parameters and requested outputs
+
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
         config = model.config

@@ -20,7 +20,6 @@ from pyserve import __version__
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
-from pyserve.frontends.metrics import Metrics
 from pyserve.lifecycle import ModelManager
 from pyserve.protocol import HEALTH_SERVICE, INFERENCE_SERVICE, health, pb
 from pyserve.runner import InputTensor
@@ -58,9 +57,8 @@ def _refusals(handler: Callable) -> Callable:
 class InferenceServicer:
     """inference.GRPCInferenceService."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics | None = None) -> None:
+    def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
-        self._metrics = metrics
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -158,7 +156,7 @@ class InferenceServicer:
         model, outputs = await run_inference(self._manager, request.model_name,
                                              request.model_version, inputs, requested, request.id,
                                              codec.parameters_dict(request.parameters),
-                                             self._metrics, classification)
+                                             classification)
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
         raw_outputs = []
@@ -222,15 +220,14 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def create_grpc_server(manager: ModelManager, address: str, metrics: Metrics | None = None,
-                       ) -> tuple[grpc.aio.Server, int]:
+def create_grpc_server(manager: ModelManager, address: str) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port."""
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", _INT32_MAX),
         ("grpc.max_receive_message_length", _INT32_MAX),
     ])
     server.add_generic_rpc_handlers((
-        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, metrics)),
+        _handlers(INFERENCE_SERVICE, InferenceServicer(manager)),
         _handlers(HEALTH_SERVICE, HealthServicer(manager)),
     ))
     port = server.add_insecure_port(address)

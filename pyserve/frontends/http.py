@@ -13,12 +13,10 @@ from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
 from pyserve.errors import ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
-from pyserve.frontends.inference import (OutputTensor, load_parameters, model_metadata,
-                                         run_inference)
-from pyserve.frontends.metrics import Metrics
+from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
 from pyserve.frontends.sockets import listen
 from pyserve.lifecycle import ModelManager
-from pyserve.runner import InputTensor
+from pyserve.runner import InputTensor, OutputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MODEL = "/v2/models/{model}"
@@ -38,9 +36,8 @@ async def _refusals(request: web.Request, handler):
 
 
 class HttpFrontend:
-    def __init__(self, manager: ModelManager, metrics: Metrics | None = None) -> None:
+    def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
-        self._metrics = metrics
 
     def routes(self) -> list[web.RouteDef]:
         routes = [
@@ -127,7 +124,7 @@ class HttpFrontend:
             raise ServerError("each requested output must have a string 'name'")
         model, outputs = await run_inference(self._manager, name, version, inputs,
                                              [o["name"] for o in requested], str(header.get("id", "")),
-                                             _parameters(header), self._metrics,
+                                             _parameters(header),
                                              {o["name"]: _parameters(o)["classification"]
                                               for o in requested
                                               if "classification" in _parameters(o)})
@@ -267,10 +264,10 @@ def _encode_outputs(outputs: list[OutputTensor], binary) -> tuple[list[dict], li
     return described, chunks
 
 
-async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int,
-                            metrics: Metrics | None = None) -> tuple[web.AppRunner, int]:
+async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int
+                            ) -> tuple[web.AppRunner, int]:
     app = web.Application(middlewares=[_refusals], client_max_size=max_input_size)
-    app.add_routes(HttpFrontend(manager, metrics).routes())
+    app.add_routes(HttpFrontend(manager).routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = listen(host, port)

@@ -1,41 +1,25 @@
-"""The protocol-independent part of an inference: find the model, check the request, run it,
-and pick the outputs to return. Both frontends decode into this and encode what it returns."""
+"""The protocol-independent part of an inference for the Python frontends: find the model and
+hand the request to the core, which checks it, runs it and picks the outputs to return."""
 
 from __future__ import annotations
 
 import base64
-import time
-from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
-from pyserve.backends.base import RequestInfo
 from pyserve.config import parse_config_json
 from pyserve.datatypes import wire_name
-from pyserve.errors import ErrorCode, ServerError
-from pyserve.frontends.metrics import Metrics
-from pyserve.frontends.validation import validate_request
+from pyserve.errors import ServerError
 from pyserve.lifecycle import ModelManager, ModelVersion
 from pyserve.protocol import pb
-from pyserve.runner import InputTensor
-
+from pyserve.runner import InputTensor, OutputTensor
 
 # Request parameters the server itself acts on; the rest are the model's.
 _SERVER_PARAMETERS = {"priority", "timeout", "binary_data_output"}
 
 
-@dataclass
-class OutputTensor:
-    name: str
-    datatype: str
-    array: np.ndarray
-
-
 async def run_inference(manager: ModelManager, model_name: str, version: str,
                         inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
                         request_id: str = "", parameters: dict | None = None,
-                        metrics: Metrics | None = None,
                         classification: dict[str, int] | None = None,
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
     """Outputs in the order requested, or every output of the config in config order.
@@ -43,59 +27,16 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     asks for the top k classes of some outputs instead of their values."""
     model = manager.get(model_name, version)
     parameters = parameters or {}
-    start = time.perf_counter()
-    ok = False
-    try:
-        batch_size = validate_request(model.config, inputs, requested_outputs, request_id)
-        info = RequestInfo(request_id, {k: v for k, v in parameters.items()
-                                        if k not in _SERVER_PARAMETERS}, list(requested_outputs))
-        results = await model.runner.infer(
-            inputs, batch_size, _unsigned(parameters, "priority"), _unsigned(parameters, "timeout"),
-            info)
-        ok = True
-    finally:
-        if metrics is not None:
-            metrics.observe(model.name, str(model.version), ok,
-                            (time.perf_counter() - start) * 1e6)
-    datatypes = {o.name: wire_name(o.data_type) for o in model.config.output}
-    names = list(requested_outputs) or [o.name for o in model.config.output]
-    missing = [name for name in names if name not in results]
-    if missing:
-        raise ServerError(f"model '{model.name}' did not produce output(s) {missing}",
-                          ErrorCode.INTERNAL)
-    outputs = []
-    for name in names:
-        k = (classification or {}).get(name)
-        if k is None:
-            outputs.append(OutputTensor(name, datatypes[name], results[name]))
-        else:
-            outputs.append(OutputTensor(name, "BYTES", classify(
-                results[name], k, model.labels.get(name), model.config.max_batch_size > 0)))
-    return model, outputs
-
-
-def classify(array: np.ndarray, k: int, labels: list[str] | None, batched: bool) -> np.ndarray:
-    """Triton's classification extension: per batch item, the k largest values as
-    "value:index" or "value:index:label" strings, largest first."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ServerError(f"classification count must be a positive integer, got {k!r}")
-    items = array.reshape(array.shape[0] if batched else 1, -1)
-    if items.dtype == np.object_:
-        raise ServerError("classification is not supported on BYTES outputs")
-    rows = []
-    for item in items:
-        top = np.argsort(-item.astype(np.float64), kind="stable")[:k]
-        rows.append([_class_entry(item[i], int(i), labels) for i in top])
-    result = np.array(rows, dtype=np.object_)
-    return result if batched else result[0]
-
-
-def _class_entry(value, index: int, labels: list[str] | None) -> bytes:
-    text = f"{value:f}" if isinstance(value, np.floating) else str(value)
-    entry = f"{text}:{index}"
-    if labels is not None and index < len(labels):
-        entry += f":{labels[index]}"
-    return entry.encode()
+    classification = classification or {}
+    for k in classification.values():
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ServerError(f"classification count must be a positive integer, got {k!r}")
+    outputs = [(name, classification.get(name, 0)) for name in requested_outputs]
+    custom = {k: v for k, v in parameters.items() if k not in _SERVER_PARAMETERS}
+    results = await model.runner.infer(inputs, outputs, request_id, custom,
+                                       _unsigned(parameters, "priority"),
+                                       _unsigned(parameters, "timeout"))
+    return model, results
 
 
 def _unsigned(parameters: dict, key: str) -> int:

@@ -1,14 +1,12 @@
 """Prometheus metrics on their own port, with Triton's metric names.
 
 prometheus_client's Counter would expose `<name>_total`; Triton's counters carry no suffix
-(`nv_inference_request_success`), so the counters are kept here and exposed by a collector.
-Request outcomes are counted by the frontends; counts and durations of the core's work come
-from the statistics the core already keeps, read at scrape time.
+(`nv_inference_request_success`), so a collector exposes them. Every figure comes from counts
+the core already keeps (request outcomes, statistics, queue lengths), read at scrape time.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Callable
 
 from aiohttp import web
@@ -17,10 +15,14 @@ from prometheus_client.metrics_core import Metric
 
 from pyserve.frontends.sockets import listen
 
+# Triton's request counters: name -> (help, how to read the value from the core's counts)
 _COUNTERS = {
-    "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
-    "nv_inference_request_failure": "Number of failed inference requests, all batch sizes",
-    "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
+    "nv_inference_request_success": ("Number of successful inference requests, all batch sizes",
+                                     lambda c: c["success"]),
+    "nv_inference_request_failure": ("Number of failed inference requests, all batch sizes",
+                                     lambda c: c["failure"]),
+    "nv_inference_request_duration_us": ("Cumulative inference request duration in microseconds",
+                                         lambda c: c["success_ns"] / 1000),
 }
 
 
@@ -40,27 +42,20 @@ _FROM_STATISTICS = {
 
 class Metrics:
     def __init__(self, statistics: Callable[[], list[dict]] | None = None,
-                 pending: Callable[[], dict[tuple[str, str], int]] | None = None) -> None:
-        self._values: dict[str, dict[tuple[str, str], float]] = {
-            name: defaultdict(float) for name in _COUNTERS}
+                 pending: Callable[[], dict[tuple[str, str], int]] | None = None,
+                 request_counts: Callable[[], dict[tuple[str, str], dict]] | None = None) -> None:
         self._statistics = statistics
         self._pending = pending
+        self._request_counts = request_counts
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
-    def observe(self, model: str, version: str, ok: bool, duration_us: float) -> None:
-        key = (model, version)
-        if ok:
-            self._values["nv_inference_request_success"][key] += 1
-            self._values["nv_inference_request_duration_us"][key] += duration_us
-        else:
-            self._values["nv_inference_request_failure"][key] += 1
-
     def collect(self):
-        for name, documentation in _COUNTERS.items():
+        counts = self._request_counts() if self._request_counts is not None else {}
+        for name, (documentation, read) in _COUNTERS.items():
             metric = Metric(name, documentation, "counter")
-            for (model, version), value in sorted(self._values[name].items()):
-                metric.add_sample(name, {"model": model, "version": version}, value)
+            for (model, version), entry in sorted(counts.items()):
+                metric.add_sample(name, {"model": model, "version": version}, read(entry))
             yield metric
         entries = self._statistics() if self._statistics is not None else []
         for name, (documentation, read) in _FROM_STATISTICS.items():

@@ -42,7 +42,7 @@ class DeviceChecker : public Executor {
     checked_ += batch.requests.size();
     return Status::OK();
   }
-  void Reject(const std::vector<uint64_t>&, const Status&) override {}
+  void Reject(const std::vector<InferRequest*>&, const Status&) override {}
   std::mutex mutex_;
   std::vector<void*> streams_;
   size_t checked_ = 0;

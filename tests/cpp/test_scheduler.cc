@@ -29,9 +29,9 @@ class RecordingExecutor : public Executor {
     instances_.insert(batch.instance);
     return Status::OK();
   }
-  void Reject(const std::vector<uint64_t>& ids, const Status&) override {
+  void Reject(const std::vector<InferRequest*>& requests, const Status&) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    rejected_ += ids.size();
+    rejected_ += requests.size();
   }
   size_t rejected_ = 0;
   std::set<uint64_t> ids() { std::lock_guard<std::mutex> l(mutex_); return ids_; }
@@ -135,9 +135,9 @@ class BatchRecorder : public Executor {
     batches_.push_back({batch.requests.size(), x.shape, values});
     return Status::OK();
   }
-  void Reject(const std::vector<uint64_t>& ids, const Status& status) override {
+  void Reject(const std::vector<InferRequest*>& requests, const Status& status) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto id : ids) rejected_.push_back({id, status.message()});
+    for (auto* r : requests) rejected_.push_back({r->id, status.message()});
   }
   struct Seen {
     size_t requests;

@@ -59,15 +59,15 @@ def test_gpu_instance_gets_the_batch_on_its_device():
         pytest.skip("torch has no CUDA here")
     seen, done = [], threading.Semaphore(0)
 
-    def execute(instance, ids, sizes, inputs):
+    def execute(instance, sizes, inputs, requests):
         x = inputs["X"]
         seen.append((type(x).__name__, x.device, torch.as_tensor(x, device="cuda").cpu().numpy(),
                      np.array(x.host), type(inputs["S"]).__name__))
         return {"Y": x.host}
 
-    def deliver(ids, sizes, inputs, outputs, error):
-        assert error is None, error
-        for _ in ids:
+    def deliver(results):
+        for _, _, error in results:
+            assert error is None, error
             done.release()
 
     options = _core.SchedulerOptions()
@@ -78,14 +78,19 @@ def test_gpu_instance_gets_the_batch_on_its_device():
     options.dynamic_batching = True
     options.batching.max_batch_size = 8
     options.delay_scheduler_count = 3  # one batch of all three
-    scheduler = _core.Scheduler(options, execute, deliver, lambda *a: None)
+    spec = _core.ModelSpec("m", 1, 8, [("X", "FP32", [4], False, None),
+                                       ("S", "BYTES", [1], False, None)],
+                           [("Y", "FP32", [4], False, None)])
+    model = _core.Model(spec, options, execute)
+    sink = _core.PythonSink(deliver)
     rows = [np.full((1, 4), i, np.float32) for i in range(3)]
     strings = b"\x01\x00\x00\x00a"
     for i, row in enumerate(rows):
-        scheduler.enqueue(i + 1, [("X", 11, [1, 4], row.tobytes()), ("S", 13, [1, 1], strings)], 1)
+        model.submit(i + 1, sink, [("X", "FP32", [1, 4], row.tobytes()),
+                                   ("S", "BYTES", [1, 1], strings)])
     for _ in rows:
         assert done.acquire(timeout=10)
-    scheduler.stop()
+    model.stop()
     kind, device, on_device, host, string_kind = seen[0]
     assert (kind, device, string_kind) == ("DeviceTensor", 0, "ndarray")
     np.testing.assert_array_equal(on_device, np.concatenate(rows))

@@ -1,0 +1,551 @@
+// pyserve._core.Model and friends: a served model version as the Python shell sees it. The
+// backend's compute is called with the GIL once per batch (PyCompute); responses for requests
+// submitted from Python come back through a PythonSink, one GIL hand-off per batch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "device.h"
+#include "host_memory.h"
+#include "model.h"
+#include "model_table.h"
+#include "register.h"
+
+namespace py = pybind11;
+
+namespace pyserve::bindings {
+
+namespace {
+
+py::dtype NumpyDtype(DataType dtype) {
+  switch (dtype) {
+    case DataType::kBool: return py::dtype::of<bool>();
+    case DataType::kUint8: return py::dtype::of<uint8_t>();
+    case DataType::kUint16: return py::dtype::of<uint16_t>();
+    case DataType::kUint32: return py::dtype::of<uint32_t>();
+    case DataType::kUint64: return py::dtype::of<uint64_t>();
+    case DataType::kInt8: return py::dtype::of<int8_t>();
+    case DataType::kInt16: return py::dtype::of<int16_t>();
+    case DataType::kInt32: return py::dtype::of<int32_t>();
+    case DataType::kInt64: return py::dtype::of<int64_t>();
+    case DataType::kFp16: return py::dtype("float16");
+    case DataType::kFp32: return py::dtype::of<float>();
+    case DataType::kFp64: return py::dtype::of<double>();
+    case DataType::kBf16: return py::dtype::of<uint16_t>();  // raw bits; numpy has no bfloat16
+    case DataType::kBytes: return py::dtype("O");
+    default: return py::dtype::of<uint8_t>();
+  }
+}
+
+// BYTES elements as a numpy object array of bytes. Length prefixes were checked when the
+// tensor entered the core; a short buffer leaves the remaining elements empty.
+py::array BytesArray(const std::vector<int64_t>& dims, const uint8_t* data, size_t byte_size) {
+  std::vector<py::ssize_t> shape(dims.begin(), dims.end());
+  py::array array(py::dtype("O"), shape);
+  auto** items = static_cast<PyObject**>(array.mutable_data());
+  const py::ssize_t count = array.size();
+  size_t offset = 0;
+  for (py::ssize_t i = 0; i < count; ++i) {
+    uint32_t length = 0;
+    if (offset + 4 <= byte_size) {
+      std::memcpy(&length, data + offset, 4);
+      offset += 4;
+    }
+    length = static_cast<uint32_t>(std::min<size_t>(length, byte_size - offset));
+    PyObject* item = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(data + offset), length);
+    if (item == nullptr) throw py::error_already_set();
+    Py_XDECREF(items[i]);  // numpy filled the array with None
+    items[i] = item;
+    offset += length;
+  }
+  return array;
+}
+
+void MakeReadOnly(py::array& array) {
+  py::detail::array_proxy(array.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+}
+
+// A read-only numpy view of bytes the core does not own: no copy.
+py::array View(const TensorView& t) {
+  if (t.dtype == DataType::kBytes) return BytesArray(t.shape, t.data, t.byte_size);
+  static const uint8_t kEmpty = 0;
+  std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+  const void* data = t.data != nullptr ? t.data : &kEmpty;
+  py::array array(NumpyDtype(t.dtype), shape, {}, data, py::none());
+  MakeReadOnly(array);
+  return array;
+}
+
+// A read-only numpy array over an output's memory, which the array keeps alive.
+py::array OutputArray(const OutputTensor& t) {
+  if (t.dtype == DataType::kBytes) return BytesArray(t.shape, t.data, t.byte_size);
+  static const uint8_t kEmpty = 0;
+  auto* keep = new std::shared_ptr<const void>(t.memory);
+  py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
+  std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+  py::array array(NumpyDtype(t.dtype), shape, {}, t.data != nullptr ? t.data : &kEmpty, owner);
+  MakeReadOnly(array);
+  return array;
+}
+
+StatusCode CodeOf(const std::string& name) {
+  for (StatusCode code : {StatusCode::kInvalidArg, StatusCode::kNotFound, StatusCode::kUnavailable,
+                          StatusCode::kInternal, StatusCode::kUnsupported,
+                          StatusCode::kAlreadyExists, StatusCode::kCancelled}) {
+    if (name == CodeName(code)) return code;
+  }
+  return StatusCode::kInternal;
+}
+
+// A Python exception as a Status: a ServerError keeps its code and text.
+Status StatusOf(const py::handle& error) {
+  static py::handle server_error = py::object(py::module_::import("pyserve.errors").attr("ServerError")).release();
+  if (py::isinstance(error, server_error)) {
+    return Status(CodeOf(py::str(error.attr("code").attr("value"))),
+                  py::str(error.attr("message")).cast<std::string>());
+  }
+  return Status(StatusCode::kInternal, py::str(error).cast<std::string>());
+}
+
+// The backend's compute, with the GIL taken once per batch:
+//   result = execute(instance, batch_sizes, inputs, requests)
+// `requests` is None unless the spec asks for request_info: then one (id, parameters,
+// requested output names) tuple per request. `result` is a dict of batch outputs or a list
+// with one dict (or exception) per request; outputs are copied into native memory here.
+class PyCompute : public BatchCompute {
+ public:
+  PyCompute(py::object execute, const ModelSpec& spec) : execute_(std::move(execute)), spec_(spec) {}
+  ~PyCompute() override {
+    if (!execute_) return;  // released on stop: no GIL needed (it may be finalizing)
+    py::gil_scoped_acquire gil;
+    execute_ = py::object();
+  }
+
+  void Release() { execute_ = py::object(); }  // GIL held; breaks the cycle runner -> model
+
+  Status Compute(Batch& batch, BatchOutputs* out) override {
+    py::gil_scoped_acquire gil;
+    if (!execute_) return Status(StatusCode::kUnavailable, "model '" + spec_.name + "' is stopped");
+    try {
+      py::list sizes(batch.requests.size());
+      for (size_t i = 0; i < batch.requests.size(); ++i) sizes[i] = py::int_(batch.requests[i]->batch_size);
+      py::dict inputs;
+      for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t);
+      batch.times.infer_start = SteadyNowNs();
+      py::object result = execute_(batch.instance, sizes, WithDeviceInputs(batch, inputs),
+                                   RequestInfos(batch));
+      batch.times.infer_end = SteadyNowNs();
+      return Convert(batch, result, out);
+    } catch (py::error_already_set& e) {
+      return StatusOf(e.value());
+    }
+  }
+
+ private:
+  py::object RequestInfos(const Batch& batch) const {
+    if (!spec_.request_info) return py::none();
+    py::list infos;
+    for (const auto& r : batch.requests) {
+      py::dict parameters;
+      for (const Parameter& p : r->parameters) {
+        switch (p.kind) {
+          case Parameter::Kind::kBool: parameters[py::str(p.key)] = py::bool_(p.bool_value); break;
+          case Parameter::Kind::kInt: parameters[py::str(p.key)] = py::int_(p.int_value); break;
+          case Parameter::Kind::kDouble: parameters[py::str(p.key)] = py::float_(p.double_value); break;
+          case Parameter::Kind::kString: parameters[py::str(p.key)] = py::str(p.string_value); break;
+        }
+      }
+      py::list outputs;
+      for (const RequestedOutput& o : r->outputs) outputs.append(py::str(o.name));
+      infos.append(py::make_tuple(py::str(r->request_id), parameters, outputs));
+    }
+    return infos;
+  }
+
+  // What the backend computes on: the host views, with each input the core copied to the
+  // GPU replaced by a DeviceTensor (whose `host` is the view).
+  static py::dict WithDeviceInputs(const Batch& batch, const py::dict& inputs) {
+    if (batch.device_inputs.empty()) return inputs;
+    py::dict out = inputs.attr("copy")();
+    for (const TensorView& t : batch.device_inputs) {
+      py::str name(t.name);
+      py::object host = inputs[name];
+      out[name] = py::cast(DeviceTensor{t.name, reinterpret_cast<uintptr_t>(t.data), t.byte_size,
+                                        t.shape, NumpyDtype(t.dtype), batch.device,
+                                        reinterpret_cast<uintptr_t>(batch.stream), host});
+    }
+    return out;
+  }
+
+  Status Convert(const Batch& batch, const py::object& result, BatchOutputs* out) const {
+    if (py::isinstance<py::dict>(result)) return Tensors(result, Wanted(batch), &out->batch);
+    if (!py::isinstance<py::list>(result)) {
+      return Status(StatusCode::kInternal, "model '" + spec_.name + "' returned " +
+                                               py::str(py::type::of(result).attr("__name__")).cast<std::string>() +
+                                               ", not a dict of outputs");
+    }
+    py::list items = result;
+    if (items.size() != batch.requests.size()) {
+      return Status(StatusCode::kInternal, "model '" + spec_.name + "' returned " +
+                                               std::to_string(items.size()) + " responses for " +
+                                               std::to_string(batch.requests.size()) + " requests");
+    }
+    out->per_request = true;
+    out->requests.resize(items.size());
+    out->request_status.resize(items.size());
+    static py::handle exception = py::reinterpret_borrow<py::object>(PyExc_Exception).release();
+    for (size_t i = 0; i < items.size(); ++i) {
+      py::handle item = items[i];
+      if (py::isinstance<py::dict>(item)) {
+        out->request_status[i] = Tensors(item, {}, &out->requests[i]);
+      } else if (py::isinstance(item, exception)) {
+        out->request_status[i] = StatusOf(item);
+      } else {
+        out->request_status[i] = Status(
+            StatusCode::kInternal, "model '" + spec_.name + "' returned " +
+                                       py::str(py::type::of(item).attr("__name__")).cast<std::string>() +
+                                       " for a request");
+      }
+    }
+    return Status::OK();
+  }
+
+  // The outputs some request of the batch asks for (empty = all).
+  std::vector<std::string> Wanted(const Batch& batch) const {
+    std::vector<std::string> names;
+    for (const auto& r : batch.requests) {
+      if (r->outputs.empty()) return {};
+      for (const RequestedOutput& o : r->outputs) names.push_back(o.name);
+    }
+    return names;
+  }
+
+  // The config's outputs among `outputs`, in native memory.
+  Status Tensors(const py::handle& outputs, const std::vector<std::string>& wanted,
+                 std::vector<OutputTensor>* tensors) const {
+    // Leaked on purpose: a static py::object would be released after the interpreter is gone.
+    static py::handle ascontiguousarray =
+        py::object(py::module_::import("numpy").attr("ascontiguousarray")).release();
+    for (const TensorSpec& spec : spec_.outputs) {
+      py::str key(spec.name);
+      if (!outputs.contains(key)) continue;
+      if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), spec.name) == wanted.end()) continue;
+      OutputTensor t;
+      t.name = spec.name;
+      t.dtype = spec.dtype;
+      py::array array = ascontiguousarray(outputs[key], NumpyDtype(spec.dtype));
+      t.shape.assign(array.shape(), array.shape() + array.ndim());
+      if (spec.dtype == DataType::kBytes) {
+        auto bytes = std::make_shared<std::string>();
+        Status status = SerializeStrings(array, bytes.get());
+        if (!status.ok()) return status;
+        t.data = reinterpret_cast<const uint8_t*>(bytes->data());
+        t.byte_size = bytes->size();
+        t.memory = std::move(bytes);
+      } else {
+        t.byte_size = static_cast<size_t>(array.nbytes());
+        std::shared_ptr<uint8_t> memory = HostMemoryPool::Global().Acquire(std::max<size_t>(t.byte_size, 1));
+        if (!memory) return Status(StatusCode::kInternal, "out of host memory for outputs of model '" + spec_.name + "'");
+        if (t.byte_size != 0) std::memcpy(memory.get(), array.data(), t.byte_size);
+        t.data = memory.get();
+        t.memory = std::move(memory);
+      }
+      tensors->push_back(std::move(t));
+    }
+    return Status::OK();
+  }
+
+  // BYTES as Triton sends them: a 4-byte little-endian length, then the bytes (str as UTF-8).
+  static Status SerializeStrings(const py::array& array, std::string* out) {
+    auto* const* items = static_cast<PyObject* const*>(array.data());
+    for (py::ssize_t i = 0; i < array.size(); ++i) {
+      py::object item = py::reinterpret_borrow<py::object>(items[i]);
+      if (!PyBytes_Check(item.ptr())) {
+        item = PyUnicode_Check(item.ptr()) ? py::object(item.attr("encode")("utf-8"))
+                                           : py::object(py::bytes(item));
+      }
+      char* data = nullptr;
+      Py_ssize_t length = 0;
+      if (PyBytes_AsStringAndSize(item.ptr(), &data, &length) != 0) throw py::error_already_set();
+      const uint32_t prefix = static_cast<uint32_t>(length);
+      out->append(reinterpret_cast<const char*>(&prefix), 4);
+      out->append(data, static_cast<size_t>(length));
+    }
+    return Status::OK();
+  }
+
+  py::object execute_;
+  const ModelSpec spec_;
+};
+
+// Responses for requests submitted from Python: the batch's completions go to `callback` in
+// one call, as a list of (tag, outputs, error): outputs a list of (name, datatype, array) or
+// None, error None or (code name, message).
+class PythonSink : public ResponseSink {
+ public:
+  explicit PythonSink(py::object callback) : callback_(std::move(callback)) {}
+  ~PythonSink() override {
+    if (!callback_) return;
+    py::gil_scoped_acquire gil;
+    callback_ = py::object();
+  }
+
+  void Close() { callback_ = py::object(); }  // GIL held
+
+  void Deliver(std::vector<Completion>& completions) override {
+    py::gil_scoped_acquire gil;
+    if (!callback_) return;
+    try {
+      py::list results;
+      for (Completion& c : completions) {
+        const InferResponse& r = c.response;
+        if (!r.status.ok()) {
+          results.append(py::make_tuple(c.tag, py::none(),
+                                        py::make_tuple(CodeName(r.status.code()), r.status.message())));
+          continue;
+        }
+        py::list outputs;
+        for (const OutputTensor& t : r.outputs) {
+          outputs.append(py::make_tuple(t.name, WireName(t.dtype), OutputArray(t)));
+        }
+        results.append(py::make_tuple(c.tag, outputs, py::none()));
+      }
+      callback_(results);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("pyserve response delivery");
+    }
+  }
+
+ private:
+  py::object callback_;
+};
+
+class PyModel {
+ public:
+  PyModel(const ModelSpec& spec, const SchedulerOptions& options, py::object execute)
+      : compute_(std::make_shared<PyCompute>(std::move(execute), spec)) {
+    ThrowIfError(Model::Create(spec, options, compute_, &model_));
+  }
+
+  ~PyModel() {
+    if (stopped_) return;  // nothing left to wait for (and it may be finalizing)
+    py::gil_scoped_release nogil;
+    model_.reset();
+  }
+
+  // inputs: (name, datatype, shape, buffer) each; the buffers must stay alive until the
+  // response is delivered (the core keeps only pointers). outputs: (name, classification k).
+  void Submit(uint64_t tag, PythonSink& sink, const py::sequence& inputs,
+              const std::string& request_id, const std::vector<std::pair<std::string, uint32_t>>& outputs,
+              const py::dict& parameters, uint64_t priority, uint64_t timeout_us) {
+    auto request = std::make_unique<InferRequest>();
+    request->id = tag;
+    request->sink = &sink;
+    request->request_id = request_id;
+    request->priority = priority;
+    request->timeout_us = timeout_us;
+    for (const auto& [name, k] : outputs) request->outputs.push_back({name, k});
+    request->inputs.reserve(inputs.size());
+    for (const py::handle item : inputs) {
+      auto tuple = item.cast<py::tuple>();
+      TensorView view;
+      view.name = tuple[0].cast<std::string>();
+      view.dtype = DataTypeFromWire(tuple[1].cast<std::string>());
+      view.shape = tuple[2].cast<std::vector<int64_t>>();
+      py::buffer_info info = tuple[3].cast<py::buffer>().request();
+      ssize_t expected = info.itemsize;
+      for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+        if (info.shape[d] != 1 && info.strides[d] != expected) {
+          ThrowIfError(Status(StatusCode::kInvalidArg,
+                              "input '" + view.name + "' is not a contiguous buffer"));
+        }
+        expected *= info.shape[d];
+      }
+      view.data = static_cast<const uint8_t*>(info.ptr);
+      view.byte_size = static_cast<size_t>(info.size * info.itemsize);
+      request->inputs.push_back(std::move(view));
+    }
+    for (const auto& [key, value] : parameters) {
+      Parameter p;
+      p.key = py::str(key);
+      if (py::isinstance<py::bool_>(value)) {
+        p.kind = Parameter::Kind::kBool;
+        p.bool_value = value.cast<bool>();
+      } else if (py::isinstance<py::int_>(value)) {
+        p.kind = Parameter::Kind::kInt;
+        p.int_value = value.cast<int64_t>();
+      } else if (py::isinstance<py::float_>(value)) {
+        p.kind = Parameter::Kind::kDouble;
+        p.double_value = value.cast<double>();
+      } else {
+        p.string_value = py::str(value);
+      }
+      request->parameters.push_back(std::move(p));
+    }
+    Status status;
+    {
+      py::gil_scoped_release nogil;  // preserve_ordering may deliver to sinks from here
+      status = model_->Submit(request);
+    }
+    ThrowIfError(status);
+  }
+
+  void Stop() {
+    {
+      py::gil_scoped_release nogil;
+      model_->Stop();
+    }
+    compute_->Release();
+    stopped_ = true;
+  }
+
+  py::dict Statistics() const;
+  const std::shared_ptr<Model>& model() const { return model_; }
+
+ private:
+  std::shared_ptr<PyCompute> compute_;
+  std::shared_ptr<Model> model_;
+  bool stopped_ = false;
+};
+
+py::dict DurationDict(const Duration& d) {
+  py::dict out;
+  out["count"] = d.count;
+  out["ns"] = d.ns;
+  return out;
+}
+
+py::dict PyModel::Statistics() const {
+  const ModelStats s = model_->scheduler().Statistics();
+  py::dict inference;
+  inference["success"] = DurationDict(s.success);
+  inference["fail"] = DurationDict(s.fail);
+  inference["queue"] = DurationDict(s.queue);
+  inference["compute_input"] = DurationDict(s.compute_input);
+  inference["compute_infer"] = DurationDict(s.compute_infer);
+  inference["compute_output"] = DurationDict(s.compute_output);
+  py::list batches;
+  for (const auto& [size, b] : s.batch_stats) {
+    py::dict entry;
+    entry["batch_size"] = size;
+    entry["compute_input"] = DurationDict(b.compute_input);
+    entry["compute_infer"] = DurationDict(b.compute_infer);
+    entry["compute_output"] = DurationDict(b.compute_output);
+    batches.append(entry);
+  }
+  py::dict out;
+  out["last_inference"] = s.last_inference_ms;
+  out["inference_count"] = s.inference_count;
+  out["execution_count"] = s.execution_count;
+  out["inference_stats"] = inference;
+  out["batch_stats"] = batches;
+  return out;
+}
+
+TensorSpec MakeTensorSpec(const py::tuple& t) {
+  // (name, datatype, dims, optional, reshape or None)
+  TensorSpec spec;
+  spec.name = t[0].cast<std::string>();
+  spec.dtype = DataTypeFromWire(t[1].cast<std::string>());
+  spec.dims = t[2].cast<std::vector<int64_t>>();
+  spec.optional = t[3].cast<bool>();
+  if (!t[4].is_none()) {
+    spec.has_reshape = true;
+    spec.reshape = t[4].cast<std::vector<int64_t>>();
+  }
+  return spec;
+}
+
+}  // namespace
+
+void RegisterModel(py::module_& m) {
+  py::class_<QueuePolicy>(m, "QueuePolicy")
+      .def(py::init<>())
+      .def_readwrite("delay_on_timeout", &QueuePolicy::delay_on_timeout)
+      .def_readwrite("default_timeout_us", &QueuePolicy::default_timeout_us)
+      .def_readwrite("allow_timeout_override", &QueuePolicy::allow_timeout_override)
+      .def_readwrite("max_queue_size", &QueuePolicy::max_queue_size);
+
+  py::class_<BatchingOptions>(m, "BatchingOptions")
+      .def(py::init<>())
+      .def_readwrite("max_batch_size", &BatchingOptions::max_batch_size)
+      .def_readwrite("preferred_batch_sizes", &BatchingOptions::preferred_batch_sizes)
+      .def_readwrite("max_queue_delay_us", &BatchingOptions::max_queue_delay_us)
+      .def_readwrite("priority_levels", &BatchingOptions::priority_levels)
+      .def_readwrite("default_priority_level", &BatchingOptions::default_priority_level)
+      .def_readwrite("default_policy", &BatchingOptions::default_policy)
+      .def_readwrite("level_policies", &BatchingOptions::level_policies)
+      .def_readwrite("equal_shape_inputs", &BatchingOptions::equal_shape_inputs)
+      .def_readwrite("equal_input_sets", &BatchingOptions::equal_input_sets);
+
+  py::class_<SchedulerOptions>(m, "SchedulerOptions")
+      .def(py::init<>())
+      .def_readwrite("model_name", &SchedulerOptions::model_name)
+      .def_readwrite("instance_count", &SchedulerOptions::instance_count)
+      .def_readwrite("instance_devices", &SchedulerOptions::instance_devices)
+      .def_readwrite("device_inputs", &SchedulerOptions::device_inputs)
+      .def_readwrite("queue_capacity", &SchedulerOptions::queue_capacity)
+      .def_readwrite("dynamic_batching", &SchedulerOptions::dynamic_batching)
+      .def_readwrite("batching", &SchedulerOptions::batching)
+      .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count);
+
+  py::class_<ModelSpec>(m, "ModelSpec")
+      .def(py::init([](const std::string& name, int64_t version, uint32_t max_batch_size,
+                       const std::vector<py::tuple>& inputs, const std::vector<py::tuple>& outputs,
+                       std::map<std::string, std::vector<std::string>> labels,
+                       bool preserve_ordering, bool request_info) {
+             ModelSpec spec;
+             spec.name = name;
+             spec.version = version;
+             spec.max_batch_size = max_batch_size;
+             for (const auto& t : inputs) spec.inputs.push_back(MakeTensorSpec(t));
+             for (const auto& t : outputs) spec.outputs.push_back(MakeTensorSpec(t));
+             spec.labels = std::move(labels);
+             spec.preserve_ordering = preserve_ordering;
+             spec.request_info = request_info;
+             return spec;
+           }),
+           py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"),
+           py::arg("outputs"), py::arg("labels") = std::map<std::string, std::vector<std::string>>{},
+           py::arg("preserve_ordering") = false, py::arg("request_info") = false)
+      .def_property_readonly("name", [](const ModelSpec& s) { return s.name; })
+      .def_property_readonly("version", [](const ModelSpec& s) { return s.version; });
+
+  py::class_<PythonSink>(m, "PythonSink")
+      .def(py::init<py::object>(), py::arg("callback"))
+      .def("close", &PythonSink::Close);
+
+  py::class_<PyModel>(m, "Model")
+      .def(py::init<const ModelSpec&, const SchedulerOptions&, py::object>(), py::arg("spec"),
+           py::arg("options"), py::arg("execute"))
+      .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
+           py::arg("request_id") = "", py::arg("outputs") = std::vector<std::pair<std::string, uint32_t>>{},
+           py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0)
+      .def("stop", &PyModel::Stop)
+      .def("statistics", &PyModel::Statistics)
+      .def("request_counts", [](const PyModel& m) {
+        const RequestCounts c = m.model()->Counts();
+        py::dict out;
+        out["success"] = c.success;
+        out["failure"] = c.failure;
+        out["success_ns"] = c.success_ns;
+        return out;
+      })
+      .def_property_readonly("inflight_count", [](const PyModel& m) { return m.model()->scheduler().InflightCount(); })
+      .def_property_readonly("pending_count", [](const PyModel& m) { return m.model()->scheduler().PendingCount(); });
+
+  py::class_<ModelTable, std::shared_ptr<ModelTable>>(m, "ModelTable")
+      .def(py::init<>())
+      .def("publish", [](ModelTable& table, const std::string& name, const std::vector<PyModel*>& versions) {
+        std::vector<std::shared_ptr<Model>> models;
+        for (PyModel* v : versions) models.push_back(v->model());
+        table.Publish(name, std::move(models));
+      }, py::arg("name"), py::arg("versions"));
+}
+
+}  // namespace pyserve::bindings

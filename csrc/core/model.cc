@@ -1,0 +1,174 @@
+#include "model.h"
+
+#include <exception>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "outputs.h"
+#include "validate.h"
+
+namespace pyserve {
+
+namespace {
+
+// Completions for one sink, in order.
+using SinkBatch = std::pair<ResponseSink*, std::vector<Completion>>;
+
+void AddTo(std::vector<SinkBatch>& groups, ResponseSink* sink, Completion completion) {
+  for (auto& [s, completions] : groups) {
+    if (s == sink) {
+      completions.push_back(std::move(completion));
+      return;
+    }
+  }
+  groups.emplace_back(sink, std::vector<Completion>{});
+  groups.back().second.push_back(std::move(completion));
+}
+
+void DeliverAll(std::vector<SinkBatch>& groups) {
+  for (auto& [sink, completions] : groups) sink->Deliver(completions);
+}
+
+}  // namespace
+
+struct Model::State : public Executor {
+  ModelSpec spec;
+  std::shared_ptr<BatchCompute> compute;
+  std::atomic<uint64_t> success{0}, failure{0}, success_ns{0};
+
+  // preserve_ordering: responses are released in the order requests were accepted.
+  std::atomic<uint64_t> issued{0};
+  std::mutex order_mutex;
+  uint64_t next_release = 0;
+  std::map<uint64_t, std::optional<std::pair<ResponseSink*, Completion>>> held;
+
+  Status Execute(Batch& batch) override {
+    BatchOutputs outputs;
+    Status status;
+    try {
+      status = compute->Compute(batch, &outputs);
+    } catch (const std::exception& e) {
+      status = Status(StatusCode::kInternal, std::string("backend failed: ") + e.what());
+    } catch (...) {
+      status = Status(StatusCode::kInternal, "backend failed with an unknown exception");
+    }
+    if (batch.times.infer_end == 0) batch.times.infer_end = SteadyNowNs();
+    std::vector<InferResponse> responses;
+    if (status.ok()) {
+      status = SplitOutputs(spec, batch, outputs, &responses);
+    } else {
+      responses.assign(batch.requests.size(), InferResponse{status, {}});
+    }
+    std::vector<InferRequest*> requests;
+    for (auto& r : batch.requests) requests.push_back(r.get());
+    Deliver(requests, responses);
+    batch.times.output_end = SteadyNowNs();
+    return status;
+  }
+
+  void Reject(const std::vector<InferRequest*>& requests, const Status& status) override {
+    std::vector<InferResponse> responses(requests.size(), InferResponse{status, {}});
+    Deliver(requests, responses);
+  }
+
+  void Deliver(const std::vector<InferRequest*>& requests, std::vector<InferResponse>& responses) {
+    const uint64_t now = SteadyNowNs();
+    std::vector<SinkBatch> groups;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      InferRequest& request = *requests[i];
+      if (responses[i].status.ok()) {
+        success.fetch_add(1, std::memory_order_relaxed);
+        success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);
+      } else {
+        failure.fetch_add(1, std::memory_order_relaxed);
+      }
+      Completion completion{request.id, request.owner, std::move(responses[i])};
+      if (!spec.preserve_ordering) {
+        AddTo(groups, request.sink, std::move(completion));
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(order_mutex);
+      held[request.sequence].emplace(request.sink, std::move(completion));
+    }
+    if (!spec.preserve_ordering) {
+      DeliverAll(groups);
+      return;
+    }
+    // Delivered under the lock, so that a later batch cannot overtake this one at the sinks.
+    std::lock_guard<std::mutex> lock(order_mutex);
+    ReleaseInOrder();
+  }
+
+  // A sequence number that will never be answered (its request was refused at the door).
+  void Skip(uint64_t sequence) {
+    std::lock_guard<std::mutex> lock(order_mutex);
+    held[sequence] = std::nullopt;
+    ReleaseInOrder();
+  }
+
+  void ReleaseInOrder() {  // order_mutex held
+    std::vector<SinkBatch> groups;
+    while (!held.empty() && held.begin()->first == next_release) {
+      auto& entry = held.begin()->second;
+      if (entry) AddTo(groups, entry->first, std::move(entry->second));
+      held.erase(held.begin());
+      ++next_release;
+    }
+    DeliverAll(groups);
+  }
+};
+
+Status Model::Create(const ModelSpec& spec, const SchedulerOptions& options,
+                     std::shared_ptr<BatchCompute> compute, std::shared_ptr<Model>* model) {
+  if (!compute) return Status(StatusCode::kInvalidArg, "model needs a compute");
+  auto state = std::make_shared<State>();
+  state->spec = spec;
+  state->compute = std::move(compute);
+  std::shared_ptr<Model> created(new Model());
+  created->state_ = state;
+  Status status = Scheduler::Create(options, state, &created->scheduler_);
+  if (!status.ok()) return status;
+  *model = std::move(created);
+  return Status::OK();
+}
+
+Model::~Model() {
+  if (scheduler_) scheduler_->Stop();
+}
+
+const ModelSpec& Model::spec() const { return state_->spec; }
+
+Status Model::Submit(std::unique_ptr<InferRequest>& request) {
+  int64_t batch_size = 1;
+  Status status = ValidateRequest(state_->spec, *request, &batch_size);
+  if (!status.ok()) {
+    state_->failure.fetch_add(1, std::memory_order_relaxed);
+    return status;
+  }
+  request->batch_size = static_cast<uint32_t>(batch_size);
+  const bool batching = state_->spec.max_batch_size > 0;
+  for (TensorView& t : request->inputs) {
+    const TensorSpec* input = state_->spec.FindInput(t.name);
+    if (input->has_reshape) t.shape = Reshaped(t.shape, input->dims, input->reshape, batching);
+  }
+  const bool ordered = state_->spec.preserve_ordering;
+  if (ordered) request->sequence = state_->issued.fetch_add(1);
+  const uint64_t sequence = request->sequence;
+  status = scheduler_->Enqueue(request);
+  if (!status.ok()) {
+    state_->failure.fetch_add(1, std::memory_order_relaxed);
+    if (ordered) state_->Skip(sequence);
+  }
+  return status;
+}
+
+void Model::Stop() { scheduler_->Stop(); }
+
+RequestCounts Model::Counts() const {
+  return RequestCounts{state_->success.load(), state_->failure.load(), state_->success_ns.load()};
+}
+
+}  // namespace pyserve

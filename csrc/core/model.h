@@ -1,0 +1,57 @@
+// Model: one served model version on the data path. Submit() checks a request against the
+// model's spec and hands it to the version's scheduler; each batch's outputs are split per
+// request and handed to the requests' sinks (in arrival order under preserve_ordering), with
+// request counts kept for metrics. The backend's compute is a BatchCompute.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "model_spec.h"
+#include "request.h"
+#include "response.h"
+#include "scheduler.h"
+#include "status.h"
+
+namespace pyserve {
+
+class BatchCompute {
+ public:
+  virtual ~BatchCompute() = default;
+  // Runs the backend on a batch; may stamp batch.times.infer_start and infer_end.
+  virtual Status Compute(Batch& batch, BatchOutputs* outputs) = 0;
+};
+
+// Triton's per-model request counters (nv_inference_request_success/failure/duration_us).
+struct RequestCounts {
+  uint64_t success = 0;
+  uint64_t failure = 0;
+  uint64_t success_ns = 0;  // enqueue to response, summed over successful requests
+};
+
+class Model {
+ public:
+  static Status Create(const ModelSpec& spec, const SchedulerOptions& options,
+                       std::shared_ptr<BatchCompute> compute, std::shared_ptr<Model>* model);
+  ~Model();
+
+  const ModelSpec& spec() const;
+  // On success the model owns the request and its sink will get exactly one response; on
+  // failure the request stays with the caller and nothing is delivered.
+  Status Submit(std::unique_ptr<InferRequest>& request);
+  // Refuses new requests and answers every accepted one.
+  void Stop();
+
+  const Scheduler& scheduler() const { return *scheduler_; }
+  RequestCounts Counts() const;
+
+  struct State;
+
+ private:
+  Model() = default;
+  std::shared_ptr<State> state_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+}  // namespace pyserve

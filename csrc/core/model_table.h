@@ -1,0 +1,29 @@
+// ModelTable: the READY versions of every model, as the shell publishes them, for frontends
+// that resolve a request's model without the GIL. Anything the table cannot answer (unknown
+// model or version, a version string that is not a plain number) is left to the shell, which
+// knows the reason and Triton's text for it.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "model.h"
+
+namespace pyserve {
+
+class ModelTable {
+ public:
+  // Replaces the ready versions of `name`; an empty list removes the model.
+  void Publish(const std::string& name, std::vector<std::shared_ptr<Model>> versions);
+  // The version a request names ("" = the latest ready one), or null.
+  std::shared_ptr<Model> Find(const std::string& name, const std::string& version) const;
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::map<std::string, std::map<int64_t, std::shared_ptr<Model>>, std::less<>> models_;
+};
+
+}  // namespace pyserve

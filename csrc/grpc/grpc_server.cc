@@ -1,0 +1,389 @@
+#include "grpc_server.h"
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "infer_codec.h"
+
+namespace pyserve::grpcfront {
+
+namespace {
+
+const char kModelInfer[] = "/inference.GRPCInferenceService/ModelInfer";
+const char kModelStreamInfer[] = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+grpc::StatusCode GrpcCode(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return grpc::StatusCode::OK;
+    case StatusCode::kInvalidArg: return grpc::StatusCode::INVALID_ARGUMENT;
+    case StatusCode::kNotFound: return grpc::StatusCode::NOT_FOUND;
+    case StatusCode::kUnavailable: return grpc::StatusCode::UNAVAILABLE;
+    case StatusCode::kUnsupported: return grpc::StatusCode::UNIMPLEMENTED;
+    case StatusCode::kAlreadyExists: return grpc::StatusCode::ALREADY_EXISTS;
+    case StatusCode::kCancelled: return grpc::StatusCode::CANCELLED;
+    default: return grpc::StatusCode::INTERNAL;
+  }
+}
+
+// A ByteBuffer that takes the string without copying it.
+grpc::ByteBuffer Buffer(std::string data) {
+  auto* owned = new std::string(std::move(data));
+  grpc::Slice slice(owned->data(), owned->size(),
+                    [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string Bytes(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  out.reserve(buffer.Length());
+  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+// A message's bytes in one piece: gRPC's own slice when it arrived in one (no copy).
+class MessageBytes {
+ public:
+  explicit MessageBytes(const grpc::ByteBuffer& buffer) {
+    std::vector<grpc::Slice> slices;
+    if (buffer.Dump(&slices).ok() && slices.size() == 1) {
+      slice_ = slices[0];
+    } else {
+      copy_ = Bytes(buffer);
+    }
+  }
+  std::string_view view() const {
+    if (copy_.empty() && slice_.size() != 0) {
+      return std::string_view(reinterpret_cast<const char*>(slice_.begin()), slice_.size());
+    }
+    return copy_;
+  }
+
+ private:
+  grpc::Slice slice_;
+  std::string copy_;
+};
+
+class Tag {
+ public:
+  virtual ~Tag() = default;
+  virtual void Done(bool ok) = 0;
+};
+
+class Call;
+
+// One inference request of a call, in flight in the core: owns the parsed message whose bytes
+// the core's request views.
+struct PendingInfer {
+  PendingInfer(std::shared_ptr<Call> c, const grpc::ByteBuffer& buffer)
+      : call(std::move(c)), bytes(buffer) {}
+  std::shared_ptr<Call> call;
+  MessageBytes bytes;
+  InferMessage message;  // views of `bytes`
+  std::vector<std::string> converted;
+  std::string model_name, model_version;
+};
+
+}  // namespace
+
+class GrpcServer::Impl : public ResponseSink {
+ public:
+  Impl(std::shared_ptr<ModelTable> table, const GrpcOptions& options, Dispatch dispatch)
+      : table_(std::move(table)), options_(options), dispatch_(std::move(dispatch)) {}
+  ~Impl() override { Stop(0); }
+
+  Status Start();
+  void Stop(double grace_seconds);
+  void Deliver(std::vector<Completion>& completions) override;
+
+  ModelTable& table() { return *table_; }
+  const Dispatch& dispatch() { return dispatch_; }
+  grpc::AsyncGenericService& service() { return service_; }
+  void CallStarted() { live_calls_.fetch_add(1); }
+  void CallEnded() {
+    if (live_calls_.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      idle_.notify_all();
+    }
+  }
+  int port = 0;
+
+ private:
+  void Serve(grpc::ServerCompletionQueue* cq);
+
+  std::shared_ptr<ModelTable> table_;
+  GrpcOptions options_;
+  Dispatch dispatch_;
+  grpc::AsyncGenericService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
+  std::vector<std::thread> threads_;
+  std::atomic<int> live_calls_{0};
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  bool stopped_ = false;
+};
+
+namespace {
+
+// One RPC, from its arrival to its status. Unary calls (ModelInfer, and every RPC handed to
+// the shell) read one message and answer it with WriteAndFinish; ModelStreamInfer reads
+// until the client is done, answers each message as it completes (writes queued, one in
+// flight) and finishes once every message is answered. The call keeps itself alive (self_)
+// until its Finish completes; requests in the core keep it alive through PendingInfer.
+class Call : public std::enable_shared_from_this<Call> {
+ public:
+  Call(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) : server_(server), cq_(cq) {
+    server_->CallStarted();
+  }
+  ~Call() { server_->CallEnded(); }
+
+  static void Listen(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) {
+    auto call = std::make_shared<Call>(server, cq);
+    call->self_ = call;
+    server->service().RequestCall(&call->context_, &call->stream_, cq, cq, &call->started_);
+  }
+
+  // A response for an inference request of this call (any thread).
+  void Respond(PendingInfer& pending, const InferResponse& response) {
+    if (!response.status.ok()) return Fail(response.status);
+    std::string encoded = EncodeInferResponse(pending.model_name, pending.model_version,
+                                              pending.message.id, response);
+    if (streaming_) return StreamWrite(StreamResponse(encoded), true);
+    stream_.WriteAndFinish(Buffer(std::move(encoded)), grpc::WriteOptions(), grpc::Status::OK,
+                           &finished_);
+  }
+
+  void Fail(const Status& status) {
+    if (streaming_) return StreamWrite(StreamError(status.message()), true);
+    stream_.Finish(grpc::Status(GrpcCode(status.code()), status.message()), &finished_);
+  }
+
+ private:
+  struct Op : Tag {
+    Op(Call* c, void (Call::*f)(bool)) : call(c), fn(f) {}
+    void Done(bool ok) override { (call->*fn)(ok); }
+    Call* call;
+    void (Call::*fn)(bool);
+  };
+
+  void OnStarted(bool ok) {
+    if (!ok) {  // the server is shutting down
+      self_.reset();
+      return;
+    }
+    Listen(server_, cq_);
+    method_ = context_.method();
+    streaming_ = method_ == kModelStreamInfer;
+    stream_.Read(&request_, &read_);
+  }
+
+  void OnRead(bool ok) {
+    if (streaming_) {
+      if (!ok) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        reads_done_ = true;
+        MaybeFinish();
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++outstanding_;
+      }
+      Infer(request_);
+      request_.Clear();
+      stream_.Read(&request_, &read_);
+      return;
+    }
+    if (!ok) {
+      stream_.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request"),
+                     &finished_);
+      return;
+    }
+    if (method_ == kModelInfer) {
+      Infer(request_);
+    } else {
+      ToShell(method_, Bytes(request_));
+    }
+  }
+
+  void Infer(grpc::ByteBuffer& buffer) {
+    auto pending = std::make_shared<PendingInfer>(shared_from_this(), buffer);
+    Status status = ParseInferRequest(pending->bytes.view(), &pending->message);
+    if (!status.ok()) return Fail(status);
+    std::shared_ptr<Model> model = server_->table().Find(std::string(pending->message.model_name),
+                                                         std::string(pending->message.model_version));
+    if (!model) {  // the shell words the refusal
+      return ToShell(kModelInfer, std::string(pending->bytes.view()));
+    }
+    auto request = std::make_unique<InferRequest>();
+    request->sink = server_;
+    request->owner = pending;
+    status = DecodeInferRequest(pending->message, &pending->converted, request.get());
+    if (!status.ok()) return Fail(status);
+    pending->model_name = model->spec().name;
+    pending->model_version = std::to_string(model->spec().version);
+    status = model->Submit(request);
+    if (!status.ok()) return Fail(status);
+  }
+
+  void ToShell(const std::string& method, std::string bytes) {
+    auto self = shared_from_this();
+    server_->dispatch()(method, std::move(bytes),
+                        [self](int code, const std::string& message, const std::string& body) {
+                          self->ShellReply(code, message, body);
+                        });
+  }
+
+  void ShellReply(int code, const std::string& message, const std::string& body) {
+    if (streaming_) {
+      return StreamWrite(code == 0 ? StreamResponse(body) : StreamError(message), true);
+    }
+    if (code != 0) {
+      stream_.Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message), &finished_);
+    } else {
+      stream_.WriteAndFinish(Buffer(body), grpc::WriteOptions(), grpc::Status::OK, &finished_);
+    }
+  }
+
+  // Queues a stream response; `answers` marks the end of one request.
+  void StreamWrite(std::string response, bool answers) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (answers) --outstanding_;
+    if (!write_failed_) writes_.push_back(Buffer(std::move(response)));
+    if (!writing_ && !writes_.empty()) {
+      writing_ = true;
+      stream_.Write(writes_.front(), &written_);
+    }
+    MaybeFinish();
+  }
+
+  void OnWritten(bool ok) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    writes_.pop_front();
+    if (!ok) {  // the client went away: answer nothing more
+      write_failed_ = true;
+      writes_.clear();
+    }
+    if (!writes_.empty()) {
+      stream_.Write(writes_.front(), &written_);
+    } else {
+      writing_ = false;
+      MaybeFinish();
+    }
+  }
+
+  void MaybeFinish() {  // mutex_ held
+    if (reads_done_ && outstanding_ == 0 && !writing_ && !finishing_) {
+      finishing_ = true;
+      stream_.Finish(grpc::Status::OK, &finished_);
+    }
+  }
+
+  void OnFinished(bool) { self_.reset(); }
+
+  GrpcServer::Impl* server_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::GenericServerContext context_;
+  grpc::GenericServerAsyncReaderWriter stream_{&context_};
+  grpc::ByteBuffer request_;
+  std::string method_;
+  bool streaming_ = false;
+  Op started_{this, &Call::OnStarted};
+  Op read_{this, &Call::OnRead};
+  Op written_{this, &Call::OnWritten};
+  Op finished_{this, &Call::OnFinished};
+  std::shared_ptr<Call> self_;
+
+  // ModelStreamInfer only.
+  std::mutex mutex_;
+  std::deque<grpc::ByteBuffer> writes_;
+  int outstanding_ = 0;  // messages read and not yet answered
+  bool writing_ = false, reads_done_ = false, finishing_ = false, write_failed_ = false;
+};
+
+}  // namespace
+
+Status GrpcServer::Impl::Start() {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  builder.SetMaxSendMessageSize(options_.max_message_bytes);
+  builder.RegisterAsyncGenericService(&service_);
+  const int threads = std::max(1, options_.threads);
+  for (int i = 0; i < threads; ++i) cqs_.push_back(builder.AddCompletionQueue());
+  server_ = builder.BuildAndStart();
+  if (!server_ || port == 0) {
+    return Status(StatusCode::kUnavailable, "could not bind the gRPC frontend to " + options_.address);
+  }
+  for (auto& cq : cqs_) {
+    grpc::ServerCompletionQueue* queue = cq.get();
+    // A few calls wait on each queue so that arrivals never wait for a RequestCall.
+    for (int i = 0; i < 8; ++i) Call::Listen(this, queue);
+    threads_.emplace_back([this, queue] { Serve(queue); });
+  }
+  return Status::OK();
+}
+
+void GrpcServer::Impl::Serve(grpc::ServerCompletionQueue* cq) {
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq->Next(&tag, &ok)) static_cast<Tag*>(tag)->Done(ok);
+}
+
+void GrpcServer::Impl::Deliver(std::vector<Completion>& completions) {
+  for (Completion& c : completions) {
+    auto* pending = static_cast<PendingInfer*>(c.owner.get());
+    pending->call->Respond(*pending, c.response);
+  }
+}
+
+void GrpcServer::Impl::Stop(double grace_seconds) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopped_ || !server_) return;
+    stopped_ = true;
+  }
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
+  server_->Shutdown(deadline);
+  // Calls still waiting for the core hold no gRPC operation; their responses must be sent
+  // before the queues close. Bounded: a call the core never answers is left behind.
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    idle_.wait_until(lock, deadline + std::chrono::seconds(1),
+                     [this] { return live_calls_.load() == 0; });
+  }
+  if (live_calls_.load() != 0) {
+    for (auto& t : threads_) t.detach();
+    return;
+  }
+  for (auto& cq : cqs_) cq->Shutdown();
+  for (auto& t : threads_) t.join();
+}
+
+GrpcServer::GrpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GrpcServer::~GrpcServer() = default;
+
+Status GrpcServer::Create(std::shared_ptr<ModelTable> table, const GrpcOptions& options,
+                          Dispatch dispatch, std::unique_ptr<GrpcServer>* server) {
+  auto impl = std::make_unique<Impl>(std::move(table), options, std::move(dispatch));
+  Status status = impl->Start();
+  if (!status.ok()) return status;
+  server->reset(new GrpcServer(std::move(impl)));
+  return Status::OK();
+}
+
+int GrpcServer::port() const { return impl_->port; }
+void GrpcServer::Stop(double grace_seconds) { impl_->Stop(grace_seconds); }
+
+}  // namespace pyserve::grpcfront

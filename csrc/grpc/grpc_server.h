@@ -1,0 +1,44 @@
+// The native gRPC frontend: a gRPC C++ server that answers ModelInfer and ModelStreamInfer
+// itself (decode, resolve the model in the core's ModelTable, submit, encode: no GIL), and
+// hands every other RPC (and inference requests the table cannot resolve, whose errors the
+// shell words) to the Python shell as serialized bytes, on the same port.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "model_table.h"
+#include "status.h"
+
+namespace pyserve::grpcfront {
+
+struct GrpcOptions {
+  std::string address = "0.0.0.0:8001";
+  int threads = 2;  // completion-queue threads
+  int max_message_bytes = 0x7fffffff;
+};
+
+// Answers an RPC handed to the shell; callable from any thread, once. `code` is a gRPC code
+// (0 = OK, with `body` the serialized response).
+using Reply = std::function<void(int code, const std::string& message, const std::string& body)>;
+// Receives an RPC for the shell: the full method path and the serialized request.
+using Dispatch = std::function<void(const std::string& method, std::string request, Reply reply)>;
+
+class GrpcServer {
+ public:
+  static Status Create(std::shared_ptr<ModelTable> table, const GrpcOptions& options,
+                       Dispatch dispatch, std::unique_ptr<GrpcServer>* server);
+  ~GrpcServer();
+  int port() const;
+  // Refuses new RPCs, lets running ones finish for up to `grace_seconds`, then cancels them.
+  void Stop(double grace_seconds);
+
+  class Impl;
+
+ private:
+  explicit GrpcServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pyserve::grpcfront

@@ -1,0 +1,364 @@
+#include "infer_codec.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+
+#include "wire.h"
+
+namespace pyserve::grpcfront {
+
+namespace {
+
+using wire::Reader;
+
+Status Invalid(std::string message) { return Status(StatusCode::kInvalidArg, std::move(message)); }
+
+Status ParseError(const std::string& what) {
+  return Invalid("failed to parse ModelInferRequest: " + what);
+}
+
+bool ParseParam(std::string_view bytes, InferParam* p) {
+  Reader r(bytes);
+  while (r.Next()) {
+    switch (r.field()) {
+      case 1: p->kind = InferParam::kBool; p->bool_value = r.varint() != 0; break;
+      case 2: p->kind = InferParam::kInt64; p->int_value = static_cast<int64_t>(r.varint()); break;
+      case 3: p->kind = InferParam::kString; p->string_value = r.bytes(); break;
+      case 4: {
+        p->kind = InferParam::kDouble;
+        const uint64_t bits = r.fixed64();
+        std::memcpy(&p->double_value, &bits, 8);
+        break;
+      }
+      case 5: p->kind = InferParam::kUint64; p->uint_value = r.varint(); break;
+      default: break;
+    }
+  }
+  return r.error().empty();
+}
+
+// One entry of a map<string, InferParameter>.
+bool ParseMapEntry(std::string_view bytes, ParamMap* map) {
+  Reader r(bytes);
+  std::string_view key;
+  InferParam value;
+  while (r.Next()) {
+    if (r.field() == 1 && r.type() == wire::kLength) key = r.bytes();
+    if (r.field() == 2 && r.type() == wire::kLength && !ParseParam(r.bytes(), &value)) return false;
+  }
+  if (!r.error().empty()) return false;
+  map->emplace_back(key, value);
+  return true;
+}
+
+const InferParam* Find(const ParamMap& map, std::string_view key) {
+  const InferParam* found = nullptr;
+  for (const auto& [k, v] : map) {
+    if (k == key) found = &v;
+  }
+  return found;
+}
+
+// Repeated int64 values, packed or not.
+bool AppendInts(const Reader& r, std::vector<int64_t>* out) {
+  if (r.type() == wire::kVarint) {
+    out->push_back(static_cast<int64_t>(r.varint()));
+    return true;
+  }
+  if (r.type() != wire::kLength) return false;
+  std::string_view packed = r.bytes();
+  uint64_t value = 0;
+  while (!packed.empty()) {
+    if (!Reader::NextVarint(&packed, &value)) return false;
+    out->push_back(static_cast<int64_t>(value));
+  }
+  return true;
+}
+
+bool ParseInput(std::string_view bytes, InferMessage::Input* input) {
+  Reader r(bytes);
+  while (r.Next()) {
+    switch (r.field()) {
+      case 1: input->name = r.bytes(); break;
+      case 2: input->datatype = r.bytes(); break;
+      case 3: if (!AppendInts(r, &input->shape)) return false; break;
+      case 5: input->has_contents = true; input->contents = r.bytes(); break;
+      default: break;  // the input's own parameters (shared memory) are not supported yet
+    }
+  }
+  return r.error().empty();
+}
+
+bool ParseOutput(std::string_view bytes, InferMessage::Output* output) {
+  Reader r(bytes);
+  while (r.Next()) {
+    if (r.field() == 1) output->name = r.bytes();
+    if (r.field() == 2 && !ParseMapEntry(r.bytes(), &output->parameters)) return false;
+  }
+  return r.error().empty();
+}
+
+// Python's repr of a parameter value, as the Python frontend's texts show it.
+std::string Repr(const InferParam& p) {
+  switch (p.kind) {
+    case InferParam::kBool: return p.bool_value ? "True" : "False";
+    case InferParam::kInt64: return std::to_string(p.int_value);
+    case InferParam::kUint64: return std::to_string(p.uint_value);
+    case InferParam::kString: return "'" + std::string(p.string_value) + "'";
+    case InferParam::kDouble: {
+      char buffer[64];
+      auto end = std::to_chars(buffer, buffer + sizeof(buffer), p.double_value).ptr;
+      std::string text(buffer, end);
+      if (text.find_first_of(".eni") == std::string::npos) text += ".0";
+      return text;
+    }
+    default: return "None";
+  }
+}
+
+Status Unsigned(const InferParam& p, const std::string& key, uint64_t* value) {
+  if (p.kind == InferParam::kUint64) {
+    *value = p.uint_value;
+    return Status::OK();
+  }
+  if (p.kind == InferParam::kInt64 && p.int_value >= 0) {
+    *value = static_cast<uint64_t>(p.int_value);
+    return Status::OK();
+  }
+  return Invalid("parameter '" + key + "' must be a non-negative integer, got " + Repr(p));
+}
+
+Parameter ModelParameter(std::string_view key, const InferParam& p) {
+  Parameter out;
+  out.key = std::string(key);
+  switch (p.kind) {
+    case InferParam::kBool: out.kind = Parameter::Kind::kBool; out.bool_value = p.bool_value; break;
+    case InferParam::kInt64: out.kind = Parameter::Kind::kInt; out.int_value = p.int_value; break;
+    case InferParam::kUint64:
+      out.kind = Parameter::Kind::kInt;
+      out.int_value = static_cast<int64_t>(p.uint_value);
+      break;
+    case InferParam::kDouble:
+      out.kind = Parameter::Kind::kDouble;
+      out.double_value = p.double_value;
+      break;
+    default: out.string_value = std::string(p.string_value);
+  }
+  return out;
+}
+
+// InferTensorContents: field number per contents kind, and the datatype each one carries.
+enum Contents { kBoolContents = 1, kIntContents, kInt64Contents, kUintContents, kUint64Contents,
+                kFp32Contents, kFp64Contents, kBytesContents };
+const char* const kContentsName[] = {"", "BOOL", "INT32", "INT64", "UINT32", "UINT64",
+                                     "FP32", "FP64", "BYTES"};
+
+int ContentsFor(DataType dtype) {
+  switch (dtype) {
+    case DataType::kBool: return kBoolContents;
+    case DataType::kInt8: case DataType::kInt16: case DataType::kInt32: return kIntContents;
+    case DataType::kInt64: return kInt64Contents;
+    case DataType::kUint8: case DataType::kUint16: case DataType::kUint32: return kUintContents;
+    case DataType::kUint64: return kUint64Contents;
+    case DataType::kFp32: return kFp32Contents;
+    case DataType::kFp64: return kFp64Contents;
+    case DataType::kBytes: return kBytesContents;
+    default: return 0;
+  }
+}
+
+template <typename T>
+void Put(std::string* out, T value) {
+  out->append(reinterpret_cast<const char*>(&value), sizeof(T));
+}
+
+// One value of a contents field (packed or not) in the tensor's element type.
+void PutElement(std::string* out, DataType dtype, uint64_t raw) {
+  switch (dtype) {
+    case DataType::kBool: Put<uint8_t>(out, raw != 0); break;
+    case DataType::kInt8: Put<int8_t>(out, static_cast<int8_t>(raw)); break;
+    case DataType::kInt16: Put<int16_t>(out, static_cast<int16_t>(raw)); break;
+    case DataType::kInt32: Put<int32_t>(out, static_cast<int32_t>(raw)); break;
+    case DataType::kUint8: Put<uint8_t>(out, static_cast<uint8_t>(raw)); break;
+    case DataType::kUint16: Put<uint16_t>(out, static_cast<uint16_t>(raw)); break;
+    case DataType::kUint32: Put<uint32_t>(out, static_cast<uint32_t>(raw)); break;
+    case DataType::kFp32: Put<uint32_t>(out, static_cast<uint32_t>(raw)); break;  // bits
+    default: Put<uint64_t>(out, raw); break;  // INT64, UINT64, FP64 bits
+  }
+}
+
+Status ContentsBytes(const InferMessage::Input& input, std::string_view model, std::string* out) {
+  const std::string name(input.name);
+  const DataType dtype = DataTypeFromWire(std::string(input.datatype));
+  std::vector<int> used;
+  Reader r(input.contents);
+  while (r.Next()) {
+    if (r.field() < kBoolContents || r.field() > kBytesContents) continue;
+    const int field = static_cast<int>(r.field());
+    if (std::find(used.begin(), used.end(), field) == used.end()) used.push_back(field);
+    if (used.size() > 1) {
+      return Invalid("unexpected explicit tensor data for input tensor '" + name + "' for model '" +
+                     std::string(model) + "', binary data was already supplied.");
+    }
+    if (field != ContentsFor(dtype)) {
+      return Invalid("unexpected explicit tensor data for input tensor '" + name + "' for model '" +
+                     std::string(model) + "' of type '" + kContentsName[field] +
+                     "', expected datatype '" + std::string(input.datatype) + "'");
+    }
+    if (field == kBytesContents) {
+      Put<uint32_t>(out, static_cast<uint32_t>(r.bytes().size()));
+      out->append(r.bytes().data(), r.bytes().size());
+    } else if (r.type() != wire::kLength) {
+      PutElement(out, dtype, r.varint());
+    } else {  // packed
+      std::string_view packed = r.bytes();
+      const size_t width = field == kFp32Contents ? 4 : field == kFp64Contents ? 8 : 0;
+      while (!packed.empty()) {
+        uint64_t value = 0;
+        if (width != 0) {
+          if (packed.size() < width) return ParseError("truncated packed contents");
+          std::memcpy(&value, packed.data(), width);
+          packed.remove_prefix(width);
+        } else if (!Reader::NextVarint(&packed, &value)) {
+          return ParseError("truncated packed contents");
+        }
+        PutElement(out, dtype, value);
+      }
+    }
+  }
+  if (!r.error().empty()) return ParseError(r.error());
+  return Status::OK();
+}
+
+}  // namespace
+
+Status ParseInferRequest(std::string_view bytes, InferMessage* message) {
+  Reader r(bytes);
+  while (r.Next()) {
+    const bool length = r.type() == wire::kLength;
+    switch (r.field()) {
+      case 1: if (length) message->model_name = r.bytes(); break;
+      case 2: if (length) message->model_version = r.bytes(); break;
+      case 3: if (length) message->id = r.bytes(); break;
+      case 4:
+        if (!length || !ParseMapEntry(r.bytes(), &message->parameters)) return ParseError("bad parameters");
+        break;
+      case 5:
+        message->inputs.emplace_back();
+        if (!length || !ParseInput(r.bytes(), &message->inputs.back())) return ParseError("bad input tensor");
+        break;
+      case 6:
+        message->outputs.emplace_back();
+        if (!length || !ParseOutput(r.bytes(), &message->outputs.back())) return ParseError("bad output tensor");
+        break;
+      case 7:
+        if (!length) return ParseError("bad raw_input_contents");
+        message->raw_input_contents.push_back(r.bytes());
+        break;
+      default: break;
+    }
+  }
+  if (!r.error().empty()) return ParseError(r.error());
+  return Status::OK();
+}
+
+Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>* converted,
+                          InferRequest* request) {
+  const std::string model(message.model_name);
+  const bool raw = !message.raw_input_contents.empty();
+  request->request_id = std::string(message.id);
+  converted->reserve(message.inputs.size());
+  for (size_t i = 0; i < message.inputs.size(); ++i) {
+    const InferMessage::Input& input = message.inputs[i];
+    TensorView view;
+    view.name = std::string(input.name);
+    view.dtype = DataTypeFromWire(std::string(input.datatype));
+    view.shape = input.shape;
+    if (raw) {
+      if (input.has_contents) {
+        return Invalid("contents field must not be specified when using raw_input_contents for '" +
+                       view.name + "' for model '" + model + "'");
+      }
+      if (i >= message.raw_input_contents.size()) {
+        return Invalid("unable to find data for input tensor '" + view.name + "' for model '" +
+                       model + "' in request.");
+      }
+      view.data = reinterpret_cast<const uint8_t*>(message.raw_input_contents[i].data());
+      view.byte_size = message.raw_input_contents[i].size();
+    } else {
+      converted->emplace_back();
+      Status status = ContentsBytes(input, model, &converted->back());
+      if (!status.ok()) return status;
+      view.data = reinterpret_cast<const uint8_t*>(converted->back().data());
+      view.byte_size = converted->back().size();
+    }
+    request->inputs.push_back(std::move(view));
+  }
+  for (const InferMessage::Output& output : message.outputs) {
+    RequestedOutput requested{std::string(output.name), 0};
+    if (const InferParam* k = Find(output.parameters, "classification")) {
+      const bool integer = k->kind == InferParam::kInt64 || k->kind == InferParam::kUint64;
+      const int64_t count = k->kind == InferParam::kInt64 ? k->int_value
+                                                          : static_cast<int64_t>(k->uint_value);
+      if (!integer || count < 1 || count > UINT32_MAX) {
+        return Invalid("classification count must be a positive integer, got " + Repr(*k));
+      }
+      requested.classification = static_cast<uint32_t>(count);
+    }
+    request->outputs.push_back(std::move(requested));
+  }
+  // Parameters the server acts on; the rest are the model's (a repeated key: the last wins).
+  for (size_t i = 0; i < message.parameters.size(); ++i) {
+    const auto& [key, value] = message.parameters[i];
+    if (value.kind == InferParam::kNone || Find(message.parameters, key) != &value) continue;
+    if (key == "priority" || key == "timeout") {
+      Status status = Unsigned(value, std::string(key),
+                               key == "priority" ? &request->priority : &request->timeout_us);
+      if (!status.ok()) return status;
+    } else if (key != "binary_data_output") {
+      request->parameters.push_back(ModelParameter(key, value));
+    }
+  }
+  return Status::OK();
+}
+
+std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
+                                std::string_view id, const InferResponse& response) {
+  size_t reserve = 64 + model_name.size() + model_version.size() + id.size();
+  for (const OutputTensor& t : response.outputs) reserve += t.byte_size + t.name.size() + 48;
+  std::string out;
+  out.reserve(reserve);
+  wire::PutString(&out, 1, model_name);
+  wire::PutString(&out, 2, model_version);
+  wire::PutString(&out, 3, id);
+  std::string tensor, shape;
+  for (const OutputTensor& t : response.outputs) {  // InferOutputTensor
+    tensor.clear();
+    shape.clear();
+    wire::PutString(&tensor, 1, t.name);
+    wire::PutString(&tensor, 2, WireName(t.dtype));
+    for (int64_t d : t.shape) wire::PutVarint(&shape, static_cast<uint64_t>(d));
+    wire::PutString(&tensor, 3, shape);  // packed
+    wire::PutBytes(&out, 5, tensor);
+  }
+  for (const OutputTensor& t : response.outputs) {
+    wire::PutBytes(&out, 6, std::string_view(reinterpret_cast<const char*>(t.data), t.byte_size));
+  }
+  return out;
+}
+
+std::string StreamResponse(std::string_view infer_response) {
+  std::string out;
+  out.reserve(infer_response.size() + 8);
+  wire::PutBytes(&out, 2, infer_response);
+  return out;
+}
+
+std::string StreamError(std::string_view message) {
+  std::string out;
+  wire::PutBytes(&out, 1, message);
+  return out;
+}
+
+}  // namespace pyserve::grpcfront

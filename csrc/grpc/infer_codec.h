@@ -1,0 +1,64 @@
+// ModelInferRequest and ModelInferResponse between the gRPC wire and the core. A request is
+// parsed as views of its bytes; its tensors become views of raw_input_contents (or bytes
+// converted from typed `contents`). A response is encoded with each output copied once,
+// straight from the core's output memory.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "request.h"
+#include "response.h"
+#include "status.h"
+
+namespace pyserve::grpcfront {
+
+// InferParameter: one of bool, int64, string, double, uint64.
+struct InferParam {
+  enum Kind { kNone, kBool, kInt64, kString, kDouble, kUint64 } kind = kNone;
+  bool bool_value = false;
+  int64_t int_value = 0;
+  uint64_t uint_value = 0;
+  double double_value = 0;
+  std::string_view string_value;
+};
+using ParamMap = std::vector<std::pair<std::string_view, InferParam>>;  // later keys win
+
+// ModelInferRequest's fields, as views of the serialized message.
+struct InferMessage {
+  struct Input {
+    std::string_view name, datatype;
+    std::vector<int64_t> shape;
+    bool has_contents = false;
+    std::string_view contents;  // a serialized InferTensorContents
+  };
+  struct Output {
+    std::string_view name;
+    ParamMap parameters;
+  };
+  std::string_view model_name, model_version, id;
+  ParamMap parameters;
+  std::vector<Input> inputs;
+  std::vector<Output> outputs;
+  std::vector<std::string_view> raw_input_contents;
+};
+
+// INVALID_ARG ("failed to parse ModelInferRequest: ...") for bytes that are not one.
+Status ParseInferRequest(std::string_view bytes, InferMessage* message);
+
+// Fills `request` from `message` (whose bytes must outlive it). `converted` keeps the bytes of
+// inputs given as typed contents. Checks what Triton's gRPC frontend checks before the core.
+Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>* converted,
+                          InferRequest* request);
+
+// A serialized ModelInferResponse.
+std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
+                                std::string_view id, const InferResponse& response);
+
+// A serialized ModelStreamInferResponse around a serialized ModelInferResponse, or an error.
+std::string StreamResponse(std::string_view infer_response);
+std::string StreamError(std::string_view message);
+
+}  // namespace pyserve::grpcfront
