@@ -10,7 +10,9 @@ CONTROL_MODES = ("none", "poll", "explicit")
 
 @dataclass
 class ServerOptions:
-    model_repositories: list[Path] = field(default_factory=list)
+    # Local folders, or s3:// gs:// as:// URLs (str) of repositories in object storage.
+    model_repositories: list[Path | str] = field(default_factory=list)
+    repository_cache_dir: Path | None = None  # where remote repositories are mirrored
     host: str = "0.0.0.0"
     grpc_port: int = 8001  # 0 picks a free port
     http_port: int = 8000
