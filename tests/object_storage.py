@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def _start(command: list[str], log_path: Path, port_pattern: str,
     while time.monotonic() < deadline:
         match = re.search(port_pattern, log_path.read_text())
         if match:
-            return EmulatorProcess(process, int(match[1]))
+            return EmulatorProcess(process, int(match[1]) if match[1] else 0)
         if process.poll() is not None:
             break
         time.sleep(0.05)
@@ -84,3 +85,31 @@ def upload_tree(client, bucket: str, prefix: str, folder: Path) -> list[str]:
             client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
             keys.append(key)
     return keys
+
+
+def start_gcs_emulator(log_path: Path) -> EmulatorProcess:
+    """gcp-storage-emulator, in memory, on a free port; clients find it through
+    STORAGE_EMULATOR_HOST (google-cloud-storage reads it)."""
+    for module in ("gcp_storage_emulator", "google.cloud.storage"):
+        try:
+            missing = importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:
+            missing = True
+        if missing:
+            pytest.skip(f"the GCS tests need {module}: pip install 'pyserve[test-deploy]'")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _start([sys.executable, "-m", "gcp_storage_emulator", "start", "-H", "127.0.0.1",
+                     "--port", str(port), "--in-memory"], log_path, r"()All services started")
+    server.port = port
+    return server
+
+
+def gcs_bucket(name: str):
+    """A new bucket on the emulator that STORAGE_EMULATOR_HOST names."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="pyserve-tests", credentials=AnonymousCredentials())
+    return client.create_bucket(name)
