@@ -72,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
                         help="models loaded in parallel (default: %(default)s)")
     serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
-                       help="how long shutdown waits for in-flight requests (default: %(default)s)")
+                       help="how long shutdown waits for in-flight requests, the drain grace "
+                            "included (default: %(default)s)")
+    serve.add_argument("--drain-grace-secs", type=float, default=0.0, metavar="SECONDS",
+                       help="on SIGTERM, report not ready but keep accepting requests this long "
+                            "before refusing new connections, so that load balancers stop "
+                            "sending first (default: %(default)s)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                        help="verbose logging when > 0 (default: %(default)s)")
     return parser
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_batch_size=_default_max_batch_size(args.backend_config),
         model_load_thread_count=args.model_load_thread_count,
         exit_timeout_secs=args.exit_timeout_secs,
+        drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,
     )
     logging.basicConfig(

@@ -83,6 +83,7 @@ class ModelManager:
         self._load_slots = asyncio.Semaphore(max(options.model_load_thread_count, 1))
         self._poller: asyncio.Task | None = None
         self.models: dict[str, Model] = {}
+        self.draining = False  # set when shutdown begins: the server is not ready from then on
 
     # --- startup, polling, shutdown ---------------------------------------------------------
 
@@ -330,7 +331,10 @@ class ModelManager:
         return True
 
     def all_ready(self) -> bool:
-        """Server readiness: with strict readiness, every model asked for must be ready."""
+        """Server readiness: never while draining; with strict readiness, every model asked
+        for must be ready."""
+        if self.draining:
+            return False
         if not self._options.strict_readiness:
             return True
         return all(m.ready() for m in self.models.values() if m.wanted)

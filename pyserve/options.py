@@ -33,7 +33,8 @@ class ServerOptions:
     default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
 
-    exit_timeout_secs: float = 30.0  # how long shutdown waits for in-flight requests
+    exit_timeout_secs: float = 30.0  # the whole drain on shutdown is bounded by this
+    drain_grace_secs: float = 0.0  # on shutdown: not ready, but still accepting, this long
     log_verbose: int = 0
 
     def __post_init__(self) -> None:
