@@ -24,8 +24,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a Triton model repository. Flag names follow tritonserver's, so a "
                     "Triton command line works unchanged.")
     serve.add_argument("--model-repository", "--model-store", dest="model_repositories",
-                       action="append", required=True, type=Path, metavar="DIR",
-                       help="a model repository; repeat for several")
+                       action="append", required=True, type=_repository, metavar="DIR|URL",
+                       help="a model repository: a folder, or s3://[http[s]://host:port/]bucket/"
+                            "path, gs://bucket/path, as://account/container/path; repeat for "
+                            "several")
+    serve.add_argument("--repository-cache-dir", type=Path, default=None, metavar="DIR",
+                       help="where remote repositories are mirrored, kept across restarts "
+                            "(default: a temporary folder, or TRITON_AWS/GCS/AZURE_MOUNT_DIRECTORY)")
     net = serve.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0",
                      help="address the gRPC, HTTP and metrics services listen on (default: %(default)s)")
@@ -71,10 +76,30 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
                         help="models loaded in parallel (default: %(default)s)")
     serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
-                       help="how long shutdown waits for in-flight requests (default: %(default)s)")
+                       help="how long shutdown waits for in-flight requests, the drain grace "
+                            "included (default: %(default)s)")
+    serve.add_argument("--drain-grace-secs", type=float, default=0.0, metavar="SECONDS",
+                       help="on SIGTERM, report not ready but keep accepting requests this long "
+                            "before refusing new connections, so that load balancers stop "
+                            "sending first (default: %(default)s)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                        help="verbose logging when > 0 (default: %(default)s)")
     return parser
+
+
+def _repository(text: str) -> Path | str:
+    """A local folder as a Path; a remote repository URL kept as text (a Path would fold its
+    '//'), checked here so that a typo is a usage error."""
+    from pyserve.repository.stores import is_remote, parse  # no cloud library is imported
+    from pyserve.errors import ServerError
+
+    if not is_remote(text):
+        return Path(text)
+    try:
+        parse(text)
+    except ServerError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    return text
 
 
 def _boolean(text: str) -> bool:
@@ -101,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = ServerOptions(
         model_repositories=args.model_repositories,
+        repository_cache_dir=args.repository_cache_dir,
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
@@ -120,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_batch_size=_default_max_batch_size(args.backend_config),
         model_load_thread_count=args.model_load_thread_count,
         exit_timeout_secs=args.exit_timeout_secs,
+        drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,
     )
     logging.basicConfig(

@@ -23,6 +23,7 @@ from pyserve.options import ServerOptions
 from pyserve.protocol import pb
 from pyserve.repository import (fingerprint, find_models, read_labels, remove_upload,
                                 select_versions, version_dirs, write_upload)
+from pyserve.repository.remote import open_repositories
 from pyserve.runner import ModelRunner
 from pyserve.warmup import warm_up
 
@@ -72,7 +73,9 @@ class ModelManager:
     def __init__(self, options: ServerOptions, loop: asyncio.AbstractEventLoop,
                  gpu_count: int = 0) -> None:
         self._options = options
-        self._repositories = [Path(r) for r in options.model_repositories]
+        # Remote repositories (s3://, gs://, as://) are served from local mirrors.
+        self._remotes, self._repositories = open_repositories(
+            options.model_repositories, options.repository_cache_dir)
         self._loop = loop
         self._config_options = ConfigOptions(
             gpu_count=gpu_count, auto_complete=options.auto_complete_config,
@@ -83,12 +86,14 @@ class ModelManager:
         self.models: dict[str, Model] = {}
         # The READY versions, for frontends that resolve requests in native code.
         self.table = _core.ModelTable()
+        self.draining = False  # set when shutdown begins: the server is not ready from then on
 
     # --- startup, polling, shutdown ---------------------------------------------------------
 
     async def startup(self) -> list[str]:
         """Load what the control mode says to load; returns the names that failed."""
         mode = self._options.model_control_mode
+        await self._sync_remote()
         if mode == "explicit":
             names = self._options.load_models
             if "*" in names:
@@ -98,7 +103,7 @@ class ModelManager:
                 names = list(find_models(self._repositories))
         else:
             names = list(find_models(self._repositories))
-        results = await asyncio.gather(*(self.load(name) for name in names),
+        results = await asyncio.gather(*(self.load(name, refresh=False) for name in names),
                                        return_exceptions=True)
         failed = []
         for name, result in zip(names, results):
@@ -120,12 +125,13 @@ class ModelManager:
 
     async def poll_once(self) -> None:
         """Load added and changed models, unload removed ones (poll mode)."""
+        await self._sync_remote()
         found = find_models(self._repositories)
         changes = []
         for name, dirs in found.items():
             model = self.models.get(name)
             if model is None or model.fingerprint != fingerprint(dirs):
-                changes.append(self.load(name))
+                changes.append(self.load(name, refresh=False))
         for name, model in self.models.items():
             if name not in found and model.wanted:
                 changes.append(self.unload(name))
@@ -140,6 +146,13 @@ class ModelManager:
             self._poller.cancel()
         await asyncio.gather(*(self.unload(name) for name in list(self.models)),
                              return_exceptions=True)
+        for remote in self._remotes:
+            remote.close()
+
+    async def _sync_remote(self, model: str | None = None) -> None:
+        """Bring the mirrors of remote repositories in step with their stores."""
+        for remote in self._remotes:
+            await asyncio.to_thread(remote.sync, model)
 
     # --- load / unload ----------------------------------------------------------------------
 
@@ -148,9 +161,12 @@ class ModelManager:
             raise ServerError(NOT_ALLOWED, ErrorCode.UNAVAILABLE)
 
     async def load(self, name: str, config_override: pb.ModelConfig | None = None,
-                   files: dict[str, bytes] | None = None) -> None:
+                   files: dict[str, bytes] | None = None, refresh: bool = True) -> None:
         """Load or reload `name`. The versions it serves now keep serving until their
-        replacements are READY; a failure leaves them serving and raises ServerError."""
+        replacements are READY; a failure leaves them serving and raises ServerError.
+        `refresh` first fetches the model's changed objects from remote repositories."""
+        if refresh and not files:
+            await self._sync_remote(name)
         if not files and name not in self.models and not any(
                 (repo / name).is_dir() for repo in self._repositories):
             raise ServerError(f"failed to load '{name}', failed to poll from model repository")
@@ -326,7 +342,10 @@ class ModelManager:
         return True
 
     def all_ready(self) -> bool:
-        """Server readiness: with strict readiness, every model asked for must be ready."""
+        """Server readiness: never while draining; with strict readiness, every model asked
+        for must be ready."""
+        if self.draining:
+            return False
         if not self._options.strict_readiness:
             return True
         return all(m.ready() for m in self.models.values() if m.wanted)
@@ -366,6 +385,11 @@ class ModelManager:
         """The core's request outcome counts, per READY (model, version)."""
         return {(m.name, str(v.version)): v.runner.request_counts()
                 for m in self.models.values() for v in m.ready_versions()}
+
+    def inflight_count(self) -> int:
+        """Requests accepted by the core and not yet answered, over every loaded version."""
+        return sum(v.runner.inflight_count for m in self.models.values()
+                   for v in m.versions.values() if v.runner)
 
     def pending_counts(self) -> dict[tuple[str, str], int]:
         """Requests queued and not yet executing, per READY (model, version)."""

@@ -11,7 +11,9 @@ FRONTENDS = ("auto", "native", "python")
 
 @dataclass
 class ServerOptions:
-    model_repositories: list[Path] = field(default_factory=list)
+    # Local folders, or s3:// gs:// as:// URLs (str) of repositories in object storage.
+    model_repositories: list[Path | str] = field(default_factory=list)
+    repository_cache_dir: Path | None = None  # where remote repositories are mirrored
     host: str = "0.0.0.0"
     grpc_port: int = 8001  # 0 picks a free port
     http_port: int = 8000
@@ -34,7 +36,8 @@ class ServerOptions:
     default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
 
-    exit_timeout_secs: float = 30.0  # how long shutdown waits for in-flight requests
+    exit_timeout_secs: float = 30.0  # the whole drain on shutdown is bounded by this
+    drain_grace_secs: float = 0.0  # on shutdown: not ready, but still accepting, this long
     log_verbose: int = 0
 
     def __post_init__(self) -> None:

@@ -17,6 +17,12 @@ from pyserve.options import ServerOptions
 
 log = logging.getLogger("pyserve")
 
+# After the listeners close, how long requests already inside a frontend get to reach their
+# model before the models stop taking requests (an HTTP body still arriving, say). Unloading
+# starts at once when the frontends are idle sooner, and must not wait for them longer: it is
+# what answers requests a scheduler holds back.
+INTAKE_SECS = 1.0
+
 
 class StartupError(Exception):
     """The server cannot start as asked (e.g. a model failed to load with --exit-on-error)."""
@@ -30,11 +36,12 @@ class Server:
         self._grpc = None
         self._runners = []  # aiohttp AppRunners: HTTP and metrics
         self._should_exit = asyncio.Event()
+        self.drained = True  # False when the exit timeout cut the drain short
 
     async def start(self) -> None:
         options = self.options
-        self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
         try:
+            self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
             failed = await self.manager.startup()
         except ServerError as e:
             raise StartupError(e.message) from None
@@ -61,20 +68,44 @@ class Server:
             log.info("Started Metrics Service at %s:%d", options.host, self.metrics_port)
 
     async def stop(self) -> None:
-        """Refuse new requests and answer every accepted one, then close the frontends.
+        """Drain, all within exit_timeout_secs: report not ready at once; keep serving for
+        drain_grace_secs; then refuse new connections and requests on every frontend, answer
+        every accepted one, and unload the models.
 
-        The frontends drain (up to exit_timeout_secs) while the models unload: unloading runs
-        every request the schedulers hold, batches still waiting out a delay included, and the
-        loop stays free to send their responses.
+        The frontends drain while the models unload: unloading runs every request the
+        schedulers hold, batches still waiting out a delay included, and the loop stays free to
+        send their responses. Sets `drained` to False when the timeout cut it short.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.exit_timeout_secs
+        if self.manager is not None:
+            self.manager.draining = True
+        grace = min(self.options.drain_grace_secs, self.options.exit_timeout_secs)
+        if grace > 0:
+            log.info("draining: not ready; still accepting requests for %g s", grace)
+            await asyncio.sleep(grace)
+        remaining = max(deadline - loop.time(), 0.0)
         frontends = []
         if self._grpc is not None:
-            frontends.append(asyncio.ensure_future(self._grpc.stop(self.options.exit_timeout_secs)))
+            frontends.append(asyncio.ensure_future(self._grpc.stop(remaining)))
         for runner in self._runners:
-            frontends.append(asyncio.ensure_future(_close(runner)))
+            frontends.append(asyncio.ensure_future(_close(runner, remaining)))
+        if frontends:
+            await asyncio.wait(frontends, timeout=min(INTAKE_SECS, remaining))
+        work = list(frontends)
         if self.manager is not None:
-            await self.manager.shutdown()
-        await asyncio.gather(*frontends)
+            work.append(asyncio.ensure_future(self.manager.shutdown()))
+        if work:
+            _, late = await asyncio.wait(work, timeout=max(deadline - loop.time(), 0.0))
+            if late:
+                self.drained = False
+                inflight = self.manager.inflight_count() if self.manager is not None else 0
+                log.warning("exit timeout (%g s) expired with %d request(s) in flight",
+                            self.options.exit_timeout_secs, inflight)
+                return
+            for task in work:
+                if task.exception() is not None:
+                    log.error("shutdown step failed", exc_info=task.exception())
         log.info("pyserve stopped")
 
     def request_exit(self) -> None:
@@ -90,8 +121,13 @@ class Server:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            loop.add_signal_handler(signal.SIGINT, self._force_exit)
+                loop.add_signal_handler(sig, self._force_exit)  # a second signal forces it
             await self.stop()
+            if not self.drained:
+                # Worker threads may still hold requests: waiting for them (as asyncio.run
+                # would) overruns the timeout. Exit now, non-zero: something was cut short.
+                logging.shutdown()
+                os._exit(1)
 
     def _on_signal(self) -> None:
         log.info("shutting down (signal again to force)")
@@ -121,7 +157,10 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager):
     return create_grpc_server(manager, address)
 
 
-async def _close(runner) -> None:
+async def _close(runner, timeout: float) -> None:
+    """Close an aiohttp server: stop listening, close idle connections, let running handlers
+    finish for up to `timeout` (aiohttp's own default is 60 s), then close the rest."""
+    runner._shutdown_timeout = timeout  # aiohttp >= 3.9 reads it in cleanup()
     await runner.shutdown()
     await runner.cleanup()
 

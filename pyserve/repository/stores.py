@@ -1,0 +1,209 @@
+"""Object stores that hold model repositories: S3 (and S3-compatible servers), Google Cloud
+Storage and Azure Blob Storage, with Triton's URL forms and credential sources.
+
+Each store lists the objects under a prefix with a stamp that changes when an object changes
+(its ETag or generation, and size), and downloads one object to a file. The clients are the
+clouds' own libraries (boto3, google-cloud-storage, azure-storage-blob), imported only when a
+repository of their kind is named.
+
+URL forms, as tritonserver spells them:
+  s3://bucket/path                      AWS S3; region and credentials from the environment
+  s3://[http://|https://]host:port/bucket/path   an S3-compatible server (http by default)
+  gs://bucket/path                      Google Cloud Storage
+  as://account/container/path           Azure Blob Storage
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pyserve.errors import ServerError
+
+SCHEMES = ("s3", "gs", "as")
+# Triton's S3 endpoint form: the port is what tells a host from a bucket.
+_S3_ENDPOINT = re.compile(r"^s3://(?:(https?)://)?([0-9A-Za-z.\-]+):([0-9]+)/([^/]+)(?:/(.*))?$")
+_S3 = re.compile(r"^s3://([^/:]+)(?:/(.*))?$")
+_GS = re.compile(r"^gs://([^/]+)(?:/(.*))?$")
+_AS = re.compile(r"^as://([^/]+)/([^/]+)(?:/(.*))?$")
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    return isinstance(location, str) and location.split("://", 1)[0] in SCHEMES \
+        and "://" in location
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed repository URL: which store, which bucket (or container), which prefix."""
+    url: str
+    scheme: str
+    bucket: str
+    prefix: str  # "" or "a/b/" (always ending with "/")
+    endpoint: str = ""  # S3-compatible server, e.g. http://127.0.0.1:9000
+    account: str = ""  # Azure storage account
+
+    @property
+    def credential_key(self) -> str:
+        """The path Triton matches credential-file keys against (longest prefix wins)."""
+        return self.url
+
+
+def parse(url: str) -> Location:
+    def prefix(path: str | None) -> str:
+        path = (path or "").strip("/")
+        return f"{path}/" if path else ""
+
+    if url.startswith("s3://"):
+        match = _S3_ENDPOINT.match(url)
+        if match:
+            scheme, host, port, bucket, path = match.groups()
+            return Location(url, "s3", bucket, prefix(path),
+                            endpoint=f"{scheme or 'http'}://{host}:{port}")
+        match = _S3.match(url)
+        if match:
+            return Location(url, "s3", match[1], prefix(match[2]))
+    elif url.startswith("gs://"):
+        match = _GS.match(url)
+        if match:
+            return Location(url, "gs", match[1], prefix(match[2]))
+    elif url.startswith("as://"):
+        match = _AS.match(url)
+        if match:
+            return Location(url, "as", match[2], prefix(match[3]), account=match[1])
+    raise ServerError(f"invalid model repository path '{url}': expected s3://bucket/path, "
+                      "s3://[http://|https://]host:port/bucket/path, gs://bucket/path or "
+                      "as://account/container/path")
+
+
+def credential_for(location: Location, environ: dict[str, str] | None = None):
+    """The entry of Triton's TRITON_CLOUD_CREDENTIAL_PATH file for this location: the entry
+    under its scheme whose key is the longest prefix of the URL ("" matches every URL).
+    None when there is no file or no matching entry: the client's own defaults apply then
+    (AWS_* variables and profiles, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*)."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("TRITON_CLOUD_CREDENTIAL_PATH")
+    if not path:
+        return None
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ServerError(f"failed to read the cloud credential file '{path}' "
+                          f"(TRITON_CLOUD_CREDENTIAL_PATH): {e}") from None
+    entries = document.get(location.scheme) or {}
+    if not isinstance(entries, dict):
+        raise ServerError(f"cloud credential file '{path}': '{location.scheme}' must be an object")
+    matching = [key for key in entries if location.credential_key.startswith(key)]
+    if not matching:
+        return None
+    return entries[max(matching, key=len)]
+
+
+class Store(Protocol):
+    def list(self, prefix: str) -> dict[str, str]:
+        """Object key -> a stamp that changes when the object changes, for keys under prefix."""
+
+    def download(self, key: str, target: Path) -> None:
+        """Write the object's bytes to target."""
+
+
+def _missing(library: str, extra: str, scheme: str) -> ServerError:
+    return ServerError(f"{scheme}:// model repositories need {library}: "
+                       f"pip install 'pyserve[{extra}]'")
+
+
+class S3Store:
+    def __init__(self, location: Location, credential: dict | None) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise _missing("boto3", "s3", "s3") from None
+        credential = credential or {}
+        session = boto3.session.Session(
+            aws_access_key_id=credential.get("key_id") or None,
+            aws_secret_access_key=credential.get("secret_key") or None,
+            aws_session_token=credential.get("session_token") or None,
+            region_name=credential.get("region") or None,
+            profile_name=credential.get("profile") or None)
+        config = Config(retries={"max_attempts": 3, "mode": "standard"},
+                        s3={"addressing_style": "path"} if location.endpoint else None)
+        self._client = session.client("s3", endpoint_url=location.endpoint or None,
+                                      config=config)
+        self._bucket = location.bucket
+
+    def list(self, prefix: str) -> dict[str, str]:
+        found = {}
+        for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = f"{item.get('ETag', '')}:{item['Size']}"
+        return found
+
+    def download(self, key: str, target: Path) -> None:
+        self._client.download_file(self._bucket, key, str(target))
+
+
+class GCSStore:
+    def __init__(self, location: Location, credential: str | None) -> None:
+        try:
+            from google.cloud import storage
+        except ImportError:
+            raise _missing("google-cloud-storage", "gcs", "gs") from None
+        if credential:
+            client = storage.Client.from_service_account_json(credential)
+        elif os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get(
+                "GOOGLE_APPLICATION_CREDENTIALS"):
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "pyserve"),
+                                    credentials=AnonymousCredentials())
+        else:
+            client = storage.Client()
+        self._bucket = client.bucket(location.bucket)
+
+    def list(self, prefix: str) -> dict[str, str]:
+        return {blob.name: f"{blob.generation}:{blob.size}"
+                for blob in self._bucket.list_blobs(prefix=prefix)}
+
+    def download(self, key: str, target: Path) -> None:
+        self._bucket.blob(key).download_to_filename(str(target))
+
+
+class AzureStore:
+    def __init__(self, location: Location, credential: dict | None) -> None:
+        try:
+            from azure.storage.blob import BlobServiceClient
+        except ImportError:
+            raise _missing("azure-storage-blob", "azure", "as") from None
+        credential = credential or {}
+        account = credential.get("account_str") or location.account
+        key = credential.get("account_key") or os.environ.get("AZURE_STORAGE_KEY") or None
+        connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if connection and not credential:  # e.g. Azurite: its own endpoint and key
+            service = BlobServiceClient.from_connection_string(connection)
+        else:
+            service = BlobServiceClient(f"https://{account}.blob.core.windows.net",
+                                        credential=key)
+        self._container = service.get_container_client(location.bucket)
+
+    def list(self, prefix: str) -> dict[str, str]:
+        return {blob.name: f"{blob.etag}:{blob.size}"
+                for blob in self._container.list_blobs(name_starts_with=prefix)}
+
+    def download(self, key: str, target: Path) -> None:
+        with open(target, "wb") as out:
+            self._container.download_blob(key).readinto(out)
+
+
+def open_store(location: Location) -> Store:
+    credential = credential_for(location)
+    if location.scheme == "s3":
+        return S3Store(location, credential)
+    if location.scheme == "gs":
+        return GCSStore(location, credential)
+    return AzureStore(location, credential)

@@ -1,0 +1,155 @@
+"""A model repository in S3, end to end: pyserve serving `s3://http://127.0.0.1:PORT/bucket/path`
+from moto's standalone server, with tritonclient. Poll mode notices changed, added and removed
+objects; explicit mode loads and unloads through the repository API; credentials come from the
+environment or from Triton's TRITON_CLOUD_CREDENTIAL_PATH file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import EXAMPLES, start_server
+from object_storage import S3_ENVIRONMENT, s3_client, start_moto, upload_tree
+
+SIMPLE = EXAMPLES / "simple"
+SIMPLE_CONFIG = (SIMPLE / "config.pbtxt").read_text()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto, request):
+    """A fresh bucket holding `simple` under models/."""
+    client = s3_client(moto.endpoint)
+    name = request.node.name.replace("_", "-")[:50].lower()
+    client.create_bucket(Bucket=name)
+    upload_tree(client, name, "models/simple/", SIMPLE)
+    return client, name
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started = []
+
+    def start(*args, env=None):
+        server = start_server([], tmp_path / f"server{len(started)}.log", *args, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def infer(client, model: str = "simple") -> np.ndarray:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [grpcclient.InferInput(n, a.shape, "INT32") for n in ("INPUT0", "INPUT1")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(a)
+    out = client.infer(model, inputs).as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(out, a * 2)
+    return out
+
+
+def index(client) -> dict[tuple[str, str], str]:
+    return {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_serves_and_polls_an_s3_repository(moto, bucket, servers, tmp_path):
+    client, name = bucket
+    cache = tmp_path / "cache"
+    server = servers("--model-repository", f"s3://{moto.endpoint}/{name}/models",
+                     "--repository-cache-dir", str(cache),
+                     "--model-control-mode", "poll", "--repository-poll-secs", "0.5",
+                     env=S3_ENVIRONMENT)
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        assert c.is_server_ready() and c.is_model_ready("simple")
+        infer(c)
+        mirrored = list(cache.glob("*/simple/1/model.onnx"))
+        assert len(mirrored) == 1  # served from the cache directory asked for
+
+        # A changed object: the config now serves versions 1 and 2, and version 2 appears.
+        client.put_object(Bucket=name, Key="models/simple/2/model.onnx",
+                          Body=(SIMPLE / "1" / "model.onnx").read_bytes())
+        client.put_object(Bucket=name, Key="models/simple/config.pbtxt",
+                          Body=SIMPLE_CONFIG + "\nversion_policy: { all { } }\n")
+        wait_for(lambda: index(c).get(("simple", "2")) == "READY")
+        assert index(c)[("simple", "1")] == "READY"
+        infer(c)
+
+        # An added model.
+        upload_tree(client, name, "models/simple_copy/", SIMPLE)
+        client.put_object(Bucket=name, Key="models/simple_copy/config.pbtxt",
+                          Body=SIMPLE_CONFIG.replace('name: "simple"', 'name: "simple_copy"'))
+        wait_for(lambda: c.is_model_ready("simple_copy"))
+        infer(c, "simple_copy")
+
+        # Removed objects: the model is unloaded.
+        for item in client.list_objects_v2(Bucket=name, Prefix="models/simple_copy/")["Contents"]:
+            client.delete_object(Bucket=name, Key=item["Key"])
+        wait_for(lambda: not c.is_model_ready("simple_copy"))
+        assert c.is_model_ready("simple")
+    assert server.stop() == 0
+    assert "successfully unloaded 'simple_copy'" in server.log()
+
+
+def test_explicit_load_and_unload_with_the_credential_file(moto, bucket, servers, tmp_path):
+    client, name = bucket
+    credentials = tmp_path / "cloud_credential.json"
+    credentials.write_text(json.dumps({"s3": {
+        "": {"key_id": "wrong", "secret_key": "wrong", "region": "", "session_token": "",
+             "profile": "no-such-profile"},
+        f"s3://{moto.endpoint}/{name}": {"key_id": "testing", "secret_key": "testing",
+                                         "region": "us-east-1", "session_token": "",
+                                         "profile": ""}}}))
+    # No credential in the environment: only the file's longest matching entry can work.
+    env = {"TRITON_CLOUD_CREDENTIAL_PATH": str(credentials), "AWS_ACCESS_KEY_ID": "",
+           "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    server = servers("--model-repository", f"s3://{moto.endpoint}/{name}/models",
+                     "--model-control-mode", "explicit", env=env)
+    with httpclient.InferenceServerClient(server.http_url) as c:
+        assert not c.is_model_ready("simple")
+        assert ("simple", "") in {(m["name"], m["version"]) for m in c.get_model_repository_index()}
+        c.load_model("simple")
+        assert c.is_model_ready("simple")
+
+        # A load after the objects changed serves what the store holds now.
+        client.put_object(Bucket=name, Key="models/simple/3/model.onnx",
+                          Body=(SIMPLE / "1" / "model.onnx").read_bytes())
+        c.load_model("simple")
+        assert c.is_model_ready("simple", "3") and not c.is_model_ready("simple", "1")
+
+        c.unload_model("simple")
+        wait_for(lambda: not c.is_model_ready("simple"))
+        with pytest.raises(InferenceServerException, match="failed to load 'absent'"):
+            c.load_model("absent")
+    assert server.stop() == 0
+
+
+def test_unreachable_store_stops_startup(servers, tmp_path):
+    from conftest import start_server as start
+
+    with pytest.raises(RuntimeError, match="failed to poll from model repository"):
+        start([], tmp_path / "down.log", "--model-repository",
+              "s3://http://127.0.0.1:9/bucket/models", env={
+                  **S3_ENVIRONMENT, "AWS_MAX_ATTEMPTS": "1"}, timeout=60)
