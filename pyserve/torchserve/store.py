@@ -298,6 +298,9 @@ class ModelStore:
         if scheme == "file":
             self._check_allowed(url)
             url = urlsplit(url).path
+        elif "://" in url:
+            self._check_allowed(url)
+            raise ApiError(400, "ModelException", f"Unsupported model url: {url}")
         store = self.options.model_store
         if store is None:
             raise ApiError(404, "ModelNotFoundException", "Model store has not been configured.")
