@@ -74,7 +74,9 @@ class TorchServeServer:
                 requests.append((name, url))
         for name, url in requests:
             try:
-                entry = await store.register(url, model_name=name, startup=True)
+                entry = await store.register(
+                    url, model_name=name, batch_size=self.options.batch_size,
+                    max_batch_delay=self.options.max_batch_delay_ms, startup=True)
                 workers = self._startup_workers(entry)
                 await store.scale(entry.name, entry.version, workers,
                                   max(entry.max_workers, workers))

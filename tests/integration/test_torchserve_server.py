@@ -20,7 +20,7 @@ requests = pytest.importorskip("requests")
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from torchserve_archives import make_mar  # noqa: E402
+from torchserve_archives import HAVE_ARCHIVER, make_mar  # noqa: E402
 
 HAVE_TS = __import__("importlib").util.find_spec("ts") is not None
 needs_ts = pytest.mark.skipif(not HAVE_TS, reason="needs pyserve[torchserve] (the ts package)")
@@ -98,7 +98,6 @@ def build_store(store: Path) -> None:
     if HAVE_TS:
         weights = scratch / "eager"
         weights.mkdir(parents=True)
-        sys.path.insert(0, str(weights))
         (weights / "model.py").write_text(MODEL_PY)
         namespace: dict = {}
         exec(MODEL_PY, namespace)
@@ -110,8 +109,6 @@ def build_store(store: Path) -> None:
                                   "doubler.pt": (weights / "doubler.pt").read_bytes()},
                  handler="tensor_handler.py", serialized_file="doubler.pt",
                  model_file="model.py", work=weights)
-        tripler = torch.jit.script(torch.nn.Sequential(torch.nn.Identity()))
-
         class Triple(torch.nn.Module):
             def forward(self, x):
                 return x * 3
@@ -131,7 +128,7 @@ def build_store(store: Path) -> None:
         make_mar(store, name, {"handler.py": COLLIDE_HANDLER, "model.py": f"VALUE = {value}\n"},
                  handler="handler.py", work=scratch / name)
     make_mar(store, "tgz_echo", {"echo.py": ECHO}, handler="echo.py", work=scratch / "tgz",
-             archive_format="tgz" if HAVE_TS else "default")
+             archive_format="tgz" if HAVE_ARCHIVER else "default")
 
 
 class TorchServeProcess:
@@ -184,10 +181,11 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
     build_store(root / "store")
     models = ["echo=echo.mar", "collide_a.mar", "collide_b.mar", "tgz_echo" + (
-        ".tar.gz" if HAVE_TS else ".mar")]
+        ".tar.gz" if HAVE_ARCHIVER else ".mar")]
     if HAVE_TS:
         models += ["eager.mar", "scripted.mar", "failing.mar", "streaming.mar"]
-    process = TorchServeProcess(root, PROPERTIES + f"load_models={','.join(models)}\n",
+    extra = "cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
+    process = TorchServeProcess(root, PROPERTIES + extra + f"load_models={','.join(models)}\n",
                                 "--disable-token-auth", "--enable-model-api")
     yield process
     process.stop()
@@ -205,6 +203,8 @@ def metric(text: str, name: str, **labels) -> float:
 def test_torchserve_ping_and_api_description(server):
     reply = requests.get(server.url("inference", "/ping"))
     assert reply.status_code == 200 and reply.json() == {"status": "Healthy"}
+    assert reply.headers["Access-Control-Allow-Origin"] == "*"  # cors_allowed_origin
+    assert reply.headers["Access-Control-Allow-Methods"] == "GET, POST"
     description = requests.options(server.url("inference", "/"))
     assert description.status_code == 200 and "/ping" in description.json()["paths"]
     missing = requests.get(server.url("inference", "/nothing/here"))
@@ -254,6 +254,13 @@ def test_torchserve_batching_seen_through_the_metrics(server):
     assert handler_batches == 8  # the batch sizes the handler saw add up to the requests
     assert metric(after, "ts_queue_latency_microseconds", model_name="echo") > 0
     assert metric(after, "ts_inference_latency_microseconds", model_name="echo") > 0
+
+
+def test_torchserve_config_properties_batch_size_is_the_default(server):
+    """batch_size in config.properties applies to startup models without their own."""
+    described = requests.get(server.url("management", "/models/collide_a")).json()
+    assert described[0]["batchSize"] == 3
+    assert requests.get(server.url("management", "/models/echo")).json()[0]["batchSize"] == 4
 
 
 def test_torchserve_archives_with_the_same_module_names(server):

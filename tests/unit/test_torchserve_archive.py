@@ -198,3 +198,18 @@ def test_torchserve_manifest_json_written_by_hand(tmp_path):
     assert archive.manifest.version == "1.0"  # TorchServe's default when none is written
     assert archive.model_yaml() == {}
     archive.cleanup()
+
+
+def test_torchserve_archive_written_without_the_archiver(tmp_path, monkeypatch):
+    """The tests' own zip writer (used where torch-model-archiver is not installed) makes
+    archives that read like the archiver's."""
+    import torchserve_archives
+
+    monkeypatch.setattr(torchserve_archives, "HAVE_ARCHIVER", False)
+    source = torchserve_archives.make_mar(tmp_path / "store", "plain", {"h.py": HANDLER,
+                                                                       "c.yaml": "batchSize: 2\n"},
+                                          handler="h.py", config_file="c.yaml")
+    archive = open_archive(source, tmp_path)
+    assert (archive.manifest.model_name, archive.manifest.handler) == ("plain", "h.py")
+    assert archive.model_yaml() == {"batchSize": 2}
+    archive.cleanup()
