@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                             "sending first (default: %(default)s)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                        help="verbose logging when > 0 (default: %(default)s)")
+    _torchserve_parser(commands)
     return parser
 
 
@@ -100,6 +101,57 @@ def _repository(text: str) -> Path | str:
     except ServerError as e:
         raise argparse.ArgumentTypeError(e.message) from None
     return text
+
+def _torchserve_parser(commands) -> None:
+    ts = commands.add_parser(
+        "torchserve", help="serve a TorchServe model store (.mar archives, TorchServe's APIs)",
+        description="Serve .mar archives with TorchServe's inference, management and metrics "
+                    "APIs. Takes `torchserve --start`'s flags, so a torchserve command line "
+                    "works with `pyserve torchserve` in its place; runs in the foreground.")
+    ts.add_argument("--start", action="store_true", help="accepted; pyserve always starts")
+    ts.add_argument("--stop", action="store_true",
+                    help="not supported: stop the server with a signal (Ctrl+C, kill PID)")
+    ts.add_argument("--foreground", action="store_true", help="accepted; always in foreground")
+    ts.add_argument("--ts-config", type=Path, metavar="FILE", help="config.properties")
+    ts.add_argument("--model-store", type=Path, metavar="DIR", help="the model store")
+    ts.add_argument("--models", nargs="+", default=[], metavar="MODEL",
+                    help="NAME=FILE.mar, FILE.mar or 'all': archives to load at startup")
+    ts.add_argument("--ncs", "--no-config-snapshots", action="store_true",
+                    help="accepted; pyserve writes no config snapshots")
+    ts.add_argument("--disable-token-auth", "--dt", action="store_true",
+                    help="serve without token authorization")
+    ts.add_argument("--enable-model-api", action="store_true",
+                    help="allow registering and unregistering models through the API")
+    ts.add_argument("--log-config", metavar="FILE", help="accepted and ignored (log4j2)")
+    ts.add_argument("--workflow-store", metavar="DIR", help=argparse.SUPPRESS)
+    ts.add_argument("--plugins-path", "--ppath", metavar="DIR", help=argparse.SUPPRESS)
+    ts.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
+                    help="verbose logging when > 0 (default: %(default)s)")
+
+
+def _torchserve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.log_verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.stop:
+        raise SystemExit("pyserve torchserve: --stop is not supported; stop the server with a "
+                         "signal (Ctrl+C or kill PID)")
+    for flag, value in (("--workflow-store", args.workflow_store),
+                        ("--plugins-path", args.plugins_path)):
+        if value:
+            raise SystemExit(f"pyserve torchserve: {flag} is not supported (workflows and "
+                             "frontend plugins are TorchServe-only)")
+    from pyserve.errors import ServerError
+    from pyserve.torchserve import config
+
+    try:
+        options = config.load(args.ts_config, model_store=args.model_store, models=args.models,
+                              disable_token_auth=args.disable_token_auth,
+                              enable_model_api=args.enable_model_api)
+    except ServerError as e:
+        raise SystemExit(f"pyserve torchserve: {e.message}") from None
+    from pyserve.torchserve.server import run as run_torchserve
+
+    return run_torchserve(options)
 
 
 def _boolean(text: str) -> bool:
@@ -124,6 +176,8 @@ def _default_max_batch_size(settings: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "torchserve":
+        return _torchserve(args)
     options = ServerOptions(
         model_repositories=args.model_repositories,
         repository_cache_dir=args.repository_cache_dir,

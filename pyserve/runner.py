@@ -54,8 +54,10 @@ class ModelRunner:
         self.version = version
         self._instances = instances
         self._loop = loop
-        # tag -> (future, inputs): the inputs keep the viewed bytes alive until the response.
-        self._pending: dict[int, tuple[asyncio.Future, Sequence[InputTensor]]] = {}
+        # tag -> (future, inputs, objects): the inputs keep the viewed bytes alive until the
+        # response; objects are Python-only request parameters for the backend.
+        self._pending: dict[int, tuple[asyncio.Future, Sequence[InputTensor], dict | None]] = {}
+        self._errors: dict[int, ServerError] = {}  # per-request errors a backend returned
         self._tags = itertools.count(1)
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
         self._handed_off: collections.deque = collections.deque()
@@ -69,12 +71,13 @@ class ModelRunner:
 
     async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple[str, int]] = (),
                     request_id: str = "", parameters: dict | None = None, priority: int = 0,
-                    timeout_us: int = 0) -> list[OutputTensor]:
+                    timeout_us: int = 0, objects: dict | None = None) -> list[OutputTensor]:
         """Run one request: the outputs asked for as (name, classification count or 0), or
-        every output of the config, in config order."""
+        every output of the config, in config order. `objects` join the request's parameters
+        in the backend's RequestInfo without passing through the core (any Python value)."""
         tag = next(self._tags)
         future = self._loop.create_future()
-        self._pending[tag] = (future, inputs)
+        self._pending[tag] = (future, inputs, objects)
         try:
             self.model.submit(tag, self._sink,
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
@@ -87,15 +90,27 @@ class ModelRunner:
     def _execute(self, instance: int, batch_sizes: list[int], inputs: dict,
                  requests: list[tuple] | None):
         """Worker thread, GIL held: the backend's compute for one batch."""
-        infos = None if requests is None else [RequestInfo(*r) for r in requests]
+        infos = None if requests is None else [self._request_info(*r) for r in requests]
         try:
-            return self._instances[instance].execute(inputs, batch_sizes, infos)
+            result = self._instances[instance].execute(inputs, batch_sizes, infos)
         except ServerError:
             raise
         except BaseException as e:  # noqa: BLE001 - a model's fault fails its batch only
             log.error("model '%s' version %d failed a batch: %s: %s", self.name, self.version,
                       type(e).__name__, e)
             raise ServerError(f"{type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
+        if requests is not None and isinstance(result, list):
+            # A request's own ServerError (a subclass may carry more) reaches its caller as is.
+            for request, item in zip(requests, result):
+                if isinstance(item, ServerError) and request[0] in self._pending:
+                    self._errors[request[0]] = item
+        return result
+
+    def _request_info(self, tag: int, request_id: str, parameters: dict,
+                      outputs: list[str]) -> RequestInfo:
+        objects = self._pending[tag][2]  # present: removed only once the response is in
+        return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
+                           outputs)
 
     def _hand_off(self, results: list) -> None:
         """Worker thread, GIL held. Wakes the loop only if no wake-up is already on its way,
@@ -109,13 +124,14 @@ class ModelRunner:
         self._wake_pending = False  # first: a hand-off during the drain schedules another
         while self._handed_off:
             for tag, outputs, error in self._handed_off.popleft():
-                future, _ = self._pending.pop(tag)
+                future, _, _ = self._pending.pop(tag)
+                own_error = self._errors.pop(tag, None)
                 if future.done():  # the caller went away
                     continue
                 if error is None:
                     future.set_result([OutputTensor(*o) for o in outputs])
                 else:
-                    future.set_exception(ServerError(error[1], error[0]))
+                    future.set_exception(own_error or ServerError(error[1], error[0]))
 
     @property
     def inflight_count(self) -> int:

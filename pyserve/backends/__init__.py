@@ -18,6 +18,7 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "python": ("pyserve.backends.python:PythonBackend", ""),
     "tensorflow": ("pyserve.backends.tensorflow:TensorFlowBackend", "tensorflow"),
     "tensorrt": ("pyserve.backends.tensorrt:TensorRTBackend", "tensorrt"),
+    "torchserve": ("pyserve.backends.torchserve:TorchServeBackend", ""),
 }
 
 

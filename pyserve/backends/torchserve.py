@@ -1,0 +1,220 @@
+"""TorchServe backend (`backend: "torchserve"`): a `.mar` archive's handler, run in-process.
+
+Each instance is one TorchServe "worker": its own import of the handler module, its own
+handler object and Context, initialized once. The core forms the batch (batch_size and
+max_batch_delay become max_batch_size and the dynamic batcher's delay); `execute` hands the
+handler TorchServe's batch list, one dict per request, and turns the returned list into one
+response per request. Failures follow TorchServe's worker: an exception fails the whole batch
+with 503 "Prediction failed" (507 for MemoryError and CUDA errors, the PredictionException's
+own code and message for those).
+
+Requests arrive from TorchServe's inference API with their parts and headers attached
+(pyserve.torchserve.request), or from the KServe v2 APIs as one BYTES element of the `data`
+input per row, which the handler sees as {"data": bytes}.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
+from pyserve.errors import ErrorCode, ServerError
+from pyserve.torchserve.archive import read_manifest, read_model_yaml
+from pyserve.torchserve.context import Context, MetricsCache, RequestProcessor
+from pyserve.torchserve.handler import archive_imports, load_entry_point, new_namespace
+from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
+                                        encode_output, parse_predict_message)
+
+log = logging.getLogger("pyserve")
+
+INPUT_NAME = "data"
+OUTPUT_NAME = "output"
+_KINDS = ("predict", "explain", "describe")
+_METRICS: dict[str, MetricsCache] = {}  # per model name, shared by its instances and versions
+
+
+def metrics_for(model_name: str) -> MetricsCache:
+    cache = _METRICS.get(model_name)
+    if cache is None:
+        cache = _METRICS.setdefault(model_name, MetricsCache(model_name))
+    return cache
+
+
+def all_metrics() -> list[MetricsCache]:
+    return list(_METRICS.values())
+
+
+def _parameter(config, key: str, default: str = "") -> str:
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
+class TorchServeBackend(Backend):
+    request_info = True  # the TorchServe request travels in each RequestInfo's parameters
+
+    def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
+        super().__init__(model, instance)
+        config = model.config
+        model_dir = Path(model.version_dir)
+        manifest = read_manifest(model_dir)
+        handler = _parameter(config, "handler") or manifest.handler
+        yaml_config = (read_model_yaml(model_dir / manifest.config_file)
+                       if manifest.config_file else {})
+        gpu = instance.device_id if instance.kind == "GPU" else None
+        try:
+            import ts
+
+            server_version = ts.__version__
+        except ImportError:
+            server_version = "0.12.0"
+        self._context = Context(model.name, str(model_dir), manifest.raw,
+                                max(config.max_batch_size, 1), gpu, server_version,
+                                True, metrics_for(model.name), yaml_config)
+        self._namespace = new_namespace(model.name)
+        with archive_imports(model_dir, self._namespace):
+            self._entry, initialize, self._service = load_entry_point(
+                model_dir, handler, model.name)
+            envelope = _parameter(config, "envelope")
+            if envelope:
+                self._entry = _wrap_in_envelope(self._entry, envelope, model.name)
+            try:
+                initialize(self._context)
+            except Exception as e:  # noqa: BLE001 - the handler's failure, reported as a load error
+                log.exception("model '%s': handler initialize failed", model.name)
+                raise ServerError(f"model '{model.name}': handler initialize failed: "
+                                  f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
+
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list[RequestInfo] | None = None) -> BatchResult:
+        infos = requests or [RequestInfo() for _ in batch_sizes]
+        rows = inputs.get(INPUT_NAME)
+        flat = rows.reshape(-1) if rows is not None else None
+        # One TorchServe request per row; remember which pyserve request each belongs to.
+        entries: list[tuple[int, TorchServeRequest]] = []
+        offset = 0
+        for index, (info, size) in enumerate(zip(infos, batch_sizes)):
+            attached = info.parameters.get(REQUEST_KEY) if info.parameters else None
+            if attached is not None:
+                entries.append((index, attached))
+            else:
+                for row in range(offset, offset + size):
+                    value = flat[row] if flat is not None else b""
+                    entries.append((index, TorchServeRequest(
+                        {"data": bytes(value)}, {}, info.id or f"{index}:{row}")))
+            offset += size
+        started = time.perf_counter_ns()
+        for _, request in entries:
+            request.started_ns = started
+        failures: dict[int, Exception] = {}
+        for kind in _KINDS:
+            group = [(i, r) for i, r in entries if r.kind == kind]
+            if group:
+                error = self._handle([r for _, r in group])
+                if error is not None:
+                    for index, _ in group:
+                        failures[index] = error
+        results: list = []
+        for index in range(len(infos)):
+            if index in failures:
+                results.append(failures[index])
+                continue
+            bodies = [r.body for i, r in entries if i == index]
+            array = np.empty((len(bodies), 1), dtype=np.object_)
+            for row, body in enumerate(bodies):
+                array[row, 0] = body
+            results.append({OUTPUT_NAME: array})
+        return results
+
+    def _handle(self, batch: list[TorchServeRequest]) -> Exception | None:
+        """Run the handler on one batch, TorchServe's Service.predict; None when it answered."""
+        context = self._context
+        context.request_ids = {i: r.request_id for i, r in enumerate(batch)}
+        context.request_processor = [RequestProcessor(r.headers) for r in batch]
+        context.metrics.set_request_ids(context.request_ids)
+        context.cl_socket = _StreamSocket(batch)
+        start = time.time()
+        try:
+            returned = self._entry([r.parameters for r in batch], context)
+        except MemoryError:
+            log.error("model '%s': system out of memory", context.model_name, exc_info=True)
+            return TorchServeError("Out of resources", 507)
+        except Exception as e:  # noqa: BLE001 - the handler's failure fails its batch
+            if type(e).__name__ == "PredictionException" and hasattr(e, "error_code"):
+                log.error("model '%s': prediction error", context.model_name, exc_info=True)
+                return TorchServeError(str(getattr(e, "message", e)), int(e.error_code))
+            if "CUDA" in str(e):
+                log.error("model '%s': CUDA out of memory", context.model_name, exc_info=True)
+                return TorchServeError("Out of resources", 507)
+            log.warning("model '%s': invoking custom service failed", context.model_name,
+                        exc_info=True)
+            return TorchServeError("Prediction failed", 503)
+        if not isinstance(returned, list):
+            log.warning("model: %s, Invalid return type: %s.", context.model_name,
+                        type(returned))
+            return TorchServeError("Invalid model predict output", 503)
+        if len(returned) != len(batch):
+            log.warning("model: %s, number of batch response mismatched, expect: %d, got: %d.",
+                        context.model_name, len(batch), len(returned))
+            return TorchServeError("number of batch response mismatched", 503)
+        context.metrics.add_time("PredictionTime", round((time.time() - start) * 1000, 2),
+                                 None, "ms")
+        try:
+            bodies = [encode_output(value) for value in returned]
+        except TorchServeError as e:
+            log.warning("model '%s': unable to serialize model output", context.model_name)
+            return e
+        for index, (request, body) in enumerate(zip(batch, bodies)):
+            status, phrase = context.get_response_status(index)
+            request.status = 200 if status is None else int(status)
+            request.phrase = phrase or ""
+            request.response_headers = dict(context.get_response_headers(index))
+            request.response_headers.pop("ts_stream_next", None)
+            request.body = body
+        return None
+
+    def close(self) -> None:
+        service = self._service
+        if service is not None and hasattr(service, "finalize"):
+            try:
+                service.finalize()
+            except Exception:  # noqa: BLE001 - unloading goes on
+                log.exception("model '%s': handler finalize failed", self.model.name)
+
+
+def _wrap_in_envelope(entry_point, envelope: str, model_name: str):
+    """config.properties service_envelope: TorchServe's request envelope (kserve, kservev2)
+    around the handler, as TorchServe's model loader puts it."""
+    import importlib
+    import inspect
+
+    try:
+        module = importlib.import_module(f"ts.torch_handler.request_envelope.{envelope}")
+    except ImportError as e:
+        raise ServerError(f"model '{model_name}': service_envelope '{envelope}' needs "
+                          f"TorchServe's ts package: pip install 'pyserve[torchserve]' ({e})",
+                          ErrorCode.UNAVAILABLE) from None
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if c.__module__ == module.__name__]
+    return classes[0](entry_point).handle
+
+
+class _StreamSocket:
+    """context.cl_socket for one batch: send_intermediate_predict_response writes TorchServe's
+    binary response here; each request's part goes to its chunk callback right away."""
+
+    def __init__(self, batch: list[TorchServeRequest]) -> None:
+        self._requests = {r.request_id: r for r in batch}
+
+    def sendall(self, message: bytes) -> None:
+        for request_id, content_type, status, phrase, headers, body in parse_predict_message(
+                bytes(message)):
+            request = self._requests.get(request_id)
+            if request is None or request.on_chunk is None:
+                continue  # not a streaming client (KServe v2): only the final response counts
+            if content_type:
+                headers = {**headers, "content-type": content_type}
+            headers.pop("ts_stream_next", None)
+            request.on_chunk(body, status, phrase, headers)

@@ -1,0 +1,637 @@
+"""TorchServe's REST APIs on aiohttp: inference (8080), management (8081), metrics (8082).
+
+Routes, status codes and bodies follow TorchServe 0.12's frontend: errors are
+`{"code", "type", "message"}` with TorchServe's exception type names; a prediction reaches the
+handler as TorchServe's worker would give it (raw body as `body`, multipart fields by name,
+JSON decoded, text as str) with the request's headers, and goes through the core's batcher and
+instances like every other pyserve request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import json
+import logging
+import secrets
+import socket
+import ssl
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from pyserve.backends.torchserve import INPUT_NAME, all_metrics
+from pyserve.errors import ServerError
+from pyserve.runner import InputTensor
+from pyserve.torchserve.config import Address, TorchServeOptions
+from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
+                                        decode_parameter)
+from pyserve.torchserve.store import ApiError, ModelStore, bad_request, release_error
+
+log = logging.getLogger("pyserve")
+
+NOT_FOUND = ApiError(404, "ResourceNotFoundException",
+                     "Requested resource is not found, please refer to API document.")
+NOT_ALLOWED = ApiError(405, "MethodNotAllowedException",
+                       "Requested method is not allowed, please refer to API document.")
+AUTH_FAILED = ("Token Authorization failed. Token either incorrect, expired, or not provided "
+               "correctly")
+_EMPTY_BYTES_ELEMENT = b"\x00\x00\x00\x00"  # one BYTES element of length 0
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.json_response(error.body(), status=error.status, dumps=_pretty)
+
+
+def status_response(message: str, status: int = 200) -> web.Response:
+    return web.json_response({"status": message}, status=status, dumps=_pretty)
+
+
+def _pretty(value) -> str:
+    return json.dumps(value, indent=2)
+
+
+# --- token authorization ------------------------------------------------------------------
+
+class Tokens:
+    """TorchServe 0.12's token authorization: a management key, an inference key (both expire)
+    and an API key that renews them, written to key_file.json."""
+
+    def __init__(self, key_file: Path, expiration_min: float) -> None:
+        self.key_file = key_file
+        self.expiration = datetime.timedelta(minutes=expiration_min)
+        self.keys: dict[str, tuple[str, datetime.datetime | None]] = {}
+        for kind in ("management", "inference"):
+            self.renew(kind, write=False)
+        self.keys["API"] = (secrets.token_urlsafe(6), None)
+        self.write()
+
+    def renew(self, kind: str, write: bool = True) -> None:
+        expires = datetime.datetime.now(datetime.timezone.utc) + self.expiration
+        self.keys[kind] = (secrets.token_urlsafe(6), expires)
+        if write:
+            self.write()
+
+    def check(self, kind: str, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        key, expires = self.keys[kind]
+        if not secrets.compare_digest(header[len("Bearer "):].strip(), key):
+            return False
+        return expires is None or datetime.datetime.now(datetime.timezone.utc) < expires
+
+    def document(self) -> dict:
+        out = {}
+        for kind, (key, expires) in self.keys.items():
+            out[kind] = {"key": key}
+            if expires is not None:
+                out[kind]["expiration time"] = expires.isoformat().replace("+00:00", "Z")
+        return out
+
+    def write(self) -> None:
+        self.key_file.write_text(json.dumps(self.document(), indent=2))
+        self.key_file.chmod(0o600)
+
+    def remove(self) -> None:
+        self.key_file.unlink(missing_ok=True)
+
+
+# --- frontend metrics ---------------------------------------------------------------------
+
+class FrontendMetrics:
+    """ts_inference_requests_total, ts_inference_latency_microseconds and
+    ts_queue_latency_microseconds: counters by (model_name, model_version, hostname), the
+    version as the request named it ("default" when it named none)."""
+
+    NAMES = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
+             "ts_queue_latency_microseconds")
+
+    def __init__(self) -> None:
+        self.hostname = socket.gethostname()
+        self.values: dict[str, dict[tuple, float]] = {n: collections.defaultdict(float)
+                                                       for n in self.NAMES}
+        self._lock = threading.Lock()
+
+    def request(self, model: str, version: str | None) -> None:
+        self.values["ts_inference_requests_total"][self._labels(model, version)] += 1
+
+    def latency(self, model: str, version: str | None, total_us: float, queue_us: float):
+        labels = self._labels(model, version)
+        self.values["ts_inference_latency_microseconds"][labels] += total_us
+        self.values["ts_queue_latency_microseconds"][labels] += queue_us
+
+    def _labels(self, model: str, version: str | None) -> tuple:
+        return (model, version or "default", self.hostname)
+
+    def exposition(self, names: set[str] | None = None) -> str:
+        lines = []
+        for name in self.NAMES:
+            if names and name not in names:
+                continue
+            samples = self.values[name]
+            lines.append(f"# HELP {name} Torchserve prometheus counter metric with unit: "
+                         f"{'Count' if name.endswith('total') else 'Microseconds'}")
+            lines.append(f"# TYPE {name} counter")
+            for (model, version, host), value in sorted(samples.items()):
+                lines.append(f'{name}{{model_name="{_escape(model)}",'
+                             f'model_version="{_escape(version)}",hostname="{_escape(host)}"}} '
+                             f"{float(value)}")
+        for cache in all_metrics():
+            for name, kind, dimension_names, samples in cache.snapshot():
+                if names and name not in names:
+                    continue
+                kind = kind if kind in ("counter", "gauge") else "gauge"
+                lines.append(f"# HELP {name} Torchserve prometheus {kind} metric")
+                lines.append(f"# TYPE {name} {kind}")
+                for values, value in sorted(samples.items()):
+                    labels = ",".join(f'{label}="{_escape(str(v))}"'
+                                      for label, v in zip(dimension_names, values))
+                    lines.append(f"{name}{{{labels}}} {float(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# --- the three APIs -----------------------------------------------------------------------
+
+class TorchServeApis:
+    def __init__(self, store: ModelStore, options: TorchServeOptions,
+                 tokens: Tokens | None) -> None:
+        self.store = store
+        self.options = options
+        self.tokens = tokens
+        self.metrics = FrontendMetrics()
+        self._background: set[asyncio.Task] = set()
+
+    # Applications ----------------------------------------------------------------------------
+
+    def inference_app(self) -> web.Application:
+        app = self._app("inference")
+        app.router.add_route("*", "/{tail:.*}", self._inference)
+        return app
+
+    def management_app(self) -> web.Application:
+        app = self._app("management")
+        app.router.add_route("*", "/{tail:.*}", self._management)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/{tail:.*}", lambda request: _raise(NOT_FOUND))
+        app.middlewares.append(_errors)
+        return app
+
+    def _app(self, kind: str) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_request_size)
+        app.middlewares.append(_errors)
+        if self.tokens is not None:
+            app.middlewares.append(self._token_middleware(kind))
+        if self.options.cors_allowed_origin:
+            app.on_response_prepare.append(self._cors)
+        return app
+
+    def _token_middleware(self, kind: str):
+        tokens = self.tokens
+
+        @web.middleware
+        async def check(request: web.Request, handler):
+            header = request.headers.get("Authorization")
+            if kind == "management" and request.path.rstrip("/") == "/token":
+                if not tokens.check("API", header):
+                    raise ApiError(400, "InvalidKeyException", AUTH_FAILED.replace(
+                        "Authorization", "Authentication"))
+                return await handler(request)
+            if not tokens.check(kind, header):
+                raise ApiError(400, "InvalidKeyException", AUTH_FAILED)
+            return await handler(request)
+
+        return check
+
+    async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        options = self.options
+        response.headers["Access-Control-Allow-Origin"] = options.cors_allowed_origin
+        if options.cors_allowed_methods:
+            response.headers["Access-Control-Allow-Methods"] = options.cors_allowed_methods
+        if options.cors_allowed_headers:
+            response.headers["Access-Control-Allow-Headers"] = options.cors_allowed_headers
+
+    # Inference API ---------------------------------------------------------------------------
+
+    async def _inference(self, request: web.Request) -> web.StreamResponse:
+        segments = [s for s in request.path.split("/")[1:]]
+        if request.path == "/" or segments == [""]:
+            if request.method == "OPTIONS":
+                return web.json_response(_openapi("inference"), dumps=_pretty)
+            raise NOT_ALLOWED
+        head = segments[0]
+        if head == "ping" and len(segments) == 1:
+            healthy = self.store.healthy()
+            return status_response("Healthy" if healthy else "Unhealthy",
+                                   200 if healthy else 500)
+        if head in ("predictions", "explanations"):
+            if len(segments) < 2 or not segments[1]:
+                raise NOT_FOUND
+            version = segments[2] if len(segments) >= 3 and segments[2] else None
+            url_path = "/".join(segments[3:])
+            if request.method == "OPTIONS":
+                self.store.get(segments[1], version)
+                return web.json_response(_openapi("model", segments[1]), dumps=_pretty)
+            return await self.predict(request, segments[1], version,
+                                      explain=head == "explanations", url_path=url_path)
+        if head == "v1" and len(segments) == 3 and segments[1] == "models":
+            name, _, verb = segments[2].partition(":")
+            if verb in ("predict", "explain"):
+                return await self.predict(request, name, None, explain=verb == "explain")
+        if head == "v2" and len(segments) == 4 and segments[1] == "models" and \
+                segments[3] in ("infer", "explain"):
+            return await self.predict(request, segments[2], None,
+                                      explain=segments[3] == "explain")
+        raise NOT_FOUND
+
+    async def predict(self, request: web.Request, name: str, version: str | None,
+                      explain: bool = False, url_path: str = "") -> web.StreamResponse:
+        runner = self.store.runner(name, version)
+        parameters, part_headers = await _parse_body(request)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        headers.update(part_headers)
+        headers["explain"] = "True" if explain else "False"
+        headers["url_path"] = url_path
+        request_id = str(uuid.uuid4())
+        self.metrics.request(name, version)
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop)
+        ts_request = TorchServeRequest(parameters, headers, request_id, stream.push)
+        begin = time.perf_counter_ns()
+        task = loop.create_task(runner.infer(
+            [InputTensor(INPUT_NAME, "BYTES", [1, 1], _EMPTY_BYTES_ELEMENT)],
+            request_id=request_id, objects={REQUEST_KEY: ts_request}))
+        stream.watch(task)
+        response: web.StreamResponse | None = None
+        try:
+            while (chunk := await stream.next()) is not None:
+                body, status, phrase, chunk_headers = chunk
+                if response is None:
+                    response = web.StreamResponse(status=status, reason=phrase or None,
+                                                  headers=_response_headers(chunk_headers,
+                                                                            request_id))
+                    response.enable_chunked_encoding()
+                    await response.prepare(request)
+                await response.write(body)
+            task.result()
+        except TorchServeError as e:
+            if response is not None:
+                await response.write_eof()
+                return response
+            raise ApiError(e.status, "InternalServerException", e.message) from None
+        except ServerError as e:
+            raise ApiError(503, "ServiceUnavailableException", e.message) from None
+        finally:
+            if not task.done():
+                task.cancel()
+        queued = (ts_request.started_ns or time.perf_counter_ns()) - begin
+        self.metrics.latency(name, version, (time.perf_counter_ns() - begin) / 1000,
+                             queued / 1000)
+        if len(ts_request.body) > self.options.max_response_size:
+            raise ApiError(507, "InternalServerException",
+                           "Response size exceeds the limit (max_response_size)")
+        if response is not None:  # the end of a streamed response
+            await response.write(ts_request.body)
+            await response.write_eof()
+            return response
+        return web.Response(body=ts_request.body, status=ts_request.status,
+                            reason=ts_request.phrase or None,
+                            headers=_response_headers(ts_request.response_headers, request_id))
+
+    # Management API --------------------------------------------------------------------------
+
+    async def _management(self, request: web.Request) -> web.StreamResponse:
+        segments = request.path.split("/")[1:]
+        method = request.method
+        if request.path == "/":
+            if method == "OPTIONS":
+                return web.json_response(_openapi("management"), dumps=_pretty)
+            raise NOT_ALLOWED
+        if segments[0] == "token" and len(segments) == 1 and self.tokens is not None:
+            kind = request.query.get("type", "")
+            if kind not in ("management", "inference"):
+                raise ApiError(400, "InvalidKeyException", AUTH_FAILED.replace(
+                    "Authorization", "Authentication"))
+            self.tokens.renew(kind)
+            return web.json_response(self.tokens.document(), dumps=_pretty)
+        if segments[0] != "models" or len(segments) > 4:
+            raise NOT_FOUND
+        if len(segments) == 1 or (len(segments) == 2 and not segments[1]):
+            if method == "GET":
+                return self._list_models(request)
+            if method == "POST" and self.options.enable_model_api:
+                return await self._register(request)
+            raise NOT_ALLOWED
+        name = segments[1]
+        version = segments[2] if len(segments) >= 3 and segments[2] else None
+        if method == "GET":
+            return self._describe(name, version)
+        if method == "PUT":
+            if len(segments) == 4:
+                if segments[3] != "set-default":
+                    raise NOT_FOUND
+                self.store.set_default(name, segments[2])
+                return status_response(f'Default vesion succsesfully updated for model '
+                                       f'"{name}" to "{segments[2]}"')
+            return await self._scale(request, name, version)
+        if method == "DELETE" and self.options.enable_model_api and len(segments) <= 3:
+            await self.store.unregister(name, version)
+            return status_response(f'Model "{name}" unregistered')
+        if method == "OPTIONS":
+            self.store.get(name, version)
+            return web.json_response(_openapi("model", name), dumps=_pretty)
+        raise NOT_ALLOWED
+
+    def _list_models(self, request: web.Request) -> web.Response:
+        limit = _int_query(request, "limit", 100)
+        token = _int_query(request, "next_page_token", 0)
+        if limit > 100 or limit < 0:
+            limit = 100
+        token = max(token, 0)
+        names = sorted(self.store.models)
+        last = min(token + limit, len(names))
+        body: dict = {}
+        if token + limit < len(names):
+            body["nextPageToken"] = str(token + limit)
+        body["models"] = [{"modelName": n, "modelUrl": self.store.get(n).url}
+                          for n in names[token:last]]
+        return web.json_response(body, dumps=_pretty)
+
+    def _describe(self, name: str, version: str | None) -> web.Response:
+        if version == "all":
+            if name not in self.store.models:
+                raise ApiError(404, "ModelNotFoundException", f"Model not found: {name}")
+            entries = [self.store.models[name][v] for v in self.store.models[name]]
+        else:
+            entries = [self.store.get(name, version)]
+        return web.json_response([self._description(e) for e in entries], dumps=_pretty)
+
+    def _description(self, entry) -> dict:
+        runner = entry.runner
+        pending = runner.pending_count if runner is not None else 0
+        return {
+            "modelName": entry.name,
+            "modelVersion": entry.version,
+            "modelUrl": entry.url,
+            "runtime": entry.runtime,
+            "minWorkers": entry.min_workers,
+            "maxWorkers": entry.max_workers,
+            "batchSize": entry.batch_size,
+            "maxBatchDelay": entry.max_batch_delay,
+            "responseTimeout": entry.response_timeout,
+            "loadedAtStartup": entry.loaded_at_startup,
+            "workers": [{"id": str(w.id), "startTime": w.start_time, "status": "READY",
+                         "memoryUsage": 0, "pid": _pid(), "gpu": bool(entry.device_ids),
+                         "gpuUsage": "N/A"} for w in entry.workers],
+            "jobQueueStatus": {"remainingCapacity": max(self.options.job_queue_size - pending,
+                                                        0),
+                               "pendingRequests": pending},
+        }
+
+    async def _register(self, request: web.Request) -> web.Response:
+        if request.content_type == "application/json":
+            try:
+                query = {k: str(v) for k, v in (await request.json()).items()}
+            except (ValueError, AttributeError):
+                raise bad_request("Invalid JSON in the register request body") from None
+        else:
+            query = dict(request.query)
+        url = query.get("url")
+        if not url:
+            raise bad_request("Parameter url is required.")
+        initial_workers = _int_value(query, "initial_workers", 0)
+        synchronous = query.get("synchronous", "false").lower() == "true"
+        entry = await self.store.register(
+            url, model_name=query.get("model_name", ""), handler=query.get("handler", ""),
+            runtime=query.get("runtime", ""), batch_size=_int_value(query, "batch_size", 1),
+            max_batch_delay=_int_value(query, "max_batch_delay", 100),
+            response_timeout=_int_value(query, "response_timeout", -1))
+        if initial_workers <= 0:
+            return status_response(
+                f'Model "{entry.name}" Version: {entry.version} registered with 0 initial '
+                "workers. Use scale workers API to add workers for the model.")
+        work = self._start_workers(entry, initial_workers, unregister_on_error=True)
+        if not synchronous:
+            self._keep(work)
+            return status_response("Processing worker updates...", 202)
+        await work
+        return status_response(f'Model "{entry.name}" Version: {entry.version} registered '
+                               f"with {initial_workers} initial workers")
+
+    async def _start_workers(self, entry, count: int, unregister_on_error: bool = False,
+                             max_workers: int | None = None) -> None:
+        try:
+            await self.store.scale(entry.name, entry.version, count,
+                                   max(max_workers or count, count))
+        except BaseException as e:
+            if unregister_on_error:
+                try:
+                    await self.store.unregister(entry.name, entry.version)
+                except ApiError:
+                    pass
+            raise release_error(e) from None
+
+    async def _scale(self, request: web.Request, name: str,
+                     version: str | None) -> web.Response:
+        min_workers = _int_query(request, "min_worker", 1)
+        max_workers = _int_query(request, "max_worker", min_workers)
+        version = version or request.query.get("model_version") or None
+        synchronous = request.query.get("synchronous", "false").lower() == "true"
+        if max_workers < min_workers:
+            raise bad_request("max_worker cannot be less than min_worker.")
+        if name not in self.store.models:
+            raise ApiError(404, "ModelNotFoundException", f"Model not found: {name}")
+        entry = self.store.get(name, version)
+        work = self._start_workers(entry, min_workers, max_workers=max_workers)
+        if not synchronous:
+            self._keep(work)
+            return status_response("Processing worker updates...", 202)
+        await work
+        message = f"Workers scaled to {min_workers} for model: {name}"
+        if version is not None:
+            message += f", version: {version}"
+        return status_response(message)
+
+    def _keep(self, work) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+
+    async def drain_background(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # Metrics API -----------------------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        names = set(request.query.getall("name[]", []))
+        return web.Response(body=self.metrics.exposition(names or None).encode("utf-8"),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+class _Stream:
+    """Chunks a handler streams (send_intermediate_predict_response) on their way to the
+    client: pushed from the worker thread, read on the loop until the request's task ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._chunks: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+
+    def watch(self, task: asyncio.Task) -> None:
+        self._task = task
+        task.add_done_callback(lambda _: self._wake())
+
+    def push(self, body: bytes, status: int, phrase: str, headers: dict) -> None:
+        self._loop.call_soon_threadsafe(self._arrived, (body, status, phrase, headers))
+
+    def _arrived(self, chunk) -> None:
+        self._chunks.append(chunk)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self):
+        while True:
+            if self._chunks:
+                return self._chunks.popleft()
+            if self._task.done():
+                return None
+            self._waiter = self._loop.create_future()
+            await self._waiter
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e)
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_response(ApiError(413, "BadRequestException", e.text or "too large"))
+    except web.HTTPException:
+        raise
+    except Exception as e:  # noqa: BLE001 - a bug: answer 500 and keep serving
+        log.exception("TorchServe API request %s %s failed", request.method, request.path)
+        return error_response(ApiError(500, "InternalServerException", str(e)))
+
+
+def _raise(error: ApiError):
+    raise error
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.error("worker update failed: %s", getattr(error, "message", error))
+
+
+async def _parse_body(request: web.Request) -> tuple[dict, dict]:
+    """(the handler's dict for this request, per-part content types), as TorchServe's frontend
+    and worker make them."""
+    parameters: dict = {}
+    part_headers: dict = {}
+    content_type = request.content_type
+    if content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            value = await part.read(decode=False)
+            part_type = part.headers.get("Content-Type", "") if part.filename else ""
+            parameters[part.name] = decode_parameter(bytes(value), part_type)
+            part_headers[part.name] = {"content-type": part_type}
+    elif content_type == "application/x-www-form-urlencoded":
+        for key, value in (await request.post()).items():
+            parameters[key] = value.encode("utf-8") if isinstance(value, str) else value
+            part_headers[key] = {"content-type": ""}
+    else:
+        body = await request.read()
+        mime = content_type if request.headers.get("Content-Type") else ""
+        parameters["body"] = decode_parameter(body, mime)
+        part_headers["body"] = {"content-type": mime}
+    return parameters, part_headers
+
+
+def _response_headers(headers: dict, request_id: str) -> dict:
+    out = {key: value for key, value in headers.items() if key.lower() != "content-length"}
+    out.setdefault("x-request-id", request_id)
+    return out
+
+
+def _int_query(request: web.Request, key: str, default: int) -> int:
+    return _int_value(request.query, key, default)
+
+
+def _int_value(query, key: str, default: int) -> int:
+    value = query.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise bad_request(f"Invalid value for parameter {key}: '{value}' is not an "
+                          "integer") from None
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _openapi(kind: str, model: str = "") -> dict:
+    """OPTIONS /: the API's description (OpenAPI 3.0.1, the routes only)."""
+    inference = {
+        "/ping": {"get": {"operationId": "ping", "description": "Get TorchServe status."}},
+        "/predictions/{model_name}": {"post": {"operationId": "predictions",
+                                               "description": "Predictions entry point."}},
+        "/predictions/{model_name}/{model_version}": {"post": {
+            "operationId": "version_predictions",
+            "description": "Predictions entry point for a model version."}},
+        "/explanations/{model_name}": {"post": {"operationId": "explanations",
+                                                "description": "Explanations entry point."}},
+    }
+    management = {
+        "/models": {"get": {"operationId": "listModels"},
+                    "post": {"operationId": "registerModel"}},
+        "/models/{model_name}": {"get": {"operationId": "describeModel"},
+                                 "put": {"operationId": "setAutoScale"},
+                                 "delete": {"operationId": "unregisterModel"}},
+        "/models/{model_name}/{model_version}": {"get": {"operationId": "describeModel"},
+                                                 "put": {"operationId": "setAutoScale"},
+                                                 "delete": {"operationId": "unregisterModel"}},
+        "/models/{model_name}/{model_version}/set-default": {
+            "put": {"operationId": "setDefault"}},
+    }
+    paths = {"inference": inference, "management": management}.get(kind)
+    if paths is None:
+        paths = {f"/predictions/{model}": inference["/predictions/{model_name}"]}
+    return {"openapi": "3.0.1",
+            "info": {"title": "TorchServe APIs (pyserve)", "version": "0.12.0"},
+            "paths": paths}
+
+
+async def start_site(app: web.Application, address: Address,
+                     ssl_context: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, address.host, address.port,
+                       ssl_context=ssl_context if address.scheme == "https" else None,
+                       reuse_address=True)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+    return runner, port

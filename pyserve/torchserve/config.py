@@ -1,0 +1,201 @@
+"""TorchServe's settings: `torchserve --start` flags and the config.properties keys users set.
+
+Resolved once into TorchServeOptions (flags win over the file, as in TorchServe); the server
+reads only that object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pyserve.errors import ErrorCode, ServerError
+
+DEFAULT_ALLOWED_URLS = r"file://.*|http(s)?://.*"
+MAX_REQUEST_SIZE = 6553500  # TorchServe's default, for both requests and responses
+
+
+@dataclass(frozen=True)
+class Address:
+    scheme: str  # http or https
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, default_port: int) -> "Address":
+        text = text.strip()
+        if "://" not in text:
+            text = "http://" + text
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https"):
+            raise ServerError(f"invalid address '{text}': the scheme must be http or https")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ServerError(f"invalid address '{text}': bad port") from None
+        return cls(parts.scheme, parts.hostname or "127.0.0.1",
+                   default_port if port is None else port)
+
+
+@dataclass
+class TorchServeOptions:
+    model_store: Path | None = None
+    load_models: list[str] = field(default_factory=list)  # "all", "a.mar", "name=a.mar"
+    inference_address: Address = Address("http", "127.0.0.1", 8080)
+    management_address: Address = Address("http", "127.0.0.1", 8081)
+    metrics_address: Address = Address("http", "127.0.0.1", 8082)
+    default_workers_per_model: int = 0  # 0: one per CPU core, TorchServe's default
+    batch_size: int = 1
+    max_batch_delay_ms: int = 100
+    default_response_timeout_s: int = 120
+    job_queue_size: int = 100
+    service_envelope: str = ""  # "", "kserve" or "kservev2"
+    enable_model_api: bool = False
+    token_auth: bool = True
+    token_expiration_min: float = 60.0
+    key_file: Path = Path("key_file.json")
+    max_request_size: int = MAX_REQUEST_SIZE
+    max_response_size: int = MAX_REQUEST_SIZE
+    allowed_urls: list[str] = field(default_factory=lambda: [DEFAULT_ALLOWED_URLS])
+    metrics_mode: str = "log"
+    enable_metrics_api: bool = True
+    private_key_file: Path | None = None
+    certificate_file: Path | None = None
+    cors_allowed_origin: str = ""
+    cors_allowed_methods: str = ""
+    cors_allowed_headers: str = ""
+    models: dict = field(default_factory=dict)  # the `models` JSON: name -> version -> settings
+    work_dir: Path | None = None  # where archives are extracted; the system's temp dir if None
+
+    @property
+    def workers_per_model(self) -> int:
+        return self.default_workers_per_model or (os.cpu_count() or 1)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Java's .properties format as TorchServe reads it: `key=value` or `key: value`, `#` and
+    `!` comments, a trailing backslash continues the line."""
+    result: dict[str, str] = {}
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip() if pending else raw.strip()
+        pending = ""
+        if not line or line[0] in "#!":
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending = line[:-1]
+            continue
+        match = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)", line)
+        if match:
+            result[match.group(1)] = match.group(2).strip()
+        else:
+            result[line] = ""
+    if pending:
+        key, _, value = pending.partition("=")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _boolean(key: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise ServerError(f"config.properties: '{key}' must be true or false, got '{text}'")
+
+
+def _integer(key: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ServerError(f"config.properties: '{key}' must be an integer, got '{text}'") from None
+
+
+def resolve(properties: dict[str, str], *, model_store: Path | None = None,
+            models: list[str] | None = None, disable_token_auth: bool = False,
+            enable_model_api: bool = False, base_dir: Path | None = None) -> TorchServeOptions:
+    """TorchServeOptions from config.properties keys and the command line's flags."""
+    options = TorchServeOptions()
+    p = properties
+    base = base_dir or Path.cwd()
+
+    def path(key: str) -> Path | None:
+        return (base / p[key]).resolve() if p.get(key) else None
+
+    if str(p.get("install_py_dep_per_model", "false")).lower() == "true":
+        raise ServerError(
+            "install_py_dep_per_model=true is not supported: pyserve never installs packages "
+            "named by an archive's requirements file; install them into the server's "
+            "environment yourself and set install_py_dep_per_model=false",
+            ErrorCode.UNSUPPORTED)
+    for key, port in (("inference_address", 8080), ("management_address", 8081),
+                      ("metrics_address", 8082)):
+        if p.get(key):
+            setattr(options, key, Address.parse(p[key], port))
+    options.model_store = model_store or path("model_store")
+    if models:
+        options.load_models = list(models)
+    elif p.get("load_models"):
+        options.load_models = [m.strip() for m in p["load_models"].split(",") if m.strip()]
+    integers = {"default_workers_per_model": "default_workers_per_model",
+                "batch_size": "batch_size", "max_batch_delay": "max_batch_delay_ms",
+                "default_response_timeout": "default_response_timeout_s",
+                "job_queue_size": "job_queue_size", "max_request_size": "max_request_size",
+                "max_response_size": "max_response_size"}
+    for key, attribute in integers.items():
+        if p.get(key):
+            setattr(options, attribute, _integer(key, p[key]))
+    if p.get("service_envelope"):
+        envelope = p["service_envelope"].strip().lower()
+        if envelope not in ("kserve", "kservev2"):
+            raise ServerError(f"config.properties: unsupported service_envelope '{envelope}' "
+                              "(kserve or kservev2)", ErrorCode.UNSUPPORTED)
+        options.service_envelope = envelope
+    options.enable_model_api = enable_model_api or _boolean(
+        "enable_model_api", p.get("enable_model_api", "false"))
+    options.token_auth = not (disable_token_auth or _boolean(
+        "disable_token_authorization", p.get("disable_token_authorization", "false")))
+    if os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION", "").lower() == "true":
+        options.token_auth = False
+    if p.get("token_expiration_min"):
+        options.token_expiration_min = float(p["token_expiration_min"])
+    if p.get("allowed_urls"):
+        options.allowed_urls = [u.strip() for u in p["allowed_urls"].split(",") if u.strip()]
+    mode = p.get("metrics_mode", "log").strip().lower()
+    if mode not in ("log", "prometheus", "legacy"):
+        raise ServerError(f"config.properties: unsupported metrics_mode '{mode}'")
+    options.metrics_mode = mode
+    options.enable_metrics_api = _boolean("enable_metrics_api",
+                                          p.get("enable_metrics_api", "true"))
+    options.private_key_file = path("private_key_file")
+    options.certificate_file = path("certificate_file")
+    if bool(options.private_key_file) != bool(options.certificate_file):
+        raise ServerError("config.properties: TLS needs both private_key_file and "
+                          "certificate_file")
+    options.cors_allowed_origin = p.get("cors_allowed_origin", "")
+    options.cors_allowed_methods = p.get("cors_allowed_methods", "")
+    options.cors_allowed_headers = p.get("cors_allowed_headers", "")
+    if p.get("models"):
+        try:
+            options.models = json.loads(p["models"])
+        except ValueError as e:
+            raise ServerError(f"config.properties: 'models' is not valid JSON: {e}") from None
+    if p.get("model_server_home"):
+        options.key_file = Path(p["model_server_home"]) / "key_file.json"
+    return options
+
+
+def load(config_file: Path | None, **flags) -> TorchServeOptions:
+    """Relative paths in the file are read from the working directory, as TorchServe does."""
+    properties = {}
+    if config_file is not None:
+        try:
+            properties = parse_properties(Path(config_file).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ServerError(f"cannot read --ts-config {config_file}: {e.strerror}") from None
+    return resolve(properties, **flags)

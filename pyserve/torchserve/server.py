@@ -1,0 +1,132 @@
+"""`pyserve torchserve`: TorchServe's three APIs over a model store, on pyserve's core.
+
+Startup registers the `--models`/`load_models` archives with their workers, then opens the
+inference, management and metrics APIs; shutdown closes the APIs, then unloads every model
+(each runner answers what it accepted) and removes the key file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+
+from pyserve.errors import ServerError
+from pyserve.torchserve.api import Tokens, TorchServeApis, start_site
+from pyserve.torchserve.config import TorchServeOptions
+from pyserve.torchserve.store import ApiError, ModelStore
+
+log = logging.getLogger("pyserve")
+
+
+class StartupError(Exception):
+    pass
+
+
+class TorchServeServer:
+    def __init__(self, options: TorchServeOptions) -> None:
+        self.options = options
+        self.store: ModelStore | None = None
+        self.apis: TorchServeApis | None = None
+        self.tokens: Tokens | None = None
+        self.ports: dict[str, int] = {}
+        self._runners = []
+        self._should_exit = asyncio.Event()
+
+    async def start(self) -> None:
+        options = self.options
+        self.store = ModelStore(options, asyncio.get_running_loop(), options.service_envelope)
+        await self._load_startup_models()
+        if options.token_auth:
+            self.tokens = Tokens(options.key_file.resolve(), options.token_expiration_min)
+            log.info("Token authorization is on: keys are in %s", self.tokens.key_file)
+        self.apis = TorchServeApis(self.store, options, self.tokens)
+        context = None
+        if options.certificate_file is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(options.certificate_file, options.private_key_file)
+        sites = [("Inference", self.apis.inference_app(), options.inference_address),
+                 ("Management", self.apis.management_app(), options.management_address)]
+        if options.enable_metrics_api:
+            sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
+        for name, app, address in sites:
+            runner, port = await start_site(app, address, context)
+            self._runners.append(runner)
+            self.ports[name.lower()] = port
+            log.info("%s API bind to: %s://%s:%d", name, address.scheme, address.host, port)
+        log.info("Model server started.")
+
+    async def _load_startup_models(self) -> None:
+        store = self.store
+        wanted = self.options.load_models
+        if not wanted:
+            return
+        if store.options.model_store is None:
+            raise StartupError("--model-store (or model_store) is required to load models")
+        requests: list[tuple[str, str]] = []  # (model name or "", url)
+        if "all" in [w.lower() for w in wanted]:
+            requests = [("", path.name) for path in store.store_archives()]
+        else:
+            for item in wanted:
+                name, _, url = item.partition("=") if "=" in item else ("", "", item)
+                requests.append((name, url))
+        for name, url in requests:
+            try:
+                entry = await store.register(
+                    url, model_name=name, batch_size=self.options.batch_size,
+                    max_batch_delay=self.options.max_batch_delay_ms, startup=True)
+                workers = self._startup_workers(entry)
+                await store.scale(entry.name, entry.version, workers,
+                                  max(entry.max_workers, workers))
+            except (ApiError, ServerError) as e:
+                log.error("failed to load model from %s: %s", url, getattr(e, "message", e))
+
+    def _startup_workers(self, entry) -> int:
+        settings = self.options.models.get(entry.name, {}).get(entry.version, {})
+        yaml = entry.archive.model_yaml()
+        return int(settings.get("minWorkers") or yaml.get("minWorkers")
+                   or self.options.workers_per_model)
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.shutdown()
+        if self.apis is not None:
+            await self.apis.drain_background()
+        if self.store is not None:
+            await self.store.shutdown()
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.tokens is not None:
+            self.tokens.remove()
+        log.info("pyserve torchserve stopped")
+
+    def request_exit(self) -> None:
+        self._should_exit.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+        try:
+            await self.start()
+            await self._should_exit.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            loop.add_signal_handler(signal.SIGINT, lambda: os._exit(1))
+            await self.stop()
+
+    def _on_signal(self) -> None:
+        log.info("shutting down (signal again to force)")
+        self.request_exit()
+
+
+def run(options: TorchServeOptions) -> int:
+    try:
+        asyncio.run(TorchServeServer(options).serve())
+    except (StartupError, ServerError, OSError) as e:
+        log.error("%s", getattr(e, "message", e))
+        return 1
+    return 0

@@ -1,0 +1,393 @@
+"""The registered TorchServe models: versions, default versions, workers (core instances).
+
+Each registered version owns its opened archive and, while it has workers, a ModelRunner whose
+instances are TorchServeBackend objects: TorchServe's workers become instances of the core's
+scheduler, and its batch_size/max_batch_delay become the core's dynamic batching. Scaling builds
+the new runner first, swaps it in, then retires the old one, which answers every request it
+accepted, so none is lost. Errors are TorchServe's: ApiError carries its status, exception type
+and message, which the REST APIs write as TorchServe's error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import re
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pyserve.backends.base import InstanceSpec, ModelContext
+from pyserve.backends.torchserve import INPUT_NAME, OUTPUT_NAME, TorchServeBackend
+from pyserve.errors import ServerError
+from pyserve.protocol import pb
+from pyserve.runner import ModelRunner
+from pyserve.torchserve.archive import ArchiveError, Limits, ModelArchive, open_archive
+from pyserve.torchserve.config import TorchServeOptions
+
+log = logging.getLogger("pyserve")
+
+ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz")
+MAX_DOWNLOAD_BYTES = 16 * 1024 ** 3
+NO_WORKER = ("Model \"{name}\" Version {version} has no worker to serve inference request. "
+             "Please use scale workers API to add workers. If this is a sequence inference, "
+             "please check if it is closed, or expired; or exceeds maxSequenceJobQueueSize")
+
+
+class ApiError(Exception):
+    """A refusal as TorchServe words it: HTTP status, exception type name, message."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    def body(self) -> dict:
+        return {"code": self.status, "type": self.kind, "message": self.message}
+
+
+def model_not_found(name: str) -> ApiError:
+    return ApiError(404, "ModelNotFoundException", f"Model not found: {name}")
+
+
+def version_not_found(name: str, version: str) -> ApiError:
+    return ApiError(404, "ModelVersionNotFoundException",
+                    f"Model version: {version} does not exist for model: {name}")
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequestException", message)
+
+
+@dataclass
+class Worker:
+    id: int
+    start_time: str
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    url: str
+    archive: ModelArchive
+    runtime: str
+    handler: str  # the register call's handler, overriding the manifest's ("" = manifest's)
+    batch_size: int
+    max_batch_delay: int  # ms
+    response_timeout: int  # s
+    core_version: int  # the number the core's statistics use
+    min_workers: int = 0
+    max_workers: int = 0
+    runner: ModelRunner | None = None
+    workers: list[Worker] = field(default_factory=list)
+    loaded_at_startup: bool = False
+    device_ids: list[int] = field(default_factory=list)  # deviceIds of a GPU model
+
+    def model_config(self, instances: int) -> pb.ModelConfig:
+        config = pb.ModelConfig(name=self.name, backend="torchserve",
+                                max_batch_size=max(self.batch_size, 1))
+        config.input.add(name=INPUT_NAME, data_type="TYPE_STRING", dims=[1])
+        config.output.add(name=OUTPUT_NAME, data_type="TYPE_STRING", dims=[1])
+        if self.batch_size > 1:
+            config.dynamic_batching.max_queue_delay_microseconds = self.max_batch_delay * 1000
+        if self.handler:
+            config.parameters["handler"].string_value = self.handler
+        config.instance_group.add(count=instances, kind="KIND_CPU")
+        return config
+
+
+class ModelStore:
+    def __init__(self, options: TorchServeOptions, loop: asyncio.AbstractEventLoop,
+                 envelope: str = "") -> None:
+        self.options = options
+        self._loop = loop
+        self._envelope = envelope
+        self.models: dict[str, dict[str, RegisteredVersion]] = {}
+        self.defaults: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._core_versions = 0
+        self._worker_ids = 9000
+        self.startup_models: set[str] = set()
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def get(self, name: str, version: str | None = None) -> RegisteredVersion:
+        versions = self.models.get(name)
+        if not versions:
+            raise model_not_found(name)
+        chosen = version or self.defaults[name]
+        entry = versions.get(chosen)
+        if entry is None:
+            raise version_not_found(name, chosen)
+        return entry
+
+    def runner(self, name: str, version: str | None = None) -> ModelRunner:
+        entry = self.get(name, version)
+        if entry.runner is None:
+            raise ApiError(503, "ServiceUnavailableException",
+                           NO_WORKER.format(name=name, version=entry.version))
+        return entry.runner
+
+    def healthy(self) -> bool:
+        """TorchServe's ping: every model's default version runs its minimum of workers."""
+        for name in self.models:
+            entry = self.get(name)
+            if len(entry.workers) < entry.min_workers:
+                return False
+        return True
+
+    # --- register / scale / unregister ------------------------------------------------------
+
+    async def register(self, url: str, model_name: str = "", handler: str = "",
+                       runtime: str = "", batch_size: int = 1, max_batch_delay: int = 100,
+                       response_timeout: int = -1, initial_workers: int = 0,
+                       startup: bool = False) -> RegisteredVersion:
+        """Open the archive `url` names and register its version, with `initial_workers`
+        workers started (synchronously: the caller decides whether to wait)."""
+        if runtime and runtime.lower() not in ("python", "python3"):
+            raise bad_request(f"runtime '{runtime}' is not supported by pyserve (python only)")
+        source = await self._fetch(url)
+        try:
+            archive = await asyncio.to_thread(open_archive, source, self.options.work_dir,
+                                              Limits())
+        except ArchiveError as e:
+            raise ApiError(400, "ModelException", e.message) from None
+        try:
+            name = model_name or archive.manifest.model_name or _stem(source)
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-.]*", name):
+                raise ApiError(400, "ModelException", f"Invalid model name: {name}")
+            version = archive.manifest.version
+            if archive.manifest.runtime.lower() not in ("python", "python3") and not runtime:
+                raise bad_request(f"runtime '{archive.manifest.runtime}' of the archive is not "
+                                  "supported by pyserve (python only)")
+            yaml = await asyncio.to_thread(archive.model_yaml)
+            if version in self.models.get(name, {}):
+                raise ApiError(409, "ConflictStatusException",
+                               f"Model version {version} is already registered for model "
+                               f"{name}")
+            settings = self._startup_settings(name, version) if startup else {}
+            self._core_versions += 1
+            entry = RegisteredVersion(
+                name=name, version=version, url=url, archive=archive,
+                runtime=archive.manifest.runtime, handler=handler,
+                batch_size=int(yaml.get("batchSize") or settings.get("batchSize") or batch_size),
+                max_batch_delay=int(yaml.get("maxBatchDelay") or settings.get("maxBatchDelay")
+                                    or max_batch_delay),
+                response_timeout=int(yaml.get("responseTimeout")
+                                     or settings.get("responseTimeout")
+                                     or (response_timeout if response_timeout > 0
+                                         else self.options.default_response_timeout_s)),
+                core_version=self._core_versions, loaded_at_startup=startup,
+                device_ids=[int(d) for d in yaml.get("deviceIds") or []])
+        except BaseException:
+            archive.cleanup()
+            raise
+        self.models.setdefault(name, {})[version] = entry
+        if name not in self.defaults or (startup and settings.get("defaultVersion")):
+            self.defaults[name] = version
+        if startup:
+            self.startup_models.add(name)
+            entry.max_workers = int(settings.get("maxWorkers") or yaml.get("maxWorkers") or 0)
+        log.info("Model %s loaded.", name)
+        return entry
+
+    def _startup_settings(self, name: str, version: str) -> dict:
+        """The config.properties `models` JSON entry for this version, if any."""
+        versions = self.options.models.get(name) or {}
+        return dict(versions.get(version) or {})
+
+    async def scale(self, name: str, version: str | None, min_workers: int,
+                    max_workers: int) -> RegisteredVersion:
+        if max_workers < min_workers:
+            raise bad_request("max_worker cannot be less than min_worker.")
+        if name not in self.models:
+            raise model_not_found(name)
+        entry = self.get(name, version)
+        lock = self._locks.setdefault(f"{name}/{entry.version}", asyncio.Lock())
+        async with lock:
+            entry.min_workers, entry.max_workers = min_workers, max(max_workers, min_workers)
+            if len(entry.workers) != min_workers:
+                await self._set_workers(entry, min_workers)
+        return entry
+
+    async def _set_workers(self, entry: RegisteredVersion, count: int) -> None:
+        """Replace the version's runner by one with `count` instances (none for 0)."""
+        old = entry.runner
+        new = None
+        if count > 0:
+            new = await asyncio.to_thread(self._create_runner, entry, count)
+        now = _now()
+        entry.runner = new
+        entry.workers = [Worker(self._next_worker_id(), now) for _ in range(count)]
+        if old is not None:
+            await asyncio.to_thread(old.stop)
+
+    def _create_runner(self, entry: RegisteredVersion, count: int) -> ModelRunner:
+        config = entry.model_config(count)
+        if self._envelope:
+            config.parameters["envelope"].string_value = self._envelope
+        context = ModelContext(entry.name, entry.core_version, config, entry.archive.model_dir)
+        instances = []
+        try:
+            for index in range(count):
+                spec = InstanceSpec(index, "CPU", 0)
+                if entry.device_ids and _gpu_available():
+                    spec = InstanceSpec(index, "GPU",
+                                        entry.device_ids[index % len(entry.device_ids)])
+                instances.append(TorchServeBackend(context, spec))
+            return ModelRunner(config, entry.core_version, instances, [-1] * count, self._loop)
+        except BaseException:
+            for backend in instances:
+                backend.close()
+            raise
+
+    def _next_worker_id(self) -> int:
+        self._worker_ids += 1
+        return self._worker_ids - 1
+
+    async def unregister(self, name: str, version: str | None) -> None:
+        versions = self.models.get(name)
+        if not versions:
+            raise model_not_found(name)
+        chosen = version or self.defaults[name]
+        if chosen not in versions:
+            raise version_not_found(name, chosen)
+        if chosen == self.defaults[name] and len(versions) > 1:
+            raise ApiError(403, "InvalidModelVersionException",
+                           f"Cannot remove default version for model {name}")
+        entry = versions.pop(chosen)
+        if not versions:
+            del self.models[name]
+            del self.defaults[name]
+            self.startup_models.discard(name)
+        await self._release(entry)
+        log.info("Model %s unregistered.", name)
+
+    async def _release(self, entry: RegisteredVersion) -> None:
+        runner, entry.runner, entry.workers = entry.runner, None, []
+        if runner is not None:
+            await asyncio.to_thread(runner.stop)
+        entry.archive.cleanup()
+
+    def set_default(self, name: str, version: str) -> None:
+        versions = self.models.get(name)
+        if not versions:
+            raise model_not_found(name)
+        if version not in versions:
+            raise version_not_found(name, version)
+        self.defaults[name] = version
+
+    async def shutdown(self) -> None:
+        entries = [e for versions in self.models.values() for e in versions.values()]
+        self.models.clear()
+        self.defaults.clear()
+        await asyncio.gather(*(self._release(e) for e in entries), return_exceptions=True)
+
+    # --- archives ---------------------------------------------------------------------------
+
+    async def _fetch(self, url: str) -> Path:
+        """The archive's path: a file or directory in the model store, or a download into it."""
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("http", "https"):
+            self._check_allowed(url)
+            return await asyncio.to_thread(self._download, url)
+        if scheme == "file":
+            self._check_allowed(url)
+            url = urlsplit(url).path
+        elif "://" in url:
+            self._check_allowed(url)
+            raise ApiError(400, "ModelException", f"Unsupported model url: {url}")
+        store = self.options.model_store
+        if store is None:
+            raise ApiError(404, "ModelNotFoundException", "Model store has not been configured.")
+        if ".." in Path(url).parts:
+            raise ApiError(404, "ModelNotFoundException",
+                           f"Relative path is not allowed in url: {url}")
+        path = (store / url).resolve()
+        if path.parent != store.resolve() or not path.exists():
+            raise ApiError(404, "ModelNotFoundException",
+                           f"Model not found in model store: {url}")
+        return path
+
+    def _check_allowed(self, url: str) -> None:
+        if not any(re.fullmatch(pattern, url) for pattern in self.options.allowed_urls):
+            raise ApiError(400, "ModelException",
+                           f"Given URL {url} does not match any allowed URL(s)")
+
+    def _download(self, url: str) -> Path:
+        store = self.options.model_store
+        if store is None:
+            raise ApiError(400, "ModelException", "Model store has not been configured.")
+        name = Path(urlsplit(url).path).name
+        if not name or name in (".", ".."):
+            raise ApiError(400, "DownloadArchiveException", f"Invalid model url: {url}")
+        target = store / name
+        if target.exists():
+            raise ApiError(500, "InternalServerException", f"Model file already exists {name}")
+        partial = store / f".{name}.download"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, \
+                    open(partial, "wb") as writer:
+                written = 0
+                while chunk := response.read(1 << 20):
+                    written += len(chunk)
+                    if written > MAX_DOWNLOAD_BYTES:
+                        raise ApiError(400, "DownloadArchiveException",
+                                       f"Model archive at {url} is larger than "
+                                       f"{MAX_DOWNLOAD_BYTES} bytes")
+                    writer.write(chunk)
+            partial.rename(target)
+        except ApiError:
+            partial.unlink(missing_ok=True)
+            raise
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise ApiError(400, "DownloadArchiveException",
+                           f"Failed to download archive from: {url} ({e})") from None
+        return target
+
+    def store_archives(self) -> list[Path]:
+        """Every archive in the model store (load_models=all)."""
+        store = self.options.model_store
+        if store is None or not store.is_dir():
+            return []
+        found = []
+        for entry in sorted(store.iterdir()):
+            if entry.is_file() and entry.name.endswith(ARCHIVE_SUFFIXES):
+                found.append(entry)
+            elif entry.is_dir() and (entry / "MAR-INF" / "MANIFEST.json").is_file():
+                found.append(entry)
+        return found
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _gpu_available() -> bool:
+    from pyserve.devices import gpu_count
+
+    return gpu_count() > 0
+
+
+def release_error(error: BaseException) -> ApiError:
+    """A failure while starting workers, as TorchServe reports it."""
+    if isinstance(error, ApiError):
+        return error
+    message = error.message if isinstance(error, ServerError) else repr(error)
+    log.error("failed to start workers: %s", message)
+    return ApiError(500, "InternalServerException", f"Failed to start workers: {message}")
+
+

@@ -1,0 +1,450 @@
+"""`pyserve torchserve` as a TorchServe user runs it: archives built by torch-model-archiver,
+a config.properties, requests sent with `requests` the way TorchServe's docs send them with
+curl, TorchServe's status codes and bodies."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+requests = pytest.importorskip("requests")
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from torchserve_archives import HAVE_ARCHIVER, make_mar  # noqa: E402
+
+HAVE_TS = __import__("importlib").util.find_spec("ts") is not None
+needs_ts = pytest.mark.skipif(not HAVE_TS, reason="needs pyserve[torchserve] (the ts package)")
+
+ECHO = '''
+def handle(data, context):
+    if data is None:
+        return None
+    context.metrics.add_metric("EchoBatchSize", len(data), "count")
+    out = []
+    for i, row in enumerate(data):
+        body = row.get("data") if row.get("data") is not None else row.get("body")
+        if isinstance(body, (bytes, bytearray)):
+            body = body.decode()
+        if body == "teapot":
+            context.set_response_status(418, "I'm a teapot", i)
+        context.set_response_header(i, "x-batch", str(len(data)))
+        out.append({"echo": body, "batch": len(data), "tag": context.get_request_header(i, "x-tag"),
+                    "yaml": context.model_yaml_config.get("handler", {})})
+    return out
+'''
+ECHO_YAML = "batchSize: 4\nmaxBatchDelay: 300\nminWorkers: 1\nhandler:\n  greeting: hi\n"
+
+MODEL_PY = '''
+import torch
+class Doubler(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2, bias=False)
+    def forward(self, x):
+        return self.linear(x)
+'''
+TENSOR_HANDLER = '''
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+class TensorHandler(BaseHandler):
+    def preprocess(self, data):
+        return torch.tensor([row.get("body") for row in data], dtype=torch.float32)
+    def postprocess(self, data):
+        return data.tolist()
+'''
+COLLIDE_HANDLER = '''
+import model
+def handle(data, context):
+    return None if data is None else [{"value": model.VALUE} for _ in data]
+'''
+FAILING = '''
+from ts.utils.util import PredictionException
+def handle(data, context):
+    if data is None:
+        return None
+    body = data[0].get("body")
+    if body == b"bad":
+        raise PredictionException("bad input", 513)
+    raise RuntimeError("boom")
+'''
+STREAMING = '''
+from ts.handler_utils.utils import send_intermediate_predict_response
+def handle(data, context):
+    if data is None:
+        return None
+    for word in ("one ", "two "):
+        send_intermediate_predict_response([word] * len(data), context.request_ids,
+                                           "Intermediate Prediction success", 200, context)
+    return ["three"] * len(data)
+'''
+
+
+def build_store(store: Path) -> None:
+    scratch = store.parent / "scratch"
+    make_mar(store, "echo", {"echo.py": ECHO}, handler="echo.py", version="2.0",
+             work=scratch / "echo2").rename(store / "echo_v2.mar")
+    make_mar(store, "echo", {"echo.py": ECHO, "model-config.yaml": ECHO_YAML},
+             handler="echo.py", config_file="model-config.yaml", work=scratch / "echo")
+    if HAVE_TS:
+        weights = scratch / "eager"
+        weights.mkdir(parents=True)
+        (weights / "model.py").write_text(MODEL_PY)
+        namespace: dict = {}
+        exec(MODEL_PY, namespace)
+        doubler = namespace["Doubler"]()
+        with torch.no_grad():
+            doubler.linear.weight.copy_(torch.eye(2) * 2)
+        torch.save(doubler.state_dict(), weights / "doubler.pt")
+        make_mar(store, "eager", {"model.py": MODEL_PY, "tensor_handler.py": TENSOR_HANDLER,
+                                  "doubler.pt": (weights / "doubler.pt").read_bytes()},
+                 handler="tensor_handler.py", serialized_file="doubler.pt",
+                 model_file="model.py", work=weights)
+        class Triple(torch.nn.Module):
+            def forward(self, x):
+                return x * 3
+
+        tripler = torch.jit.script(Triple())
+        scripted = scratch / "scripted"
+        scripted.mkdir(parents=True)
+        tripler.save(str(scripted / "triple.pt"))
+        make_mar(store, "scripted", {"tensor_handler.py": TENSOR_HANDLER,
+                                     "triple.pt": (scripted / "triple.pt").read_bytes()},
+                 handler="tensor_handler.py", serialized_file="triple.pt", work=scripted)
+        make_mar(store, "failing", {"failing.py": FAILING}, handler="failing.py",
+                 work=scratch / "failing")
+        make_mar(store, "streaming", {"streaming.py": STREAMING}, handler="streaming.py",
+                 work=scratch / "streaming")
+    for name, value in (("collide_a", 1), ("collide_b", 2)):
+        make_mar(store, name, {"handler.py": COLLIDE_HANDLER, "model.py": f"VALUE = {value}\n"},
+                 handler="handler.py", work=scratch / name)
+    make_mar(store, "tgz_echo", {"echo.py": ECHO}, handler="echo.py", work=scratch / "tgz",
+             archive_format="tgz" if HAVE_ARCHIVER else "default")
+
+
+class TorchServeProcess:
+    def __init__(self, cwd: Path, properties: str, *flags: str) -> None:
+        (cwd / "config.properties").write_text(properties)
+        self.cwd = cwd
+        self.log_path = cwd / "server.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyserve.cli", "torchserve", "--start", "--ncs",
+             "--ts-config", "config.properties", *flags],
+            cwd=cwd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
+        self.ports: dict[str, int] = {}
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            text = self.log_path.read_text()
+            for kind, port in re.findall(r"(\w+) API bind to: https?://[^:]+:(\d+)", text):
+                self.ports[kind.lower()] = int(port)
+            if "Model server started." in text:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"pyserve torchserve did not start:\n{self.log_path.read_text()}")
+
+    def url(self, kind: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[kind]}{path}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+PROPERTIES = """inference_address=http://127.0.0.1:0
+management_address=http://127.0.0.1:0
+metrics_address=http://127.0.0.1:0
+model_store=store
+default_workers_per_model=1
+metrics_mode=prometheus
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchserve")
+    build_store(root / "store")
+    models = ["echo=echo.mar", "collide_a.mar", "collide_b.mar", "tgz_echo" + (
+        ".tar.gz" if HAVE_ARCHIVER else ".mar")]
+    if HAVE_TS:
+        models += ["eager.mar", "scripted.mar", "failing.mar", "streaming.mar"]
+    extra = "cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
+    process = TorchServeProcess(root, PROPERTIES + extra + f"load_models={','.join(models)}\n",
+                                "--disable-token-auth", "--enable-model-api")
+    yield process
+    process.stop()
+    print(process.log_path.read_text()[-4000:])
+
+
+def metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_torchserve_ping_and_api_description(server):
+    reply = requests.get(server.url("inference", "/ping"))
+    assert reply.status_code == 200 and reply.json() == {"status": "Healthy"}
+    assert reply.headers["Access-Control-Allow-Origin"] == "*"  # cors_allowed_origin
+    assert reply.headers["Access-Control-Allow-Methods"] == "GET, POST"
+    description = requests.options(server.url("inference", "/"))
+    assert description.status_code == 200 and "/ping" in description.json()["paths"]
+    missing = requests.get(server.url("inference", "/nothing/here"))
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "ResourceNotFoundException"
+
+
+def test_torchserve_predictions_raw_multipart_and_json(server):
+    url = server.url("inference", "/predictions/echo")
+    raw = requests.put(url, data=b"kitten bytes", headers={"x-tag": "t1"})  # curl -T file
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["echo"] == "kitten bytes" and raw.json()["tag"] == "t1"
+    assert raw.json()["yaml"] == {"greeting": "hi"}  # the handler section of model-config.yaml
+    assert raw.headers["x-request-id"]
+    form = requests.post(url, files={"data": ("kitten.jpg", b"jpeg bytes")})  # curl -F data=@
+    assert form.json()["echo"] == "jpeg bytes"
+    as_json = requests.post(url, json={"text": "hello"})
+    assert as_json.json()["echo"] == {"text": "hello"}  # application/json arrives decoded
+    teapot = requests.post(url, data=b"teapot", headers={"Content-Type": "text/plain"})
+    assert teapot.status_code == 418 and teapot.json()["echo"] == "teapot"
+    versioned = requests.post(server.url("inference", "/predictions/echo/1.0"), data=b"v")
+    assert versioned.status_code == 200
+    for path, kind in (("/predictions/nope", "ModelNotFoundException"),
+                       ("/predictions/echo/9.9", "ModelVersionNotFoundException")):
+        reply = requests.post(server.url("inference", path), data=b"x")
+        assert reply.status_code == 404 and reply.json()["type"] == kind, reply.text
+    assert requests.post(server.url("inference", "/predictions/tgz_echo"),
+                         data=b"t").json()["echo"] == "t"
+
+
+def test_torchserve_batching_seen_through_the_metrics(server):
+    url = server.url("inference", "/predictions/echo")
+    before = requests.get(server.url("metrics", "/metrics")).text
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: requests.post(url, data=f"r{i}".encode(),
+                                                        headers={"Content-Type": "text/plain"}),
+                                range(8)))
+    assert [r.json()["echo"] for r in replies] == [f"r{i}" for i in range(8)]
+    batches = [r.json()["batch"] for r in replies]
+    assert max(batches) > 1 and max(batches) <= 4  # batchSize 4 from model-config.yaml
+    after = requests.get(server.url("metrics", "/metrics")).text
+    requested = (metric(after, "ts_inference_requests_total", model_name="echo")
+                 - metric(before, "ts_inference_requests_total", model_name="echo"))
+    assert requested == 8
+    handler_batches = (metric(after, "EchoBatchSize", ModelName="echo")
+                       - metric(before, "EchoBatchSize", ModelName="echo"))
+    assert handler_batches == 8  # the batch sizes the handler saw add up to the requests
+    assert metric(after, "ts_queue_latency_microseconds", model_name="echo") > 0
+    assert metric(after, "ts_inference_latency_microseconds", model_name="echo") > 0
+
+
+def test_torchserve_config_properties_batch_size_is_the_default(server):
+    """batch_size in config.properties applies to startup models without their own."""
+    described = requests.get(server.url("management", "/models/collide_a")).json()
+    assert described[0]["batchSize"] == 3
+    assert requests.get(server.url("management", "/models/echo")).json()[0]["batchSize"] == 4
+
+
+def test_torchserve_archives_with_the_same_module_names(server):
+    a = requests.post(server.url("inference", "/predictions/collide_a"), data=b"x").json()
+    b = requests.post(server.url("inference", "/predictions/collide_b"), data=b"x").json()
+    assert (a["value"], b["value"]) == (1, 2)
+
+
+@needs_ts
+def test_torchserve_eager_and_torchscript_models_with_base_handler(server):
+    eager = requests.post(server.url("inference", "/predictions/eager"), json=[1.0, 2.5])
+    assert eager.status_code == 200, eager.text
+    assert eager.json() == [2.0, 5.0]
+    scripted = requests.post(server.url("inference", "/predictions/scripted"), json=[1.0, 2.0])
+    assert scripted.json() == [3.0, 6.0]
+
+
+@needs_ts
+def test_torchserve_handler_failures(server):
+    url = server.url("inference", "/predictions/failing")
+    bad = requests.post(url, data=b"bad")
+    assert bad.status_code == 513
+    assert bad.json() == {"code": 513, "type": "InternalServerException", "message": "bad input"}
+    boom = requests.post(url, data=b"boom")
+    assert boom.status_code == 503 and boom.json()["message"] == "Prediction failed"
+    assert requests.get(server.url("inference", "/ping")).status_code == 200
+
+
+@needs_ts
+def test_torchserve_streaming_response(server):
+    reply = requests.post(server.url("inference", "/predictions/streaming"), data=b"x",
+                          stream=True)
+    assert reply.status_code == 200
+    assert reply.headers.get("Transfer-Encoding") == "chunked"
+    chunks = [c.decode() for c in reply.iter_content(chunk_size=None) if c]
+    assert "".join(chunks) == "one two three"
+    assert len(chunks) >= 2
+
+
+def test_torchserve_management_api(server):
+    m = lambda path: server.url("management", path)  # noqa: E731
+    listing = requests.get(m("/models")).json()
+    names = [entry["modelName"] for entry in listing["models"]]
+    assert names == sorted(names) and "echo" in names
+    page = requests.get(m("/models?limit=1&next_page_token=1")).json()
+    assert page["nextPageToken"] == "2" and page["models"][0]["modelName"] == names[1]
+
+    described = requests.get(m("/models/echo")).json()
+    assert described[0]["modelVersion"] == "1.0" and described[0]["batchSize"] == 4
+    assert len(described[0]["workers"]) == 1 and described[0]["loadedAtStartup"] is True
+
+    # register version 2.0 of echo from the model store, then give it workers
+    registered = requests.post(m("/models?url=echo_v2.mar"))
+    assert registered.status_code == 200, registered.text
+    assert registered.json()["status"] == ('Model "echo" Version: 2.0 registered with 0 '
+                                           "initial workers. Use scale workers API to add "
+                                           "workers for the model.")
+    conflict = requests.post(m("/models?url=echo_v2.mar"))
+    assert conflict.status_code == 409 and conflict.json()["type"] == "ConflictStatusException"
+    no_worker = requests.post(server.url("inference", "/predictions/echo/2.0"), data=b"x")
+    assert no_worker.status_code == 503
+    scaled = requests.put(m("/models/echo/2.0?min_worker=2&synchronous=true"))
+    assert scaled.status_code == 200
+    assert scaled.json()["status"] == "Workers scaled to 2 for model: echo, version: 2.0"
+    assert len(requests.get(m("/models/echo/2.0")).json()[0]["workers"]) == 2
+    assert requests.put(m("/models/echo/2.0?min_worker=1")).status_code == 202
+    everything = requests.get(m("/models/echo/all")).json()
+    assert sorted(e["modelVersion"] for e in everything) == ["1.0", "2.0"]
+
+    default = requests.put(m("/models/echo/2.0/set-default"))
+    assert default.status_code == 200
+    assert requests.get(m("/models/echo")).json()[0]["modelVersion"] == "2.0"
+    assert requests.post(server.url("inference", "/predictions/echo"), data=b"d").status_code \
+        == 200
+    forbidden = requests.delete(m("/models/echo/2.0"))
+    assert forbidden.status_code == 403
+    assert forbidden.json()["message"] == "Cannot remove default version for model echo"
+    assert requests.put(m("/models/echo/1.0/set-default")).status_code == 200
+    removed = requests.delete(m("/models/echo/2.0"))
+    assert removed.status_code == 200 and removed.json() == {"status": 'Model "echo" unregistered'}
+
+    # synchronous register with initial workers, then unregister the whole model
+    named = requests.post(m("/models?url=echo_v2.mar&model_name=echo_copy&initial_workers=1"
+                            "&synchronous=true&batch_size=2&max_batch_delay=5"))
+    assert named.status_code == 200, named.text
+    assert named.json()["status"] == 'Model "echo_copy" Version: 2.0 registered with 1 initial workers'
+    assert requests.get(m("/models/echo_copy")).json()[0]["batchSize"] == 2
+    assert requests.post(server.url("inference", "/predictions/echo_copy"),
+                         data=b"c").json()["echo"] == "c"
+    assert requests.delete(m("/models/echo_copy")).status_code == 200
+    assert requests.get(m("/models/echo_copy")).status_code == 404
+
+
+@pytest.mark.parametrize("method,path,status,kind", [
+    ("POST", "/models", 400, "BadRequestException"),  # no url
+    ("POST", "/models?url=missing.mar", 404, "ModelNotFoundException"),
+    ("POST", "/models?url=../store/echo.mar", 404, "ModelNotFoundException"),
+    ("POST", "/models?url=https://example.invalid/m.mar", 400, "DownloadArchiveException"),
+    ("POST", "/models?url=ftp://example.invalid/m.mar", 400, "ModelException"),
+    ("POST", "/models?url=echo.mar&runtime=LSP", 400, "BadRequestException"),
+    ("POST", "/models?url=echo.mar&initial_workers=many", 400, "BadRequestException"),
+    ("GET", "/models/nope", 404, "ModelNotFoundException"),
+    ("GET", "/models/echo/9.9", 404, "ModelVersionNotFoundException"),
+    ("GET", "/models/nope/all", 404, "ModelNotFoundException"),
+    ("PUT", "/models/nope?min_worker=1", 404, "ModelNotFoundException"),
+    ("PUT", "/models/echo?min_worker=3&max_worker=2", 400, "BadRequestException"),
+    ("PUT", "/models/echo/9.9/set-default", 404, "ModelVersionNotFoundException"),
+    ("PUT", "/models/nope/1.0/set-default", 404, "ModelNotFoundException"),
+    ("DELETE", "/models/nope", 404, "ModelNotFoundException"),
+    ("DELETE", "/models/echo/9.9", 404, "ModelVersionNotFoundException"),
+    ("PATCH", "/models/echo", 405, "MethodNotAllowedException"),
+    ("GET", "/elsewhere", 404, "ResourceNotFoundException"),
+])
+def test_torchserve_management_refusals(server, method, path, status, kind):
+    reply = requests.request(method, server.url("management", path))
+    assert reply.status_code == status, reply.text
+    assert reply.json()["type"] == kind and reply.json()["code"] == status
+
+
+def test_torchserve_token_authorization_and_disabled_model_api(tmp_path):
+    store = tmp_path / "store"
+    make_mar(store, "echo", {"echo.py": ECHO}, handler="echo.py", work=tmp_path / "src")
+    process = TorchServeProcess(tmp_path, PROPERTIES + "load_models=echo.mar\n")
+    try:
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        inference = {"Authorization": f"Bearer {keys['inference']['key']}"}
+        management = {"Authorization": f"Bearer {keys['management']['key']}"}
+        url = process.url("inference", "/predictions/echo")
+        refused = requests.post(url, data=b"x")
+        assert refused.status_code == 400
+        assert refused.json()["type"] == "InvalidKeyException"
+        assert requests.post(url, data=b"x", headers=management).status_code == 400
+        assert requests.post(url, data=b"x", headers=inference).json()["echo"] == "x"
+        assert requests.get(process.url("management", "/models")).status_code == 400
+        assert requests.get(process.url("management", "/models"),
+                            headers=management).status_code == 200
+        # the model API is off unless asked for: register and unregister are not allowed
+        assert requests.post(process.url("management", "/models?url=echo.mar"),
+                             headers=management).status_code == 405
+        assert requests.delete(process.url("management", "/models/echo"),
+                               headers=management).status_code == 405
+        # a new inference key replaces the old one
+        renewed = requests.get(process.url("management", "/token?type=inference"),
+                               headers={"Authorization": f"Bearer {keys['API']['key']}"})
+        assert renewed.status_code == 200
+        assert requests.post(url, data=b"x", headers=inference).status_code == 400
+        fresh = {"Authorization": f"Bearer {renewed.json()['inference']['key']}"}
+        assert requests.post(url, data=b"x", headers=fresh).status_code == 200
+        assert "ts_inference_requests_total" in requests.get(
+            process.url("metrics", "/metrics")).text  # the metrics API takes no token
+    finally:
+        process.stop()
+    assert not (tmp_path / "key_file.json").exists()
+
+
+def test_torchserve_builtin_image_classifier(server, tmp_path):
+    """A built-in handler by name: it classifies when torchvision imports beside this torch;
+    otherwise only that model fails to load, saying why, and the others keep serving."""
+    if not HAVE_TS:
+        pytest.skip("needs pyserve[torchserve] (the ts package)")
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                               torch.nn.Linear(3, 2)))
+    net.save(str(tmp_path / "net.pt"))
+    store = server.cwd / "store"
+    make_mar(store, "classifier", {"net.pt": (tmp_path / "net.pt").read_bytes()},
+             handler="image_classifier", serialized_file="net.pt", work=tmp_path / "src")
+    reply = requests.post(server.url("management", "/models?url=classifier.mar"
+                                     "&initial_workers=1&synchronous=true"))
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - the CUDA build of torchvision beside the CPU torch
+        assert reply.status_code == 500, reply.text
+        assert "torchvision" in reply.json()["message"]
+        assert requests.get(server.url("management", "/models/classifier")).status_code == 404
+        assert requests.post(server.url("inference", "/predictions/collide_a"),
+                             data=b"x").status_code == 200
+        return
+    assert reply.status_code == 200, reply.text
+    import io
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image, format="PNG")
+    answer = requests.post(server.url("inference", "/predictions/classifier"),
+                           data=image.getvalue())
+    assert answer.status_code == 200 and len(answer.json()) >= 1
