@@ -309,6 +309,8 @@ class HttpTransport:
                                   timeout=urllib3.Timeout(total=timeout) if timeout else
                                   urllib3.Timeout(connect=None, read=None),
                                   redirect=False)
+        except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass
+            raise InferenceServerError(f"failed to connect: {e}", "UNAVAILABLE") from None
         except urllib3.exceptions.TimeoutError as e:
             raise InferenceServerError(f"Deadline Exceeded ({e})", "DEADLINE_EXCEEDED") from None
         except urllib3.exceptions.HTTPError as e:

@@ -7,8 +7,11 @@ target of an output, the client sends only (region, offset, byte size) and no te
 
 from __future__ import annotations
 
+import mmap
+import os
 import secrets
-from multiprocessing import shared_memory
+
+import _posixshmem  # CPython's shm_open/shm_unlink (what multiprocessing.shared_memory uses)
 
 import numpy as np
 
@@ -21,12 +24,20 @@ class SharedMemoryRegion:
     def __init__(self, name: str, byte_size: int, key: str | None = None) -> None:
         if byte_size <= 0:
             raise ValueError("a shared memory region needs at least one byte")
-        key = (key or f"pyserve_{secrets.token_hex(6)}").lstrip("/")
-        self._shm = shared_memory.SharedMemory(name=key, create=True, size=byte_size)
         self.name = name
-        self.key = "/" + self._shm.name.lstrip("/")
+        self.key = "/" + (key or f"pyserve_{secrets.token_hex(6)}").lstrip("/")
         self.byte_size = byte_size
-        self._buffer = np.frombuffer(self._shm.buf, dtype=np.uint8, count=byte_size)
+        fd = _posixshmem.shm_open(self.key, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, byte_size)
+            self._mmap = mmap.mmap(fd, byte_size)
+        except BaseException:
+            _posixshmem.shm_unlink(self.key)
+            raise
+        finally:
+            os.close(fd)
+        self._unlinked = False
+        self._buffer = np.frombuffer(self._mmap, dtype=np.uint8, count=byte_size)
         self._base = self._buffer.ctypes.data
         self._next = 0
 
@@ -63,13 +74,15 @@ class SharedMemoryRegion:
 
     def close(self) -> None:
         """Unlink the object; the mapping goes when the last view of it is gone."""
-        try:
-            self._shm.unlink()
-        except FileNotFoundError:
-            pass
+        if not self._unlinked:
+            self._unlinked = True
+            try:
+                _posixshmem.shm_unlink(self.key)
+            except FileNotFoundError:
+                pass
         self._buffer = None
         try:
-            self._shm.close()
+            self._mmap.close()
         except BufferError:  # views of it are still alive: they keep the mapping
             pass
 
