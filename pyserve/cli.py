@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long shutdown waits for in-flight requests (default: %(default)s)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                        help="verbose logging when > 0 (default: %(default)s)")
+    from pyserve.bench.cli import add_bench, add_tune
+
+    add_bench(commands)
+    add_tune(commands)
     return parser
 
 
@@ -95,6 +99,8 @@ def _default_max_batch_size(settings: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # bench, tune: clients of a running server
+        return args.func(args)
     options = ServerOptions(
         model_repositories=args.model_repositories,
         host=args.host,
