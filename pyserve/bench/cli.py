@@ -44,7 +44,7 @@ def add_bench(commands) -> None:
     bench.add_argument("--max-trials", type=int, default=10, help="windows at most per level")
     bench.add_argument("-s", "--stability-percentage", type=float, default=10.0)
     bench.add_argument("--processes", type=int, default=0,
-                       help="load generator processes (default: one per core, at most the "
+                       help="load generator processes (default: half the cores, at most the "
                             "concurrency)")
     bench.add_argument("--compare", metavar="URL2", help="run the same load against a second "
                                                          "server and print ratios")
@@ -85,18 +85,20 @@ def bench_main(args) -> int:
         max_windows=args.max_trials, stability=args.stability_percentage / 100,
         processes=args.processes)
     show, done = _progress(args.quiet)
+    urls = [args.url] + ([args.compare] if args.compare else [])
+    labels = [url if len(urls) == 1 else f"{'AB'[i]}: {url}" for i, url in enumerate(urls)]
     series = {}
     try:
-        for url in [args.url] + ([args.compare] if args.compare else []):
-            series[url] = run(options, url, progress=show)
+        for label, url in zip(labels, urls):
+            series[label] = run(options, url, progress=show)
     except (ValueError, InferenceServerError) as e:
         raise SystemExit(f"pyserve bench: {e}") from None
     finally:
         if done:
             done()
     results = [r for rs in series.values() for r in rs]
-    for url, rs in series.items():
-        print(f"{args.model} at {url} ({rs[0].protocol if rs else ''}):")
+    for label, rs in series.items():
+        print(f"{args.model} at {label} ({rs[0].protocol if rs else ''}):")
         print(_report.table(rs))
     if args.compare:
         base, other = series.values()
