@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="native: gRPC C++ serves inference (control RPCs still in Python), "
                           "python: grpc.aio serves everything, auto: native when built "
                           "(default: %(default)s)")
+    net.add_argument("--http-frontend", choices=FRONTENDS, default="auto",
+                     help="native: cpp-httplib serves inference (other routes still in Python), "
+                          "python: aiohttp serves everything, auto: native when built "
+                          "(default: %(default)s)")
+    net.add_argument("--http-thread-count", type=int, default=64, metavar="N",
+                     help="native HTTP: connections served at once, one thread each; more "
+                          "wait for a free one (default: %(default)s)")
     net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                      metavar="BYTES", help="largest HTTP request body (default: %(default)s)")
     models = serve.add_argument_group("models")
@@ -85,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                        help="verbose logging when > 0 (default: %(default)s)")
     _torchserve_parser(commands)
+    from pyserve.bench.cli import add_bench, add_tune
+
+    add_bench(commands)
+    add_tune(commands)
     return parser
 
 
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "torchserve":
         return _torchserve(args)
+    if args.command != "serve":  # bench, tune: clients of a running server
+        return args.func(args)
     options = ServerOptions(
         model_repositories=args.model_repositories,
         repository_cache_dir=args.repository_cache_dir,
@@ -190,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         allow_metrics=args.allow_metrics,
         http_max_input_size=args.http_max_input_size,
         grpc_frontend=args.grpc_frontend,
+        http_frontend=args.http_frontend,
+        http_thread_count=args.http_thread_count,
         model_control_mode=args.model_control_mode,
         load_models=args.load_models,
         repository_poll_secs=args.repository_poll_secs,

@@ -22,8 +22,10 @@ class ServerOptions:
     allow_http: bool = True
     allow_metrics: bool = True
     http_max_input_size: int = 64 * 1024 * 1024  # bytes; larger bodies get 413
-    # gRPC in native code (gRPC C++; auto = when pyserve was built with it) or in grpc.aio.
+    # gRPC and HTTP in native code (auto = when pyserve was built with it) or in Python.
     grpc_frontend: str = "auto"
+    http_frontend: str = "auto"
+    http_thread_count: int = 64  # native HTTP: connections served at once (a thread each)
 
     # Models, with tritonserver's meanings and defaults.
     model_control_mode: str = "none"  # none | poll | explicit
@@ -44,5 +46,6 @@ class ServerOptions:
         if self.model_control_mode not in CONTROL_MODES:
             raise ValueError(f"model control mode must be one of {CONTROL_MODES}, "
                              f"got '{self.model_control_mode}'")
-        if self.grpc_frontend not in FRONTENDS:
-            raise ValueError(f"gRPC frontend must be one of {FRONTENDS}, got '{self.grpc_frontend}'")
+        for name, value in (("gRPC", self.grpc_frontend), ("HTTP", self.http_frontend)):
+            if value not in FRONTENDS:
+                raise ValueError(f"{name} frontend must be one of {FRONTENDS}, got '{value}'")

@@ -108,7 +108,8 @@ class ModelRunner:
 
     def _request_info(self, tag: int, request_id: str, parameters: dict,
                       outputs: list[str]) -> RequestInfo:
-        objects = self._pending[tag][2]  # present: removed only once the response is in
+        pending = self._pending.get(tag)  # None for requests native frontends submitted
+        objects = pending[2] if pending is not None else None
         return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
                            outputs)
 

@@ -34,6 +34,7 @@ class Server:
         self.manager: ModelManager | None = None
         self.grpc_port = self.http_port = self.metrics_port = 0
         self._grpc = None
+        self._http = None  # the native HTTP frontend, when it serves
         self._runners = []  # aiohttp AppRunners: HTTP and metrics
         self._should_exit = asyncio.Event()
         self.drained = True  # False when the exit timeout cut the drain short
@@ -57,15 +58,46 @@ class Server:
             await self._grpc.start()
             log.info("Started GRPCInferenceService at %s:%d", options.host, self.grpc_port)
         if options.allow_http:
-            runner, self.http_port = await start_http_server(
-                self.manager, options.host, options.http_port, options.http_max_input_size)
-            self._runners.append(runner)
+            self.http_port = await self._start_http()
             log.info("Started HTTPService at %s:%d", options.host, self.http_port)
         if metrics is not None:
             runner, self.metrics_port = await start_metrics_server(
                 metrics, options.host, options.metrics_port)
             self._runners.append(runner)
             log.info("Started Metrics Service at %s:%d", options.host, self.metrics_port)
+
+    async def _start_http(self) -> int:
+        """The HTTP frontend the options ask for: native when built (or asked), relaying what it
+        does not serve to aiohttp on a loopback port; else aiohttp on the public port."""
+        options = self.options
+        native = None
+        if options.http_frontend != "python":
+            from pyserve.frontends import http_native
+
+            if http_native.available():
+                native = http_native
+            elif options.http_frontend == "native":
+                raise StartupError("--http-frontend=native: the native HTTP frontend is not "
+                                   f"available ({http_native.UNAVAILABLE_REASON})")
+            else:
+                log.warning("HTTP frontend: python (aiohttp); the native one is not available: "
+                            "%s", http_native.UNAVAILABLE_REASON)
+        if native is None:
+            if options.http_frontend == "python":
+                log.info("HTTP frontend: python (aiohttp)")
+            runner, port = await start_http_server(
+                self.manager, options.host, options.http_port, options.http_max_input_size)
+            self._runners.append(runner)
+            return port
+        runner, shell_port = await start_http_server(
+            self.manager, "127.0.0.1", 0, options.http_max_input_size)
+        self._runners.append(runner)
+        self._http = native.NativeHttpServer(self.manager, options.host, options.http_port,
+                                             shell_port, options.http_thread_count,
+                                             options.http_max_input_size)
+        log.info("HTTP frontend: native (cpp-httplib), other routes relayed to 127.0.0.1:%d",
+                 shell_port)
+        return self._http.port
 
     async def stop(self) -> None:
         """Drain, all within exit_timeout_secs: report not ready at once; keep serving for
@@ -88,6 +120,8 @@ class Server:
         frontends = []
         if self._grpc is not None:
             frontends.append(asyncio.ensure_future(self._grpc.stop(remaining)))
+        if self._http is not None:
+            frontends.append(asyncio.ensure_future(self._http.stop()))
         for runner in self._runners:
             frontends.append(asyncio.ensure_future(_close(runner, remaining)))
         if frontends:

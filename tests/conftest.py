@@ -82,24 +82,25 @@ def start_server(repositories: list[Path], log_path: Path, *extra: str,
     raise RuntimeError(f"pyserve did not start:\n{log_path.read_text()}")
 
 
-# The gRPC frontends the protocol tests run against: gRPC C++ (when built) and grpc.aio.
-GRPC_FRONTENDS = ["native", "python"]
+# The frontends the protocol tests run against: native (gRPC C++ and cpp-httplib, when built)
+# and Python (grpc.aio and aiohttp).
+FRONTENDS = ["native", "python"]
 
 
-def native_grpc_built() -> bool:
+def native_frontends_built() -> bool:
     from importlib.util import find_spec
 
-    return find_spec("pyserve._grpc_server") is not None
+    return all(find_spec(f"pyserve.{m}") is not None for m in ("_grpc_server", "_http_server"))
 
 
-@pytest.fixture(scope="session", params=GRPC_FRONTENDS)
+@pytest.fixture(scope="session", params=FRONTENDS)
 def example_server(request, tmp_path_factory) -> ServerProcess:
     """A server on the example repository, shared by the tests that only send requests; once
-    per gRPC frontend."""
-    if request.param == "native" and not native_grpc_built():
-        pytest.skip("pyserve was built without the native gRPC frontend")
+    per kind of frontend."""
+    if request.param == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
     server = start_server([EXAMPLES], tmp_path_factory.mktemp("logs") / "example_server.log",
-                          "--grpc-frontend", request.param)
+                          "--grpc-frontend", request.param, "--http-frontend", request.param)
     yield server
     server.stop()
 

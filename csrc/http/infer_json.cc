@@ -1,0 +1,379 @@
+#include "infer_json.h"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <cstring>
+#include <limits>
+
+namespace pyserve::httpfront {
+
+namespace {
+
+using rapidjson::Value;
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+template <typename T>
+void Put(std::string* out, T value) {
+  out->append(reinterpret_cast<const char*>(&value), sizeof(T));
+}
+
+template <typename T>
+bool PutInt(std::string* out, const Value& v) {
+  if (v.IsInt64()) {
+    const int64_t i = v.GetInt64();
+    if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+        (i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+      return false;
+    }
+    Put<T>(out, static_cast<T>(i));
+    return true;
+  }
+  if (v.IsUint64() && std::numeric_limits<T>::max() >= v.GetUint64()) {
+    Put<T>(out, static_cast<T>(v.GetUint64()));
+    return true;
+  }
+  return false;
+}
+
+// A JSON leaf in the tensor's element type; false for what the Python frontend must judge.
+bool PutLeaf(std::string* out, DataType dtype, const Value& v) {
+  switch (dtype) {
+    case DataType::kBool:
+      if (!v.IsBool()) return false;
+      Put<uint8_t>(out, v.GetBool());
+      return true;
+    case DataType::kInt8: return PutInt<int8_t>(out, v);
+    case DataType::kInt16: return PutInt<int16_t>(out, v);
+    case DataType::kInt32: return PutInt<int32_t>(out, v);
+    case DataType::kInt64: return PutInt<int64_t>(out, v);
+    case DataType::kUint8: return PutInt<uint8_t>(out, v);
+    case DataType::kUint16: return PutInt<uint16_t>(out, v);
+    case DataType::kUint32: return PutInt<uint32_t>(out, v);
+    case DataType::kUint64: return PutInt<uint64_t>(out, v);
+    case DataType::kFp32:
+      if (!v.IsNumber()) return false;
+      Put<float>(out, static_cast<float>(v.GetDouble()));
+      return true;
+    case DataType::kFp64:
+      if (!v.IsNumber()) return false;
+      Put<double>(out, v.GetDouble());
+      return true;
+    case DataType::kBytes:
+      if (!v.IsString()) return false;
+      Put<uint32_t>(out, v.GetStringLength());
+      out->append(v.GetString(), v.GetStringLength());
+      return true;
+    default:
+      return false;  // FP16, BF16: refused over JSON, in the Python frontend's words
+  }
+}
+
+bool Flatten(const Value& v, DataType dtype, std::string* out, int64_t* count) {
+  if (!v.IsArray()) {
+    ++*count;
+    return PutLeaf(out, dtype, v);
+  }
+  for (const Value& item : v.GetArray()) {
+    if (!Flatten(item, dtype, out, count)) return false;
+  }
+  return true;
+}
+
+const Value* Member(const Value& object, const char* name) {
+  auto it = object.FindMember(name);
+  return it == object.MemberEnd() ? nullptr : &it->value;
+}
+
+// A request parameter the model sees; false for a type the core does not carry.
+bool ModelParameter(const char* key, const Value& v, Parameter* p) {
+  p->key = key;
+  if (v.IsBool()) {
+    p->kind = Parameter::Kind::kBool;
+    p->bool_value = v.GetBool();
+  } else if (v.IsInt64()) {
+    p->kind = Parameter::Kind::kInt;
+    p->int_value = v.GetInt64();
+  } else if (v.IsDouble()) {
+    p->kind = Parameter::Kind::kDouble;
+    p->double_value = v.GetDouble();
+  } else if (v.IsString()) {
+    p->string_value = v.GetString();
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool NonNegative(const Value& v, uint64_t* out) {
+  if (!v.IsUint64()) return false;
+  *out = v.GetUint64();
+  return true;
+}
+
+// Python's "replace" decoding of UTF-8, enough for JSON strings: each invalid byte becomes
+// U+FFFD.
+void Utf8(const uint8_t* p, size_t n, std::string* out) {
+  size_t i = 0;
+  while (i < n) {
+    const uint8_t c = p[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool ok = len != 0 && i + len <= n;
+    for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xc0) == 0x80;
+    if (ok && len == 2) ok = c >= 0xc2;
+    if (ok) {
+      out->append(reinterpret_cast<const char*>(p + i), len);
+      i += len;
+    } else {
+      out->append("\xef\xbf\xbd");
+      ++i;
+    }
+  }
+}
+
+void WriteData(Writer& w, const OutputTensor& t) {
+  w.StartArray();
+  const size_t size = ElementSize(t.dtype);
+  const size_t count = size ? t.byte_size / size : 0;
+  const uint8_t* p = t.data;
+  for (size_t i = 0; i < count; ++i, p += size) {
+    switch (t.dtype) {
+      case DataType::kBool: w.Bool(*p != 0); break;
+      case DataType::kInt8: w.Int(static_cast<int8_t>(*p)); break;
+      case DataType::kUint8: w.Uint(*p); break;
+      case DataType::kInt16: { int16_t v; std::memcpy(&v, p, 2); w.Int(v); break; }
+      case DataType::kUint16: { uint16_t v; std::memcpy(&v, p, 2); w.Uint(v); break; }
+      case DataType::kInt32: { int32_t v; std::memcpy(&v, p, 4); w.Int(v); break; }
+      case DataType::kUint32: { uint32_t v; std::memcpy(&v, p, 4); w.Uint(v); break; }
+      case DataType::kInt64: { int64_t v; std::memcpy(&v, p, 8); w.Int64(v); break; }
+      case DataType::kUint64: { uint64_t v; std::memcpy(&v, p, 8); w.Uint64(v); break; }
+      case DataType::kFp32: { float v; std::memcpy(&v, p, 4); w.Double(v); break; }
+      case DataType::kFp64: { double v; std::memcpy(&v, p, 8); w.Double(v); break; }
+      default: break;
+    }
+  }
+  if (t.dtype == DataType::kBytes) {
+    size_t offset = 0;
+    std::string text;
+    while (offset + 4 <= t.byte_size) {
+      uint32_t length = 0;
+      std::memcpy(&length, t.data + offset, 4);
+      offset += 4;
+      length = static_cast<uint32_t>(std::min<size_t>(length, t.byte_size - offset));
+      text.clear();
+      Utf8(t.data + offset, length, &text);
+      w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
+      offset += length;
+    }
+  }
+  w.EndArray();
+}
+
+}  // namespace
+
+bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfer* infer,
+                 InferRequest* request) {
+  size_t length = body.size();
+  if (!header_length.empty()) {
+    size_t parsed = 0;
+    for (char c : header_length) {
+      if (c < '0' || c > '9' || parsed > body.size()) return false;
+      parsed = parsed * 10 + static_cast<size_t>(c - '0');
+    }
+    if (parsed == 0 || parsed > body.size()) return false;
+    length = parsed;
+  }
+  rapidjson::Document& header = infer->header;
+  header.Parse(body.data(), length);
+  if (header.HasParseError() || !header.IsObject()) return false;
+  std::string_view binary = body.substr(length);
+
+  if (const Value* id = Member(header, "id")) {
+    if (!id->IsString()) return false;
+    infer->id = id->GetString();
+    request->request_id = infer->id;
+  }
+  if (const Value* parameters = Member(header, "parameters")) {
+    if (!parameters->IsObject()) return false;
+    for (const auto& m : parameters->GetObject()) {
+      const std::string key = m.name.GetString();
+      if (key == "priority") {
+        if (!NonNegative(m.value, &request->priority)) return false;
+      } else if (key == "timeout") {
+        if (!NonNegative(m.value, &request->timeout_us)) return false;
+      } else if (key == "binary_data_output") {
+        if (!m.value.IsBool()) return false;
+        infer->binary_default = m.value.GetBool();
+      } else {
+        Parameter p;
+        if (!ModelParameter(m.name.GetString(), m.value, &p)) return false;
+        request->parameters.push_back(std::move(p));
+      }
+    }
+  }
+
+  const Value* inputs = Member(header, "inputs");
+  if (inputs != nullptr && !inputs->IsArray()) return false;
+  size_t offset = 0;
+  if (inputs != nullptr) {
+    infer->converted.reserve(inputs->Size());
+    for (const Value& spec : inputs->GetArray()) {
+      if (!spec.IsObject()) return false;
+      const Value* name = Member(spec, "name");
+      const Value* datatype = Member(spec, "datatype");
+      const Value* shape = Member(spec, "shape");
+      if (!name || !name->IsString() || !datatype || !datatype->IsString() || !shape ||
+          !shape->IsArray()) {
+        return false;
+      }
+      TensorView view;
+      view.name = name->GetString();
+      view.dtype = DataTypeFromWire(datatype->GetString());
+      if (view.dtype == DataType::kInvalid) return false;
+      int64_t elements = 1;
+      for (const Value& d : shape->GetArray()) {
+        if (!d.IsInt64()) return false;
+        view.shape.push_back(d.GetInt64());
+        elements *= d.GetInt64();
+      }
+      const Value* size = nullptr;
+      if (const Value* p = Member(spec, "parameters")) {
+        if (!p->IsObject()) return false;
+        for (const auto& m : p->GetObject()) {
+          if (std::string_view(m.name.GetString()) != "binary_data_size") return false;
+          size = &m.value;
+        }
+      }
+      const Value* data = Member(spec, "data");
+      if ((size == nullptr) == (data == nullptr)) return false;
+      if (size != nullptr) {
+        if (!size->IsUint64() || size->GetUint64() > binary.size() - offset) return false;
+        view.data = reinterpret_cast<const uint8_t*>(binary.data() + offset);
+        view.byte_size = size->GetUint64();
+        offset += view.byte_size;
+      } else {
+        std::string& bytes = infer->converted.emplace_back();
+        int64_t count = 0;
+        if (!Flatten(*data, view.dtype, &bytes, &count) || count != elements) return false;
+        view.data = reinterpret_cast<const uint8_t*>(bytes.data());
+        view.byte_size = bytes.size();
+      }
+      request->inputs.push_back(std::move(view));
+    }
+  }
+  if (offset != binary.size()) return false;
+
+  if (const Value* outputs = Member(header, "outputs")) {
+    if (!outputs->IsArray()) return false;
+    for (const Value& spec : outputs->GetArray()) {
+      if (!spec.IsObject()) return false;
+      const Value* name = Member(spec, "name");
+      if (!name || !name->IsString()) return false;
+      RequestedOutput requested{name->GetString(), 0};
+      bool binary_data = infer->binary_default;
+      bool has_binary = false;
+      if (const Value* p = Member(spec, "parameters")) {
+        if (!p->IsObject()) return false;
+        for (const auto& m : p->GetObject()) {
+          const std::string_view key = m.name.GetString();
+          if (key == "binary_data" && m.value.IsBool()) {
+            binary_data = m.value.GetBool();
+            has_binary = true;
+          } else if (key == "classification" && m.value.IsUint64() && m.value.GetUint64() >= 1 &&
+                     m.value.GetUint64() <= UINT32_MAX) {
+            requested.classification = static_cast<uint32_t>(m.value.GetUint64());
+          } else {
+            return false;
+          }
+        }
+      }
+      if (has_binary) infer->binary.emplace_back(requested.name, binary_data);
+      request->outputs.push_back(std::move(requested));
+    }
+  }
+  return true;
+}
+
+Status EncodeInfer(const std::string& model_name, const std::string& model_version,
+                   const HttpInfer& infer, const InferResponse& response, std::string* body,
+                   size_t* header_length) {
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartObject();
+  w.Key("model_name");
+  w.String(model_name.c_str(), static_cast<rapidjson::SizeType>(model_name.size()));
+  w.Key("model_version");
+  w.String(model_version.c_str(), static_cast<rapidjson::SizeType>(model_version.size()));
+  if (!infer.id.empty()) {
+    w.Key("id");
+    w.String(infer.id.c_str(), static_cast<rapidjson::SizeType>(infer.id.size()));
+  }
+  w.Key("outputs");
+  w.StartArray();
+  std::vector<const OutputTensor*> chunks;
+  for (const OutputTensor& t : response.outputs) {
+    bool binary = infer.binary_default;
+    for (const auto& [name, value] : infer.binary) {
+      if (name == t.name) binary = value;
+    }
+    if (!binary && (t.dtype == DataType::kFp16 || t.dtype == DataType::kBf16)) {
+      return Status(StatusCode::kInvalidArg,
+                    std::string("sending ") + WireName(t.dtype) +
+                        " data via JSON is not supported. Please use the binary data format for "
+                        "output");
+    }
+    w.StartObject();
+    w.Key("name");
+    w.String(t.name.c_str(), static_cast<rapidjson::SizeType>(t.name.size()));
+    w.Key("datatype");
+    w.String(WireName(t.dtype));
+    w.Key("shape");
+    w.StartArray();
+    for (int64_t d : t.shape) w.Int64(d);
+    w.EndArray();
+    if (binary) {
+      w.Key("parameters");
+      w.StartObject();
+      w.Key("binary_data_size");
+      w.Uint64(t.byte_size);
+      w.EndObject();
+      chunks.push_back(&t);
+    } else {
+      w.Key("data");
+      WriteData(w, t);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  size_t total = buffer.GetSize();
+  for (const OutputTensor* t : chunks) total += t->byte_size;
+  body->clear();
+  body->reserve(total);
+  body->append(buffer.GetString(), buffer.GetSize());
+  *header_length = chunks.empty() ? 0 : buffer.GetSize();
+  for (const OutputTensor* t : chunks) body->append(reinterpret_cast<const char*>(t->data), t->byte_size);
+  return Status::OK();
+}
+
+std::string ErrorBody(const std::string& message) {
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartObject();
+  w.Key("error");
+  w.String(message.c_str(), static_cast<rapidjson::SizeType>(message.size()));
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+int HttpStatus(StatusCode code) {
+  switch (code) {
+    case StatusCode::kInternal: return 500;
+    case StatusCode::kNotFound: return 404;
+    case StatusCode::kUnavailable: return 503;
+    case StatusCode::kUnsupported: return 501;
+    default: return 400;
+  }
+}
+
+}  // namespace pyserve::httpfront

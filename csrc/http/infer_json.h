@@ -1,0 +1,45 @@
+// KServe v2 HTTP inference bodies (JSON, with Triton's binary tensor extension) between the
+// wire and the core. The decoder takes the common, well-formed cases; anything unusual (a
+// malformed body, data of a type it does not convert, a compressed body) is left to the Python
+// frontend, which words every refusal as Triton does.
+#pragma once
+
+#include <rapidjson/document.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "request.h"
+#include "response.h"
+#include "status.h"
+
+namespace pyserve::httpfront {
+
+// What the response needs to know of its request.
+struct HttpInfer {
+  rapidjson::Document header;
+  std::vector<std::string> converted;  // bytes of inputs given as JSON `data`
+  std::string id;
+  bool binary_default = false;                   // binary_data_output
+  std::vector<std::pair<std::string, bool>> binary;  // per requested output: binary_data
+};
+
+// True when `body` decodes into `request` (whose inputs view `body` and `infer->converted`);
+// false when the Python frontend must take the request.
+bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfer* infer,
+                 InferRequest* request);
+
+// The response body; `header_length` is set when binary outputs follow the JSON (else 0). An
+// error (FP16 or BF16 asked for as JSON) is returned as a failed status.
+Status EncodeInfer(const std::string& model_name, const std::string& model_version,
+                   const HttpInfer& infer, const InferResponse& response, std::string* body,
+                   size_t* header_length);
+
+// {"error": message}
+std::string ErrorBody(const std::string& message);
+
+// Triton's HTTP status for a status code.
+int HttpStatus(StatusCode code);
+
+}  // namespace pyserve::httpfront

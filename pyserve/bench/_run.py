@@ -1,0 +1,198 @@
+"""One benchmark run: for each load level, start the worker processes, collect windows
+until three agree (or ten have passed), read the server's statistics at every window
+boundary, and summarize."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_module
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from pyserve.bench._inputs import Payload, encode, make_inputs, parse_shapes
+from pyserve.bench._load import WorkerPlan, run_worker
+from pyserve.bench._windows import Window, is_stable, summarize
+from pyserve.client import Client, InferenceServerError
+
+
+@dataclass
+class BenchOptions:
+    model: str
+    url: str = "127.0.0.1:8001"
+    protocol: str | None = None
+    version: str = ""
+    concurrency: list[int] = field(default_factory=lambda: [1])
+    request_rate: list[float] = field(default_factory=list)
+    batch_size: int = 1
+    shapes: list[str] = field(default_factory=list)
+    input_data: str = "random"
+    streaming: bool = False
+    measurement_interval_ms: int = 5000
+    max_windows: int = 10
+    stability: float = 0.10
+    processes: int = 0          # worker processes per level; 0 = half the cores, at most the load
+    server_stats: bool = True
+
+
+@dataclass
+class LevelResult:
+    url: str
+    protocol: str
+    concurrency: int | None
+    request_rate: float | None
+    throughput: float
+    avg_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    stable: bool
+    windows: int
+    processes: int
+    client_cpu_us_per_request: float
+    server_queue_us: float | None = None
+    server_compute_input_us: float | None = None
+    server_compute_infer_us: float | None = None
+    server_compute_output_us: float | None = None
+    server_request_us: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _protocol(url: str, protocol: str | None) -> str:
+    from pyserve.client import parse_url
+    return parse_url(url, protocol)[0]
+
+
+def prepare(options: BenchOptions, url: str) -> tuple[str, tuple[Payload, ...]]:
+    protocol = _protocol(url, options.protocol)
+    if options.streaming and protocol != "grpc":
+        raise ValueError(f"--streaming needs gRPC, and {url} is {protocol}")
+    with Client(url, protocol=protocol if "://" not in url else None) as client:
+        inputs = make_inputs(client, options.model, options.version, options.batch_size,
+                             parse_shapes(options.shapes), options.input_data)
+    return protocol, tuple(encode(options.model, options.version, i) for i in inputs)
+
+
+def run(options: BenchOptions, url: str | None = None,
+        progress: Callable[[str], None] | None = None) -> list[LevelResult]:
+    """Every level of `options` against `url` (default options.url)."""
+    url = url or options.url
+    protocol, payloads = prepare(options, url)
+    levels = ([("concurrency", c) for c in options.concurrency] if not options.request_rate
+              else [("request_rate", r) for r in options.request_rate])
+    stats_client = Client(url, protocol=protocol if "://" not in url else None)
+    try:
+        return [run_level(options, url, protocol, payloads, kind, value, stats_client, progress)
+                for kind, value in levels]
+    finally:
+        stats_client.close()
+
+
+def _statistics(client: Client, options: BenchOptions):
+    if not options.server_stats:
+        return None
+    try:
+        stats = client.statistics(options.model, options.version)
+    except InferenceServerError:
+        return None
+    return stats[0] if len(stats) == 1 else None
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: str, value,
+              stats_client: Client, progress=None) -> LevelResult:
+    cores = os.cpu_count() or 1
+    window_s = options.measurement_interval_ms / 1000
+    if kind == "concurrency":
+        # by default half the cores: the server usually shares the machine, and a process
+        # per core takes CPU from it (on 2 cores one process measured 10-20% higher rates)
+        processes = max(1, min(int(value), options.processes or cores // 2))
+        shares = [WorkerPlan(url, protocol, payloads, concurrency=c, streaming=options.streaming,
+                             window=window_s) for c in _split(int(value), processes)]
+    else:
+        processes = max(1, options.processes or 1)
+        shares = [WorkerPlan(url, protocol, payloads, request_rate=float(value) / processes,
+                             streaming=options.streaming, window=window_s)
+                  for _ in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    reports, stop = context.Queue(), context.Event()
+    # window 0 starts once every worker is up, after a warm-up of one window (at most 2 s)
+    start = time.monotonic() + 3.0 + min(window_s, 2.0)
+    workers = [context.Process(target=run_worker, args=(_with_start(plan, start), reports, stop),
+                               daemon=True) for plan in shares]
+    for worker in workers:
+        worker.start()
+    windows: list[Window] = []
+    marks = []
+    received: dict[int, list] = {}
+    finished = 0
+    try:
+        time.sleep(max(0.0, start - time.monotonic()))
+        marks.append(_statistics(stats_client, options))
+        for index in range(options.max_windows):
+            while len(received.get(index, [])) < len(workers) - finished:
+                item = reports.get(timeout=window_s + 60)
+                if item is None:
+                    finished += 1
+                    continue
+                received.setdefault(item[0], []).append(item)
+            marks.append(_statistics(stats_client, options))
+            parts = received.pop(index, [])
+            import numpy as np
+            windows.append(Window(window_s, np.concatenate([p[1] for p in parts]) if parts
+                                  else np.empty(0), sum(p[2] for p in parts),
+                                  sum(p[3] for p in parts)))
+            if progress is not None:
+                w = windows[-1]
+                progress(f"{kind}={value} window {index + 1}: {w.throughput:.1f} infer/s, "
+                         f"avg {w.avg_latency * 1e3:.2f} ms")
+            if is_stable(windows, 3, options.stability):
+                break
+    finally:
+        stop.set()
+        deadline = time.monotonic() + 30
+        while finished < len(workers) and time.monotonic() < deadline:
+            try:
+                if reports.get(timeout=1) is None:
+                    finished += 1
+            except queue_module.Empty:
+                if not any(w.is_alive() for w in workers):
+                    break
+        for worker in workers:
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
+    stable = is_stable(windows, 3, options.stability)
+    chosen = windows[-3:]
+    summary = summarize(chosen)
+    result = LevelResult(
+        url=url, protocol=protocol,
+        concurrency=int(value) if kind == "concurrency" else None,
+        request_rate=float(value) if kind == "request_rate" else None,
+        throughput=summary.throughput, avg_ms=summary.avg_ms, p50_ms=summary.p50_ms,
+        p90_ms=summary.p90_ms, p95_ms=summary.p95_ms, p99_ms=summary.p99_ms,
+        errors=summary.errors, requests=summary.requests, stable=stable, windows=len(windows),
+        processes=len(workers), client_cpu_us_per_request=summary.cpu_us_per_request)
+    first, last = marks[len(marks) - 1 - len(chosen)], marks[-1]
+    if first is not None and last is not None:
+        delta = (last - first).inference_stats
+        result.server_queue_us = delta.queue.mean_us
+        result.server_compute_input_us = delta.compute_input.mean_us
+        result.server_compute_infer_us = delta.compute_infer.mean_us
+        result.server_compute_output_us = delta.compute_output.mean_us
+        result.server_request_us = delta.success.mean_us
+    return result
+
+
+def _with_start(plan: WorkerPlan, start: float) -> WorkerPlan:
+    from dataclasses import replace
+    return replace(plan, start=start)

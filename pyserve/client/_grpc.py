@@ -1,0 +1,415 @@
+"""The gRPC protocol: calls built as (RPC, request message, decoder), and two transports
+(grpcio's sync channel, and grpc.aio) that carry them.
+
+Messages come from pyserve's private descriptor pool (`pyserve.protocol`), so this client
+runs in one process with tritonclient. One channel per client: HTTP/2 multiplexes every call,
+so the connection is reused and kept alive (`keepalive_ms`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message_factory import GetMessageClass
+
+from pyserve.client._request import InferRequest
+from pyserve.client._tensors import from_bytes, from_json_data
+from pyserve.client._types import (IndexEntry, InferResult, ModelMetadata, ModelStatistics,
+                                   RegionStatus, ServerMetadata, TensorMetadata)
+from pyserve.client.errors import InferenceServerError
+from pyserve.protocol import INFERENCE_SERVICE, pb
+
+SERVICE = "/inference.GRPCInferenceService/"
+_INT32_MAX = 2**31 - 1
+_UINT64_KEYS = frozenset({"priority"})  # reserved keys tritonclient sends as uint64_param
+_COMPRESSION = {None: grpc.Compression.NoCompression, "none": grpc.Compression.NoCompression,
+                "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
+@dataclass(frozen=True)
+class GrpcCall:
+    rpc: str
+    request: Any
+    decode: Callable[[Any], Any]
+
+
+def _identity(response):
+    return response
+
+
+# ------------------------------------------------------------------------------- parameters
+
+def set_parameters(target, values: Mapping[str, Any]) -> None:
+    """Fill a map<string, InferParameter> from Python values."""
+    for key, value in values.items():
+        parameter = target[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int):
+            if key in _UINT64_KEYS:
+                parameter.uint64_param = value
+            else:
+                parameter.int64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        elif isinstance(value, str):
+            parameter.string_param = value
+        else:
+            raise TypeError(f"parameter '{key}': unsupported type {type(value).__name__}")
+
+
+def get_parameters(source) -> dict[str, Any]:
+    out = {}
+    for key, parameter in source.items():
+        which = parameter.WhichOneof("parameter_choice")
+        out[key] = getattr(parameter, which) if which else None
+    return out
+
+
+# ------------------------------------------------------------------------------------ infer
+
+def encode_infer(request: InferRequest):
+    message = pb.ModelInferRequest(model_name=request.model, model_version=request.version,
+                                   id=request.id)
+    if request.parameters:
+        set_parameters(message.parameters, request.parameters)
+    raw = []
+    for tensor in request.inputs:
+        entry = message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if tensor.shm is not None:
+            _set_shm(entry.parameters, tensor.shm)
+        else:
+            raw.append(tensor.data)
+    message.raw_input_contents.extend(raw)
+    for output in request.outputs:
+        entry = message.outputs.add(name=output.name)
+        if output.shm is not None:
+            _set_shm(entry.parameters, output.shm)
+        if output.parameters:
+            set_parameters(entry.parameters, output.parameters)
+    return message
+
+
+def _set_shm(target, ref) -> None:
+    region, offset, byte_size = ref
+    target["shared_memory_region"].string_param = region
+    target["shared_memory_byte_size"].int64_param = byte_size
+    if offset:
+        target["shared_memory_offset"].int64_param = offset
+
+
+def decode_infer(response, shm_outputs: Mapping | None = None) -> InferResult:
+    outputs = {}
+    raw = response.raw_output_contents
+    direct = len(raw) == len(response.outputs)  # else raw entries skip outputs in shm
+    raw_index = 0
+    for index, tensor in enumerate(response.outputs):
+        shape = list(tensor.shape)
+        if "shared_memory_region" in tensor.parameters:
+            target = (shm_outputs or {}).get(tensor.name)
+            outputs[tensor.name] = _shm_view(target, tensor.datatype, shape)
+            continue
+        if direct:
+            outputs[tensor.name] = from_bytes(raw[index], tensor.datatype, shape)
+        elif raw_index < len(raw):
+            outputs[tensor.name] = from_bytes(raw[raw_index], tensor.datatype, shape)
+            raw_index += 1
+        else:
+            outputs[tensor.name] = _typed_contents(tensor, shape)
+    parameters = get_parameters(response.parameters) if response.parameters else {}
+    return InferResult(outputs, model_name=response.model_name,
+                       model_version=response.model_version, id=response.id,
+                       parameters=parameters,
+                       final=bool(parameters.get("triton_final_response", True)))
+
+
+def _shm_view(target, datatype: str, shape: list[int]):
+    if target is None:
+        return None
+    count = 1
+    for d in shape:
+        count *= d
+    return target.reshape(-1)[:count].reshape(shape)
+
+
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+             "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+def _typed_contents(tensor, shape):
+    field = _CONTENTS.get(tensor.datatype)
+    if field is None:
+        raise InferenceServerError(f"output '{tensor.name}' has no data", "INTERNAL")
+    return from_json_data(list(getattr(tensor.contents, field)), tensor.datatype, shape)
+
+
+def decode_stream(response, shm_outputs=None) -> InferResult:
+    if response.error_message:
+        raise InferenceServerError(response.error_message, "INTERNAL")
+    return decode_infer(response.infer_response, shm_outputs)
+
+
+# ----------------------------------------------------------------------------- other calls
+
+class GrpcProtocol:
+    """Builds each call of the API as a GrpcCall."""
+
+    name = "grpc"
+
+    @staticmethod
+    def live():
+        return GrpcCall("ServerLive", pb.ServerLiveRequest(), lambda r: r.live)
+
+    @staticmethod
+    def ready():
+        return GrpcCall("ServerReady", pb.ServerReadyRequest(), lambda r: r.ready)
+
+    @staticmethod
+    def model_ready(model: str, version: str):
+        return GrpcCall("ModelReady", pb.ModelReadyRequest(name=model, version=version),
+                        lambda r: r.ready)
+
+    @staticmethod
+    def server_metadata():
+        return GrpcCall("ServerMetadata", pb.ServerMetadataRequest(),
+                        lambda r: ServerMetadata(r.name, r.version, list(r.extensions)))
+
+    @staticmethod
+    def model_metadata(model: str, version: str):
+        def decode(r):
+            def tensors(items):
+                return [TensorMetadata(t.name, t.datatype, list(t.shape)) for t in items]
+            return ModelMetadata(r.name, list(r.versions), r.platform, tensors(r.inputs),
+                                 tensors(r.outputs))
+        return GrpcCall("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version),
+                        decode)
+
+    @staticmethod
+    def model_config(model: str, version: str):
+        return GrpcCall("ModelConfig", pb.ModelConfigRequest(name=model, version=version),
+                        lambda r: r.config)
+
+    @staticmethod
+    def statistics(model: str, version: str):
+        def decode(r):
+            return [ModelStatistics.from_json(json_format.MessageToDict(
+                s, preserving_proto_field_name=True)) for s in r.model_stats]
+        return GrpcCall("ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version),
+                        decode)
+
+    @staticmethod
+    def repository_index(ready: bool):
+        return GrpcCall("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready),
+                        lambda r: [IndexEntry(m.name, m.version, m.state, m.reason)
+                                   for m in r.models])
+
+    @staticmethod
+    def load(model: str, config: str | None, files: Mapping[str, bytes] | None):
+        request = pb.RepositoryModelLoadRequest(model_name=model)
+        if config is not None:
+            request.parameters["config"].string_param = config
+        for path, content in (files or {}).items():
+            request.parameters[f"file:{path}"].bytes_param = content
+        return GrpcCall("RepositoryModelLoad", request, lambda r: None)
+
+    @staticmethod
+    def unload(model: str, unload_dependents: bool):
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        request.parameters["unload_dependents"].bool_param = unload_dependents
+        return GrpcCall("RepositoryModelUnload", request, lambda r: None)
+
+    @staticmethod
+    def trace_settings(model: str, settings: Mapping[str, Any] | None):
+        request = pb.TraceSettingRequest(model_name=model)
+        for key, value in (settings or {}).items():
+            entry = request.settings[key]
+            if value is not None:
+                entry.value.extend([str(v) for v in value] if isinstance(value, (list, tuple))
+                                   else [str(value)])
+        return GrpcCall("TraceSetting", request,
+                        lambda r: {k: list(v.value) for k, v in r.settings.items()})
+
+    @staticmethod
+    def log_settings(settings: Mapping[str, Any] | None):
+        request = pb.LogSettingsRequest()
+        for key, value in (settings or {}).items():
+            entry = request.settings[key]
+            if isinstance(value, bool):
+                entry.bool_param = value
+            elif isinstance(value, int):
+                entry.uint32_param = value
+            else:
+                entry.string_param = str(value)
+
+        def decode(r):
+            return {k: getattr(v, v.WhichOneof("parameter_choice"))
+                    if v.WhichOneof("parameter_choice") else None for k, v in r.settings.items()}
+        return GrpcCall("LogSettings", request, decode)
+
+    @staticmethod
+    def shm_register(name: str, key: str, byte_size: int, offset: int):
+        return GrpcCall("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(
+            name=name, key=key, offset=offset, byte_size=byte_size), lambda r: None)
+
+    @staticmethod
+    def shm_unregister(name: str):
+        return GrpcCall("SystemSharedMemoryUnregister",
+                        pb.SystemSharedMemoryUnregisterRequest(name=name), lambda r: None)
+
+    @staticmethod
+    def shm_status(name: str):
+        return GrpcCall("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest(name=name),
+                        lambda r: [RegionStatus(s.name, s.key, s.offset, s.byte_size)
+                                   for s in r.regions.values()])
+
+    @staticmethod
+    def infer(request: InferRequest):
+        shm_outputs = request.shm_outputs
+        return GrpcCall("ModelInfer", encode_infer(request),
+                        lambda r: decode_infer(r, shm_outputs))
+
+
+def config_json(config) -> str | None:
+    """A load's config override as the JSON text Triton takes (dict, str or ModelConfig)."""
+    if config is None or isinstance(config, str):
+        return config
+    if isinstance(config, Mapping):
+        return json.dumps(config)
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
+# ----------------------------------------------------------------------------- transports
+
+def _error(e: grpc.RpcError) -> InferenceServerError:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    return InferenceServerError(details or str(code), code.name if code else "UNKNOWN")
+
+
+def channel_options(keepalive_ms: int, extra: Iterable = ()) -> list[tuple[str, Any]]:
+    options = [("grpc.max_send_message_length", _INT32_MAX),
+               ("grpc.max_receive_message_length", _INT32_MAX)]
+    if keepalive_ms:
+        options += [("grpc.keepalive_time_ms", keepalive_ms),
+                    ("grpc.keepalive_timeout_ms", 20000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.max_pings_without_data", 0)]
+    return options + list(extra)
+
+
+def _method_classes(rpc: str):
+    method = INFERENCE_SERVICE.methods_by_name[rpc]
+    return GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+
+
+class GrpcTransport:
+    """grpcio's sync channel. Thread-safe: one channel serves every thread."""
+
+    def __init__(self, target: str, *, credentials=None, compression: str | None = None,
+                 keepalive_ms: int = 30000, channel_args: Iterable = ()) -> None:
+        options = channel_options(keepalive_ms, channel_args)
+        self.channel = (grpc.secure_channel(target, credentials, options=options)
+                        if credentials is not None else grpc.insecure_channel(target, options=options))
+        self.compression = _COMPRESSION[compression]
+        self._methods: dict[str, Any] = {}
+
+    def method(self, rpc: str):
+        method = self._methods.get(rpc)
+        if method is None:
+            request_class, response_class = _method_classes(rpc)
+            method = self.channel.unary_unary(SERVICE + rpc,
+                                              request_serializer=request_class.SerializeToString,
+                                              response_deserializer=response_class.FromString)
+            self._methods[rpc] = method
+        return method
+
+    def raw_method(self, rpc: str):
+        """The RPC taking and returning serialized bytes (for load generators)."""
+        return self.channel.unary_unary(SERVICE + rpc)
+
+    def call(self, call: GrpcCall, timeout: float | None, metadata):
+        try:
+            return call.decode(self.method(call.rpc)(call.request, timeout=timeout,
+                                                     metadata=metadata,
+                                                     compression=self.compression))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def stream(self, requests: Iterator, timeout: float | None, metadata) -> Iterator:
+        stream = self.channel.stream_stream(
+            SERVICE + "ModelStreamInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString)
+        responses = stream(requests, timeout=timeout, metadata=metadata,
+                           compression=self.compression)
+        try:
+            yield from responses
+        except grpc.RpcError as e:
+            raise _error(e) from None
+        finally:
+            responses.cancel()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class AioGrpcTransport:
+    """grpc.aio's channel, opened on first use inside the running event loop."""
+
+    def __init__(self, target: str, *, credentials=None, compression: str | None = None,
+                 keepalive_ms: int = 30000, channel_args: Iterable = ()) -> None:
+        self._target, self._credentials = target, credentials
+        self._options = channel_options(keepalive_ms, channel_args)
+        self.compression = _COMPRESSION[compression]
+        self._channel = None
+        self._methods: dict[str, Any] = {}
+
+    @property
+    def channel(self):
+        if self._channel is None:
+            self._channel = (
+                grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+                if self._credentials is not None
+                else grpc.aio.insecure_channel(self._target, options=self._options))
+        return self._channel
+
+    def method(self, rpc: str):
+        method = self._methods.get(rpc)
+        if method is None:
+            request_class, response_class = _method_classes(rpc)
+            method = self.channel.unary_unary(SERVICE + rpc,
+                                              request_serializer=request_class.SerializeToString,
+                                              response_deserializer=response_class.FromString)
+            self._methods[rpc] = method
+        return method
+
+    async def call(self, call: GrpcCall, timeout: float | None, metadata):
+        try:
+            return call.decode(await self.method(call.rpc)(call.request, timeout=timeout,
+                                                           metadata=metadata,
+                                                           compression=self.compression))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    async def stream(self, requests, timeout: float | None, metadata):
+        stream = self.channel.stream_stream(
+            SERVICE + "ModelStreamInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString)
+        call = stream(requests, timeout=timeout, metadata=metadata, compression=self.compression)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as e:
+            raise _error(e) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None

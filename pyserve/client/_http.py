@@ -1,0 +1,367 @@
+"""The HTTP/REST protocol (KServe v2 with Triton's binary tensor extension): calls built as
+(method, path, body, decoder), and two transports (urllib3's pool, and aiohttp) that carry them.
+
+Tensors travel in binary: the JSON header, then each tensor's bytes
+(`Inference-Header-Content-Length` says where the JSON ends), and outputs come back the same
+way. Connections are pooled and kept alive.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import quote
+
+from google.protobuf import json_format
+
+from pyserve.client._request import InferRequest
+from pyserve.client._tensors import from_bytes, from_json_data
+from pyserve.client._types import (IndexEntry, InferResult, ModelMetadata, ModelStatistics,
+                                   RegionStatus, ServerMetadata, TensorMetadata)
+from pyserve.client.errors import InferenceServerError
+from pyserve.protocol import pb
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    method: str
+    path: str
+    decode: Callable[[HttpResponse], Any]
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    ok: tuple[int, ...] = (200,)
+
+
+def _json(response: HttpResponse):
+    return json.loads(response.body) if response.body.strip() else {}
+
+
+def _model_path(model: str, version: str) -> str:
+    path = f"/v2/models/{quote(model, safe='')}"
+    return f"{path}/versions/{quote(str(version), safe='')}" if version else path
+
+
+def _post_json(path: str, document, decode) -> HttpCall:
+    body = json.dumps(document).encode() if document is not None else b""
+    return HttpCall("POST", path, decode, body, {"Content-Type": "application/json"})
+
+
+def _none(response: HttpResponse) -> None:
+    return None
+
+
+def error_of(response: HttpResponse) -> InferenceServerError:
+    try:
+        message = json.loads(response.body).get("error", "")
+    except (ValueError, AttributeError):
+        message = response.body.decode(errors="replace")
+    return InferenceServerError.from_http(response.status, message or f"HTTP {response.status}")
+
+
+# ------------------------------------------------------------------------------------ infer
+
+def encode_infer(request: InferRequest) -> tuple[bytes, dict[str, str]]:
+    header: dict[str, Any] = {}
+    if request.id:
+        header["id"] = request.id
+    parameters = dict(request.parameters)
+    inputs, chunks = [], []
+    for tensor in request.inputs:
+        entry = {"name": tensor.name, "shape": tensor.shape, "datatype": tensor.datatype}
+        if tensor.shm is not None:
+            entry["parameters"] = _shm_parameters(tensor.shm)
+        else:
+            entry["parameters"] = {"binary_data_size": len(tensor.data)}
+            chunks.append(tensor.data)
+        inputs.append(entry)
+    header["inputs"] = inputs
+    if request.outputs:
+        outputs = []
+        for output in request.outputs:
+            params = dict(output.parameters)
+            if output.shm is not None:
+                params.update(_shm_parameters(output.shm))
+            else:
+                params["binary_data"] = True
+            outputs.append({"name": output.name, "parameters": params})
+        header["outputs"] = outputs
+    else:
+        parameters["binary_data_output"] = True
+    if parameters:
+        header["parameters"] = parameters
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([head, *chunks]), {HEADER_LENGTH: str(len(head)),
+                                       "Content-Type": "application/octet-stream"}
+
+
+def _shm_parameters(ref) -> dict[str, Any]:
+    region, offset, byte_size = ref
+    params = {"shared_memory_region": region, "shared_memory_byte_size": byte_size}
+    if offset:
+        params["shared_memory_offset"] = offset
+    return params
+
+
+def decode_infer(response: HttpResponse, shm_outputs: Mapping | None = None) -> InferResult:
+    length = response.headers.get(HEADER_LENGTH)
+    body = response.body
+    if length is None:
+        header, binary = json.loads(body), memoryview(b"")
+    else:
+        split = int(length)
+        header, binary = json.loads(body[:split]), memoryview(body)[split:]
+    outputs, offset = {}, 0
+    for tensor in header.get("outputs", []):
+        name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
+        params = tensor.get("parameters") or {}
+        if "binary_data_size" in params:
+            size = int(params["binary_data_size"])
+            outputs[name] = from_bytes(binary[offset:offset + size], datatype, shape)
+            offset += size
+        elif "shared_memory_region" in params:
+            target = (shm_outputs or {}).get(name)
+            count = 1
+            for d in shape:
+                count *= d
+            outputs[name] = None if target is None else target.reshape(-1)[:count].reshape(shape)
+        else:
+            outputs[name] = from_json_data(tensor.get("data", []), datatype, shape)
+    parameters = header.get("parameters") or {}
+    return InferResult(outputs, model_name=header.get("model_name", ""),
+                       model_version=str(header.get("model_version", "")),
+                       id=header.get("id", ""), parameters=parameters,
+                       final=bool(parameters.get("triton_final_response", True)))
+
+
+# ------------------------------------------------------------------------------- the calls
+
+def _ready(response: HttpResponse) -> bool:
+    return response.status == 200
+
+
+def _metadata(response: HttpResponse) -> ModelMetadata:
+    doc = _json(response)
+
+    def tensors(items):
+        return [TensorMetadata(t["name"], t["datatype"], [int(d) for d in t["shape"]])
+                for t in items or []]
+    return ModelMetadata(doc.get("name", ""), list(doc.get("versions", [])),
+                         doc.get("platform", ""), tensors(doc.get("inputs")),
+                         tensors(doc.get("outputs")))
+
+
+def _config(response: HttpResponse):
+    return json_format.ParseDict(_json(response), pb.ModelConfig(), ignore_unknown_fields=True)
+
+
+class HttpProtocol:
+    """Builds each call of the API as an HttpCall."""
+
+    name = "http"
+
+    @staticmethod
+    def live():
+        return HttpCall("GET", "/v2/health/live", _ready, ok=(200, 400))
+
+    @staticmethod
+    def ready():
+        return HttpCall("GET", "/v2/health/ready", _ready, ok=(200, 400))
+
+    @staticmethod
+    def model_ready(model: str, version: str):
+        return HttpCall("GET", _model_path(model, version) + "/ready", _ready, ok=(200, 400))
+
+    @staticmethod
+    def server_metadata():
+        def decode(response):
+            doc = _json(response)
+            return ServerMetadata(doc.get("name", ""), doc.get("version", ""),
+                                  list(doc.get("extensions", [])))
+        return HttpCall("GET", "/v2", decode)
+
+    @staticmethod
+    def model_metadata(model: str, version: str):
+        return HttpCall("GET", _model_path(model, version), _metadata)
+
+    @staticmethod
+    def model_config(model: str, version: str):
+        return HttpCall("GET", _model_path(model, version) + "/config", _config)
+
+    @staticmethod
+    def statistics(model: str, version: str):
+        path = _model_path(model, version) + "/stats" if model else "/v2/models/stats"
+        return HttpCall("GET", path, lambda r: [ModelStatistics.from_json(s)
+                                                for s in _json(r).get("model_stats", [])])
+
+    @staticmethod
+    def repository_index(ready: bool):
+        return _post_json("/v2/repository/index", {"ready": ready} if ready else None,
+                          lambda r: [IndexEntry(m.get("name", ""), m.get("version", ""),
+                                                m.get("state", ""), m.get("reason", ""))
+                                     for m in (_json(r) or [])])
+
+    @staticmethod
+    def load(model: str, config: str | None, files: Mapping[str, bytes] | None):
+        parameters: dict[str, Any] = {}
+        if config is not None:
+            parameters["config"] = config
+        for path, content in (files or {}).items():
+            parameters[f"file:{path}"] = base64.b64encode(content).decode()
+        return _post_json(f"/v2/repository/models/{quote(model, safe='')}/load",
+                          {"parameters": parameters} if parameters else None, _none)
+
+    @staticmethod
+    def unload(model: str, unload_dependents: bool):
+        return _post_json(f"/v2/repository/models/{quote(model, safe='')}/unload",
+                          {"parameters": {"unload_dependents": unload_dependents}}, _none)
+
+    @staticmethod
+    def trace_settings(model: str, settings: Mapping[str, Any] | None):
+        path = (_model_path(model, "") if model else "/v2") + "/trace/setting"
+        if settings is None:
+            return HttpCall("GET", path, _json)
+        return _post_json(path, dict(settings), _json)
+
+    @staticmethod
+    def log_settings(settings: Mapping[str, Any] | None):
+        if settings is None:
+            return HttpCall("GET", "/v2/logging", _json)
+        return _post_json("/v2/logging", dict(settings), _json)
+
+    @staticmethod
+    def shm_register(name: str, key: str, byte_size: int, offset: int):
+        return _post_json(f"/v2/systemsharedmemory/region/{quote(name, safe='')}/register",
+                          {"key": key, "offset": offset, "byte_size": byte_size}, _none)
+
+    @staticmethod
+    def shm_unregister(name: str):
+        path = (f"/v2/systemsharedmemory/region/{quote(name, safe='')}/unregister" if name
+                else "/v2/systemsharedmemory/unregister")
+        return _post_json(path, None, _none)
+
+    @staticmethod
+    def shm_status(name: str):
+        path = (f"/v2/systemsharedmemory/region/{quote(name, safe='')}/status" if name
+                else "/v2/systemsharedmemory/status")
+        return HttpCall("GET", path, lambda r: [
+            RegionStatus(s.get("name", ""), s.get("key", ""), int(s.get("offset", 0)),
+                         int(s.get("byte_size", 0))) for s in (_json(r) or [])])
+
+    @staticmethod
+    def infer(request: InferRequest):
+        body, headers = encode_infer(request)
+        shm_outputs = request.shm_outputs
+        return HttpCall("POST", _model_path(request.model, request.version) + "/infer",
+                        lambda r: decode_infer(r, shm_outputs), body, headers)
+
+
+# ----------------------------------------------------------------------------- transports
+
+def _compress(body: bytes | None, headers: dict, compression: str | None):
+    if compression and compression != "none":
+        headers["Accept-Encoding"] = "gzip, deflate"
+        if body:
+            body = gzip.compress(body, 1) if compression == "gzip" else zlib.compress(body, 1)
+            headers["Content-Encoding"] = compression
+    return body, headers
+
+
+class HttpTransport:
+    """urllib3's connection pool: thread-safe, connections kept alive and reused."""
+
+    def __init__(self, host: str, port: int, *, tls: bool = False, ssl_options=None,
+                 compression: str | None = None, pool_size: int = 16) -> None:
+        import urllib3
+
+        self._urllib3 = urllib3
+        if tls:
+            self.pool = urllib3.HTTPSConnectionPool(host, port, maxsize=pool_size,
+                                                    **(ssl_options or {}))
+        else:
+            self.pool = urllib3.HTTPConnectionPool(host, port, maxsize=pool_size)
+        self.compression = compression
+
+    def call(self, call: HttpCall, timeout: float | None, headers: Mapping[str, str]):
+        response = self.send(call.method, call.path, call.body, {**call.headers, **headers},
+                             timeout)
+        if response.status not in call.ok:
+            raise error_of(response)
+        return call.decode(response)
+
+    def send(self, method: str, path: str, body, headers: dict, timeout) -> HttpResponse:
+        urllib3 = self._urllib3
+        body, headers = _compress(body, dict(headers), self.compression)
+        try:
+            r = self.pool.urlopen(method, path, body=body, headers=headers, retries=False,
+                                  timeout=urllib3.Timeout(total=timeout) if timeout else
+                                  urllib3.Timeout(connect=None, read=None),
+                                  redirect=False)
+        except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass
+            raise InferenceServerError(f"failed to connect: {e}", "UNAVAILABLE") from None
+        except urllib3.exceptions.TimeoutError as e:
+            raise InferenceServerError(f"Deadline Exceeded ({e})", "DEADLINE_EXCEEDED") from None
+        except urllib3.exceptions.HTTPError as e:
+            raise InferenceServerError(f"failed to reach the server: {e}", "UNAVAILABLE") from None
+        return HttpResponse(r.status, r.headers, r.data)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class AioHttpTransport:
+    """aiohttp's session, opened on first use inside the running event loop."""
+
+    def __init__(self, base_url: str, *, ssl=None, compression: str | None = None,
+                 pool_size: int = 100) -> None:
+        self._base, self._ssl, self._pool_size = base_url.rstrip("/"), ssl, pool_size
+        self.compression = compression
+        self._session = None
+
+    def _open(self):
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=self._ssl))
+        return self._session
+
+    async def call(self, call: HttpCall, timeout: float | None, headers: Mapping[str, str]):
+        response = await self.send(call.method, call.path, call.body,
+                                   {**call.headers, **headers}, timeout)
+        if response.status not in call.ok:
+            raise error_of(response)
+        return call.decode(response)
+
+    async def send(self, method: str, path: str, body, headers: dict, timeout) -> HttpResponse:
+        import asyncio
+
+        import aiohttp
+
+        session = self._open()
+        body, headers = _compress(body, dict(headers), self.compression)
+        try:
+            async with session.request(method, self._base + path, data=body, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                return HttpResponse(r.status, r.headers, await r.read())
+        except asyncio.TimeoutError:
+            raise InferenceServerError("Deadline Exceeded", "DEADLINE_EXCEEDED") from None
+        except aiohttp.ClientError as e:
+            raise InferenceServerError(f"failed to reach the server: {e}", "UNAVAILABLE") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

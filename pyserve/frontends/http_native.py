@@ -1,0 +1,35 @@
+"""The native HTTP frontend: pyserve._http_server (cpp-httplib) serves KServe v2 inference
+requests in native code and relays every other request (and inference requests it leaves to
+the shell, whose refusals keep Triton's texts) to the aiohttp frontend, which then listens on
+a loopback port only. One port, one URL for clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pyserve.lifecycle import ModelManager
+
+try:
+    from pyserve import _http_server
+except ImportError as e:  # built without cpp-httplib, or its library is missing here
+    _http_server = None
+    UNAVAILABLE_REASON = str(e)
+else:
+    UNAVAILABLE_REASON = ""
+
+
+def available() -> bool:
+    return _http_server is not None
+
+
+class NativeHttpServer:
+    def __init__(self, manager: ModelManager, host: str, port: int, shell_port: int,
+                 threads: int, max_input_size: int) -> None:
+        self._server = _http_server.Server(manager.table, host, port, shell_port, threads,
+                                           max_input_size)
+        self.port = self._server.port
+
+    async def stop(self) -> None:
+        """Stop accepting; requests in progress get their answers first."""
+        await asyncio.to_thread(self._server.stop)
