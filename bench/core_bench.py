@@ -33,7 +33,6 @@ def run_cpp_benchmarks() -> None:
 
 def python_executor_overhead_us(requests: int = 20000) -> list[float]:
     from pyserve import _core
-    from pyserve.datatypes import config_type
 
     options = _core.SchedulerOptions()
     options.model_name = "noop"
@@ -42,24 +41,26 @@ def python_executor_overhead_us(requests: int = 20000) -> list[float]:
     done = threading.Event()
     delivered_at = [0]
 
-    def execute(instance, ids, batch_sizes, inputs):
+    def execute(instance, batch_sizes, inputs, requests):
         return {}
 
-    def deliver(ids, sizes, inputs, outputs, error):
+    def deliver(results):
         delivered_at[0] = time.perf_counter_ns()
         done.set()
 
-    scheduler = _core.Scheduler(options, execute, deliver, lambda *args: None)
+    spec = _core.ModelSpec("noop", 1, 0, [("INPUT0", "INT32", [1, 16], False, None)], [])
+    model = _core.Model(spec, options, execute)
+    sink = _core.PythonSink(deliver)
     data = np.zeros((1, 16), np.int32)
-    inputs = [("INPUT0", config_type("INT32"), [1, 16], data)]
+    inputs = [("INPUT0", "INT32", [1, 16], data)]
     latencies = []
-    for request_id in range(requests):
+    for tag in range(requests):
         done.clear()
         start = time.perf_counter_ns()
-        scheduler.enqueue(request_id, inputs)
+        model.submit(tag, sink, inputs)
         done.wait()
         latencies.append((delivered_at[0] - start) / 1000)
-    scheduler.stop()
+    model.stop()
     return sorted(latencies)
 
 

@@ -43,8 +43,9 @@ The models (made once, cached under --cache-dir, default ~/.cache/pyserve-bench)
     Both: max_batch_size 64 (double) / 16 (minilm), dynamic_batching { max_queue_delay_microseconds:
     100 }, instance_group [{ count: 1, kind: KIND_CPU }].
 
-The tools (installed on first use into venvs under --tools-dir, default <cache-dir>/venvs, as
-../shared/reference/tools.md says)
+The tools (installed on first use into venvs under --tools-dir, default <cache-dir>/venvs; these
+are the installs that work on a Debian 12 / glibc 2.36 machine, where perf_analyzer's newer wheels
+need a newer glibc)
     perf_analyzer/  venv with tritonclient==2.51.0 nvidia-cuda-runtime-cu12 (its wheel carries
                     bin/perf_analyzer, which loads libcudart without a GPU); apt libb64-0d.
     triton/         venv with nvidia-pytriton onnxruntime "numpy<2" (the Python-backend stub is built

@@ -134,6 +134,10 @@ class InferenceServicer:
             except ServerError as e:
                 responses.put_nowait(pb.ModelStreamInferResponse(
                     error_message=e.message).SerializeToString())
+            except Exception as e:  # noqa: BLE001 - an answer for every message, or the stream hangs
+                log.exception("ModelStreamInfer failed a request")
+                responses.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=f"{type(e).__name__}: {e}").SerializeToString())
 
         async def read() -> None:
             tasks = [asyncio.ensure_future(one(raw)) async for raw in requests]
