@@ -32,28 +32,48 @@ class SchedulerOptions:
     delay_scheduler_count: int
     def __init__(self) -> None: ...
 
-class Scheduler:
-    def __init__(
-        self,
-        options: SchedulerOptions,
-        execute: Callable[[int, list[int], list[int], dict[str, Any]], Any],
-        deliver: Callable[[list[int], list[int], dict[str, Any], Any, BaseException | None], None],
-        reject: Callable[[list[int], str, str], None],
-    ) -> None: ...
-    def enqueue(
-        self,
-        request_id: int,
-        inputs: Sequence[tuple[str, int, Sequence[int], Any]],
-        batch_size: int = 1,
-        priority: int = 0,
-        timeout_us: int = 0,
-    ) -> None: ...
+# (name, datatype, dims, optional, reshape or None)
+TensorSpecTuple = tuple[str, str, Sequence[int], bool, Sequence[int] | None]
+
+class ModelSpec:
+    """What the data path knows of a model version's normalized config."""
+    def __init__(self, name: str, version: int, max_batch_size: int,
+                 inputs: Sequence[TensorSpecTuple], outputs: Sequence[TensorSpecTuple],
+                 labels: dict[str, list[str]] = ..., preserve_ordering: bool = False,
+                 request_info: bool = False) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+class PythonSink:
+    """Delivers responses of requests submitted from Python: callback(results) once per batch,
+    results = [(tag, [(name, datatype, array), ...] | None, (code, message) | None), ...]."""
+    def __init__(self, callback: Callable[[list[tuple[int, Any, Any]]], None]) -> None: ...
+    def close(self) -> None: ...
+
+class Model:
+    """A served model version: checks, batches and runs requests; execute(instance,
+    batch_sizes, inputs, requests) is the backend's compute, called once per batch."""
+    def __init__(self, spec: ModelSpec, options: SchedulerOptions,
+                 execute: Callable[[int, list[int], dict[str, Any], list[tuple] | None], Any],
+                 ) -> None: ...
+    def submit(self, tag: int, sink: PythonSink,
+               inputs: Sequence[tuple[str, str, Sequence[int], Any]], request_id: str = "",
+               outputs: Sequence[tuple[str, int]] = ..., parameters: dict[str, Any] = ...,
+               priority: int = 0, timeout_us: int = 0) -> None: ...
     def stop(self) -> None: ...
     def statistics(self) -> dict[str, Any]: ...
+    def request_counts(self) -> dict[str, int]: ...
     @property
     def inflight_count(self) -> int: ...
     @property
     def pending_count(self) -> int: ...
+
+class ModelTable:
+    """The READY versions of every model, for frontends that resolve requests natively."""
+    def __init__(self) -> None: ...
+    def publish(self, name: str, versions: Sequence[Model]) -> None: ...
 
 def set_cuda_search_paths(paths: list[str]) -> None: ...
 def cuda_device_count() -> int: ...

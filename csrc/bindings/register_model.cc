@@ -15,6 +15,7 @@
 #include "model.h"
 #include "model_table.h"
 #include "register.h"
+#include "bytes_tensor.h"
 
 namespace py = pybind11;
 
@@ -43,26 +44,23 @@ py::dtype NumpyDtype(DataType dtype) {
 }
 
 // BYTES elements as a numpy object array of bytes. Length prefixes were checked when the
-// tensor entered the core; a short buffer leaves the remaining elements empty.
+// tensor entered the core; elements a short buffer lacks stay empty.
 py::array BytesArray(const std::vector<int64_t>& dims, const uint8_t* data, size_t byte_size) {
   std::vector<py::ssize_t> shape(dims.begin(), dims.end());
   py::array array(py::dtype("O"), shape);
   auto** items = static_cast<PyObject**>(array.mutable_data());
   const py::ssize_t count = array.size();
-  size_t offset = 0;
-  for (py::ssize_t i = 0; i < count; ++i) {
-    uint32_t length = 0;
-    if (offset + 4 <= byte_size) {
-      std::memcpy(&length, data + offset, 4);
-      offset += 4;
-    }
-    length = static_cast<uint32_t>(std::min<size_t>(length, byte_size - offset));
-    PyObject* item = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(data + offset), length);
+  py::ssize_t i = 0;
+  auto put = [&](const uint8_t* element, size_t length) {
+    if (i == count) return;
+    PyObject* item = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(element),
+                                               static_cast<py::ssize_t>(length));
     if (item == nullptr) throw py::error_already_set();
     Py_XDECREF(items[i]);  // numpy filled the array with None
-    items[i] = item;
-    offset += length;
-  }
+    items[i++] = item;
+  };
+  ForEachString(data, byte_size, put);
+  while (i < count) put(data, 0);
   return array;
 }
 

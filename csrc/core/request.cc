@@ -1,5 +1,7 @@
 #include "request.h"
 
+#include <pthread.h>
+
 #include <chrono>
 
 namespace pyserve {
@@ -46,6 +48,8 @@ DataType DataTypeFromWire(const std::string& name) {
   }
   return DataType::kInvalid;
 }
+
+void NameThread(const char* name) { pthread_setname_np(pthread_self(), name); }
 
 uint64_t SteadyNowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(

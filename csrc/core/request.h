@@ -116,4 +116,7 @@ struct Batch {
 
 uint64_t SteadyNowNs();
 
+// Names the calling thread (as `top -H` and debuggers show it; at most 15 characters).
+void NameThread(const char* name);
+
 }  // namespace pyserve

@@ -76,6 +76,7 @@ void Scheduler::Start() {
   idle_instances_.store(options_.instance_count);
   for (int i = 0; i < options_.instance_count; ++i) {
     workers_.emplace_back([this, i] {
+      NameThread("ps-worker");
       // A GPU instance's worker keeps its GPU current, as Triton's instance threads do:
       // frameworks launch their kernels on the calling thread's current device.
       const CudaRuntime* cuda = CudaRuntime::Get();
@@ -87,7 +88,12 @@ void Scheduler::Start() {
       }
     });
   }
-  if (batcher_) batcher_thread_ = std::thread([this] { BatcherLoop(); });
+  if (batcher_) {
+    batcher_thread_ = std::thread([this] {
+      NameThread("ps-batcher");
+      BatcherLoop();
+    });
+  }
 }
 
 Scheduler::~Scheduler() {

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "bytes_tensor.h"
+
 namespace pyserve {
 
 namespace {
@@ -192,17 +194,11 @@ bool StringOffsets(const uint8_t* data, size_t byte_size, int64_t count,
                    std::vector<size_t>* offsets) {
   offsets->clear();
   offsets->reserve(static_cast<size_t>(count) + 1);
-  size_t offset = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    uint32_t length = 0;
-    if (byte_size - offset < 4) return false;
-    std::memcpy(&length, data + offset, 4);
-    if (length > byte_size - offset - 4) return false;
-    offsets->push_back(offset);
-    offset += 4 + static_cast<size_t>(length);
-  }
-  offsets->push_back(offset);
-  return offset == byte_size;
+  const size_t end = ForEachString(data, byte_size, [&](const uint8_t* element, size_t) {
+    offsets->push_back(static_cast<size_t>(element - data) - 4);
+  });
+  offsets->push_back(end);
+  return end == byte_size && offsets->size() == static_cast<size_t>(count) + 1;
 }
 
 }  // namespace pyserve

@@ -335,6 +335,7 @@ Status GrpcServer::Impl::Start() {
 }
 
 void GrpcServer::Impl::Serve(grpc::ServerCompletionQueue* cq) {
+  NameThread("ps-grpc");
   void* tag = nullptr;
   bool ok = false;
   while (cq->Next(&tag, &ok)) static_cast<Tag*>(tag)->Done(ok);

@@ -21,7 +21,10 @@ namespace {
 class ShellQueue {
  public:
   explicit ShellQueue(py::object dispatch) : dispatch_(std::move(dispatch)) {
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      pyserve::NameThread("ps-grpc-shell");
+      Run();
+    });
   }
   ~ShellQueue() {
     if (thread_.joinable()) thread_.detach();  // not closed: the process is going away

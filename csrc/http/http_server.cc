@@ -77,7 +77,10 @@ class HttpServer::Impl : public ResponseSink {
       return Status(StatusCode::kUnavailable, "could not bind the HTTP frontend to " + options_.host +
                                                   ":" + std::to_string(options_.port));
     }
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    thread_ = std::thread([this] {
+      NameThread("ps-http-accept");
+      server_.listen_after_bind();
+    });
     return Status::OK();
   }
 
@@ -100,6 +103,11 @@ class HttpServer::Impl : public ResponseSink {
 
  private:
   void Handle(const httplib::Request& req, httplib::Response& res) {
+    thread_local bool named = [] {
+      NameThread("ps-http");
+      return true;
+    }();
+    (void)named;
     std::string name, version;
     if (req.method == "POST" && !req.has_header("Content-Encoding") &&
         InferPath(req.path, &name, &version) && Infer(req, res, name, version)) {

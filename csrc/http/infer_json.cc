@@ -6,6 +6,8 @@
 #include <cstring>
 #include <limits>
 
+#include "bytes_tensor.h"
+
 namespace pyserve::httpfront {
 
 namespace {
@@ -153,18 +155,12 @@ void WriteData(Writer& w, const OutputTensor& t) {
     }
   }
   if (t.dtype == DataType::kBytes) {
-    size_t offset = 0;
     std::string text;
-    while (offset + 4 <= t.byte_size) {
-      uint32_t length = 0;
-      std::memcpy(&length, t.data + offset, 4);
-      offset += 4;
-      length = static_cast<uint32_t>(std::min<size_t>(length, t.byte_size - offset));
+    ForEachString(t.data, t.byte_size, [&](const uint8_t* element, size_t length) {
       text.clear();
-      Utf8(t.data + offset, length, &text);
+      Utf8(element, length, &text);
       w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
-      offset += length;
-    }
+    });
   }
   w.EndArray();
 }
@@ -231,10 +227,11 @@ bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfe
       view.dtype = DataTypeFromWire(datatype->GetString());
       if (view.dtype == DataType::kInvalid) return false;
       int64_t elements = 1;
+      bool overflow = false;  // a declared shape beyond int64 (the core refuses it by its dims)
       for (const Value& d : shape->GetArray()) {
         if (!d.IsInt64()) return false;
         view.shape.push_back(d.GetInt64());
-        elements *= d.GetInt64();
+        overflow = overflow || __builtin_mul_overflow(elements, d.GetInt64(), &elements);
       }
       const Value* size = nullptr;
       if (const Value* p = Member(spec, "parameters")) {
@@ -254,7 +251,9 @@ bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfe
       } else {
         std::string& bytes = infer->converted.emplace_back();
         int64_t count = 0;
-        if (!Flatten(*data, view.dtype, &bytes, &count) || count != elements) return false;
+        if (overflow || !Flatten(*data, view.dtype, &bytes, &count) || count != elements) {
+          return false;
+        }
         view.data = reinterpret_cast<const uint8_t*>(bytes.data());
         view.byte_size = bytes.size();
       }

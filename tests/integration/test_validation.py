@@ -258,6 +258,37 @@ def test_request_id_in_prefix(server, protocol):
     assert status == expected_status(protocol, "INVALID_ARGUMENT")
 
 
+# Shapes declared far beyond the bytes sent: refused from the declaration, nothing allocated.
+HUGE_SHAPES = {
+    "1e12 elements": ([1, 10**12], NO_ID + "unexpected shape for input 'INPUT0' for model "
+                      "'simple'. Expected [-1,16], got [1,1000000000000]. " + BATCH_NOTE),
+    "1e12 rows": ([10**12, 16], NO_ID + "inference request batch-size must be <= 8 for 'simple'"),
+    "product past 2**64": ([1, 2**62, 2**62], NO_ID + "unexpected shape for input 'INPUT0' for "
+                           "model 'simple'. Expected [-1,16], got [1,4611686018427387904,"
+                           "4611686018427387904]. " + BATCH_NOTE),
+}
+
+
+@pytest.mark.parametrize("case", HUGE_SHAPES)
+def test_huge_declared_shape_grpc(server, case):
+    shape, message = HUGE_SHAPES[case]
+    request = grpc_request(INPUT0=int32_input(shape), INPUT1=int32_input(shape),
+                           raw=[A.tobytes(), B.tobytes()])
+    code, text = raw_grpc_refusal(server, request)
+    assert (code, text) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert_serves(server)
+
+
+@pytest.mark.parametrize("case", HUGE_SHAPES)
+def test_huge_declared_shape_http(server, case):
+    shape, message = HUGE_SHAPES[case]
+    inputs = [{"name": name, "datatype": "INT32", "shape": shape,
+               "parameters": {"binary_data_size": 64}} for name in ("INPUT0", "INPUT1")]
+    body, headers = binary_body(inputs, [A.tobytes(), B.tobytes()])
+    assert post_refusal(server, "simple", body, headers) == (400, message)
+    assert_serves(server)
+
+
 # ------------------------------------------------------------------------------- byte sizes
 
 def test_raw_contents_shorter_than_shape_grpc(server):
