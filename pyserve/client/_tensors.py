@@ -12,28 +12,17 @@ import struct
 
 import numpy as np
 
+from pyserve.datatypes import NUMPY_DTYPE
+
 try:  # optional: numpy has no bfloat16 of its own
     from ml_dtypes import bfloat16 as _bfloat16
     BF16_DTYPE: np.dtype | None = np.dtype(_bfloat16)
 except ImportError:  # pragma: no cover - depends on the environment
     BF16_DTYPE = None
 
+# The server's table, with BF16 as ml_dtypes' bfloat16 where it is installed.
 _TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-    "BF16": BF16_DTYPE if BF16_DTYPE is not None else np.dtype(np.uint16),
-}
+    **NUMPY_DTYPE, "BF16": BF16_DTYPE if BF16_DTYPE is not None else np.dtype(np.uint16)}
 _FROM_NUMPY: dict[np.dtype, str] = {
     dtype: name for name, dtype in _TO_NUMPY.items() if name not in ("BYTES", "BF16")}
 if BF16_DTYPE is not None:
