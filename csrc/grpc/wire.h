@@ -13,7 +13,8 @@ namespace pyserve::grpcfront::wire {
 enum WireType : uint32_t { kVarint = 0, kFixed64 = 1, kLength = 2, kFixed32 = 5 };
 
 // Reads one message's fields in order. After Next() returns true, field()/type() describe the
-// field and varint()/fixed*()/bytes() its value. A malformed message sets error().
+// field and varint()/fixed64()/bytes() its value (a fixed32 reads as varint()). A malformed
+// message sets error().
 class Reader {
  public:
   explicit Reader(std::string_view data) : p_(data.data()), end_(data.data() + data.size()) {}
@@ -58,7 +59,6 @@ class Reader {
   uint32_t field() const { return field_; }
   uint32_t type() const { return type_; }
   uint64_t varint() const { return value_; }
-  uint32_t fixed32() const { return static_cast<uint32_t>(value_); }
   uint64_t fixed64() const { return value_; }
   std::string_view bytes() const { return bytes_; }
   const std::string& error() const { return error_; }
@@ -103,15 +103,6 @@ inline void PutVarint(std::string* out, uint64_t value) {
     value >>= 7;
   }
   out->push_back(static_cast<char>(value));
-}
-
-inline size_t VarintSize(uint64_t value) {
-  size_t size = 1;
-  while (value >= 0x80) {
-    value >>= 7;
-    ++size;
-  }
-  return size;
 }
 
 // A length-delimited field (string, bytes, embedded message).
