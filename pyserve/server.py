@@ -146,30 +146,35 @@ class Server:
         self._should_exit.set()
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal)
         try:
-            await self.start()
-            await self._should_exit.wait()
+            await serve_until_signal(self.start, self.stop, self._should_exit)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-                loop.add_signal_handler(sig, self._force_exit)  # a second signal forces it
-            await self.stop()
             if not self.drained:
                 # Worker threads may still hold requests: waiting for them (as asyncio.run
                 # would) overruns the timeout. Exit now, non-zero: something was cut short.
                 logging.shutdown()
                 os._exit(1)
 
-    def _on_signal(self) -> None:
-        log.info("shutting down (signal again to force)")
-        self.request_exit()
 
-    @staticmethod
-    def _force_exit() -> None:
-        os._exit(1)
+async def serve_until_signal(start, stop, should_exit: asyncio.Event) -> None:
+    """start(), serve until SIGINT or SIGTERM (or should_exit is set), then stop(); a second
+    signal forces the exit."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        log.info("shutting down (signal again to force)")
+        should_exit.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await start()
+        await should_exit.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, lambda: os._exit(1))
+        await stop()
 
 
 def _grpc_frontend(options: ServerOptions, manager: ModelManager):

@@ -15,7 +15,7 @@ void ModelTable::Publish(const std::string& name, std::vector<std::shared_ptr<Mo
   }
 }
 
-std::shared_ptr<Model> ModelTable::Find(const std::string& name, const std::string& version) const {
+std::shared_ptr<Model> ModelTable::Find(std::string_view name, std::string_view version) const {
   int64_t number = 0;
   if (!version.empty()) {
     if (version.size() > 18) return nullptr;

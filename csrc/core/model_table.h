@@ -8,6 +8,7 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model.h"
@@ -19,7 +20,7 @@ class ModelTable {
   // Replaces the ready versions of `name`; an empty list removes the model.
   void Publish(const std::string& name, std::vector<std::shared_ptr<Model>> versions);
   // The version a request names ("" = the latest ready one), or null.
-  std::shared_ptr<Model> Find(const std::string& name, const std::string& version) const;
+  std::shared_ptr<Model> Find(std::string_view name, std::string_view version) const;
 
  private:
   mutable std::shared_mutex mutex_;

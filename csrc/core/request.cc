@@ -42,7 +42,7 @@ const char* WireName(DataType dtype) {
   return index < kTypeCount ? kWireNames[index] : "INVALID";
 }
 
-DataType DataTypeFromWire(const std::string& name) {
+DataType DataTypeFromWire(std::string_view name) {
   for (int i = 1; i < kTypeCount; ++i) {
     if (name == kWireNames[i]) return static_cast<DataType>(i);
   }

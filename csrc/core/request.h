@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace pyserve {
@@ -34,7 +35,7 @@ size_t ElementSize(DataType dtype);
 // The protocol's name of a type ("FP32", "BYTES"; "INVALID" for kInvalid), and back
 // (kInvalid for names the protocol does not have).
 const char* WireName(DataType dtype);
-DataType DataTypeFromWire(const std::string& name);
+DataType DataTypeFromWire(std::string_view name);
 
 // A view of a tensor's bytes. The owner (the frontend that received them) keeps the memory
 // alive until the request's completion has been delivered.

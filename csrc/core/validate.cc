@@ -53,14 +53,19 @@ Wide ElementCount(const std::vector<int64_t>& shape) {
 
 Status Invalid(std::string message) { return Status(StatusCode::kInvalidArg, std::move(message)); }
 
-Status ValidateStrings(const TensorView& t, Wide count, const std::string& prefix,
+// Triton's prefix of most refusals; built only for a refusal (the hot path allocates nothing).
+std::string Prefix(const InferRequest& request) {
+  return "[request id: " + (request.request_id.empty() ? "<id_unknown>" : request.request_id) + "] ";
+}
+
+Status ValidateStrings(const TensorView& t, Wide count, const InferRequest& request,
                        const std::string& model) {
   size_t offset = 0;
   Wide seen = 0;
   const size_t end = t.byte_size;
   while (offset < end) {
     if (end - offset < 4) {
-      return Invalid(prefix + "incomplete string length indicator for inference input '" +
+      return Invalid(Prefix(request) + "incomplete string length indicator for inference input '" +
                      t.name + "' for model '" + model + "', expecting 4 bytes but only " +
                      std::to_string(end - offset) +
                      " bytes available. Please make sure the string length indicator is in one "
@@ -71,29 +76,29 @@ Status ValidateStrings(const TensorView& t, Wide count, const std::string& prefi
     offset += 4 + static_cast<size_t>(length);
     ++seen;
     if (seen > count) {
-      return Invalid(prefix + "unexpected number of string elements " + WideText(seen) +
+      return Invalid(Prefix(request) + "unexpected number of string elements " + WideText(seen) +
                      " for inference input '" + t.name + "' for model '" + model +
                      "', expecting " + WideText(count));
     }
   }
   if (offset > end) --seen;  // the last length prefix runs past the end
   if (seen != count) {
-    return Invalid(prefix + "expected " + WideText(count) + " string elements for inference input '" +
+    return Invalid(Prefix(request) + "expected " + WideText(count) + " string elements for inference input '" +
                    t.name + "' for model '" + model + "', got " + WideText(seen));
   }
   return Status::OK();
 }
 
 Status ValidateInput(const ModelSpec& spec, const TensorSpec& input, const TensorView& t,
-                     const std::string& prefix) {
+                     const InferRequest& request) {
   const std::string& model = spec.name;
   if (t.dtype != input.dtype) {
-    return Invalid(prefix + "inference input '" + t.name + "' data-type is '" +
+    return Invalid(Prefix(request) + "inference input '" + t.name + "' data-type is '" +
                    WireName(t.dtype) + "', but model '" + model + "' expects '" +
                    WireName(input.dtype) + "'");
   }
   if (std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; })) {
-    return Invalid(prefix + "All input dimensions should be specified for input '" + t.name +
+    return Invalid(Prefix(request) + "All input dimensions should be specified for input '" + t.name +
                    "' for model '" + model + "', got " + Dims(t.shape));
   }
   const bool batching = spec.max_batch_size > 0;
@@ -105,15 +110,15 @@ Status ValidateInput(const ModelSpec& spec, const TensorSpec& input, const Tenso
   if (!matches) {
     std::vector<int64_t> full = input.dims;
     if (batching) full.insert(full.begin(), -1);
-    return Invalid(prefix + "unexpected shape for input '" + t.name + "' for model '" + model +
+    return Invalid(Prefix(request) + "unexpected shape for input '" + t.name + "' for model '" + model +
                    "'. Expected " + Dims(full) + ", got " + Dims(t.shape) + ". " +
                    (batching ? kBatchNote : ""));
   }
   const Wide count = ElementCount(t.shape);
-  if (t.dtype == DataType::kBytes) return ValidateStrings(t, count, prefix, model);
+  if (t.dtype == DataType::kBytes) return ValidateStrings(t, count, request, model);
   const Wide expected = count * ElementSize(t.dtype);
   if (expected != t.byte_size) {
-    return Invalid(prefix + "input byte size mismatch for input '" + t.name + "' for model '" +
+    return Invalid(Prefix(request) + "input byte size mismatch for input '" + t.name + "' for model '" +
                    model + "'. Expected " + WideText(expected) + ", got " +
                    std::to_string(t.byte_size));
   }
@@ -124,27 +129,24 @@ Status ValidateInput(const ModelSpec& spec, const TensorSpec& input, const Tenso
 
 Status ValidateRequest(const ModelSpec& spec, const InferRequest& request, int64_t* batch_size) {
   const std::string& model = spec.name;
-  const std::string prefix =
-      "[request id: " + (request.request_id.empty() ? "<id_unknown>" : request.request_id) + "] ";
   for (const RequestedOutput& output : request.outputs) {
     if (spec.FindOutput(output.name) == nullptr) {
       return Invalid("unexpected inference output '" + output.name + "' for model '" + model + "'");
     }
   }
 
-  std::vector<std::string> given, missing;
   size_t required = 0;
-  for (const TensorView& t : request.inputs) given.push_back(t.name);
-  for (const TensorSpec& input : spec.inputs) {
-    if (input.optional) continue;
-    ++required;
-    if (std::find(given.begin(), given.end(), input.name) == given.end()) {
-      missing.push_back(input.name);
-    }
-  }
+  for (const TensorSpec& input : spec.inputs) required += input.optional ? 0 : 1;
   // Triton compares counts only: a wrong name in place of a required one is reported by the
   // unknown-input check below.
   if (request.inputs.size() > spec.inputs.size() || request.inputs.size() < required) {
+    std::vector<std::string> given, missing;
+    for (const TensorView& t : request.inputs) given.push_back(t.name);
+    for (const TensorSpec& input : spec.inputs) {
+      if (!input.optional && std::find(given.begin(), given.end(), input.name) == given.end()) {
+        missing.push_back(input.name);
+      }
+    }
     const std::string total = std::to_string(spec.inputs.size());
     const std::string counts =
         required == spec.inputs.size()
@@ -152,7 +154,7 @@ Status ValidateRequest(const ModelSpec& spec, const InferRequest& request, int64
             : "expected number of inputs between " + std::to_string(required) + " and " + total;
     // Triton drops the last character of "['a'," before adding "]": with nothing missing
     // that is the "[" itself.
-    return Invalid(prefix + counts + " but got " + std::to_string(request.inputs.size()) +
+    return Invalid(Prefix(request) + counts + " but got " + std::to_string(request.inputs.size()) +
                    " inputs for model '" + model + "'. Got input(s) " + Names(given) +
                    ", but missing required input(s) " + (missing.empty() ? "]" : Names(missing)) +
                    ". Please provide all required input(s).");
@@ -168,23 +170,23 @@ Status ValidateRequest(const ModelSpec& spec, const InferRequest& request, int64
     for (size_t i = 0; i < request.inputs.size(); ++i) {
       const TensorView& t = request.inputs[i];
       if (t.shape.empty()) {
-        return Invalid(prefix + "input '" + t.name +
+        return Invalid(Prefix(request) + "input '" + t.name +
                        "' has no shape but model requires batch dimension for '" + model + "'");
       }
       if (i == 0) {
         *batch_size = t.shape[0];
       } else if (t.shape[0] != *batch_size) {
-        return Invalid(prefix + "input '" + t.name + "' batch size does not match other inputs for '" +
+        return Invalid(Prefix(request) + "input '" + t.name + "' batch size does not match other inputs for '" +
                        model + "'");
       }
     }
     if (*batch_size > static_cast<int64_t>(spec.max_batch_size)) {
-      return Invalid(prefix + "inference request batch-size must be <= " +
+      return Invalid(Prefix(request) + "inference request batch-size must be <= " +
                      std::to_string(spec.max_batch_size) + " for '" + model + "'");
     }
   }
   for (const TensorView& t : request.inputs) {
-    Status status = ValidateInput(spec, *spec.FindInput(t.name), t, prefix);
+    Status status = ValidateInput(spec, *spec.FindInput(t.name), t, request);
     if (!status.ok()) return status;
   }
   return Status::OK();

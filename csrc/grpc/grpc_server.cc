@@ -33,12 +33,23 @@ grpc::StatusCode GrpcCode(StatusCode code) {
   }
 }
 
-// A ByteBuffer that takes the string without copying it.
-grpc::ByteBuffer Buffer(std::string data) {
+// A slice that takes the string without copying it.
+grpc::Slice OwnedSlice(std::string data) {
   auto* owned = new std::string(std::move(data));
-  grpc::Slice slice(owned->data(), owned->size(),
-                    [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  return grpc::Slice(owned->data(), owned->size(),
+                     [](void* p) { delete static_cast<std::string*>(p); }, owned);
+}
+
+grpc::ByteBuffer Buffer(std::string data) {
+  grpc::Slice slice = OwnedSlice(std::move(data));
   return grpc::ByteBuffer(&slice, 1);
+}
+
+// A ModelStreamInferResponse around a serialized ModelInferResponse, without copying it.
+grpc::ByteBuffer StreamResponse(std::string infer_response) {
+  grpc::Slice slices[] = {OwnedSlice(StreamResponseHead(infer_response.size())),
+                          OwnedSlice(std::move(infer_response))};
+  return grpc::ByteBuffer(slices, 2);
 }
 
 std::string Bytes(const grpc::ByteBuffer& buffer) {
@@ -158,13 +169,13 @@ class Call : public std::enable_shared_from_this<Call> {
     if (!response.status.ok()) return Fail(response.status);
     std::string encoded = EncodeInferResponse(pending.model_name, pending.model_version,
                                               pending.message.id, response);
-    if (streaming_) return StreamWrite(StreamResponse(encoded), true);
+    if (streaming_) return StreamWrite(StreamResponse(std::move(encoded)));
     stream_.WriteAndFinish(Buffer(std::move(encoded)), grpc::WriteOptions(), grpc::Status::OK,
                            &finished_);
   }
 
   void Fail(const Status& status) {
-    if (streaming_) return StreamWrite(StreamError(status.message()), true);
+    if (streaming_) return StreamWrite(Buffer(StreamError(status.message())));
     stream_.Finish(grpc::Status(GrpcCode(status.code()), status.message()), &finished_);
   }
 
@@ -220,8 +231,8 @@ class Call : public std::enable_shared_from_this<Call> {
     auto pending = std::make_shared<PendingInfer>(shared_from_this(), buffer);
     Status status = ParseInferRequest(pending->bytes.view(), &pending->message);
     if (!status.ok()) return Fail(status);
-    std::shared_ptr<Model> model = server_->table().Find(std::string(pending->message.model_name),
-                                                         std::string(pending->message.model_version));
+    std::shared_ptr<Model> model =
+        server_->table().Find(pending->message.model_name, pending->message.model_version);
     if (!model) {  // the shell words the refusal
       return ToShell(kModelInfer, std::string(pending->bytes.view()));
     }
@@ -246,7 +257,7 @@ class Call : public std::enable_shared_from_this<Call> {
 
   void ShellReply(int code, const std::string& message, const std::string& body) {
     if (streaming_) {
-      return StreamWrite(code == 0 ? StreamResponse(body) : StreamError(message), true);
+      return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
     }
     if (code != 0) {
       stream_.Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message), &finished_);
@@ -255,11 +266,11 @@ class Call : public std::enable_shared_from_this<Call> {
     }
   }
 
-  // Queues a stream response; `answers` marks the end of one request.
-  void StreamWrite(std::string response, bool answers) {
+  // Queues the answer to one message of the stream.
+  void StreamWrite(grpc::ByteBuffer response) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (answers) --outstanding_;
-    if (!write_failed_) writes_.push_back(Buffer(std::move(response)));
+    --outstanding_;
+    if (!write_failed_) writes_.push_back(std::move(response));
     if (!writing_ && !writes_.empty()) {
       writing_ = true;
       stream_.Write(writes_.front(), &written_);

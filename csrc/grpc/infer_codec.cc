@@ -190,7 +190,7 @@ void PutElement(std::string* out, DataType dtype, uint64_t raw) {
 
 Status ContentsBytes(const InferMessage::Input& input, std::string_view model, std::string* out) {
   const std::string name(input.name);
-  const DataType dtype = DataTypeFromWire(std::string(input.datatype));
+  const DataType dtype = DataTypeFromWire(input.datatype);
   std::vector<int> used;
   Reader r(input.contents);
   while (r.Next()) {
@@ -273,7 +273,7 @@ Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>*
     const InferMessage::Input& input = message.inputs[i];
     TensorView view;
     view.name = std::string(input.name);
-    view.dtype = DataTypeFromWire(std::string(input.datatype));
+    view.dtype = DataTypeFromWire(input.datatype);
     view.shape = input.shape;
     if (raw) {
       if (input.has_contents) {
@@ -348,10 +348,10 @@ std::string EncodeInferResponse(std::string_view model_name, std::string_view mo
   return out;
 }
 
-std::string StreamResponse(std::string_view infer_response) {
+std::string StreamResponseHead(size_t infer_response_size) {
   std::string out;
-  out.reserve(infer_response.size() + 8);
-  wire::PutBytes(&out, 2, infer_response);
+  wire::PutVarint(&out, (2 << 3) | wire::kLength);  // infer_response
+  wire::PutVarint(&out, infer_response_size);
   return out;
 }
 

@@ -57,8 +57,10 @@ Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>*
 std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
                                 std::string_view id, const InferResponse& response);
 
-// A serialized ModelStreamInferResponse around a serialized ModelInferResponse, or an error.
-std::string StreamResponse(std::string_view infer_response);
+// What precedes a serialized ModelInferResponse of that size to make it a serialized
+// ModelStreamInferResponse (sent as two slices: the response is not copied again).
+std::string StreamResponseHead(size_t infer_response_size);
+// A serialized ModelStreamInferResponse carrying an error.
 std::string StreamError(std::string_view message);
 
 }  // namespace pyserve::grpcfront

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import ssl
 
 from pyserve.errors import ServerError
+from pyserve.server import serve_until_signal
 from pyserve.torchserve.api import Tokens, TorchServeApis, start_site
 from pyserve.torchserve.config import TorchServeOptions
 from pyserve.torchserve.store import ApiError, ModelStore
@@ -106,21 +105,7 @@ class TorchServeServer:
         self._should_exit.set()
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal)
-        try:
-            await self.start()
-            await self._should_exit.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            loop.add_signal_handler(signal.SIGINT, lambda: os._exit(1))
-            await self.stop()
-
-    def _on_signal(self) -> None:
-        log.info("shutting down (signal again to force)")
-        self.request_exit()
+        await serve_until_signal(self.start, self.stop, self._should_exit)
 
 
 def run(options: TorchServeOptions) -> int:
