@@ -49,7 +49,7 @@ class OutputTensor:
 class ModelRunner:
     def __init__(self, config: pb.ModelConfig, version: int, instances: list[Backend],
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
-                 labels: dict[str, list[str]] | None = None) -> None:
+                 labels: dict[str, list[str]] | None = None, max_queue_size: int = 0) -> None:
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -62,7 +62,7 @@ class ModelRunner:
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
         self._handed_off: collections.deque = collections.deque()
         self._wake_pending = False
-        options = scheduler_options(config, instance_devices)
+        options = scheduler_options(config, instance_devices, max_queue_size)
         options.device_inputs = any(backend.device_inputs for backend in instances)
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
@@ -78,14 +78,20 @@ class ModelRunner:
         tag = next(self._tags)
         future = self._loop.create_future()
         self._pending[tag] = (future, inputs, objects)
+        cancel = _core.CancelFlag()
         try:
             self.model.submit(tag, self._sink,
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
-                              request_id, list(outputs), parameters or {}, priority, timeout_us)
+                              request_id, list(outputs), parameters or {}, priority, timeout_us,
+                              cancel)
         except BaseException:
             del self._pending[tag]
             raise
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client went away: not computed if still queued
+            cancel.set()
+            raise
 
     def _execute(self, instance: int, batch_sizes: list[int], inputs: dict,
                  requests: list[tuple] | None):
@@ -171,10 +177,14 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
                            labels, ordered, request_info)
 
 
-def scheduler_options(config: pb.ModelConfig, instance_devices: list[int]) -> _core.SchedulerOptions:
-    """The core's scheduling options from a normalized model config."""
+def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],
+                      max_queue_size: int = 0) -> _core.SchedulerOptions:
+    """The core's scheduling options from a normalized model config; `max_queue_size` bounds
+    the requests the version queues (0 = unbounded but for the queue's capacity)."""
     options = _core.SchedulerOptions()
     options.model_name = config.name
+    options.max_pending = max_queue_size
+    options.queue_capacity = min(max(max_queue_size, 4096), 1 << 20) if max_queue_size else 1 << 16
     options.instance_count = len(instance_devices)
     options.instance_devices = instance_devices
     if config.HasField("dynamic_batching") and config.max_batch_size > 0:

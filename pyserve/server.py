@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 
+from pyserve import _core
 from pyserve.devices import gpu_count
 from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
@@ -41,6 +42,7 @@ class Server:
 
     async def start(self) -> None:
         options = self.options
+        _core.set_host_memory_pool_bytes(options.pinned_memory_pool_byte_size)
         try:
             self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
             failed = await self.manager.startup()
@@ -185,7 +187,8 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager):
 
         if grpc_native.available():
             log.info("gRPC frontend: native (gRPC C++)")
-            return grpc_native.create_native_grpc_server(manager, address)
+            return grpc_native.create_native_grpc_server(manager, address,
+                                                         options.grpc_max_message_size)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -193,7 +196,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager):
                     grpc_native.UNAVAILABLE_REASON)
     else:
         log.info("gRPC frontend: python (grpc.aio)")
-    return create_grpc_server(manager, address)
+    return create_grpc_server(manager, address, options.grpc_max_message_size)
 
 
 async def _close(runner, timeout: float) -> None:

@@ -19,6 +19,8 @@ const TensorView* FindInput(const InferRequest& request, const std::string& name
   return nullptr;
 }
 
+Status CancelledStatus() { return Status(StatusCode::kCancelled, "Request was cancelled"); }
+
 int64_t ElementCount(const std::vector<int64_t>& shape) {
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
@@ -119,6 +121,9 @@ Status Scheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
     return refuse(Status(StatusCode::kUnavailable,
                          "model '" + options_.model_name + "' is not accepting requests"));
   }
+  if (options_.max_pending != 0 && PendingCount() > options_.max_pending) {
+    return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
+  }
   const uint64_t now = SteadyNowNs();
   request->enqueue_ns = now;
   std::atomic<uint32_t>* level_count = nullptr;
@@ -180,7 +185,10 @@ void Scheduler::BatcherLoop() {
     } else {
       batcher_->Purge(now, &decision);
     }
-    if (!decision.rejected.empty()) RejectRequests(decision.rejected, now);
+    if (!decision.rejected.empty()) {
+      RejectRequests(decision.rejected, now, Status(StatusCode::kUnavailable, "Request timeout expired"));
+    }
+    if (!decision.cancelled.empty()) RejectRequests(decision.cancelled, now, CancelledStatus());
     if (!decision.batch.empty()) {
       auto batch = std::make_unique<Batch>();
       for (InferRequest* r : decision.batch) {
@@ -192,7 +200,7 @@ void Scheduler::BatcherLoop() {
       ready_.TryPush(raw);  // never full: at most one batch per idle instance is out
       batch_ready_.NotifyOne();
     }
-    if (!decision.batch.empty() || !decision.rejected.empty()) {
+    if (!decision.batch.empty() || !decision.rejected.empty() || !decision.cancelled.empty()) {
       ingress_ready_.CancelWait();
       continue;
     }
@@ -263,6 +271,12 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
   const uint64_t count = batch->requests.size();
   executing_.fetch_add(count, std::memory_order_acq_rel);
+  RejectCancelled(*batch);
+  if (batch->requests.empty()) {
+    executing_.fetch_sub(count, std::memory_order_acq_rel);
+    Release(count);
+    return;
+  }
   batch->times.input_start = SteadyNowNs();
   Status status;
   if (!GatherBatch(*batch, pool_)) {
@@ -369,14 +383,31 @@ bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {
   return true;
 }
 
-void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns) {
+void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns,
+                               const Status& status) {
   for (InferRequest* request : requests) {
     stats_.RecordRejected(*request, now_ns);
     level_queued_[request->priority_level].fetch_sub(1, std::memory_order_relaxed);
   }
-  executor_->Reject(requests, Status(StatusCode::kUnavailable, "Request timeout expired"));
+  executor_->Reject(requests, status);
   for (InferRequest* request : requests) delete request;
   Release(requests.size());
+}
+
+// Requests whose clients went away after the batch was formed are answered, not computed.
+void Scheduler::RejectCancelled(Batch& batch) {
+  auto& requests = batch.requests;
+  auto cancelled = std::stable_partition(requests.begin(), requests.end(),
+                                         [](const auto& r) { return !r->Cancelled(); });
+  if (cancelled == requests.end()) return;
+  const uint64_t now = SteadyNowNs();
+  std::vector<InferRequest*> refused;
+  for (auto it = cancelled; it != requests.end(); ++it) {
+    stats_.RecordRejected(**it, now);
+    refused.push_back(it->get());
+  }
+  executor_->Reject(refused, CancelledStatus());
+  requests.erase(cancelled, requests.end());
 }
 
 void Scheduler::Stop() {

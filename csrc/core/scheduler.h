@@ -33,6 +33,9 @@ struct SchedulerOptions {
   std::vector<int> instance_devices;
   bool device_inputs = false;  // copy batch inputs to the instance's GPU before Execute
   size_t queue_capacity = 4096;
+  // Requests accepted and not yet executing, at most (0 = no bound but queue_capacity's);
+  // past it Enqueue refuses at once with UNAVAILABLE "Exceeds maximum queue size".
+  uint64_t max_pending = 0;
   bool dynamic_batching = false;
   BatchingOptions batching;
   uint32_t delay_scheduler_count = 0;  // hold batching until this many requests are queued
@@ -80,7 +83,8 @@ class Scheduler {
   void DirectWorkerLoop(int instance);
   void Run(std::unique_ptr<Batch> batch);
   bool CopyToDevice(Batch& batch, Instance& instance);
-  void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns);
+  void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns, const Status& status);
+  void RejectCancelled(Batch& batch);
   void Release(uint64_t count);
 
   SchedulerOptions options_;

@@ -150,7 +150,9 @@ namespace {
 // the shell) read one message and answer it with WriteAndFinish; ModelStreamInfer reads
 // until the client is done, answers each message as it completes (writes queued, one in
 // flight) and finishes once every message is answered. The call keeps itself alive (self_)
-// until its Finish completes; requests in the core keep it alive through PendingInfer.
+// until its Finish and gRPC's done notification have both completed; requests in the core
+// keep it alive through PendingInfer. A client that cancels (or whose deadline passes) sets
+// `cancelled_`, which its queued requests see: they are answered, not computed.
 class Call : public std::enable_shared_from_this<Call> {
  public:
   Call(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) : server_(server), cq_(cq) {
@@ -161,6 +163,7 @@ class Call : public std::enable_shared_from_this<Call> {
   static void Listen(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) {
     auto call = std::make_shared<Call>(server, cq);
     call->self_ = call;
+    call->context_.AsyncNotifyWhenDone(&call->done_);
     server->service().RequestCall(&call->context_, &call->stream_, cq, cq, &call->started_);
   }
 
@@ -188,7 +191,7 @@ class Call : public std::enable_shared_from_this<Call> {
   };
 
   void OnStarted(bool ok) {
-    if (!ok) {  // the server is shutting down
+    if (!ok) {  // the server is shutting down; the call never started, so no done event
       self_.reset();
       return;
     }
@@ -239,6 +242,7 @@ class Call : public std::enable_shared_from_this<Call> {
     auto request = std::make_unique<InferRequest>();
     request->sink = server_;
     request->owner = pending;
+    request->cancelled = &cancelled_;
     status = DecodeInferRequest(pending->message, &pending->converted, request.get());
     if (!status.ok()) return Fail(status);
     pending->model_name = model->spec().name;
@@ -300,7 +304,17 @@ class Call : public std::enable_shared_from_this<Call> {
     }
   }
 
-  void OnFinished(bool) { self_.reset(); }
+  void OnFinished(bool) { Unref(); }
+
+  void OnDone(bool) {
+    if (context_.IsCancelled()) cancelled_.store(true, std::memory_order_relaxed);
+    Unref();
+  }
+
+  // Finish and the done notification each hold one reference of the started call.
+  void Unref() {
+    if (started_refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) self_.reset();
+  }
 
   GrpcServer::Impl* server_;
   grpc::ServerCompletionQueue* cq_;
@@ -313,7 +327,10 @@ class Call : public std::enable_shared_from_this<Call> {
   Op read_{this, &Call::OnRead};
   Op written_{this, &Call::OnWritten};
   Op finished_{this, &Call::OnFinished};
+  Op done_{this, &Call::OnDone};
   std::shared_ptr<Call> self_;
+  std::atomic<int> started_refs_{2};
+  std::atomic<bool> cancelled_{false};
 
   // ModelStreamInfer only.
   std::mutex mutex_;

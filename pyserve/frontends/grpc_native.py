@@ -54,7 +54,8 @@ class _Context:
 class NativeGrpcServer:
     """Same interface as grpc.aio.Server where pyserve's Server uses it: start, stop, port."""
 
-    def __init__(self, manager: ModelManager, address: str, threads: int | None = None) -> None:
+    def __init__(self, manager: ModelManager, address: str, threads: int | None = None,
+                 max_message_size: int = _INT32_MAX) -> None:
         self._loop = asyncio.get_running_loop()
         self._methods: dict[str, tuple[Callable, Callable, Callable]] = {}
         for service, servicer in ((INFERENCE_SERVICE, InferenceServicer(manager)),
@@ -69,7 +70,8 @@ class NativeGrpcServer:
                     (lambda b: b) if raw else GetMessageClass(method.input_type).FromString,
                     (lambda m: m) if raw else GetMessageClass(method.output_type).SerializeToString)
         self._server = _grpc_server.Server(manager.table, address, self._dispatch,
-                                           threads or min(2, os.cpu_count() or 1), _INT32_MAX)
+                                           threads or min(2, os.cpu_count() or 1),
+                                           max_message_size)
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -107,6 +109,7 @@ class NativeGrpcServer:
             reply(0, "", response)
 
 
-def create_native_grpc_server(manager: ModelManager, address: str) -> tuple[NativeGrpcServer, int]:
-    server = NativeGrpcServer(manager, address)
+def create_native_grpc_server(manager: ModelManager, address: str,
+                              max_message_size: int = _INT32_MAX) -> tuple[NativeGrpcServer, int]:
+    server = NativeGrpcServer(manager, address, max_message_size=max_message_size)
     return server, server.port
