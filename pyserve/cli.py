@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="requests a model version queues at most; more are refused at "
                              "once with UNAVAILABLE / 503 (a config's max_queue_size also "
                              "applies; 0 = unbounded) (default: %(default)s)")
+    models.add_argument("--model-unload-timeout-secs", type=float, default=60.0,
+                        metavar="SECONDS",
+                        help="an unloading model answers the requests it accepted; past this, "
+                             "those still waiting are refused (UNAVAILABLE) and instances hung "
+                             "in execute are abandoned (default: %(default)s)")
     models.add_argument("--pinned-memory-pool-byte-size", type=int, default=256 * 1024 * 1024,
                         metavar="BYTES", help="host memory (pinned when a GPU is present) kept "
                                               "for reuse by batch assembly and outputs "
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_max_message_size=args.grpc_max_message_size,
         default_max_queue_size=args.default_max_queue_size,
         pinned_memory_pool_byte_size=args.pinned_memory_pool_byte_size,
+        model_unload_timeout_secs=args.model_unload_timeout_secs,
         grpc_frontend=args.grpc_frontend,
         http_frontend=args.http_frontend,
         http_thread_count=args.http_thread_count,

@@ -279,7 +279,8 @@ class ModelManager:
                 instances.append(cls(context, spec))
             devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
             return ModelRunner(config, version, instances, devices, self._loop, labels,
-                               max_queue_size=self._options.default_max_queue_size)
+                               max_queue_size=self._options.default_max_queue_size,
+                               stop_timeout=self._options.model_unload_timeout_secs)
         except BaseException:
             for backend in instances:
                 backend.close()

@@ -43,6 +43,9 @@ class ServerOptions:
     # too. 0 = unbounded, Triton's default.
     default_max_queue_size: int = 4096
     pinned_memory_pool_byte_size: int = 256 * 1024 * 1024  # host memory kept for reuse
+    # An unloading version answers what it accepted; past this, what still waits is refused
+    # and instances still executing (hung) are abandoned. < 0 = wait for ever.
+    model_unload_timeout_secs: float = 60.0
 
     exit_timeout_secs: float = 30.0  # the whole drain on shutdown is bounded by this
     drain_grace_secs: float = 0.0  # on shutdown: not ready, but still accepting, this long

@@ -39,6 +39,10 @@ class InputTensor:
     data: bytes | memoryview
 
 
+# Runners whose hung instances were abandoned: never freed, since those threads may return.
+_ABANDONED: list[ModelRunner] = []
+
+
 @dataclass
 class OutputTensor:
     name: str
@@ -49,10 +53,12 @@ class OutputTensor:
 class ModelRunner:
     def __init__(self, config: pb.ModelConfig, version: int, instances: list[Backend],
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
-                 labels: dict[str, list[str]] | None = None, max_queue_size: int = 0) -> None:
+                 labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
+                 stop_timeout: float = -1.0) -> None:
         self.name = config.name
         self.version = version
         self._instances = instances
+        self._stop_timeout = stop_timeout
         self._loop = loop
         # tag -> (future, inputs, objects): the inputs keep the viewed bytes alive until the
         # response; objects are Python-only request parameters for the backend.
@@ -156,8 +162,14 @@ class ModelRunner:
         return self.model.request_counts()
 
     def stop(self) -> None:
-        """Refuse new requests and run every accepted one; then release the instances."""
-        self.model.stop()
+        """Refuse new requests and run every accepted one; then release the instances. Past
+        the stop timeout, what still waits is refused and a hung instance is abandoned: the
+        runner is then kept (its thread may still return into the backend and the sink)."""
+        if not self.model.stop(self._stop_timeout):
+            log.error("model '%s' version %d: an instance was still executing after %g s; "
+                      "it is abandoned", self.name, self.version, self._stop_timeout)
+            _ABANDONED.append(self)
+            return
         self._sink.close()
         for backend in self._instances:
             backend.close()

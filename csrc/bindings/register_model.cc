@@ -403,13 +403,16 @@ class PyModel {
     ThrowIfError(status);
   }
 
-  void Stop() {
+  // False when the timeout passed with an instance still executing (abandoned).
+  bool Stop(double timeout_seconds) {
+    bool stopped;
     {
       py::gil_scoped_release nogil;
-      model_->Stop();
+      stopped = model_->Stop(timeout_seconds);
     }
-    compute_->Release();
+    if (stopped) compute_->Release();  // an abandoned instance may still be calling it
     stopped_ = true;
+    return stopped;
   }
 
   py::dict Statistics() const;
@@ -541,7 +544,7 @@ void RegisterModel(py::module_& m) {
            py::arg("request_id") = "", py::arg("outputs") = std::vector<std::pair<std::string, uint32_t>>{},
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
            py::arg("cancel") = nullptr)
-      .def("stop", &PyModel::Stop)
+      .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
       .def("statistics", &PyModel::Statistics)
       .def("request_counts", [](const PyModel& m) {
         const RequestCounts c = m.model()->Counts();

@@ -102,6 +102,16 @@ void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
   decision->wait_ns = deadline != 0 ? deadline - now_ns : 0;
 }
 
+void DynamicBatcher::TakeAll(std::vector<InferRequest*>* requests) {
+  for (Level& level : levels_) {
+    for (auto* queue : {&level.queue, &level.delayed}) {
+      requests->insert(requests->end(), queue->begin(), queue->end());
+      queue->clear();
+    }
+  }
+  queued_ = 0;
+}
+
 uint64_t DynamicBatcher::ClosestDeadline() const {
   uint64_t closest = 0;
   for (const Level& level : levels_) {

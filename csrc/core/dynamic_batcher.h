@@ -57,6 +57,8 @@ class DynamicBatcher {
   };
   // `flush` sends whatever is queued without waiting for the delay (used when stopping).
   void Form(uint64_t now_ns, bool flush, Decision* decision);
+  // Takes every queued request out (for a scheduler that gives up on its instances).
+  void TakeAll(std::vector<InferRequest*>* requests);
   // Only applies the timeout policies and removes cancelled requests (while no instance is
   // free to take a batch).
   void Purge(uint64_t now_ns, Decision* decision);

@@ -81,6 +81,9 @@ struct InferRequest {
   // Set by the frontend when the client goes away (the flag lives in `owner`): a queued
   // request is then answered CANCELLED instead of computed.
   const std::atomic<bool>* cancelled = nullptr;
+  // Set by whoever answers the request first: a stopping scheduler that abandons a hung
+  // instance answers its batch, and the batch's late results must not answer it again.
+  std::atomic<bool> answered{false};
 
   bool Cancelled() const { return cancelled != nullptr && cancelled->load(std::memory_order_relaxed); }
 

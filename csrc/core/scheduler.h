@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -67,10 +68,16 @@ class Scheduler {
   }
   ModelStats Statistics() const { return stats_.Snapshot(); }
 
-  void Stop();
+  // Refuses new requests, runs every accepted one and joins the threads. With a timeout
+  // (seconds, < 0 = none), gives up when it passes: requests not yet executing are answered
+  // UNAVAILABLE, instances still executing are abandoned (their threads detached; the
+  // scheduler must then never be destroyed). Returns false when it gave up.
+  bool Stop(double timeout_seconds = -1);
 
  private:
   struct Instance {
+    std::mutex running_mutex;  // guards `running`
+    Batch* running = nullptr;  // the batch the instance is executing
     int device = -1;
     CudaStream stream = nullptr;
     std::vector<std::pair<void*, size_t>> device_buffers;  // per input: pointer, capacity
@@ -101,7 +108,16 @@ class Scheduler {
   std::atomic<int> idle_instances_{0};
   std::unique_ptr<std::atomic<uint32_t>[]> level_queued_;  // for max_queue_size
 
+  void Abandon();
+  void RejectBatch(std::unique_ptr<Batch> batch, const Status& status);
+  Status AbandonedStatus() const;
+  void ThreadExited();
+
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> abandoning_{false};  // Stop's timeout passed: answer, do not run
+  int running_threads_ = 0;  // guarded by done_mutex_
+  std::mutex done_mutex_;
+  std::condition_variable threads_done_;
   std::atomic<bool> batcher_done_{false};
   std::atomic<uint64_t> inflight_{0};
   std::atomic<uint64_t> executing_{0};  // requests in batches an instance is running

@@ -119,13 +119,13 @@ class GrpcServer::Impl : public ResponseSink {
   ModelTable& table() { return *table_; }
   const Dispatch& dispatch() { return dispatch_; }
   grpc::AsyncGenericService& service() { return service_; }
-  void CallStarted() { live_calls_.fetch_add(1); }
-  void CallEnded() {
-    if (live_calls_.fetch_sub(1) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      idle_.notify_all();
-    }
+  // Calls are counted twice: until finished (live) and until freed (allocated).
+  void CallStarted() {
+    live_calls_.fetch_add(1);
+    allocated_calls_.fetch_add(1);
   }
+  void CallEnded() { Decrement(live_calls_); }
+  void CallFreed() { Decrement(allocated_calls_); }
   int port = 0;
 
  private:
@@ -138,7 +138,14 @@ class GrpcServer::Impl : public ResponseSink {
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
   std::vector<std::thread> threads_;
-  std::atomic<int> live_calls_{0};
+  void Decrement(std::atomic<int>& count) {
+    if (count.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      idle_.notify_all();
+    }
+  }
+
+  std::atomic<int> live_calls_{0}, allocated_calls_{0};
   std::mutex mutex_;
   std::condition_variable idle_;
   bool stopped_ = false;
@@ -155,10 +162,12 @@ namespace {
 // `cancelled_`, which its queued requests see: they are answered, not computed.
 class Call : public std::enable_shared_from_this<Call> {
  public:
+  // A call is live from its creation until it is finished (not until it is freed: a request
+  // of an abandoned model instance may keep its memory for ever).
   Call(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) : server_(server), cq_(cq) {
     server_->CallStarted();
   }
-  ~Call() { server_->CallEnded(); }
+  ~Call() { server_->CallFreed(); }
 
   static void Listen(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) {
     auto call = std::make_shared<Call>(server, cq);
@@ -192,6 +201,7 @@ class Call : public std::enable_shared_from_this<Call> {
 
   void OnStarted(bool ok) {
     if (!ok) {  // the server is shutting down; the call never started, so no done event
+      server_->CallEnded();
       self_.reset();
       return;
     }
@@ -313,7 +323,10 @@ class Call : public std::enable_shared_from_this<Call> {
 
   // Finish and the done notification each hold one reference of the started call.
   void Unref() {
-    if (started_refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) self_.reset();
+    if (started_refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      server_->CallEnded();
+      self_.reset();
+    }
   }
 
   GrpcServer::Impl* server_;
@@ -391,6 +404,9 @@ void GrpcServer::Impl::Stop(double grace_seconds) {
     std::unique_lock<std::mutex> lock(mutex_);
     idle_.wait_until(lock, deadline + std::chrono::seconds(1),
                      [this] { return live_calls_.load() == 0; });
+    // Finished calls are freed as their requests are (at once, but for the requests of an
+    // abandoned model instance, which may never be).
+    idle_.wait_for(lock, std::chrono::seconds(1), [this] { return allocated_calls_.load() == 0; });
   }
   if (live_calls_.load() != 0) {
     for (auto& t : threads_) t.detach();

@@ -1,5 +1,6 @@
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <string>
 #include <memory>
@@ -279,8 +280,71 @@ static void PendingBoundRefusesAtOnce() {
   }
 }
 
+// An executor that never returns until released: Stop's timeout abandons its instance and
+// answers its batch and what waits behind it.
+class HangingExecutor : public Executor {
+ public:
+  Status Execute(Batch&) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    released_cv_.wait(lock, [this] { return released_; });
+    return Status::OK();
+  }
+  void Reject(const std::vector<InferRequest*>& requests, const Status& status) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < requests.size(); ++i) rejected_.push_back(status.message());
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    released_ = true;
+    released_cv_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable released_cv_;
+  bool released_ = false;
+  std::vector<std::string> rejected_;
+};
+
+static void StopTimeoutAbandonsAHungInstance() {
+  for (bool batching : {false, true}) {
+    auto executor = std::make_shared<HangingExecutor>();
+    SchedulerOptions options;
+    options.model_name = "hung";
+    options.dynamic_batching = batching;
+    options.batching.max_batch_size = 1;
+    std::unique_ptr<Scheduler> owned;
+    CHECK(Scheduler::Create(options, executor, &owned).ok());
+    Scheduler* s = owned.release();  // never destroyed, as an abandoned scheduler must not be
+    int32_t data[4] = {1, 2, 3, 4};
+    auto first = MakeRequest(0, data);
+    CHECK(s->Enqueue(first).ok());
+    WaitUntilNonePending(*s);
+    auto a = MakeRequest(1, data), b = MakeRequest(2, data);
+    CHECK(s->Enqueue(a).ok() && s->Enqueue(b).ok());
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(!s->Stop(0.2));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    for (int i = 0; i < 5000; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(executor->mutex_);
+        if (executor->rejected_.size() == 3) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    {
+      std::lock_guard<std::mutex> lock(executor->mutex_);
+      CHECK(executor->rejected_.size() == 3);  // the hung one and the two behind it
+      CHECK(executor->rejected_[0] ==
+            "model 'hung' was stopped while an instance was still executing (stop timeout)");
+    }
+    executor->Release();  // the abandoned thread returns into a scheduler that still exists
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK(s->InflightCount() == 0);
+  }
+}
+
 int main() {
   RUN(RejectsBadOptions);
+  RUN(StopTimeoutAbandonsAHungInstance);
   RUN(CancelledRequestsAreNotComputed);
   RUN(PendingBoundRefusesAtOnce);
   RUN(StopDrainsAcceptedRequests);

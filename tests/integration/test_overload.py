@@ -1,7 +1,7 @@
 """Overload and cancellation with a real server, on both frontends: past capacity requests
 queue up to a bound and are then refused at once (UNAVAILABLE / 503) while memory stays
 flat and every accepted request is answered; a client that goes away has its queued request
-answered without being computed."""
+answered without being computed; a model hung in execute can still be unloaded."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
+        if any(pb_utils.get_input_tensor_by_name(r, "X").as_numpy().min() < 0 for r in requests):
+            time.sleep(3600)  # hangs
         time.sleep({seconds})
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
                     "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())])
@@ -56,10 +58,12 @@ def server(request, tmp_path_factory):
     add_model(root, "slow_batched", 0.05, max_batch_size=2,
               extra="dynamic_batching { default_queue_policy { max_queue_size: 3 } }")
     add_model(root, "slower", 1.5)
+    add_model(root, "hangs", 0)
     frontend = request.param
     process = start_server([root], tmp_path_factory.mktemp("logs") / f"overload-{frontend}.log",
                            "--grpc-frontend", frontend, "--http-frontend", frontend,
-                           "--default-max-queue-size", "8")
+                           "--default-max-queue-size", "8", "--model-unload-timeout-secs", "2",
+                           "--model-control-mode", "explicit", "--load-model", "*")
     yield process
     assert process.stop() == 0
 
@@ -194,3 +198,34 @@ def test_cancelled_requests_are_not_computed(server):
     time.sleep(2)  # a B computed after all would show up by now
     count, success, fail = executions(server, "slower")
     assert (count - before[0], success - before[1], fail - before[2]) == (2, 2, 2)
+
+
+def test_a_model_hung_in_execute_can_be_unloaded(server):
+    """One request hangs `hangs` for an hour; two wait behind it. Unloading gives up on the
+    instance after --model-unload-timeout-secs, refuses the two, and the model loads again."""
+    async def run():
+        client = grpc_aio.InferenceServerClient(server.grpc_url)
+        hung = asyncio.ensure_future(client.infer("hangs", [grpc_input(-1)], client_timeout=30))
+        await asyncio.sleep(0.5)
+        waiting = [asyncio.ensure_future(client.infer("hangs", [grpc_input(i)])) for i in (1, 2)]
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await client.unload_model("hangs")
+        unload_seconds = time.monotonic() - started
+        refused = await asyncio.gather(*waiting, return_exceptions=True)
+        np.testing.assert_array_equal(
+            (await client.infer("slow", [grpc_input(5)])).as_numpy("Y"), [5])  # others serve
+        await client.load_model("hangs")
+        again = await client.infer("hangs", [grpc_input(7)])
+        hung.cancel()
+        await client.close()
+        return unload_seconds, refused, again
+
+    unload_seconds, refused, again = asyncio.run(run())
+    assert unload_seconds < 15
+    for error in refused:
+        assert isinstance(error, InferenceServerException), error
+        assert error.status() == "StatusCode.UNAVAILABLE"
+        assert "was stopped while an instance was still executing" in error.message()
+    assert again.as_numpy("Y").tolist() == [7]
+    assert "an instance was still executing after 2 s; it is abandoned" in server.log()
