@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -155,6 +156,18 @@ def test_model_max_queue_size_bounds_each_model(server):
     assert refused and answered
     assert all(r.message() == "Exceeds maximum queue size" for r in refused)
     assert len(answered) + len(refused) == 30
+    assert failures(server, "slow_batched")["REJECTED"] == len(refused)
+
+
+def failures(server, model: str) -> dict[str, float]:
+    """nv_inference_request_failure by its reason label, from the metrics port."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("nv_inference_request_failure{") and f'model="{model}"' in line:
+            reason = line.split('reason="')[1].split('"')[0]
+            found[reason] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def executions(server, model: str) -> tuple[int, int, int]:
@@ -198,6 +211,7 @@ def test_cancelled_requests_are_not_computed(server):
     time.sleep(2)  # a B computed after all would show up by now
     count, success, fail = executions(server, "slower")
     assert (count - before[0], success - before[1], fail - before[2]) == (2, 2, 2)
+    assert failures(server, "slower")["CANCELED"] == 2
 
 
 def test_a_model_hung_in_execute_can_be_unloaded(server):
