@@ -95,7 +95,7 @@ class PythonBackend(Backend):
                                   requests or [RequestInfo() for _ in batch_sizes])
         try:
             responses = self._execute_model(requests)
-        except Exception as e:  # noqa: BLE001 - the model's own failure fails its batch
+        except BaseException as e:  # noqa: BLE001 - even SystemExit fails only its batch
             raise ServerError(
                 f"Failed to process the request(s) for model instance '{self._instance_name}', "
                 f"message: {type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
@@ -162,7 +162,7 @@ class PythonBackend(Backend):
         if finalize is not None:
             try:
                 finalize()
-            except Exception as e:  # noqa: BLE001 - unloading goes on
+            except BaseException as e:  # noqa: BLE001 - unloading goes on
                 log.error("model '%s' version %d: finalize failed: %s: %s",
                           self.model.name, self.model.version, type(e).__name__, e)
 
@@ -225,7 +225,7 @@ def _import_model(path: Path, model_name: str, version_dir: Path) -> ModuleType:
     with _IMPORT_LOCK, _on_sys_path(version_dir):
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - any failure of the user's module
+        except BaseException as e:  # noqa: BLE001 - any failure of the module, SystemExit too
             raise ServerError(f"failed to load model '{model_name}': error importing "
                               f"{path.name}: {type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
     return module
@@ -235,7 +235,7 @@ def _call_model(model_name: str, what: str, function, *args, version_dir: Path):
     with _on_sys_path(version_dir):
         try:
             return function(*args)
-        except Exception as e:  # noqa: BLE001 - any failure of the user's code
+        except BaseException as e:  # noqa: BLE001 - any failure of the user's code
             raise ServerError(f"failed to load model '{model_name}': {what} failed: "
                               f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
 
