@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyserve import _core
-from pyserve.backends import InstanceSpec, ModelContext, backend_class
+from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
@@ -276,7 +276,7 @@ class ModelManager:
         instances = []
         try:
             for spec in specs:
-                instances.append(cls(context, spec))
+                instances.append(create_instance(cls, context, spec))
             devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
             return ModelRunner(config, version, instances, devices, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size)

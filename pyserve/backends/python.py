@@ -29,6 +29,7 @@ from types import ModuleType
 import numpy as np
 
 from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
+from pyserve.backends.isolation import auto_complete_in_child, process_isolated
 from pyserve.config import config_to_json, parse_config_json
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.model import is_batched
@@ -45,6 +46,7 @@ _BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by
 
 class PythonBackend(Backend):
     request_info = True  # model.py sees each request's id, parameters and requested outputs
+    isolatable = True
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
@@ -173,6 +175,8 @@ class PythonBackend(Backend):
         when it has one; otherwise the config is unchanged."""
         if version_dir is None:
             return config
+        if process_isolated(config):  # importing model.py is running its code
+            return auto_complete_in_child(PythonBackend, config, version_dir, options)
         path = version_dir / config.default_model_filename
         module = _import_model(path, config.name, version_dir)
         model_class = getattr(module, "TritonPythonModel", None)

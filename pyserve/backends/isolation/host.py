@@ -1,0 +1,173 @@
+"""The server's side of an isolated instance: a child process that runs the backend, and
+the shared-memory arena the tensors cross (see arena.py and child.py).
+
+A child that dies (a segfault in a native extension, os._exit, the kernel's OOM killer)
+fails the batch it was running with INTERNAL and a text that says how it died; a new child is
+started at once, in the background, and the instance's next batch runs on it. Requests still
+queued are not lost: they wait for the new child. Closing asks the child to finalize and
+exit, and kills it (by its PID) if it has not within STOP_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
+from pyserve.backends.isolation import CHILD_ENV
+from pyserve.backends.isolation.arena import Arena
+from pyserve.backends.isolation.messages import (apply_object_states, detach_requests,
+                                                 restore_error)
+from pyserve.errors import ErrorCode, ServerError
+
+log = logging.getLogger("pyserve")
+
+STOP_TIMEOUT_S = 10.0  # for finalize and exit, before the child is killed
+
+
+class ChildDied(ServerError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorCode.INTERNAL)
+
+
+class ChildProcess:
+    """One child process and its control connection."""
+
+    def __init__(self, arena: Arena, label: str) -> None:
+        self.label = label
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "pyserve.backends.isolation.child",
+                 str(theirs.fileno()), str(arena.fd)],
+                pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL,
+                env={**os.environ, CHILD_ENV: "1"},
+                start_new_session=True)  # a Ctrl+C at the terminal is the server's to handle
+        self.connection = Connection(ours.detach())
+        self.pid = self.process.pid
+
+    def call(self, message: tuple, doing: str) -> tuple:
+        """Send `message` and wait for the reply's values; the child's error is raised as
+        itself, its death as ChildDied."""
+        try:
+            self.connection.send(message)
+            reply = self.connection.recv()
+        except (EOFError, OSError):
+            raise ChildDied(f"{self.label}: the model's process (pid {self.pid}) died while "
+                            f"{doing}: {self._how_it_ended()}") from None
+        if reply[0] == "error":
+            raise restore_error(reply[1])
+        return reply[1:]
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Ask the child to close its model and exit; kill it when it does not in time."""
+        try:
+            self.connection.send(("close",))
+            if self.connection.poll(timeout):
+                self.connection.recv()
+        except (EOFError, OSError):
+            pass  # already gone
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: the model's process (pid %d) did not exit in %.0f s; killing it",
+                        self.label, self.pid, timeout)
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.wait()
+        self.connection.close()
+
+    def _how_it_ended(self) -> str:
+        try:
+            code = self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # closed its end but lives on: end it
+            os.kill(self.pid, signal.SIGKILL)
+            code = self.process.wait()
+        self.connection.close()
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name} ({signal.strsignal(-code)})"
+        return f"exited with code {code}"
+
+
+class ProcessIsolatedBackend(Backend):
+    """An instance of `cls` run in a child process, with the same interface as `cls`."""
+
+    def __init__(self, cls: type[Backend], model: ModelContext, instance: InstanceSpec) -> None:
+        super().__init__(model, instance)
+        self.request_info = cls.request_info
+        self._target = f"{cls.__module__}:{cls.__qualname__}"
+        self._label = (f"model '{model.name}' version {model.version} "
+                       f"instance {instance.index}")
+        self._arena = Arena.create(f"pyserve-{model.name}-{instance.index}")
+        self._child: Future = Future()
+        try:
+            self._child.set_result(self._start())
+        except BaseException:
+            self._arena.close()
+            raise
+
+    def _start(self) -> ChildProcess:
+        child = ChildProcess(self._arena, self._label)
+        try:
+            model = self.model
+            child.call(("init", self._target, model.name, model.version,
+                        model.config.SerializeToString(), model.version_dir, self.instance),
+                       "loading")
+        except BaseException:
+            child.stop()
+            raise
+        log.info("%s runs in process %d", self._label, child.pid)
+        return child
+
+    def _restart(self) -> None:
+        """Start a new child in the background; the next batch waits for it."""
+        future: Future = Future()
+        self._child = future
+
+        def start() -> None:
+            try:
+                future.set_result(self._start())
+            except BaseException as e:  # noqa: BLE001 - the next batch reports it
+                future.set_exception(e)
+
+        threading.Thread(target=start, name="ps-model-restart", daemon=True).start()
+
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list[RequestInfo] | None = None) -> BatchResult:
+        future = self._child
+        try:
+            child = future.result()
+        except ServerError:
+            self._restart()  # the next batch tries again
+            raise
+        descriptors, end = self._arena.write(inputs)
+        try:
+            (kind, payload), written, states = child.call(
+                ("execute", descriptors, end, batch_sizes, detach_requests(requests)),
+                "executing")
+        except ChildDied as e:
+            log.error("%s; starting a new one", e.message)
+            self._restart()
+            raise
+        apply_object_states(requests, states)
+        if kind == "batch":
+            return self._arena.read(payload, written)
+        return [self._arena.read(value, written) if tag == "outputs" else restore_error(value)
+                for tag, value in payload]
+
+    def close(self) -> None:
+        # A child still starting is stopped as soon as it is up.
+        self._child.add_done_callback(self._stop)
+
+    def _stop(self, future: Future) -> None:
+        if future.exception() is None:
+            future.result().stop()
+        self._arena.close()
