@@ -123,6 +123,30 @@ class TritonPythonModel:
 '''
 
 
+# A TorchServe handler served from a model repository (backend "torchserve", the archive's
+# files in the version directory): upper-cases each row, answers with its PID, and
+# dereferences NULL for the row b"segv".
+HANDLER_CONFIG = """
+backend: "torchserve"
+max_batch_size: 4
+input [ { name: "data" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "output" data_type: TYPE_STRING dims: [ 1 ] } ]
+""" + ISOLATED
+
+HANDLER = '''
+import ctypes
+import os
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    if any(row["data"] == b"segv" for row in data):
+        ctypes.string_at(0)
+    return [row["data"].upper() + b" %d" % os.getpid() for row in data]
+'''
+
+
 def _model(repository: Path, name: str, config: str | None, code: str) -> None:
     (repository / name / "1").mkdir(parents=True)
     if config is not None:
@@ -141,6 +165,11 @@ def server(tmp_path_factory):
         _model(repository, f"{prefix}strings", STRING_CONFIG + extra, STRING_MODEL)
     _model(repository, "crashy", CRASHY_CONFIG, CRASHY_MODEL)
     _model(repository, "auto", ISOLATED, AUTO_MODEL)
+    _model(repository, "handler", HANDLER_CONFIG, "")
+    (repository / "handler" / "1" / "handler.py").write_text(textwrap.dedent(HANDLER))
+    (repository / "handler" / "1" / "MAR-INF").mkdir()
+    (repository / "handler" / "1" / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(
+        {"runtime": "python", "model": {"modelName": "handler", "handler": "handler.py"}}))
     process = start_server([repository], tmp_path_factory.mktemp("logs") / "isolation.log",
                            "--model-control-mode", "explicit", "--load-model", "*")
     process.repository = repository
@@ -315,3 +344,17 @@ def test_server_shutdown_stops_every_child(tmp_path):
     finally:
         assert server.stop() == 0
     assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_a_torchserve_handler_in_a_child_process(server, client):
+    module, c = client
+    rows = np.array([[b"abc"], [b"d"]], dtype=np.object_)
+    answer = c.infer("handler", [tensor(module, "data", rows, "BYTES")]).as_numpy("output")
+    words = [row[0].split() for row in answer.tolist()]
+    assert [w[0] for w in words] == [b"ABC", b"D"]
+    pid = int(words[0][1])
+    assert pid in children(server.process.pid)
+    with pytest.raises(InferenceServerException, match="killed by signal SIGSEGV"):
+        c.infer("handler", [tensor(module, "data", np.array([[b"segv"]], np.object_), "BYTES")])
+    answer = c.infer("handler", [tensor(module, "data", rows, "BYTES")]).as_numpy("output")
+    assert answer[0, 0].startswith(b"ABC ") and int(answer[0, 0].split()[1]) != pid

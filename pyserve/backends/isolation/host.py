@@ -68,8 +68,9 @@ class ChildProcess:
             raise restore_error(reply[1])
         return reply[1:]
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+    def stop(self) -> None:
         """Ask the child to close its model and exit; kill it when it does not in time."""
+        timeout = STOP_TIMEOUT_S
         try:
             self.connection.send(("close",))
             if self.connection.poll(timeout):
