@@ -10,9 +10,11 @@ Two forms of model.py:
   batched inputs (see pyserve.model).
 
 Unlike Triton, which runs every instance in its own stub process and copies tensors through
-shared memory, the model runs on the instance's worker thread in the server process. Each
-instance imports model.py as its own fresh module (as Triton's one process per instance
-would), so module state is not shared between instances or versions.
+shared memory, the model runs on the instance's worker thread in the server process (the
+config parameter "isolation": "process" asks for Triton's way: pyserve.backends.isolation).
+Each instance imports model.py as its own fresh module (as Triton's one process per instance
+would), so module state is not shared between instances or versions. Whatever the model
+raises, BaseException included, fails only its load or its batch.
 """
 
 from __future__ import annotations
