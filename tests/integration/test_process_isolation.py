@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import EXAMPLES, send_concurrently, start_server, tensor
+from conftest import EXAMPLES, child_pids, send_concurrently, start_server, tensor
 
 ISOLATED = '\nparameters { key: "isolation" value { string_value: "process" } }\n'
 
@@ -177,22 +177,6 @@ def server(tmp_path_factory):
     process.stop()
 
 
-def children(pid: int) -> set[int]:
-    """The PIDs of the live processes whose parent is `pid`."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
-
-
 def add_sub_inputs(module, a, b):
     return [tensor(module, "INPUT0", a, "FP32"), tensor(module, "INPUT1", b, "FP32")]
 
@@ -249,7 +233,7 @@ def test_a_batch_of_several_requests_is_split_back(server):
 
 def crash_and_recover(server, module, c, first: float, how: str) -> None:
     before = c.infer("crashy", crash_input(module, 1)).as_numpy("PID")[0, 0]
-    assert before in children(server.process.pid)
+    assert before in child_pids(server.process.pid)
     with pytest.raises(InferenceServerException) as error:
         c.infer("crashy", crash_input(module, first))
     assert error.value.status() in ("StatusCode.INTERNAL", "500")
@@ -259,8 +243,8 @@ def crash_and_recover(server, module, c, first: float, how: str) -> None:
     result = c.infer("crashy", crash_input(module, 4))  # a new child, started at once
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), [[8, 2]])
     after = result.as_numpy("PID")[0, 0]
-    assert after != before and after in children(server.process.pid)
-    assert before not in children(server.process.pid)
+    assert after != before and after in child_pids(server.process.pid)
+    assert before not in child_pids(server.process.pid)
     a = np.ones((1, 4), np.float32)
     np.testing.assert_array_equal(
         c.infer("add_sub", add_sub_inputs(module, a, a)).as_numpy("OUTPUT0"), a * 2)
@@ -303,7 +287,7 @@ def test_config_completed_in_a_child_and_load_failures_contained(server):
         data = np.array([[1, 2, 3]], np.int32)
         out = c.infer("auto", [tensor(httpclient, "IN", data, "INT32")]).as_numpy("OUT")
         pid = int(out[0, 0] - 1)
-        assert pid != server.process.pid and pid in children(server.process.pid)
+        assert pid != server.process.pid and pid in child_pids(server.process.pid)
         (server.repository / "auto" / "EXIT").write_text("")
         try:
             with pytest.raises(InferenceServerException,
@@ -312,16 +296,16 @@ def test_config_completed_in_a_child_and_load_failures_contained(server):
         finally:
             (server.repository / "auto" / "EXIT").unlink()
         assert c.is_model_ready("auto")  # the failed reload kept the old version serving
-        assert pid in children(server.process.pid)
+        assert pid in child_pids(server.process.pid)
 
 
-def test_unload_stops_the_children(server):
+def test_unload_stops_the_child_pids(server):
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
         data = np.array([[b"a"]], np.object_)
         c.load_model("isolated_strings")
-        before = children(server.process.pid)
+        before = child_pids(server.process.pid)
         c.unload_model("isolated_strings")
-        gone = before - children(server.process.pid)
+        gone = before - child_pids(server.process.pid)
         assert len(gone) == 1  # its one instance's child, reaped
         assert all(not os.path.exists(f"/proc/{pid}") for pid in gone)
         c.load_model("isolated_strings")
@@ -337,9 +321,9 @@ def test_server_shutdown_stops_every_child(tmp_path):
     server = start_server([repository], tmp_path / "server.log")
     try:
         deadline = time.monotonic() + 30
-        while len(children(server.process.pid)) < 2 and time.monotonic() < deadline:
+        while len(child_pids(server.process.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        pids = children(server.process.pid)
+        pids = child_pids(server.process.pid)
         assert len(pids) == 2
     finally:
         assert server.stop() == 0
@@ -353,7 +337,7 @@ def test_a_torchserve_handler_in_a_child_process(server, client):
     words = [row[0].split() for row in answer.tolist()]
     assert [w[0] for w in words] == [b"ABC", b"D"]
     pid = int(words[0][1])
-    assert pid in children(server.process.pid)
+    assert pid in child_pids(server.process.pid)
     with pytest.raises(InferenceServerException, match="killed by signal SIGSEGV"):
         c.infer("handler", [tensor(module, "data", np.array([[b"segv"]], np.object_), "BYTES")])
     answer = c.infer("handler", [tensor(module, "data", rows, "BYTES")]).as_numpy("output")

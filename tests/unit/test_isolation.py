@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import child_pids
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.backends.base import RequestInfo
 from pyserve.backends.isolation import host, process_isolated
@@ -116,7 +118,8 @@ def test_a_backend_without_isolation_refuses_it(tmp_path):
     assert error.value.code == ErrorCode.UNSUPPORTED
 
 
-HANGING_FINALIZE = '''
+# Answers with its PID; hangs in execute for a negative input, and always in finalize.
+HANGING = '''
 import os
 import time
 
@@ -125,6 +128,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
+        if requests[0].get_input_tensor_by_name("X").as_numpy()[0, 0] < 0:
+            time.sleep(600)
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
                     "Y", r.get_input_tensor_by_name("X").as_numpy() + os.getpid())])
                 for r in requests]
@@ -134,19 +139,49 @@ class TritonPythonModel:
 '''
 
 
-def test_a_child_that_does_not_finish_closing_is_killed(tmp_path, monkeypatch):
+@pytest.fixture
+def hanging(tmp_path, monkeypatch):
+    """An isolated instance of HANGING, stopped within half a second, and its child's PID."""
     monkeypatch.setattr(host, "STOP_TIMEOUT_S", 0.5)
     version_dir = tmp_path / "m" / "1"
     version_dir.mkdir(parents=True)
-    (version_dir / "model.py").write_text(textwrap.dedent(HANGING_FINALIZE))
+    (version_dir / "model.py").write_text(textwrap.dedent(HANGING))
     backend = create_instance(backend_class("python"),
                               ModelContext("m", 1, _config(ISOLATED), version_dir),
                               InstanceSpec(0, "CPU"))
-    x = np.zeros((2, 2), np.float32)
-    results = backend.execute({"X": x}, [1, 1], [RequestInfo(), RequestInfo()])
+    results = backend.execute({"X": np.zeros((2, 2), np.float32)}, [1, 1],
+                              [RequestInfo(), RequestInfo()])
     pid = int(results[0]["Y"][0, 0])
     assert pid != os.getpid() and Path(f"/proc/{pid}").exists()
+    yield backend, pid
+    backend.close()
+
+
+def test_a_child_that_does_not_finish_closing_is_killed(hanging):
+    backend, pid = hanging
     started = time.monotonic()
     backend.close()
     assert time.monotonic() - started < 5
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+
+
+def test_closing_during_a_hung_batch_kills_the_child_and_fails_the_batch(hanging):
+    backend, pid = hanging
+    before = child_pids(os.getpid()) - {pid}
+    failed = []
+
+    def run() -> None:
+        with pytest.raises(ServerError) as error:
+            backend.execute({"X": -np.ones((1, 2), np.float32)}, [1], [RequestInfo()])
+        failed.append(error.value)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(0.3)  # the batch is in the child
+    backend.close()
+    worker.join(10)
+    assert "died while executing: killed by signal SIGKILL" in failed[0].message
+    assert not Path(f"/proc/{pid}").exists()
+    time.sleep(0.5)
+    assert child_pids(os.getpid()) <= before  # and no new child was started after the close
+

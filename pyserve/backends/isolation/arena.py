@@ -34,7 +34,7 @@ class Arena:
 
     @classmethod
     def create(cls, name: str) -> "Arena":
-        return cls(os.memfd_create(name, 0))  # inheritable only where passed (pass_fds)
+        return cls(os.memfd_create(name))  # close-on-exec: only the child it is passed to gets it
 
     def follow(self, size: int) -> None:
         """Map at least `size` bytes, growing the file if the other side has not already.

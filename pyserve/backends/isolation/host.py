@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
@@ -31,7 +32,11 @@ from pyserve.errors import ErrorCode, ServerError
 
 log = logging.getLogger("pyserve")
 
-STOP_TIMEOUT_S = 10.0  # for finalize and exit, before the child is killed
+STOP_TIMEOUT_S = 10.0  # for the batch in flight, finalize and exit, before the child is killed
+# The child's entry point; the current directory leaves sys.path first, so that the installed
+# pyserve is the one imported (python -P, from Python 3.11 on).
+_CHILD_MAIN = ("import sys; del sys.path[0]; "
+               "from pyserve.backends.isolation.child import main; main(sys.argv[1:])")
 
 
 class ChildDied(ServerError):
@@ -47,44 +52,51 @@ class ChildProcess:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-P", "-m", "pyserve.backends.isolation.child",
-                 str(theirs.fileno()), str(arena.fd)],
+                [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(arena.fd)],
                 pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL,
                 env={**os.environ, CHILD_ENV: "1"},
                 start_new_session=True)  # a Ctrl+C at the terminal is the server's to handle
         self.connection = Connection(ours.detach())
         self.pid = self.process.pid
+        self._calling = threading.Lock()  # one exchange at a time on the connection
 
     def call(self, message: tuple, doing: str) -> tuple:
         """Send `message` and wait for the reply's values; the child's error is raised as
         itself, its death as ChildDied."""
-        try:
-            self.connection.send(message)
-            reply = self.connection.recv()
-        except (EOFError, OSError):
-            raise ChildDied(f"{self.label}: the model's process (pid {self.pid}) died while "
-                            f"{doing}: {self._how_it_ended()}") from None
+        with self._calling:
+            try:
+                self.connection.send(message)
+                reply = self.connection.recv()
+            except (EOFError, OSError):
+                raise ChildDied(f"{self.label}: the model's process (pid {self.pid}) died "
+                                f"while {doing}: {self._how_it_ended()}") from None
         if reply[0] == "error":
             raise restore_error(reply[1])
         return reply[1:]
 
     def stop(self) -> None:
-        """Ask the child to close its model and exit; kill it when it does not in time."""
-        timeout = STOP_TIMEOUT_S
+        """Ask the child to close its model and exit once its batch in flight is done; kill
+        it when that takes longer than STOP_TIMEOUT_S (a hung model)."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        if not self._calling.acquire(timeout=STOP_TIMEOUT_S):  # held from here: no more calls
+            self._kill("did not finish its batch")  # which then fails as ChildDied
+            return
         try:
             self.connection.send(("close",))
-            if self.connection.poll(timeout):
-                self.connection.recv()
+            self.connection.poll(max(deadline - time.monotonic(), 0))
         except (EOFError, OSError):
             pass  # already gone
         try:
-            self.process.wait(timeout)
+            self.process.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            log.warning("%s: the model's process (pid %d) did not exit in %.0f s; killing it",
-                        self.label, self.pid, timeout)
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.wait()
+            self._kill("did not exit")
         self.connection.close()
+
+    def _kill(self, why: str) -> None:
+        log.warning("%s: the model's process (pid %d) %s in %.0f s; killing it", self.label,
+                    self.pid, why, STOP_TIMEOUT_S)
+        os.kill(self.pid, signal.SIGKILL)
+        self.process.wait()
 
     def _how_it_ended(self) -> str:
         try:
@@ -109,6 +121,8 @@ class ProcessIsolatedBackend(Backend):
                        f"instance {instance.index}")
         self._arena = Arena.create(f"pyserve-{model.name}-{instance.index}")
         self._child: Future = Future()
+        self._closed = False
+        self._lock = threading.Lock()  # _child and _closed, between close and a restart
         try:
             self._child.set_result(self._start())
         except BaseException:
@@ -131,7 +145,10 @@ class ProcessIsolatedBackend(Backend):
     def _restart(self) -> None:
         """Start a new child in the background; the next batch waits for it."""
         future: Future = Future()
-        self._child = future
+        with self._lock:
+            if self._closed:
+                return
+            self._child = future
 
         def start() -> None:
             try:
@@ -165,8 +182,12 @@ class ProcessIsolatedBackend(Backend):
                 for tag, value in payload]
 
     def close(self) -> None:
-        # A child still starting is stopped as soon as it is up.
-        self._child.add_done_callback(self._stop)
+        """Stop the child; safe from any thread, even with a batch in flight (which then
+        fails when the child is killed). A child still starting is stopped once it is up."""
+        with self._lock:
+            self._closed = True
+            future = self._child
+        future.add_done_callback(self._stop)
 
     def _stop(self, future: Future) -> None:
         if future.exception() is None:
