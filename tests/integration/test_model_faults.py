@@ -47,8 +47,8 @@ class TritonPythonModel:
     def execute(self, requests):
         if "{where}" == "execute":
             raise {fault}
-        return [pb_utils.InferenceResponse(
-                    [pb_utils.Tensor("OUTPUT0", r.get_input_tensor_by_name("INPUT0").as_numpy() * 2)])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                    "OUTPUT0", r.get_input_tensor_by_name("INPUT0").as_numpy() * 2)])
                 for r in requests]
 
     def finalize(self):
@@ -92,49 +92,50 @@ def exception_name(fault: str) -> str:
     return fault.split("(")[0]
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.fixture(params=[(p, f) for p in ("grpc", "http") for f in FAULTS],
+                ids=lambda param: f"{param[0]}-{exception_name(param[1])}")
+def faulty(request, server):
+    """(client module, connected client, the fault to raise, a name prefix for its models)."""
+    protocol, fault = request.param
+    module, client = client_for(server, protocol)
+    with client:
+        yield module, client, fault, f"{exception_name(fault)}_{protocol}".lower()
+
+
 @pytest.mark.parametrize("where", ["import", "auto_complete_config", "initialize"])
-def test_a_fault_while_loading_fails_that_load_only(server, protocol, fault, where):
-    module, client = client_for(server, protocol)
-    name = f"load_{where}_{exception_name(fault)}_{protocol}".lower()
-    with client:
-        with pytest.raises(InferenceServerException) as error:
-            load(client, name, where, fault)
-        assert "failed to load" in str(error.value) and f"'{name}'" in str(error.value)
-        assert exception_name(fault) in str(error.value)
-        assert not client.is_model_ready(name)
-        assert_still_serving(server, module, client)
-        load(client, name, "nowhere", fault)  # the same name loads once the model is fixed
-        assert_still_serving(server, module, client, name)
+def test_a_fault_while_loading_fails_that_load_only(server, faulty, where):
+    module, client, fault, prefix = faulty
+    name = f"{prefix}_load_{where}"
+    with pytest.raises(InferenceServerException) as error:
+        load(client, name, where, fault)
+    assert "failed to load" in str(error.value) and f"'{name}'" in str(error.value)
+    assert exception_name(fault) in str(error.value)
+    assert not client.is_model_ready(name)
+    assert_still_serving(server, module, client)
+    load(client, name, "nowhere", fault)  # the same name loads once the model is fixed
+    assert_still_serving(server, module, client, name)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("fault", FAULTS)
-def test_a_fault_in_execute_fails_those_requests_only(server, protocol, fault):
-    module, client = client_for(server, protocol)
-    name = f"execute_{exception_name(fault)}_{protocol}".lower()
-    with client:
-        load(client, name, "execute", fault)
-        x = tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")
-        for _ in range(2):
-            with pytest.raises(InferenceServerException, match=exception_name(fault)) as error:
-                client.infer(name, [x])
-            assert error.value.status() in ("StatusCode.INTERNAL", "500")
-        assert client.is_model_ready(name)
-        assert_still_serving(server, module, client)
+def test_a_fault_in_execute_fails_those_requests_only(server, faulty):
+    module, client, fault, prefix = faulty
+    name = f"{prefix}_execute"
+    load(client, name, "execute", fault)
+    x = tensor(module, "INPUT0", np.ones((1, 2), np.float32), "FP32")
+    for _ in range(2):
+        with pytest.raises(InferenceServerException, match=exception_name(fault)) as error:
+            client.infer(name, [x])
+        assert error.value.status() in ("StatusCode.INTERNAL", "500")
+    assert client.is_model_ready(name)
+    assert_still_serving(server, module, client)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("fault", FAULTS)
-def test_a_fault_in_finalize_still_unloads(server, protocol, fault):
-    module, client = client_for(server, protocol)
-    name = f"finalize_{exception_name(fault)}_{protocol}".lower()
-    with client:
-        load(client, name, "finalize", fault)
-        assert_still_serving(server, module, client, name)
-        client.unload_model(name)
-        assert not client.is_model_ready(name)
-        assert_still_serving(server, module, client)
-        load(client, name, "finalize", fault)  # and loads again
-        assert_still_serving(server, module, client, name)
+def test_a_fault_in_finalize_still_unloads(server, faulty):
+    module, client, fault, prefix = faulty
+    name = f"{prefix}_finalize"
+    load(client, name, "finalize", fault)
+    assert_still_serving(server, module, client, name)
+    client.unload_model(name)
+    assert not client.is_model_ready(name)
+    assert_still_serving(server, module, client)
+    load(client, name, "finalize", fault)  # and loads again
+    assert_still_serving(server, module, client, name)

@@ -17,47 +17,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import EXAMPLES, child_pids, send_concurrently, start_server, tensor
+from conftest import child_pids, send_concurrently, start_server, tensor
+from test_python_backend import (ADD_SUB_CONFIG, ADD_SUB_MODEL, INTROSPECT_MODEL, STRING_CONFIG,
+                                 STRING_MODEL, _model)
 
 ISOLATED = '\nparameters { key: "isolation" value { string_value: "process" } }\n'
-
-ADD_SUB_CONFIG = (EXAMPLES / "add_sub_python" / "config.pbtxt").read_text()
-ADD_SUB_MODEL = (EXAMPLES / "add_sub_python" / "1" / "model.py").read_text()
-
-STRING_CONFIG = """
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
-output [
-  { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] },
-  { name: "UPPER" data_type: TYPE_STRING dims: [ -1 ] }
-]
-"""
-
-# Echoes its BYTES input, upper-cased too; for an "introspect" element, answers with what it
-# was told about the request instead.
-STRING_MODEL = '''
-import json
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            if data.flat[0] == b"introspect":
-                seen = {"id": request.request_id(), "parameters": json.loads(request.parameters()),
-                        "outputs": request.requested_output_names()}
-                data = np.array([[json.dumps(seen, sort_keys=True).encode()]], dtype=np.object_)
-            upper = np.array([v.upper() for v in data.flat], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse([
-                pb_utils.Tensor("OUTPUT0", data),
-                pb_utils.Tensor("UPPER", upper.reshape(data.shape))]))
-        return responses
-'''
 
 CRASHY_CONFIG = """
 backend: "python"
@@ -117,8 +81,8 @@ class TritonPythonModel:
         self.pid = os.getpid()
 
     def execute(self, requests):
-        return [pb_utils.InferenceResponse(
-                    [pb_utils.Tensor("OUT", r.get_input_tensor_by_name("IN").as_numpy() + self.pid)])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                    "OUT", r.get_input_tensor_by_name("IN").as_numpy() + self.pid)])
                 for r in requests]
 '''
 
@@ -147,22 +111,14 @@ def handle(data, context):
 '''
 
 
-def _model(repository: Path, name: str, config: str | None, code: str) -> None:
-    (repository / name / "1").mkdir(parents=True)
-    if config is not None:
-        (repository / name / "config.pbtxt").write_text(textwrap.dedent(config))
-    (repository / name / "1" / "model.py").write_text(textwrap.dedent(code))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("isolation_models")
-    for isolated in (False, True):
-        prefix, extra = ("isolated_", ISOLATED) if isolated else ("", "")
+    for prefix, extra in (("", ""), ("isolated_", ISOLATED)):
         _model(repository, f"{prefix}add_sub",
-               ADD_SUB_CONFIG.replace('name: "add_sub_python"', f'name: "{prefix}add_sub"')
-               + extra, ADD_SUB_MODEL)
+               ADD_SUB_CONFIG.format(name=f"{prefix}add_sub") + extra, ADD_SUB_MODEL)
         _model(repository, f"{prefix}strings", STRING_CONFIG + extra, STRING_MODEL)
+    _model(repository, "isolated_introspect", STRING_CONFIG + ISOLATED, INTROSPECT_MODEL)
     _model(repository, "crashy", CRASHY_CONFIG, CRASHY_MODEL)
     _model(repository, "auto", ISOLATED, AUTO_MODEL)
     _model(repository, "handler", HANDLER_CONFIG, "")
@@ -201,7 +157,7 @@ def test_numeric_results_equal_the_in_process_model(client, batch):
 
 def test_bytes_results_equal_the_in_process_model(client):
     module, c = client
-    data = np.array([[b"hello", b"wor\x00ld", b""], [b"\xff\xfe", b"x" * 70000, b"ok"]],
+    data = np.array([[b"hello", b"wor\x00ld", b""], [b"\xc3\xa9t\xc3\xa9", b"x" * 70000, b"ok"]],
                     dtype=np.object_)
     here = c.infer("strings", [tensor(module, "INPUT0", data, "BYTES")])
     there = c.infer("isolated_strings", [tensor(module, "INPUT0", data, "BYTES")])
@@ -212,8 +168,8 @@ def test_bytes_results_equal_the_in_process_model(client):
 
 def test_requests_carry_their_id_parameters_and_requested_outputs(client):
     module, c = client
-    result = c.infer("isolated_strings",
-                     [tensor(module, "INPUT0", np.array([[b"introspect"]], np.object_), "BYTES")],
+    result = c.infer("isolated_introspect",
+                     [tensor(module, "INPUT0", np.array([[b"a"]], np.object_), "BYTES")],
                      request_id="r-7", parameters={"temperature": "hot", "top_k": 3},
                      outputs=[module.InferRequestedOutput("OUTPUT0")])
     seen = json.loads(result.as_numpy("OUTPUT0")[0, 0])

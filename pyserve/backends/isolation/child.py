@@ -30,6 +30,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s model process {os.getpid()}: "
                                "%(message)s")
+    _first_for_the_oom_killer()
     connection, arena = Connection(int(argv[0])), Arena(int(argv[1]))
     backend = None
     while True:
@@ -54,6 +55,15 @@ def main(argv: list[str]) -> None:
                 _call(backend.close)
             connection.send(("ok",))
             return
+
+
+def _first_for_the_oom_killer() -> None:
+    """A model that runs away with memory should cost its own process, not the server."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 def _call(function, *args) -> tuple:
