@@ -1,12 +1,11 @@
 """The child process of an isolated model instance (Triton's Python backend stub, in Python).
 
-Started by the server as `python -P -m pyserve.backends.isolation.child CONNECTION_FD
-ARENA_FD`; serves one instance: ("init", "module:Class", model name, version, serialized
-config, version directory, InstanceSpec), then
-any number of ("execute", input descriptors, end, batch sizes, request infos), then
-("close",). ("auto_complete", ...) serves a config completion instead. Every reply is
-("ok", ...) or ("error", portable error). A model's exception, SystemExit included, fails
-only the batch; the process ends when the server closes it or goes away.
+Started by the server (host.py) with `main([CONNECTION_FD, ARENA_FD])`; serves one instance:
+("init", "module:Class", model name, version, serialized config, version directory,
+InstanceSpec), then any number of ("execute", input descriptors, end, batch sizes, request
+infos), then ("close",). ("auto_complete", ...) serves a config completion instead. Every
+reply is ("ok", ...) or ("error", portable error). A model's exception, SystemExit included,
+fails only the batch; the process ends when the server closes it or goes away.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 from multiprocessing.connection import Connection
 
 from pyserve.backends.base import ModelContext
@@ -116,7 +114,3 @@ def _execute(backend, arena: Arena, descriptors, end: int, batch_sizes, infos) -
     except BaseException as e:  # noqa: BLE001 - even SystemExit fails only this batch
         return "error", portable_error(e)
     return "ok", payload, written, object_states(infos)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -50,12 +50,16 @@ class ChildProcess:
     def __init__(self, arena: Arena, label: str) -> None:
         self.label = label
         ours, theirs = socket.socketpair()
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(arena.fd)],
-                pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL,
-                env={**os.environ, CHILD_ENV: "1"},
-                start_new_session=True)  # a Ctrl+C at the terminal is the server's to handle
+        try:
+            with theirs:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(arena.fd)],
+                    pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL,
+                    env={**os.environ, CHILD_ENV: "1"},
+                    start_new_session=True)  # a Ctrl+C at the terminal is the server's
+        except BaseException:
+            ours.close()
+            raise
         self.connection = Connection(ours.detach())
         self.pid = self.process.pid
         self._calling = threading.Lock()  # one exchange at a time on the connection
@@ -163,8 +167,8 @@ class ProcessIsolatedBackend(Backend):
         future = self._child
         try:
             child = future.result()
-        except ServerError:
-            self._restart()  # the next batch tries again
+        except Exception:  # the (re)start failed: the next batch tries again
+            self._restart()
             raise
         descriptors, end = self._arena.write(inputs)
         try:
