@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -214,6 +215,19 @@ def test_a_segfaulting_child_fails_its_batch_and_is_replaced(server, client):
 def test_a_child_calling_os_exit_fails_its_batch_and_is_replaced(server, client):
     module, c = client
     crash_and_recover(server, module, c, -3, "exited with code 3")
+
+
+def test_a_child_killed_between_batches_costs_no_request(server, client):
+    module, c = client
+    pid = c.infer("crashy", crash_input(module, 1)).as_numpy("PID")[0, 0]
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+    deadline = time.monotonic() + 10
+    while pid in child_pids(server.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = c.infer("crashy", crash_input(module, 5))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), [[10, 2]])
+    assert result.as_numpy("PID")[0, 0] != pid
+    assert "(pid %d) killed by signal SIGKILL (Killed) while idle" % pid in server.log()
 
 
 def test_system_exit_in_a_child_fails_only_the_batch(server, client):

@@ -73,7 +73,7 @@ class ChildProcess:
                 reply = self.connection.recv()
             except (EOFError, OSError):
                 raise ChildDied(f"{self.label}: the model's process (pid {self.pid}) died "
-                                f"while {doing}: {self._how_it_ended()}") from None
+                                f"while {doing}: {self.ended()}") from None
         if reply[0] == "error":
             raise restore_error(reply[1])
         return reply[1:]
@@ -102,7 +102,9 @@ class ChildProcess:
         os.kill(self.pid, signal.SIGKILL)
         self.process.wait()
 
-    def _how_it_ended(self) -> str:
+    def ended(self) -> str:
+        """How the child ended, once it has (killed if it still lives on after closing its
+        end of the connection)."""
         try:
             code = self.process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:  # closed its end but lives on: end it
@@ -162,14 +164,23 @@ class ProcessIsolatedBackend(Backend):
 
         threading.Thread(target=start, name="ps-model-restart", daemon=True).start()
 
-    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
-                requests: list[RequestInfo] | None = None) -> BatchResult:
-        future = self._child
+    def _live_child(self) -> ChildProcess:
         try:
-            child = future.result()
+            child = self._child.result()
         except Exception:  # the (re)start failed: the next batch tries again
             self._restart()
             raise
+        if child.process.poll() is None:
+            return child
+        # Died between batches (killed, the OOM killer): not this batch's fault.
+        log.error("%s: the model's process (pid %d) %s while idle; starting a new one",
+                  self._label, child.pid, child.ended())
+        self._restart()
+        return self._child.result()
+
+    def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                requests: list[RequestInfo] | None = None) -> BatchResult:
+        child = self._live_child()
         descriptors, end = self._arena.write(inputs)
         try:
             (kind, payload), written, states = child.call(
