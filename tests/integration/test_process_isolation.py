@@ -19,8 +19,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import child_pids, send_concurrently, start_server, tensor
-from test_python_backend import (ADD_SUB_CONFIG, ADD_SUB_MODEL, INTROSPECT_MODEL, STRING_CONFIG,
-                                 STRING_MODEL, _model)
+from test_python_backend import (ADD_SUB_CONFIG, ADD_SUB_MODEL, INTROSPECT_MODEL, NATIVE_CONFIG,
+                                 NATIVE_MODEL, STRING_CONFIG, STRING_MODEL, _model)
 
 ISOLATED = '\nparameters { key: "isolation" value { string_value: "process" } }\n'
 
@@ -120,6 +120,7 @@ def server(tmp_path_factory):
                ADD_SUB_CONFIG.format(name=f"{prefix}add_sub") + extra, ADD_SUB_MODEL)
         _model(repository, f"{prefix}strings", STRING_CONFIG + extra, STRING_MODEL)
     _model(repository, "isolated_introspect", STRING_CONFIG + ISOLATED, INTROSPECT_MODEL)
+    _model(repository, "isolated_native", NATIVE_CONFIG + ISOLATED, NATIVE_MODEL)
     _model(repository, "crashy", CRASHY_CONFIG, CRASHY_MODEL)
     _model(repository, "auto", ISOLATED, AUTO_MODEL)
     _model(repository, "handler", HANDLER_CONFIG, "")
@@ -165,6 +166,15 @@ def test_bytes_results_equal_the_in_process_model(client):
     assert there.as_numpy("OUTPUT0").tolist() == data.tolist()
     for name in ("OUTPUT0", "UPPER"):
         assert there.as_numpy(name).tolist() == here.as_numpy(name).tolist()
+
+
+def test_a_batched_function_in_a_child(client):
+    module, c = client
+    x = np.array([[1.5, -2.25], [0.5, 8]], np.float16)
+    result = c.infer("isolated_native", [tensor(module, "X", x, "FP16")])
+    assert result.as_numpy("DOUBLED").dtype == np.float16
+    np.testing.assert_array_equal(result.as_numpy("DOUBLED"), x * 2)
+    np.testing.assert_array_equal(result.as_numpy("BATCH"), [[2], [2]])
 
 
 def test_requests_carry_their_id_parameters_and_requested_outputs(client):
