@@ -54,6 +54,7 @@ def _parameter(config, key: str, default: str = "") -> str:
 
 class TorchServeBackend(Backend):
     request_info = True  # the TorchServe request travels in each RequestInfo's parameters
+    isolatable = True  # parameter "isolation": "process" (pyserve.backends.isolation)
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
@@ -82,7 +83,7 @@ class TorchServeBackend(Backend):
                 self._entry = _wrap_in_envelope(self._entry, envelope, model.name)
             try:
                 initialize(self._context)
-            except Exception as e:  # noqa: BLE001 - the handler's failure, reported as a load error
+            except BaseException as e:  # noqa: BLE001 - the handler's failure is a load error
                 log.exception("model '%s': handler initialize failed", model.name)
                 raise ServerError(f"model '{model.name}': handler initialize failed: "
                                   f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
@@ -141,7 +142,7 @@ class TorchServeBackend(Backend):
         except MemoryError:
             log.error("model '%s': system out of memory", context.model_name, exc_info=True)
             return TorchServeError("Out of resources", 507)
-        except Exception as e:  # noqa: BLE001 - the handler's failure fails its batch
+        except BaseException as e:  # noqa: BLE001 - the handler's failure fails its batch
             if type(e).__name__ == "PredictionException" and hasattr(e, "error_code"):
                 log.error("model '%s': prediction error", context.model_name, exc_info=True)
                 return TorchServeError(str(getattr(e, "message", e)), int(e.error_code))
@@ -180,7 +181,7 @@ class TorchServeBackend(Backend):
         if service is not None and hasattr(service, "finalize"):
             try:
                 service.finalize()
-            except Exception:  # noqa: BLE001 - unloading goes on
+            except BaseException:  # noqa: BLE001 - unloading goes on
                 log.exception("model '%s': handler finalize failed", self.model.name)
 
 
