@@ -169,6 +169,9 @@ class ModelRunner:
             log.error("model '%s' version %d: an instance was still executing after %g s; "
                       "it is abandoned", self.name, self.version, self._stop_timeout)
             _ABANDONED.append(self)
+            for backend in self._instances:
+                if backend.closes_while_executing:  # a child process: killing it ends the hang
+                    backend.close()
             return
         self._sink.close()
         for backend in self._instances:

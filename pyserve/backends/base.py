@@ -61,6 +61,8 @@ class Backend(abc.ABC):
     # Set when instances may run in a child process on request (config parameter
     # "isolation": "process"): the backend's inputs, outputs and RequestInfo pickle.
     isolatable: bool = False
+    # close() may run while execute() is running on another thread (and ends it).
+    closes_while_executing: bool = False
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         self.model = model

@@ -119,6 +119,8 @@ class ChildProcess:
 class ProcessIsolatedBackend(Backend):
     """An instance of `cls` run in a child process, with the same interface as `cls`."""
 
+    closes_while_executing = True  # close() kills the child: a hung execute then fails
+
     def __init__(self, cls: type[Backend], model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
         self.request_info = cls.request_info
