@@ -3,9 +3,8 @@ Storage and Azure Blob Storage, with Triton's URL forms and credential sources.
 
 Each store lists the objects under a prefix with a stamp that changes when an object changes
 (its ETag or generation, and size), lists the folders one level under a prefix, and downloads
-one object to a file. The clients are the
-clouds' own libraries (boto3, google-cloud-storage, azure-storage-blob), imported only when a
-repository of their kind is named.
+one object to a file. The clients are the clouds' own libraries (boto3, google-cloud-storage,
+azure-storage-blob), imported only when a repository of their kind is named.
 
 URL forms, as tritonserver spells them:
   s3://bucket/path                      AWS S3; region and credentials from the environment
