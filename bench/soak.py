@@ -2,9 +2,9 @@
 `--minutes` (default 30), over both protocols, every request with a unique id and every answer
 checked.
 
-Clients take turns by protocol: gRPC ModelInfer, HTTP infer (JSON or the binary tensor
-extension, alternately), and every fourth client a gRPC ModelStreamInfer stream that keeps up
-to 4 requests in flight. Each request goes to one of the four models of the long-run repository
+Clients take turns: gRPC ModelInfer, HTTP infer, gRPC ModelInfer, a gRPC ModelStreamInfer
+stream that keeps up to 4 requests in flight, and so on; the HTTP clients send JSON and binary
+tensor extension bodies by turns. Each request goes to one of the four models of the long-run repository
 (bench/longrun.py) with fresh data and its answer is compared with the reference: a request
 not answered within `--deadline` counts as lost, a second answer to one id as duplicated, an
 answer that differs as wrong, a refusal as failed. The server's RSS and thread count are
@@ -182,9 +182,9 @@ async def soak(server, reference, clients: int, seconds: float, deadline: float,
                 tasks.append(stream_client(channel, cases, ids, tally, until, deadline))
             elif n % 2 == 0:
                 tasks.append(grpc_client(channel, cases, ids, tally, until, deadline))
-            else:
+            else:  # n % 4 == 1: JSON and binary bodies by turns
                 tasks.append(http_client(session, url, cases, ids, tally, until, deadline,
-                                         binary=n % 4 == 1))
+                                         binary=n % 8 == 5))
         await asyncio.gather(*tasks)
     await channel.close()
     tally.counts["sent"] = next(counter)
