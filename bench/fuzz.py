@@ -38,6 +38,7 @@ import json
 import random
 import re
 import socket
+import subprocess
 import sys
 import time
 import zlib
@@ -440,6 +441,11 @@ def run_one(servers: Servers, judge: Judge, frontend: str, item: Input,
         outcome = Outcome("hang", "no HTTP answer in time")
     except (ConnectionError, http.client.HTTPException, OSError) as e:
         outcome = Outcome(None, f"{type(e).__name__}: {e}", "connection")
+    if outcome.status == "connection":  # a dropped connection: did the server die of it?
+        try:
+            server.process.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
     if not servers.alive(frontend):
         code = server.process.wait()
         return Outcome("crash", f"server exited with {code}; {outcome.detail}", outcome.status)
