@@ -253,8 +253,12 @@ def send_http(port: int, item: Input, deadline: float) -> tuple[int, dict, bytes
             pass  # the server may answer and close before reading everything
         response = http.client.HTTPResponse(sock)
         response.begin()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, \
-            response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        body = response.read()
+    encoding = headers.get("content-encoding", "")
+    if encoding in ("gzip", "deflate") and body:  # the server honoured Accept-Encoding
+        body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else 0)
+    return response.status, headers, body
 
 
 # --- judging answers -------------------------------------------------------------------------
