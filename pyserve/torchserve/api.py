@@ -24,9 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pyserve.backends.torchserve import INPUT_NAME, all_metrics
+from pyserve.backends.torchserve import all_metrics, placeholder_inputs
 from pyserve.errors import ServerError
-from pyserve.runner import InputTensor
 from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
                                         decode_parameter)
@@ -40,7 +39,6 @@ NOT_ALLOWED = ApiError(405, "MethodNotAllowedException",
                        "Requested method is not allowed, please refer to API document.")
 AUTH_FAILED = ("Token Authorization failed. Token either incorrect, expired, or not provided "
                "correctly")
-_EMPTY_BYTES_ELEMENT = b"\x00\x00\x00\x00"  # one BYTES element of length 0
 
 
 def error_response(error: ApiError) -> web.Response:
@@ -257,6 +255,9 @@ class TorchServeApis:
 
     async def predict(self, request: web.Request, name: str, version: str | None,
                       explain: bool = False, url_path: str = "") -> web.StreamResponse:
+        entry = self.store.get(name, version)
+        if entry.restarting is not None:  # its workers were stuck: wait for the new ones
+            await asyncio.wait((entry.restarting,))
         runner = self.store.runner(name, version)
         parameters, part_headers = await _parse_body(request)
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -270,12 +271,12 @@ class TorchServeApis:
         ts_request = TorchServeRequest(parameters, headers, request_id, stream.push)
         begin = time.perf_counter_ns()
         task = loop.create_task(runner.infer(
-            [InputTensor(INPUT_NAME, "BYTES", [1, 1], _EMPTY_BYTES_ELEMENT)],
-            request_id=request_id, objects={REQUEST_KEY: ts_request}))
+            placeholder_inputs(entry.config), request_id=request_id,
+            objects={REQUEST_KEY: ts_request}))
         stream.watch(task)
         response: web.StreamResponse | None = None
         try:
-            while (chunk := await stream.next()) is not None:
+            while (chunk := await stream.next(ts_request, entry.response_timeout)) is not None:
                 body, status, phrase, chunk_headers = chunk
                 if response is None:
                     response = web.StreamResponse(status=status, reason=phrase or None,
@@ -285,7 +286,13 @@ class TorchServeApis:
                     await response.prepare(request)
                 await response.write(body)
             task.result()
-        except TorchServeError as e:
+        except (TorchServeError, ResponseTimeout) as e:
+            if isinstance(e, ResponseTimeout):
+                # TorchServe kills the worker, answers "Worker died." and starts another.
+                restart = self.store.restart_workers(entry, runner)
+                if restart is not None:
+                    self._keep(restart)
+                e = TorchServeError("Worker died.", 500)
             if response is not None:
                 await response.write_eof()
                 return response
@@ -481,6 +488,10 @@ class TorchServeApis:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+class ResponseTimeout(Exception):
+    """The handler ran past the model's response timeout."""
+
+
 class _Stream:
     """Chunks a handler streams (send_intermediate_predict_response) on their way to the
     client: pushed from the worker thread, read on the loop until the request's task ends."""
@@ -490,6 +501,7 @@ class _Stream:
         self._chunks: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._last_chunk_ns = 0
 
     def watch(self, task: asyncio.Task) -> None:
         self._task = task
@@ -499,6 +511,7 @@ class _Stream:
         self._loop.call_soon_threadsafe(self._arrived, (body, status, phrase, headers))
 
     def _arrived(self, chunk) -> None:
+        self._last_chunk_ns = time.perf_counter_ns()
         self._chunks.append(chunk)
         self._wake()
 
@@ -506,14 +519,21 @@ class _Stream:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def next(self):
+    async def next(self, request: TorchServeRequest, timeout_s: float):
+        """The next chunk, or None at the end. Raises ResponseTimeout once the handler has
+        run `timeout_s` since its batch started or its last chunk, as TorchServe counts it
+        (time in the queue does not count)."""
         while True:
             if self._chunks:
                 return self._chunks.popleft()
             if self._task.done():
                 return None
+            since = max(request.started_ns, self._last_chunk_ns)
+            left = timeout_s - (time.perf_counter_ns() - since) / 1e9 if since else timeout_s
+            if left <= 0:
+                raise ResponseTimeout()
             self._waiter = self._loop.create_future()
-            await self._waiter
+            await asyncio.wait((self._waiter,), timeout=left)
 
 
 @web.middleware
