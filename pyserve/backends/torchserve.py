@@ -16,6 +16,7 @@ input per row, which the handler sees as {"data": bytes}.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +90,7 @@ class TorchServeBackend(Backend):
             server_version = ts.__version__
         except ImportError:
             server_version = "0.12.0"
+        self._on_worker_thread = False  # set by the first execute, on the instance's thread
         # The archive's config.pbtxt: its outputs (name, numpy dtype, dims) and batching.
         self._tensors = None
         self._batched = config.max_batch_size > 0
@@ -114,6 +116,9 @@ class TorchServeBackend(Backend):
 
     def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
                 requests: list[RequestInfo] | None = None) -> BatchResult:
+        if not self._on_worker_thread:
+            _adopt_torch_threads()
+            self._on_worker_thread = True
         infos = requests or [RequestInfo() for _ in batch_sizes]
         entries = self._entries(inputs, batch_sizes, infos)
         started = time.perf_counter_ns()
@@ -244,6 +249,16 @@ class TorchServeBackend(Backend):
                 service.finalize()
             except Exception:  # noqa: BLE001 - unloading goes on
                 log.exception("model '%s': handler finalize failed", self.model.name)
+
+
+def _adopt_torch_threads() -> None:
+    """Give this worker thread torch's intra-op thread count (what the handler's initialize
+    set, e.g. torch.set_num_threads(1)). TorchServe runs initialize and handle on one thread;
+    here handle runs on a thread torch did not start, whose OpenMP settings stay at their
+    defaults until torch is asked: on a busy machine its ops then run 10-100x slower."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(torch.get_num_threads())
 
 
 def _wrap_in_envelope(entry_point, envelope: str, model_name: str):

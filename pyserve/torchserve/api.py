@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pyserve.backends.torchserve import all_metrics, placeholder_inputs
+from pyserve.backends.torchserve import all_metrics
 from pyserve.errors import ServerError
 from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
@@ -271,7 +271,7 @@ class TorchServeApis:
         ts_request = TorchServeRequest(parameters, headers, request_id, stream.push)
         begin = time.perf_counter_ns()
         task = loop.create_task(runner.infer(
-            placeholder_inputs(entry.config), request_id=request_id,
+            entry.placeholders, request_id=request_id,
             objects={REQUEST_KEY: ts_request}))
         stream.watch(task)
         response: web.StreamResponse | None = None
@@ -533,7 +533,9 @@ class _Stream:
             if left <= 0:
                 raise ResponseTimeout()
             self._waiter = self._loop.create_future()
-            await asyncio.wait((self._waiter,), timeout=left)
+            timer = self._loop.call_later(left, self._wake)
+            await self._waiter
+            timer.cancel()
 
 
 @web.middleware

@@ -21,7 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyserve.backends.base import InstanceSpec, ModelContext
-from pyserve.backends.torchserve import INPUT_NAME, OUTPUT_NAME, TorchServeBackend
+from pyserve.backends.torchserve import (INPUT_NAME, OUTPUT_NAME, TorchServeBackend,
+                                         placeholder_inputs)
 from pyserve.config import normalize
 from pyserve.errors import ServerError
 from pyserve.lifecycle import ModelManager, ModelState, ModelVersion
@@ -90,6 +91,7 @@ class RegisteredVersion:
     loaded_at_startup: bool = False
     device_ids: list[int] = field(default_factory=list)  # deviceIds of a GPU model
     config: pb.ModelConfig | None = None  # the running workers' config
+    placeholders: list = field(default_factory=list)  # what the TorchServe API submits
     restarting: asyncio.Task | None = None  # new workers replacing stuck ones
 
     def model_config(self, instances: int) -> pb.ModelConfig:
@@ -277,6 +279,7 @@ class ModelStore:
 
     def _create_runner(self, entry: RegisteredVersion, count: int) -> ModelRunner:
         config = entry.config = entry.model_config(count)
+        entry.placeholders = placeholder_inputs(config)
         if self._envelope:
             config.parameters["envelope"].string_value = self._envelope
         context = ModelContext(entry.name, entry.core_version, config, entry.archive.model_dir)
