@@ -153,6 +153,8 @@ class TorchServeBackend(Backend):
         the handler sees as {"data": bytes} (or, under the archive's config.pbtxt, as
         {input name: the row's array})."""
         entries: list[tuple[int, TorchServeRequest]] = []
+        data = inputs.get(INPUT_NAME)
+        data = data.reshape(-1) if data is not None else None
         offset = 0
         for index, (info, size) in enumerate(zip(infos, batch_sizes)):
             attached = info.parameters.get(REQUEST_KEY) if info.parameters else None
@@ -161,9 +163,7 @@ class TorchServeBackend(Backend):
             else:
                 for row in range(offset, offset + size):
                     if self._tensors is None:
-                        rows = inputs.get(INPUT_NAME)
-                        parameters = {"data": bytes(rows.reshape(-1)[row])
-                                      if rows is not None else b""}
+                        parameters = {"data": bytes(data[row]) if data is not None else b""}
                     elif self._batched:
                         parameters = {name: value[row] for name, value in inputs.items()}
                     else:

@@ -102,10 +102,7 @@ class ModelArchive:
         path = self.model_dir / CONFIG_FILENAME
         if not path.is_file():
             return None
-        try:
-            return read_config_file(path)
-        except ServerError as e:
-            raise ArchiveError(f"Invalid config.pbtxt in the archive: {e.message}") from None
+        return read_config_file(path)
 
 
 def open_archive(source: Path, work_dir: Path | None = None,

@@ -98,20 +98,20 @@ class RegisteredVersion:
         """The version's config for the core and the KServe v2 frontends: the archive's own
         config.pbtxt when it carries one (its tensors and batching), else one BYTES input
         `data` and one BYTES output per request, batched as batch_size/max_batch_delay say."""
-        config = self.archive.config_pbtxt()
-        if config is None:
-            config = pb.ModelConfig(max_batch_size=max(self.batch_size, 1))
-            config.input.add(name=INPUT_NAME, data_type="TYPE_STRING", dims=[1])
-            config.output.add(name=OUTPUT_NAME, data_type="TYPE_STRING", dims=[1])
-            if self.batch_size > 1:
-                config.dynamic_batching.max_queue_delay_microseconds = \
-                    self.max_batch_delay * 1000
-        config.name, config.backend = self.name, "torchserve"
-        if self.handler:
-            config.parameters["handler"].string_value = self.handler
-        del config.instance_group[:]
-        config.instance_group.add(count=instances, kind="KIND_CPU")
         try:
+            config = self.archive.config_pbtxt()
+            if config is None:
+                config = pb.ModelConfig(max_batch_size=max(self.batch_size, 1))
+                config.input.add(name=INPUT_NAME, data_type="TYPE_STRING", dims=[1])
+                config.output.add(name=OUTPUT_NAME, data_type="TYPE_STRING", dims=[1])
+                if self.batch_size > 1:
+                    config.dynamic_batching.max_queue_delay_microseconds = \
+                        self.max_batch_delay * 1000
+            config.name, config.backend = self.name, "torchserve"
+            if self.handler:
+                config.parameters["handler"].string_value = self.handler
+            del config.instance_group[:]
+            config.instance_group.add(count=instances, kind="KIND_CPU")
             return normalize(config, self.name)
         except ServerError as e:
             raise ApiError(400, "ModelException",

@@ -612,3 +612,15 @@ def test_torchserve_register_response_timeout(server):
     assert registered.status_code == 200, registered.text
     assert requests.get(m("/models/echo_timeout")).json()[0]["responseTimeout"] == 7
     assert requests.delete(m("/models/echo_timeout")).status_code == 200
+
+
+def test_torchserve_archive_with_an_invalid_config_pbtxt(server, tmp_path):
+    make_mar(server.cwd / "store", "badconfig",
+             {"echo.py": ECHO, "config.pbtxt": "max_batch_size: -3\n"}, handler="echo.py",
+             work=tmp_path / "src")
+    reply = requests.post(server.url("management", "/models?url=badconfig.mar"
+                                     "&initial_workers=1&synchronous=true"))
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["type"] == "ModelException"
+    assert "config.pbtxt" in reply.json()["message"]
+    assert requests.get(server.url("management", "/models/badconfig")).status_code == 404
