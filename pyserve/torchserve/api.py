@@ -166,6 +166,7 @@ class TorchServeApis:
         self.tokens = tokens
         self.metrics = FrontendMetrics()
         self._background: set[asyncio.Task] = set()
+        self._watchdog = _Watchdog()
 
     # Applications ----------------------------------------------------------------------------
 
@@ -269,14 +270,16 @@ class TorchServeApis:
         loop = asyncio.get_running_loop()
         stream = _Stream(loop)
         ts_request = TorchServeRequest(parameters, headers, request_id, stream.push)
+        stream.deadline(ts_request, entry.response_timeout)
         begin = time.perf_counter_ns()
         task = loop.create_task(runner.infer(
             entry.placeholders, request_id=request_id,
             objects={REQUEST_KEY: ts_request}))
         stream.watch(task)
+        self._watchdog.add(stream)
         response: web.StreamResponse | None = None
         try:
-            while (chunk := await stream.next(ts_request, entry.response_timeout)) is not None:
+            while (chunk := await stream.next()) is not None:
                 body, status, phrase, chunk_headers = chunk
                 if response is None:
                     response = web.StreamResponse(status=status, reason=phrase or None,
@@ -300,6 +303,7 @@ class TorchServeApis:
         except ServerError as e:
             raise ApiError(503, "ServiceUnavailableException", e.message) from None
         finally:
+            self._watchdog.discard(stream)
             if not task.done():
                 task.cancel()
         queued = (ts_request.started_ns or time.perf_counter_ns()) - begin
@@ -493,15 +497,22 @@ class ResponseTimeout(Exception):
 
 
 class _Stream:
-    """Chunks a handler streams (send_intermediate_predict_response) on their way to the
-    client: pushed from the worker thread, read on the loop until the request's task ends."""
+    """One prediction on its way to the client: the chunks a handler streams
+    (send_intermediate_predict_response), pushed from the worker thread and read on the loop
+    until the request's task ends, and its response timeout."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._chunks: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._request: TorchServeRequest | None = None
+        self._timeout_ns = 0
         self._last_chunk_ns = 0
+        self._expired = False
+
+    def deadline(self, request: TorchServeRequest, timeout_s: float) -> None:
+        self._request, self._timeout_ns = request, int(timeout_s * 1e9)
 
     def watch(self, task: asyncio.Task) -> None:
         self._task = task
@@ -519,23 +530,55 @@ class _Stream:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def next(self, request: TorchServeRequest, timeout_s: float):
-        """The next chunk, or None at the end. Raises ResponseTimeout once the handler has
-        run `timeout_s` since its batch started or its last chunk, as TorchServe counts it
-        (time in the queue does not count)."""
+    def check_deadline(self, now_ns: int) -> None:
+        """Expire once the handler has run the timeout since its batch started or its last
+        chunk, as TorchServe counts it (time in the queue does not count)."""
+        since = max(self._request.started_ns, self._last_chunk_ns)
+        if since and now_ns - since >= self._timeout_ns:
+            self._expired = True
+            self._wake()
+
+    async def next(self):
+        """The next chunk, or None at the end; ResponseTimeout once expired."""
         while True:
             if self._chunks:
                 return self._chunks.popleft()
             if self._task.done():
                 return None
-            since = max(request.started_ns, self._last_chunk_ns)
-            left = timeout_s - (time.perf_counter_ns() - since) / 1e9 if since else timeout_s
-            if left <= 0:
+            if self._expired:
                 raise ResponseTimeout()
             self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(left, self._wake)
             await self._waiter
-            timer.cancel()
+
+
+class _Watchdog:
+    """Checks the deadlines of the predictions in flight a few times a second, one task for
+    all of them (a timer per request costs the loop more than the request's own work);
+    TorchServe's timeouts are whole seconds."""
+
+    PERIOD_S = 0.1
+
+    def __init__(self) -> None:
+        self._streams: set[_Stream] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, stream: _Stream) -> None:
+        self._streams.add(stream)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, stream: _Stream) -> None:
+        self._streams.discard(stream)
+
+    async def _run(self) -> None:
+        try:
+            while self._streams:
+                await asyncio.sleep(self.PERIOD_S)
+                now = time.perf_counter_ns()
+                for stream in list(self._streams):
+                    stream.check_deadline(now)
+        finally:
+            self._task = None
 
 
 @web.middleware
