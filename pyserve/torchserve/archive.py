@@ -96,7 +96,6 @@ class ModelArchive:
             return {}
         return read_model_yaml(_inside(self.model_dir, name))
 
-
     def config_pbtxt(self) -> pb.ModelConfig | None:
         """The archive's own config.pbtxt (an extra file) for the KServe v2 view, or None."""
         path = self.model_dir / CONFIG_FILENAME
