@@ -59,6 +59,8 @@ class Model:
     wanted: bool = False  # asked to be loaded (and not unloaded since): counts for readiness
     fingerprint: tuple = ()  # of the files last loaded, for polling
     upload_dir: Path | None = None  # a temporary model directory made from uploaded files
+    # Loaded and retired by another owner (the TorchServe model store), not by this manager.
+    external: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def ready_versions(self) -> list[ModelVersion]:
@@ -144,8 +146,8 @@ class ModelManager:
         """Stop polling, then unload every model: each runner answers what it accepted."""
         if self._poller is not None:
             self._poller.cancel()
-        await asyncio.gather(*(self.unload(name) for name in list(self.models)),
-                             return_exceptions=True)
+        await asyncio.gather(*(self.unload(name) for name, model in list(self.models.items())
+                               if not model.external), return_exceptions=True)
         for remote in self._remotes:
             remote.close()
 
@@ -307,6 +309,20 @@ class ModelManager:
             model.fingerprint = ()
             if retiring:
                 log.info("successfully unloaded '%s'", name)
+
+    def attach(self, name: str, versions: list[ModelVersion]) -> None:
+        """Serve READY versions whose runners another owner loads and retires (the TorchServe
+        model store) on every frontend; an empty list stops serving them."""
+        model = self.models.get(name)
+        if model is not None and not model.external:
+            raise ServerError(f"model '{name}' is already served from the model repository",
+                              ErrorCode.ALREADY_EXISTS)
+        if model is None:
+            model = self.models[name] = Model(name, wanted=True, external=True)
+        model.versions = {v.version: v for v in versions}
+        self._publish(model)
+        if not versions:
+            del self.models[name]
 
     def _publish(self, model: Model) -> None:
         """Tell the core's model table which versions of `model` serve now."""
