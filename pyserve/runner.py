@@ -90,6 +90,10 @@ class ModelRunner:
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
                               request_id, list(outputs), parameters or {}, priority, timeout_us,
                               cancel)
+        except (TypeError, RuntimeError):  # pybind11 could not convert a value the client sent
+            del self._pending[tag]
+            raise ServerError("invalid inference request: a tensor name, datatype, shape or "
+                              "parameter is not of the protocol's type") from None
         except BaseException:
             del self._pending[tag]
             raise

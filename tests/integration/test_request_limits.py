@@ -248,3 +248,16 @@ def test_infinite_outputs_are_readable_json(server):
     assert status == 200
     outputs = {o["name"]: o["data"] for o in json.loads(answer)["outputs"]}
     assert outputs["OUTPUT0"][0] == float("inf") and outputs["OUTPUT1"][0] == 0
+
+
+@pytest.mark.parametrize("tensor", [
+    {"name": 5, "datatype": "INT32", "shape": [1, 16], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": True, "shape": [1, 16], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": "INT32", "shape": [1, None], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": "INT32", "shape": [1, 2**70], "data": [0] * 16}])
+def test_values_of_the_wrong_type_are_refused(server, tensor):
+    other = {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [0] * 16}
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer",
+                                  json.dumps({"inputs": [tensor, other]}).encode())
+    assert status == 400, answer
+    assert json.loads(answer)["error"]
