@@ -238,6 +238,8 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tu
         name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
     except (KeyError, TypeError, ValueError) as e:
         raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise ServerError(f"input for model '{model}': 'name' and 'datatype' must be strings")
     size = _parameters(spec).get("binary_data_size")
     has_data = "data" in spec
     if (size is None) == (not has_data):
@@ -269,7 +271,12 @@ def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
         raise ServerError(f"Unable to parse 'data': {e}") from None
     if array.size != int(np.prod(shape)):
         raise ServerError("Unable to parse 'data': Shape does not match true shape of 'data' field")
-    return serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+    if datatype != "BYTES":
+        return array.tobytes()
+    try:
+        return serialize_bytes(array)
+    except TypeError as e:  # an element that is neither text nor bytes
+        raise ServerError(f"Unable to parse 'data': {e}") from None
 
 
 def _encode_outputs(outputs: list[OutputTensor], binary) -> tuple[list[dict], list]:

@@ -261,3 +261,10 @@ def test_values_of_the_wrong_type_are_refused(server, tensor):
                                   json.dumps({"inputs": [tensor, other]}).encode())
     assert status == 400, answer
     assert json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize("tensor", [
+    {"name": "INPUT0", "datatype": ["INT32"], "shape": [1, 16], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": [1.5] * 16}])
+def test_json_data_of_the_wrong_shape_of_value_is_refused(server, tensor):
+    test_values_of_the_wrong_type_are_refused(server, tensor)
