@@ -248,7 +248,8 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tu
                           "'binary_data_size' in 'parameters', 'shared_memory_region' in "
                           f"'parameters'. {which}")
     if size is not None:
-        size = int(size)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ServerError(f"'binary_data_size' of input '{name}' must be an integer")
         if size < 0 or size > len(binary) - offset:
             raise ServerError(f"unexpected size for input '{name}', expecting "
                               f"{len(binary) - offset} additional bytes for model '{model}'")
@@ -275,7 +276,7 @@ def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
         return array.tobytes()
     try:
         return serialize_bytes(array)
-    except TypeError as e:  # an element that is neither text nor bytes
+    except (TypeError, ValueError, OverflowError) as e:  # an element that is not text or bytes
         raise ServerError(f"Unable to parse 'data': {e}") from None
 
 

@@ -265,6 +265,9 @@ def test_values_of_the_wrong_type_are_refused(server, tensor):
 
 @pytest.mark.parametrize("tensor", [
     {"name": "INPUT0", "datatype": ["INT32"], "shape": [1, 16], "data": [0] * 16},
-    {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": [1.5] * 16}])
+    {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": [1.5] * 16},
+    {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": [-1] * 16},
+    {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16],
+     "parameters": {"binary_data_size": "x" * 400}}])
 def test_json_data_of_the_wrong_shape_of_value_is_refused(server, tensor):
     test_values_of_the_wrong_type_are_refused(server, tensor)
