@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -216,10 +217,16 @@ def test_inference_service_uses_the_runtime():
 
 def sdk_check(documents: list[dict]) -> subprocess.CompletedProcess:
     """Load documents through the kserve SDK's models in a fresh interpreter: the SDK's own
-    `inference.*` protos clash with tritonclient's in one process's descriptor pool."""
-    if importlib.util.find_spec("kserve") is None:  # not imported here: see above
-        pytest.skip("the kserve SDK is not installed: pip install 'pyserve[test-kserve]'")
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "kserve_models.py")],
+    `inference.*` protos clash with tritonclient's in one process's descriptor pool. The
+    interpreter is $PYSERVE_KSERVE_PYTHON (a venv with the SDK, as .ci/run makes), or this
+    one if it has the SDK."""
+    python = os.environ.get("PYSERVE_KSERVE_PYTHON")
+    if python is None or subprocess.run([python, "-c", "import kserve"]).returncode != 0:
+        python = sys.executable
+        if importlib.util.find_spec("kserve") is None:  # not imported here: see above
+            pytest.skip("the kserve SDK is not installed: pip install 'pyserve[test-kserve]' "
+                        "or set PYSERVE_KSERVE_PYTHON")
+    return subprocess.run([python, str(ROOT / "tests" / "kserve_models.py")],
                           input=json.dumps(documents), capture_output=True, text=True,
                           timeout=120, cwd=OUTSIDE)
 
