@@ -43,9 +43,13 @@ def add_bench(commands) -> None:
     bench.add_argument("-p", "--measurement-interval", type=int, default=5000, metavar="MS")
     bench.add_argument("--max-trials", type=int, default=10, help="windows at most per level")
     bench.add_argument("-s", "--stability-percentage", type=float, default=10.0)
+    bench.add_argument("--generator", choices=["auto", "native", "python"], default="auto",
+                       help="native: C++ threads that never take the GIL (built with gRPC C++; "
+                            "HTTP also needs cpp-httplib); python: grpcio/urllib3 threads; "
+                            "auto (default): native where built")
     bench.add_argument("--processes", type=int, default=0,
-                       help="load generator processes (default: half the cores, at most the "
-                            "concurrency)")
+                       help="load generator processes (default: one for the native generator, "
+                            "half the cores for the Python one, at most the concurrency)")
     bench.add_argument("--compare", metavar="URL2", help="run the same load against a second "
                                                          "server and print ratios")
     bench.add_argument("--json", type=Path, metavar="OUT")
@@ -83,7 +87,7 @@ def bench_main(args) -> int:
         batch_size=args.batch_size, shapes=args.shape, input_data=args.input_data,
         streaming=args.streaming, measurement_interval_ms=args.measurement_interval,
         max_windows=args.max_trials, stability=args.stability_percentage / 100,
-        processes=args.processes)
+        processes=args.processes, generator=args.generator)
     show, done = _progress(args.quiet)
     urls = [args.url] + ([args.compare] if args.compare else [])
     labels = [url if len(urls) == 1 else f"{'AB'[i]}: {url}" for i, url in enumerate(urls)]
