@@ -76,7 +76,7 @@ class GrpcUnary : public Sender {
 class GrpcStream : public Sender {
  public:
   GrpcStream(const Target& target, std::shared_ptr<const std::vector<grpc::ByteBuffer>> messages)
-      : stub_(MakeChannel(target)), messages_(std::move(messages)) {}
+      : stub_(MakeChannel(target)), messages_(std::move(messages)), timeout_(target.timeout_s) {}
 
   ~GrpcStream() override {
     if (stream_) {
@@ -94,10 +94,10 @@ class GrpcStream : public Sender {
   bool Send(size_t i) override {
     if (!stream_ && !Open()) return false;
     stream_->Write((*messages_)[i], this);
-    if (!Wait(cq_)) return Fail();
+    if (!WaitOrCancel()) return Fail();
     grpc::ByteBuffer response;
     stream_->Read(&response, this);
-    if (!Wait(cq_)) return Fail();
+    if (!WaitOrCancel()) return Fail();
     std::vector<grpc::Slice> slices;
     if (!response.Dump(&slices).ok()) return false;
     return slices.empty() || slices[0].size() == 0 || slices[0].begin()[0] != kStreamErrorTag;
@@ -111,6 +111,22 @@ class GrpcStream : public Sender {
     if (Wait(cq_)) return true;
     Close();
     return false;
+  }
+
+  // A stream has no per-message deadline: a message not answered within the timeout cancels
+  // the stream (the next request opens another), so that no thread waits forever.
+  bool WaitOrCancel() {
+    auto deadline = std::chrono::system_clock::now() +
+                    std::chrono::microseconds(int64_t(timeout_ * 1e6));
+    void* tag;
+    bool ok = false;
+    auto next = cq_.AsyncNext(&tag, &ok, deadline);
+    if (next == grpc::CompletionQueue::TIMEOUT) {
+      context_->TryCancel();
+      Wait(cq_);  // the cancelled operation's event
+      return false;
+    }
+    return next == grpc::CompletionQueue::GOT_EVENT && ok;
   }
 
   bool Fail() {
@@ -129,6 +145,7 @@ class GrpcStream : public Sender {
 
   grpc::GenericStub stub_;
   std::shared_ptr<const std::vector<grpc::ByteBuffer>> messages_;
+  double timeout_;
   grpc::CompletionQueue cq_;
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;

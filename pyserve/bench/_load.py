@@ -3,8 +3,8 @@
 The requests are encoded once by Python. Where the package was built with gRPC C++ (and
 cpp-httplib, for HTTP), they are sent by native threads (pyserve._loadgen): each thread owns a
 connection, sends, waits, times, and never takes the GIL, as perf_analyzer's threads do.
-Elsewhere Python threads send them through grpcio or urllib3 (which release the GIL while
-waiting). Either way the worker process buckets completions into windows by time
+Elsewhere Python threads send them through grpcio or http.client (which release the GIL
+while waiting). Either way the worker process buckets completions into windows by time
 (CLOCK_MONOTONIC is shared by all processes) and reports each finished window to the parent
 with the process's CPU time for it: the generator's whole cost, native threads included.
 """
@@ -93,20 +93,19 @@ def _sender(plan: WorkerPlan):
             except grpc.RpcError:
                 return False
         return send, channel.close
-    import urllib3
+    from pyserve.client._http import HttpTransport
+    from pyserve.client.errors import InferenceServerError
 
-    pool = urllib3.HTTPConnectionPool(host, port, maxsize=max(plan.concurrency, 64))
+    transport = HttpTransport(host, port, pool_size=max(plan.concurrency, _OPEN_LOOP_THREADS))
     bodies = [(p.http_path, p.http_body, dict(p.http_headers)) for p in plan.payloads]
 
     def send(i: int) -> bool:
         path, body, headers = bodies[i]
         try:
-            r = pool.urlopen("POST", path, body=body, headers=headers, retries=False,
-                             timeout=plan.timeout)
-        except urllib3.exceptions.HTTPError:
+            return transport.send("POST", path, body, headers, plan.timeout).status == 200
+        except InferenceServerError:
             return False
-        return r.status == 200
-    return send, pool.close
+    return send, transport.close
 
 
 def _stream_sender(plan: WorkerPlan):

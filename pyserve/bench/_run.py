@@ -63,6 +63,7 @@ class LevelResult:
     server_compute_infer_us: float | None = None
     server_compute_output_us: float | None = None
     server_request_us: float | None = None
+    server_throughput: float | None = None  # successes the server counted in the same windows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +107,21 @@ def _statistics(client: Client, options: BenchOptions):
     except InferenceServerError:
         return None
     return stats[0] if len(stats) == 1 else None
+
+
+def _next_report(reports, workers, timeout: float):
+    """The next item a worker reports; an error, rather than a long wait, once one has died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return reports.get(timeout=1.0)
+        except queue_module.Empty:
+            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a load generator process failed (exit code {dead[0]}); "
+                                   f"its error is above") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no report from the load generator in {timeout:.0f} s")
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -156,7 +172,7 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         marks.append(_statistics(stats_client, options))
         for index in range(options.max_windows):
             while len(received.get(index, [])) < len(workers) - finished:
-                item = reports.get(timeout=window_s + 60)
+                item = _next_report(reports, workers, window_s + 60)
                 if item is None:
                     finished += 1
                     continue
@@ -205,5 +221,6 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         result.server_compute_infer_us = delta.compute_infer.mean_us
         result.server_compute_output_us = delta.compute_output.mean_us
         result.server_request_us = delta.success.mean_us
+        result.server_throughput = delta.success.count / sum(w.seconds for w in chosen)
     return result
 
