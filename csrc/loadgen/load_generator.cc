@@ -23,6 +23,9 @@ LoadGenerator::LoadGenerator(SenderFactory factory, size_t payload_count, size_t
 LoadGenerator::~LoadGenerator() { Stop(); }
 
 void LoadGenerator::Start() {
+  if (request_rate_ > 0) {
+    for (size_t t = 0; t < threads_; ++t) slots_.push_back(std::make_unique<PoolSlot>());
+  }
   for (size_t t = 0; t < threads_; ++t) {
     workers_.emplace_back([this, t] {
       pthread_setname_np(pthread_self(), "ps-loadgen");
@@ -37,11 +40,11 @@ void LoadGenerator::Start() {
 }
 
 void LoadGenerator::Stop() {
-  stop_.store(true);
   {
     std::lock_guard<std::mutex> lock(due_mutex_);
+    stop_.store(true);
   }
-  due_cv_.notify_all();
+  for (auto& slot : slots_) slot->cv.notify_all();
   for (auto& worker : workers_) worker.join();
   workers_.clear();
 }
@@ -69,16 +72,25 @@ void LoadGenerator::ClosedLoop(size_t thread) {
 }
 
 void LoadGenerator::PoolLoop(size_t thread) {
-  std::unique_ptr<Sender> sender = factory_(thread);
+  PoolSlot& slot = *slots_[thread];
+  std::unique_ptr<Sender> sender;  // connects on its first request
   while (true) {
-    std::pair<size_t, double> job;
+    Job job;
     {
       std::unique_lock<std::mutex> lock(due_mutex_);
-      due_cv_.wait(lock, [this] { return stop_.load() || !due_.empty(); });
       if (stop_.load()) return;
-      job = due_.front();
-      due_.pop_front();
+      if (!due_.empty()) {
+        job = due_.front();
+        due_.pop_front();
+      } else {
+        idle_.push_back(&slot);
+        slot.cv.wait(lock, [&] { return stop_.load() || slot.has_job; });
+        if (!slot.has_job) return;
+        job = slot.job;
+        slot.has_job = false;
+      }
     }
+    if (!sender) sender = factory_(thread);
     bool ok = sender->Send(job.first % payload_count_);
     double end = MonotonicNow();
     Add({end, end - job.second, ok});
@@ -92,11 +104,16 @@ void LoadGenerator::Dispatch() {
     double due = first + double(i) * interval;
     double delay = due - MonotonicNow();
     if (delay > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay));
-    {
-      std::lock_guard<std::mutex> lock(due_mutex_);
-      due_.emplace_back(i, due);
+    std::lock_guard<std::mutex> lock(due_mutex_);
+    if (idle_.empty()) {
+      due_.emplace_back(i, due);  // every sender is busy: the first one free takes it
+      continue;
     }
-    due_cv_.notify_one();
+    PoolSlot* slot = idle_.back();
+    idle_.pop_back();
+    slot->job = {i, due};
+    slot->has_job = true;
+    slot->cv.notify_one();
   }
 }
 

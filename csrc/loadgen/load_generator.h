@@ -33,7 +33,10 @@ struct Record {
 
 // Closed loop (`concurrency` threads, each sending its next request when the last is
 // answered) or open loop (requests due at fixed intervals, taken by a pool of `threads`
-// senders; latency counts from the due time, so a saturated pool shows as latency).
+// senders; latency counts from the due time, so a saturated pool shows as latency). In the
+// pool the most recently idle sender takes the next request and a sender connects on its
+// first request, so only as many connections open as requests were ever in flight at once:
+// servers with a thread per connection keep threads for everyone else.
 class LoadGenerator {
  public:
   LoadGenerator(SenderFactory factory, size_t payload_count, size_t threads,
@@ -62,10 +65,17 @@ class LoadGenerator {
   std::mutex records_mutex_;
   std::vector<Record> records_;
 
-  // open loop: due times waiting for a sender
+  // open loop: requests (index, due time) waiting for a sender, and the idle senders
+  using Job = std::pair<size_t, double>;
+  struct PoolSlot {
+    std::condition_variable cv;
+    bool has_job = false;
+    Job job;
+  };
   std::mutex due_mutex_;
-  std::condition_variable due_cv_;
-  std::deque<std::pair<size_t, double>> due_;
+  std::deque<Job> due_;
+  std::vector<std::unique_ptr<PoolSlot>> slots_;
+  std::vector<PoolSlot*> idle_;  // a stack: the most recently idle sender on top
 };
 
 double MonotonicNow();

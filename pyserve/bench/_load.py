@@ -12,6 +12,7 @@ with the process's CPU time for it: the generator's whole cost, native threads i
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import queue
 import threading
 import time
@@ -190,6 +191,18 @@ class _PythonLoad:
         self._close()
 
 
+def _stopped(stop, seconds: float) -> bool:
+    """stop.wait(seconds), also true once the parent process is gone: no orphaned load."""
+    parent = multiprocessing.parent_process()
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if stop.wait(min(max(left, 0.0), 1.0)) or (parent is not None and not parent.is_alive()):
+            return True
+        if left <= 1.0:
+            return False
+
+
 def run_worker(plan: WorkerPlan, reports, stop) -> None:
     """Send load until `stop` is set; put (window, latencies, errors, cpu seconds) on
     `reports` for each finished window, then None."""
@@ -200,11 +213,11 @@ def run_worker(plan: WorkerPlan, reports, stop) -> None:
     while True:
         boundary = plan.start + (window + 1) * plan.window
         if cpu_mark is None:  # wait for window 0 to begin, then start counting CPU time
-            if stop.wait(max(0.0, plan.start - time.monotonic())):
+            if _stopped(stop, plan.start - time.monotonic()):
                 break
             load.take()  # the warm-up's requests
             cpu_mark = time.process_time()
-        if stop.wait(max(0.0, boundary - time.monotonic())):
+        if _stopped(stop, boundary - time.monotonic()):
             break
         cpu_now = time.process_time()
         ends, latencies, ok = (np.concatenate(pair) for pair in zip(pending, load.take()))
