@@ -79,11 +79,7 @@ class GrpcStream : public Sender {
       : stub_(MakeChannel(target)), messages_(std::move(messages)), timeout_(target.timeout_s) {}
 
   ~GrpcStream() override {
-    if (stream_) {
-      stream_->WritesDone(this);
-      Wait(cq_);
-      Close();
-    }
+    if (stream_) Fail();  // cancelled: the load is over, whatever the server still owes
     cq_.Shutdown();
     void* tag;
     bool ok;
