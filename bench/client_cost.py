@@ -5,7 +5,7 @@ What it measures
     [16]) and `echo_bytes` (BYTES [16] -> the same, a Python model made here). For each call,
     each library runs in a process of its own (the server in another): after a warm-up it
     makes N sequential requests and reports its process CPU time (user + system, every thread:
-    grpcio's and urllib3's included) divided by N. A call is the whole user-side round trip:
+    grpcio's included) divided by N. A call is the whole user-side round trip:
     numpy arrays in, the request built, sent, answered and every output decoded to numpy
     (tritonclient: InferInput + set_data_from_numpy per request, as_numpy on each output;
     binary outputs over HTTP for both, as pyserve.client asks for by default).
