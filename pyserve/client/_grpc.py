@@ -116,8 +116,8 @@ def decode_infer(response, shm_outputs: Mapping | None = None) -> InferResult:
     direct = len(raw) == len(response.outputs)  # else raw entries skip outputs in shm
     raw_index = 0
     for index, tensor in enumerate(response.outputs):
-        shape = list(tensor.shape)
-        if "shared_memory_region" in tensor.parameters:
+        shape = tuple(tensor.shape)
+        if tensor.parameters and "shared_memory_region" in tensor.parameters:
             target = (shm_outputs or {}).get(tensor.name)
             outputs[tensor.name] = _shm_view(target, tensor.datatype, shape)
             continue
