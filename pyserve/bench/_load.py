@@ -36,7 +36,6 @@ class WorkerPlan:
     request_rate: float = 0.0   # or: requests per second sent at fixed intervals
     streaming: bool = False
     native: bool = True         # send from native threads (pyserve._loadgen) when built
-    start: float = 0.0          # monotonic time at which window 0 begins
     window: float = 1.0         # seconds per window
     timeout: float = 60.0
 
@@ -203,17 +202,25 @@ def _stopped(stop, seconds: float) -> bool:
             return False
 
 
-def run_worker(plan: WorkerPlan, reports, stop) -> None:
-    """Send load until `stop` is set; put (window, latencies, errors, cpu seconds) on
-    `reports` for each finished window, then None."""
+def run_worker(plan: WorkerPlan, reports, stop, start_at) -> None:
+    """Send load until `stop` is set: put "ready" on `reports` once sending, then (window,
+    latencies, errors, cpu seconds) for each finished window, then None. Window 0 begins at
+    the monotonic time the parent sets in `start_at` once every worker is ready."""
     load = (_NativeLoad if plan.native else _PythonLoad)(plan)
+    reports.put("ready")
+    while start_at.value == 0.0:
+        if _stopped(stop, 0.01):
+            load.close()
+            reports.put(None)
+            return
+    start = start_at.value
     window = 0
     pending = [np.empty(0), np.empty(0), np.empty(0, dtype=bool)]
     cpu_mark = None
     while True:
-        boundary = plan.start + (window + 1) * plan.window
+        boundary = start + (window + 1) * plan.window
         if cpu_mark is None:  # wait for window 0 to begin, then start counting CPU time
-            if _stopped(stop, plan.start - time.monotonic()):
+            if _stopped(stop, start - time.monotonic()):
                 break
             load.take()  # the warm-up's requests
             cpu_mark = time.process_time()
@@ -221,7 +228,7 @@ def run_worker(plan: WorkerPlan, reports, stop) -> None:
             break
         cpu_now = time.process_time()
         ends, latencies, ok = (np.concatenate(pair) for pair in zip(pending, load.take()))
-        inside = (ends >= plan.start + window * plan.window) & (ends < boundary)
+        inside = (ends >= start + window * plan.window) & (ends < boundary)
         later = ends >= boundary
         reports.put((window, latencies[inside & ok], int(np.count_nonzero(inside & ~ok)),
                      cpu_now - cpu_mark))

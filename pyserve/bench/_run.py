@@ -63,7 +63,7 @@ class LevelResult:
     server_compute_infer_us: float | None = None
     server_compute_output_us: float | None = None
     server_request_us: float | None = None
-    server_throughput: float | None = None  # successes the server counted in the same windows
+    server_throughput: float | None = None  # successes/s the server counted meanwhile
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,19 +157,23 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         shares = [replace(plan, request_rate=float(value) / processes)] * processes
     context = multiprocessing.get_context("spawn")
     reports, stop = context.Queue(), context.Event()
-    # window 0 starts once every worker is up, after a warm-up of one window (at most 2 s)
-    start = time.monotonic() + 3.0 + min(window_s, 2.0)
-    workers = [context.Process(target=run_worker, args=(replace(share, start=start), reports, stop),
+    start_at = context.Value("d", 0.0, lock=False)
+    workers = [context.Process(target=run_worker, args=(share, reports, stop, start_at),
                                daemon=True) for share in shares]
     for worker in workers:
         worker.start()
     windows: list[Window] = []
-    marks = []
+    marks = []  # (monotonic time, server statistics) read at each window's end
     received: dict[int, list] = {}
     finished = 0
     try:
-        time.sleep(max(0.0, start - time.monotonic()))
-        marks.append(_statistics(stats_client, options))
+        for _ in workers:  # every worker sending (spawning one takes seconds on a busy machine)
+            if _next_report(reports, workers, 120) is None:
+                finished += 1
+        # window 0 starts after a warm-up of one window (at most 2 s)
+        start_at.value = time.monotonic() + min(window_s, 2.0)
+        time.sleep(max(0.0, start_at.value - time.monotonic()))
+        marks.append((time.monotonic(), _statistics(stats_client, options)))
         for index in range(options.max_windows):
             while len(received.get(index, [])) < len(workers) - finished:
                 item = _next_report(reports, workers, window_s + 60)
@@ -177,7 +181,7 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
                     finished += 1
                     continue
                 received.setdefault(item[0], []).append(item)
-            marks.append(_statistics(stats_client, options))
+            marks.append((time.monotonic(), _statistics(stats_client, options)))
             parts = received.pop(index, [])
             windows.append(Window(window_s, np.concatenate([p[1] for p in parts]) if parts
                                   else np.empty(0), sum(p[2] for p in parts),
@@ -213,7 +217,7 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         p90_ms=summary.p90_ms, p95_ms=summary.p95_ms, p99_ms=summary.p99_ms,
         errors=summary.errors, requests=summary.requests, stable=stable, windows=len(windows),
         processes=len(workers), generator=generator, client_cpu_us_per_request=summary.cpu_us_per_request)
-    first, last = marks[len(marks) - 1 - len(chosen)], marks[-1]
+    (read_from, first), (read_to, last) = marks[len(marks) - 1 - len(chosen)], marks[-1]
     if first is not None and last is not None:
         delta = (last - first).inference_stats
         result.server_queue_us = delta.queue.mean_us
@@ -221,6 +225,8 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         result.server_compute_infer_us = delta.compute_infer.mean_us
         result.server_compute_output_us = delta.compute_output.mean_us
         result.server_request_us = delta.success.mean_us
-        result.server_throughput = delta.success.count / sum(w.seconds for w in chosen)
+        # over the time between the two reads, which trail the windows' ends by a little
+        result.server_throughput = (delta.success.count / (read_to - read_from)
+                                    if read_to > read_from else None)
     return result
 

