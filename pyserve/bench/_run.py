@@ -8,11 +8,13 @@ import multiprocessing
 import os
 import queue as queue_module
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
+import numpy as np
+
 from pyserve.bench._inputs import Payload, encode, make_inputs, parse_shapes
-from pyserve.bench._load import WorkerPlan, run_worker
+from pyserve.bench._load import WorkerPlan, native_available, run_worker
 from pyserve.bench._windows import Window, is_stable, summarize
 from pyserve.client import Client, InferenceServerError
 
@@ -32,7 +34,8 @@ class BenchOptions:
     measurement_interval_ms: int = 5000
     max_windows: int = 10
     stability: float = 0.10
-    processes: int = 0          # worker processes per level; 0 = half the cores, at most the load
+    processes: int = 0          # worker processes per level; 0 = one (native), else half the cores
+    generator: str = "auto"     # native (pyserve._loadgen), python, or auto: native where built
     server_stats: bool = True
 
 
@@ -53,12 +56,14 @@ class LevelResult:
     stable: bool
     windows: int
     processes: int
+    generator: str
     client_cpu_us_per_request: float
     server_queue_us: float | None = None
     server_compute_input_us: float | None = None
     server_compute_infer_us: float | None = None
     server_compute_output_us: float | None = None
     server_request_us: float | None = None
+    server_throughput: float | None = None  # successes/s the server counted meanwhile
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -104,50 +109,80 @@ def _statistics(client: Client, options: BenchOptions):
     return stats[0] if len(stats) == 1 else None
 
 
+def _next_report(reports, workers, timeout: float):
+    """The next item a worker reports; an error, rather than a long wait, once one has died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return reports.get(timeout=1.0)
+        except queue_module.Empty:
+            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a load generator process failed (exit code {dead[0]}); "
+                                   f"its error is above") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no report from the load generator in {timeout:.0f} s")
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def _generator(options: BenchOptions, protocol: str) -> str:
+    if options.generator == "python":
+        return "python"
+    if native_available(protocol):
+        return "native"
+    if options.generator == "native":
+        raise ValueError(f"this build of pyserve has no native {protocol} load generator "
+                         f"(it needs gRPC C++, and cpp-httplib for HTTP, at build time)")
+    return "python"
+
+
 def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: str, value,
               stats_client: Client, progress=None) -> LevelResult:
-    cores = os.cpu_count() or 1
+    generator = _generator(options, protocol)
+    # native threads need no more than one process; Python threads share a GIL per process,
+    # so they get half the cores (the server usually shares the machine, and a process per
+    # core takes CPU from it: on 2 cores one process measured 10-20% higher rates)
+    default_processes = 1 if generator == "native" else (os.cpu_count() or 1) // 2
     window_s = options.measurement_interval_ms / 1000
+    plan = WorkerPlan(url, protocol, payloads, streaming=options.streaming,
+                      native=generator == "native", window=window_s)
     if kind == "concurrency":
-        # by default half the cores: the server usually shares the machine, and a process
-        # per core takes CPU from it (on 2 cores one process measured 10-20% higher rates)
-        processes = max(1, min(int(value), options.processes or cores // 2))
-        shares = [WorkerPlan(url, protocol, payloads, concurrency=c, streaming=options.streaming,
-                             window=window_s) for c in _split(int(value), processes)]
+        processes = max(1, min(int(value), options.processes or default_processes))
+        shares = [replace(plan, concurrency=c) for c in _split(int(value), processes)]
     else:
         processes = max(1, options.processes or 1)
-        shares = [WorkerPlan(url, protocol, payloads, request_rate=float(value) / processes,
-                             streaming=options.streaming, window=window_s)
-                  for _ in range(processes)]
+        shares = [replace(plan, request_rate=float(value) / processes)] * processes
     context = multiprocessing.get_context("spawn")
     reports, stop = context.Queue(), context.Event()
-    # window 0 starts once every worker is up, after a warm-up of one window (at most 2 s)
-    start = time.monotonic() + 3.0 + min(window_s, 2.0)
-    workers = [context.Process(target=run_worker, args=(_with_start(plan, start), reports, stop),
-                               daemon=True) for plan in shares]
+    start_at = context.Value("d", 0.0, lock=False)
+    workers = [context.Process(target=run_worker, args=(share, reports, stop, start_at),
+                               daemon=True) for share in shares]
     for worker in workers:
         worker.start()
     windows: list[Window] = []
-    marks = []
+    marks = []  # (monotonic time, server statistics) read at each window's end
     received: dict[int, list] = {}
     finished = 0
     try:
-        time.sleep(max(0.0, start - time.monotonic()))
-        marks.append(_statistics(stats_client, options))
+        for _ in workers:  # every worker sending (spawning one takes seconds on a busy machine)
+            if _next_report(reports, workers, 120) is None:
+                finished += 1
+        # window 0 starts after a warm-up of one window (at most 2 s)
+        start_at.value = time.monotonic() + min(window_s, 2.0)
+        time.sleep(max(0.0, start_at.value - time.monotonic()))
+        marks.append((time.monotonic(), _statistics(stats_client, options)))
         for index in range(options.max_windows):
             while len(received.get(index, [])) < len(workers) - finished:
-                item = reports.get(timeout=window_s + 60)
+                item = _next_report(reports, workers, window_s + 60)
                 if item is None:
                     finished += 1
                     continue
                 received.setdefault(item[0], []).append(item)
-            marks.append(_statistics(stats_client, options))
+            marks.append((time.monotonic(), _statistics(stats_client, options)))
             parts = received.pop(index, [])
-            import numpy as np
             windows.append(Window(window_s, np.concatenate([p[1] for p in parts]) if parts
                                   else np.empty(0), sum(p[2] for p in parts),
                                   sum(p[3] for p in parts)))
@@ -181,8 +216,8 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         throughput=summary.throughput, avg_ms=summary.avg_ms, p50_ms=summary.p50_ms,
         p90_ms=summary.p90_ms, p95_ms=summary.p95_ms, p99_ms=summary.p99_ms,
         errors=summary.errors, requests=summary.requests, stable=stable, windows=len(windows),
-        processes=len(workers), client_cpu_us_per_request=summary.cpu_us_per_request)
-    first, last = marks[len(marks) - 1 - len(chosen)], marks[-1]
+        processes=len(workers), generator=generator, client_cpu_us_per_request=summary.cpu_us_per_request)
+    (read_from, first), (read_to, last) = marks[len(marks) - 1 - len(chosen)], marks[-1]
     if first is not None and last is not None:
         delta = (last - first).inference_stats
         result.server_queue_us = delta.queue.mean_us
@@ -190,9 +225,8 @@ def run_level(options: BenchOptions, url: str, protocol: str, payloads, kind: st
         result.server_compute_infer_us = delta.compute_infer.mean_us
         result.server_compute_output_us = delta.compute_output.mean_us
         result.server_request_us = delta.success.mean_us
+        # over the time between the two reads, which trail the windows' ends by a little
+        result.server_throughput = (delta.success.count / (read_to - read_from)
+                                    if read_to > read_from else None)
     return result
 
-
-def _with_start(plan: WorkerPlan, start: float) -> WorkerPlan:
-    from dataclasses import replace
-    return replace(plan, start=start)

@@ -22,9 +22,9 @@ def add_bench(commands) -> None:
         description="Load a model at each concurrency (or request rate) until three "
                     "consecutive measurement windows agree within 10%% (at most ten), then "
                     "report infer/s, latency percentiles, errors, the server-side breakdown "
-                    "and the generator's own CPU time per request. Core microbenchmarks: "
-                    "python bench/core_bench.py in the source tree.")
-    bench.add_argument("-m", "--model", required=True)
+                    "and the generator's own CPU time per request. --core runs the core "
+                    "microbenchmarks of a source checkout instead.")
+    bench.add_argument("-m", "--model")
     bench.add_argument("-u", "--url", default="127.0.0.1:8001",
                        help="host:port (gRPC) or http://host:port (default: %(default)s)")
     bench.add_argument("-i", "--protocol", choices=["grpc", "http"], default=None)
@@ -43,16 +43,36 @@ def add_bench(commands) -> None:
     bench.add_argument("-p", "--measurement-interval", type=int, default=5000, metavar="MS")
     bench.add_argument("--max-trials", type=int, default=10, help="windows at most per level")
     bench.add_argument("-s", "--stability-percentage", type=float, default=10.0)
+    bench.add_argument("--generator", choices=["auto", "native", "python"], default="auto",
+                       help="native: C++ threads that never take the GIL (built with gRPC C++; "
+                            "HTTP also needs cpp-httplib); python: grpcio/http.client threads; "
+                            "auto (default): native where built")
     bench.add_argument("--processes", type=int, default=0,
-                       help="load generator processes (default: half the cores, at most the "
-                            "concurrency)")
+                       help="load generator processes (default: one for the native generator, "
+                            "half the cores for the Python one, at most the concurrency)")
     bench.add_argument("--compare", metavar="URL2", help="run the same load against a second "
                                                          "server and print ratios")
     bench.add_argument("--json", type=Path, metavar="OUT")
     bench.add_argument("--csv", type=Path, metavar="OUT")
     bench.add_argument("--plot", type=Path, metavar="OUT.png")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    bench.add_argument("--core", action="store_true",
+                       help="run the C++ core's microbenchmarks (bench/core_bench.py of a source "
+                            "checkout, which builds them with CMake) instead of loading a server")
+    bench.add_argument("--source", type=Path, default=Path.cwd(), metavar="DIR",
+                       help="the source checkout for --core (default: the current directory)")
     bench.set_defaults(func=bench_main)
+
+
+def core_main(source: Path) -> int:
+    """The core microbenchmarks live beside the C++ sources they build, not in the wheel."""
+    import subprocess
+
+    script = source / "bench" / "core_bench.py"
+    if not script.is_file():
+        raise SystemExit(f"pyserve bench --core: no bench/core_bench.py under {source}; run it "
+                         f"in a source checkout of pyserve or give one with --source DIR")
+    return subprocess.run([sys.executable, str(script)], cwd=source).returncode
 
 
 def _progress(quiet: bool):
@@ -75,6 +95,10 @@ def bench_main(args) -> int:
     from pyserve.bench import _report
     from pyserve.client import InferenceServerError
 
+    if args.core:
+        return core_main(args.source.resolve())
+    if not args.model:
+        raise SystemExit("pyserve bench: -m/--model is required (or --core)")
     if args.shared_memory != "none":
         raise SystemExit("pyserve bench: --shared-memory system is not supported yet")
     options = BenchOptions(
@@ -83,7 +107,7 @@ def bench_main(args) -> int:
         batch_size=args.batch_size, shapes=args.shape, input_data=args.input_data,
         streaming=args.streaming, measurement_interval_ms=args.measurement_interval,
         max_windows=args.max_trials, stability=args.stability_percentage / 100,
-        processes=args.processes)
+        processes=args.processes, generator=args.generator)
     show, done = _progress(args.quiet)
     urls = [args.url] + ([args.compare] if args.compare else [])
     labels = [url if len(urls) == 1 else f"{'AB'[i]}: {url}" for i, url in enumerate(urls)]
@@ -91,7 +115,7 @@ def bench_main(args) -> int:
     try:
         for label, url in zip(labels, urls):
             series[label] = run(options, url, progress=show)
-    except (ValueError, InferenceServerError) as e:
+    except (ValueError, RuntimeError, InferenceServerError) as e:
         raise SystemExit(f"pyserve bench: {e}") from None
     finally:
         if done:

@@ -47,6 +47,17 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, bool, str, in
     return kind, tls, host.strip("[]") if host.startswith("[") else host, int(port)
 
 
+def _ssl_context(tls_files) -> _ssl.SSLContext:
+    """HTTPS: the system's roots, or the given CA (file or PEM bytes); a client certificate
+    (chain file, key file) for mutual TLS."""
+    root, key, chain = tls_files
+    context = _ssl.create_default_context(cadata=_read(root).decode() if root is not None
+                                          else None)
+    if key is not None:
+        context.load_cert_chain(chain, key)
+    return context
+
+
 def _read(path_or_bytes) -> bytes | None:
     if path_or_bytes is None or isinstance(path_or_bytes, bytes):
         return path_or_bytes
@@ -268,15 +279,7 @@ class Client(_Api):
             return GrpcTransport(f"{host}:{port}", credentials=credentials,
                                  compression=compression, keepalive_ms=keepalive_ms,
                                  channel_args=channel_args)
-        ssl_options = {}
-        if tls:
-            if tls_files[0] is not None:
-                ssl_options["ca_certs" if not isinstance(tls_files[0], bytes)
-                            else "ca_cert_data"] = (tls_files[0] if not isinstance(tls_files[0], bytes)
-                                                    else tls_files[0].decode())
-            if tls_files[1] is not None:
-                ssl_options["key_file"], ssl_options["cert_file"] = tls_files[1], tls_files[2]
-        return HttpTransport(host, port, tls=tls, ssl_options=ssl_options,
+        return HttpTransport(host, port, ssl_context=_ssl_context(tls_files) if tls else None,
                              compression=compression, pool_size=pool_size)
 
     def _execute(self, call, headers, client_timeout):
@@ -358,14 +361,9 @@ class AsyncClient(_Api):
             return AioGrpcTransport(f"{host}:{port}", credentials=credentials,
                                     compression=compression, keepalive_ms=keepalive_ms,
                                     channel_args=channel_args)
-        context = None
-        if tls:
-            context = _ssl.create_default_context(
-                cadata=root.decode() if root is not None else None)
-            if tls_files[1] is not None:
-                context.load_cert_chain(tls_files[2], tls_files[1])
         scheme = "https" if tls else "http"
-        return AioHttpTransport(f"{scheme}://{host}:{port}", ssl=context,
+        return AioHttpTransport(f"{scheme}://{host}:{port}",
+                                ssl=_ssl_context(tls_files) if tls else None,
                                 compression=compression, pool_size=max(pool_size, 100))
 
     async def _execute(self, call, headers, client_timeout):

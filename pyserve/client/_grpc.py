@@ -70,6 +70,14 @@ def get_parameters(source) -> dict[str, Any]:
     return out
 
 
+def _trace_settings(response) -> dict[str, Any]:
+    """Shaped as Triton's HTTP answer, so that both protocols return the same dict:
+    trace_level a list, every other setting one string."""
+    return {key: list(setting.value) if key == "trace_level"
+            else (setting.value[0] if len(setting.value) == 1 else list(setting.value))
+            for key, setting in response.settings.items()}
+
+
 # ------------------------------------------------------------------------------------ infer
 
 def encode_infer(request: InferRequest):
@@ -108,8 +116,8 @@ def decode_infer(response, shm_outputs: Mapping | None = None) -> InferResult:
     direct = len(raw) == len(response.outputs)  # else raw entries skip outputs in shm
     raw_index = 0
     for index, tensor in enumerate(response.outputs):
-        shape = list(tensor.shape)
-        if "shared_memory_region" in tensor.parameters:
+        shape = tuple(tensor.shape)
+        if tensor.parameters and "shared_memory_region" in tensor.parameters:
             target = (shm_outputs or {}).get(tensor.name)
             outputs[tensor.name] = _shm_view(target, tensor.datatype, shape)
             continue
@@ -232,8 +240,7 @@ class GrpcProtocol:
             if value is not None:
                 entry.value.extend([str(v) for v in value] if isinstance(value, (list, tuple))
                                    else [str(value)])
-        return GrpcCall("TraceSetting", request,
-                        lambda r: {k: list(v.value) for k, v in r.settings.items()})
+        return GrpcCall("TraceSetting", request, _trace_settings)
 
     @staticmethod
     def log_settings(settings: Mapping[str, Any] | None):

@@ -116,7 +116,7 @@ def deserialize_bytes(buffer, count: int) -> np.ndarray:
 
 def from_bytes(buffer, datatype: str, shape) -> np.ndarray:
     """A received tensor as a numpy array (a read-only view of `buffer` when numeric)."""
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(shape)
     if datatype == "BYTES":
         count = 1
         for d in shape:

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from conftest import OUTSIDE
+from conftest import OUTSIDE, ROOT
+from pyserve.bench._load import native_available
 
 BENCH = [sys.executable, "-m", "pyserve.cli", "bench", "-q", "-p", "300", "--max-trials", "4"]
 
@@ -39,10 +40,53 @@ def test_bench_levels_json_and_csv(example_server, tmp_path, protocol):
         assert level["server_compute_infer_us"] > 0 and level["server_request_us"] > 0
         assert level["client_cpu_us_per_request"] > 0
         assert 3 <= level["windows"] <= 4
-    assert levels[1]["processes"] == max(1, min(3, (os.cpu_count() or 1) // 2))
+        # the server counted what the generator counted (read around the same windows; a
+        # loose bound, the reads trail the windows' ends on a busy machine)
+        assert level["server_throughput"] == pytest.approx(level["throughput"], rel=0.5)
+        assert level["generator"] == ("native" if native_available(protocol) else "python")
+    assert levels[1]["processes"] == (1 if native_available(protocol)
+                                      else max(1, min(3, (os.cpu_count() or 1) // 2)))
     rows = list(csv.DictReader(table.open()))
     assert [r["concurrency"] for r in rows] == ["1", "3"]
     assert "c=3" in done.stdout and "infer/s" in done.stdout
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bench_python_generator(example_server, tmp_path, protocol):
+    """The generator of builds without gRPC C++ / cpp-httplib, chosen explicitly."""
+    url = (example_server.grpc_url if protocol == "grpc"
+           else f"http://{example_server.http_url}")
+    out = tmp_path / "py.json"
+    done = bench("-m", "simple", "-u", url, "--concurrency", "2", "--generator", "python",
+                 "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    (level,) = json.loads(out.read_text())
+    assert level["generator"] == "python" and level["errors"] == 0 and level["throughput"] > 10
+
+
+def test_bench_native_generator_request_rate_over_http(example_server, tmp_path):
+    if not native_available("http"):
+        pytest.skip("pyserve was built without the native HTTP load generator")
+    out = tmp_path / "rate.json"
+    done = bench("-m", "simple", "-u", f"http://{example_server.http_url}", "--request-rate",
+                 "300", "--generator", "native", "--json", str(out), "-p", "1000")
+    assert done.returncode == 0, done.stderr
+    (level,) = json.loads(out.read_text())
+    assert level["generator"] == "native"
+    assert level["throughput"] == pytest.approx(300, rel=0.15)
+
+
+def test_bench_core_needs_a_source_checkout(tmp_path):
+    done = bench("--core", "--source", str(tmp_path))
+    assert done.returncode != 0 and "no bench/core_bench.py under" in done.stderr
+    done = bench("-u", "127.0.0.1:1")
+    assert done.returncode != 0 and "-m/--model is required" in done.stderr
+
+
+def test_bench_core_runs_the_microbenchmarks():
+    done = bench("--core", "--source", str(ROOT), timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "overhead  Python no-op executor" in done.stdout
 
 
 def test_bench_request_rate_and_input_file(example_server, tmp_path):
@@ -51,8 +95,9 @@ def test_bench_request_rate_and_input_file(example_server, tmp_path):
         {"INPUT0": list(range(16)), "INPUT1": {"content": [1] * 16, "shape": [16]}},
         {"INPUT0": [0] * 16, "INPUT1": [0] * 16}]}))
     out = tmp_path / "rate.json"
+    # one-second windows: a rate is only as steady as the shared machine's scheduling
     done = bench("-m", "simple", "-u", example_server.grpc_url, "--request-rate", "200",
-                 "--input-data", str(data), "--json", str(out))
+                 "--input-data", str(data), "--json", str(out), "-p", "1000")
     assert done.returncode == 0, done.stderr
     (level,) = json.loads(out.read_text())
     assert level["request_rate"] == 200 and level["concurrency"] is None
@@ -78,9 +123,10 @@ def test_bench_streaming_needs_grpc(example_server):
     assert done.returncode != 0 and "--streaming needs gRPC" in done.stderr
 
 
-def test_bench_reports_errors(example_server, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
+def test_bench_reports_errors(example_server, tmp_path, streaming):
     done = bench("-m", "simple", "-u", example_server.grpc_url, "--shape", "INPUT0:8",
-                 "--json", str(tmp_path / "e.json"))
+                 *(["--streaming"] if streaming else []), "--json", str(tmp_path / "e.json"))
     assert done.returncode == 1
     (level,) = json.loads((tmp_path / "e.json").read_text())
     assert level["errors"] > 0 and level["throughput"] == 0
