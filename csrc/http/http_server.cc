@@ -124,7 +124,10 @@ class HttpServer::Impl : public ResponseSink {
     auto pending = std::make_shared<PendingInfer>();
     auto request = std::make_unique<InferRequest>();
     const std::string header_length = req.get_header_value("Inference-Header-Content-Length");
-    if (!DecodeInfer(req.body, header_length, &pending->infer, request.get())) return false;
+    if (!DecodeInfer(req.body, header_length, options_.shared_memory.get(), &pending->infer,
+                     request.get())) {
+      return false;
+    }
     request->sink = this;
     request->owner = pending;
     Status status = model->Submit(request);

@@ -16,6 +16,7 @@ from typing import Callable
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
+from pyserve import _core
 from pyserve.errors import ServerError
 from pyserve.frontends.grpc import GRPC_STATUS, HealthServicer, InferenceServicer
 from pyserve.lifecycle import ModelManager
@@ -54,10 +55,13 @@ class _Context:
 class NativeGrpcServer:
     """Same interface as grpc.aio.Server where pyserve's Server uses it: start, stop, port."""
 
-    def __init__(self, manager: ModelManager, address: str, threads: int | None = None) -> None:
+    def __init__(self, manager: ModelManager, address: str, threads: int | None = None,
+                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._methods: dict[str, tuple[Callable, Callable, Callable]] = {}
-        for service, servicer in ((INFERENCE_SERVICE, InferenceServicer(manager)),
+        if shared_memory is None:
+            shared_memory = _core.SharedMemoryRegistry()
+        for service, servicer in ((INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),
                                   (HEALTH_SERVICE, HealthServicer(manager))):
             for method in service.methods:
                 behaviour = getattr(servicer, method.name, None)
@@ -69,7 +73,8 @@ class NativeGrpcServer:
                     (lambda b: b) if raw else GetMessageClass(method.input_type).FromString,
                     (lambda m: m) if raw else GetMessageClass(method.output_type).SerializeToString)
         self._server = _grpc_server.Server(manager.table, address, self._dispatch,
-                                           threads or min(2, os.cpu_count() or 1), _INT32_MAX)
+                                           threads or min(2, os.cpu_count() or 1), _INT32_MAX,
+                                           shared_memory)
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -107,6 +112,8 @@ class NativeGrpcServer:
             reply(0, "", response)
 
 
-def create_native_grpc_server(manager: ModelManager, address: str) -> tuple[NativeGrpcServer, int]:
-    server = NativeGrpcServer(manager, address)
+def create_native_grpc_server(manager: ModelManager, address: str,
+                              shared_memory: _core.SharedMemoryRegistry | None = None,
+                              ) -> tuple[NativeGrpcServer, int]:
+    server = NativeGrpcServer(manager, address, shared_memory=shared_memory)
     return server, server.port
