@@ -7,11 +7,15 @@ CUDA shared memory where a GPU is present."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -21,7 +25,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import (InferenceServerException, serialize_byte_tensor,
                                serialized_byte_size)
 
-from conftest import EXAMPLES, FRONTENDS, native_frontends_built, start_server
+from conftest import EXAMPLES, FRONTENDS, OUTSIDE, native_frontends_built, start_server
 from pyserve.client import AsyncClient, Client
 
 WORDS_CONFIG = """
@@ -416,6 +420,44 @@ def test_pyserve_async_client_regions(server, protocol):
         finally:
             await client.close()
     asyncio.run(run())
+
+
+# ------------------------------------------------------------------------- pyserve bench
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bench_with_system_shared_memory(server, tmp_path, protocol):
+    url = server.grpc_url if protocol == "grpc" else f"http://{server.http_url}"
+    out = tmp_path / "out.json"
+    done = subprocess.run([sys.executable, "-m", "pyserve.cli", "bench", "-q", "-p", "300",
+                           "--max-trials", "4", "-m", "simple", "-u", url, "--concurrency", "2",
+                           "--shared-memory", "system", "--json", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=OUTSIDE)
+    assert done.returncode == 0, done.stderr
+    [level] = json.loads(out.read_text())
+    assert level["errors"] == 0 and level["throughput"] > 10
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert len(client.get_system_shared_memory_status().regions) == 0  # unregistered
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("pyserve_bench_")]
+
+
+def test_bench_requests_carry_references_only(server):
+    from pyserve.bench._run import BenchOptions, prepare
+
+    from pyserve.protocol import pb
+
+    options = BenchOptions(model="simple", url=server.grpc_url, batch_size=4,
+                           shared_memory="system")
+    with ExitStack() as cleanup:
+        _, [payload] = prepare(options, options.url, cleanup)
+        with Client(server.grpc_url) as client:
+            [region] = client.system_shared_memory_status()
+        assert region.name.startswith("pyserve_bench_")
+        request = pb.ModelInferRequest.FromString(payload.grpc)
+        assert not request.raw_input_contents  # not a tensor byte on the wire
+        for tensor in [*request.inputs, *request.outputs]:
+            assert tensor.parameters["shared_memory_region"].string_param == region.name
+        assert [t.parameters["shared_memory_byte_size"].int64_param for t in request.outputs] == [
+            4 * 16 * 4, 4 * 16 * 4]
 
 
 # -------------------------------------------------------------------------------- CUDA
