@@ -87,7 +87,8 @@ bool CudaRuntime::Load() {
   }
   device_count_ = count;
   if (void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)) {  // the runtime loaded it
-    address_range_ = reinterpret_cast<decltype(address_range_)>(dlsym(driver, "cuMemGetAddressRange_v2"));
+    address_range_ =
+        reinterpret_cast<decltype(address_range_)>(dlsym(driver, "cuMemGetAddressRange_v2"));
   }
   return true;
 }

@@ -137,8 +137,9 @@ Status SharedMemoryRegistry::Unregister(const std::string& name, SharedMemoryKin
   return Status::OK();
 }
 
-Status SharedMemoryRegistry::List(const std::string& name, SharedMemoryKind kind,
-                                  std::vector<std::shared_ptr<const SharedMemoryRegion>>* regions) const {
+Status SharedMemoryRegistry::List(
+    const std::string& name, SharedMemoryKind kind,
+    std::vector<std::shared_ptr<const SharedMemoryRegion>>* regions) const {
   std::lock_guard<std::mutex> lock(mutex_);
   if (name.empty()) {
     for (const auto& [_, region] : regions_) {
@@ -192,7 +193,8 @@ Status ReadOnHost(const SharedMemoryBlock& block, SharedMemoryBlock* host) {
     *host = block;
     return Status::OK();
   }
-  std::shared_ptr<uint8_t> copy = HostMemoryPool::Global().Acquire(std::max<size_t>(block.byte_size, 1));
+  std::shared_ptr<uint8_t> copy =
+      HostMemoryPool::Global().Acquire(std::max<size_t>(block.byte_size, 1));
   const CudaRuntime* cuda = CudaRuntime::Get();
   if (!copy || cuda == nullptr || !cuda->Copy(copy.get(), block.data, block.byte_size)) {
     return Status(StatusCode::kInternal, "failed to copy an input from CUDA shared memory");

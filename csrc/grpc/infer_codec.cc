@@ -138,25 +138,31 @@ Status SharedMemoryTensor(const ParamMap& parameters, const std::string& tensor,
   const InferParam* offset = Find(parameters, "shared_memory_offset");
   const InferParam* byte_size = Find(parameters, "shared_memory_byte_size");
   const std::string where = " parameter for tensor '" + tensor + "'";
+  auto wrong_type = [&](const char* key, const char* expected) {
+    return Invalid(std::string("invalid value type for '") + key + "'" + where + ", expected " +
+                   expected + ".");
+  };
   if (region == nullptr) {
     for (const char* key : {"shared_memory_offset", "shared_memory_byte_size"}) {
       if (Find(parameters, key) != nullptr) {
-        return Invalid(std::string("'") + key + "' can not be specified without 'shared_memory_region'" + where);
+        return Invalid(std::string("'") + key +
+                       "' can not be specified without 'shared_memory_region'" + where);
       }
     }
     return Status::OK();
   }
   if (region->kind != InferParam::kString) {
-    return Invalid("invalid value type for 'shared_memory_region'" + where + ", expected string_param.");
+    return wrong_type("shared_memory_region", "string_param");
   }
   if (offset != nullptr && offset->kind != InferParam::kInt64) {
-    return Invalid("invalid value type for 'shared_memory_offset'" + where + ", expected int64_param.");
+    return wrong_type("shared_memory_offset", "int64_param");
   }
   if (byte_size == nullptr) {
-    return Invalid("'shared_memory_byte_size' must be specified along with 'shared_memory_region'" + where);
+    return Invalid("'shared_memory_byte_size' must be specified along with "
+                   "'shared_memory_region'" + where);
   }
   if (byte_size->kind != InferParam::kInt64) {
-    return Invalid("invalid value type for 'shared_memory_byte_size'" + where + ", expected int64_param.");
+    return wrong_type("shared_memory_byte_size", "int64_param");
   }
   const std::string name(region->string_value);
   if (registry == nullptr) {

@@ -284,7 +284,9 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
       if ((size != nullptr) + (data != nullptr) + (shm.region != nullptr) != 1) return false;
       if (shm.region != nullptr) {
         SharedMemoryBlock block;
-        if (!ResolveShm(shm, shared_memory, &block) || !ReadOnHost(block, &block).ok()) return false;
+        if (!ResolveShm(shm, shared_memory, &block) || !ReadOnHost(block, &block).ok()) {
+          return false;
+        }
         view.data = block.data;
         view.byte_size = block.byte_size;
         request->held.push_back(std::move(block.keep));
