@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="native HTTP: connections served at once, one thread each; more "
                           "wait for a free one (default: %(default)s)")
     net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
-                     metavar="BYTES", help="largest HTTP request body (default: %(default)s)")
+                     metavar="BYTES", help="largest HTTP request body, after decompression; "
+                                           "larger ones get 413 (default: %(default)s)")
+    net.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1, metavar="BYTES",
+                     help="largest gRPC message received or sent; larger ones get "
+                          "RESOURCE_EXHAUSTED (default: %(default)s, Triton's)")
     models = serve.add_argument_group("models")
     models.add_argument("--model-control-mode", choices=CONTROL_MODES, default="none",
                         type=str.lower,
@@ -77,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
                         help=argparse.SUPPRESS)  # deprecated Triton spelling: true disables it
     models.add_argument("--model-config-name", default="", metavar="NAME",
                         help="read configs/NAME.pbtxt instead of config.pbtxt where present")
+    models.add_argument("--default-max-queue-size", type=int, default=4096, metavar="N",
+                        help="requests a model version queues at most; more are refused at "
+                             "once with UNAVAILABLE / 503 (a config's max_queue_size also "
+                             "applies; 0 = unbounded) (default: %(default)s)")
+    models.add_argument("--model-unload-timeout-secs", type=float, default=60.0,
+                        metavar="SECONDS",
+                        help="an unloading model answers the requests it accepted; past this, "
+                             "those still waiting are refused (UNAVAILABLE) and instances hung "
+                             "in execute are abandoned (default: %(default)s)")
+    models.add_argument("--pinned-memory-pool-byte-size", type=int, default=256 * 1024 * 1024,
+                        metavar="BYTES", help="host memory (pinned when a GPU is present) kept "
+                                              "for reuse by batch assembly and outputs "
+                                              "(default: %(default)s)")
     models.add_argument("--backend-config", action="append", default=[],
                         metavar="[BACKEND,]KEY=VALUE",
                         help="backend settings; supported: default-max-batch-size=N")
@@ -202,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,
         http_max_input_size=args.http_max_input_size,
+        grpc_max_message_size=args.grpc_max_message_size,
+        default_max_queue_size=args.default_max_queue_size,
+        pinned_memory_pool_byte_size=args.pinned_memory_pool_byte_size,
+        model_unload_timeout_secs=args.model_unload_timeout_secs,
         grpc_frontend=args.grpc_frontend,
         http_frontend=args.http_frontend,
         http_thread_count=args.http_thread_count,

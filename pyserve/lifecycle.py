@@ -21,8 +21,8 @@ from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
 from pyserve.protocol import pb
-from pyserve.repository import (fingerprint, find_models, read_labels, remove_upload,
-                                select_versions, version_dirs, write_upload)
+from pyserve.repository import (check_model_name, fingerprint, find_models, read_labels,
+                                remove_upload, select_versions, version_dirs, write_upload)
 from pyserve.repository.remote import open_repositories
 from pyserve.runner import ModelRunner
 from pyserve.warmup import warm_up
@@ -165,6 +165,7 @@ class ModelManager:
         """Load or reload `name`. The versions it serves now keep serving until their
         replacements are READY; a failure leaves them serving and raises ServerError.
         `refresh` first fetches the model's changed objects from remote repositories."""
+        check_model_name(name)
         if refresh and not files:
             await self._sync_remote(name)
         if not files and name not in self.models and not any(
@@ -277,7 +278,9 @@ class ModelManager:
             for spec in specs:
                 instances.append(cls(context, spec))
             devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
-            return ModelRunner(config, version, instances, devices, self._loop, labels)
+            return ModelRunner(config, version, instances, devices, self._loop, labels,
+                               max_queue_size=self._options.default_max_queue_size,
+                               stop_timeout=self._options.model_unload_timeout_secs)
         except BaseException:
             for backend in instances:
                 backend.close()

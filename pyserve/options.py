@@ -22,6 +22,7 @@ class ServerOptions:
     allow_http: bool = True
     allow_metrics: bool = True
     http_max_input_size: int = 64 * 1024 * 1024  # bytes; larger bodies get 413
+    grpc_max_message_size: int = 2**31 - 1  # bytes; larger gRPC messages: RESOURCE_EXHAUSTED
     # gRPC and HTTP in native code (auto = when pyserve was built with it) or in Python.
     grpc_frontend: str = "auto"
     http_frontend: str = "auto"
@@ -37,6 +38,14 @@ class ServerOptions:
     model_config_name: str = ""  # configs/<name>.pbtxt instead of config.pbtxt
     default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
+    # Requests queued (accepted, not executing) per model version at most; more are refused
+    # at once with UNAVAILABLE / 503. A config's max_queue_size bounds each priority level
+    # too. 0 = unbounded, Triton's default.
+    default_max_queue_size: int = 4096
+    pinned_memory_pool_byte_size: int = 256 * 1024 * 1024  # host memory kept for reuse
+    # An unloading version answers what it accepted; past this, what still waits is refused
+    # and instances still executing (hung) are abandoned. < 0 = wait for ever.
+    model_unload_timeout_secs: float = 60.0
 
     exit_timeout_secs: float = 30.0  # the whole drain on shutdown is bounded by this
     drain_grace_secs: float = 0.0  # on shutdown: not ready, but still accepting, this long

@@ -39,6 +39,10 @@ class InputTensor:
     data: bytes | memoryview
 
 
+# Runners whose hung instances were abandoned: never freed, since those threads may return.
+_ABANDONED: list[ModelRunner] = []
+
+
 @dataclass
 class OutputTensor:
     name: str
@@ -49,10 +53,12 @@ class OutputTensor:
 class ModelRunner:
     def __init__(self, config: pb.ModelConfig, version: int, instances: list[Backend],
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
-                 labels: dict[str, list[str]] | None = None) -> None:
+                 labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
+                 stop_timeout: float = -1.0) -> None:
         self.name = config.name
         self.version = version
         self._instances = instances
+        self._stop_timeout = stop_timeout
         self._loop = loop
         # tag -> (future, inputs, objects): the inputs keep the viewed bytes alive until the
         # response; objects are Python-only request parameters for the backend.
@@ -62,7 +68,7 @@ class ModelRunner:
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
         self._handed_off: collections.deque = collections.deque()
         self._wake_pending = False
-        options = scheduler_options(config, instance_devices)
+        options = scheduler_options(config, instance_devices, max_queue_size)
         options.device_inputs = any(backend.device_inputs for backend in instances)
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
@@ -79,14 +85,20 @@ class ModelRunner:
         tag = next(self._tags)
         future = self._loop.create_future()
         self._pending[tag] = (future, inputs, objects)
+        cancel = _core.CancelFlag()
         try:
             self.model.submit(tag, self._sink,
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
-                              request_id, list(outputs), parameters or {}, priority, timeout_us)
+                              request_id, list(outputs), parameters or {}, priority, timeout_us,
+                              cancel)
         except BaseException:
             del self._pending[tag]
             raise
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client went away: not computed if still queued
+            cancel.set()
+            raise
 
     def _execute(self, instance: int, batch_sizes: list[int], inputs: dict,
                  requests: list[tuple] | None):
@@ -151,8 +163,14 @@ class ModelRunner:
         return self.model.request_counts()
 
     def stop(self) -> None:
-        """Refuse new requests and run every accepted one; then release the instances."""
-        self.model.stop()
+        """Refuse new requests and run every accepted one; then release the instances. Past
+        the stop timeout, what still waits is refused and a hung instance is abandoned: the
+        runner is then kept (its thread may still return into the backend and the sink)."""
+        if not self.model.stop(self._stop_timeout):
+            log.error("model '%s' version %d: an instance was still executing after %g s; "
+                      "it is abandoned", self.name, self.version, self._stop_timeout)
+            _ABANDONED.append(self)
+            return
         self._sink.close()
         for backend in self._instances:
             backend.close()
@@ -172,10 +190,14 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
                            labels, ordered, request_info)
 
 
-def scheduler_options(config: pb.ModelConfig, instance_devices: list[int]) -> _core.SchedulerOptions:
-    """The core's scheduling options from a normalized model config."""
+def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],
+                      max_queue_size: int = 0) -> _core.SchedulerOptions:
+    """The core's scheduling options from a normalized model config; `max_queue_size` bounds
+    the requests the version queues (0 = unbounded but for the queue's capacity)."""
     options = _core.SchedulerOptions()
     options.model_name = config.name
+    options.max_pending = max_queue_size
+    options.queue_capacity = min(max(max_queue_size, 4096), 1 << 20) if max_queue_size else 1 << 16
     options.instance_count = len(instance_devices)
     options.instance_devices = instance_devices
     if config.HasField("dynamic_batching") and config.max_batch_size > 0:

@@ -44,6 +44,7 @@ class Server:
 
     async def start(self) -> None:
         options = self.options
+        _core.set_host_memory_pool_bytes(options.pinned_memory_pool_byte_size)
         try:
             self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
             failed = await self.manager.startup()
@@ -190,7 +191,9 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
 
         if grpc_native.available():
             log.info("gRPC frontend: native (gRPC C++)")
-            return grpc_native.create_native_grpc_server(manager, address, shared_memory)
+            return grpc_native.create_native_grpc_server(manager, address,
+                                                         options.grpc_max_message_size,
+                                                         shared_memory)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -198,7 +201,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
                     grpc_native.UNAVAILABLE_REASON)
     else:
         log.info("gRPC frontend: python (grpc.aio)")
-    return create_grpc_server(manager, address, shared_memory)
+    return create_grpc_server(manager, address, options.grpc_max_message_size, shared_memory)
 
 
 async def _close(runner, timeout: float) -> None:

@@ -30,6 +30,9 @@ void RegisterMemory(py::module_& m) {
     out["allocations"] = usage.allocations;
     return out;
   });
+  m.def("set_host_memory_pool_bytes", [](size_t bytes) { HostMemoryPool::Global().SetMaxCachedBytes(bytes); },
+        py::arg("bytes"), py::call_guard<py::gil_scoped_release>(),
+        "Bound the host memory (pinned with a GPU) the pool keeps for reuse.");
   m.def("reset_host_memory", [] { HostMemoryPool::Global().Reset(); },
         py::call_guard<py::gil_scoped_release>(),
         "Free the pool's idle buffers (called at exit, before CUDA is torn down).");

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -324,6 +325,12 @@ class PythonSink : public ResponseSink {
   py::object callback_;
 };
 
+// Set when the caller of a Python-submitted request goes away: the core then answers the
+// request CANCELLED instead of computing it, if it is still queued.
+struct CancelFlag {
+  std::atomic<bool> value{false};
+};
+
 class PyModel {
  public:
   PyModel(const ModelSpec& spec, const SchedulerOptions& options, py::object execute)
@@ -342,16 +349,20 @@ class PyModel {
   // or (name, k, SharedMemoryBlock) for an output written into a client's region.
   void Submit(uint64_t tag, PythonSink& sink, const py::sequence& inputs,
               const std::string& request_id, const py::sequence& outputs,
-              const py::dict& parameters, uint64_t priority, uint64_t timeout_us) {
+              const py::dict& parameters, uint64_t priority, uint64_t timeout_us,
+              std::shared_ptr<CancelFlag> cancel) {
     auto request = std::make_unique<InferRequest>();
     request->id = tag;
+    if (cancel) request->cancelled = &cancel->value;
+    request->owner = std::move(cancel);
     request->sink = &sink;
     request->request_id = request_id;
     request->priority = priority;
     request->timeout_us = timeout_us;
     for (const py::handle item : outputs) {
       auto output = item.cast<py::tuple>();
-      RequestedOutput requested{output[0].cast<std::string>(), output[1].cast<uint32_t>(), nullptr};
+      RequestedOutput requested{output[0].cast<std::string>(), output[1].cast<uint32_t>(),
+                                nullptr};
       if (output.size() > 2 && !output[2].is_none()) {
         requested.shared_memory = output[2].cast<std::shared_ptr<SharedMemoryBlock>>();
       }
@@ -402,13 +413,16 @@ class PyModel {
     ThrowIfError(status);
   }
 
-  void Stop() {
+  // False when the timeout passed with an instance still executing (abandoned).
+  bool Stop(double timeout_seconds) {
+    bool stopped;
     {
       py::gil_scoped_release nogil;
-      model_->Stop();
+      stopped = model_->Stop(timeout_seconds);
     }
-    compute_->Release();
+    if (stopped) compute_->Release();  // an abandoned instance may still be calling it
     stopped_ = true;
+    return stopped;
   }
 
   py::dict Statistics() const;
@@ -497,6 +511,7 @@ void RegisterModel(py::module_& m) {
       .def_readwrite("instance_devices", &SchedulerOptions::instance_devices)
       .def_readwrite("device_inputs", &SchedulerOptions::device_inputs)
       .def_readwrite("queue_capacity", &SchedulerOptions::queue_capacity)
+      .def_readwrite("max_pending", &SchedulerOptions::max_pending)
       .def_readwrite("dynamic_batching", &SchedulerOptions::dynamic_batching)
       .def_readwrite("batching", &SchedulerOptions::batching)
       .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count);
@@ -523,6 +538,11 @@ void RegisterModel(py::module_& m) {
       .def_property_readonly("name", [](const ModelSpec& s) { return s.name; })
       .def_property_readonly("version", [](const ModelSpec& s) { return s.version; });
 
+  py::class_<CancelFlag, std::shared_ptr<CancelFlag>>(m, "CancelFlag")
+      .def(py::init<>())
+      .def("set", [](CancelFlag& f) { f.value.store(true); })
+      .def_property_readonly("is_set", [](const CancelFlag& f) { return f.value.load(); });
+
   py::class_<PythonSink>(m, "PythonSink")
       .def(py::init<py::object>(), py::arg("callback"))
       .def("close", &PythonSink::Close);
@@ -532,8 +552,9 @@ void RegisterModel(py::module_& m) {
            py::arg("options"), py::arg("execute"))
       .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
            py::arg("request_id") = "", py::arg("outputs") = py::tuple(),
-           py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0)
-      .def("stop", &PyModel::Stop)
+           py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
+           py::arg("cancel") = nullptr)
+      .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
       .def("statistics", &PyModel::Statistics)
       .def("request_counts", [](const PyModel& m) {
         const RequestCounts c = m.model()->Counts();

@@ -75,6 +75,15 @@ bool DynamicBatcher::SameShapes(const InferRequest& a, const InferRequest& b) co
 
 void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
   for (Level& level : levels_) {
+    auto drop_cancelled = [&](std::deque<InferRequest*>& queue) {
+      auto cancelled = std::stable_partition(queue.begin(), queue.end(),
+                                             [](const InferRequest* r) { return !r->Cancelled(); });
+      decision->cancelled.insert(decision->cancelled.end(), cancelled, queue.end());
+      queued_ -= queue.end() - cancelled;
+      queue.erase(cancelled, queue.end());
+    };
+    drop_cancelled(level.queue);
+    drop_cancelled(level.delayed);
     std::deque<InferRequest*> kept;
     for (InferRequest* request : level.queue) {
       if (request->deadline_ns == 0 || now_ns < request->deadline_ns) {
@@ -91,6 +100,16 @@ void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
   }
   const uint64_t deadline = ClosestDeadline();
   decision->wait_ns = deadline != 0 ? deadline - now_ns : 0;
+}
+
+void DynamicBatcher::TakeAll(std::vector<InferRequest*>* requests) {
+  for (Level& level : levels_) {
+    for (auto* queue : {&level.queue, &level.delayed}) {
+      requests->insert(requests->end(), queue->begin(), queue->end());
+      queue->clear();
+    }
+  }
+  queued_ = 0;
 }
 
 uint64_t DynamicBatcher::ClosestDeadline() const {

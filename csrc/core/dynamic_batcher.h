@@ -52,11 +52,15 @@ class DynamicBatcher {
   struct Decision {
     std::vector<InferRequest*> batch;     // send now, in this order
     std::vector<InferRequest*> rejected;  // timed out under REJECT
+    std::vector<InferRequest*> cancelled;  // the client went away while they waited
     uint64_t wait_ns = 0;                 // nothing to send: wait this long (0 = for news)
   };
   // `flush` sends whatever is queued without waiting for the delay (used when stopping).
   void Form(uint64_t now_ns, bool flush, Decision* decision);
-  // Only applies the timeout policies (while no instance is free to take a batch).
+  // Takes every queued request out (for a scheduler that gives up on its instances).
+  void TakeAll(std::vector<InferRequest*>* requests);
+  // Only applies the timeout policies and removes cancelled requests (while no instance is
+  // free to take a batch).
   void Purge(uint64_t now_ns, Decision* decision);
 
  private:

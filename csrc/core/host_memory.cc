@@ -20,8 +20,17 @@ HostMemoryPool::HostMemoryPool(size_t max_cached_bytes, bool try_pinned)
 
 HostMemoryPool::~HostMemoryPool() { Reset(); }
 
+void HostMemoryPool::SetMaxCachedBytes(size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    max_cached_bytes_ = bytes;
+    if (usage_.cached_bytes <= bytes) return;
+  }
+  Reset();  // over the new bound: give the idle buffers back
+}
+
 HostMemoryPool& HostMemoryPool::Global() {
-  static HostMemoryPool* pool = new HostMemoryPool(size_t{1} << 30);
+  static HostMemoryPool* pool = new HostMemoryPool(size_t{256} << 20);
   return *pool;
 }
 

@@ -36,8 +36,11 @@ class HostMemoryPool {
 
   // Frees the idle buffers (before CUDA is torn down, or to give memory back).
   void Reset();
+  // Bounds the idle memory kept for reuse from now on (Triton's --pinned-memory-pool-byte-size).
+  void SetMaxCachedBytes(size_t bytes);
 
-  // The process-wide pool the schedulers share; never destroyed, Reset() at exit.
+  // The process-wide pool the schedulers share (256 MiB kept idle at most, as Triton's pinned
+  // pool); never destroyed, Reset() at exit.
   static HostMemoryPool& Global();
 
  private:
@@ -49,7 +52,7 @@ class HostMemoryPool {
   void Release(void* ptr, size_t size_class);
 
   const bool pinned_;
-  const size_t max_cached_bytes_;
+  size_t max_cached_bytes_;  // guarded by mutex_
   mutable std::mutex mutex_;
   std::vector<void*> free_[kClasses];
   Usage usage_;

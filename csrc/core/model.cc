@@ -79,6 +79,7 @@ struct Model::State : public Executor {
     std::vector<SinkBatch> groups;
     for (size_t i = 0; i < requests.size(); ++i) {
       InferRequest& request = *requests[i];
+      if (request.answered.exchange(true, std::memory_order_acq_rel)) continue;
       if (responses[i].status.ok()) {
         success.fetch_add(1, std::memory_order_relaxed);
         success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);
@@ -136,7 +137,11 @@ Status Model::Create(const ModelSpec& spec, const SchedulerOptions& options,
 }
 
 Model::~Model() {
-  if (scheduler_) scheduler_->Stop();
+  if (abandoned_) {
+    (void)scheduler_.release();  // a detached instance thread may still use it
+  } else if (scheduler_) {
+    scheduler_->Stop();
+  }
 }
 
 const ModelSpec& Model::spec() const { return state_->spec; }
@@ -165,7 +170,10 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
   return status;
 }
 
-void Model::Stop() { scheduler_->Stop(); }
+bool Model::Stop(double timeout_seconds) {
+  if (!scheduler_->Stop(timeout_seconds)) abandoned_ = true;
+  return !abandoned_;
+}
 
 RequestCounts Model::Counts() const {
   return RequestCounts{state_->success.load(), state_->failure.load(), state_->success_ns.load()};

@@ -40,8 +40,9 @@ class Model {
   // On success the model owns the request and its sink will get exactly one response; on
   // failure the request stays with the caller and nothing is delivered.
   Status Submit(std::unique_ptr<InferRequest>& request);
-  // Refuses new requests and answers every accepted one.
-  void Stop();
+  // Refuses new requests and answers every accepted one; with a timeout, see Scheduler::Stop
+  // (false: an instance was abandoned, and the scheduler is kept alive for it).
+  bool Stop(double timeout_seconds = -1);
 
   const Scheduler& scheduler() const { return *scheduler_; }
   RequestCounts Counts() const;
@@ -52,6 +53,7 @@ class Model {
   Model() = default;
   std::shared_ptr<State> state_;
   std::unique_ptr<Scheduler> scheduler_;
+  bool abandoned_ = false;
 };
 
 }  // namespace pyserve

@@ -2,6 +2,7 @@
 // and the batch an instance executes.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -83,6 +84,14 @@ struct InferRequest {
   uint32_t batch_size = 1;   // the first dimension when the model batches, else 1
   uint64_t priority = 0;     // the request's `priority` parameter; 0 = default level
   uint64_t timeout_us = 0;   // the request's `timeout` parameter; 0 = none
+  // Set by the frontend when the client goes away (the flag lives in `owner`): a queued
+  // request is then answered CANCELLED instead of computed.
+  const std::atomic<bool>* cancelled = nullptr;
+  // Set by whoever answers the request first: a stopping scheduler that abandons a hung
+  // instance answers its batch, and the batch's late results must not answer it again.
+  std::atomic<bool> answered{false};
+
+  bool Cancelled() const { return cancelled != nullptr && cancelled->load(std::memory_order_relaxed); }
 
   // Stamped by the scheduler (steady clock, ns).
   uint64_t enqueue_ns = 0;

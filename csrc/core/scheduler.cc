@@ -19,6 +19,8 @@ const TensorView* FindInput(const InferRequest& request, const std::string& name
   return nullptr;
 }
 
+Status CancelledStatus() { return Status(StatusCode::kCancelled, "Request was cancelled"); }
+
 int64_t ElementCount(const std::vector<int64_t>& shape) {
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
@@ -74,6 +76,7 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
 
 void Scheduler::Start() {
   idle_instances_.store(options_.instance_count);
+  running_threads_ = options_.instance_count + (batcher_ ? 1 : 0);
   for (int i = 0; i < options_.instance_count; ++i) {
     workers_.emplace_back([this, i] {
       NameThread("ps-worker");
@@ -86,14 +89,21 @@ void Scheduler::Start() {
       } else {
         DirectWorkerLoop(i);
       }
+      ThreadExited();
     });
   }
   if (batcher_) {
     batcher_thread_ = std::thread([this] {
       NameThread("ps-batcher");
       BatcherLoop();
+      ThreadExited();
     });
   }
+}
+
+void Scheduler::ThreadExited() {
+  std::lock_guard<std::mutex> lock(done_mutex_);
+  if (--running_threads_ == 0) threads_done_.notify_all();
 }
 
 Scheduler::~Scheduler() {
@@ -118,6 +128,9 @@ Status Scheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
   if (stopping_.load(std::memory_order_seq_cst)) {
     return refuse(Status(StatusCode::kUnavailable,
                          "model '" + options_.model_name + "' is not accepting requests"));
+  }
+  if (options_.max_pending != 0 && PendingCount() > options_.max_pending) {
+    return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
   }
   const uint64_t now = SteadyNowNs();
   request->enqueue_ns = now;
@@ -162,6 +175,13 @@ void Scheduler::BatcherLoop() {
       batcher_->Add(request);
       in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
     }
+    if (abandoning_.load(std::memory_order_seq_cst)) {
+      ingress_ready_.CancelWait();
+      std::vector<InferRequest*> queued;
+      batcher_->TakeAll(&queued);
+      if (!queued.empty()) RejectRequests(queued, SteadyNowNs(), AbandonedStatus());
+      break;
+    }
     const bool stopping = stopping_.load(std::memory_order_seq_cst);
     if (stopping && in_ingress_.load(std::memory_order_seq_cst) == 0 && batcher_->Empty()) {
       ingress_ready_.CancelWait();
@@ -180,7 +200,10 @@ void Scheduler::BatcherLoop() {
     } else {
       batcher_->Purge(now, &decision);
     }
-    if (!decision.rejected.empty()) RejectRequests(decision.rejected, now);
+    if (!decision.rejected.empty()) {
+      RejectRequests(decision.rejected, now, Status(StatusCode::kUnavailable, "Request timeout expired"));
+    }
+    if (!decision.cancelled.empty()) RejectRequests(decision.cancelled, now, CancelledStatus());
     if (!decision.batch.empty()) {
       auto batch = std::make_unique<Batch>();
       for (InferRequest* r : decision.batch) {
@@ -192,7 +215,7 @@ void Scheduler::BatcherLoop() {
       ready_.TryPush(raw);  // never full: at most one batch per idle instance is out
       batch_ready_.NotifyOne();
     }
-    if (!decision.batch.empty() || !decision.rejected.empty()) {
+    if (!decision.batch.empty() || !decision.rejected.empty() || !decision.cancelled.empty()) {
       ingress_ready_.CancelWait();
       continue;
     }
@@ -210,7 +233,11 @@ void Scheduler::WorkerLoop(int instance) {
   Batch* batch = nullptr;
   auto run = [&] {
     batch->instance = instance;
-    Run(std::unique_ptr<Batch>(batch));
+    if (abandoning_.load(std::memory_order_seq_cst)) {
+      RejectBatch(std::unique_ptr<Batch>(batch), AbandonedStatus());
+    } else {
+      Run(std::unique_ptr<Batch>(batch));
+    }
     idle_instances_.fetch_add(1, std::memory_order_acq_rel);
     ingress_ready_.NotifyOne();  // the batcher may form the next batch now
   };
@@ -249,8 +276,9 @@ void Scheduler::DirectWorkerLoop(int instance) {
     if (ingress_.TryPop(request)) {
       ingress_ready_.CancelWait();
       run();
-    } else if (stopping_.load(std::memory_order_seq_cst) &&
-               inflight_.load(std::memory_order_seq_cst) == 0) {
+    } else if ((stopping_.load(std::memory_order_seq_cst) &&
+                inflight_.load(std::memory_order_seq_cst) == 0) ||
+               abandoning_.load(std::memory_order_seq_cst)) {
       ingress_ready_.CancelWait();
       return;
     } else {
@@ -263,6 +291,12 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
   const uint64_t count = batch->requests.size();
   executing_.fetch_add(count, std::memory_order_acq_rel);
+  RejectCancelled(*batch);
+  if (batch->requests.empty()) {
+    executing_.fetch_sub(count, std::memory_order_acq_rel);
+    Release(count);
+    return;
+  }
   batch->times.input_start = SteadyNowNs();
   Status status;
   if (!GatherBatch(*batch, pool_)) {
@@ -274,11 +308,17 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
                                                std::to_string(instance.device));
   }
   if (status.ok()) {
+    {
+      std::lock_guard<std::mutex> lock(instance.running_mutex);
+      instance.running = batch.get();
+    }
     try {
       status = executor_->Execute(*batch);
     } catch (...) {  // an executor must complete its requests; a throw is a bug, not a crash
       status = Status(StatusCode::kInternal, "executor of model '" + options_.model_name + "' failed");
     }
+    std::lock_guard<std::mutex> lock(instance.running_mutex);
+    instance.running = nullptr;
   } else {
     std::vector<InferRequest*> requests;
     for (const auto& r : batch->requests) requests.push_back(r.get());
@@ -369,25 +409,101 @@ bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {
   return true;
 }
 
-void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns) {
+void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns,
+                               const Status& status) {
   for (InferRequest* request : requests) {
     stats_.RecordRejected(*request, now_ns);
-    level_queued_[request->priority_level].fetch_sub(1, std::memory_order_relaxed);
+    if (level_queued_) level_queued_[request->priority_level].fetch_sub(1, std::memory_order_relaxed);
   }
-  executor_->Reject(requests, Status(StatusCode::kUnavailable, "Request timeout expired"));
+  executor_->Reject(requests, status);
   for (InferRequest* request : requests) delete request;
   Release(requests.size());
 }
 
-void Scheduler::Stop() {
+// Requests whose clients went away after the batch was formed are answered, not computed.
+void Scheduler::RejectCancelled(Batch& batch) {
+  auto& requests = batch.requests;
+  auto cancelled = std::stable_partition(requests.begin(), requests.end(),
+                                         [](const auto& r) { return !r->Cancelled(); });
+  if (cancelled == requests.end()) return;
+  const uint64_t now = SteadyNowNs();
+  std::vector<InferRequest*> refused;
+  for (auto it = cancelled; it != requests.end(); ++it) {
+    stats_.RecordRejected(**it, now);
+    refused.push_back(it->get());
+  }
+  executor_->Reject(refused, CancelledStatus());
+  requests.erase(cancelled, requests.end());
+}
+
+bool Scheduler::Stop(double timeout_seconds) {
   stopping_.store(true, std::memory_order_seq_cst);
   ingress_ready_.NotifyAll();
   batch_ready_.NotifyAll();
   std::lock_guard<std::mutex> lock(join_mutex_);
+  if (abandoning_.load()) return false;
+  if (timeout_seconds >= 0) {
+    std::unique_lock<std::mutex> done(done_mutex_);
+    const auto timeout = std::chrono::duration<double>(timeout_seconds);
+    if (!threads_done_.wait_for(done, timeout, [this] { return running_threads_ == 0; })) {
+      done.unlock();
+      Abandon();
+      return false;
+    }
+  }
   if (batcher_thread_.joinable()) batcher_thread_.join();
   for (auto& w : workers_) {
     if (w.joinable()) w.join();
   }
+  return true;
+}
+
+// Stop's timeout passed with an instance still executing: what waits is answered, the
+// threads are left to finish (or not) on their own.
+void Scheduler::Abandon() {
+  abandoning_.store(true, std::memory_order_seq_cst);
+  ingress_ready_.NotifyAll();
+  batch_ready_.NotifyAll();
+  if (!batcher_) {  // no batcher to drain the ingress: answer it here
+    InferRequest* request = nullptr;
+    std::vector<InferRequest*> queued;
+    while (ingress_.TryPop(request)) queued.push_back(request);
+    if (!queued.empty()) RejectRequests(queued, SteadyNowNs(), AbandonedStatus());
+  }
+  Batch* batch = nullptr;
+  while (ready_.TryPop(batch)) RejectBatch(std::unique_ptr<Batch>(batch), AbandonedStatus());
+  // The hung batches' requests are answered now; their late results will not be.
+  for (Instance& instance : instances_) {
+    std::lock_guard<std::mutex> lock(instance.running_mutex);
+    if (instance.running == nullptr) continue;
+    std::vector<InferRequest*> requests;
+    for (auto& r : instance.running->requests) requests.push_back(r.get());
+    executor_->Reject(requests, AbandonedStatus());
+  }
+  if (batcher_thread_.joinable()) batcher_thread_.detach();
+  for (auto& w : workers_) {
+    if (w.joinable()) w.detach();
+  }
+}
+
+Status Scheduler::AbandonedStatus() const {
+  return Status(StatusCode::kUnavailable, "model '" + options_.model_name +
+                                              "' was stopped while an instance was still "
+                                              "executing (stop timeout)");
+}
+
+// A formed batch answered without running it.
+void Scheduler::RejectBatch(std::unique_ptr<Batch> batch, const Status& status) {
+  const uint64_t now = SteadyNowNs();
+  std::vector<InferRequest*> requests;
+  for (auto& r : batch->requests) {
+    stats_.RecordRejected(*r, now);
+    requests.push_back(r.get());
+  }
+  executor_->Reject(requests, status);
+  const uint64_t count = requests.size();
+  batch.reset();
+  Release(count);
 }
 
 }  // namespace pyserve

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -33,6 +34,9 @@ struct SchedulerOptions {
   std::vector<int> instance_devices;
   bool device_inputs = false;  // copy batch inputs to the instance's GPU before Execute
   size_t queue_capacity = 4096;
+  // Requests accepted and not yet executing, at most (0 = no bound but queue_capacity's);
+  // past it Enqueue refuses at once with UNAVAILABLE "Exceeds maximum queue size".
+  uint64_t max_pending = 0;
   bool dynamic_batching = false;
   BatchingOptions batching;
   uint32_t delay_scheduler_count = 0;  // hold batching until this many requests are queued
@@ -64,10 +68,16 @@ class Scheduler {
   }
   ModelStats Statistics() const { return stats_.Snapshot(); }
 
-  void Stop();
+  // Refuses new requests, runs every accepted one and joins the threads. With a timeout
+  // (seconds, < 0 = none), gives up when it passes: requests not yet executing are answered
+  // UNAVAILABLE, instances still executing are abandoned (their threads detached; the
+  // scheduler must then never be destroyed). Returns false when it gave up.
+  bool Stop(double timeout_seconds = -1);
 
  private:
   struct Instance {
+    std::mutex running_mutex;  // guards `running`
+    Batch* running = nullptr;  // the batch the instance is executing
     int device = -1;
     CudaStream stream = nullptr;
     std::vector<std::pair<void*, size_t>> device_buffers;  // per input: pointer, capacity
@@ -80,7 +90,8 @@ class Scheduler {
   void DirectWorkerLoop(int instance);
   void Run(std::unique_ptr<Batch> batch);
   bool CopyToDevice(Batch& batch, Instance& instance);
-  void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns);
+  void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns, const Status& status);
+  void RejectCancelled(Batch& batch);
   void Release(uint64_t count);
 
   SchedulerOptions options_;
@@ -97,7 +108,16 @@ class Scheduler {
   std::atomic<int> idle_instances_{0};
   std::unique_ptr<std::atomic<uint32_t>[]> level_queued_;  // for max_queue_size
 
+  void Abandon();
+  void RejectBatch(std::unique_ptr<Batch> batch, const Status& status);
+  Status AbandonedStatus() const;
+  void ThreadExited();
+
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> abandoning_{false};  // Stop's timeout passed: answer, do not run
+  int running_threads_ = 0;  // guarded by done_mutex_
+  std::mutex done_mutex_;
+  std::condition_variable threads_done_;
   std::atomic<bool> batcher_done_{false};
   std::atomic<uint64_t> inflight_{0};
   std::atomic<uint64_t> executing_{0};  // requests in batches an instance is running

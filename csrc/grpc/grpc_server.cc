@@ -120,13 +120,13 @@ class GrpcServer::Impl : public ResponseSink {
   const Dispatch& dispatch() { return dispatch_; }
   const SharedMemoryRegistry* shared_memory() const { return options_.shared_memory.get(); }
   grpc::AsyncGenericService& service() { return service_; }
-  void CallStarted() { live_calls_.fetch_add(1); }
-  void CallEnded() {
-    if (live_calls_.fetch_sub(1) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      idle_.notify_all();
-    }
+  // Calls are counted twice: until finished (live) and until freed (allocated).
+  void CallStarted() {
+    live_calls_.fetch_add(1);
+    allocated_calls_.fetch_add(1);
   }
+  void CallEnded() { Decrement(live_calls_); }
+  void CallFreed() { Decrement(allocated_calls_); }
   int port = 0;
 
  private:
@@ -139,7 +139,14 @@ class GrpcServer::Impl : public ResponseSink {
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
   std::vector<std::thread> threads_;
-  std::atomic<int> live_calls_{0};
+  void Decrement(std::atomic<int>& count) {
+    if (count.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      idle_.notify_all();
+    }
+  }
+
+  std::atomic<int> live_calls_{0}, allocated_calls_{0};
   std::mutex mutex_;
   std::condition_variable idle_;
   bool stopped_ = false;
@@ -151,17 +158,22 @@ namespace {
 // the shell) read one message and answer it with WriteAndFinish; ModelStreamInfer reads
 // until the client is done, answers each message as it completes (writes queued, one in
 // flight) and finishes once every message is answered. The call keeps itself alive (self_)
-// until its Finish completes; requests in the core keep it alive through PendingInfer.
+// until its Finish and gRPC's done notification have both completed; requests in the core
+// keep it alive through PendingInfer. A client that cancels (or whose deadline passes) sets
+// `cancelled_`, which its queued requests see: they are answered, not computed.
 class Call : public std::enable_shared_from_this<Call> {
  public:
+  // A call is live from its creation until it is finished (not until it is freed: a request
+  // of an abandoned model instance may keep its memory for ever).
   Call(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) : server_(server), cq_(cq) {
     server_->CallStarted();
   }
-  ~Call() { server_->CallEnded(); }
+  ~Call() { server_->CallFreed(); }
 
   static void Listen(GrpcServer::Impl* server, grpc::ServerCompletionQueue* cq) {
     auto call = std::make_shared<Call>(server, cq);
     call->self_ = call;
+    call->context_.AsyncNotifyWhenDone(&call->done_);
     server->service().RequestCall(&call->context_, &call->stream_, cq, cq, &call->started_);
   }
 
@@ -189,7 +201,8 @@ class Call : public std::enable_shared_from_this<Call> {
   };
 
   void OnStarted(bool ok) {
-    if (!ok) {  // the server is shutting down
+    if (!ok) {  // the server is shutting down; the call never started, so no done event
+      server_->CallEnded();
       self_.reset();
       return;
     }
@@ -240,6 +253,7 @@ class Call : public std::enable_shared_from_this<Call> {
     auto request = std::make_unique<InferRequest>();
     request->sink = server_;
     request->owner = pending;
+    request->cancelled = &cancelled_;
     status = DecodeInferRequest(pending->message, server_->shared_memory(), &pending->converted,
                                 request.get());
     if (!status.ok()) return Fail(status);
@@ -302,7 +316,20 @@ class Call : public std::enable_shared_from_this<Call> {
     }
   }
 
-  void OnFinished(bool) { self_.reset(); }
+  void OnFinished(bool) { Unref(); }
+
+  void OnDone(bool) {
+    if (context_.IsCancelled()) cancelled_.store(true, std::memory_order_relaxed);
+    Unref();
+  }
+
+  // Finish and the done notification each hold one reference of the started call.
+  void Unref() {
+    if (started_refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      server_->CallEnded();
+      self_.reset();
+    }
+  }
 
   GrpcServer::Impl* server_;
   grpc::ServerCompletionQueue* cq_;
@@ -315,7 +342,10 @@ class Call : public std::enable_shared_from_this<Call> {
   Op read_{this, &Call::OnRead};
   Op written_{this, &Call::OnWritten};
   Op finished_{this, &Call::OnFinished};
+  Op done_{this, &Call::OnDone};
   std::shared_ptr<Call> self_;
+  std::atomic<int> started_refs_{2};
+  std::atomic<bool> cancelled_{false};
 
   // ModelStreamInfer only.
   std::mutex mutex_;
@@ -376,6 +406,9 @@ void GrpcServer::Impl::Stop(double grace_seconds) {
     std::unique_lock<std::mutex> lock(mutex_);
     idle_.wait_until(lock, deadline + std::chrono::seconds(1),
                      [this] { return live_calls_.load() == 0; });
+    // Finished calls are freed as their requests are (at once, but for the requests of an
+    // abandoned model instance, which may never be).
+    idle_.wait_for(lock, std::chrono::seconds(1), [this] { return allocated_calls_.load() == 0; });
   }
   if (live_calls_.load() != 0) {
     for (auto& t : threads_) t.detach();

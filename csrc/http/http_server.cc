@@ -1,8 +1,16 @@
 #include "http_server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
+#include <poll.h>
+#include <sys/socket.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -14,12 +22,64 @@ namespace {
 
 // One inference request waiting for the core, on the connection's thread.
 struct PendingInfer {
+  std::string body;  // the bytes `infer` views
   HttpInfer infer;
   std::mutex mutex;
   std::condition_variable done_cv;
   bool done = false;
   InferResponse response;
+  std::atomic<bool> cancelled{false};  // the client closed the connection while it waited
 };
+
+// A socket address as text and port.
+bool AddressOf(const sockaddr_storage& address, std::string* host, int* port) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (address.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&address);
+    *port = ntohs(in->sin_port);
+    return inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text)) != nullptr && (*host = text, true);
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&address);
+    *port = ntohs(in6->sin6_port);
+    return inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text)) != nullptr && (*host = text, true);
+  }
+  return false;
+}
+
+// The request's connection socket, or -1. cpp-httplib (0.11) does not hand a handler its
+// socket, so it is found among the process's descriptors by its two ends' addresses. Only
+// requests that wait long enough to be worth cancelling pay for the search.
+int ConnectionSocket(const httplib::Request& req) {
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(fds)) {
+    const int fd = std::atoi(entry->d_name);
+    if (fd <= 2) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_size = sizeof(local), peer_size = sizeof(peer);
+    std::string local_host, peer_host;
+    int local_port = -1, peer_port = -1;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0 ||
+        !AddressOf(local, &local_host, &local_port) || !AddressOf(peer, &peer_host, &peer_port)) {
+      continue;
+    }
+    if (peer_port == req.remote_port && local_port == req.local_port && peer_host == req.remote_addr) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(fds);
+  return found;
+}
+
+// Whether the client has closed (or reset) the connection.
+bool ConnectionClosed(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
 
 // "/v2/models/NAME[/versions/V]/infer": the name and version, or false.
 bool InferPath(const std::string& path, std::string* name, std::string* version) {
@@ -42,6 +102,11 @@ bool InferPath(const std::string& path, std::string* name, std::string* version)
   }
   return !name->empty();
 }
+
+// Error bodies are never compressed (cpp-httplib compresses "application/json" for clients
+// that accept gzip; Triton does not compress errors, and tritonclient's asyncio client reads
+// them as they come).
+const char kErrorType[] = "application/json; charset=utf-8";
 
 bool HopByHop(const std::string& header) {
   static const char* const kHop[] = {"connection", "keep-alive", "transfer-encoding",
@@ -67,10 +132,18 @@ class HttpServer::Impl : public ResponseSink {
     server_.set_keep_alive_max_count(std::numeric_limits<int>::max());
     server_.set_keep_alive_timeout(5);  // an idle connection holds its thread this long
     server_.set_payload_max_length(options_.max_body_bytes);
-    // Every route: bodies are read before routed handlers run (not before pre-routing ones).
-    auto handle = [this](const httplib::Request& req, httplib::Response& res) { Handle(req, res); };
-    server_.Get(".*", handle).Post(".*", handle).Put(".*", handle).Delete(".*", handle)
-        .Options(".*", handle).Patch(".*", handle);
+    // Every route. Bodies are read by the handler, so that the limit also bounds chunked and
+    // decompressed bodies (cpp-httplib only checks Content-Length against it).
+    auto handle = [this](const httplib::Request& req, httplib::Response& res) {
+      Handle(req, std::string(), res);
+    };
+    auto read_and_handle = [this](const httplib::Request& req, httplib::Response& res,
+                                  const httplib::ContentReader& reader) {
+      std::string body;
+      if (ReadBody(req, reader, &body, res)) Handle(req, std::move(body), res);
+    };
+    server_.Get(".*", handle).Options(".*", handle).Post(".*", read_and_handle)
+        .Put(".*", read_and_handle).Patch(".*", read_and_handle).Delete(".*", read_and_handle);
     port_ = options_.port == 0 ? server_.bind_to_any_port(options_.host)
                                : (server_.bind_to_port(options_.host, options_.port) ? options_.port : -1);
     if (port_ <= 0) {
@@ -102,7 +175,32 @@ class HttpServer::Impl : public ResponseSink {
   }
 
  private:
-  void Handle(const httplib::Request& req, httplib::Response& res) {
+  // The body, decompressed, up to the limit; false (with the answer in `res`) past it.
+  bool ReadBody(const httplib::Request& req, const httplib::ContentReader& reader,
+                std::string* body, httplib::Response& res) {
+    const size_t limit = options_.max_body_bytes;
+    const size_t declared = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
+    body->reserve(std::min(declared, limit));
+    bool too_large = false;
+    const bool read = reader([&](const char* data, size_t length) {
+      too_large = body->size() + length > limit;
+      if (!too_large) body->append(data, length);
+      return !too_large;
+    });
+    if (read) return true;
+    if (too_large || res.status == 413) {
+      res.status = 413;
+      res.set_content(ErrorBody("request body is larger than the server's limit of " +
+                                std::to_string(limit) + " bytes (--http-max-input-size)"),
+                      kErrorType);
+    } else {
+      res.status = 400;
+      res.set_content(ErrorBody("failed to read the request body"), kErrorType);
+    }
+    return false;
+  }
+
+  void Handle(const httplib::Request& req, std::string body, httplib::Response& res) {
     thread_local bool named = [] {
       NameThread("ps-http");
       return true;
@@ -110,64 +208,85 @@ class HttpServer::Impl : public ResponseSink {
     (void)named;
     std::string name, version;
     if (req.method == "POST" && !req.has_header("Content-Encoding") &&
-        InferPath(req.path, &name, &version) && Infer(req, res, name, version)) {
+        InferPath(req.path, &name, &version) && Infer(req, body, res, name, version)) {
       return;
     }
-    Relay(req, res);
+    Relay(req, body, res);
   }
 
-  // False when the shell must take the request.
-  bool Infer(const httplib::Request& req, httplib::Response& res, const std::string& name,
-             const std::string& version) {
+  // False when the shell must take the request (with `body` left as it was).
+  bool Infer(const httplib::Request& req, std::string& body, httplib::Response& res,
+             const std::string& name, const std::string& version) {
     std::shared_ptr<Model> model = table_->Find(name, version);
     if (!model) return false;
     auto pending = std::make_shared<PendingInfer>();
+    pending->body.swap(body);
     auto request = std::make_unique<InferRequest>();
     const std::string header_length = req.get_header_value("Inference-Header-Content-Length");
-    if (!DecodeInfer(req.body, header_length, options_.shared_memory.get(), &pending->infer,
+    if (!DecodeInfer(pending->body, header_length, options_.shared_memory.get(), &pending->infer,
                      request.get())) {
+      body.swap(pending->body);
       return false;
     }
     request->sink = this;
     request->owner = pending;
+    request->cancelled = &pending->cancelled;
     Status status = model->Submit(request);
     if (!status.ok()) {
       Reply(res, status);
       return true;
     }
-    {
-      std::unique_lock<std::mutex> lock(pending->mutex);
-      pending->done_cv.wait(lock, [&] { return pending->done; });
+    if (!AwaitResponse(req, *pending)) {
+      res.status = 499;  // nobody reads it: the client is gone
+      return true;
     }
     if (!pending->response.status.ok()) {
       Reply(res, pending->response.status);
       return true;
     }
-    std::string body;
+    std::string answer;
     size_t json_length = 0;
     status = EncodeInfer(model->spec().name, std::to_string(model->spec().version), pending->infer,
-                         pending->response, &body, &json_length);
+                         pending->response, &answer, &json_length);
     if (!status.ok()) {
       Reply(res, status);
       return true;
     }
     res.status = 200;
     if (json_length == 0) {
-      res.set_content(std::move(body), "application/json");
+      res.set_content(std::move(answer), "application/json");
     } else {
       res.set_header("Inference-Header-Content-Length", std::to_string(json_length));
-      res.set_content(std::move(body), "application/octet-stream");
+      res.set_content(std::move(answer), "application/octet-stream");
+    }
+    return true;
+  }
+
+  // Waits for the core's answer; false when the client closed the connection first (the
+  // request is then cancelled: answered CANCELLED by the core instead of computed, if it
+  // is still queued). The connection is checked at growing intervals, from 20 ms on.
+  static bool AwaitResponse(const httplib::Request& req, PendingInfer& pending) {
+    std::unique_lock<std::mutex> lock(pending.mutex);
+    auto interval = std::chrono::milliseconds(20);
+    int fd = -2;  // not looked for yet
+    while (!pending.done_cv.wait_for(lock, interval, [&] { return pending.done; })) {
+      if (fd == -2) fd = ConnectionSocket(req);
+      if (fd >= 0 && ConnectionClosed(fd)) {
+        pending.cancelled.store(true, std::memory_order_relaxed);
+        return false;
+      }
+      interval = std::min(interval * 2, std::chrono::milliseconds(200));
     }
     return true;
   }
 
   static void Reply(httplib::Response& res, const Status& status) {
     res.status = HttpStatus(status.code());
-    res.set_content(ErrorBody(status.message()), "application/json");
+    res.set_content(ErrorBody(status.message()), kErrorType);
   }
 
   // The request as it came, to the Python frontend on the loopback; its answer as it comes.
-  void Relay(const httplib::Request& req, httplib::Response& res) {
+  void Relay(const httplib::Request& req, std::string& body, httplib::Response& res) {
     thread_local std::unique_ptr<httplib::Client> client;
     if (!client) {
       client = std::make_unique<httplib::Client>("127.0.0.1", options_.shell_port);
@@ -186,13 +305,13 @@ class HttpServer::Impl : public ResponseSink {
         relayed.headers.emplace(key, value);
       }
     }
-    relayed.body = req.body;  // httplib has already decompressed it
+    relayed.body = std::move(body);  // httplib has already decompressed it
     httplib::Response answer;
     httplib::Error error = httplib::Error::Success;
     if (!client->send(relayed, answer, error)) {
       client.reset();
       res.status = 503;
-      res.set_content(ErrorBody("the server's control plane is not reachable"), "application/json");
+      res.set_content(ErrorBody("the server's control plane is not reachable"), kErrorType);
       return;
     }
     res.status = answer.status;

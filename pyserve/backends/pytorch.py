@@ -34,9 +34,10 @@ inputs are all strings runs on a stream of its own.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 import weakref
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,63 @@ _STRING = "TYPE_STRING"
 _JIT_SWITCHES = {"ENABLE_JIT_PROFILING": torch._C._jit_set_profiling_mode,
                  "ENABLE_JIT_EXECUTOR": torch._C._jit_set_profiling_executor,
                  "ENABLE_TENSOR_FUSER": torch._C._jit_set_texpr_fuser_enabled}
+
+
+def _current_switch(setter) -> bool:
+    previous = setter(True)
+    setter(previous)
+    return previous if previous is not None else torch._C._jit_texpr_fuser_enabled()
+
+
+class _ProcessFlags:
+    """torch's cuDNN and TorchScript switches are process-wide while pyserve runs many models
+    on many threads at once. Executions that need values other than the process's run alone
+    and put the process's values back after; the others run together (a readers-writer lock
+    that lets a waiting exclusive execution go first)."""
+
+    def __init__(self) -> None:
+        # The process's values, read once (reading a switch means setting it twice).
+        self.cudnn = torch.backends.cudnn.enabled
+        self.switches = {setter: _current_switch(setter) for setter in _JIT_SWITCHES.values()}
+        self._lock = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive executions waiting
+
+    @contextmanager
+    def shared(self):
+        with self._lock:
+            self._lock.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._shared -= 1
+                self._lock.notify_all()
+
+    @contextmanager
+    def exclusive(self, cudnn: bool, switches: list[tuple]):
+        with self._lock:
+            self._waiting += 1
+            self._lock.wait_for(lambda: not self._exclusive and not self._shared)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            torch.backends.cudnn.enabled = cudnn
+            for setter, value in switches:
+                setter(value)
+            yield
+        finally:
+            torch.backends.cudnn.enabled = self.cudnn
+            for setter, _ in switches:
+                setter(self.switches[setter])
+            with self._lock:
+                self._exclusive = False
+                self._lock.notify_all()
+
+
+_FLAGS = _ProcessFlags()
 # ENABLE_WEIGHT_SHARING: (model file, its mtime, device) -> the module instances share.
 _SHARED_MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _thread_counts_set: set[str] = set()  # which of torch's process-wide thread counts are set
@@ -112,6 +170,8 @@ class PyTorchBackend(Backend):
         self._share_weights = self._bool_parameter(parameters, "ENABLE_WEIGHT_SHARING", False)
         self._jit_switches = [(setter, self._bool_parameter(parameters, key, False))
                               for key, setter in _JIT_SWITCHES.items() if key in parameters]
+        self._own_flags = self._cudnn != _FLAGS.cudnn or any(
+            value != _FLAGS.switches[setter] for setter, value in self._jit_switches)
         self._set_thread_counts()
 
         self.device = self._device()
@@ -309,9 +369,9 @@ class PyTorchBackend(Backend):
                                 else torch.no_grad())
             if not self._optimized and not self._aoti:
                 stack.enter_context(torch.jit.optimized_execution(self._optimized))
-            torch.backends.cudnn.enabled = self._cudnn  # as Triton: set before each execute
-            for setter, value in self._jit_switches:
-                setter(value)
+            # Triton sets these before each execute; here they hold for the whole execute.
+            stack.enter_context(_FLAGS.exclusive(self._cudnn, self._jit_switches)
+                                if self._own_flags else _FLAGS.shared())
             fed = {name: self._to_torch(name, value) for name, value in inputs.items()}
             try:
                 if self._dict_input:

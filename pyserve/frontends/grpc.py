@@ -114,15 +114,16 @@ class InferenceServicer:
     async def RepositoryModelLoad(self, request, context):
         self._manager.check_control_allowed()
         config, files = load_parameters(codec.parameters_dict(request.parameters))
-        await self._manager.load(request.model_name, config, files)
+        # Shielded: a client that goes away does not cut a load or unload short.
+        await asyncio.shield(self._manager.load(request.model_name, config, files))
         return pb.RepositoryModelLoadResponse()
 
     @_refusals
     async def RepositoryModelUnload(self, request, context):
         self._manager.check_control_allowed()
         parameters = codec.parameters_dict(request.parameters)
-        await self._manager.unload(request.model_name,
-                                   bool(parameters.get("unload_dependents", False)))
+        await asyncio.shield(self._manager.unload(
+            request.model_name, bool(parameters.get("unload_dependents", False))))
         return pb.RepositoryModelUnloadResponse()
 
     @_refusals
@@ -283,12 +284,13 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
 
 
 def create_grpc_server(manager: ModelManager, address: str,
+                       max_message_size: int = _INT32_MAX,
                        shared_memory: _core.SharedMemoryRegistry | None = None,
                        ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port."""
     server = grpc.aio.server(options=[
-        ("grpc.max_send_message_length", _INT32_MAX),
-        ("grpc.max_receive_message_length", _INT32_MAX),
+        ("grpc.max_send_message_length", max_message_size),
+        ("grpc.max_receive_message_length", max_message_size),
     ])
     server.add_generic_rpc_handlers((
         _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -115,14 +116,15 @@ class HttpFrontend:
     async def load(self, request: web.Request) -> web.Response:
         self._manager.check_control_allowed()
         config, files = load_parameters(_parameters(await _json_body(request)))
-        await self._manager.load(request.match_info["model"], config, files)
+        # Shielded: a client that goes away does not cut a load or unload short.
+        await asyncio.shield(self._manager.load(request.match_info["model"], config, files))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
         self._manager.check_control_allowed()
         parameters = _parameters(await _json_body(request))
-        await self._manager.unload(request.match_info["model"],
-                                   bool(parameters.get("unload_dependents", False)))
+        await asyncio.shield(self._manager.unload(
+            request.match_info["model"], bool(parameters.get("unload_dependents", False))))
         return web.Response(status=200)
 
     def _shm_status(self, kind: str):
@@ -357,7 +359,9 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
                             ) -> tuple[web.AppRunner, int]:
     app = web.Application(middlewares=[_refusals], client_max_size=max_input_size)
     app.add_routes(HttpFrontend(manager, shared_memory).routes())
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a client that closes its connection cancels its inference, which
+    # the core then answers without computing it if it is still queued.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     sock = listen(host, port)
     await web.SockSite(runner, sock).start()

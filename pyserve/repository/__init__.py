@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pyserve.errors import ServerError
+from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
 
 
@@ -57,19 +57,47 @@ def read_labels(model_dir: Path, config: pb.ModelConfig) -> dict[str, list[str]]
     return labels
 
 
+NAME_MAX = 255  # bytes in one file name (Linux)
+PATH_MAX = 4096  # bytes in a path
+
+
+def check_model_name(name: str) -> None:
+    """Refuses, before any filesystem call, a model name that is not one directory name."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ServerError(f"invalid model name {name!r}: a model name is one directory name, "
+                          "without '/', '\\' or NUL, and not '.' or '..'")
+    if len(encoded) > NAME_MAX:
+        raise ServerError(f"invalid model name '{name[:40]}...': longer than {NAME_MAX} bytes")
+
+
+def _check_upload_path(key: str, relative: str) -> None:
+    """Refuses a `file:` load parameter's path that is not <version>/<path> inside the model
+    directory, before any filesystem call. A file name past NAME_MAX gets Triton's answer."""
+    parts = relative.split("/")
+    if (not relative or "\0" in relative or relative.startswith("/") or len(parts) < 2
+            or any(part in ("", ".", "..") for part in parts)
+            or len(relative.encode("utf-8", "surrogateescape")) > PATH_MAX):
+        raise ServerError(f"invalid file path {relative[:200]!r} in load parameter "
+                          f"{key[:200]!r}: it must be <version>/<path> inside the model directory, "
+                          f"without '..', empty parts or NUL, at most {PATH_MAX} bytes")
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in parts):
+        raise ServerError(f"failed to poll from model repository: a file name in load parameter "
+                          f"'{key[:60]}...' is longer than {NAME_MAX} bytes", ErrorCode.INTERNAL)
+
+
 def write_upload(name: str, files: dict[str, bytes]) -> Path:
     """A temporary model directory holding the uploaded files; a path that would land
     outside it ('..', absolute paths, links) is refused and nothing is written."""
+    check_model_name(name)
+    for key in files:
+        _check_upload_path(key, key[len("file:"):])
     root = Path(tempfile.mkdtemp(prefix="pyserve-upload-")) / name
     root.mkdir()
     try:
         targets = {}
         for key, data in files.items():
             relative = key[len("file:"):]
-            parts = Path(relative).parts
-            if not relative or Path(relative).is_absolute() or ".." in parts or len(parts) < 2:
-                raise ServerError(f"invalid file path '{relative}' in load parameter '{key}': it "
-                                  "must be <version>/<path> inside the model directory")
             target = (root / relative).resolve()
             if not target.is_relative_to(root.resolve()):
                 raise ServerError(f"invalid file path '{relative}' in load parameter '{key}'")

@@ -1,4 +1,5 @@
 // Triton's batching rules, decided without threads or clocks.
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -204,9 +205,31 @@ void TimeoutOverrideOnlyShortens() {
   CHECK(b.DeadlineOf(r, 0) == 1000 * kUs);
 }
 
+void CancelledRequestsLeaveTheQueue() {
+  BatchingOptions o;
+  o.max_batch_size = 4;
+  o.max_queue_delay_us = 1000;
+  DynamicBatcher b(o);
+  Requests rq;
+  std::atomic<bool> gone{true};
+  InferRequest* a = rq.Make(0, 1, 0);
+  InferRequest* cancelled = rq.Make(1, 1, 0);
+  cancelled->cancelled = &gone;
+  InferRequest* c = rq.Make(2, 1, 0);
+  Add(b, a);
+  Add(b, cancelled);
+  Add(b, c);
+  DynamicBatcher::Decision d;
+  b.Form(2000 * kUs, false, &d);
+  CHECK((Ids(d.cancelled) == std::vector<uint64_t>{1}));
+  CHECK((Ids(d.batch) == std::vector<uint64_t>{0, 2}));
+  CHECK(b.Empty());
+}
+
 }  // namespace
 
 int main() {
+  RUN(CancelledRequestsLeaveTheQueue);
   RUN(PreferredSizeIsSentAtOnce);
   RUN(ZeroDelaySendsEverythingUpToMax);
   RUN(DelayThenSendWhatIsPending);

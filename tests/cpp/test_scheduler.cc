@@ -1,5 +1,6 @@
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <string>
 #include <memory>
@@ -55,6 +56,14 @@ static std::unique_ptr<InferRequest> MakeRequest(uint64_t id, const int32_t* dat
   t.byte_size = 16;
   r->inputs.push_back(t);
   return r;
+}
+
+// Until every accepted request has been taken by an instance (so later ones queue behind).
+static void WaitUntilNonePending(const Scheduler& s) {
+  for (int i = 0; i < 5000 && s.PendingCount() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(s.PendingCount() == 0);
 }
 
 static void RejectsBadOptions() {
@@ -163,7 +172,7 @@ static void BatchingGathersQueuedRequestsAndRecordsStats() {
   for (int i = 0; i < 4; ++i) {
     auto r = MakeRequest(i, data[i].data());
     CHECK(s->Enqueue(r).ok());
-    if (i == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // first one runs alone
+    if (i == 0) WaitUntilNonePending(*s);  // the first one runs alone
   }
   s->Stop();
   CHECK(executor->batches_.size() == 2);
@@ -194,7 +203,7 @@ static void QueuePolicyRejectsAndLimits() {
   int32_t data[4] = {7, 7, 7, 7};
   auto first = MakeRequest(0, data);
   CHECK(s->Enqueue(first).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  WaitUntilNonePending(*s);
   auto a = MakeRequest(1, data), b = MakeRequest(2, data), c = MakeRequest(3, data);
   CHECK(s->Enqueue(a).ok() && s->Enqueue(b).ok());
   Status full = s->Enqueue(c);
@@ -207,8 +216,137 @@ static void QueuePolicyRejectsAndLimits() {
   CHECK(stats.success.count == 1 && stats.fail.count == 2);
 }
 
+// A request whose client went away while it waited is answered CANCELLED, never computed,
+// and counted as a failure; with and without dynamic batching.
+static void CancelledRequestsAreNotComputed() {
+  for (bool batching : {false, true}) {
+    auto executor = std::make_shared<BatchRecorder>();
+    SchedulerOptions options;
+    options.dynamic_batching = batching;
+    options.batching.max_batch_size = 4;
+    std::unique_ptr<Scheduler> s;
+    CHECK(Scheduler::Create(options, executor, &s).ok());
+    int32_t data[4] = {1, 2, 3, 4};
+    std::atomic<bool> gone{false}, here{false};
+    auto first = MakeRequest(0, data);  // takes 50 ms: the others queue behind it
+    CHECK(s->Enqueue(first).ok());
+    WaitUntilNonePending(*s);
+    auto a = MakeRequest(1, data), b = MakeRequest(2, data);
+    a->cancelled = &gone;
+    b->cancelled = &here;
+    CHECK(s->Enqueue(a).ok() && s->Enqueue(b).ok());
+    gone.store(true);
+    s->Stop();
+    CHECK(executor->rejected_.size() == 1);
+    CHECK(executor->rejected_[0].first == 1 && executor->rejected_[0].second == "Request was cancelled");
+    size_t computed = 0;
+    for (const auto& batch : executor->batches_) computed += batch.requests;
+    CHECK(computed == 2);
+    ModelStats stats = s->Statistics();
+    CHECK(stats.success.count == 2 && stats.fail.count == 1);
+  }
+}
+
+// max_pending bounds what waits behind a busy instance, batching or not.
+static void PendingBoundRefusesAtOnce() {
+  for (bool batching : {false, true}) {
+    auto executor = std::make_shared<BatchRecorder>();
+    SchedulerOptions options;
+    options.dynamic_batching = batching;
+    options.batching.max_batch_size = 1;
+    options.max_pending = 3;
+    std::unique_ptr<Scheduler> s;
+    CHECK(Scheduler::Create(options, executor, &s).ok());
+    int32_t data[4] = {1, 2, 3, 4};
+    auto first = MakeRequest(0, data);
+    CHECK(s->Enqueue(first).ok());
+    WaitUntilNonePending(*s);  // executing: not pending
+    int accepted = 0;
+    Status refused;
+    for (int i = 1; i <= 10; ++i) {
+      auto r = MakeRequest(i, data);
+      Status status = s->Enqueue(r);
+      if (status.ok()) {
+        ++accepted;
+      } else {
+        refused = status;
+        CHECK(r != nullptr);  // the caller keeps a refused request
+      }
+    }
+    CHECK(accepted == 3);
+    CHECK(refused.code() == StatusCode::kUnavailable && refused.message() == "Exceeds maximum queue size");
+    s->Stop();
+    CHECK(executor->batches_.size() == 4);
+  }
+}
+
+// An executor that never returns until released: Stop's timeout abandons its instance and
+// answers its batch and what waits behind it.
+class HangingExecutor : public Executor {
+ public:
+  Status Execute(Batch&) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    released_cv_.wait(lock, [this] { return released_; });
+    return Status::OK();
+  }
+  void Reject(const std::vector<InferRequest*>& requests, const Status& status) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < requests.size(); ++i) rejected_.push_back(status.message());
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    released_ = true;
+    released_cv_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable released_cv_;
+  bool released_ = false;
+  std::vector<std::string> rejected_;
+};
+
+static void StopTimeoutAbandonsAHungInstance() {
+  for (bool batching : {false, true}) {
+    auto executor = std::make_shared<HangingExecutor>();
+    SchedulerOptions options;
+    options.model_name = "hung";
+    options.dynamic_batching = batching;
+    options.batching.max_batch_size = 1;
+    std::unique_ptr<Scheduler> owned;
+    CHECK(Scheduler::Create(options, executor, &owned).ok());
+    Scheduler* s = owned.release();  // never destroyed, as an abandoned scheduler must not be
+    int32_t data[4] = {1, 2, 3, 4};
+    auto first = MakeRequest(0, data);
+    CHECK(s->Enqueue(first).ok());
+    WaitUntilNonePending(*s);
+    auto a = MakeRequest(1, data), b = MakeRequest(2, data);
+    CHECK(s->Enqueue(a).ok() && s->Enqueue(b).ok());
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(!s->Stop(0.2));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    for (int i = 0; i < 5000; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(executor->mutex_);
+        if (executor->rejected_.size() == 3) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    {
+      std::lock_guard<std::mutex> lock(executor->mutex_);
+      CHECK(executor->rejected_.size() == 3);  // the hung one and the two behind it
+      CHECK(executor->rejected_[0] ==
+            "model 'hung' was stopped while an instance was still executing (stop timeout)");
+    }
+    executor->Release();  // the abandoned thread returns into a scheduler that still exists
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK(s->InflightCount() == 0);
+  }
+}
+
 int main() {
   RUN(RejectsBadOptions);
+  RUN(StopTimeoutAbandonsAHungInstance);
+  RUN(CancelledRequestsAreNotComputed);
+  RUN(PendingBoundRefusesAtOnce);
   RUN(StopDrainsAcceptedRequests);
   RUN(FullQueueRefuses);
   RUN(BatchingGathersQueuedRequestsAndRecordsStats);

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,21 +52,46 @@ def test_weight_sharing_loads_the_module_once_per_device(tmp_path, shared):
         backend.close()
 
 
-def test_torch_switches_are_set_before_each_execute(tmp_path):
-    context = make_model(tmp_path / "1", {"DISABLE_CUDNN": "true", "ENABLE_TENSOR_FUSER": "false",
-                                          "ENABLE_JIT_EXECUTOR": "false"})
-    (backend,) = instances(context, 1)
-    fuser, cudnn = torch._C._jit_texpr_fuser_enabled(), torch.backends.cudnn.enabled
-    executor = torch._C._jit_set_profiling_executor(True)  # returns the mode it replaces
-    try:
-        backend.execute({"INPUT__0": np.ones((1, 2), np.float32)}, [1])
-        assert not torch._C._jit_texpr_fuser_enabled()
-        assert not torch.backends.cudnn.enabled
-        assert torch._C._jit_set_profiling_executor(executor) is False
-    finally:
-        torch._C._jit_set_texpr_fuser_enabled(fuser)
-        torch.backends.cudnn.enabled = cudnn
-        backend.close()
+class SwitchRecorder(torch.nn.Module):
+    """Stands in for a TorchScript module: records the process-wide switches it runs under."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append((torch.backends.cudnn.enabled, torch._C._jit_texpr_fuser_enabled()))
+        time.sleep(0.002)  # long enough for executions on other threads to overlap
+        self.seen.append((torch.backends.cudnn.enabled, torch._C._jit_texpr_fuser_enabled()))
+        return x * 2
+
+
+def test_torch_switches_hold_for_each_execute_among_concurrent_models(tmp_path):
+    """Triton's DISABLE_CUDNN / ENABLE_* switches are process-wide: a model that sets them
+    runs alone under its values, others run under the process's, and the process's come back."""
+    own = instances(make_model(tmp_path / "own" / "1", {"DISABLE_CUDNN": "true",
+                                                        "ENABLE_TENSOR_FUSER": "false"}), 1)[0]
+    plain = instances(make_model(tmp_path / "plain" / "1", {}), 1)[0]
+    process = (torch.backends.cudnn.enabled, torch._C._jit_texpr_fuser_enabled())
+    assert process[0]  # cuDNN is on by default, so `own` differs from the process
+    seen = {own: [], plain: []}
+    for backend in seen:
+        backend._module, backend._dict_input = SwitchRecorder(seen[backend]), False
+
+    def run(backend):
+        for _ in range(50):
+            backend.execute({"INPUT__0": np.ones((1, 2), np.float32)}, [1])
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in (own, plain, plain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(seen[own]) == {(False, False)}
+    assert set(seen[plain]) == {process}
+    assert (torch.backends.cudnn.enabled, torch._C._jit_texpr_fuser_enabled()) == process
+    own.close()
+    plain.close()
 
 
 def test_bad_boolean_fails_the_load(tmp_path):

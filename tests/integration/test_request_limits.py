@@ -1,0 +1,182 @@
+"""Hostile requests with a real server, on both frontends: model names and load-API file paths
+checked before any filesystem call, bodies and messages bounded (after decompression too),
+and the server still serving afterwards without an unhandled error in its log."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import socket
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import EXAMPLES, FRONTENDS, start_server
+
+LIMIT = 1 << 20  # --http-max-input-size and --grpc-max-message-size of the server below
+SIMPLE_CONFIG = json.dumps({"name": "uploaded", "backend": "onnxruntime"})
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, tmp_path_factory):
+    frontend = request.param
+    process = start_server(
+        [EXAMPLES], tmp_path_factory.mktemp("logs") / f"limits-{frontend}.log",
+        "--model-control-mode", "explicit", "--load-model", "simple",
+        "--grpc-frontend", frontend, "--http-frontend", frontend,
+        "--http-max-input-size", str(LIMIT), "--grpc-max-message-size", str(LIMIT))
+    yield process
+    assert process.stop() == 0
+    assert "Traceback" not in process.log()  # every refusal was a handled one
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    """The process's peak resident memory."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def assert_still_serving(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for t in inputs:
+        t.set_data_from_numpy(a)
+    np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a * 2)
+
+
+def http_request(server, method: str, path: str, body: bytes = b"", headers=None,
+                 chunked: bool = False) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(server.http_url, timeout=60)
+    if chunked:
+        connection.putrequest(method, path)
+        for key, value in (headers or {}).items():
+            connection.putheader(key, value)
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        for start in range(0, len(body), 1 << 16):
+            piece = body[start:start + (1 << 16)]
+            try:
+                connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server refused part way: its answer is waiting
+        else:
+            connection.send(b"0\r\n\r\n")
+    else:
+        connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, data
+
+
+@pytest.mark.parametrize("name", ["simple/../simple", "..", "a\\b", "/etc"])
+def test_path_like_model_names_are_refused_over_grpc(server, name):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as refused:
+        client.load_model(name)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "invalid model name" in refused.value.message()
+    assert name not in {m.name for m in client.get_model_repository_index().models}
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "m" * 300, "simple%2F..%2Fsimple"])
+def test_bad_model_names_are_refused_over_http(server, name):
+    quoted = name if "%" in name else name.replace("\x00", "%00")
+    status, body = http_request(server, "POST", f"/v2/repository/models/{quoted}/load")
+    assert status == 400, body
+    assert "invalid model name" in json.loads(body)["error"]
+    assert_still_serving(server)
+
+
+def test_load_file_paths_are_checked_before_writing(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    model = (EXAMPLES / "simple" / "1" / "model.onnx").read_bytes()
+    for path, status, text in [
+            ("1/mo\x00del.onnx", 400, "invalid file path"),
+            ("1/../../escape.onnx", 400, "invalid file path"),
+            ("1/" + "f" * 300, 500, "failed to poll from model repository")]:
+        with pytest.raises(InferenceServerException) as refused:
+            client.load_model("uploaded", config=SIMPLE_CONFIG,
+                              files={"file:1/model.onnx": model, f"file:{path}": b"x"})
+        assert refused.value.status() == str(status), refused.value.message()
+        assert text in refused.value.message()
+    with pytest.raises(InferenceServerException) as refused:
+        grpcclient.InferenceServerClient(server.grpc_url).load_model(
+            "uploaded", config=SIMPLE_CONFIG,
+            files={"file:1/model.onnx": model, "file:1/" + "g" * 300: b"x"})
+    assert refused.value.status() == "StatusCode.INTERNAL"
+    assert_still_serving(server)
+
+
+def test_body_over_the_limit_gets_413(server):
+    body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16],
+                                   "data": [0] * 16, "pad": "x" * LIMIT}]}).encode()
+    status, _ = http_request(server, "POST", "/v2/models/simple/infer", body)
+    assert status == 413
+    status, _ = http_request(server, "POST", "/v2/models/simple/infer", body, chunked=True)
+    assert status == 413
+    assert_still_serving(server)
+
+
+def test_gzip_bomb_is_bounded(server):
+    """64 MiB of zeros compress to 64 KiB: the server stops decompressing at the limit."""
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    assert len(bomb) < LIMIT
+    before = vm_hwm_bytes(server.process.pid)
+    status, _ = http_request(server, "POST", "/v2/models/simple/infer", bomb,
+                             {"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert status == 413
+    assert vm_hwm_bytes(server.process.pid) - before < 32 << 20
+    assert_still_serving(server)
+
+
+def test_grpc_message_over_the_limit_is_refused(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    big = np.zeros((1, LIMIT), dtype=np.int32)
+    inputs = [grpcclient.InferInput(n, list(big.shape), "INT32") for n in ("INPUT0", "INPUT1")]
+    for t in inputs:
+        t.set_data_from_numpy(big)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("simple", inputs)
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert_still_serving(server)
+
+
+def test_declared_huge_shape_costs_nothing(server):
+    """A header that declares 10^12 elements but carries 64 bytes is refused before any
+    allocation, over both protocols."""
+    before = vm_hwm_bytes(server.process.pid)
+    header = json.dumps({"inputs": [
+        {"name": n, "datatype": "INT32", "shape": [1, 10**12],
+         "parameters": {"binary_data_size": 64}} for n in ("INPUT0", "INPUT1")]}).encode()
+    status, body = http_request(server, "POST", "/v2/models/simple/infer", header + b"\0" * 128,
+                                {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400, body
+    channel = grpc.insecure_channel(server.grpc_url)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = [grpcclient.InferInput(n, [1, 10**12], "INT32") for n in ("INPUT0", "INPUT1")]
+    for t in inputs:
+        t._raw_content = b"\0" * 64
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("simple", inputs)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    channel.close()
+    assert vm_hwm_bytes(server.process.pid) - before < 32 << 20
+    assert_still_serving(server)
+
+
+def test_half_sent_request_does_not_hold_the_server(server):
+    """A client that declares a body and sends part of it, then vanishes."""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 100000\r\n\r\n{\"inputs\": [")
+    assert_still_serving(server)
