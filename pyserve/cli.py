@@ -31,35 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--repository-cache-dir", type=Path, default=None, metavar="DIR",
                        help="where remote repositories are mirrored, kept across restarts "
                             "(default: a temporary folder, or TRITON_AWS/GCS/AZURE_MOUNT_DIRECTORY)")
-    net = serve.add_argument_group("network")
-    net.add_argument("--host", default="0.0.0.0",
-                     help="address the gRPC, HTTP and metrics services listen on (default: %(default)s)")
-    net.add_argument("--grpc-port", type=int, default=8001,
-                     help="gRPC port, 0 for any free one (default: %(default)s)")
-    net.add_argument("--http-port", type=int, default=8000,
-                     help="HTTP port, 0 for any free one (default: %(default)s)")
-    net.add_argument("--metrics-port", type=int, default=8002,
-                     help="Prometheus metrics port, 0 for any free one (default: %(default)s)")
-    for name in ("grpc", "http", "metrics"):
-        net.add_argument(f"--allow-{name}", type=_boolean, default=True, metavar="BOOL",
-                         help=f"serve {name} (default: true)")
-    net.add_argument("--grpc-frontend", choices=FRONTENDS, default="auto",
-                     help="native: gRPC C++ serves inference (control RPCs still in Python), "
-                          "python: grpc.aio serves everything, auto: native when built "
-                          "(default: %(default)s)")
-    net.add_argument("--http-frontend", choices=FRONTENDS, default="auto",
-                     help="native: cpp-httplib serves inference (other routes still in Python), "
-                          "python: aiohttp serves everything, auto: native when built "
-                          "(default: %(default)s)")
-    net.add_argument("--http-thread-count", type=int, default=64, metavar="N",
-                     help="native HTTP: connections served at once, one thread each; more "
-                          "wait for a free one (default: %(default)s)")
-    net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
-                     metavar="BYTES", help="largest HTTP request body, after decompression; "
-                                           "larger ones get 413 (default: %(default)s)")
-    net.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1, metavar="BYTES",
-                     help="largest gRPC message received or sent; larger ones get "
-                          "RESOURCE_EXHAUSTED (default: %(default)s, Triton's)")
+    _network_flags(serve, "0.0.0.0")
     models = serve.add_argument_group("models")
     models.add_argument("--model-control-mode", choices=CONTROL_MODES, default="none",
                         type=str.lower,
@@ -116,6 +88,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
+    """The KServe v2 services' flags, tritonserver's names and defaults."""
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default=host,
+                     help="address the gRPC, HTTP and metrics services listen on (default: %(default)s)")
+    net.add_argument("--grpc-port", type=int, default=8001,
+                     help="gRPC port, 0 for any free one (default: %(default)s)")
+    net.add_argument("--http-port", type=int, default=8000,
+                     help="HTTP port, 0 for any free one (default: %(default)s)")
+    net.add_argument("--metrics-port", type=int, default=8002,
+                     help="Prometheus metrics port, 0 for any free one (default: %(default)s)")
+    for name in ("grpc", "http", "metrics"):
+        net.add_argument(f"--allow-{name}", type=_boolean, default=True, metavar="BOOL",
+                         help=f"serve {name} (default: true)")
+    net.add_argument("--grpc-frontend", choices=FRONTENDS, default="auto",
+                     help="native: gRPC C++ serves inference (control RPCs still in Python), "
+                          "python: grpc.aio serves everything, auto: native when built "
+                          "(default: %(default)s)")
+    net.add_argument("--http-frontend", choices=FRONTENDS, default="auto",
+                     help="native: cpp-httplib serves inference (other routes still in Python), "
+                          "python: aiohttp serves everything, auto: native when built "
+                          "(default: %(default)s)")
+    net.add_argument("--http-thread-count", type=int, default=64, metavar="N",
+                     help="native HTTP: connections served at once, one thread each; more "
+                          "wait for a free one (default: %(default)s)")
+    net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
+                     metavar="BYTES", help="largest HTTP request body, after decompression; "
+                                           "larger ones get 413 (default: %(default)s)")
+    net.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1, metavar="BYTES",
+                     help="largest gRPC message received or sent; larger ones get "
+                          "RESOURCE_EXHAUSTED (default: %(default)s, Triton's)")
+
+
 def _repository(text: str) -> Path | str:
     """A local folder as a Path; a remote repository URL kept as text (a Path would fold its
     '//'), checked here so that a typo is a usage error."""
@@ -155,6 +160,11 @@ def _torchserve_parser(commands) -> None:
     ts.add_argument("--plugins-path", "--ppath", metavar="DIR", help=argparse.SUPPRESS)
     ts.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                     help="verbose logging when > 0 (default: %(default)s)")
+    ts.add_argument("--model-repository", dest="model_repositories", action="append",
+                    default=[], type=_repository, metavar="DIR|URL",
+                    help="also serve a Triton model repository (repeat for several); its models "
+                         "and the model store's are all served over KServe v2")
+    _network_flags(ts, "127.0.0.1")
 
 
 def _torchserve(args: argparse.Namespace) -> int:
@@ -177,9 +187,16 @@ def _torchserve(args: argparse.Namespace) -> int:
                               enable_model_api=args.enable_model_api)
     except ServerError as e:
         raise SystemExit(f"pyserve torchserve: {e.message}") from None
+    kserve = ServerOptions(
+        model_repositories=args.model_repositories, host=args.host,
+        grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+        allow_grpc=args.allow_grpc, allow_http=args.allow_http,
+        allow_metrics=args.allow_metrics, http_max_input_size=args.http_max_input_size,
+        grpc_max_message_size=args.grpc_max_message_size, grpc_frontend=args.grpc_frontend, http_frontend=args.http_frontend,
+        http_thread_count=args.http_thread_count, log_verbose=args.log_verbose)
     from pyserve.torchserve.server import run as run_torchserve
 
-    return run_torchserve(options)
+    return run_torchserve(options, kserve)
 
 
 def _boolean(text: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyserve import _core
-from pyserve.backends import InstanceSpec, ModelContext, backend_class
+from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
@@ -59,6 +59,8 @@ class Model:
     wanted: bool = False  # asked to be loaded (and not unloaded since): counts for readiness
     fingerprint: tuple = ()  # of the files last loaded, for polling
     upload_dir: Path | None = None  # a temporary model directory made from uploaded files
+    # Loaded and retired by another owner (the TorchServe model store), not by this manager.
+    external: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def ready_versions(self) -> list[ModelVersion]:
@@ -144,8 +146,8 @@ class ModelManager:
         """Stop polling, then unload every model: each runner answers what it accepted."""
         if self._poller is not None:
             self._poller.cancel()
-        await asyncio.gather(*(self.unload(name) for name in list(self.models)),
-                             return_exceptions=True)
+        await asyncio.gather(*(self.unload(name) for name, model in list(self.models.items())
+                               if not model.external), return_exceptions=True)
         for remote in self._remotes:
             remote.close()
 
@@ -190,8 +192,8 @@ class ModelManager:
                     if len(dirs) > 1:
                         raise ServerError("model appears in two or more repositories")
                     model_dir, stamp = dirs[0], fingerprint(dirs)
-                config = await asyncio.to_thread(model_config, model_dir, self._config_options,
-                                                 config_override)
+                config = await asyncio.to_thread(contained, model_config, model_dir,
+                                                 self._config_options, config_override)
                 labels = read_labels(model_dir, config)
                 available = version_dirs(model_dir)
                 chosen = select_versions(config.version_policy, list(available))
@@ -259,8 +261,8 @@ class ModelManager:
     async def _load_version(self, config: pb.ModelConfig, version: int, version_dir: Path,
                             labels: dict[str, list[str]]) -> ModelRunner:
         async with self._load_slots:
-            runner = await asyncio.to_thread(self._create_runner, config, version, version_dir,
-                                             labels)
+            runner = await asyncio.to_thread(contained, self._create_runner, config, version,
+                                             version_dir, labels)
         try:
             await warm_up(runner, config, version_dir)
         except BaseException:
@@ -276,7 +278,7 @@ class ModelManager:
         instances = []
         try:
             for spec in specs:
-                instances.append(cls(context, spec))
+                instances.append(create_instance(cls, context, spec))
             devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
             return ModelRunner(config, version, instances, devices, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
@@ -307,6 +309,20 @@ class ModelManager:
             model.fingerprint = ()
             if retiring:
                 log.info("successfully unloaded '%s'", name)
+
+    def attach(self, name: str, versions: list[ModelVersion]) -> None:
+        """Serve READY versions whose runners another owner loads and retires (the TorchServe
+        model store) on every frontend; an empty list stops serving them."""
+        model = self.models.get(name)
+        if model is not None and not model.external:
+            raise ServerError(f"model '{name}' is already served from the model repository",
+                              ErrorCode.ALREADY_EXISTS)
+        if model is None:
+            model = self.models[name] = Model(name, wanted=True, external=True)
+        model.versions = {v.version: v for v in versions}
+        self._publish(model)
+        if not versions:
+            del self.models[name]
 
     def _publish(self, model: Model) -> None:
         """Tell the core's model table which versions of `model` serve now."""
@@ -401,8 +417,26 @@ class ModelManager:
 
 
 async def _retire(runners: list[ModelRunner]) -> None:
-    """Stop runners off the loop: each answers every request it accepted, then closes."""
-    await asyncio.gather(*(asyncio.to_thread(r.stop) for r in runners))
+    """Stop runners off the loop: each answers every request it accepted, then closes. A
+    model failing to close is logged; the unload goes on."""
+    results = await asyncio.gather(*(asyncio.to_thread(contained, r.stop) for r in runners),
+                                   return_exceptions=True)
+    for runner, result in zip(runners, results):
+        if isinstance(result, BaseException):
+            log.error("model '%s' version %d: closing failed: %s", runner.name, runner.version,
+                      result)
+
+
+def contained(function, *args):
+    """Calls `function` (model code, on a worker thread) so that whatever it raises comes
+    back as a ServerError. A model's SystemExit or KeyboardInterrupt must not reach the event
+    loop: asyncio re-raises those two out of the loop, which would stop the server."""
+    try:
+        return function(*args)
+    except ServerError:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the model's fault, not the server's
+        raise ServerError(f"{type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
 
 
 _NO_DURATION = {"count": 0, "ns": 0}

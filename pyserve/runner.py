@@ -91,6 +91,10 @@ class ModelRunner:
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
                               request_id, list(outputs), parameters or {}, priority, timeout_us,
                               cancel)
+        except (TypeError, RuntimeError):  # pybind11 could not convert a value the client sent
+            del self._pending[tag]
+            raise ServerError("invalid inference request: a tensor name, datatype, shape or "
+                              "parameter is not of the protocol's type") from None
         except BaseException:
             del self._pending[tag]
             raise
@@ -170,6 +174,9 @@ class ModelRunner:
             log.error("model '%s' version %d: an instance was still executing after %g s; "
                       "it is abandoned", self.name, self.version, self._stop_timeout)
             _ABANDONED.append(self)
+            for backend in self._instances:
+                if backend.closes_while_executing:  # a child process: killing it ends the hang
+                    backend.close()
             return
         self._sink.close()
         for backend in self._instances:

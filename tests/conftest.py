@@ -156,3 +156,16 @@ def settled_statistics(client, model: str, settled: int, timeout: float = 30):
 def batch_counts(stats) -> dict[int, int]:
     """batch size -> executions, from a ModelStatistics message."""
     return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+
+
+def child_pids(pid: int) -> set[int]:
+    """The PIDs of the live (not zombie) processes whose parent is `pid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found

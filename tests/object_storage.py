@@ -1,11 +1,13 @@
-"""Local object-storage servers for the tests: moto's standalone S3 server and
-gcp-storage-emulator, each a real HTTP server on 127.0.0.1, started and stopped by PID."""
+"""Local object-storage servers for the tests: moto's standalone S3 server,
+gcp-storage-emulator and Azurite's blob service, each a real HTTP server on 127.0.0.1, started
+and stopped by PID."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,3 +115,37 @@ def gcs_bucket(name: str):
 
     client = storage.Client(project="pyserve-tests", credentials=AnonymousCredentials())
     return client.create_bucket(name)
+
+
+# Azurite's one account and its published key (Azurite's documentation lists both).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
+               "K1SZFPTOtr/KBHBeksoGMGw==")
+
+
+def start_azurite(log_path: Path) -> EmulatorProcess:
+    """Azurite's blob service (npm `azurite`, found on PATH: .ci/run installs it), in memory, on
+    a free port. Clients reach it at `endpoint/devstoreaccount1`."""
+    azurite = shutil.which("azurite-blob")
+    if azurite is None:
+        pytest.skip("the Azure tests need Azurite's azurite-blob on PATH: npm install azurite")
+    try:
+        missing = importlib.util.find_spec("azure.storage.blob") is None
+    except ModuleNotFoundError:
+        missing = True
+    if missing:
+        pytest.skip("the Azure tests need azure-storage-blob: pip install 'pyserve[test-deploy]'")
+    # --skipApiVersionCheck: the Python SDK may speak a newer API version than Azurite knows.
+    return _start([azurite, "--blobHost", "127.0.0.1", "--blobPort", "0", "--inMemoryPersistence",
+                   "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log_path,
+                  r"listens on http://127\.0\.0\.1:(\d+)")
+
+
+def azurite_connection_string(endpoint: str, with_key: bool = True) -> str:
+    """A connection string for Azurite at `endpoint`; without the key it names only the
+    endpoint, and the credential comes from elsewhere."""
+    blob_endpoint = f"BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};"
+    if not with_key:
+        return blob_endpoint
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};{blob_endpoint}")

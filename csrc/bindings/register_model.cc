@@ -559,8 +559,15 @@ void RegisterModel(py::module_& m) {
       .def("request_counts", [](const PyModel& m) {
         const RequestCounts c = m.model()->Counts();
         py::dict out;
+        py::dict failures;  // by Triton's reason label
+        uint64_t failure = 0;
+        for (int i = 0; i < static_cast<int>(FailureReason::kCount); ++i) {
+          failures[FailureReasonName(static_cast<FailureReason>(i))] = c.failure[i];
+          failure += c.failure[i];
+        }
         out["success"] = c.success;
-        out["failure"] = c.failure;
+        out["failure"] = failure;
+        out["failures"] = failures;
         out["success_ns"] = c.success_ns;
         return out;
       })

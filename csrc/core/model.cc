@@ -32,12 +32,27 @@ void DeliverAll(std::vector<SinkBatch>& groups) {
   for (auto& [sink, completions] : groups) sink->Deliver(completions);
 }
 
+// Refusals by the scheduler (queue full, timeouts, a stopped model) are REJECTED; what the
+// backend fails, BACKEND.
+FailureReason ReasonOf(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kCancelled: return FailureReason::kCanceled;
+    case StatusCode::kUnavailable: return FailureReason::kRejected;
+    default: return FailureReason::kBackend;
+  }
+}
+
 }  // namespace
 
 struct Model::State : public Executor {
   ModelSpec spec;
   std::shared_ptr<BatchCompute> compute;
-  std::atomic<uint64_t> success{0}, failure{0}, success_ns{0};
+  std::atomic<uint64_t> success{0}, success_ns{0};
+  std::atomic<uint64_t> failure[static_cast<int>(FailureReason::kCount)] = {};
+
+  void Failed(FailureReason reason) {
+    failure[static_cast<int>(reason)].fetch_add(1, std::memory_order_relaxed);
+  }
 
   // preserve_ordering: responses are released in the order requests were accepted.
   std::atomic<uint64_t> issued{0};
@@ -84,7 +99,7 @@ struct Model::State : public Executor {
         success.fetch_add(1, std::memory_order_relaxed);
         success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);
       } else {
-        failure.fetch_add(1, std::memory_order_relaxed);
+        Failed(ReasonOf(responses[i].status));
       }
       Completion completion{request.id, request.owner, std::move(responses[i])};
       if (!spec.preserve_ordering) {
@@ -150,7 +165,7 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
   int64_t batch_size = 1;
   Status status = ValidateRequest(state_->spec, *request, &batch_size);
   if (!status.ok()) {
-    state_->failure.fetch_add(1, std::memory_order_relaxed);
+    state_->Failed(FailureReason::kOther);
     return status;
   }
   request->batch_size = static_cast<uint32_t>(batch_size);
@@ -164,7 +179,7 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
   const uint64_t sequence = request->sequence;
   status = scheduler_->Enqueue(request);
   if (!status.ok()) {
-    state_->failure.fetch_add(1, std::memory_order_relaxed);
+    state_->Failed(ReasonOf(status));
     if (ordered) state_->Skip(sequence);
   }
   return status;
@@ -176,7 +191,22 @@ bool Model::Stop(double timeout_seconds) {
 }
 
 RequestCounts Model::Counts() const {
-  return RequestCounts{state_->success.load(), state_->failure.load(), state_->success_ns.load()};
+  RequestCounts counts;
+  counts.success = state_->success.load();
+  counts.success_ns = state_->success_ns.load();
+  for (int i = 0; i < static_cast<int>(FailureReason::kCount); ++i) {
+    counts.failure[i] = state_->failure[i].load();
+  }
+  return counts;
+}
+
+const char* FailureReasonName(FailureReason reason) {
+  switch (reason) {
+    case FailureReason::kRejected: return "REJECTED";
+    case FailureReason::kCanceled: return "CANCELED";
+    case FailureReason::kBackend: return "BACKEND";
+    default: return "OTHER";
+  }
 }
 
 }  // namespace pyserve

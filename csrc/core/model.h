@@ -23,10 +23,14 @@ class BatchCompute {
   virtual Status Compute(Batch& batch, BatchOutputs* outputs) = 0;
 };
 
+// Why a request failed: the `reason` label of Triton's nv_inference_request_failure.
+enum class FailureReason : uint8_t { kRejected, kCanceled, kBackend, kOther, kCount };
+const char* FailureReasonName(FailureReason reason);
+
 // Triton's per-model request counters (nv_inference_request_success/failure/duration_us).
 struct RequestCounts {
   uint64_t success = 0;
-  uint64_t failure = 0;
+  uint64_t failure[static_cast<int>(FailureReason::kCount)] = {};
   uint64_t success_ns = 0;  // enqueue to response, summed over successful requests
 };
 

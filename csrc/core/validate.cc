@@ -129,6 +129,14 @@ Status ValidateInput(const ModelSpec& spec, const TensorSpec& input, const Tenso
 
 Status ValidateRequest(const ModelSpec& spec, const InferRequest& request, int64_t* batch_size) {
   const std::string& model = spec.name;
+  for (size_t i = 1; i < request.inputs.size(); ++i) {  // as Triton refuses adding one twice
+    for (size_t j = 0; j < i; ++j) {
+      if (request.inputs[i].name == request.inputs[j].name) {
+        return Invalid(Prefix(request) + "input '" + request.inputs[i].name +
+                       "' already exists in request");
+      }
+    }
+  }
   for (const RequestedOutput& output : request.outputs) {
     if (spec.FindOutput(output.name) == nullptr) {
       return Invalid("unexpected inference output '" + output.name + "' for model '" + model + "'");

@@ -13,7 +13,9 @@ namespace pyserve::httpfront {
 namespace {
 
 using rapidjson::Value;
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+// Infinity and NaN written as Python's json writes them (plain JSON has no spelling for them).
+using Writer = rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::UTF8<>,
+                                 rapidjson::CrtAllocator, rapidjson::kWriteNanAndInfFlag>;
 
 template <typename T>
 void Put(std::string* out, T value) {
@@ -71,13 +73,17 @@ bool PutLeaf(std::string* out, DataType dtype, const Value& v) {
   }
 }
 
-bool Flatten(const Value& v, DataType dtype, std::string* out, int64_t* count) {
+// Nested "data" arrays deeper than any tensor's rank are left to the shell to refuse.
+constexpr int kMaxDataDepth = 64;
+
+bool Flatten(const Value& v, DataType dtype, std::string* out, int64_t* count, int depth = 0) {
   if (!v.IsArray()) {
     ++*count;
     return PutLeaf(out, dtype, v);
   }
+  if (depth == kMaxDataDepth) return false;
   for (const Value& item : v.GetArray()) {
-    if (!Flatten(item, dtype, out, count)) return false;
+    if (!Flatten(item, dtype, out, count, depth + 1)) return false;
   }
   return true;
 }
@@ -213,7 +219,10 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
     length = parsed;
   }
   rapidjson::Document& header = infer->header;
-  header.Parse(body.data(), length);
+  // Iterative: a deeply nested body cannot exhaust the stack. Strings must be valid UTF-8,
+  // as they are echoed in answers.
+  header.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(),
+                                                                                        length);
   if (header.HasParseError() || !header.IsObject()) return false;
   std::string_view binary = body.substr(length);
 

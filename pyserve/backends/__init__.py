@@ -39,4 +39,14 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-__all__ = ["Backend", "InstanceSpec", "ModelContext", "backend_class"]
+def create_instance(cls: type[Backend], model: ModelContext, instance: InstanceSpec) -> Backend:
+    """One instance of a model: in this process, or in a child process when its config asks
+    for isolation (pyserve.backends.isolation)."""
+    from pyserve.backends.isolation import isolated_instance, process_isolated
+
+    if process_isolated(model.config):
+        return isolated_instance(cls, model, instance)
+    return cls(model, instance)
+
+
+__all__ = ["Backend", "InstanceSpec", "ModelContext", "backend_class", "create_instance"]

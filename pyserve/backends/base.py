@@ -58,6 +58,11 @@ class Backend(abc.ABC):
     # Set to have execute() get each request's RequestInfo (id, parameters, outputs asked
     # for); others get None, which spares the core building them per request.
     request_info: bool = False
+    # Set when instances may run in a child process on request (config parameter
+    # "isolation": "process"): the backend's inputs, outputs and RequestInfo pickle.
+    isolatable: bool = False
+    # close() may run while execute() is running on another thread (and ends it).
+    closes_while_executing: bool = False
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         self.model = model

@@ -10,9 +10,11 @@ Two forms of model.py:
   batched inputs (see pyserve.model).
 
 Unlike Triton, which runs every instance in its own stub process and copies tensors through
-shared memory, the model runs on the instance's worker thread in the server process. Each
-instance imports model.py as its own fresh module (as Triton's one process per instance
-would), so module state is not shared between instances or versions.
+shared memory, the model runs on the instance's worker thread in the server process (the
+config parameter "isolation": "process" asks for Triton's way: pyserve.backends.isolation).
+Each instance imports model.py as its own fresh module (as Triton's one process per instance
+would), so module state is not shared between instances or versions. Whatever the model
+raises, BaseException included, fails only its load or its batch.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from types import ModuleType
 import numpy as np
 
 from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
+from pyserve.backends.isolation import auto_complete_in_child, process_isolated
 from pyserve.config import config_to_json, parse_config_json
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.model import is_batched
@@ -45,6 +48,7 @@ _BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by
 
 class PythonBackend(Backend):
     request_info = True  # model.py sees each request's id, parameters and requested outputs
+    isolatable = True
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
@@ -95,7 +99,7 @@ class PythonBackend(Backend):
                                   requests or [RequestInfo() for _ in batch_sizes])
         try:
             responses = self._execute_model(requests)
-        except Exception as e:  # noqa: BLE001 - the model's own failure fails its batch
+        except BaseException as e:  # noqa: BLE001 - even SystemExit fails only its batch
             raise ServerError(
                 f"Failed to process the request(s) for model instance '{self._instance_name}', "
                 f"message: {type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
@@ -162,7 +166,7 @@ class PythonBackend(Backend):
         if finalize is not None:
             try:
                 finalize()
-            except Exception as e:  # noqa: BLE001 - unloading goes on
+            except BaseException as e:  # noqa: BLE001 - unloading goes on
                 log.error("model '%s' version %d: finalize failed: %s: %s",
                           self.model.name, self.model.version, type(e).__name__, e)
 
@@ -173,6 +177,8 @@ class PythonBackend(Backend):
         when it has one; otherwise the config is unchanged."""
         if version_dir is None:
             return config
+        if process_isolated(config):  # importing model.py is running its code
+            return auto_complete_in_child(PythonBackend, config, version_dir, options)
         path = version_dir / config.default_model_filename
         module = _import_model(path, config.name, version_dir)
         model_class = getattr(module, "TritonPythonModel", None)
@@ -225,7 +231,7 @@ def _import_model(path: Path, model_name: str, version_dir: Path) -> ModuleType:
     with _IMPORT_LOCK, _on_sys_path(version_dir):
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - any failure of the user's module
+        except BaseException as e:  # noqa: BLE001 - any failure of the module, SystemExit too
             raise ServerError(f"failed to load model '{model_name}': error importing "
                               f"{path.name}: {type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
     return module
@@ -235,7 +241,7 @@ def _call_model(model_name: str, what: str, function, *args, version_dir: Path):
     with _on_sys_path(version_dir):
         try:
             return function(*args)
-        except Exception as e:  # noqa: BLE001 - any failure of the user's code
+        except BaseException as e:  # noqa: BLE001 - any failure of the user's code
             raise ServerError(f"failed to load model '{model_name}': {what} failed: "
                               f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
 

@@ -16,13 +16,18 @@ input per row, which the handler sees as {"data": bytes}.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
+from pyserve.config.model_config import CONFIG_FILENAME
+from pyserve.datatypes import NUMPY_DTYPE, wire_name
 from pyserve.errors import ErrorCode, ServerError
+from pyserve.protocol import pb
+from pyserve.runner import InputTensor
 from pyserve.torchserve.archive import read_manifest, read_model_yaml
 from pyserve.torchserve.context import Context, MetricsCache, RequestProcessor
 from pyserve.torchserve.handler import archive_imports, load_entry_point, new_namespace
@@ -34,6 +39,7 @@ log = logging.getLogger("pyserve")
 INPUT_NAME = "data"
 OUTPUT_NAME = "output"
 _KINDS = ("predict", "explain", "describe")
+_EMPTY_BYTES_ELEMENT = b"\x00\x00\x00\x00"  # one BYTES element of length 0
 _METRICS: dict[str, MetricsCache] = {}  # per model name, shared by its instances and versions
 
 
@@ -48,12 +54,27 @@ def all_metrics() -> list[MetricsCache]:
     return list(_METRICS.values())
 
 
+def placeholder_inputs(config: pb.ModelConfig) -> list[InputTensor]:
+    """What the TorchServe API submits for a request whose content travels attached to it:
+    one element per input of the config, empty or zero."""
+    tensors = []
+    for tensor in config.input:
+        shape = ([1] if config.max_batch_size > 0 else []) + [max(d, 1) for d in tensor.dims]
+        count = int(np.prod(shape))
+        datatype = wire_name(tensor.data_type)
+        data = (_EMPTY_BYTES_ELEMENT * count if datatype == "BYTES"
+                else bytes(count * NUMPY_DTYPE[datatype].itemsize))
+        tensors.append(InputTensor(tensor.name, datatype, shape, data))
+    return tensors
+
+
 def _parameter(config, key: str, default: str = "") -> str:
     return config.parameters[key].string_value if key in config.parameters else default
 
 
 class TorchServeBackend(Backend):
     request_info = True  # the TorchServe request travels in each RequestInfo's parameters
+    isolatable = True  # parameter "isolation": "process" (pyserve.backends.isolation)
 
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
@@ -70,6 +91,13 @@ class TorchServeBackend(Backend):
             server_version = ts.__version__
         except ImportError:
             server_version = "0.12.0"
+        self._on_worker_thread = False  # set by the first execute, on the instance's thread
+        # The archive's config.pbtxt: its outputs (name, numpy dtype, dims) and batching.
+        self._tensors = None
+        self._batched = config.max_batch_size > 0
+        if (model_dir / CONFIG_FILENAME).is_file():
+            self._tensors = [(o.name, NUMPY_DTYPE[wire_name(o.data_type)], list(o.dims))
+                             for o in config.output]
         self._context = Context(model.name, str(model_dir), manifest.raw,
                                 max(config.max_batch_size, 1), gpu, server_version,
                                 True, metrics_for(model.name), yaml_config)
@@ -82,29 +110,18 @@ class TorchServeBackend(Backend):
                 self._entry = _wrap_in_envelope(self._entry, envelope, model.name)
             try:
                 initialize(self._context)
-            except Exception as e:  # noqa: BLE001 - the handler's failure, reported as a load error
+            except BaseException as e:  # noqa: BLE001 - the handler's failure is a load error
                 log.exception("model '%s': handler initialize failed", model.name)
                 raise ServerError(f"model '{model.name}': handler initialize failed: "
                                   f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
 
     def execute(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
                 requests: list[RequestInfo] | None = None) -> BatchResult:
+        if not self._on_worker_thread:
+            _adopt_torch_threads()
+            self._on_worker_thread = True
         infos = requests or [RequestInfo() for _ in batch_sizes]
-        rows = inputs.get(INPUT_NAME)
-        flat = rows.reshape(-1) if rows is not None else None
-        # One TorchServe request per row; remember which pyserve request each belongs to.
-        entries: list[tuple[int, TorchServeRequest]] = []
-        offset = 0
-        for index, (info, size) in enumerate(zip(infos, batch_sizes)):
-            attached = info.parameters.get(REQUEST_KEY) if info.parameters else None
-            if attached is not None:
-                entries.append((index, attached))
-            else:
-                for row in range(offset, offset + size):
-                    value = flat[row] if flat is not None else b""
-                    entries.append((index, TorchServeRequest(
-                        {"data": bytes(value)}, {}, info.id or f"{index}:{row}")))
-            offset += size
+        entries = self._entries(inputs, batch_sizes, infos)
         started = time.perf_counter_ns()
         for _, request in entries:
             request.started_ns = started
@@ -117,16 +134,66 @@ class TorchServeBackend(Backend):
                     for index, _ in group:
                         failures[index] = error
         results: list = []
-        for index in range(len(infos)):
+        for index, size in enumerate(batch_sizes):
+            mine = [r for i, r in entries if i == index]
             if index in failures:
                 results.append(failures[index])
-                continue
-            bodies = [r.body for i, r in entries if i == index]
-            array = np.empty((len(bodies), 1), dtype=np.object_)
-            for row, body in enumerate(bodies):
-                array[row, 0] = body
-            results.append({OUTPUT_NAME: array})
+            elif self._tensors is None:
+                array = np.empty((len(mine), 1), dtype=np.object_)
+                for row, request in enumerate(mine):
+                    array[row, 0] = request.body
+                results.append({OUTPUT_NAME: array})
+            else:
+                results.append(self._tensor_outputs(mine, size))
         return results
+
+    def _entries(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
+                 infos: list[RequestInfo]) -> list[tuple[int, TorchServeRequest]]:
+        """One TorchServe request per row, with the index of the pyserve request it belongs
+        to: the request the TorchServe API attached, or each row of a KServe v2 request, which
+        the handler sees as {"data": bytes} (or, under the archive's config.pbtxt, as
+        {input name: the row's array})."""
+        entries: list[tuple[int, TorchServeRequest]] = []
+        data = inputs.get(INPUT_NAME)
+        data = data.reshape(-1) if data is not None else None
+        offset = 0
+        for index, (info, size) in enumerate(zip(infos, batch_sizes)):
+            attached = info.parameters.get(REQUEST_KEY) if info.parameters else None
+            if attached is not None:
+                entries.append((index, attached))
+            else:
+                for row in range(offset, offset + size):
+                    if self._tensors is None:
+                        parameters = {"data": bytes(data[row]) if data is not None else b""}
+                    elif self._batched:
+                        parameters = {name: value[row] for name, value in inputs.items()}
+                    else:
+                        parameters = dict(inputs)
+                    entries.append((index, TorchServeRequest(
+                        parameters, {}, info.id or f"{index}:{row}",
+                        tensors=self._tensors is not None)))
+            offset += size
+        return entries
+
+    def _tensor_outputs(self, requests: list[TorchServeRequest], size: int) -> dict | Exception:
+        """A KServe v2 request's outputs under the archive's config.pbtxt: each row's answer
+        is {output name: array-like} (or the array itself for a single output). Requests
+        from the TorchServe API get zeros: their answer is the body the handler made."""
+        outputs = {}
+        for name, dtype, dims in self._tensors:
+            if not requests[0].tensors:
+                shape = ([size] if self._batched else []) + [max(d, 1) for d in dims]
+                outputs[name] = (np.full(shape, b"", dtype=np.object_)
+                                 if dtype == np.object_ else np.zeros(shape, dtype))
+                continue
+            try:
+                rows = [np.asarray(r.answer[name] if isinstance(r.answer, dict) else r.answer,
+                                   dtype) for r in requests]
+            except (KeyError, TypeError, ValueError) as e:
+                return TorchServeError(f"handler answer has no valid output '{name}': "
+                                       f"{type(e).__name__}: {e}", 500)
+            outputs[name] = np.stack(rows) if self._batched else rows[0]
+        return outputs
 
     def _handle(self, batch: list[TorchServeRequest]) -> Exception | None:
         """Run the handler on one batch, TorchServe's Service.predict; None when it answered."""
@@ -141,7 +208,7 @@ class TorchServeBackend(Backend):
         except MemoryError:
             log.error("model '%s': system out of memory", context.model_name, exc_info=True)
             return TorchServeError("Out of resources", 507)
-        except Exception as e:  # noqa: BLE001 - the handler's failure fails its batch
+        except BaseException as e:  # noqa: BLE001 - the handler's failure fails its batch
             if type(e).__name__ == "PredictionException" and hasattr(e, "error_code"):
                 log.error("model '%s': prediction error", context.model_name, exc_info=True)
                 return TorchServeError(str(getattr(e, "message", e)), int(e.error_code))
@@ -162,11 +229,12 @@ class TorchServeBackend(Backend):
         context.metrics.add_time("PredictionTime", round((time.time() - start) * 1000, 2),
                                  None, "ms")
         try:
-            bodies = [encode_output(value) for value in returned]
+            bodies = [b"" if r.tensors else encode_output(v) for r, v in zip(batch, returned)]
         except TorchServeError as e:
             log.warning("model '%s': unable to serialize model output", context.model_name)
             return e
         for index, (request, body) in enumerate(zip(batch, bodies)):
+            request.answer = returned[index]
             status, phrase = context.get_response_status(index)
             request.status = 200 if status is None else int(status)
             request.phrase = phrase or ""
@@ -180,8 +248,18 @@ class TorchServeBackend(Backend):
         if service is not None and hasattr(service, "finalize"):
             try:
                 service.finalize()
-            except Exception:  # noqa: BLE001 - unloading goes on
+            except BaseException:  # noqa: BLE001 - unloading goes on
                 log.exception("model '%s': handler finalize failed", self.model.name)
+
+
+def _adopt_torch_threads() -> None:
+    """Give this worker thread torch's intra-op thread count (what the handler's initialize
+    set, e.g. torch.set_num_threads(1)). TorchServe runs initialize and handle on one thread;
+    here handle runs on a thread torch did not start, whose OpenMP settings stay at their
+    defaults until torch is asked: on a busy machine its ops then run 10-100x slower."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(torch.get_num_threads())
 
 
 def _wrap_in_envelope(entry_point, envelope: str, model_name: str):

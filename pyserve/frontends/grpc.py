@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
 from pyserve import __version__, _core
@@ -183,17 +184,26 @@ class InferenceServicer:
                 responses.put_nowait(pb.ModelStreamInferResponse(
                     error_message=f"{type(e).__name__}: {e}").SerializeToString())
 
+        # Only the messages still running are kept: a long stream holds nothing per message.
+        running: set[asyncio.Task] = set()
+
         async def read() -> None:
-            tasks = [asyncio.ensure_future(one(raw)) async for raw in requests]
-            await asyncio.gather(*tasks)
+            async for raw in requests:
+                task = asyncio.ensure_future(one(raw))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.wait(set(running))
             responses.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
             while (response := await responses.get()) is not None:
                 yield response
-        finally:
+        finally:  # the client went away: what is still queued is not computed
             reader.cancel()
+            for task in set(running):
+                task.cancel()
 
     async def _infer(self, raw: bytes) -> bytes:
         request, raw_inputs = codec.split_infer_request(raw)
@@ -267,19 +277,32 @@ async def _unimplemented(request, context):
 _RAW = {"ModelInfer", "ModelStreamInfer"}  # handlers that take and return serialized bytes
 
 
+def _parsed(behaviour, message_class):
+    """The request parsed in the handler, so that bytes that are not one are refused with
+    INVALID_ARGUMENT (a failing grpc deserializer answers UNKNOWN)."""
+    async def handle(request: bytes, context):
+        try:
+            message = message_class.FromString(request)
+        except DecodeError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"failed to parse request: {e}")
+        return await behaviour(message, context)
+    return handle
+
+
 def _handlers(service, servicer) -> grpc.GenericRpcHandler:
     handlers = {}
     for method in service.methods:
         raw = method.name in _RAW
-        deserialize = None if raw else GetMessageClass(method.input_type).FromString
         serialize = None if raw else GetMessageClass(method.output_type).SerializeToString
         behaviour = getattr(servicer, method.name, None) or _unimplemented
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                behaviour, request_deserializer=deserialize, response_serializer=serialize)
+                behaviour, response_serializer=serialize)
         else:
+            if not raw:
+                behaviour = _parsed(behaviour, GetMessageClass(method.input_type))
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=deserialize, response_serializer=serialize)
+                behaviour, response_serializer=serialize)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import zlib
 
 import numpy as np
 from aiohttp import web
@@ -13,7 +14,7 @@ from aiohttp import web
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
-from pyserve.errors import ServerError, http_status
+from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
 from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
@@ -32,12 +33,17 @@ def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+MAX_INPUT_SIZE = web.AppKey("max_input_size", int)
+
+
 @web.middleware
 async def _refusals(request: web.Request, handler):
     try:
         return await handler(request)
     except ServerError as e:
         return _error(e.message, http_status(e.code))
+    except RecursionError:
+        return _error("failed to parse the request JSON buffer: nested too deeply", 400)
 
 
 class HttpFrontend:
@@ -155,7 +161,7 @@ class HttpFrontend:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
-        body = await request.read()
+        body = await _body(request)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         inputs, offset = [], 0
         for spec in _objects(header, "inputs"):
@@ -190,9 +196,30 @@ class HttpFrontend:
                                      "Content-Type": "application/octet-stream"})
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request body, inflated here rather than by aiohttp (whose server is started with
+    auto_decompress off), so that the size limit bounds what a small compressed body expands
+    to and a body that does not inflate is a plain 400."""
+    body = await request.read()  # at most client_max_size bytes as sent
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ServerError(f"unsupported Content-Encoding '{encoding}'", ErrorCode.UNSUPPORTED)
+    limit = request.app[MAX_INPUT_SIZE]
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise ServerError(f"failed to decompress the request body ({encoding}): {e}") from None
+    if len(inflated) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(inflated))
+    return inflated
+
+
 async def _json_body(request: web.Request) -> dict:
     """An optional JSON object body (tritonclient sends none for some calls)."""
-    body = await request.read()
+    body = await _body(request)
     if not body.strip():
         return {}
     try:
@@ -257,6 +284,8 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str,
         name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
     except (KeyError, TypeError, ValueError) as e:
         raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise ServerError(f"input for model '{model}': 'name' and 'datatype' must be strings")
     parameters = _parameters(spec)
     size = parameters.get("binary_data_size")
     given = [field for field, present in (("data", "data" in spec),
@@ -326,7 +355,12 @@ def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
         raise ServerError(f"Unable to parse 'data': {e}") from None
     if array.size != int(np.prod(shape)):
         raise ServerError("Unable to parse 'data': Shape does not match true shape of 'data' field")
-    return serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
+    if datatype != "BYTES":
+        return array.tobytes()
+    try:
+        return serialize_bytes(array)
+    except TypeError as e:  # an element that is neither text nor bytes
+        raise ServerError(f"Unable to parse 'data': {e}") from None
 
 
 def _encode_outputs(outputs: list[OutputTensor], binary, in_shm) -> tuple[list[dict], list]:
@@ -358,10 +392,12 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
                             shared_memory: _core.SharedMemoryRegistry | None = None,
                             ) -> tuple[web.AppRunner, int]:
     app = web.Application(middlewares=[_refusals], client_max_size=max_input_size)
+    app[MAX_INPUT_SIZE] = max_input_size
     app.add_routes(HttpFrontend(manager, shared_memory).routes())
     # handler_cancellation: a client that closes its connection cancels its inference, which
     # the core then answers without computing it if it is still queued.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                           auto_decompress=False)
     await runner.setup()
     sock = listen(host, port)
     await web.SockSite(runner, sock).start()

@@ -31,7 +31,7 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     parameters = parameters or {}
     classification = classification or {}
     for k in classification.values():
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 2**32 - 1:
             raise ServerError(f"classification count must be a positive integer, got {k!r}")
     shared_memory = shared_memory or {}
     outputs = [(name, classification.get(name, 0), shared_memory.get(name))
@@ -45,7 +45,7 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
 
 def _unsigned(parameters: dict, key: str) -> int:
     value = parameters.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
         raise ServerError(f"parameter '{key}' must be a non-negative integer, got {value!r}")
     return value
 

@@ -15,14 +15,16 @@ from prometheus_client.metrics_core import Metric
 
 from pyserve.frontends.sockets import listen
 
-# Triton's request counters: name -> (help, how to read the value from the core's counts)
+# Triton's request counters: name -> (help, the samples' extra labels and values from the
+# core's counts)
 _COUNTERS = {
     "nv_inference_request_success": ("Number of successful inference requests, all batch sizes",
-                                     lambda c: c["success"]),
+                                     lambda c: [({}, c["success"])]),
     "nv_inference_request_failure": ("Number of failed inference requests, all batch sizes",
-                                     lambda c: c["failure"]),
+                                     lambda c: [({"reason": reason}, count)
+                                                for reason, count in c["failures"].items()]),
     "nv_inference_request_duration_us": ("Cumulative inference request duration in microseconds",
-                                         lambda c: c["success_ns"] / 1000),
+                                         lambda c: [({}, c["success_ns"] / 1000)]),
 }
 
 
@@ -55,7 +57,8 @@ class Metrics:
         for name, (documentation, read) in _COUNTERS.items():
             metric = Metric(name, documentation, "counter")
             for (model, version), entry in sorted(counts.items()):
-                metric.add_sample(name, {"model": model, "version": version}, read(entry))
+                for labels, value in read(entry):
+                    metric.add_sample(name, {"model": model, "version": version, **labels}, value)
             yield metric
         entries = self._statistics() if self._statistics is not None else []
         for name, (documentation, read) in _FROM_STATISTICS.items():

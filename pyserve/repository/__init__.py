@@ -9,15 +9,23 @@ from pathlib import Path
 
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
+from pyserve.repository.remote import mirror_of
 
 
 def find_models(repositories: list[Path]) -> dict[str, list[Path]]:
-    """Model name -> the directories that hold it, one per repository it appears in."""
+    """Model name -> the directories that hold it, one per repository it appears in. For the
+    mirror of a remote repository, the models its store holds now count too (their folders
+    appear once a sync fetches them)."""
     found: dict[str, list[Path]] = {}
     for repository in repositories:
-        for entry in sorted(Path(repository).iterdir()):
-            if entry.is_dir() and not entry.name.startswith("."):
-                found.setdefault(entry.name, []).append(entry)
+        repository = Path(repository)
+        names = {entry.name for entry in repository.iterdir()
+                 if entry.is_dir() and not entry.name.startswith(".")}
+        mirror = mirror_of(repository)
+        if mirror is not None:
+            names |= mirror.model_names()
+        for name in sorted(names):
+            found.setdefault(name, []).append(repository / name)
     return found
 
 

@@ -6,6 +6,9 @@ downloads the new and changed ones (each to a temporary name, then renamed, so a
 loaded never reads half a file) and deletes what the store no longer holds. The rest of the
 server sees a local repository: polling notices a changed object because its file changed.
 
+The repository index lists the store's model folders, not only the mirror's: in explicit mode a
+model uploaded after startup is listed before its first load (`model_names`).
+
 The mirror lives in the cache directory when one is given (`--repository-cache-dir`, or
 Triton's TRITON_AWS_MOUNT_DIRECTORY / TRITON_GCS_MOUNT_DIRECTORY / TRITON_AZURE_MOUNT_DIRECTORY),
 where a restart finds it and downloads only what changed; else in a temporary folder removed at
@@ -22,6 +25,8 @@ import re
 import shutil
 import tempfile
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from pyserve.errors import ServerError
@@ -32,6 +37,16 @@ log = logging.getLogger("pyserve")
 MOUNT_VARIABLES = {"s3": "TRITON_AWS_MOUNT_DIRECTORY", "gs": "TRITON_GCS_MOUNT_DIRECTORY",
                    "as": "TRITON_AZURE_MOUNT_DIRECTORY"}
 _MANIFEST = ".pyserve-mirror.json"
+# The index lists the store at most this often, and waits this long for an answer before it
+# shows the names last known: the index is answered on the event loop.
+_NAMES_FRESH_SECS = 1.0
+_NAMES_TIMEOUT_SECS = 5.0
+# Mirror folder -> its repository, for find_models.
+_MIRRORS: dict[Path, RemoteRepository] = {}
+
+
+def mirror_of(folder: Path) -> RemoteRepository | None:
+    return _MIRRORS.get(Path(folder))
 
 
 class RemoteRepository:
@@ -46,6 +61,9 @@ class RemoteRepository:
             self.local_dir = Path(cache_dir) / _folder_name(location)
             self.local_dir.mkdir(parents=True, exist_ok=True)
         self._stamps: dict[str, str] = self._read_manifest()
+        self._names: tuple[float, set[str]] = (float("-inf"), set())  # (listed at, names)
+        self._lister: ThreadPoolExecutor | None = None
+        _MIRRORS[self.local_dir] = self
 
     def sync(self, model: str | None = None) -> list[str]:
         """Bring the mirror (or one model's folder of it) in step with the store; returns the
@@ -59,6 +77,9 @@ class RemoteRepository:
             except Exception as e:  # noqa: BLE001 - every client has its own exceptions
                 raise ServerError(f"failed to poll from model repository "
                                   f"'{self.location.url}': {e}") from None
+            if not model:
+                folders = {relative.split("/", 1)[0] for relative in remote if "/" in relative}
+                self._names = (time.monotonic(), folders)
             changed = []
             for relative, stamp in sorted(remote.items()):
                 target = self.local_dir / relative
@@ -78,7 +99,27 @@ class RemoteRepository:
                          self.location.url, len(changed), self.local_dir)
             return changed
 
+    def model_names(self) -> set[str]:
+        """The model folders the store holds now. Listed at most once a second (a full sync
+        counts); when the store fails or does not answer in time, the names last known."""
+        listed_at, folders = self._names
+        if time.monotonic() - listed_at >= _NAMES_FRESH_SECS:
+            if self._lister is None:
+                self._lister = ThreadPoolExecutor(1, thread_name_prefix="ps-repo-list")
+            listing = self._lister.submit(self._store.folders, self.location.prefix)
+            try:
+                folders = listing.result(timeout=_NAMES_TIMEOUT_SECS)
+                self._names = (time.monotonic(), folders)
+            except Exception as e:  # noqa: BLE001 - every client has its own exceptions
+                log.warning("model repository '%s': listing its models failed, the index shows "
+                            "the models last listed: %s", self.location.url,
+                            e or type(e).__name__)
+        return {name for name in folders if name and not name.startswith(".")}
+
     def close(self) -> None:
+        _MIRRORS.pop(self.local_dir, None)
+        if self._lister is not None:
+            self._lister.shutdown(wait=False, cancel_futures=True)
         if self._temporary:
             shutil.rmtree(self.local_dir, ignore_errors=True)
 

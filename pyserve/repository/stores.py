@@ -2,9 +2,9 @@
 Storage and Azure Blob Storage, with Triton's URL forms and credential sources.
 
 Each store lists the objects under a prefix with a stamp that changes when an object changes
-(its ETag or generation, and size), and downloads one object to a file. The clients are the
-clouds' own libraries (boto3, google-cloud-storage, azure-storage-blob), imported only when a
-repository of their kind is named.
+(its ETag or generation, and size), lists the folders one level under a prefix, and downloads
+one object to a file. The clients are the clouds' own libraries (boto3, google-cloud-storage,
+azure-storage-blob), imported only when a repository of their kind is named.
 
 URL forms, as tritonserver spells them:
   s3://bucket/path                      AWS S3; region and credentials from the environment
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +30,8 @@ SCHEMES = ("s3", "gs", "as")
 _S3_ENDPOINT = re.compile(r"^s3://(?:(https?)://)?([0-9A-Za-z.\-]+):([0-9]+)/([^/]+)(?:/(.*))?$")
 _S3 = re.compile(r"^s3://([^/:]+)(?:/(.*))?$")
 _GS = re.compile(r"^gs://([^/]+)(?:/(.*))?$")
-_AS = re.compile(r"^as://([^/]+)/([^/]+)(?:/(.*))?$")
+_AS = re.compile(r"^as://([^/]+)/([^/?]+)(?:/([^?]*))?$")
+_AZURE_HOST_SUFFIX = ".blob.core.windows.net"
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -74,7 +76,8 @@ def parse(url: str) -> Location:
     elif url.startswith("as://"):
         match = _AS.match(url)
         if match:
-            return Location(url, "as", match[2], prefix(match[3]), account=match[1])
+            account = match[1].removesuffix(_AZURE_HOST_SUFFIX)  # Triton takes both forms
+            return Location(url, "as", match[2], prefix(match[3]), account=account)
     raise ServerError(f"invalid model repository path '{url}': expected s3://bucket/path, "
                       "s3://[http://|https://]host:port/bucket/path, gs://bucket/path or "
                       "as://account/container/path")
@@ -106,6 +109,9 @@ def credential_for(location: Location, environ: dict[str, str] | None = None):
 class Store(Protocol):
     def list(self, prefix: str) -> dict[str, str]:
         """Object key -> a stamp that changes when the object changes, for keys under prefix."""
+
+    def folders(self, prefix: str) -> set[str]:
+        """The names of the folders one level under prefix (which ends with "/" or is "")."""
 
     def download(self, key: str, target: Path) -> None:
         """Write the object's bytes to target."""
@@ -144,6 +150,14 @@ class S3Store:
                 found[item["Key"]] = f"{item.get('ETag', '')}:{item['Size']}"
         return found
 
+    def folders(self, prefix: str) -> set[str]:
+        found = set()
+        for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=prefix, Delimiter="/"):
+            found.update(_folder_name(entry["Prefix"], prefix)
+                         for entry in page.get("CommonPrefixes", []))
+        return found
+
     def download(self, key: str, target: Path) -> None:
         self._client.download_file(self._bucket, key, str(target))
 
@@ -170,34 +184,68 @@ class GCSStore:
         return {blob.name: f"{blob.generation}:{blob.size}"
                 for blob in self._bucket.list_blobs(prefix=prefix)}
 
+    def folders(self, prefix: str) -> set[str]:
+        blobs = self._bucket.list_blobs(prefix=prefix, delimiter="/")
+        for _ in blobs:  # the folders are known once every page has been read
+            pass
+        return {_folder_name(folder, prefix) for folder in blobs.prefixes}
+
     def download(self, key: str, target: Path) -> None:
         self._bucket.blob(key).download_to_filename(str(target))
 
 
 class AzureStore:
-    def __init__(self, location: Location, credential: dict | None) -> None:
+    """Credentials as Triton reads them: the credential file's entry, else AZURE_STORAGE_ACCOUNT
+    and AZURE_STORAGE_KEY; the account is the credential's `account_str`, else the URL's. A key
+    signs with it (shared key), no key reads anonymously. The endpoint is the account's public
+    one, or the BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING (an emulator such as Azurite,
+    another cloud, a private endpoint), whose own key is used when no other is given."""
+
+    def __init__(self, location: Location, credential: dict | None,
+                 environ: Mapping[str, str] | None = None) -> None:
         try:
             from azure.storage.blob import BlobServiceClient
         except ImportError:
             raise _missing("azure-storage-blob", "azure", "as") from None
-        credential = credential or {}
+        environ = os.environ if environ is None else environ
+        if credential is None:
+            credential = {"account_str": environ.get("AZURE_STORAGE_ACCOUNT", ""),
+                          "account_key": environ.get("AZURE_STORAGE_KEY", ""),
+                          "auth_type": environ.get("AZURE_STORAGE_AUTH_TYPE", "")}
+        auth_type = credential.get("auth_type") or "key"
+        if auth_type != "key":
+            raise ServerError(f"as:// model repositories: auth_type '{auth_type}' is not "
+                              "supported; give an account key (account_key, AZURE_STORAGE_KEY)")
         account = credential.get("account_str") or location.account
-        key = credential.get("account_key") or os.environ.get("AZURE_STORAGE_KEY") or None
-        connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
-        if connection and not credential:  # e.g. Azurite: its own endpoint and key
-            service = BlobServiceClient.from_connection_string(connection)
+        key = credential.get("account_key")
+        shared_key = {"account_name": account, "account_key": key} if key else None
+        connection = environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if connection:
+            service = BlobServiceClient.from_connection_string(connection, credential=shared_key)
         else:
-            service = BlobServiceClient(f"https://{account}.blob.core.windows.net",
-                                        credential=key)
+            service = BlobServiceClient(f"https://{account}{_AZURE_HOST_SUFFIX}",
+                                        credential=shared_key)
         self._container = service.get_container_client(location.bucket)
 
     def list(self, prefix: str) -> dict[str, str]:
         return {blob.name: f"{blob.etag}:{blob.size}"
                 for blob in self._container.list_blobs(name_starts_with=prefix)}
 
+    def folders(self, prefix: str) -> set[str]:
+        from azure.storage.blob import BlobPrefix
+
+        return {_folder_name(item.name, prefix)
+                for item in self._container.walk_blobs(name_starts_with=prefix, delimiter="/")
+                if isinstance(item, BlobPrefix)}
+
     def download(self, key: str, target: Path) -> None:
         with open(target, "wb") as out:
             self._container.download_blob(key).readinto(out)
+
+
+def _folder_name(folder: str, prefix: str) -> str:
+    """"a/b/model/" under "a/b/" -> "model"."""
+    return folder[len(prefix):].rstrip("/")
 
 
 def open_store(location: Location) -> Store:

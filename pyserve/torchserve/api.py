@@ -24,9 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pyserve.backends.torchserve import INPUT_NAME, all_metrics
+from pyserve.backends.torchserve import all_metrics
 from pyserve.errors import ServerError
-from pyserve.runner import InputTensor
 from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
                                         decode_parameter)
@@ -40,7 +39,6 @@ NOT_ALLOWED = ApiError(405, "MethodNotAllowedException",
                        "Requested method is not allowed, please refer to API document.")
 AUTH_FAILED = ("Token Authorization failed. Token either incorrect, expired, or not provided "
                "correctly")
-_EMPTY_BYTES_ELEMENT = b"\x00\x00\x00\x00"  # one BYTES element of length 0
 
 
 def error_response(error: ApiError) -> web.Response:
@@ -168,6 +166,7 @@ class TorchServeApis:
         self.tokens = tokens
         self.metrics = FrontendMetrics()
         self._background: set[asyncio.Task] = set()
+        self._watchdog = _Watchdog()
 
     # Applications ----------------------------------------------------------------------------
 
@@ -257,6 +256,9 @@ class TorchServeApis:
 
     async def predict(self, request: web.Request, name: str, version: str | None,
                       explain: bool = False, url_path: str = "") -> web.StreamResponse:
+        entry = self.store.get(name, version)
+        if entry.restarting is not None:  # its workers were stuck: wait for the new ones
+            await asyncio.wait((entry.restarting,))
         runner = self.store.runner(name, version)
         parameters, part_headers = await _parse_body(request)
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -268,11 +270,13 @@ class TorchServeApis:
         loop = asyncio.get_running_loop()
         stream = _Stream(loop)
         ts_request = TorchServeRequest(parameters, headers, request_id, stream.push)
+        stream.deadline(ts_request, entry.response_timeout)
         begin = time.perf_counter_ns()
         task = loop.create_task(runner.infer(
-            [InputTensor(INPUT_NAME, "BYTES", [1, 1], _EMPTY_BYTES_ELEMENT)],
-            request_id=request_id, objects={REQUEST_KEY: ts_request}))
+            entry.placeholders, request_id=request_id,
+            objects={REQUEST_KEY: ts_request}))
         stream.watch(task)
+        self._watchdog.add(stream)
         response: web.StreamResponse | None = None
         try:
             while (chunk := await stream.next()) is not None:
@@ -285,7 +289,13 @@ class TorchServeApis:
                     await response.prepare(request)
                 await response.write(body)
             task.result()
-        except TorchServeError as e:
+        except (TorchServeError, ResponseTimeout) as e:
+            if isinstance(e, ResponseTimeout):
+                # TorchServe kills the worker, answers "Worker died." and starts another.
+                restart = self.store.restart_workers(entry, runner)
+                if restart is not None:
+                    self._keep(restart)
+                e = TorchServeError("Worker died.", 500)
             if response is not None:
                 await response.write_eof()
                 return response
@@ -293,6 +303,7 @@ class TorchServeApis:
         except ServerError as e:
             raise ApiError(503, "ServiceUnavailableException", e.message) from None
         finally:
+            self._watchdog.discard(stream)
             if not task.done():
                 task.cancel()
         queued = (ts_request.started_ns or time.perf_counter_ns()) - begin
@@ -481,15 +492,27 @@ class TorchServeApis:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+class ResponseTimeout(Exception):
+    """The handler ran past the model's response timeout."""
+
+
 class _Stream:
-    """Chunks a handler streams (send_intermediate_predict_response) on their way to the
-    client: pushed from the worker thread, read on the loop until the request's task ends."""
+    """One prediction on its way to the client: the chunks a handler streams
+    (send_intermediate_predict_response), pushed from the worker thread and read on the loop
+    until the request's task ends, and its response timeout."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._chunks: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._request: TorchServeRequest | None = None
+        self._timeout_ns = 0
+        self._last_chunk_ns = 0
+        self._expired = False
+
+    def deadline(self, request: TorchServeRequest, timeout_s: float) -> None:
+        self._request, self._timeout_ns = request, int(timeout_s * 1e9)
 
     def watch(self, task: asyncio.Task) -> None:
         self._task = task
@@ -499,6 +522,7 @@ class _Stream:
         self._loop.call_soon_threadsafe(self._arrived, (body, status, phrase, headers))
 
     def _arrived(self, chunk) -> None:
+        self._last_chunk_ns = time.perf_counter_ns()
         self._chunks.append(chunk)
         self._wake()
 
@@ -506,14 +530,55 @@ class _Stream:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def check_deadline(self, now_ns: int) -> None:
+        """Expire once the handler has run the timeout since its batch started or its last
+        chunk, as TorchServe counts it (time in the queue does not count)."""
+        since = max(self._request.started_ns, self._last_chunk_ns)
+        if since and now_ns - since >= self._timeout_ns:
+            self._expired = True
+            self._wake()
+
     async def next(self):
+        """The next chunk, or None at the end; ResponseTimeout once expired."""
         while True:
             if self._chunks:
                 return self._chunks.popleft()
             if self._task.done():
                 return None
+            if self._expired:
+                raise ResponseTimeout()
             self._waiter = self._loop.create_future()
             await self._waiter
+
+
+class _Watchdog:
+    """Checks the deadlines of the predictions in flight a few times a second, one task for
+    all of them (a timer per request costs the loop more than the request's own work);
+    TorchServe's timeouts are whole seconds."""
+
+    PERIOD_S = 0.1
+
+    def __init__(self) -> None:
+        self._streams: set[_Stream] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, stream: _Stream) -> None:
+        self._streams.add(stream)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, stream: _Stream) -> None:
+        self._streams.discard(stream)
+
+    async def _run(self) -> None:
+        try:
+            while self._streams:
+                await asyncio.sleep(self.PERIOD_S)
+                now = time.perf_counter_ns()
+                for stream in list(self._streams):
+                    stream.check_deadline(now)
+        finally:
+            self._task = None
 
 
 @web.middleware

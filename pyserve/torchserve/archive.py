@@ -18,7 +18,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pyserve.config.model_config import CONFIG_FILENAME, read_config_file
 from pyserve.errors import ErrorCode, ServerError
+from pyserve.protocol import pb
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 DEFAULT_MAX_EXTRACTED_BYTES = 16 * 1024 ** 3
@@ -93,6 +95,13 @@ class ModelArchive:
         if not name:
             return {}
         return read_model_yaml(_inside(self.model_dir, name))
+
+    def config_pbtxt(self) -> pb.ModelConfig | None:
+        """The archive's own config.pbtxt (an extra file) for the KServe v2 view, or None."""
+        path = self.model_dir / CONFIG_FILENAME
+        if not path.is_file():
+            return None
+        return read_config_file(path)
 
 
 def open_archive(source: Path, work_dir: Path | None = None,

@@ -126,7 +126,7 @@ def _import_handler_module(model_dir: Path, module_name: str, handler: str,
     if in_archive:
         try:
             return importlib.import_module(module_name)
-        except Exception as e:  # noqa: BLE001 - the handler's own import error, explained
+        except BaseException as e:  # noqa: BLE001 - the handler's own import error (SystemExit too)
             raise ServerError(f"model '{model_name}': handler '{handler}' failed to import: "
                               f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
     try:
@@ -156,7 +156,7 @@ def _import_builtin(module_name: str, handler: str, model_name: str) -> ModuleTy
                 f"({', '.join(BUILTIN_HANDLERS[:4])})") from None
         raise ServerError(_dependency_message(model_name, handler, e), ErrorCode.UNAVAILABLE
                           ) from None
-    except Exception as e:  # noqa: BLE001 - e.g. torchvision's ops failing to register
+    except BaseException as e:  # noqa: BLE001 - e.g. torchvision's ops failing to register
         raise ServerError(_dependency_message(model_name, handler, e), ErrorCode.UNAVAILABLE
                           ) from None
 

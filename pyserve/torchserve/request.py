@@ -31,7 +31,7 @@ class TorchServeError(ServerError):
 
 class TorchServeRequest:
     def __init__(self, parameters: dict, headers: dict, request_id: str,
-                 on_chunk: ChunkCallback | None = None) -> None:
+                 on_chunk: ChunkCallback | None = None, tensors: bool = False) -> None:
         self.parameters = parameters  # what the handler sees: {"body": ...} or form fields
         self.headers = headers  # lower-case request headers, plus per-parameter content types
         self.request_id = request_id
@@ -40,6 +40,9 @@ class TorchServeRequest:
         self.phrase = ""
         self.response_headers: dict[str, str] = {}
         self.body = b""
+        self.answer = None  # the handler's own answer, before encoding
+        # A KServe v2 request: its response is the config's outputs, not a body.
+        self.tensors = tensors
         self.started_ns = 0  # time.perf_counter_ns() when its batch started (queue latency)
 
     @property

@@ -1,8 +1,11 @@
 """`pyserve torchserve`: TorchServe's three APIs over a model store, on pyserve's core.
 
-Startup registers the `--models`/`load_models` archives with their workers, then opens the
-inference, management and metrics APIs; shutdown closes the APIs, then unloads every model
-(each runner answers what it accepted) and removes the key file.
+Startup first starts pyserve's own server (KServe v2 gRPC and HTTP, metrics, the models of
+any `--model-repository`), then registers the `--models`/`load_models` archives with their
+workers, which the store also publishes to that server's ModelManager, and opens the
+inference, management and metrics APIs. Shutdown closes TorchServe's APIs, drains the KServe
+v2 frontends while the archives' workers still answer, then unloads every model (each runner
+answers what it accepted) and removes the key file.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import logging
 import ssl
 
 from pyserve.errors import ServerError
-from pyserve.server import serve_until_signal
+from pyserve.options import ServerOptions
+from pyserve.server import Server, serve_until_signal
+from pyserve.server import StartupError as KServeStartupError
 from pyserve.torchserve.api import Tokens, TorchServeApis, start_site
 from pyserve.torchserve.config import TorchServeOptions
 from pyserve.torchserve.store import ApiError, ModelStore
@@ -25,8 +30,9 @@ class StartupError(Exception):
 
 
 class TorchServeServer:
-    def __init__(self, options: TorchServeOptions) -> None:
+    def __init__(self, options: TorchServeOptions, kserve: ServerOptions | None = None) -> None:
         self.options = options
+        self.kserve = Server(kserve) if kserve is not None else None
         self.store: ModelStore | None = None
         self.apis: TorchServeApis | None = None
         self.tokens: Tokens | None = None
@@ -36,7 +42,12 @@ class TorchServeServer:
 
     async def start(self) -> None:
         options = self.options
-        self.store = ModelStore(options, asyncio.get_running_loop(), options.service_envelope)
+        manager = None
+        if self.kserve is not None:
+            await self.kserve.start()
+            manager = self.kserve.manager
+        self.store = ModelStore(options, asyncio.get_running_loop(), options.service_envelope,
+                                manager)
         await self._load_startup_models()
         if options.token_auth:
             self.tokens = Tokens(options.key_file.resolve(), options.token_expiration_min)
@@ -91,6 +102,8 @@ class TorchServeServer:
     async def stop(self) -> None:
         for runner in self._runners:
             await runner.shutdown()
+        if self.kserve is not None:
+            await self.kserve.stop()
         if self.apis is not None:
             await self.apis.drain_background()
         if self.store is not None:
@@ -108,10 +121,10 @@ class TorchServeServer:
         await serve_until_signal(self.start, self.stop, self._should_exit)
 
 
-def run(options: TorchServeOptions) -> int:
+def run(options: TorchServeOptions, kserve: ServerOptions | None = None) -> int:
     try:
-        asyncio.run(TorchServeServer(options).serve())
-    except (StartupError, ServerError, OSError) as e:
+        asyncio.run(TorchServeServer(options, kserve).serve())
+    except (StartupError, KServeStartupError, ServerError, OSError) as e:
         log.error("%s", getattr(e, "message", e))
         return 1
     return 0

@@ -14,14 +14,18 @@ import asyncio
 import datetime
 import logging
 import re
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyserve.backends.base import InstanceSpec, ModelContext
-from pyserve.backends.torchserve import INPUT_NAME, OUTPUT_NAME, TorchServeBackend
+from pyserve.backends.torchserve import (INPUT_NAME, OUTPUT_NAME, TorchServeBackend,
+                                         placeholder_inputs)
+from pyserve.config import normalize
 from pyserve.errors import ServerError
+from pyserve.lifecycle import ModelManager, ModelState, ModelVersion
 from pyserve.protocol import pb
 from pyserve.runner import ModelRunner
 from pyserve.torchserve.archive import ArchiveError, Limits, ModelArchive, open_archive
@@ -79,37 +83,51 @@ class RegisteredVersion:
     batch_size: int
     max_batch_delay: int  # ms
     response_timeout: int  # s
-    core_version: int  # the number the core's statistics use
+    core_version: int  # the version's number in the core and over KServe v2
     min_workers: int = 0
     max_workers: int = 0
     runner: ModelRunner | None = None
     workers: list[Worker] = field(default_factory=list)
     loaded_at_startup: bool = False
     device_ids: list[int] = field(default_factory=list)  # deviceIds of a GPU model
+    config: pb.ModelConfig | None = None  # the running workers' config
+    placeholders: list = field(default_factory=list)  # what the TorchServe API submits
+    restarting: asyncio.Task | None = None  # new workers replacing stuck ones
 
     def model_config(self, instances: int) -> pb.ModelConfig:
-        config = pb.ModelConfig(name=self.name, backend="torchserve",
-                                max_batch_size=max(self.batch_size, 1))
-        config.input.add(name=INPUT_NAME, data_type="TYPE_STRING", dims=[1])
-        config.output.add(name=OUTPUT_NAME, data_type="TYPE_STRING", dims=[1])
-        if self.batch_size > 1:
-            config.dynamic_batching.max_queue_delay_microseconds = self.max_batch_delay * 1000
-        if self.handler:
-            config.parameters["handler"].string_value = self.handler
-        config.instance_group.add(count=instances, kind="KIND_CPU")
-        return config
+        """The version's config for the core and the KServe v2 frontends: the archive's own
+        config.pbtxt when it carries one (its tensors and batching), else one BYTES input
+        `data` and one BYTES output per request, batched as batch_size/max_batch_delay say."""
+        try:
+            config = self.archive.config_pbtxt()
+            if config is None:
+                config = pb.ModelConfig(max_batch_size=max(self.batch_size, 1))
+                config.input.add(name=INPUT_NAME, data_type="TYPE_STRING", dims=[1])
+                config.output.add(name=OUTPUT_NAME, data_type="TYPE_STRING", dims=[1])
+                if self.batch_size > 1:
+                    config.dynamic_batching.max_queue_delay_microseconds = \
+                        self.max_batch_delay * 1000
+            config.name, config.backend = self.name, "torchserve"
+            if self.handler:
+                config.parameters["handler"].string_value = self.handler
+            del config.instance_group[:]
+            config.instance_group.add(count=instances, kind="KIND_CPU")
+            return normalize(config, self.name)
+        except ServerError as e:
+            raise ApiError(400, "ModelException",
+                           f"Invalid config.pbtxt in the archive: {e.message}") from None
 
 
 class ModelStore:
     def __init__(self, options: TorchServeOptions, loop: asyncio.AbstractEventLoop,
-                 envelope: str = "") -> None:
+                 envelope: str = "", manager: ModelManager | None = None) -> None:
         self.options = options
         self._loop = loop
         self._envelope = envelope
+        self._manager = manager  # the KServe v2 frontends' models, where they run
         self.models: dict[str, dict[str, RegisteredVersion]] = {}
         self.defaults: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._core_versions = 0
         self._worker_ids = 9000
         self.startup_models: set[str] = set()
 
@@ -161,6 +179,10 @@ class ModelStore:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-.]*", name):
                 raise ApiError(400, "ModelException", f"Invalid model name: {name}")
             version = archive.manifest.version
+            if self._manager is not None and name in self._manager.models and \
+                    not self._manager.models[name].external:
+                raise ApiError(409, "ConflictStatusException",
+                               f"Model {name} is already served from the model repository")
             if archive.manifest.runtime.lower() not in ("python", "python3") and not runtime:
                 raise bad_request(f"runtime '{archive.manifest.runtime}' of the archive is not "
                                   "supported by pyserve (python only)")
@@ -170,7 +192,6 @@ class ModelStore:
                                f"Model version {version} is already registered for model "
                                f"{name}")
             settings = self._startup_settings(name, version) if startup else {}
-            self._core_versions += 1
             entry = RegisteredVersion(
                 name=name, version=version, url=url, archive=archive,
                 runtime=archive.manifest.runtime, handler=handler,
@@ -181,7 +202,8 @@ class ModelStore:
                                      or settings.get("responseTimeout")
                                      or (response_timeout if response_timeout > 0
                                          else self.options.default_response_timeout_s)),
-                core_version=self._core_versions, loaded_at_startup=startup,
+                core_version=_version_number(version, self.models.get(name, {}).values()),
+                loaded_at_startup=startup,
                 device_ids=[int(d) for d in yaml.get("deviceIds") or []])
         except BaseException:
             archive.cleanup()
@@ -223,11 +245,41 @@ class ModelStore:
         now = _now()
         entry.runner = new
         entry.workers = [Worker(self._next_worker_id(), now) for _ in range(count)]
+        self._publish(entry.name)
         if old is not None:
             await asyncio.to_thread(old.stop)
 
+    def restart_workers(self, entry: RegisteredVersion, stuck: ModelRunner) -> asyncio.Task | None:
+        """TorchServe's answer to a handler past its response timeout: new workers replace
+        the runner whose worker is stuck; requests wait for them (`entry.restarting`) rather
+        than queue behind the stuck one. None when that runner is already being replaced."""
+        if entry.runner is not stuck or entry.restarting is not None:
+            return None
+        entry.restarting = asyncio.ensure_future(self._restart(entry, stuck))
+        return entry.restarting
+
+    async def _restart(self, entry: RegisteredVersion, stuck: ModelRunner) -> None:
+        lock = self._locks.setdefault(f"{entry.name}/{entry.version}", asyncio.Lock())
+        try:
+            async with lock:
+                if entry.runner is not stuck:
+                    return  # scaled or removed meanwhile
+                log.error("model %s version %s: a handler exceeded the response timeout of "
+                          "%d s; restarting its workers", entry.name, entry.version,
+                          entry.response_timeout)
+                count = len(entry.workers)
+                entry.runner = await asyncio.to_thread(self._create_runner, entry, count)
+                entry.workers = [Worker(self._next_worker_id(), _now()) for _ in range(count)]
+                self._publish(entry.name)
+        finally:
+            entry.restarting = None
+        # Its other requests finish on it; a thread of its own stops it, since the stuck
+        # handler may never return.
+        threading.Thread(target=stuck.stop, name="ps-ts-retire", daemon=True).start()
+
     def _create_runner(self, entry: RegisteredVersion, count: int) -> ModelRunner:
-        config = entry.model_config(count)
+        config = entry.config = entry.model_config(count)
+        entry.placeholders = placeholder_inputs(config)
         if self._envelope:
             config.parameters["envelope"].string_value = self._envelope
         context = ModelContext(entry.name, entry.core_version, config, entry.archive.model_dir)
@@ -244,6 +296,14 @@ class ModelStore:
             for backend in instances:
                 backend.close()
             raise
+
+    def _publish(self, name: str) -> None:
+        """Tell the KServe v2 frontends which versions of `name` have workers now."""
+        if self._manager is None:
+            return
+        self._manager.attach(name, [
+            ModelVersion(name, e.core_version, e.config, e.runner, ModelState.READY)
+            for e in self.models.get(name, {}).values() if e.runner is not None])
 
     def _next_worker_id(self) -> int:
         self._worker_ids += 1
@@ -264,6 +324,7 @@ class ModelStore:
             del self.models[name]
             del self.defaults[name]
             self.startup_models.discard(name)
+        self._publish(name)
         await self._release(entry)
         log.info("Model %s unregistered.", name)
 
@@ -283,8 +344,11 @@ class ModelStore:
 
     async def shutdown(self) -> None:
         entries = [e for versions in self.models.values() for e in versions.values()]
+        names = list(self.models)
         self.models.clear()
         self.defaults.clear()
+        for name in names:
+            self._publish(name)
         await asyncio.gather(*(self._release(e) for e in entries), return_exceptions=True)
 
     # --- archives ---------------------------------------------------------------------------
@@ -362,6 +426,16 @@ class ModelStore:
             elif entry.is_dir() and (entry / "MAR-INF" / "MANIFEST.json").is_file():
                 found.append(entry)
         return found
+
+
+def _version_number(version: str, taken) -> int:
+    """A TorchServe version's number over KServe v2: "2" or "2.0" is 2; any other string, or
+    a number already taken, gets the next number after the model's highest."""
+    numbers = {e.core_version for e in taken}
+    match = re.fullmatch(r"(\d+)(\.0+)?", version)
+    if match and int(match.group(1)) > 0 and int(match.group(1)) not in numbers:
+        return int(match.group(1))
+    return max(numbers, default=0) + 1
 
 
 def _stem(path: Path) -> str:

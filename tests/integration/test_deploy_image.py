@@ -38,6 +38,19 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def base_image(reference: str, steps: list[tuple[str, str]]) -> str:
+    """A FROM's image with the default of a build argument (ARG before the first FROM) put in:
+    the bases are build arguments, so that a digest can be pinned at build time."""
+    defaults = {}
+    for keyword, arguments in steps:
+        if keyword == "FROM":
+            break
+        if keyword == "ARG" and "=" in arguments:
+            name, _, value = arguments.partition("=")
+            defaults[name] = value
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], reference)
+
+
 def exec_form(arguments: str) -> list[str]:
     return json.loads(arguments)
 
@@ -75,7 +88,7 @@ def test_hadolint_does_catch_a_careless_dockerfile(tmp_path):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_has_what_a_serving_image_needs(dockerfile):
     steps = instructions(dockerfile)
-    bases = [args.split()[0] for keyword, args in steps if keyword == "FROM"]
+    bases = [base_image(args.split()[0], steps) for keyword, args in steps if keyword == "FROM"]
     assert len(bases) >= 2, "multi-stage: the wheel is built in a stage of its own"
     for base in bases:
         name, _, tag = base.partition(":")
@@ -83,6 +96,10 @@ def test_dockerfile_has_what_a_serving_image_needs(dockerfile):
     final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM"):]
     keywords = dict(final)  # the last of each instruction in the runtime stage
     assert "--from=build" in " ".join(a for k, a in final if k == "COPY")
+    # Both native frontends are built (or the build fails) and import in the runtime stage.
+    assert all(f"PYSERVE_NATIVE_{p}=ON" in " ".join(a for _, a in steps) for p in ("GRPC", "HTTP"))
+    assert "import pyserve._grpc_server, pyserve._http_server" in " ".join(
+        a for k, a in final if k == "RUN")
     user = keywords["USER"].split(":")[0]
     assert user not in ("root", "0") and int(user) >= 1000
     healthcheck = keywords["HEALTHCHECK"]

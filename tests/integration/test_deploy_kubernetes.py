@@ -199,6 +199,9 @@ def test_serving_runtime_declares_pyserves_formats_and_protocols():
     assert (options.http_port, options.grpc_port) == (8080, 9000)
     assert options.allow_http and options.allow_grpc
     assert spec["annotations"]["prometheus.kserve.io/port"] == str(8002)
+    # KServe sets no termination grace: the drain (grace included) must end within
+    # Kubernetes' default 30 s, and readiness must turn false before connections are refused.
+    assert options.drain_grace_secs > 0 and options.exit_timeout_secs < 30
 
 
 def test_inference_service_uses_the_runtime():

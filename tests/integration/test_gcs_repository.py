@@ -12,6 +12,7 @@ import tritonclient.grpc as grpcclient
 
 from conftest import EXAMPLES, start_server
 from object_storage import gcs_bucket, start_gcs_emulator
+from pyserve.repository.stores import GCSStore, parse
 
 SIMPLE = EXAMPLES / "simple"
 
@@ -30,6 +31,8 @@ def test_serves_and_polls_a_gcs_repository(emulator, tmp_path):
         if path.is_file():
             bucket.blob(f"repo/simple/{path.relative_to(SIMPLE).as_posix()}").upload_from_filename(
                 str(path))
+    bucket.blob("repo/README").upload_from_string("not a model")
+    assert GCSStore(parse("gs://models-bucket/repo"), None).folders("repo/") == {"simple"}
     server = start_server([], tmp_path / "server.log", "--model-repository",
                           "gs://models-bucket/repo", "--model-control-mode", "poll",
                           "--repository-poll-secs", "0.5",

@@ -303,3 +303,28 @@ def test_a_name_in_two_repositories_is_unavailable(tmp_path, server_factory):
         assert client.is_model_ready("only_first") and not client.is_model_ready("twice")
         assert index(client)[("twice", "")] == (
             "UNAVAILABLE", "model appears in two or more repositories")
+
+
+def test_reloads_free_what_they_replace(tmp_path):
+    """200 reloads through the load API: the server's memory and threads stay flat (each
+    replaced version's scheduler, threads and instances are freed)."""
+    repository = make_repository(tmp_path / "models", {"reloaded": [1]})
+    server = start_server([repository], tmp_path / "server.log", "--model-control-mode",
+                          "explicit", "--load-model", "reloaded")
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+
+        def rss_and_threads() -> tuple[int, int]:
+            fields = dict(line.split(":", 1) for line in open(f"/proc/{server.process.pid}/status"))
+            return int(fields["VmRSS"].split()[0]) << 10, int(fields["Threads"])
+
+        for i in range(200):
+            client.load_model("reloaded")
+            infer(client, "reloaded")
+            if i == 19:
+                settled = rss_and_threads()
+        rss, threads = rss_and_threads()
+        assert threads == settled[1]
+        assert rss - settled[0] < 0.05 * settled[0] + (4 << 20), (rss >> 20, settled[0] >> 20)
+    finally:
+        server.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
 from tritonclient.utils import InferenceServerException
 
-from conftest import FRONTENDS, start_server
+from conftest import FRONTENDS, child_pids, start_server
 
 OVERLOAD_SECONDS = 60
 SLOW_MODEL = """
@@ -59,6 +60,8 @@ def server(request, tmp_path_factory):
               extra="dynamic_batching { default_queue_policy { max_queue_size: 3 } }")
     add_model(root, "slower", 1.5)
     add_model(root, "hangs", 0)
+    add_model(root, "hangs_isolated", 0, extra='parameters { key: "isolation" '
+                                              'value { string_value: "process" } }')
     frontend = request.param
     process = start_server([root], tmp_path_factory.mktemp("logs") / f"overload-{frontend}.log",
                            "--grpc-frontend", frontend, "--http-frontend", frontend,
@@ -155,6 +158,18 @@ def test_model_max_queue_size_bounds_each_model(server):
     assert refused and answered
     assert all(r.message() == "Exceeds maximum queue size" for r in refused)
     assert len(answered) + len(refused) == 30
+    assert failures(server, "slow_batched")["REJECTED"] == len(refused)
+
+
+def failures(server, model: str) -> dict[str, float]:
+    """nv_inference_request_failure by its reason label, from the metrics port."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("nv_inference_request_failure{") and f'model="{model}"' in line:
+            reason = line.split('reason="')[1].split('"')[0]
+            found[reason] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def executions(server, model: str) -> tuple[int, int, int]:
@@ -198,30 +213,39 @@ def test_cancelled_requests_are_not_computed(server):
     time.sleep(2)  # a B computed after all would show up by now
     count, success, fail = executions(server, "slower")
     assert (count - before[0], success - before[1], fail - before[2]) == (2, 2, 2)
+    assert failures(server, "slower")["CANCELED"] == 2
 
 
-def test_a_model_hung_in_execute_can_be_unloaded(server):
-    """One request hangs `hangs` for an hour; two wait behind it. Unloading gives up on the
-    instance after --model-unload-timeout-secs, refuses the two, and the model loads again."""
+@pytest.mark.parametrize("model", ["hangs", "hangs_isolated"])
+def test_a_model_hung_in_execute_can_be_unloaded(server, model):
+    """One request hangs the model for an hour; two wait behind it. Unloading gives up on the
+    instance after --model-unload-timeout-secs, refuses all three, and the model loads again.
+    An isolated model's child (the only child process of this server) is killed."""
+    if model == "hangs_isolated":
+        assert child_pids(server.process.pid)
+
     async def run():
         client = grpc_aio.InferenceServerClient(server.grpc_url)
-        hung = asyncio.ensure_future(client.infer("hangs", [grpc_input(-1)], client_timeout=30))
+        hung = asyncio.ensure_future(client.infer(model, [grpc_input(-1)], client_timeout=30))
         await asyncio.sleep(0.5)
-        waiting = [asyncio.ensure_future(client.infer("hangs", [grpc_input(i)])) for i in (1, 2)]
+        waiting = [asyncio.ensure_future(client.infer(model, [grpc_input(i)])) for i in (1, 2)]
         await asyncio.sleep(0.5)
         started = time.monotonic()
-        await client.unload_model("hangs")
+        await client.unload_model(model)
         unload_seconds = time.monotonic() - started
-        refused = await asyncio.gather(*waiting, return_exceptions=True)
+        refused = await asyncio.gather(hung, *waiting, return_exceptions=True)
         np.testing.assert_array_equal(
             (await client.infer("slow", [grpc_input(5)])).as_numpy("Y"), [5])  # others serve
-        await client.load_model("hangs")
-        again = await client.infer("hangs", [grpc_input(7)])
-        hung.cancel()
+        left, deadline = set(), time.monotonic() + 20
+        while (model == "hangs_isolated" and (left := child_pids(server.process.pid))
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.2)
+        await client.load_model(model)
+        again = await client.infer(model, [grpc_input(7)])
         await client.close()
-        return unload_seconds, refused, again
+        return unload_seconds, refused, again, left
 
-    unload_seconds, refused, again = asyncio.run(run())
+    unload_seconds, refused, again, left = asyncio.run(run())
     assert unload_seconds < 15
     for error in refused:
         assert isinstance(error, InferenceServerException), error
@@ -229,3 +253,4 @@ def test_a_model_hung_in_execute_can_be_unloaded(server):
         assert "was stopped while an instance was still executing" in error.message()
     assert again.as_numpy("Y").tolist() == [7]
     assert "an instance was still executing after 2 s; it is abandoned" in server.log()
+    assert not left  # an isolated model's hung child was killed

@@ -1,6 +1,7 @@
 """Hostile requests with a real server, on both frontends: model names and load-API file paths
 checked before any filesystem call, bodies and messages bounded (after decompression too),
-and the server still serving afterwards without an unhandled error in its log."""
+malformed requests the fuzzer found (bench/fuzz.py) refused with a clear 400 /
+INVALID_ARGUMENT, and the server still serving afterwards without an unhandled error."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def server(request, tmp_path_factory):
     process = start_server(
         [EXAMPLES], tmp_path_factory.mktemp("logs") / f"limits-{frontend}.log",
         "--model-control-mode", "explicit", "--load-model", "simple",
+        "--load-model", "add_sub_python",
         "--grpc-frontend", frontend, "--http-frontend", frontend,
         "--http-max-input-size", str(LIMIT), "--grpc-max-message-size", str(LIMIT))
     yield process
@@ -180,3 +182,89 @@ def test_half_sent_request_does_not_hold_the_server(server):
         s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 100000\r\n\r\n{\"inputs\": [")
     assert_still_serving(server)
+
+
+def test_duplicate_input_names_are_refused(server):
+    """Two inputs named INPUT1 (and none named INPUT0), as Triton refuses adding one twice."""
+    text = "input 'INPUT1' already exists in request"
+    body = json.dumps({"inputs": [{"name": "INPUT1", "datatype": "INT32", "shape": [1, 16],
+                                   "data": [0] * 16}] * 2}).encode()
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer", body)
+    assert status == 400 and text in json.loads(answer)["error"]
+    inputs = [grpcclient.InferInput("INPUT1", [1, 16], "INT32") for _ in range(2)]
+    for t in inputs:
+        t.set_data_from_numpy(np.zeros((1, 16), np.int32))
+    with pytest.raises(InferenceServerException) as refused:
+        grpcclient.InferenceServerClient(server.grpc_url).infer("simple", inputs)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and text in refused.value.message()
+
+
+def test_deeply_nested_json_is_refused(server):
+    """300,000 nested arrays once overflowed the native parser's stack."""
+    body = (b'{"inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": '
+            + b"[" * 300_000 + b"]" * 300_000 + b"}]}")
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer", body)
+    assert status == 400 and "nested too deeply" in json.loads(answer)["error"]
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("encoding, body", [("gzip", b"\x1f\x8b\x08\x00broken"),
+                                            ("deflate", b'{"inputs": []}')])
+def test_bodies_that_do_not_inflate_are_refused(server, encoding, body):
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer", body,
+                                  {"Content-Encoding": encoding})
+    assert status == 400 and json.loads(answer)["error"]
+    assert_still_serving(server)
+
+
+def test_out_of_range_classification_count_is_refused(server):
+    body = json.dumps({"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16],
+                                   "data": [0] * 16} for n in ("INPUT0", "INPUT1")],
+                       "outputs": [{"name": "OUTPUT0",
+                                    "parameters": {"classification": 2**63 - 1}}]}).encode()
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer", body)
+    assert status == 400 and "classification count" in json.loads(answer)["error"]
+
+
+def test_malformed_messages_are_invalid_argument(server):
+    """An undecodable control RPC, and a ModelInfer whose id is not UTF-8 (protobuf's rule)."""
+    channel = grpc.insecure_channel(server.grpc_url)
+    for method, message in [("ModelStatistics", b"\xff\xff\xff"),
+                            ("ModelInfer", b"\x0a\x06simple\x1a\x02\xff\xfe")]:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(message, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert "failed to parse" in refused.value.details()
+    channel.close()
+
+
+def test_infinite_outputs_are_readable_json(server):
+    """1e308 + 1e308 overflows to inf: the JSON answer spells it as Python's json does."""
+    inputs = [{"name": n, "datatype": "FP32", "shape": [1, 4], "data": [3e38, 0, 0, 0]}
+              for n in ("INPUT0", "INPUT1")]
+    status, answer = http_request(server, "POST", "/v2/models/add_sub_python/infer",
+                                  json.dumps({"inputs": inputs}).encode())
+    assert status == 200
+    outputs = {o["name"]: o["data"] for o in json.loads(answer)["outputs"]}
+    assert outputs["OUTPUT0"][0] == float("inf") and outputs["OUTPUT1"][0] == 0
+
+
+@pytest.mark.parametrize("tensor", [
+    {"name": 5, "datatype": "INT32", "shape": [1, 16], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": True, "shape": [1, 16], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": "INT32", "shape": [1, None], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": "INT32", "shape": [1, 2**70], "data": [0] * 16}])
+def test_values_of_the_wrong_type_are_refused(server, tensor):
+    other = {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [0] * 16}
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer",
+                                  json.dumps({"inputs": [tensor, other]}).encode())
+    assert status == 400, answer
+    assert json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize("tensor", [
+    {"name": "INPUT0", "datatype": ["INT32"], "shape": [1, 16], "data": [0] * 16},
+    {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": [1.5] * 16}])
+def test_json_data_of_the_wrong_shape_of_value_is_refused(server, tensor):
+    test_values_of_the_wrong_type_are_refused(server, tensor)

@@ -146,6 +146,29 @@ def test_explicit_load_and_unload_with_the_credential_file(moto, bucket, servers
     assert server.stop() == 0
 
 
+def test_explicit_index_lists_models_added_to_the_bucket(moto, bucket, servers):
+    client, name = bucket
+    server = servers("--model-repository", f"s3://{moto.endpoint}/{name}/models",
+                     "--model-control-mode", "explicit", "--load-model", "simple",
+                     env=S3_ENVIRONMENT)
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        assert index(c) == {("simple", "1"): "READY"}
+        upload_tree(client, name, "models/added/", SIMPLE)
+        client.put_object(Bucket=name, Key="models/added/config.pbtxt",
+                          Body=SIMPLE_CONFIG.replace('name: "simple"', 'name: "added"'))
+        # Listed as soon as it is in the bucket, not loaded, and nothing fetched yet.
+        wait_for(lambda: ("added", "") in index(c))
+        assert index(c)[("added", "")] == ""
+        assert not c.is_model_ready("added")
+        c.load_model("added")
+        assert index(c)[("added", "1")] == "READY"
+        infer(c, "added")
+
+        c.unload_model("added")
+        wait_for(lambda: index(c)[("added", "1")] == "UNAVAILABLE")
+    assert server.stop() == 0
+
+
 def test_unreachable_store_stops_startup(servers, tmp_path):
     from conftest import start_server as start
 

@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from torchserve_archives import HAVE_ARCHIVER, make_mar  # noqa: E402
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "model_repository"
+HAVE_ORT = __import__("importlib").util.find_spec("onnxruntime") is not None
 HAVE_TS = __import__("importlib").util.find_spec("ts") is not None
 needs_ts = pytest.mark.skipif(not HAVE_TS, reason="needs pyserve[torchserve] (the ts package)")
 
@@ -87,6 +90,33 @@ def handle(data, context):
                                            "Intermediate Prediction success", 200, context)
     return ["three"] * len(data)
 '''
+TYPED_CONFIG = """
+max_batch_size: 4
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+TYPED = '''
+import json
+def handle(data, context):
+    if data is None:
+        return None
+    out = []
+    for row in data:
+        if "INPUT0" in row:  # KServe v2: the row's tensors by input name
+            out.append({"OUTPUT0": row["INPUT0"] * 2})
+        else:  # TorchServe's API: the body
+            out.append([2 * v for v in row["body"]])
+    return out
+'''
+SLOW = '''
+import time
+def handle(data, context):
+    if data is None:
+        return None
+    if any(row.get("body") == b"sleep" for row in data):
+        time.sleep(4)
+    return ["done"] * len(data)
+'''
 
 
 def build_store(store: Path) -> None:
@@ -129,6 +159,11 @@ def build_store(store: Path) -> None:
                  handler="handler.py", work=scratch / name)
     make_mar(store, "tgz_echo", {"echo.py": ECHO}, handler="echo.py", work=scratch / "tgz",
              archive_format="tgz" if HAVE_ARCHIVER else "default")
+    make_mar(store, "typed", {"typed.py": TYPED, "config.pbtxt": TYPED_CONFIG},
+             handler="typed.py", work=scratch / "typed")
+    make_mar(store, "slow", {"slow.py": SLOW, "model-config.yaml": "responseTimeout: 1\n"},
+             handler="slow.py", config_file="model-config.yaml", work=scratch / "slow")
+    make_mar(store, "simple", {"echo.py": ECHO}, handler="echo.py", work=scratch / "simple")
 
 
 class TorchServeProcess:
@@ -138,7 +173,8 @@ class TorchServeProcess:
         self.log_path = cwd / "server.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyserve.cli", "torchserve", "--start", "--ncs",
-             "--ts-config", "config.properties", *flags],
+             "--ts-config", "config.properties", "--grpc-port", "0", "--http-port", "0",
+             "--metrics-port", "0", *flags],
             cwd=cwd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
         self.ports: dict[str, int] = {}
         deadline = time.time() + 120
@@ -146,6 +182,8 @@ class TorchServeProcess:
             text = self.log_path.read_text()
             for kind, port in re.findall(r"(\w+) API bind to: https?://[^:]+:(\d+)", text):
                 self.ports[kind.lower()] = int(port)
+            for kind, port in re.findall(r"Started (GRPC|HTTP)\w* at [^:]+:(\d+)", text):
+                self.ports[f"kserve-{kind.lower()}"] = int(port)
             if "Model server started." in text:
                 return
             if self.process.poll() is not None:
@@ -180,13 +218,18 @@ metrics_mode=prometheus
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
     build_store(root / "store")
-    models = ["echo=echo.mar", "collide_a.mar", "collide_b.mar", "tgz_echo" + (
-        ".tar.gz" if HAVE_ARCHIVER else ".mar")]
+    repository = root / "repository"
+    repository.mkdir()
+    if HAVE_ORT:  # the repository's model beside the archives
+        shutil.copytree(EXAMPLES / "simple", repository / "simple")
+    models = ["echo=echo.mar", "collide_a.mar", "collide_b.mar", "typed.mar", "slow.mar",
+              "tgz_echo" + (".tar.gz" if HAVE_ARCHIVER else ".mar")]
     if HAVE_TS:
         models += ["eager.mar", "scripted.mar", "failing.mar", "streaming.mar"]
     extra = "cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
     process = TorchServeProcess(root, PROPERTIES + extra + f"load_models={','.join(models)}\n",
-                                "--disable-token-auth", "--enable-model-api")
+                                "--disable-token-auth", "--enable-model-api",
+                                "--model-repository", str(repository))
     yield process
     process.stop()
     print(process.log_path.read_text()[-4000:])
@@ -448,3 +491,141 @@ def test_torchserve_builtin_image_classifier(server, tmp_path):
     answer = requests.post(server.url("inference", "/predictions/classifier"),
                            data=image.getvalue())
     assert answer.status_code == 200 and len(answer.json()) >= 1
+
+
+@pytest.fixture(params=["grpc", "http"])
+def kserve(request, server):
+    """tritonclient on pyserve's KServe v2 frontends of the `pyserve torchserve` process."""
+    module = pytest.importorskip(f"tritonclient.{request.param}")
+    url = f"127.0.0.1:{server.ports[f'kserve-{request.param}']}"
+    client = module.InferenceServerClient(url)
+    yield module, client
+    client.close()
+
+
+def test_torchserve_archive_served_over_kserve_v2(kserve):
+    """A .mar with no config.pbtxt: one BYTES input `data` and one BYTES output per request;
+    its TorchServe version 1.0 is version 1."""
+    module, client = kserve
+    import numpy as np
+
+    assert client.is_model_ready("echo") and client.is_model_ready("echo", "1")
+    metadata = client.get_model_metadata("echo")
+    inputs = metadata.inputs if hasattr(metadata, "inputs") else metadata["inputs"]
+    first = inputs[0]
+    name = first.name if hasattr(first, "name") else first["name"]
+    datatype = first.datatype if hasattr(first, "datatype") else first["datatype"]
+    assert (name, datatype) == ("data", "BYTES")
+    config = client.get_model_config("echo")
+    config = config.config if hasattr(config, "config") else config
+    max_batch = config.max_batch_size if hasattr(config, "max_batch_size") \
+        else config["max_batch_size"]
+    assert max_batch == 4  # batchSize of the archive's model-config.yaml
+    data = module.InferInput("data", [2, 1], "BYTES")
+    data.set_data_from_numpy(np.array([[b"first"], [b"second"]], dtype=np.object_))
+    result = client.infer("echo", [data])
+    answers = [json.loads(row[0]) for row in result.as_numpy("output")]
+    assert [a["echo"] for a in answers] == ["first", "second"]
+    assert answers[0]["yaml"] == {"greeting": "hi"}
+
+
+def test_torchserve_archive_with_its_own_config_pbtxt(kserve, server):
+    """An archive carrying config.pbtxt is served with its tensors; the handler gets each
+    row's arrays by input name. Its TorchServe API keeps working beside it."""
+    module, client = kserve
+    import numpy as np
+
+    values = np.array([[1.0, 2.0], [3.0, 4.5]], dtype=np.float32)
+    tensor = module.InferInput("INPUT0", list(values.shape), "FP32")
+    tensor.set_data_from_numpy(values)
+    result = client.infer("typed", [tensor])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), values * 2)
+    reply = requests.post(server.url("inference", "/predictions/typed"), json=[1.5, 2.0])
+    assert reply.status_code == 200 and reply.json() == [3.0, 4.0]
+
+
+def test_torchserve_and_model_repository_in_one_process(kserve, server):
+    """The repository's ONNX model beside the archives, on the same KServe v2 frontends; an
+    archive named like a repository model is refused."""
+    module, client = kserve
+    import numpy as np
+
+    if not HAVE_ORT:
+        pytest.skip("the repository's model needs onnxruntime")
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        inputs.append(module.InferInput(name, [1, 16], "INT32"))
+        inputs[-1].set_data_from_numpy(a)
+    result = client.infer("simple", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
+    index = client.get_model_repository_index()
+    index = index.models if hasattr(index, "models") else index
+    names = {m.name if hasattr(m, "name") else m["name"] for m in index}
+    assert {"simple", "echo", "typed"} <= names
+    conflict = requests.post(server.url("management", "/models?url=simple.mar"))
+    assert conflict.status_code == 409, conflict.text
+    assert "model repository" in conflict.json()["message"]
+
+
+def test_torchserve_scaling_and_unregistering_reach_kserve_v2(server):
+    tritonclient = pytest.importorskip("tritonclient.http")
+    client = tritonclient.InferenceServerClient(f"127.0.0.1:{server.ports['kserve-http']}")
+    m = lambda path: server.url("management", path)  # noqa: E731
+    try:
+        registered = requests.post(m("/models?url=echo_v2.mar&model_name=echo_kserve"
+                                     "&initial_workers=1&synchronous=true"))
+        assert registered.status_code == 200, registered.text
+        assert client.is_model_ready("echo_kserve", "2")  # TorchServe's "2.0"
+        assert requests.put(m("/models/echo_kserve?min_worker=0&synchronous=true")
+                            ).status_code == 200
+        assert not client.is_model_ready("echo_kserve")  # no workers: not served
+        assert requests.put(m("/models/echo_kserve?min_worker=2&synchronous=true")
+                            ).status_code == 200
+        assert client.is_model_ready("echo_kserve")
+        assert requests.delete(m("/models/echo_kserve")).status_code == 200
+        assert not client.is_model_ready("echo_kserve")
+    finally:
+        client.close()
+
+
+def test_torchserve_response_timeout(server):
+    """A handler past responseTimeout gets TorchServe's answer (500 "Worker died."), its
+    worker is replaced, and the model keeps serving at once."""
+    url = server.url("inference", "/predictions/slow")
+    workers = requests.get(server.url("management", "/models/slow")).json()[0]["workers"]
+    began = time.monotonic()
+    timed_out = requests.post(url, data=b"sleep")
+    assert timed_out.status_code == 500, timed_out.text
+    assert timed_out.json() == {"code": 500, "type": "InternalServerException",
+                                "message": "Worker died."}
+    assert time.monotonic() - began < 3.5  # answered at the timeout, not when the handler ends
+    began = time.monotonic()
+    fine = requests.post(url, data=b"quick")
+    assert fine.status_code == 200 and fine.content == b"done"
+    assert time.monotonic() - began < 2  # a new worker, not the stuck one
+    described = requests.get(server.url("management", "/models/slow")).json()[0]
+    assert described["responseTimeout"] == 1
+    assert [w["id"] for w in described["workers"]] != [w["id"] for w in workers]
+    assert len(described["workers"]) == len(workers)
+
+
+def test_torchserve_register_response_timeout(server):
+    m = lambda path: server.url("management", path)  # noqa: E731
+    registered = requests.post(m("/models?url=echo_v2.mar&model_name=echo_timeout"
+                                 "&response_timeout=7"))
+    assert registered.status_code == 200, registered.text
+    assert requests.get(m("/models/echo_timeout")).json()[0]["responseTimeout"] == 7
+    assert requests.delete(m("/models/echo_timeout")).status_code == 200
+
+
+def test_torchserve_archive_with_an_invalid_config_pbtxt(server, tmp_path):
+    make_mar(server.cwd / "store", "badconfig",
+             {"echo.py": ECHO, "config.pbtxt": "max_batch_size: -3\n"}, handler="echo.py",
+             work=tmp_path / "src")
+    reply = requests.post(server.url("management", "/models?url=badconfig.mar"
+                                     "&initial_workers=1&synchronous=true"))
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["type"] == "ModelException"
+    assert "config.pbtxt" in reply.json()["message"]
+    assert requests.get(server.url("management", "/models/badconfig")).status_code == 404

@@ -13,7 +13,9 @@ from conftest import OUTSIDE, PYSERVE
 from object_storage import S3_ENVIRONMENT, s3_client, start_moto
 from pyserve.errors import ServerError
 from pyserve.repository.remote import RemoteRepository, open_repositories
-from pyserve.repository.stores import S3Store, credential_for, is_remote, parse
+from pyserve.repository import find_models, remote
+from pyserve.repository.stores import (AzureStore, S3Store, credential_for, is_remote,
+                                      parse)
 
 
 @pytest.mark.parametrize("url, bucket, prefix, endpoint", [
@@ -36,6 +38,17 @@ def test_gcs_and_azure_urls():
     azure = parse("as://account/container/models")
     assert (azure.scheme, azure.account, azure.bucket, azure.prefix) == (
         "as", "account", "container", "models/")
+    assert parse("as://account.blob.core.windows.net/container").account == "account"
+
+
+@pytest.mark.parametrize("credential, environ", [
+    ({"account_str": "a", "auth_type": "managed_identity"}, {}),
+    (None, {"AZURE_STORAGE_AUTH_TYPE": "default"}),
+])
+def test_azure_token_credentials_are_refused_clearly(credential, environ):
+    pytest.importorskip("azure.storage.blob")
+    with pytest.raises(ServerError, match="auth_type '.*' is not supported"):
+        AzureStore(parse("as://a/c/m"), credential, environ)
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3://http://host/bucket", "gs://", "as://account",
@@ -172,6 +185,38 @@ def test_keys_escaping_the_mirror_are_skipped(moto, bucket, tmp_path):
     mirror = repository(moto, name, tmp_path / "cache")
     assert mirror.sync() == ["ok/config.pbtxt"]
     assert not (tmp_path / "cache" / "evil").exists()
+
+
+def test_model_names_are_the_stores_folders(moto, bucket, tmp_path, monkeypatch):
+    client, name = bucket
+    client.put_object(Bucket=name, Key="models/a/config.pbtxt", Body=b"1")
+    client.put_object(Bucket=name, Key="models/README", Body=b"not a model")
+    mirror = repository(moto, name, tmp_path)
+    mirror.sync()
+    assert mirror.model_names() == {"a"}
+    client.put_object(Bucket=name, Key="models/b/1/model.onnx", Body=b"1")
+    client.put_object(Bucket=name, Key="models/.hidden/x", Body=b"1")
+    assert mirror.model_names() == {"a"}  # listed at most once a second: the sync's names
+    monkeypatch.setattr(remote, "_NAMES_FRESH_SECS", 0.0)
+    assert mirror.model_names() == {"a", "b"}
+    # find_models lists them for the mirror's folder; only `a` has been fetched.
+    assert find_models([mirror.local_dir]) == {
+        "a": [mirror.local_dir / "a"], "b": [mirror.local_dir / "b"]}
+    mirror.close()
+    assert find_models([mirror.local_dir]) == {"a": [mirror.local_dir / "a"]}
+
+
+def test_model_names_of_a_store_that_fails_are_the_last_known(moto, bucket, tmp_path,
+                                                              monkeypatch):
+    client, name = bucket
+    client.put_object(Bucket=name, Key="models/a/config.pbtxt", Body=b"1")
+    mirror = repository(moto, name, tmp_path)
+    mirror.sync()
+    client.delete_object(Bucket=name, Key="models/a/config.pbtxt")
+    client.delete_bucket(Bucket=name)
+    monkeypatch.setattr(remote, "_NAMES_FRESH_SECS", 0.0)
+    assert mirror.model_names() == {"a"}
+    mirror.close()
 
 
 def test_missing_bucket_is_a_server_error(moto, tmp_path):
