@@ -75,12 +75,13 @@ class ModelRunner:
         self.model = _core.Model(spec, options, self._execute)
         self._sink = _core.PythonSink(self._hand_off)
 
-    async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple[str, int]] = (),
+    async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),
                     request_id: str = "", parameters: dict | None = None, priority: int = 0,
                     timeout_us: int = 0, objects: dict | None = None) -> list[OutputTensor]:
-        """Run one request: the outputs asked for as (name, classification count or 0), or
-        every output of the config, in config order. `objects` join the request's parameters
-        in the backend's RequestInfo without passing through the core (any Python value)."""
+        """Run one request: the outputs asked for as (name, classification count or 0[, the
+        _core.SharedMemoryBlock to write it into]), or every output of the config, in config
+        order. `objects` join the request's parameters in the backend's RequestInfo without
+        passing through the core (any Python value)."""
         tag = next(self._tags)
         future = self._loop.create_future()
         self._pending[tag] = (future, inputs, objects)

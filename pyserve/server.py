@@ -38,6 +38,8 @@ class Server:
         self._http = None  # the native HTTP frontend, when it serves
         self._runners = []  # aiohttp AppRunners: HTTP and metrics
         self._should_exit = asyncio.Event()
+        # Client shared-memory regions: one registry for every frontend, as Triton has one.
+        self.shared_memory = _core.SharedMemoryRegistry()
         self.drained = True  # False when the exit timeout cut the drain short
 
     async def start(self) -> None:
@@ -56,7 +58,7 @@ class Server:
                            self.manager.request_counts)
                    if options.allow_metrics else None)
         if options.allow_grpc:
-            self._grpc, self.grpc_port = _grpc_frontend(options, self.manager)
+            self._grpc, self.grpc_port = _grpc_frontend(options, self.manager, self.shared_memory)
             await self._grpc.start()
             log.info("Started GRPCInferenceService at %s:%d", options.host, self.grpc_port)
         if options.allow_http:
@@ -88,15 +90,16 @@ class Server:
             if options.http_frontend == "python":
                 log.info("HTTP frontend: python (aiohttp)")
             runner, port = await start_http_server(
-                self.manager, options.host, options.http_port, options.http_max_input_size)
+                self.manager, options.host, options.http_port, options.http_max_input_size,
+                self.shared_memory)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
-            self.manager, "127.0.0.1", 0, options.http_max_input_size)
+            self.manager, "127.0.0.1", 0, options.http_max_input_size, self.shared_memory)
         self._runners.append(runner)
         self._http = native.NativeHttpServer(self.manager, options.host, options.http_port,
                                              shell_port, options.http_thread_count,
-                                             options.http_max_input_size)
+                                             options.http_max_input_size, self.shared_memory)
         log.info("HTTP frontend: native (cpp-httplib), other routes relayed to 127.0.0.1:%d",
                  shell_port)
         return self._http.port
@@ -179,7 +182,8 @@ async def serve_until_signal(start, stop, should_exit: asyncio.Event) -> None:
         await stop()
 
 
-def _grpc_frontend(options: ServerOptions, manager: ModelManager):
+def _grpc_frontend(options: ServerOptions, manager: ModelManager,
+                   shared_memory: _core.SharedMemoryRegistry):
     """The gRPC server the options ask for: native when built (or asked), else grpc.aio."""
     address = f"{options.host}:{options.grpc_port}"
     if options.grpc_frontend != "python":
@@ -188,7 +192,8 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager):
         if grpc_native.available():
             log.info("gRPC frontend: native (gRPC C++)")
             return grpc_native.create_native_grpc_server(manager, address,
-                                                         options.grpc_max_message_size)
+                                                         options.grpc_max_message_size,
+                                                         shared_memory)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -196,7 +201,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager):
                     grpc_native.UNAVAILABLE_REASON)
     else:
         log.info("gRPC frontend: python (grpc.aio)")
-    return create_grpc_server(manager, address, options.grpc_max_message_size)
+    return create_grpc_server(manager, address, options.grpc_max_message_size, shared_memory)
 
 
 async def _close(runner, timeout: float) -> None:

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   pyserve::bindings::RegisterModel(m);
   pyserve::bindings::RegisterMemory(m);
   pyserve::bindings::RegisterDevice(m);
+  pyserve::bindings::RegisterSharedMemory(m);
 }

@@ -22,5 +22,6 @@ void RegisterStatus(pybind11::module_& m);
 void RegisterModel(pybind11::module_& m);
 void RegisterMemory(pybind11::module_& m);
 void RegisterDevice(pybind11::module_& m);
+void RegisterSharedMemory(pybind11::module_& m);
 
 }  // namespace pyserve::bindings

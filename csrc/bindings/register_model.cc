@@ -16,6 +16,7 @@
 #include "model.h"
 #include "model_table.h"
 #include "register.h"
+#include "shared_memory.h"
 #include "bytes_tensor.h"
 
 namespace py = pybind11;
@@ -344,9 +345,10 @@ class PyModel {
   }
 
   // inputs: (name, datatype, shape, buffer) each; the buffers must stay alive until the
-  // response is delivered (the core keeps only pointers). outputs: (name, classification k).
+  // response is delivered (the core keeps only pointers). outputs: (name, classification k)
+  // or (name, k, SharedMemoryBlock) for an output written into a client's region.
   void Submit(uint64_t tag, PythonSink& sink, const py::sequence& inputs,
-              const std::string& request_id, const std::vector<std::pair<std::string, uint32_t>>& outputs,
+              const std::string& request_id, const py::sequence& outputs,
               const py::dict& parameters, uint64_t priority, uint64_t timeout_us,
               std::shared_ptr<CancelFlag> cancel) {
     auto request = std::make_unique<InferRequest>();
@@ -357,7 +359,15 @@ class PyModel {
     request->request_id = request_id;
     request->priority = priority;
     request->timeout_us = timeout_us;
-    for (const auto& [name, k] : outputs) request->outputs.push_back({name, k});
+    for (const py::handle item : outputs) {
+      auto output = item.cast<py::tuple>();
+      RequestedOutput requested{output[0].cast<std::string>(), output[1].cast<uint32_t>(),
+                                nullptr};
+      if (output.size() > 2 && !output[2].is_none()) {
+        requested.shared_memory = output[2].cast<std::shared_ptr<SharedMemoryBlock>>();
+      }
+      request->outputs.push_back(std::move(requested));
+    }
     request->inputs.reserve(inputs.size());
     for (const py::handle item : inputs) {
       auto tuple = item.cast<py::tuple>();
@@ -541,7 +551,7 @@ void RegisterModel(py::module_& m) {
       .def(py::init<const ModelSpec&, const SchedulerOptions&, py::object>(), py::arg("spec"),
            py::arg("options"), py::arg("execute"))
       .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
-           py::arg("request_id") = "", py::arg("outputs") = std::vector<std::pair<std::string, uint32_t>>{},
+           py::arg("request_id") = "", py::arg("outputs") = py::tuple(),
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
            py::arg("cancel") = nullptr)
       .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <type_traits>
 
@@ -13,6 +14,8 @@ constexpr unsigned kHostAllocPortable = 1;   // cudaHostAllocPortable
 constexpr unsigned kStreamNonBlocking = 1;   // cudaStreamNonBlocking
 constexpr int kHostToDevice = 1;             // cudaMemcpyHostToDevice
 constexpr int kDeviceToHost = 2;             // cudaMemcpyDeviceToHost
+constexpr int kCopyDefault = 4;              // cudaMemcpyDefault (direction from the pointers)
+constexpr unsigned kIpcLazyPeerAccess = 1;   // cudaIpcMemLazyEnablePeerAccess
 const char* const kLibraryNames[] = {"libcudart.so", "libcudart.so.13", "libcudart.so.12",
                                      "libcudart.so.11.0"};
 
@@ -74,7 +77,8 @@ bool CudaRuntime::Load() {
             bind(stream_create_, "cudaStreamCreateWithFlags") &&
             bind(stream_destroy_, "cudaStreamDestroy") &&
             bind(memcpy_async_, "cudaMemcpyAsync") &&
-            bind(stream_synchronize_, "cudaStreamSynchronize");
+            bind(stream_synchronize_, "cudaStreamSynchronize") && bind(memcpy_, "cudaMemcpy") &&
+            bind(ipc_open_, "cudaIpcOpenMemHandle") && bind(ipc_close_, "cudaIpcCloseMemHandle");
   int count = 0;
   if (!ok || get_device_count_(&count) != 0 || count <= 0) {
     dlclose(handle_);
@@ -82,6 +86,10 @@ bool CudaRuntime::Load() {
     return false;
   }
   device_count_ = count;
+  if (void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)) {  // the runtime loaded it
+    address_range_ =
+        reinterpret_cast<decltype(address_range_)>(dlsym(driver, "cuMemGetAddressRange_v2"));
+  }
   return true;
 }
 
@@ -136,5 +144,25 @@ bool CudaRuntime::CopyToHostAsync(void* dst, const void* src, size_t bytes,
 }
 
 bool CudaRuntime::Synchronize(CudaStream stream) const { return stream_synchronize_(stream) == 0; }
+
+bool CudaRuntime::Copy(void* dst, const void* src, size_t bytes) const {
+  return memcpy_(dst, src, bytes, kCopyDefault) == 0;
+}
+
+bool CudaRuntime::IpcOpen(int device, const char* handle, void** ptr) const {
+  IpcHandle ipc;
+  std::memcpy(ipc.reserved, handle, kIpcHandleBytes);
+  return OnDevice(device, [&] { return ipc_open_(ptr, ipc, kIpcLazyPeerAccess) == 0; });
+}
+
+void CudaRuntime::IpcClose(int device, void* ptr) const {
+  OnDevice(device, [&] { return ipc_close_(ptr) == 0; });
+}
+
+bool CudaRuntime::AllocationSize(const void* ptr, size_t* bytes) const {
+  uintptr_t base = 0;
+  return address_range_ != nullptr &&
+         address_range_(&base, bytes, reinterpret_cast<uintptr_t>(ptr)) == 0;
+}
 
 }  // namespace pyserve

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,16 @@ class CudaRuntime {
   bool CopyToDeviceAsync(void* dst, const void* src, size_t bytes, CudaStream stream) const;
   bool CopyToHostAsync(void* dst, const void* src, size_t bytes, CudaStream stream) const;
   bool Synchronize(CudaStream stream) const;
+  bool Copy(void* dst, const void* src, size_t bytes) const;  // synchronous, either direction
+
+  // CUDA IPC (the cuda_shared_memory extension): a cudaIpcMemHandle_t's bytes, opened on
+  // `device` and closed there.
+  static constexpr size_t kIpcHandleBytes = 64;
+  bool IpcOpen(int device, const char* handle, void** ptr) const;
+  void IpcClose(int device, void* ptr) const;
+  // The size of the allocation `ptr` points into (through the driver's cuMemGetAddressRange);
+  // false when the driver library cannot tell.
+  bool AllocationSize(const void* ptr, size_t* bytes) const;
 
  private:
   CudaRuntime() = default;
@@ -52,6 +63,13 @@ class CudaRuntime {
   Err (*stream_destroy_)(CudaStream) = nullptr;
   Err (*memcpy_async_)(void*, const void*, size_t, int, CudaStream) = nullptr;
   Err (*stream_synchronize_)(CudaStream) = nullptr;
+  Err (*memcpy_)(void*, const void*, size_t, int) = nullptr;
+  struct IpcHandle {
+    char reserved[kIpcHandleBytes];
+  };
+  Err (*ipc_open_)(void**, IpcHandle, unsigned) = nullptr;
+  Err (*ipc_close_)(void*) = nullptr;
+  Err (*address_range_)(uintptr_t*, size_t*, uintptr_t) = nullptr;  // libcuda, optional
   void* handle_ = nullptr;
   int device_count_ = 0;
   std::string library_;

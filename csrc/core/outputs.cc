@@ -8,6 +8,7 @@
 #include <numeric>
 #include <string>
 
+#include "shared_memory.h"
 #include "validate.h"
 
 namespace pyserve {
@@ -62,6 +63,19 @@ Status Slice(const ModelSpec& spec, const OutputTensor& whole, int64_t total, in
   out->data = whole.data + begin;
   out->byte_size = end - begin;
   return Status::OK();
+}
+
+// Copies an output into the shared-memory block the client named for it (Triton's texts).
+Status IntoSharedMemory(const SharedMemoryBlock& block, OutputTensor* t) {
+  if (t->byte_size > block.byte_size) {
+    return Status(StatusCode::kInternal,
+                  "shared memory size specified with the request for output '" + t->name + "' (" +
+                      std::to_string(block.byte_size) + " bytes) should be at least " +
+                      std::to_string(t->byte_size) + " bytes to hold the results");
+  }
+  Status status = WriteBlock(block, t->data, t->byte_size);
+  t->shared_memory = status.ok();
+  return status;
 }
 
 float HalfToFloat(uint16_t h) {
@@ -170,7 +184,7 @@ Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutput
     }
     std::vector<RequestedOutput> wanted = request.outputs;
     if (wanted.empty()) {
-      for (const TensorSpec& o : spec.outputs) wanted.push_back({o.name, 0});
+      for (const TensorSpec& o : spec.outputs) wanted.push_back({o.name, 0, nullptr});
     }
     std::vector<std::string> missing;
     for (const RequestedOutput& w : wanted) {
@@ -211,6 +225,13 @@ Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutput
           break;
         }
         tensor = std::move(classes);
+      }
+      if (w.shared_memory) {
+        Status status = IntoSharedMemory(*w.shared_memory, &tensor);
+        if (!status.ok()) {
+          response = InferResponse{status, {}};
+          break;
+        }
       }
       response.outputs.push_back(std::move(tensor));
     }

@@ -49,11 +49,14 @@ struct TensorView {
 };
 
 class ResponseSink;
+struct SharedMemoryBlock;
 
-// An output the client asked for: by name, or the top `classification` classes of it.
+// An output the client asked for: by name, or the top `classification` classes of it; written
+// into a block of a registered shared-memory region when `shared_memory` is set.
 struct RequestedOutput {
   std::string name;
   uint32_t classification = 0;  // 0 = the values themselves
+  std::shared_ptr<const SharedMemoryBlock> shared_memory;
 };
 
 // A request parameter the model sees (Triton's InferParameter: bool, int64, double or string).
@@ -71,6 +74,9 @@ struct InferRequest {
   uint64_t id = 0;  // the frontend's key for delivering the completion (the sink's tag)
   ResponseSink* sink = nullptr;  // where the response goes; outlives the request's model
   std::shared_ptr<void> owner;   // keeps the bytes `inputs` view alive (null: the sink does)
+  // Also kept alive with the request: shared-memory regions (and host copies of CUDA blocks)
+  // that inputs view.
+  std::vector<std::shared_ptr<const void>> held;
   std::vector<TensorView> inputs;
   std::string request_id;                  // the client's id, for texts and backends
   std::vector<RequestedOutput> outputs;    // empty = every output of the model

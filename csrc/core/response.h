@@ -22,6 +22,8 @@ struct OutputTensor {
   std::shared_ptr<const void> memory;
   const uint8_t* data = nullptr;
   size_t byte_size = 0;
+  // Written into the client's shared-memory region: the response carries no data for it.
+  bool shared_memory = false;
 };
 
 // What a backend computed for a batch: every output over the whole batch (split per request

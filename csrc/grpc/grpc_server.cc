@@ -118,6 +118,7 @@ class GrpcServer::Impl : public ResponseSink {
 
   ModelTable& table() { return *table_; }
   const Dispatch& dispatch() { return dispatch_; }
+  const SharedMemoryRegistry* shared_memory() const { return options_.shared_memory.get(); }
   grpc::AsyncGenericService& service() { return service_; }
   // Calls are counted twice: until finished (live) and until freed (allocated).
   void CallStarted() {
@@ -253,7 +254,8 @@ class Call : public std::enable_shared_from_this<Call> {
     request->sink = server_;
     request->owner = pending;
     request->cancelled = &cancelled_;
-    status = DecodeInferRequest(pending->message, &pending->converted, request.get());
+    status = DecodeInferRequest(pending->message, server_->shared_memory(), &pending->converted,
+                                request.get());
     if (!status.ok()) return Fail(status);
     pending->model_name = model->spec().name;
     pending->model_version = std::to_string(model->spec().version);

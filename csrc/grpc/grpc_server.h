@@ -9,6 +9,7 @@
 #include <string>
 
 #include "model_table.h"
+#include "shared_memory.h"
 #include "status.h"
 
 namespace pyserve::grpcfront {
@@ -17,6 +18,8 @@ struct GrpcOptions {
   std::string address = "0.0.0.0:8001";
   int threads = 2;  // completion-queue threads
   int max_message_bytes = 0x7fffffff;
+  // The regions tensors in shared memory are resolved in (null: such tensors are refused).
+  std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };
 
 // Answers an RPC handed to the shell; callable from any thread, once. `code` is a gRPC code

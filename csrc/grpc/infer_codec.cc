@@ -131,8 +131,9 @@ bool ParseInput(std::string_view bytes, InferMessage::Input* input) {
       case 1: input->name = r.bytes(); break;
       case 2: input->datatype = r.bytes(); break;
       case 3: if (!AppendInts(r, &input->shape)) return false; break;
+      case 4: if (!ParseMapEntry(r.bytes(), &input->parameters)) return false; break;
       case 5: input->has_contents = true; input->contents = r.bytes(); break;
-      default: break;  // the input's own parameters (shared memory) are not supported yet
+      default: break;
     }
   }
   return r.error().empty();
@@ -175,6 +176,48 @@ Status Unsigned(const InferParam& p, const std::string& key, uint64_t* value) {
     return Status::OK();
   }
   return Invalid("parameter '" + key + "' must be a non-negative integer, got " + Repr(p));
+}
+
+// A tensor's shared_memory_* parameters, checked as Triton checks them; `block` is left empty
+// when the tensor is not in shared memory.
+Status SharedMemoryTensor(const ParamMap& parameters, const std::string& tensor,
+                          const SharedMemoryRegistry* registry, SharedMemoryBlock* block) {
+  const InferParam* region = Find(parameters, "shared_memory_region");
+  const InferParam* offset = Find(parameters, "shared_memory_offset");
+  const InferParam* byte_size = Find(parameters, "shared_memory_byte_size");
+  const std::string where = " parameter for tensor '" + tensor + "'";
+  auto wrong_type = [&](const char* key, const char* expected) {
+    return Invalid(std::string("invalid value type for '") + key + "'" + where + ", expected " +
+                   expected + ".");
+  };
+  if (region == nullptr) {
+    for (const char* key : {"shared_memory_offset", "shared_memory_byte_size"}) {
+      if (Find(parameters, key) != nullptr) {
+        return Invalid(std::string("'") + key +
+                       "' can not be specified without 'shared_memory_region'" + where);
+      }
+    }
+    return Status::OK();
+  }
+  if (region->kind != InferParam::kString) {
+    return wrong_type("shared_memory_region", "string_param");
+  }
+  if (offset != nullptr && offset->kind != InferParam::kInt64) {
+    return wrong_type("shared_memory_offset", "int64_param");
+  }
+  if (byte_size == nullptr) {
+    return Invalid("'shared_memory_byte_size' must be specified along with "
+                   "'shared_memory_region'" + where);
+  }
+  if (byte_size->kind != InferParam::kInt64) {
+    return wrong_type("shared_memory_byte_size", "int64_param");
+  }
+  const std::string name(region->string_value);
+  if (registry == nullptr) {
+    return Status(StatusCode::kNotFound, "Unable to find shared memory region: '" + name + "'");
+  }
+  return registry->Find(name, static_cast<uint64_t>(offset ? offset->int_value : 0),
+                        static_cast<uint64_t>(byte_size->int_value), block);
 }
 
 Parameter ModelParameter(std::string_view key, const InferParam& p) {
@@ -312,10 +355,11 @@ Status ParseInferRequest(std::string_view bytes, InferMessage* message) {
   return Status::OK();
 }
 
-Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>* converted,
-                          InferRequest* request) {
+Status DecodeInferRequest(const InferMessage& message, const SharedMemoryRegistry* shared_memory,
+                          std::vector<std::string>* converted, InferRequest* request) {
   const std::string model(message.model_name);
   const bool raw = !message.raw_input_contents.empty();
+  size_t raw_index = 0;  // raw_input_contents skips the inputs in shared memory
   request->request_id = std::string(message.id);
   converted->reserve(message.inputs.size());
   for (size_t i = 0; i < message.inputs.size(); ++i) {
@@ -324,20 +368,33 @@ Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>*
     view.name = std::string(input.name);
     view.dtype = DataTypeFromWire(input.datatype);
     view.shape = input.shape;
-    if (raw) {
+    SharedMemoryBlock block;
+    Status status = SharedMemoryTensor(input.parameters, view.name, shared_memory, &block);
+    if (!status.ok()) return status;
+    if (block.keep) {
+      if (input.has_contents) {
+        return Invalid("unexpected 'content' provided when using shared memory for input tensor '" +
+                       view.name + "' for model '" + model + "'");
+      }
+      status = ReadOnHost(block, &block);
+      if (!status.ok()) return status;
+      view.data = block.data;
+      view.byte_size = block.byte_size;
+      request->held.push_back(std::move(block.keep));
+    } else if (raw) {
       if (input.has_contents) {
         return Invalid("contents field must not be specified when using raw_input_contents for '" +
                        view.name + "' for model '" + model + "'");
       }
-      if (i >= message.raw_input_contents.size()) {
+      if (raw_index >= message.raw_input_contents.size()) {
         return Invalid("unable to find data for input tensor '" + view.name + "' for model '" +
                        model + "' in request.");
       }
-      view.data = reinterpret_cast<const uint8_t*>(message.raw_input_contents[i].data());
-      view.byte_size = message.raw_input_contents[i].size();
+      view.data = reinterpret_cast<const uint8_t*>(message.raw_input_contents[raw_index].data());
+      view.byte_size = message.raw_input_contents[raw_index++].size();
     } else {
       converted->emplace_back();
-      Status status = ContentsBytes(input, model, &converted->back());
+      status = ContentsBytes(input, model, &converted->back());
       if (!status.ok()) return status;
       view.data = reinterpret_cast<const uint8_t*>(converted->back().data());
       view.byte_size = converted->back().size();
@@ -345,7 +402,7 @@ Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>*
     request->inputs.push_back(std::move(view));
   }
   for (const InferMessage::Output& output : message.outputs) {
-    RequestedOutput requested{std::string(output.name), 0};
+    RequestedOutput requested{std::string(output.name), 0, nullptr};
     if (const InferParam* k = Find(output.parameters, "classification")) {
       const bool integer = k->kind == InferParam::kInt64 || k->kind == InferParam::kUint64;
       const int64_t count = k->kind == InferParam::kInt64 ? k->int_value
@@ -354,6 +411,15 @@ Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>*
         return Invalid("classification count must be a positive integer, got " + Repr(*k));
       }
       requested.classification = static_cast<uint32_t>(count);
+    }
+    SharedMemoryBlock block;
+    Status status = SharedMemoryTensor(output.parameters, requested.name, shared_memory, &block);
+    if (!status.ok()) return status;
+    if (block.keep) {
+      if (requested.classification != 0) {
+        return Invalid("output can't set both 'shared_memory_region' and 'classification'");
+      }
+      requested.shared_memory = std::make_shared<const SharedMemoryBlock>(std::move(block));
     }
     request->outputs.push_back(std::move(requested));
   }
@@ -375,7 +441,9 @@ Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>*
 std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
                                 std::string_view id, const InferResponse& response) {
   size_t reserve = 64 + model_name.size() + model_version.size() + id.size();
-  for (const OutputTensor& t : response.outputs) reserve += t.byte_size + t.name.size() + 48;
+  for (const OutputTensor& t : response.outputs) {
+    reserve += (t.shared_memory ? 0 : t.byte_size) + t.name.size() + 48;
+  }
   std::string out;
   out.reserve(reserve);
   wire::PutString(&out, 1, model_name);
@@ -392,7 +460,8 @@ std::string EncodeInferResponse(std::string_view model_name, std::string_view mo
     wire::PutBytes(&out, 5, tensor);
   }
   for (const OutputTensor& t : response.outputs) {
-    wire::PutBytes(&out, 6, std::string_view(reinterpret_cast<const char*>(t.data), t.byte_size));
+    const size_t size = t.shared_memory ? 0 : t.byte_size;
+    wire::PutBytes(&out, 6, std::string_view(reinterpret_cast<const char*>(t.data), size));
   }
   return out;
 }

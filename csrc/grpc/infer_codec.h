@@ -11,6 +11,7 @@
 
 #include "request.h"
 #include "response.h"
+#include "shared_memory.h"
 #include "status.h"
 
 namespace pyserve::grpcfront {
@@ -33,6 +34,7 @@ struct InferMessage {
     std::vector<int64_t> shape;
     bool has_contents = false;
     std::string_view contents;  // a serialized InferTensorContents
+    ParamMap parameters;
   };
   struct Output {
     std::string_view name;
@@ -49,11 +51,14 @@ struct InferMessage {
 Status ParseInferRequest(std::string_view bytes, InferMessage* message);
 
 // Fills `request` from `message` (whose bytes must outlive it). `converted` keeps the bytes of
-// inputs given as typed contents. Checks what Triton's gRPC frontend checks before the core.
-Status DecodeInferRequest(const InferMessage& message, std::vector<std::string>* converted,
-                          InferRequest* request);
+// inputs given as typed contents; tensors in shared memory are resolved in `shared_memory`
+// (null: none registered) and their regions held by the request. Checks what Triton's gRPC
+// frontend checks before the core.
+Status DecodeInferRequest(const InferMessage& message, const SharedMemoryRegistry* shared_memory,
+                          std::vector<std::string>* converted, InferRequest* request);
 
-// A serialized ModelInferResponse.
+// A serialized ModelInferResponse (outputs written into shared memory carry no data: an empty
+// raw_output_contents entry each, as Triton sends).
 std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
                                 std::string_view id, const InferResponse& response);
 

@@ -95,12 +95,14 @@ class ShellQueue {
 class PyGrpcServer {
  public:
   PyGrpcServer(std::shared_ptr<ModelTable> table, const std::string& address, py::object dispatch,
-               int threads, int max_message_bytes)
+               int threads, int max_message_bytes,
+               std::shared_ptr<SharedMemoryRegistry> shared_memory)
       : shell_(std::make_shared<ShellQueue>(std::move(dispatch))) {
     GrpcOptions options;
     options.address = address;
     options.threads = threads;
     options.max_message_bytes = max_message_bytes;
+    options.shared_memory = std::move(shared_memory);
     std::weak_ptr<ShellQueue> shell = shell_;
     Status status;
     {
@@ -144,11 +146,12 @@ class PyGrpcServer {
 PYBIND11_MODULE(_grpc_server, m) {
   using pyserve::grpcfront::PyGrpcServer;
   m.doc() = "pyserve's native gRPC frontend (private; see pyserve.frontends.grpc_native)";
-  py::module_::import("pyserve._core");  // ModelTable
+  py::module_::import("pyserve._core");  // ModelTable, SharedMemoryRegistry
   py::class_<PyGrpcServer>(m, "Server")
-      .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int>(),
+      .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int,
+                    std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
            py::arg("table"), py::arg("address"), py::arg("dispatch"), py::arg("threads") = 2,
-           py::arg("max_message_bytes") = 0x7fffffff)
+           py::arg("max_message_bytes") = 0x7fffffff, py::arg("shared_memory") = nullptr)
       .def_property_readonly("port", &PyGrpcServer::port)
       .def("stop", &PyGrpcServer::Stop, py::arg("grace_seconds") = 0.0);
 }

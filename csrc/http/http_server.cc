@@ -223,7 +223,8 @@ class HttpServer::Impl : public ResponseSink {
     pending->body.swap(body);
     auto request = std::make_unique<InferRequest>();
     const std::string header_length = req.get_header_value("Inference-Header-Content-Length");
-    if (!DecodeInfer(pending->body, header_length, &pending->infer, request.get())) {
+    if (!DecodeInfer(pending->body, header_length, options_.shared_memory.get(), &pending->infer,
+                     request.get())) {
       body.swap(pending->body);
       return false;
     }

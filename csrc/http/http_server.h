@@ -8,6 +8,7 @@
 #include <string>
 
 #include "model_table.h"
+#include "shared_memory.h"
 #include "status.h"
 
 namespace pyserve::httpfront {
@@ -20,6 +21,8 @@ struct HttpOptions {
   int threads = 64;
   size_t max_body_bytes = 64 << 20;
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
+  // The regions tensors in shared memory are resolved in (null: such requests go to the shell).
+  std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };
 
 class HttpServer {

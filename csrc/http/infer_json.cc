@@ -113,6 +113,38 @@ bool ModelParameter(const char* key, const Value& v, Parameter* p) {
   return true;
 }
 
+// A tensor's shared_memory_* parameters; false for anything the Python frontend must word
+// (a malformed value, an unknown region, a range outside it).
+struct ShmParams {
+  const Value* region = nullptr;
+  uint64_t offset = 0, byte_size = 0;
+};
+
+bool ShmParam(const char* key, const Value& v, ShmParams* shm) {
+  const std::string_view name(key);
+  if (name == "shared_memory_region") {
+    shm->region = &v;
+    return v.IsString();
+  }
+  if (name == "shared_memory_offset" && v.IsUint64()) {
+    shm->offset = v.GetUint64();
+    return true;
+  }
+  if (name == "shared_memory_byte_size" && v.IsUint64()) {
+    shm->byte_size = v.GetUint64();
+    return true;
+  }
+  return false;
+}
+
+bool IsShmKey(std::string_view key) { return key.rfind("shared_memory_", 0) == 0; }
+
+bool ResolveShm(const ShmParams& shm, const SharedMemoryRegistry* registry,
+                SharedMemoryBlock* block) {
+  return registry != nullptr &&
+         registry->Find(shm.region->GetString(), shm.offset, shm.byte_size, block).ok();
+}
+
 bool NonNegative(const Value& v, uint64_t* out) {
   if (!v.IsUint64()) return false;
   *out = v.GetUint64();
@@ -173,7 +205,8 @@ void WriteData(Writer& w, const OutputTensor& t) {
 
 }  // namespace
 
-bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfer* infer,
+bool DecodeInfer(std::string_view body, std::string_view header_length,
+                 const SharedMemoryRegistry* shared_memory, HttpInfer* infer,
                  InferRequest* request) {
   size_t length = body.size();
   if (!header_length.empty()) {
@@ -243,16 +276,30 @@ bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfe
         overflow = overflow || __builtin_mul_overflow(elements, d.GetInt64(), &elements);
       }
       const Value* size = nullptr;
+      ShmParams shm;
       if (const Value* p = Member(spec, "parameters")) {
         if (!p->IsObject()) return false;
         for (const auto& m : p->GetObject()) {
-          if (std::string_view(m.name.GetString()) != "binary_data_size") return false;
-          size = &m.value;
+          if (IsShmKey(m.name.GetString())) {
+            if (!ShmParam(m.name.GetString(), m.value, &shm)) return false;
+          } else if (std::string_view(m.name.GetString()) == "binary_data_size") {
+            size = &m.value;
+          } else {
+            return false;
+          }
         }
       }
       const Value* data = Member(spec, "data");
-      if ((size == nullptr) == (data == nullptr)) return false;
-      if (size != nullptr) {
+      if ((size != nullptr) + (data != nullptr) + (shm.region != nullptr) != 1) return false;
+      if (shm.region != nullptr) {
+        SharedMemoryBlock block;
+        if (!ResolveShm(shm, shared_memory, &block) || !ReadOnHost(block, &block).ok()) {
+          return false;
+        }
+        view.data = block.data;
+        view.byte_size = block.byte_size;
+        request->held.push_back(std::move(block.keep));
+      } else if (size != nullptr) {
         if (!size->IsUint64() || size->GetUint64() > binary.size() - offset) return false;
         view.data = reinterpret_cast<const uint8_t*>(binary.data() + offset);
         view.byte_size = size->GetUint64();
@@ -277,14 +324,17 @@ bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfe
       if (!spec.IsObject()) return false;
       const Value* name = Member(spec, "name");
       if (!name || !name->IsString()) return false;
-      RequestedOutput requested{name->GetString(), 0};
+      RequestedOutput requested{name->GetString(), 0, nullptr};
       bool binary_data = infer->binary_default;
       bool has_binary = false;
+      ShmParams shm;
       if (const Value* p = Member(spec, "parameters")) {
         if (!p->IsObject()) return false;
         for (const auto& m : p->GetObject()) {
           const std::string_view key = m.name.GetString();
-          if (key == "binary_data" && m.value.IsBool()) {
+          if (IsShmKey(key)) {
+            if (!ShmParam(m.name.GetString(), m.value, &shm)) return false;
+          } else if (key == "binary_data" && m.value.IsBool()) {
             binary_data = m.value.GetBool();
             has_binary = true;
           } else if (key == "classification" && m.value.IsUint64() && m.value.GetUint64() >= 1 &&
@@ -294,6 +344,14 @@ bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfe
             return false;
           }
         }
+      }
+      if (shm.region != nullptr) {  // with classification or binary_data: the shell refuses
+        SharedMemoryBlock block;
+        if ((has_binary && binary_data) || requested.classification != 0 ||
+            !ResolveShm(shm, shared_memory, &block)) {
+          return false;
+        }
+        requested.shared_memory = std::make_shared<const SharedMemoryBlock>(std::move(block));
       }
       if (has_binary) infer->binary.emplace_back(requested.name, binary_data);
       request->outputs.push_back(std::move(requested));
@@ -324,7 +382,8 @@ Status EncodeInfer(const std::string& model_name, const std::string& model_versi
     for (const auto& [name, value] : infer.binary) {
       if (name == t.name) binary = value;
     }
-    if (!binary && (t.dtype == DataType::kFp16 || t.dtype == DataType::kBf16)) {
+    if (t.shared_memory) binary = false;
+    if (!binary && !t.shared_memory && (t.dtype == DataType::kFp16 || t.dtype == DataType::kBf16)) {
       return Status(StatusCode::kInvalidArg,
                     std::string("sending ") + WireName(t.dtype) +
                         " data via JSON is not supported. Please use the binary data format for "
@@ -346,7 +405,7 @@ Status EncodeInfer(const std::string& model_name, const std::string& model_versi
       w.Uint64(t.byte_size);
       w.EndObject();
       chunks.push_back(&t);
-    } else {
+    } else if (!t.shared_memory) {  // in shared memory: name, datatype and shape only
       w.Key("data");
       WriteData(w, t);
     }

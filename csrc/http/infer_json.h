@@ -12,6 +12,7 @@
 
 #include "request.h"
 #include "response.h"
+#include "shared_memory.h"
 #include "status.h"
 
 namespace pyserve::httpfront {
@@ -25,9 +26,11 @@ struct HttpInfer {
   std::vector<std::pair<std::string, bool>> binary;  // per requested output: binary_data
 };
 
-// True when `body` decodes into `request` (whose inputs view `body` and `infer->converted`);
-// false when the Python frontend must take the request.
-bool DecodeInfer(std::string_view body, std::string_view header_length, HttpInfer* infer,
+// True when `body` decodes into `request` (whose inputs view `body`, `infer->converted` and
+// the shared-memory regions the request holds, resolved in `shared_memory`, which may be
+// null); false when the Python frontend must take the request.
+bool DecodeInfer(std::string_view body, std::string_view header_length,
+                 const SharedMemoryRegistry* shared_memory, HttpInfer* infer,
                  InferRequest* request);
 
 // The response body; `header_length` is set when binary outputs follow the JSON (else 0). An

@@ -105,8 +105,52 @@ def _from_json(path: Path, metadata, batching: bool, batch_size: int) -> list[di
     return requests
 
 
-def encode(model: str, version: str, inputs: dict[str, np.ndarray]) -> Payload:
-    request = build_request(model, inputs, version=version)
+def output_bytes(client: Client, model: str, version: str, batch_size: int,
+                 default: int) -> dict[str, int]:
+    """Each output's size for a request, from the model's metadata; `default` when the model
+    does not fix it (BYTES, variable dims), as perf_analyzer's --output-shared-memory-size."""
+    metadata = client.model_metadata(model, version)
+    batching = client.model_config(model, version).max_batch_size > 0
+    sizes = {}
+    for tensor in metadata.outputs:
+        dims = tensor.shape[1:] if batching else tensor.shape
+        if tensor.datatype == "BYTES" or any(d < 0 for d in dims):
+            sizes[tensor.name] = default
+        else:
+            count = int(np.prod(dims, dtype=np.int64)) * (batch_size if batching else 1)
+            sizes[tensor.name] = count * numpy_dtype(tensor.datatype).itemsize
+    return sizes
+
+
+def region_bytes(requests: list[dict[str, np.ndarray]], outputs: dict[str, int]) -> int:
+    """Room for every request's numeric inputs and one block per output, 64-byte aligned."""
+    arrays = [a.nbytes for r in requests for a in r.values() if not a.dtype.hasobject]
+    return sum(n + 64 for n in arrays + list(outputs.values())) + 64
+
+
+def in_shared_memory(client: Client, region, model: str, version: str,
+                     requests: list[dict[str, np.ndarray]], outputs: dict[str, int]
+                     ) -> tuple[Payload, ...]:
+    """Payloads whose numeric inputs are copies in `region` and whose outputs are written into
+    it (perf_analyzer's --shared-memory system): the requests carry references only (BYTES
+    inputs stay on the wire). Every request shares the output blocks, as perf_analyzer's do."""
+    targets = {name: region.ndarray(max(n, 1), np.uint8) for name, n in outputs.items()}
+    payloads = []
+    for inputs in requests:
+        placed = {}
+        for name, array in inputs.items():
+            placed[name] = array
+            if not array.dtype.hasobject:
+                placed[name] = region.ndarray(array.shape, array.dtype)
+                placed[name][...] = array
+        payloads.append(encode(model, version, placed, targets, client._shm_lookup))
+    return tuple(payloads)
+
+
+def encode(model: str, version: str, inputs: dict[str, np.ndarray], outputs=None,
+           shm_lookup=None) -> Payload:
+    request = build_request(model, inputs, version=version, outputs=outputs,
+                            shm_lookup=shm_lookup)
     body, headers = http_encode(request)
     return Payload(grpc=encode_infer(request).SerializeToString(),
                    http_path=_model_path(model, version) + "/infer", http_body=body,

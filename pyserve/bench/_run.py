@@ -7,13 +7,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as queue_module
+import secrets
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-from pyserve.bench._inputs import Payload, encode, make_inputs, parse_shapes
+from pyserve.bench._inputs import (Payload, encode, in_shared_memory, make_inputs, output_bytes,
+                                   parse_shapes, region_bytes)
 from pyserve.bench._load import WorkerPlan, native_available, run_worker
 from pyserve.bench._windows import Window, is_stable, summarize
 from pyserve.client import Client, InferenceServerError
@@ -31,6 +34,8 @@ class BenchOptions:
     shapes: list[str] = field(default_factory=list)
     input_data: str = "random"
     streaming: bool = False
+    shared_memory: str = "none"  # or "system": inputs and outputs in a registered region
+    output_shared_memory_size: int = 100 * 1024  # per output the model does not size
     measurement_interval_ms: int = 5000
     max_windows: int = 10
     stability: float = 0.10
@@ -74,29 +79,41 @@ def _protocol(url: str, protocol: str | None) -> str:
     return parse_url(url, protocol)[0]
 
 
-def prepare(options: BenchOptions, url: str) -> tuple[str, tuple[Payload, ...]]:
+def prepare(options: BenchOptions, url: str, cleanup: ExitStack | None = None
+            ) -> tuple[str, tuple[Payload, ...]]:
+    """The protocol and the encoded requests. With shared memory, the region (and the client
+    that registered it) stay open until `cleanup` closes."""
     protocol = _protocol(url, options.protocol)
     if options.streaming and protocol != "grpc":
         raise ValueError(f"--streaming needs gRPC, and {url} is {protocol}")
-    with Client(url, protocol=protocol if "://" not in url else None) as client:
+    with ExitStack() as local:
+        stack = cleanup if options.shared_memory == "system" else local
+        client = stack.enter_context(Client(url, protocol=protocol if "://" not in url else None))
         inputs = make_inputs(client, options.model, options.version, options.batch_size,
                              parse_shapes(options.shapes), options.input_data)
-    return protocol, tuple(encode(options.model, options.version, i) for i in inputs)
+        if options.shared_memory != "system":
+            return protocol, tuple(encode(options.model, options.version, i) for i in inputs)
+        outputs = output_bytes(client, options.model, options.version, options.batch_size,
+                               options.output_shared_memory_size)
+        name = f"pyserve_bench_{secrets.token_hex(4)}"
+        region = stack.enter_context(client.shared_memory(name, region_bytes(inputs, outputs),
+                                                          key=name))
+        return protocol, in_shared_memory(client, region, options.model, options.version,
+                                          inputs, outputs)
 
 
 def run(options: BenchOptions, url: str | None = None,
         progress: Callable[[str], None] | None = None) -> list[LevelResult]:
     """Every level of `options` against `url` (default options.url)."""
     url = url or options.url
-    protocol, payloads = prepare(options, url)
-    levels = ([("concurrency", c) for c in options.concurrency] if not options.request_rate
-              else [("request_rate", r) for r in options.request_rate])
-    stats_client = Client(url, protocol=protocol if "://" not in url else None)
-    try:
+    with ExitStack() as cleanup:
+        protocol, payloads = prepare(options, url, cleanup)
+        levels = ([("concurrency", c) for c in options.concurrency] if not options.request_rate
+                  else [("request_rate", r) for r in options.request_rate])
+        stats_client = cleanup.enter_context(
+            Client(url, protocol=protocol if "://" not in url else None))
         return [run_level(options, url, protocol, payloads, kind, value, stats_client, progress)
                 for kind, value in levels]
-    finally:
-        stats_client.close()
 
 
 def _statistics(client: Client, options: BenchOptions):

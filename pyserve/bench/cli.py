@@ -39,7 +39,12 @@ def add_bench(commands) -> None:
     bench.add_argument("--input-data", default="random",
                        help="random, zero, or a JSON file in perf_analyzer's format")
     bench.add_argument("--streaming", action="store_true", help="send over ModelStreamInfer")
-    bench.add_argument("--shared-memory", choices=["none", "system"], default="none")
+    bench.add_argument("--shared-memory", choices=["none", "system"], default="none",
+                       help="system: inputs and outputs in a registered POSIX shared memory "
+                            "region, requests carry references only")
+    bench.add_argument("--output-shared-memory-size", type=int, default=100 * 1024,
+                       metavar="BYTES", help="per output whose size the model does not fix "
+                                             "(default: %(default)s)")
     bench.add_argument("-p", "--measurement-interval", type=int, default=5000, metavar="MS")
     bench.add_argument("--max-trials", type=int, default=10, help="windows at most per level")
     bench.add_argument("-s", "--stability-percentage", type=float, default=10.0)
@@ -99,13 +104,13 @@ def bench_main(args) -> int:
         return core_main(args.source.resolve())
     if not args.model:
         raise SystemExit("pyserve bench: -m/--model is required (or --core)")
-    if args.shared_memory != "none":
-        raise SystemExit("pyserve bench: --shared-memory system is not supported yet")
     options = BenchOptions(
         model=args.model, url=args.url, protocol=args.protocol, version=args.model_version,
         concurrency=args.concurrency, request_rate=args.request_rate,
         batch_size=args.batch_size, shapes=args.shape, input_data=args.input_data,
-        streaming=args.streaming, measurement_interval_ms=args.measurement_interval,
+        streaming=args.streaming, shared_memory=args.shared_memory,
+        output_shared_memory_size=args.output_shared_memory_size,
+        measurement_interval_ms=args.measurement_interval,
         max_windows=args.max_trials, stability=args.stability_percentage / 100,
         processes=args.processes, generator=args.generator)
     show, done = _progress(args.quiet)

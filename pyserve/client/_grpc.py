@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message_factory import GetMessageClass
 
 from pyserve.client._request import InferRequest
+from pyserve.client._shm import filled_view
 from pyserve.client._tensors import from_bytes, from_json_data
 from pyserve.client._types import (IndexEntry, InferResult, ModelMetadata, ModelStatistics,
                                    RegionStatus, ServerMetadata, TensorMetadata)
@@ -117,9 +118,8 @@ def decode_infer(response, shm_outputs: Mapping | None = None) -> InferResult:
     raw_index = 0
     for index, tensor in enumerate(response.outputs):
         shape = tuple(tensor.shape)
-        if tensor.parameters and "shared_memory_region" in tensor.parameters:
-            target = (shm_outputs or {}).get(tensor.name)
-            outputs[tensor.name] = _shm_view(target, tensor.datatype, shape)
+        if shm_outputs and tensor.name in shm_outputs:  # no data: it is in the region (Triton)
+            outputs[tensor.name] = filled_view(shm_outputs[tensor.name], shape)
             continue
         if direct:
             outputs[tensor.name] = from_bytes(raw[index], tensor.datatype, shape)
@@ -133,15 +133,6 @@ def decode_infer(response, shm_outputs: Mapping | None = None) -> InferResult:
                        model_version=response.model_version, id=response.id,
                        parameters=parameters,
                        final=bool(parameters.get("triton_final_response", True)))
-
-
-def _shm_view(target, datatype: str, shape: list[int]):
-    if target is None:
-        return None
-    count = 1
-    for d in shape:
-        count *= d
-    return target.reshape(-1)[:count].reshape(shape)
 
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",

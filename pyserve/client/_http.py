@@ -24,6 +24,7 @@ from urllib.parse import quote
 from google.protobuf import json_format
 
 from pyserve.client._request import InferRequest
+from pyserve.client._shm import filled_view
 from pyserve.client._tensors import from_bytes, from_json_data
 from pyserve.client._types import (IndexEntry, InferResult, ModelMetadata, ModelStatistics,
                                    RegionStatus, ServerMetadata, TensorMetadata)
@@ -132,16 +133,12 @@ def decode_infer(response: HttpResponse, shm_outputs: Mapping | None = None) -> 
     for tensor in header.get("outputs", []):
         name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
         params = tensor.get("parameters") or {}
-        if "binary_data_size" in params:
+        if shm_outputs and name in shm_outputs:  # no data: it is in the region (as Triton)
+            outputs[name] = filled_view(shm_outputs[name], shape)
+        elif "binary_data_size" in params:
             size = int(params["binary_data_size"])
             outputs[name] = from_bytes(binary[offset:offset + size], datatype, shape)
             offset += size
-        elif "shared_memory_region" in params:
-            target = (shm_outputs or {}).get(name)
-            count = 1
-            for d in shape:
-                count *= d
-            outputs[name] = None if target is None else target.reshape(-1)[:count].reshape(shape)
         else:
             outputs[name] = from_json_data(tensor.get("data", []), datatype, shape)
     parameters = header.get("parameters") or {}

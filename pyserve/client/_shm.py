@@ -90,6 +90,13 @@ class SharedMemoryRegion:
         return f"SharedMemoryRegion({self.name!r}, {self.byte_size}, key={self.key!r})"
 
 
+def filled_view(target: np.ndarray, shape) -> np.ndarray:
+    """What the server wrote into an output's target array: its first elements, in `shape`
+    (the response carries the shape, and no data, for outputs in shared memory)."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return target.reshape(-1)[:count].reshape(shape)
+
+
 class RegionContext:
     """`with client.shared_memory(...)` / `async with ...`: creates, registers, and on exit
     unregisters and unlinks a region."""

@@ -17,10 +17,12 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from pyserve import __version__
+from pyserve import __version__, _core
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
+from pyserve.frontends.shared_memory import (grpc_ref, input_block, no_classification,
+                                             output_blocks)
 from pyserve.lifecycle import ModelManager
 from pyserve.protocol import HEALTH_SERVICE, INFERENCE_SERVICE, health, pb
 from pyserve.runner import InputTensor
@@ -39,8 +41,8 @@ GRPC_STATUS = {
 }
 
 SERVER_EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)",
-                     "model_configuration", "binary_tensor_data", "parameters", "statistics",
-                     "schedule_policy"]
+                     "model_configuration", "system_shared_memory", "cuda_shared_memory",
+                     "binary_tensor_data", "parameters", "statistics", "schedule_policy"]
 _INT32_MAX = 2**31 - 1
 
 
@@ -58,8 +60,11 @@ def _refusals(handler: Callable) -> Callable:
 class InferenceServicer:
     """inference.GRPCInferenceService."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager,
+                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
         self._manager = manager
+        self._shared_memory = (shared_memory if shared_memory is not None
+                               else _core.SharedMemoryRegistry())
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -123,6 +128,44 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
     @_refusals
+    async def SystemSharedMemoryStatus(self, request, context):
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._shared_memory.status(request.name, "system"):
+            response.regions[region["name"]].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return response
+
+    @_refusals
+    async def SystemSharedMemoryRegister(self, request, context):
+        self._shared_memory.register_system(request.name, request.key, request.offset,
+                                            request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_refusals
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self._shared_memory.unregister(request.name, "system")
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_refusals
+    async def CudaSharedMemoryStatus(self, request, context):
+        response = pb.CudaSharedMemoryStatusResponse()
+        for region in self._shared_memory.status(request.name, "cuda"):
+            response.regions[region["name"]].CopyFrom(
+                pb.CudaSharedMemoryStatusResponse.RegionStatus(**region))
+        return response
+
+    @_refusals
+    async def CudaSharedMemoryRegister(self, request, context):
+        self._shared_memory.register_cuda(request.name, request.raw_handle, request.device_id,
+                                          request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_refusals
+    async def CudaSharedMemoryUnregister(self, request, context):
+        self._shared_memory.unregister(request.name, "cuda")
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    @_refusals
     async def ModelInfer(self, request: bytes, context) -> bytes:
         return await self._infer(request)
 
@@ -164,36 +207,51 @@ class InferenceServicer:
 
     async def _infer(self, raw: bytes) -> bytes:
         request, raw_inputs = codec.split_infer_request(raw)
-        inputs = _decode_inputs(request, raw_inputs)
+        inputs = _decode_inputs(request, raw_inputs, self._shared_memory)
         requested = [o.name for o in request.outputs]
         classification = {o.name: o.parameters["classification"].int64_param
                           for o in request.outputs if "classification" in o.parameters}
+        in_shm = {o.name: ref for o in request.outputs if (ref := grpc_ref(o)) is not None}
+        no_classification(in_shm, classification,
+                          "output can't set both 'shared_memory_region' and 'classification'")
         model, outputs = await run_inference(self._manager, request.model_name,
                                              request.model_version, inputs, requested, request.id,
                                              codec.parameters_dict(request.parameters),
-                                             classification)
+                                             classification,
+                                             output_blocks(self._shared_memory, in_shm))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
         raw_outputs = []
         for output in outputs:
             response.outputs.add(name=output.name, datatype=output.datatype,
                                  shape=output.array.shape)
-            raw_outputs.append(codec.output_bytes(output.array, output.datatype))
+            # In shared memory: an empty entry keeps raw_output_contents aligned (as Triton).
+            raw_outputs.append(b"" if output.name in in_shm
+                               else codec.output_bytes(output.array, output.datatype))
         return codec.encode_infer_response(response, raw_outputs)
 
 
-def _decode_inputs(request, raw_inputs: list) -> list[InputTensor]:
+def _decode_inputs(request, raw_inputs: list, shared_memory: _core.SharedMemoryRegistry
+                   ) -> list[InputTensor]:
     model = request.model_name
     inputs = []
-    for index, tensor in enumerate(request.inputs):
-        if raw_inputs:
+    raw_index = 0  # raw_input_contents skips the inputs in shared memory
+    for tensor in request.inputs:
+        ref = grpc_ref(tensor)
+        if ref is not None:
+            if tensor.HasField("contents"):
+                raise ServerError(f"unexpected 'content' provided when using shared memory for "
+                                  f"input tensor '{tensor.name}' for model '{model}'")
+            data = input_block(shared_memory, ref)
+        elif raw_inputs:
             if tensor.HasField("contents"):
                 raise ServerError(f"contents field must not be specified when using "
                                   f"raw_input_contents for '{tensor.name}' for model '{model}'")
-            if index >= len(raw_inputs):
+            if raw_index >= len(raw_inputs):
                 raise ServerError(f"unable to find data for input tensor '{tensor.name}' for "
                                   f"model '{model}' in request.")
-            data = raw_inputs[index]
+            data = raw_inputs[raw_index]
+            raw_index += 1
         else:
             data = codec.contents_to_bytes(tensor, model)
         inputs.append(InputTensor(tensor.name, tensor.datatype, list(tensor.shape), data))
@@ -249,14 +307,16 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
 
 
 def create_grpc_server(manager: ModelManager, address: str,
-                       max_message_size: int = _INT32_MAX) -> tuple[grpc.aio.Server, int]:
+                       max_message_size: int = _INT32_MAX,
+                       shared_memory: _core.SharedMemoryRegistry | None = None,
+                       ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port."""
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", max_message_size),
         ("grpc.max_receive_message_length", max_message_size),
     ])
     server.add_generic_rpc_handlers((
-        _handlers(INFERENCE_SERVICE, InferenceServicer(manager)),
+        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),
         _handlers(HEALTH_SERVICE, HealthServicer(manager)),
     ))
     port = server.add_insecure_port(address)

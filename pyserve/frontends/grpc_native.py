@@ -16,6 +16,7 @@ from typing import Callable
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
+from pyserve import _core
 from pyserve.errors import ServerError
 from pyserve.frontends.grpc import GRPC_STATUS, HealthServicer, InferenceServicer
 from pyserve.lifecycle import ModelManager
@@ -55,10 +56,13 @@ class NativeGrpcServer:
     """Same interface as grpc.aio.Server where pyserve's Server uses it: start, stop, port."""
 
     def __init__(self, manager: ModelManager, address: str, threads: int | None = None,
-                 max_message_size: int = _INT32_MAX) -> None:
+                 max_message_size: int = _INT32_MAX,
+                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._methods: dict[str, tuple[Callable, Callable, Callable]] = {}
-        for service, servicer in ((INFERENCE_SERVICE, InferenceServicer(manager)),
+        if shared_memory is None:
+            shared_memory = _core.SharedMemoryRegistry()
+        for service, servicer in ((INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),
                                   (HEALTH_SERVICE, HealthServicer(manager))):
             for method in service.methods:
                 behaviour = getattr(servicer, method.name, None)
@@ -71,7 +75,7 @@ class NativeGrpcServer:
                     (lambda m: m) if raw else GetMessageClass(method.output_type).SerializeToString)
         self._server = _grpc_server.Server(manager.table, address, self._dispatch,
                                            threads or min(2, os.cpu_count() or 1),
-                                           max_message_size)
+                                           max_message_size, shared_memory)
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -110,6 +114,9 @@ class NativeGrpcServer:
 
 
 def create_native_grpc_server(manager: ModelManager, address: str,
-                              max_message_size: int = _INT32_MAX) -> tuple[NativeGrpcServer, int]:
-    server = NativeGrpcServer(manager, address, max_message_size=max_message_size)
+                              max_message_size: int = _INT32_MAX,
+                              shared_memory: _core.SharedMemoryRegistry | None = None,
+                              ) -> tuple[NativeGrpcServer, int]:
+    server = NativeGrpcServer(manager, address, max_message_size=max_message_size,
+                              shared_memory=shared_memory)
     return server, server.port

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import zlib
 
 import numpy as np
 from aiohttp import web
 
-from pyserve import __version__
+from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
 from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
+from pyserve.frontends.shared_memory import (ShmRef, http_ref, input_block, no_classification,
+                                             output_blocks)
 from pyserve.frontends.sockets import listen
 from pyserve.lifecycle import ModelManager
 from pyserve.runner import InputTensor, OutputTensor
@@ -43,8 +47,11 @@ async def _refusals(request: web.Request, handler):
 
 
 class HttpFrontend:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager,
+                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
         self._manager = manager
+        self._shared_memory = (shared_memory if shared_memory is not None
+                               else _core.SharedMemoryRegistry())
 
     def routes(self) -> list[web.RouteDef]:
         routes = [
@@ -58,6 +65,17 @@ class HttpFrontend:
                 web.post(base + "/index", self.repository_index),
                 web.post(base + "/models/{model}/load", self.load),
                 web.post(base + "/models/{model}/unload", self.unload),
+            ]
+        for kind in ("system", "cuda"):
+            base = f"/v2/{kind}sharedmemory"
+            status, register, unregister = (self._shm_status(kind), self._shm_register(kind),
+                                            self._shm_unregister(kind))
+            routes += [
+                web.get(base + "/status", status),
+                web.get(base + "/region/{region}/status", status),
+                web.post(base + "/region/{region}/register", register),
+                web.post(base + "/unregister", unregister),
+                web.post(base + "/region/{region}/unregister", unregister),
             ]
         for base in (_MODEL, _VERSION):
             routes += [
@@ -115,13 +133,39 @@ class HttpFrontend:
             request.match_info["model"], bool(parameters.get("unload_dependents", False))))
         return web.Response(status=200)
 
+    def _shm_status(self, kind: str):
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(
+                self._shared_memory.status(request.match_info.get("region", ""), kind))
+        return status
+
+    def _shm_register(self, kind: str):
+        async def register(request: web.Request) -> web.Response:
+            body, name = await _json_body(request), request.match_info["region"]
+            if kind == "system":
+                self._shared_memory.register_system(
+                    name, _field(body, "key", str), _field(body, "offset", int),
+                    _field(body, "byte_size", int))
+            else:
+                self._shared_memory.register_cuda(
+                    name, _raw_handle(body), _field(body, "device_id", int),
+                    _field(body, "byte_size", int))
+            return web.Response(status=200)
+        return register
+
+    def _shm_unregister(self, kind: str):
+        async def unregister(request: web.Request) -> web.Response:
+            self._shared_memory.unregister(request.match_info.get("region", ""), kind)
+            return web.Response(status=200)
+        return unregister
+
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await _body(request)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         inputs, offset = [], 0
         for spec in _objects(header, "inputs"):
-            tensor, offset = _decode_input(spec, binary, offset, name)
+            tensor, offset = _decode_input(spec, binary, offset, name, self._shared_memory)
             inputs.append(tensor)
         if offset != len(binary):
             raise ServerError(f"unexpected additional input data for model '{name}'")
@@ -130,19 +174,20 @@ class HttpFrontend:
         requested = _objects(header, "outputs")
         if any(not isinstance(o.get("name"), str) for o in requested):
             raise ServerError("each requested output must have a string 'name'")
+        classification = {o["name"]: _parameters(o)["classification"] for o in requested
+                          if "classification" in _parameters(o)}
+        in_shm = _output_refs(requested, classification)
         model, outputs = await run_inference(self._manager, name, version, inputs,
                                              [o["name"] for o in requested], str(header.get("id", "")),
-                                             _parameters(header),
-                                             {o["name"]: _parameters(o)["classification"]
-                                              for o in requested
-                                              if "classification" in _parameters(o)})
+                                             _parameters(header), classification,
+                                             output_blocks(self._shared_memory, in_shm))
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}
         if header.get("id"):
             response["id"] = header["id"]
         response["outputs"], chunks = _encode_outputs(
-            outputs, lambda n: as_binary.get(n, binary_default))
+            outputs, lambda n: as_binary.get(n, binary_default), in_shm)
         if not chunks:
             return web.json_response(response)
         head = json.dumps(response).encode()
@@ -233,20 +278,28 @@ def _parameters(entry: dict) -> dict:
     return value
 
 
-def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tuple[InputTensor, int]:
+def _decode_input(spec: dict, binary: memoryview, offset: int, model: str,
+                  shared_memory: _core.SharedMemoryRegistry) -> tuple[InputTensor, int]:
     try:
         name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
     except (KeyError, TypeError, ValueError) as e:
         raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise ServerError(f"input for model '{model}': 'name' and 'datatype' must be strings")
-    size = _parameters(spec).get("binary_data_size")
-    has_data = "data" in spec
-    if (size is None) == (not has_data):
-        which = "But no field is set" if size is None else "But set 'data' 'binary_data_size'"
+    parameters = _parameters(spec)
+    size = parameters.get("binary_data_size")
+    given = [field for field, present in (("data", "data" in spec),
+                                          ("binary_data_size", size is not None),
+                                          ("shared_memory_region",
+                                           "shared_memory_region" in parameters)) if present]
+    if len(given) != 1:
+        which = " no field is set" if not given else " set" + "".join(f" '{f}'" for f in given)
         raise ServerError("Input must set only one of the following fields: 'data', "
                           "'binary_data_size' in 'parameters', 'shared_memory_region' in "
-                          f"'parameters'. {which}")
+                          f"'parameters'. But{which}")
+    ref = http_ref(parameters)
+    if ref is not None:
+        return InputTensor(name, datatype, shape, input_block(shared_memory, ref)), offset
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int):
             raise ServerError(f"'binary_data_size' of input '{name}' must be an integer")
@@ -255,6 +308,37 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str) -> tu
                               f"{len(binary) - offset} additional bytes for model '{model}'")
         return InputTensor(name, datatype, shape, binary[offset:offset + size]), offset + size
     return InputTensor(name, datatype, shape, _json_data(name, datatype, shape, spec["data"])), offset
+
+
+def _output_refs(requested: list[dict], classification: dict) -> dict[str, ShmRef]:
+    """The requested outputs to write into shared memory, checked as Triton checks them."""
+    refs = {}
+    for output in requested:
+        ref = http_ref(_parameters(output))
+        if ref is not None:
+            if _parameters(output).get("binary_data", False) is True:
+                raise ServerError(
+                    "Output can't set both 'shared_memory_region' and 'binary_data'")
+            refs[output["name"]] = ref
+    no_classification(refs, classification,
+                      "Output can't set both 'shared_memory_region' and 'classification'")
+    return refs
+
+
+def _field(body: dict, key: str, kind: type):
+    value = body.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        raise ServerError(f"Unable to parse '{key}'")
+    return value
+
+
+def _raw_handle(body: dict) -> bytes:
+    """A CUDA IPC handle, sent as {"b64": "..."}."""
+    handle = body.get("raw_handle")
+    try:
+        return base64.b64decode(handle["b64"], validate=True)
+    except (TypeError, KeyError, binascii.Error):
+        raise ServerError("Unable to parse 'raw_handle'") from None
 
 
 def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
@@ -280,11 +364,15 @@ def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
         raise ServerError(f"Unable to parse 'data': {e}") from None
 
 
-def _encode_outputs(outputs: list[OutputTensor], binary) -> tuple[list[dict], list]:
+def _encode_outputs(outputs: list[OutputTensor], binary, in_shm) -> tuple[list[dict], list]:
+    """Outputs in shared memory are described without data, as Triton does."""
     described, chunks = [], []
     for output in outputs:
         entry = {"name": output.name, "datatype": output.datatype,
                  "shape": list(output.array.shape)}
+        if output.name in in_shm:
+            described.append(entry)
+            continue
         if binary(output.name):
             data = codec.output_bytes(output.array, output.datatype)
             entry["parameters"] = {"binary_data_size": memoryview(data).nbytes}
@@ -301,11 +389,12 @@ def _encode_outputs(outputs: list[OutputTensor], binary) -> tuple[list[dict], li
     return described, chunks
 
 
-async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int
+async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int,
+                            shared_memory: _core.SharedMemoryRegistry | None = None,
                             ) -> tuple[web.AppRunner, int]:
     app = web.Application(middlewares=[_refusals], client_max_size=max_input_size)
     app[MAX_INPUT_SIZE] = max_input_size
-    app.add_routes(HttpFrontend(manager).routes())
+    app.add_routes(HttpFrontend(manager, shared_memory).routes())
     # handler_cancellation: a client that closes its connection cancels its inference, which
     # the core then answers without computing it if it is still queued.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from pyserve import _core
 from pyserve.lifecycle import ModelManager
 
 try:
@@ -25,9 +26,11 @@ def available() -> bool:
 
 class NativeHttpServer:
     def __init__(self, manager: ModelManager, host: str, port: int, shell_port: int,
-                 threads: int, max_input_size: int) -> None:
+                 threads: int, max_input_size: int,
+                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
+        # `shared_memory` must be the registry of the shell frontend it relays to.
         self._server = _http_server.Server(manager.table, host, port, shell_port, threads,
-                                           max_input_size)
+                                           max_input_size, shared_memory)
         self.port = self._server.port
 
     async def stop(self) -> None:

@@ -21,17 +21,21 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
                         inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
                         request_id: str = "", parameters: dict | None = None,
                         classification: dict[str, int] | None = None,
+                        shared_memory: dict | None = None,
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
     """Outputs in the order requested, or every output of the config in config order.
     `parameters` are the request's (priority and timeout are read here); `classification`
-    asks for the top k classes of some outputs instead of their values."""
+    asks for the top k classes of some outputs instead of their values; `shared_memory` maps
+    outputs to the _core.SharedMemoryBlock the core writes them into."""
     model = manager.get(model_name, version)
     parameters = parameters or {}
     classification = classification or {}
     for k in classification.values():
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 2**32 - 1:
             raise ServerError(f"classification count must be a positive integer, got {k!r}")
-    outputs = [(name, classification.get(name, 0)) for name in requested_outputs]
+    shared_memory = shared_memory or {}
+    outputs = [(name, classification.get(name, 0), shared_memory.get(name))
+               for name in requested_outputs]
     custom = {k: v for k, v in parameters.items() if k not in _SERVER_PARAMETERS}
     results = await model.runner.infer(inputs, outputs, request_id, custom,
                                        _unsigned(parameters, "priority"),
