@@ -76,7 +76,7 @@ def plot(path: Path, series: dict[str, list[LevelResult]]) -> None:
     axes.set_xlabel("throughput (infer/s)")
     axes.set_ylabel("latency (ms)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    # Beside the axes: with many series (a tune sweep) a legend inside would cover the points.
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
