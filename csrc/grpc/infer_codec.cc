@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "utf8.h"
 #include "wire.h"
 
 namespace pyserve::grpcfront {
@@ -18,32 +19,7 @@ Status ParseError(const std::string& what) {
   return Invalid("failed to parse ModelInferRequest: " + what);
 }
 
-// Protobuf's rule for proto3 strings (a parser refuses the message otherwise): well-formed
-// UTF-8, no overlong forms, surrogates or code points past U+10FFFF.
-bool ValidUtf8(std::string_view s) {
-  const auto* p = reinterpret_cast<const uint8_t*>(s.data());
-  const size_t n = s.size();
-  for (size_t i = 0; i < n;) {
-    const uint8_t c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    const size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (len == 0 || i + len > n) return false;
-    uint32_t code = c & (0x7f >> len);
-    for (size_t k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xc0) != 0x80) return false;
-      code = (code << 6) | (p[i + k] & 0x3f);
-    }
-    static const uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < kMin[len] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return false;
-    i += len;
-  }
-  return true;
-}
-
-bool ValidUtf8(const ParamMap& parameters) {
+bool StringsValid(const ParamMap& parameters) {
   for (const auto& [key, value] : parameters) {
     if (!ValidUtf8(key) || (value.kind == InferParam::kString && !ValidUtf8(value.string_value))) {
       return false;
@@ -52,16 +28,17 @@ bool ValidUtf8(const ParamMap& parameters) {
   return true;
 }
 
+// Protobuf refuses a message whose proto3 strings are not UTF-8; so does this parser.
 bool StringsValid(const InferMessage& m) {
   if (!ValidUtf8(m.model_name) || !ValidUtf8(m.model_version) || !ValidUtf8(m.id) ||
-      !ValidUtf8(m.parameters)) {
+      !StringsValid(m.parameters)) {
     return false;
   }
   for (const auto& input : m.inputs) {
     if (!ValidUtf8(input.name) || !ValidUtf8(input.datatype)) return false;
   }
   for (const auto& output : m.outputs) {
-    if (!ValidUtf8(output.name) || !ValidUtf8(output.parameters)) return false;
+    if (!ValidUtf8(output.name) || !StringsValid(output.parameters)) return false;
   }
   return true;
 }

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "bytes_tensor.h"
+#include "utf8.h"
 
 namespace pyserve::httpfront {
 
@@ -151,26 +152,6 @@ bool NonNegative(const Value& v, uint64_t* out) {
   return true;
 }
 
-// Python's "replace" decoding of UTF-8, enough for JSON strings: each invalid byte becomes
-// U+FFFD.
-void Utf8(const uint8_t* p, size_t n, std::string* out) {
-  size_t i = 0;
-  while (i < n) {
-    const uint8_t c = p[i];
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    bool ok = len != 0 && i + len <= n;
-    for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xc0) == 0x80;
-    if (ok && len == 2) ok = c >= 0xc2;
-    if (ok) {
-      out->append(reinterpret_cast<const char*>(p + i), len);
-      i += len;
-    } else {
-      out->append("\xef\xbf\xbd");
-      ++i;
-    }
-  }
-}
-
 void WriteData(Writer& w, const OutputTensor& t) {
   w.StartArray();
   const size_t size = ElementSize(t.dtype);
@@ -196,7 +177,7 @@ void WriteData(Writer& w, const OutputTensor& t) {
     std::string text;
     ForEachString(t.data, t.byte_size, [&](const uint8_t* element, size_t length) {
       text.clear();
-      Utf8(element, length, &text);
+      AppendUtf8Replacing(element, length, &text);
       w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
     });
   }
