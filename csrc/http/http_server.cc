@@ -1,10 +1,6 @@
 #include "http_server.h"
 
-#include <arpa/inet.h>
-#include <dirent.h>
 #include <httplib.h>
-#include <poll.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "connection.h"
 #include "infer_json.h"
 
 namespace pyserve::httpfront {
@@ -30,56 +27,6 @@ struct PendingInfer {
   InferResponse response;
   std::atomic<bool> cancelled{false};  // the client closed the connection while it waited
 };
-
-// A socket address as text and port.
-bool AddressOf(const sockaddr_storage& address, std::string* host, int* port) {
-  char text[INET6_ADDRSTRLEN] = {};
-  if (address.ss_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(&address);
-    *port = ntohs(in->sin_port);
-    return inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text)) != nullptr && (*host = text, true);
-  }
-  if (address.ss_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&address);
-    *port = ntohs(in6->sin6_port);
-    return inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text)) != nullptr && (*host = text, true);
-  }
-  return false;
-}
-
-// The request's connection socket, or -1. cpp-httplib (0.11) does not hand a handler its
-// socket, so it is found among the process's descriptors by its two ends' addresses. Only
-// requests that wait long enough to be worth cancelling pay for the search.
-int ConnectionSocket(const httplib::Request& req) {
-  DIR* fds = opendir("/proc/self/fd");
-  if (fds == nullptr) return -1;
-  int found = -1;
-  while (dirent* entry = readdir(fds)) {
-    const int fd = std::atoi(entry->d_name);
-    if (fd <= 2) continue;
-    sockaddr_storage local{}, peer{};
-    socklen_t local_size = sizeof(local), peer_size = sizeof(peer);
-    std::string local_host, peer_host;
-    int local_port = -1, peer_port = -1;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0 ||
-        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0 ||
-        !AddressOf(local, &local_host, &local_port) || !AddressOf(peer, &peer_host, &peer_port)) {
-      continue;
-    }
-    if (peer_port == req.remote_port && local_port == req.local_port && peer_host == req.remote_addr) {
-      found = fd;
-      break;
-    }
-  }
-  closedir(fds);
-  return found;
-}
-
-// Whether the client has closed (or reset) the connection.
-bool ConnectionClosed(int fd) {
-  pollfd p{fd, POLLRDHUP, 0};
-  return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
-}
 
 // "/v2/models/NAME[/versions/V]/infer": the name and version, or false.
 bool InferPath(const std::string& path, std::string* name, std::string* version) {
@@ -107,6 +54,18 @@ bool InferPath(const std::string& path, std::string* name, std::string* version)
 // that accept gzip; Triton does not compress errors, and tritonclient's asyncio client reads
 // them as they come).
 const char kErrorType[] = "application/json; charset=utf-8";
+
+// The boundary parameter of a multipart Content-Type.
+std::string MultipartBoundary(const std::string& content_type) {
+  const size_t at = content_type.find("boundary=");
+  if (at == std::string::npos) return "";
+  std::string boundary = content_type.substr(at + 9);
+  boundary = boundary.substr(0, boundary.find(';'));
+  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') {
+    boundary = boundary.substr(1, boundary.size() - 2);
+  }
+  return boundary;
+}
 
 bool HopByHop(const std::string& header) {
   static const char* const kHop[] = {"connection", "keep-alive", "transfer-encoding",
@@ -182,20 +141,48 @@ class HttpServer::Impl : public ResponseSink {
     const size_t declared = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
     body->reserve(std::min(declared, limit));
     bool too_large = false;
-    const bool read = reader([&](const char* data, size_t length) {
+    auto append = [&](const char* data, size_t length) {
       too_large = body->size() + length > limit;
       if (!too_large) body->append(data, length);
       return !too_large;
-    });
+    };
+    bool read;
+    if (req.is_multipart_form_data()) {
+      // cpp-httplib parses multipart bodies itself and hands over only the parts: they are
+      // written out again, in the same boundary, for the shell.
+      const std::string boundary = MultipartBoundary(req.get_header_value("Content-Type"));
+      bool first = true;
+      read = reader(
+          [&](const httplib::MultipartFormData& part) {
+            std::string head = (first ? "--" : "\r\n--") + boundary +
+                               "\r\nContent-Disposition: form-data; name=\"" + part.name + "\"";
+            if (!part.filename.empty()) head += "; filename=\"" + part.filename + "\"";
+            head += "\r\n";
+            if (!part.content_type.empty()) head += "Content-Type: " + part.content_type + "\r\n";
+            first = false;
+            return append(head.data(), head.size()) && append("\r\n", 2);
+          },
+          append);
+      const std::string tail = (first ? "--" : "\r\n--") + boundary + "--\r\n";
+      read = read && append(tail.data(), tail.size());
+    } else {
+      read = reader(append);
+    }
     if (read) return true;
+    const bool torchserve = options_.predictions != nullptr;
     if (too_large || res.status == 413) {
       res.status = 413;
-      res.set_content(ErrorBody("request body is larger than the server's limit of " +
-                                std::to_string(limit) + " bytes (--http-max-input-size)"),
+      res.set_content(torchserve ? TorchServeError(413, "BadRequestException",
+                                                   "request body is larger than max_request_size (" +
+                                                       std::to_string(limit) + " bytes)")
+                                 : ErrorBody("request body is larger than the server's limit of " +
+                                             std::to_string(limit) + " bytes (--http-max-input-size)"),
                       kErrorType);
     } else {
       res.status = 400;
-      res.set_content(ErrorBody("failed to read the request body"), kErrorType);
+      res.set_content(torchserve ? TorchServeError(400, "BadRequestException", "failed to read the request body")
+                                 : ErrorBody("failed to read the request body"),
+                      kErrorType);
     }
     return false;
   }
@@ -206,6 +193,10 @@ class HttpServer::Impl : public ResponseSink {
       return true;
     }();
     (void)named;
+    if (options_.predictions) {
+      if (!options_.predictions->Handle(req, body, res)) Relay(req, body, res);
+      return;
+    }
     std::string name, version;
     if (req.method == "POST" && !req.has_header("Content-Encoding") &&
         InferPath(req.path, &name, &version) && Infer(req, body, res, name, version)) {

@@ -1,5 +1,6 @@
-// The native HTTP frontend: cpp-httplib serves KServe v2 `POST .../infer` itself (decode,
-// resolve the model in the core's ModelTable, submit, encode: no GIL) and relays every other
+// The native HTTP frontend: cpp-httplib serves KServe v2 `POST .../infer` (or, for TorchServe's
+// inference API, `POST /predictions/...`) itself (decode, resolve the model in a ModelTable,
+// submit, encode: no GIL) and relays every other
 // request (metadata, repository, statistics, ..., and inference requests it leaves to the
 // shell) to the Python frontend listening on a loopback port, so that one port serves all.
 #pragma once
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "model_table.h"
+#include "predictions.h"
 #include "shared_memory.h"
 #include "status.h"
 
@@ -23,6 +25,9 @@ struct HttpOptions {
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
   // The regions tensors in shared memory are resolved in (null: such requests go to the shell).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
+  // TorchServe's inference API (`pyserve torchserve`): predictions served natively, errors in
+  // TorchServe's words; null for the KServe v2 server.
+  std::shared_ptr<Predictions> predictions;
 };
 
 class HttpServer {

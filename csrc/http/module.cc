@@ -1,6 +1,7 @@
 // pyserve._http_server: the native HTTP frontend as a Python extension, optional (built where
 // cpp-httplib and RapidJSON are found), so that pyserve._core imports without it.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "http_server.h"
 
@@ -12,8 +13,34 @@ class PyHttpServer {
  public:
   PyHttpServer(std::shared_ptr<pyserve::ModelTable> table, const std::string& host, int port,
                int shell_port, int threads, size_t max_body_bytes,
-               std::shared_ptr<pyserve::SharedMemoryRegistry> shared_memory) {
+               std::shared_ptr<pyserve::SharedMemoryRegistry> shared_memory,
+               std::shared_ptr<pyserve::ModelTable> predictions_table, size_t max_response_bytes,
+               std::vector<std::pair<std::string, std::string>> response_headers,
+               py::object on_timeout) {
     pyserve::httpfront::HttpOptions options;
+    if (predictions_table) {
+      pyserve::httpfront::PredictionsOptions p;
+      p.table = std::move(predictions_table);
+      p.max_response_bytes = max_response_bytes;
+      p.response_headers = std::move(response_headers);
+      if (!on_timeout.is_none()) {
+        // Held and released under the GIL: the server's threads only call it.
+        auto callback = std::shared_ptr<py::object>(new py::object(std::move(on_timeout)), [](py::object* o) {
+          py::gil_scoped_acquire gil;
+          delete o;
+        });
+        p.on_timeout = [callback](const std::string& key) {
+          py::gil_scoped_acquire gil;
+          try {
+            (*callback)(key);
+          } catch (py::error_already_set& e) {
+            e.discard_as_unraisable("pyserve: the response-timeout callback");
+          }
+        };
+      }
+      predictions_ = std::make_shared<pyserve::httpfront::Predictions>(std::move(p));
+      options.predictions = predictions_;
+    }
     options.host = host;
     options.port = port;
     options.shell_port = shell_port;
@@ -34,6 +61,11 @@ class PyHttpServer {
 
   int port() const { return server_->port(); }
 
+  pyserve::httpfront::Predictions& predictions() {
+    if (!predictions_) throw std::runtime_error("this server does not serve TorchServe's predictions");
+    return *predictions_;
+  }
+
   void Stop() {
     py::gil_scoped_release nogil;
     server_->Stop();
@@ -41,6 +73,7 @@ class PyHttpServer {
   }
 
  private:
+  std::shared_ptr<pyserve::httpfront::Predictions> predictions_;
   std::unique_ptr<pyserve::httpfront::HttpServer> server_;
   bool stopped_ = false;
 };
@@ -52,10 +85,36 @@ PYBIND11_MODULE(_http_server, m) {
   py::module_::import("pyserve._core");  // ModelTable, SharedMemoryRegistry
   py::class_<PyHttpServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, int, int, int, size_t,
-                    std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
+                    std::shared_ptr<pyserve::SharedMemoryRegistry>, std::shared_ptr<pyserve::ModelTable>, size_t,
+                    std::vector<std::pair<std::string, std::string>>, py::object>(),
            py::arg("table"), py::arg("host"), py::arg("port"), py::arg("shell_port"),
            py::arg("threads") = 64, py::arg("max_body_bytes") = size_t(64) << 20,
-           py::arg("shared_memory") = nullptr)
+           py::arg("shared_memory") = nullptr, py::arg("predictions_table") = nullptr,
+           py::arg("max_response_bytes") = size_t(6553500),
+           py::arg("response_headers") = std::vector<std::pair<std::string, std::string>>(),
+           py::arg("on_timeout") = py::none())
       .def_property_readonly("port", &PyHttpServer::port)
+      // TorchServe's inference API (a server made with a predictions_table):
+      .def("set_inference_key", [](PyHttpServer& s, const std::string& key, int64_t expires) {
+        s.predictions().SetKey(key, expires);
+      }, py::arg("key"), py::arg("expires_unix_s") = 0)
+      .def("set_response_timeout", [](PyHttpServer& s, const std::string& key, int seconds) {
+        s.predictions().SetResponseTimeout(key, seconds);
+      })
+      .def("push", [](PyHttpServer& s, uint64_t token, py::bytes frame) {
+        std::string data = frame;
+        py::gil_scoped_release nogil;
+        return s.predictions().Push(token, std::move(data));
+      })
+      .def("started", [](PyHttpServer& s, const std::vector<uint64_t>& tokens) {
+        s.predictions().Started(tokens);
+      })
+      .def("prediction_counters", [](PyHttpServer& s) {
+        py::list out;
+        for (const auto& c : s.predictions().Counters()) {
+          out.append(py::make_tuple(c.key, c.requests, c.latency_us, c.queue_us));
+        }
+        return out;
+      })
       .def("stop", &PyHttpServer::Stop);
 }

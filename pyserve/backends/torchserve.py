@@ -9,8 +9,10 @@ with 503 "Prediction failed" (507 for MemoryError and CUDA errors, the Predictio
 own code and message for those).
 
 Requests arrive from TorchServe's inference API with their parts and headers attached
-(pyserve.torchserve.request), or from the KServe v2 APIs as one BYTES element of the `data`
-input per row, which the handler sees as {"data": bytes}.
+(pyserve.torchserve.request), from its native path with the body as the one BYTES element of
+`data` and the headers as parameters (answered with a frame: status, headers and body), or
+from the KServe v2 APIs as one BYTES element of the `data` input per row, which the handler
+sees as {"data": bytes}.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from pyserve.runner import InputTensor
 from pyserve.torchserve.archive import read_manifest, read_model_yaml
 from pyserve.torchserve.context import Context, MetricsCache, RequestProcessor
 from pyserve.torchserve.handler import archive_imports, load_entry_point, new_namespace
-from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
-                                        encode_output, parse_predict_message)
+from pyserve.torchserve import request as ts_request
+from pyserve.torchserve.request import (NATIVE_HEADERS, NATIVE_TOKEN, REQUEST_KEY,
+                                        TorchServeError, TorchServeRequest, answer_frame,
+                                        encode_output, native_request, parse_predict_message)
 
 log = logging.getLogger("pyserve")
 
@@ -123,8 +127,14 @@ class TorchServeBackend(Backend):
         infos = requests or [RequestInfo() for _ in batch_sizes]
         entries = self._entries(inputs, batch_sizes, infos)
         started = time.perf_counter_ns()
+        tokens = []
         for _, request in entries:
             request.started_ns = started
+            if request.token is not None:
+                tokens.append(request.token)
+        frontend = ts_request.native_frontend
+        if tokens and frontend is not None:
+            frontend.started(tokens)  # their response timeout counts from now
         failures: dict[int, Exception] = {}
         for kind in _KINDS:
             group = [(i, r) for i, r in entries if r.kind == kind]
@@ -136,7 +146,11 @@ class TorchServeBackend(Backend):
         results: list = []
         for index, size in enumerate(batch_sizes):
             mine = [r for i, r in entries if i == index]
-            if index in failures:
+            if mine and mine[0].token is not None:  # answered by the native inference API
+                array = np.empty((1, 1), dtype=np.object_)
+                array[0, 0] = answer_frame(mine[0], failures.get(index))
+                results.append({OUTPUT_NAME: array})
+            elif index in failures:
                 results.append(failures[index])
             elif self._tensors is None:
                 array = np.empty((len(mine), 1), dtype=np.object_)
@@ -159,8 +173,12 @@ class TorchServeBackend(Backend):
         offset = 0
         for index, (info, size) in enumerate(zip(infos, batch_sizes)):
             attached = info.parameters.get(REQUEST_KEY) if info.parameters else None
+            token = info.parameters.get(NATIVE_TOKEN) if info.parameters else None
             if attached is not None:
                 entries.append((index, attached))
+            elif token is not None:
+                entries.append((index, native_request(
+                    bytes(data[offset]), info.id, token, info.parameters[NATIVE_HEADERS])))
             else:
                 for row in range(offset, offset + size):
                     if self._tensors is None:

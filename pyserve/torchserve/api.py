@@ -113,6 +113,9 @@ class FrontendMetrics:
         self.values: dict[str, dict[tuple, float]] = {n: collections.defaultdict(float)
                                                        for n in self.NAMES}
         self._lock = threading.Lock()
+        # Counters kept elsewhere (the native inference API): () -> [(key, requests, latency
+        # µs, queue µs)], the key "MODEL" or "MODEL/VERSION".
+        self.sources: list = []
 
     def request(self, model: str, version: str | None) -> None:
         self.values["ts_inference_requests_total"][self._labels(model, version)] += 1
@@ -130,7 +133,12 @@ class FrontendMetrics:
         for name in self.NAMES:
             if names and name not in names:
                 continue
-            samples = self.values[name]
+            samples = collections.defaultdict(float, self.values[name])
+            index = self.NAMES.index(name)
+            for source in self.sources:
+                for key, *values in source():
+                    model, _, version = key.partition("/")
+                    samples[self._labels(model, version or None)] += values[index]
             lines.append(f"# HELP {name} Torchserve prometheus counter metric with unit: "
                          f"{'Count' if name.endswith('total') else 'Microseconds'}")
             lines.append(f"# TYPE {name} counter")
@@ -167,6 +175,32 @@ class TorchServeApis:
         self.metrics = FrontendMetrics()
         self._background: set[asyncio.Task] = set()
         self._watchdog = _Watchdog()
+        self.native = None  # the native inference API (pyserve.torchserve.native), once open
+
+    def attach_native(self, native) -> None:
+        """Predictions now arrive natively too: their versions, token and metrics."""
+        self.native = native
+        self.store.native = native
+        self.metrics.sources.append(native.counters)
+        for name in list(self.store.models):
+            self.store.publish_native(name)
+        self._sync_inference_key()
+
+    def _sync_inference_key(self) -> None:
+        if self.native is not None and self.tokens is not None:
+            key, expires = self.tokens.keys["inference"]
+            self.native.set_inference_key(key, int(expires.timestamp()) if expires else 0)
+
+    def worker_timed_out(self, name: str, version: str | None) -> None:
+        """A native prediction ran past its response timeout: new workers, as for the shell's."""
+        try:
+            entry = self.store.get(name, version)
+        except ApiError:
+            return  # unregistered meanwhile
+        if entry.runner is not None:
+            restart = self.store.restart_workers(entry, entry.runner)
+            if restart is not None:
+                self._keep(restart)
 
     # Applications ----------------------------------------------------------------------------
 
@@ -335,6 +369,7 @@ class TorchServeApis:
                 raise ApiError(400, "InvalidKeyException", AUTH_FAILED.replace(
                     "Authorization", "Authentication"))
             self.tokens.renew(kind)
+            self._sync_inference_key()
             return web.json_response(self.tokens.document(), dumps=_pretty)
         if segments[0] != "models" or len(segments) > 4:
             raise NOT_FOUND

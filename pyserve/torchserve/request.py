@@ -15,6 +15,13 @@ from typing import Callable
 from pyserve.errors import ErrorCode, ServerError
 
 REQUEST_KEY = "torchserve.request"
+# A request from the native inference API (pyserve._http_server) carries these parameters: the
+# frontend's token for it and its headers as JSON; its body is the one element of `data`, and
+# its answer goes back as a frame (`frame`), the one element of `output`.
+NATIVE_TOKEN = "torchserve.token"
+NATIVE_HEADERS = "torchserve.headers"
+# The native inference API while it runs (its `push` and `started`), for the backend.
+native_frontend = None
 
 # Chunk callback for streamed responses: (body, status, phrase, headers), on a worker thread.
 ChunkCallback = Callable[[bytes, int, str, dict], None]
@@ -44,6 +51,7 @@ class TorchServeRequest:
         # A KServe v2 request: its response is the config's outputs, not a body.
         self.tensors = tensors
         self.started_ns = 0  # time.perf_counter_ns() when its batch started (queue latency)
+        self.token: int | None = None  # the native inference API's, when it came from there
 
     @property
     def kind(self) -> str:
@@ -56,6 +64,43 @@ class TorchServeRequest:
     @property
     def content_type(self) -> str:
         return self.response_headers.get("content-type", "")
+
+
+def native_request(body: bytes, request_id: str, token: int,
+                   headers_json: str) -> TorchServeRequest:
+    """A request of the native inference API as the inference API would have made it."""
+    headers = json.loads(headers_json)
+    mime = headers.get("content-type", "").split(";")[0].strip().lower()
+    headers.update(body={"content-type": mime}, explain="False", url_path="")
+    frontend = native_frontend
+    on_chunk = None
+    if frontend is not None:
+        def on_chunk(chunk: bytes, status: int, phrase: str, chunk_headers: dict) -> None:
+            frontend.push(token, frame(status, phrase, chunk_headers, chunk))
+    request = TorchServeRequest({"body": decode_parameter(body, mime)}, headers, request_id,
+                                on_chunk)
+    request.token = token
+    return request
+
+
+def frame(status: int, phrase: str, headers: dict, body: bytes, started_ns: int = 0,
+          error: bool = False) -> bytes:
+    """An answer for the native inference API (csrc/http/predictions.h): u32 length of the
+    meta JSON, the meta JSON, the body."""
+    meta = json.dumps({"status": status, "phrase": phrase, "headers": headers,
+                       "started_ns": started_ns, "error": error}).encode("utf-8")
+    return struct.pack("<I", len(meta)) + meta + body
+
+
+def answer_frame(request: TorchServeRequest, error: TorchServeError | None) -> bytes:
+    """The frame of a native request's final answer, or of its batch's failure."""
+    if error is not None:
+        body = json.dumps({"code": error.status, "type": "InternalServerException",
+                           "message": error.message}, indent=2).encode("utf-8")
+        return frame(error.status, "", {"content-type": "application/json; charset=utf-8"},
+                     body, error=True)
+    return frame(request.status, request.phrase, request.response_headers, request.body,
+                 request.started_ns)
 
 
 def decode_parameter(value: bytes, content_type: str):

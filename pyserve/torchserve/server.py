@@ -19,7 +19,7 @@ from pyserve.options import ServerOptions
 from pyserve.server import Server, serve_until_signal
 from pyserve.server import StartupError as KServeStartupError
 from pyserve.torchserve.api import Tokens, TorchServeApis, start_site
-from pyserve.torchserve.config import TorchServeOptions
+from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.store import ApiError, ModelStore
 
 log = logging.getLogger("pyserve")
@@ -38,6 +38,7 @@ class TorchServeServer:
         self.tokens: Tokens | None = None
         self.ports: dict[str, int] = {}
         self._runners = []
+        self._native = None
         self._should_exit = asyncio.Event()
 
     async def start(self) -> None:
@@ -62,11 +63,43 @@ class TorchServeServer:
         if options.enable_metrics_api:
             sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
         for name, app, address in sites:
-            runner, port = await start_site(app, address, context)
-            self._runners.append(runner)
+            if name == "Inference" and self._native_inference(address):
+                port = await self._start_native_inference(app, address)
+            else:
+                runner, port = await start_site(app, address, context)
+                self._runners.append(runner)
             self.ports[name.lower()] = port
             log.info("%s API bind to: %s://%s:%d", name, address.scheme, address.host, port)
         log.info("Model server started.")
+
+    def _native_inference(self, address) -> bool:
+        """Whether predictions are served natively: the HTTP frontend choice of the KServe
+        options (auto: when the native frontend is built), over plain HTTP."""
+        choice = self.kserve.options.http_frontend if self.kserve is not None else "auto"
+        if choice == "python":
+            return False
+        from pyserve.torchserve import native
+
+        if address.scheme != "http" or not native.available():
+            if choice == "native":
+                raise StartupError("--http-frontend=native: the native inference API needs "
+                                   "plain HTTP and the native HTTP frontend "
+                                   f"({native.UNAVAILABLE_REASON or 'TLS is configured'})")
+            return False
+        return True
+
+    async def _start_native_inference(self, app, address) -> int:
+        from pyserve.torchserve.native import NativeInferenceApi
+
+        runner, shell_port = await start_site(app, Address("http", "127.0.0.1", 0), None)
+        self._runners.append(runner)
+        threads = self.kserve.options.http_thread_count if self.kserve is not None else 64
+        self._native = NativeInferenceApi(self.apis, address.host, address.port, shell_port,
+                                          threads)
+        self.apis.attach_native(self._native)
+        log.info("Inference API: native predictions (cpp-httplib), other routes relayed to "
+                 "127.0.0.1:%d", shell_port)
+        return self._native.port
 
     async def _load_startup_models(self) -> None:
         store = self.store
@@ -100,6 +133,8 @@ class TorchServeServer:
                    or self.options.workers_per_model)
 
     async def stop(self) -> None:
+        if self._native is not None:
+            await self._native.stop()
         for runner in self._runners:
             await runner.shutdown()
         if self.kserve is not None:

@@ -24,6 +24,7 @@ from pyserve.backends.base import InstanceSpec, ModelContext
 from pyserve.backends.torchserve import (INPUT_NAME, OUTPUT_NAME, TorchServeBackend,
                                          placeholder_inputs)
 from pyserve.config import normalize
+from pyserve.datatypes import wire_name
 from pyserve.errors import ServerError
 from pyserve.lifecycle import ModelManager, ModelState, ModelVersion
 from pyserve.protocol import pb
@@ -125,6 +126,7 @@ class ModelStore:
         self._loop = loop
         self._envelope = envelope
         self._manager = manager  # the KServe v2 frontends' models, where they run
+        self.native = None  # the native inference API (pyserve.torchserve.native), once open
         self.models: dict[str, dict[str, RegisteredVersion]] = {}
         self.defaults: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -256,6 +258,7 @@ class ModelStore:
         if entry.runner is not stuck or entry.restarting is not None:
             return None
         entry.restarting = asyncio.ensure_future(self._restart(entry, stuck))
+        self.publish_native(entry.name)  # its requests go to the shell, which waits
         return entry.restarting
 
     async def _restart(self, entry: RegisteredVersion, stuck: ModelRunner) -> None:
@@ -273,6 +276,7 @@ class ModelStore:
                 self._publish(entry.name)
         finally:
             entry.restarting = None
+            self.publish_native(entry.name)
         # Its other requests finish on it; a thread of its own stops it, since the stuck
         # handler may never return.
         threading.Thread(target=stuck.stop, name="ps-ts-retire", daemon=True).start()
@@ -298,12 +302,29 @@ class ModelStore:
             raise
 
     def _publish(self, name: str) -> None:
-        """Tell the KServe v2 frontends which versions of `name` have workers now."""
+        """Tell the frontends which versions of `name` have workers now."""
+        self.publish_native(name)
         if self._manager is None:
             return
         self._manager.attach(name, [
             ModelVersion(name, e.core_version, e.config, e.runner, ModelState.READY)
             for e in self.models.get(name, {}).values() if e.runner is not None])
+
+    def publish_native(self, name: str) -> None:
+        """The native inference API's versions of `name`: those with workers that are not
+        restarting, under the generated config (an archive's own config.pbtxt has tensors
+        the native path does not make)."""
+        if self.native is None:
+            return
+        versions = self.models.get(name, {})
+        served = {f"{name}/{version}": entry for version, entry in versions.items()
+                  if entry.runner is not None and entry.restarting is None
+                  and _generated(entry.config)}
+        default = self.defaults.get(name)
+        if f"{name}/{default}" in served:
+            served[name] = served[f"{name}/{default}"]
+        self.native.publish(name, {key: (entry.runner.model, entry.response_timeout)
+                                   for key, entry in served.items()})
 
     def _next_worker_id(self) -> int:
         self._worker_ids += 1
@@ -341,6 +362,7 @@ class ModelStore:
         if version not in versions:
             raise version_not_found(name, version)
         self.defaults[name] = version
+        self.publish_native(name)
 
     async def shutdown(self) -> None:
         entries = [e for versions in self.models.values() for e in versions.values()]
@@ -465,3 +487,11 @@ def release_error(error: BaseException) -> ApiError:
     return ApiError(500, "InternalServerException", f"Failed to start workers: {message}")
 
 
+def _generated(config) -> bool:
+    """Whether `config` is the one model_config generates: a BYTES `data` input and output."""
+    def tensors(group):
+        return [(t.name, wire_name(t.data_type), list(t.dims)) for t in group]
+
+    return (config is not None and config.max_batch_size > 0
+            and tensors(config.input) == [(INPUT_NAME, "BYTES", [1])]
+            and tensors(config.output) == [(OUTPUT_NAME, "BYTES", [1])])

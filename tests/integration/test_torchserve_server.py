@@ -42,7 +42,8 @@ def handle(data, context):
             context.set_response_status(418, "I'm a teapot", i)
         context.set_response_header(i, "x-batch", str(len(data)))
         out.append({"echo": body, "batch": len(data), "tag": context.get_request_header(i, "x-tag"),
-                    "yaml": context.model_yaml_config.get("handler", {})})
+                    "yaml": context.model_yaml_config.get("handler", {}),
+                    "version": context.manifest["model"]["modelVersion"]})
     return out
 '''
 ECHO_YAML = "batchSize: 4\nmaxBatchDelay: 300\nminWorkers: 1\nhandler:\n  greeting: hi\n"
@@ -214,8 +215,17 @@ metrics_mode=prometheus
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _native_available() -> bool:
+    from pyserve.torchserve import native
+
+    return native.available()
+
+
+# The inference API on the native HTTP frontend (predictions in native code) and on aiohttp.
+@pytest.fixture(scope="module", params=["native", "python"])
+def server(request, tmp_path_factory):
+    if request.param == "native" and not _native_available():
+        pytest.skip("pyserve was built without the native HTTP frontend")
     root = tmp_path_factory.mktemp("torchserve")
     build_store(root / "store")
     repository = root / "repository"
@@ -229,7 +239,10 @@ def server(tmp_path_factory):
     extra = "cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
     process = TorchServeProcess(root, PROPERTIES + extra + f"load_models={','.join(models)}\n",
                                 "--disable-token-auth", "--enable-model-api",
-                                "--model-repository", str(repository))
+                                "--model-repository", str(repository),
+                                "--http-frontend", request.param)
+    if request.param == "native":
+        assert "Inference API: native predictions" in process.log_path.read_text()
     yield process
     process.stop()
     print(process.log_path.read_text()[-4000:])
@@ -376,12 +389,16 @@ def test_torchserve_management_api(server):
     default = requests.put(m("/models/echo/2.0/set-default"))
     assert default.status_code == 200
     assert requests.get(m("/models/echo")).json()[0]["modelVersion"] == "2.0"
-    assert requests.post(server.url("inference", "/predictions/echo"), data=b"d").status_code \
-        == 200
+    assert requests.post(server.url("inference", "/predictions/echo"),
+                         data=b"d").json()["version"] == "2.0"
+    assert requests.post(server.url("inference", "/predictions/echo/1.0"),
+                         data=b"d").json()["version"] == "1.0"
     forbidden = requests.delete(m("/models/echo/2.0"))
     assert forbidden.status_code == 403
     assert forbidden.json()["message"] == "Cannot remove default version for model echo"
     assert requests.put(m("/models/echo/1.0/set-default")).status_code == 200
+    assert requests.post(server.url("inference", "/predictions/echo"),
+                         data=b"d").json()["version"] == "1.0"
     removed = requests.delete(m("/models/echo/2.0"))
     assert removed.status_code == 200 and removed.json() == {"status": 'Model "echo" unregistered'}
 

@@ -1,0 +1,464 @@
+#include "predictions.h"
+
+#include <rapidjson/document.h>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <strings.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <random>
+#include <string_view>
+
+#include "connection.h"
+
+namespace pyserve::httpfront {
+
+using Clock = std::chrono::steady_clock;
+
+struct Predictions::Pending {
+  std::string element;  // the `data` input's one BYTES element: u32 length + the body
+  uint64_t token = 0;
+  Clock::time_point arrival;
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool done = false;
+  InferResponse response;
+  std::deque<std::string> chunks;  // intermediate frames not written yet
+  Clock::time_point since;  // the handler's start or its last chunk: the timeout counts from it
+  std::atomic<bool> cancelled{false};
+};
+
+namespace {
+
+constexpr int kDefaultTimeoutS = 120;
+constexpr char kJson[] = "application/json; charset=utf-8";
+
+struct Frame {
+  int status = 200;
+  std::string phrase;
+  std::vector<std::pair<std::string, std::string>> headers;
+  int64_t started_ns = 0;
+  bool error = false;  // a failed batch, answered by the backend in TorchServe's words
+  std::string_view body;
+};
+
+bool ParseFrame(std::string_view frame, Frame* out) {
+  if (frame.size() < 4) return false;
+  uint32_t length;
+  std::memcpy(&length, frame.data(), 4);
+  if (length > frame.size() - 4) return false;
+  rapidjson::Document meta;
+  meta.Parse(frame.data() + 4, length);
+  if (meta.HasParseError() || !meta.IsObject()) return false;
+  if (meta.HasMember("status") && meta["status"].IsInt()) out->status = meta["status"].GetInt();
+  if (meta.HasMember("phrase") && meta["phrase"].IsString()) out->phrase = meta["phrase"].GetString();
+  if (meta.HasMember("started_ns") && meta["started_ns"].IsInt64()) {
+    out->started_ns = meta["started_ns"].GetInt64();
+  }
+  if (meta.HasMember("error") && meta["error"].IsBool()) out->error = meta["error"].GetBool();
+  if (meta.HasMember("headers") && meta["headers"].IsObject()) {
+    for (const auto& h : meta["headers"].GetObject()) {
+      if (h.value.IsString()) out->headers.emplace_back(h.name.GetString(), h.value.GetString());
+    }
+  }
+  out->body = frame.substr(4 + length);
+  return true;
+}
+
+// The frame a response carries: the one BYTES element of its `output`.
+bool ResponseFrame(const InferResponse& response, Frame* out) {
+  if (response.outputs.size() != 1) return false;
+  const OutputTensor& output = response.outputs[0];
+  if (output.byte_size < 4) return false;
+  uint32_t length;
+  std::memcpy(&length, output.data, 4);
+  if (length > output.byte_size - 4) return false;
+  return ParseFrame(std::string_view(reinterpret_cast<const char*>(output.data) + 4, length), out);
+}
+
+// "/predictions/NAME[/VERSION]": the table's key ("NAME" or "NAME/VERSION"), or "".
+std::string PredictionKey(const std::string& path) {
+  static const std::string prefix = "/predictions/";
+  if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0) return "";
+  std::string key = path.substr(prefix.size());
+  const size_t slash = key.find('/');
+  if (slash == 0 || (slash != std::string::npos &&
+                     (slash + 1 == key.size() || key.find('/', slash + 1) != std::string::npos))) {
+    return "";  // an empty name or version, or a longer path (url_path): the shell's
+  }
+  return key;
+}
+
+std::string Uuid4() {
+  thread_local std::mt19937_64 random{std::random_device{}()};
+  uint64_t high = random(), low = random();
+  high = (high & ~0xF000ull) | 0x4000ull;                     // version 4
+  low = (low & ~(0xC000ull << 48)) | (0x8000ull << 48);       // RFC 4122 variant
+  char text[37];
+  std::snprintf(text, sizeof(text), "%08x-%04x-%04x-%04x-%012llx",
+                static_cast<unsigned>(high >> 32), static_cast<unsigned>((high >> 16) & 0xFFFF),
+                static_cast<unsigned>(high & 0xFFFF), static_cast<unsigned>(low >> 48),
+                static_cast<unsigned long long>(low & 0xFFFFFFFFFFFFull));
+  return text;
+}
+
+// The request's headers as the handler sees them: lower-case names, the last value of each.
+std::string HeadersJson(const httplib::Request& req) {
+  std::map<std::string, std::string> headers;
+  for (const auto& [name, value] : req.headers) {
+    if (name == "REMOTE_ADDR" || name == "REMOTE_PORT" || name == "LOCAL_ADDR" || name == "LOCAL_PORT") {
+      continue;
+    }
+    std::string lower(name);
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    headers[lower] = value;
+  }
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartObject();
+  for (const auto& [name, value] : headers) {
+    w.Key(name.c_str(), static_cast<rapidjson::SizeType>(name.size()));
+    w.String(value.c_str(), static_cast<rapidjson::SizeType>(value.size()));
+  }
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+bool FormBody(const httplib::Request& req) {
+  const std::string type = req.get_header_value("Content-Type");
+  return strncasecmp(type.c_str(), "multipart/", 10) == 0 ||
+         strncasecmp(type.c_str(), "application/x-www-form-urlencoded", 33) == 0;
+}
+
+uint64_t SteadyNs(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+std::string TorchServeError(int code, const std::string& type, const std::string& message) {
+  // Python's json.dumps(indent=2), which TorchServe's answers (and the shell's) follow.
+  rapidjson::StringBuffer buffer;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::ASCII<>> w(buffer);
+  w.SetIndent(' ', 2);
+  w.StartObject();
+  w.Key("code");
+  w.Int(code);
+  w.Key("type");
+  w.String(type.c_str(), static_cast<rapidjson::SizeType>(type.size()));
+  w.Key("message");
+  w.String(message.c_str(), static_cast<rapidjson::SizeType>(message.size()));
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+Predictions::Predictions(PredictionsOptions options) : options_(std::move(options)) {}
+
+void Predictions::SetKey(const std::string& key, int64_t expires_unix_s) {
+  std::unique_lock<std::shared_mutex> lock(settings_mutex_);
+  key_ = key;
+  key_expires_ = expires_unix_s;
+}
+
+void Predictions::SetResponseTimeout(const std::string& key, int seconds) {
+  std::unique_lock<std::shared_mutex> lock(settings_mutex_);
+  timeouts_[key] = seconds;
+}
+
+bool Predictions::Authorized(const httplib::Request& req) const {
+  std::shared_lock<std::shared_mutex> lock(settings_mutex_);
+  if (key_.empty()) return true;
+  if (key_expires_ != 0 && std::time(nullptr) >= key_expires_) return false;
+  std::string header = req.get_header_value("Authorization");
+  if (header.compare(0, 7, "Bearer ") != 0) return false;
+  std::string_view given(header);
+  given.remove_prefix(7);
+  while (!given.empty() && std::isspace(static_cast<unsigned char>(given.back()))) given.remove_suffix(1);
+  while (!given.empty() && std::isspace(static_cast<unsigned char>(given.front()))) given.remove_prefix(1);
+  // Constant time over the key's length, as secrets.compare_digest.
+  unsigned char differ = given.size() != key_.size();
+  for (size_t i = 0; i < key_.size(); ++i) {
+    differ |= static_cast<unsigned char>(key_[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  return differ == 0;
+}
+
+int Predictions::ResponseTimeout(const std::string& key) const {
+  std::shared_lock<std::shared_mutex> lock(settings_mutex_);
+  auto found = timeouts_.find(key);
+  return found == timeouts_.end() ? kDefaultTimeoutS : found->second;
+}
+
+bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib::Response& res) {
+  if (req.method != "POST" || req.has_header("Content-Encoding") || FormBody(req)) return false;
+  const std::string key = PredictionKey(req.path);
+  if (key.empty() || !Authorized(req)) return false;
+  std::shared_ptr<Model> model = options_.table->Find(key, "");
+  if (!model) return false;
+
+  auto pending = std::make_shared<Pending>();
+  pending->arrival = pending->since = Clock::now();
+  const uint32_t length = static_cast<uint32_t>(body.size());
+  pending->element.resize(4 + body.size());
+  std::memcpy(pending->element.data(), &length, 4);
+  std::memcpy(pending->element.data() + 4, body.data(), body.size());
+  pending->token = next_token_.fetch_add(1, std::memory_order_relaxed);
+
+  auto request = std::make_unique<InferRequest>();
+  TensorView data;
+  data.name = "data";
+  data.dtype = DataType::kBytes;
+  data.shape = {1, 1};
+  data.data = reinterpret_cast<const uint8_t*>(pending->element.data());
+  data.byte_size = pending->element.size();
+  request->inputs.push_back(std::move(data));
+  request->request_id = Uuid4();
+  Parameter token, headers;
+  token.key = "torchserve.token";
+  token.kind = Parameter::Kind::kInt;
+  token.int_value = static_cast<int64_t>(pending->token);
+  headers.key = "torchserve.headers";
+  headers.string_value = HeadersJson(req);
+  request->parameters = {std::move(token), std::move(headers)};
+  request->sink = this;
+  request->owner = pending;
+  request->cancelled = &pending->cancelled;
+  const std::string request_id = request->request_id;
+  for (const auto& [name, value] : options_.response_headers) res.set_header(name, value);
+  {
+    std::lock_guard<std::mutex> lock(pending_mutex_);
+    pending_[pending->token] = pending;
+  }
+  CountRequest(key);
+  Status status = model->Submit(request);
+  if (!status.ok()) {
+    Forget(pending->token);
+    res.status = 503;
+    res.set_content(TorchServeError(503, "ServiceUnavailableException", status.message()), kJson);
+    return true;
+  }
+
+  // Wait for the answer or a first intermediate response, the client's leaving, or the
+  // response timeout (from the handler's start or its last chunk, as TorchServe counts it).
+  const auto timeout = std::chrono::seconds(ResponseTimeout(key));
+  std::unique_lock<std::mutex> lock(pending->mutex);
+  auto interval = std::chrono::milliseconds(20);
+  int fd = -2;  // not looked for yet
+  bool timed_out = false;
+  while (!pending->done && pending->chunks.empty()) {
+    const auto deadline = pending->since + timeout;
+    if (Clock::now() >= deadline) {
+      timed_out = true;
+      break;
+    }
+    if (pending->cv.wait_until(lock, std::min(deadline, Clock::now() + interval),
+                               [&] { return pending->done || !pending->chunks.empty(); })) {
+      break;
+    }
+    if (fd == -2) fd = ConnectionSocket(req);
+    if (fd >= 0 && ConnectionClosed(fd)) {
+      pending->cancelled.store(true, std::memory_order_relaxed);
+      lock.unlock();
+      Forget(pending->token);
+      res.status = 499;  // nobody reads it: the client is gone
+      return true;
+    }
+    interval = std::min(interval * 2, std::chrono::milliseconds(200));
+  }
+  if (timed_out) {
+    pending->cancelled.store(true, std::memory_order_relaxed);
+    lock.unlock();
+    Forget(pending->token);
+    if (options_.on_timeout) options_.on_timeout(key);
+    res.status = 500;
+    res.set_content(TorchServeError(500, "InternalServerException", "Worker died."), kJson);
+    return true;
+  }
+  if (pending->done) {
+    lock.unlock();
+    Forget(pending->token);
+    Answer(*pending, res);
+    if (res.status < 400) {
+      // Latency and queue time, as TorchServe's metrics count them (answered requests).
+      Frame frame;
+      ResponseFrame(pending->response, &frame);
+      const uint64_t now = SteadyNs(Clock::now()), arrival = SteadyNs(pending->arrival);
+      const uint64_t started = frame.started_ns > 0 ? static_cast<uint64_t>(frame.started_ns) : now;
+      CountLatency(key, (now - arrival) / 1000, started > arrival ? (started - arrival) / 1000 : 0);
+    }
+    if (!res.has_header("x-request-id")) res.set_header("x-request-id", request_id);
+    return true;
+  }
+
+  // A streamed answer: the first chunk's status and headers, then every chunk's body as it
+  // comes, the final answer's body last.
+  Frame first;
+  std::string first_frame = std::move(pending->chunks.front());
+  pending->chunks.pop_front();
+  lock.unlock();
+  ParseFrame(first_frame, &first);
+  res.status = first.status;
+  if (!first.phrase.empty()) res.reason = first.phrase;
+  std::string content_type = "application/octet-stream";
+  for (const auto& [name, value] : first.headers) {
+    if (strcasecmp(name.c_str(), "content-type") == 0) {
+      content_type = value;
+    } else if (strcasecmp(name.c_str(), "content-length") != 0) {
+      res.set_header(name, value);
+    }
+  }
+  if (!res.has_header("x-request-id")) res.set_header("x-request-id", request_id);
+  auto first_body = std::make_shared<std::string>(first.body);
+  res.set_chunked_content_provider(
+      content_type,
+      [this, pending, key, timeout, first_body](size_t, httplib::DataSink& sink) {
+        if (!first_body->empty()) {
+          std::string body = std::move(*first_body);
+          first_body->clear();
+          return sink.write(body.data(), body.size());
+        }
+        std::unique_lock<std::mutex> lock(pending->mutex);
+        while (pending->chunks.empty() && !pending->done) {
+          const auto deadline = pending->since + timeout;
+          if (Clock::now() >= deadline) {
+            pending->cancelled.store(true, std::memory_order_relaxed);
+            lock.unlock();
+            if (options_.on_timeout) options_.on_timeout(key);
+            sink.done();
+            return true;
+          }
+          pending->cv.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(200)));
+          if (!sink.is_writable()) return false;
+        }
+        Frame frame;
+        if (!pending->chunks.empty()) {
+          std::string chunk = std::move(pending->chunks.front());
+          pending->chunks.pop_front();
+          lock.unlock();
+          if (ParseFrame(chunk, &frame) && !frame.body.empty()) {
+            return sink.write(frame.body.data(), frame.body.size());
+          }
+          return true;
+        }
+        lock.unlock();
+        if (pending->response.status.ok() && ResponseFrame(pending->response, &frame) &&
+            !frame.body.empty()) {
+          sink.write(frame.body.data(), frame.body.size());
+        }
+        sink.done();
+        return true;
+      },
+      [this, pending](bool) { Forget(pending->token); });
+  return true;
+}
+
+// The final answer of a request that streamed nothing.
+void Predictions::Answer(Pending& pending, httplib::Response& res) {
+  const InferResponse& response = pending.response;
+  if (!response.status.ok()) {
+    res.status = 503;
+    res.set_content(TorchServeError(503, "ServiceUnavailableException", response.status.message()), kJson);
+    return;
+  }
+  Frame frame;
+  if (!ResponseFrame(response, &frame)) {
+    res.status = 500;
+    res.set_content(TorchServeError(500, "InternalServerException", "the handler's answer is malformed"),
+                    kJson);
+    return;
+  }
+  if (frame.body.size() > options_.max_response_bytes) {
+    res.status = 507;
+    res.set_content(TorchServeError(507, "InternalServerException",
+                                    "Response size exceeds the limit (max_response_size)"),
+                    kJson);
+    return;
+  }
+  res.status = frame.error ? std::max(frame.status, 400) : frame.status;
+  if (!frame.phrase.empty()) res.reason = frame.phrase;
+  std::string content_type = "application/octet-stream";
+  for (const auto& [name, value] : frame.headers) {
+    if (strcasecmp(name.c_str(), "content-type") == 0) {
+      content_type = value;
+    } else if (strcasecmp(name.c_str(), "content-length") != 0) {
+      res.set_header(name, value);
+    }
+  }
+  res.set_content(std::string(frame.body), content_type);
+}
+
+bool Predictions::Push(uint64_t token, std::string frame) {
+  std::shared_ptr<Pending> pending;
+  {
+    std::lock_guard<std::mutex> lock(pending_mutex_);
+    auto found = pending_.find(token);
+    if (found != pending_.end()) pending = found->second.lock();
+  }
+  if (!pending) return false;
+  std::lock_guard<std::mutex> lock(pending->mutex);
+  if (pending->cancelled.load(std::memory_order_relaxed)) return false;
+  pending->chunks.push_back(std::move(frame));
+  pending->since = Clock::now();
+  pending->cv.notify_one();
+  return true;
+}
+
+void Predictions::Started(const std::vector<uint64_t>& tokens) {
+  const auto now = Clock::now();
+  std::lock_guard<std::mutex> lock(pending_mutex_);
+  for (uint64_t token : tokens) {
+    auto found = pending_.find(token);
+    if (found == pending_.end()) continue;
+    if (auto pending = found->second.lock()) {
+      std::lock_guard<std::mutex> pending_lock(pending->mutex);
+      pending->since = now;
+    }
+  }
+}
+
+void Predictions::Forget(uint64_t token) {
+  std::lock_guard<std::mutex> lock(pending_mutex_);
+  pending_.erase(token);
+}
+
+PredictionCounters& Predictions::CountersOf(const std::string& key) {
+  auto found = counters_.find(key);
+  if (found == counters_.end()) found = counters_.emplace(key, PredictionCounters{key}).first;
+  return found->second;
+}
+
+void Predictions::CountRequest(const std::string& key) {
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  ++CountersOf(key).requests;
+}
+
+void Predictions::CountLatency(const std::string& key, uint64_t latency_us, uint64_t queue_us) {
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  PredictionCounters& counters = CountersOf(key);
+  counters.latency_us += latency_us;
+  counters.queue_us += queue_us;
+}
+
+std::vector<PredictionCounters> Predictions::Counters() const {
+  std::lock_guard<std::mutex> lock(counters_mutex_);
+  std::vector<PredictionCounters> out;
+  for (const auto& [key, counters] : counters_) out.push_back(counters);
+  return out;
+}
+
+void Predictions::Deliver(std::vector<Completion>& completions) {
+  for (Completion& c : completions) {
+    auto* pending = static_cast<Pending*>(c.owner.get());
+    std::lock_guard<std::mutex> lock(pending->mutex);
+    pending->response = std::move(c.response);
+    pending->done = true;
+    pending->cv.notify_one();
+  }
+}
+
+}  // namespace pyserve::httpfront
