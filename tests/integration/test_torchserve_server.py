@@ -275,6 +275,8 @@ def test_torchserve_predictions_raw_multipart_and_json(server):
     assert raw.json()["echo"] == "kitten bytes" and raw.json()["tag"] == "t1"
     assert raw.json()["yaml"] == {"greeting": "hi"}  # the handler section of model-config.yaml
     assert raw.headers["x-request-id"]
+    assert raw.headers["x-batch"] == "1"  # a header the handler set
+    assert raw.headers["Access-Control-Allow-Origin"] == "*"  # cors_allowed_origin
     form = requests.post(url, files={"data": ("kitten.jpg", b"jpeg bytes")})  # curl -F data=@
     assert form.json()["echo"] == "jpeg bytes"
     as_json = requests.post(url, json={"text": "hello"})
@@ -474,6 +476,30 @@ def test_torchserve_token_authorization_and_disabled_model_api(tmp_path):
     finally:
         process.stop()
     assert not (tmp_path / "key_file.json").exists()
+
+
+@pytest.mark.parametrize("frontend", ["native", "python"])
+def test_torchserve_size_limits(tmp_path, frontend):
+    """max_request_size and max_response_size: TorchServe's 413 and 507 answers."""
+    if frontend == "native" and not _native_available():
+        pytest.skip("pyserve was built without the native HTTP frontend")
+    store = tmp_path / "store"
+    make_mar(store, "echo", {"echo.py": ECHO}, handler="echo.py", work=tmp_path / "src")
+    process = TorchServeProcess(
+        tmp_path, PROPERTIES + "load_models=echo.mar\nmax_request_size=4096\n"
+        "max_response_size=2048\n", "--disable-token-auth", "--http-frontend", frontend)
+    try:
+        url = process.url("inference", "/predictions/echo")
+        assert requests.post(url, data=b"x" * 100).json()["echo"] == "x" * 100
+        too_long = requests.post(url, data=b"x" * 3000)  # its echo passes 2048 bytes
+        assert too_long.status_code == 507, too_long.text
+        assert too_long.json()["message"] == ("Response size exceeds the limit "
+                                              "(max_response_size)")
+        too_large = requests.post(url, data=b"x" * 5000)
+        assert too_large.status_code == 413 and too_large.json()["code"] == 413
+        assert requests.post(url, data=b"y").json()["echo"] == "y"  # still serving
+    finally:
+        process.stop()
 
 
 def test_torchserve_builtin_image_classifier(server, tmp_path):
