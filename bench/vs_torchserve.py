@@ -8,8 +8,9 @@ What it measures
     it from the same model store at startup:
         TorchServe  `torchserve --start --foreground` (the torchserve 0.12 wheel, Java 17+): a
                     Java frontend and one Python worker process per worker.
-        pyserve     `pyserve torchserve` with the same flags: one process, each worker an
-                    instance of the core's scheduler running the handler.
+        pyserve     `pyserve torchserve` with the same flags: one process, predictions
+                    served by the native HTTP frontend, each worker an instance of the
+                    core's scheduler running the handler once per batch.
     `hey` (Debian's package) posts the JSON body to POST /predictions/mlp for --duration
     seconds at each concurrency; per run: requests/s, p50 and p99 latency, non-200 answers,
     and the server's CPU time per request (utime+stime of the server and all its

@@ -6,6 +6,7 @@
 #include <rapidjson/writer.h>
 #include <strings.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -79,6 +80,22 @@ bool ResponseFrame(const InferResponse& response, Frame* out) {
   std::memcpy(&length, output.data, 4);
   if (length > output.byte_size - 4) return false;
   return ParseFrame(std::string_view(reinterpret_cast<const char*>(output.data) + 4, length), out);
+}
+
+// The frame's status, phrase and headers on `res`; its content type (application/octet-stream,
+// as TorchServe answers bytes, when the handler set none).
+std::string StatusAndHeaders(const Frame& frame, httplib::Response& res) {
+  res.status = frame.error ? std::max(frame.status, 400) : frame.status;
+  if (!frame.phrase.empty()) res.reason = frame.phrase;
+  std::string content_type = "application/octet-stream";
+  for (const auto& [name, value] : frame.headers) {
+    if (strcasecmp(name.c_str(), "content-type") == 0) {
+      content_type = value;
+    } else if (strcasecmp(name.c_str(), "content-length") != 0) {
+      res.set_header(name, value);
+    }
+  }
+  return content_type;
 }
 
 // "/predictions/NAME[/VERSION]": the table's key ("NAME" or "NAME/VERSION"), or "".
@@ -302,16 +319,7 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   pending->chunks.pop_front();
   lock.unlock();
   ParseFrame(first_frame, &first);
-  res.status = first.status;
-  if (!first.phrase.empty()) res.reason = first.phrase;
-  std::string content_type = "application/octet-stream";
-  for (const auto& [name, value] : first.headers) {
-    if (strcasecmp(name.c_str(), "content-type") == 0) {
-      content_type = value;
-    } else if (strcasecmp(name.c_str(), "content-length") != 0) {
-      res.set_header(name, value);
-    }
-  }
+  const std::string content_type = StatusAndHeaders(first, res);
   if (!res.has_header("x-request-id")) res.set_header("x-request-id", request_id);
   auto first_body = std::make_shared<std::string>(first.body);
   res.set_chunked_content_provider(
@@ -379,17 +387,7 @@ void Predictions::Answer(Pending& pending, httplib::Response& res) {
                     kJson);
     return;
   }
-  res.status = frame.error ? std::max(frame.status, 400) : frame.status;
-  if (!frame.phrase.empty()) res.reason = frame.phrase;
-  std::string content_type = "application/octet-stream";
-  for (const auto& [name, value] : frame.headers) {
-    if (strcasecmp(name.c_str(), "content-type") == 0) {
-      content_type = value;
-    } else if (strcasecmp(name.c_str(), "content-length") != 0) {
-      res.set_header(name, value);
-    }
-  }
-  res.set_content(std::string(frame.body), content_type);
+  res.set_content(std::string(frame.body), StatusAndHeaders(frame, res));
 }
 
 bool Predictions::Push(uint64_t token, std::string frame) {

@@ -9,28 +9,16 @@ inference app on a loopback port, which answers it as before.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from pyserve import _core
+from pyserve.frontends.http_native import UNAVAILABLE_REASON, available  # noqa: F401
 from pyserve.torchserve import request as ts_request
-
-log = logging.getLogger("pyserve")
-
-try:
-    from pyserve import _http_server
-except ImportError as e:  # built without cpp-httplib, or its library is missing here
-    _http_server = None
-    UNAVAILABLE_REASON = str(e)
-else:
-    UNAVAILABLE_REASON = ""
-
-
-def available() -> bool:
-    return _http_server is not None
 
 
 class NativeInferenceApi:
     def __init__(self, apis, host: str, port: int, shell_port: int, threads: int) -> None:
+        from pyserve import _http_server
+
         options = apis.options
         self._apis = apis
         self._loop = asyncio.get_running_loop()
