@@ -655,7 +655,11 @@ async def _parse_body(request: web.Request) -> tuple[dict, dict]:
             parameters[part.name] = decode_parameter(bytes(value), part_type)
             part_headers[part.name] = {"content-type": part_type}
     elif content_type == "application/x-www-form-urlencoded":
-        for key, value in (await request.post()).items():
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, ValueError) as e:
+            raise bad_request(f"Invalid form data: {e}") from None
+        for key, value in form.items():
             parameters[key] = value.encode("utf-8") if isinstance(value, str) else value
             part_headers[key] = {"content-type": ""}
     else:

@@ -279,6 +279,9 @@ def test_torchserve_predictions_raw_multipart_and_json(server):
     assert raw.headers["Access-Control-Allow-Origin"] == "*"  # cors_allowed_origin
     form = requests.post(url, files={"data": ("kitten.jpg", b"jpeg bytes")})  # curl -F data=@
     assert form.json()["echo"] == "jpeg bytes"
+    bad_form = requests.post(url, data=b"a=\xff\xfe",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert bad_form.status_code == 400 and bad_form.json()["type"] == "BadRequestException"
     as_json = requests.post(url, json={"text": "hello"})
     assert as_json.json()["echo"] == {"text": "hello"}  # application/json arrives decoded
     teapot = requests.post(url, data=b"teapot", headers={"Content-Type": "text/plain"})
