@@ -48,15 +48,6 @@ def config_type(wire: str) -> int:
     return value.number if value is not None else 0
 
 
-def wire_name_of_numpy(dtype: np.dtype) -> str:
-    if dtype == np.object_ or dtype.kind in "SU":
-        return "BYTES"
-    for name, candidate in NUMPY_DTYPE.items():
-        if candidate == dtype and name != "BF16":
-            return name
-    raise ValueError(f"unsupported numpy dtype {dtype}")
-
-
 def serialize_bytes(array: np.ndarray) -> bytes:
     """BYTES elements as Triton sends them: a 4-byte little-endian length, then the bytes."""
     parts = []

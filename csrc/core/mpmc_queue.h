@@ -76,13 +76,6 @@ class MpmcQueue {
     }
   }
 
-  // A snapshot; exact only when no thread is pushing or popping.
-  size_t SizeApprox() const {
-    size_t tail = tail_.load(std::memory_order_acquire);
-    size_t head = head_.load(std::memory_order_acquire);
-    return tail > head ? tail - head : 0;
-  }
-
  private:
   struct alignas(kCacheLine) Cell {
     std::atomic<size_t> seq;

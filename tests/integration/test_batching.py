@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from conftest import settled_statistics, start_server
+from conftest import batch_counts, settled_statistics, start_server
 
 HOLD = {"TRITONSERVER_DELAY_SCHEDULER": "3"}
 GAP_S = 0.02  # between sends where arrival order matters; nothing runs while the batcher is held
@@ -183,10 +183,6 @@ class StreamSender(Sender):
 def statistics(client, model: str, settled: int = 0):
     """The model's statistics; with `settled`, once that many requests are counted in them."""
     return settled_statistics(client, model, settled, timeout=RESULT_TIMEOUT_S)
-
-
-def batch_counts(stats) -> dict[int, int]:
-    return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
 
 
 def assert_stats(stats, *, batches: dict[int, int], success: int, fail: int = 0) -> None:
