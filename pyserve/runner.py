@@ -62,7 +62,7 @@ class ModelRunner:
         self._loop = loop
         # tag -> (future, inputs, objects): the inputs keep the viewed bytes alive until the
         # response; objects are Python-only request parameters for the backend.
-        self._pending: dict[int, tuple[asyncio.Future, Sequence[InputTensor], dict | None]] = {}
+        self._in_flight: dict[int, tuple[asyncio.Future, Sequence[InputTensor], dict | None]] = {}
         self._errors: dict[int, ServerError] = {}  # per-request errors a backend returned
         self._tags = itertools.count(1)
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
@@ -84,7 +84,7 @@ class ModelRunner:
         passing through the core (any Python value)."""
         tag = next(self._tags)
         future = self._loop.create_future()
-        self._pending[tag] = (future, inputs, objects)
+        self._in_flight[tag] = (future, inputs, objects)
         cancel = _core.CancelFlag()
         try:
             self.model.submit(tag, self._sink,
@@ -92,11 +92,11 @@ class ModelRunner:
                               request_id, list(outputs), parameters or {}, priority, timeout_us,
                               cancel)
         except (TypeError, RuntimeError):  # pybind11 could not convert a value the client sent
-            del self._pending[tag]
+            del self._in_flight[tag]
             raise ServerError("invalid inference request: a tensor name, datatype, shape or "
                               "parameter is not of the protocol's type") from None
         except BaseException:
-            del self._pending[tag]
+            del self._in_flight[tag]
             raise
         try:
             return await future
@@ -119,13 +119,13 @@ class ModelRunner:
         if requests is not None and isinstance(result, list):
             # A request's own ServerError (a subclass may carry more) reaches its caller as is.
             for request, item in zip(requests, result):
-                if isinstance(item, ServerError) and request[0] in self._pending:
+                if isinstance(item, ServerError) and request[0] in self._in_flight:
                     self._errors[request[0]] = item
         return result
 
     def _request_info(self, tag: int, request_id: str, parameters: dict,
                       outputs: list[str]) -> RequestInfo:
-        pending = self._pending.get(tag)  # None for requests native frontends submitted
+        pending = self._in_flight.get(tag)  # None for requests native frontends submitted
         objects = pending[2] if pending is not None else None
         return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
                            outputs)
@@ -142,7 +142,7 @@ class ModelRunner:
         self._wake_pending = False  # first: a hand-off during the drain schedules another
         while self._handed_off:
             for tag, outputs, error in self._handed_off.popleft():
-                future, _, _ = self._pending.pop(tag)
+                future, _, _ = self._in_flight.pop(tag)
                 own_error = self._errors.pop(tag, None)
                 if future.done():  # the caller went away
                     continue
