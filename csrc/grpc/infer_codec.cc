@@ -19,44 +19,37 @@ Status ParseError(const std::string& what) {
   return Invalid("failed to parse ModelInferRequest: " + what);
 }
 
-bool StringsValid(const ParamMap& parameters) {
-  for (const auto& [key, value] : parameters) {
-    if (!ValidUtf8(key) || (value.kind == InferParam::kString && !ValidUtf8(value.string_value))) {
-      return false;
-    }
-  }
-  return true;
-}
+Status Utf8Error() { return ParseError("a string field is not valid UTF-8"); }
 
-// Protobuf refuses a message whose proto3 strings are not UTF-8; so does this parser.
-bool StringsValid(const InferMessage& m) {
-  if (!ValidUtf8(m.model_name) || !ValidUtf8(m.model_version) || !ValidUtf8(m.id) ||
-      !StringsValid(m.parameters)) {
-    return false;
-  }
-  for (const auto& input : m.inputs) {
-    if (!ValidUtf8(input.name) || !ValidUtf8(input.datatype)) return false;
-  }
-  for (const auto& output : m.outputs) {
-    if (!ValidUtf8(output.name) || !StringsValid(output.parameters)) return false;
-  }
+// A proto3 string field. Protobuf's parser refuses a message in which any occurrence is not
+// UTF-8 (the last one is kept); one of another wire type is an unknown field, skipped.
+bool ReadString(const Reader& r, std::string_view* out) {
+  if (r.type() != wire::kLength) return true;
+  if (!ValidUtf8(r.bytes())) return false;
+  *out = r.bytes();
   return true;
 }
 
 bool ParseParam(std::string_view bytes, InferParam* p) {
   Reader r(bytes);
   while (r.Next()) {
+    const bool varint = r.type() == wire::kVarint;
     switch (r.field()) {
-      case 1: p->kind = InferParam::kBool; p->bool_value = r.varint() != 0; break;
-      case 2: p->kind = InferParam::kInt64; p->int_value = static_cast<int64_t>(r.varint()); break;
-      case 3: p->kind = InferParam::kString; p->string_value = r.bytes(); break;
+      case 1: if (varint) p->kind = InferParam::kBool, p->bool_value = r.varint() != 0; break;
+      case 2: if (varint) p->kind = InferParam::kInt64, p->int_value = static_cast<int64_t>(r.varint()); break;
+      case 3:
+        if (r.type() != wire::kLength) break;
+        if (!ReadString(r, &p->string_value)) return false;
+        p->kind = InferParam::kString;
+        break;
       case 4: {
+        if (r.type() != wire::kFixed64) break;
         p->kind = InferParam::kDouble;
         const uint64_t bits = r.fixed64();
         std::memcpy(&p->double_value, &bits, 8);
         break;
       }
-      case 5: p->kind = InferParam::kUint64; p->uint_value = r.varint(); break;
+      case 5: if (varint) p->kind = InferParam::kUint64, p->uint_value = r.varint(); break;
       default: break;
     }
   }
@@ -69,7 +62,7 @@ bool ParseMapEntry(std::string_view bytes, ParamMap* map) {
   std::string_view key;
   InferParam value;
   while (r.Next()) {
-    if (r.field() == 1 && r.type() == wire::kLength) key = r.bytes();
+    if (r.field() == 1 && !ReadString(r, &key)) return false;
     if (r.field() == 2 && r.type() == wire::kLength && !ParseParam(r.bytes(), &value)) return false;
   }
   if (!r.error().empty()) return false;
@@ -104,12 +97,13 @@ bool AppendInts(const Reader& r, std::vector<int64_t>* out) {
 bool ParseInput(std::string_view bytes, InferMessage::Input* input) {
   Reader r(bytes);
   while (r.Next()) {
+    const bool length = r.type() == wire::kLength;
     switch (r.field()) {
-      case 1: input->name = r.bytes(); break;
-      case 2: input->datatype = r.bytes(); break;
+      case 1: if (!ReadString(r, &input->name)) return false; break;
+      case 2: if (!ReadString(r, &input->datatype)) return false; break;
       case 3: if (!AppendInts(r, &input->shape)) return false; break;
-      case 4: if (!ParseMapEntry(r.bytes(), &input->parameters)) return false; break;
-      case 5: input->has_contents = true; input->contents = r.bytes(); break;
+      case 4: if (length && !ParseMapEntry(r.bytes(), &input->parameters)) return false; break;
+      case 5: if (length) input->has_contents = true, input->contents = r.bytes(); break;
       default: break;
     }
   }
@@ -119,8 +113,10 @@ bool ParseInput(std::string_view bytes, InferMessage::Input* input) {
 bool ParseOutput(std::string_view bytes, InferMessage::Output* output) {
   Reader r(bytes);
   while (r.Next()) {
-    if (r.field() == 1) output->name = r.bytes();
-    if (r.field() == 2 && !ParseMapEntry(r.bytes(), &output->parameters)) return false;
+    if (r.field() == 1 && !ReadString(r, &output->name)) return false;
+    if (r.field() == 2 && r.type() == wire::kLength && !ParseMapEntry(r.bytes(), &output->parameters)) {
+      return false;
+    }
   }
   return r.error().empty();
 }
@@ -306,9 +302,9 @@ Status ParseInferRequest(std::string_view bytes, InferMessage* message) {
   while (r.Next()) {
     const bool length = r.type() == wire::kLength;
     switch (r.field()) {
-      case 1: if (length) message->model_name = r.bytes(); break;
-      case 2: if (length) message->model_version = r.bytes(); break;
-      case 3: if (length) message->id = r.bytes(); break;
+      case 1: if (!ReadString(r, &message->model_name)) return Utf8Error(); break;
+      case 2: if (!ReadString(r, &message->model_version)) return Utf8Error(); break;
+      case 3: if (!ReadString(r, &message->id)) return Utf8Error(); break;
       case 4:
         if (!length || !ParseMapEntry(r.bytes(), &message->parameters)) return ParseError("bad parameters");
         break;
@@ -328,7 +324,6 @@ Status ParseInferRequest(std::string_view bytes, InferMessage* message) {
     }
   }
   if (!r.error().empty()) return ParseError(r.error());
-  if (!StringsValid(*message)) return ParseError("a string field is not valid UTF-8");
   return Status::OK();
 }
 

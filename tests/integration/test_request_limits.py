@@ -18,6 +18,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import EXAMPLES, FRONTENDS, start_server
+from pyserve.protocol import pb
 
 LIMIT = 1 << 20  # --http-max-input-size and --grpc-max-message-size of the server below
 SIMPLE_CONFIG = json.dumps({"name": "uploaded", "backend": "onnxruntime"})
@@ -236,6 +237,40 @@ def test_malformed_messages_are_invalid_argument(server):
             call(message, timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
         assert "failed to parse" in refused.value.details()
+    channel.close()
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (numbers and lengths below 128 here)."""
+    return bytes([number << 3 | 2, len(data)]) + data
+
+
+def _simple_request(input0_extra: bytes = b"", head: bytes = b"") -> bytes:
+    """ModelInfer for `simple` (zeros), with bytes added to INPUT0's tensor or in front."""
+    tensors = [_field(1, name) + _field(2, b"INT32") + b"\x1a\x02\x01\x10"  # shape [1, 16]
+               for name in (b"INPUT0", b"INPUT1")]
+    tensors[0] += input0_extra
+    zeros = bytes(64)
+    return (head + _field(1, b"simple") + b"".join(_field(5, t) for t in tensors)
+            + bytes([7 << 3 | 2, 64]) + zeros + bytes([7 << 3 | 2, 64]) + zeros)
+
+
+def test_strings_are_checked_as_protobuf_checks_them(server):
+    """Every occurrence of a string field must be UTF-8 (a later valid one does not excuse an
+    earlier one), map keys included; a field of an unexpected wire type is an unknown field."""
+    channel = grpc.insecure_channel(server.grpc_url)
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    refused = [_simple_request(head=_field(1, b"\xff\xfe")),  # model_name, then a valid one
+               _simple_request(_field(1, b"\xc0\x80") + _field(1, b"INPUT0")),  # input name
+               _simple_request(_field(4, _field(1, b"\xff")))]  # an input parameter's key
+    for message in refused:
+        with pytest.raises(grpc.RpcError) as error:
+            call(message, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+        assert "failed to parse" in error.value.details()
+    # INPUT0's name as a varint: protobuf keeps it as an unknown field and the name stands.
+    answer = pb.ModelInferResponse.FromString(call(_simple_request(b"\x08\x05"), timeout=30))
+    assert [o.name for o in answer.outputs] == ["OUTPUT0", "OUTPUT1"]
     channel.close()
 
 
