@@ -110,8 +110,9 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                      help="native: cpp-httplib serves inference (other routes still in Python), "
                           "python: aiohttp serves everything, auto: native when built "
                           "(default: %(default)s)")
-    net.add_argument("--http-thread-count", type=int, default=64, metavar="N",
-                     help="native HTTP: connections served at once, one thread each; more "
+    net.add_argument("--http-thread-count", type=int, default=1024, metavar="N",
+                     help="native HTTP: most connections served at once, one thread each "
+                          "(started as connections arrive, retired after 30 s idle); more "
                           "wait for a free one (default: %(default)s)")
     net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                      metavar="BYTES", help="largest HTTP request body, after decompression; "

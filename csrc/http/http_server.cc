@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "connection.h"
+#include "elastic_pool.h"
 #include "infer_json.h"
 
 namespace pyserve::httpfront {
@@ -85,7 +86,7 @@ class HttpServer::Impl : public ResponseSink {
 
   Status Start() {
     server_.new_task_queue = [threads = options_.threads] {
-      return new httplib::ThreadPool(static_cast<size_t>(std::max(1, threads)));
+      return new ElasticPool(static_cast<size_t>(std::max(1, threads)), std::chrono::seconds(30));
     };
     server_.set_tcp_nodelay(true);  // small responses must not wait out delayed ACKs
     server_.set_keep_alive_max_count(std::numeric_limits<int>::max());

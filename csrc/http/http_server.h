@@ -18,9 +18,9 @@ namespace pyserve::httpfront {
 struct HttpOptions {
   std::string host = "0.0.0.0";
   int port = 8000;  // 0 = any free port
-  // Each open connection is served by one thread of a pool of this size: the connections
-  // served at once (more wait for a thread; idle ones give theirs back after 5 s).
-  int threads = 64;
+  // Each open connection is served by one thread (idle connections give theirs back after
+  // 5 s): threads are started as connections arrive, up to this many.
+  int threads = 1024;
   size_t max_body_bytes = 64 << 20;
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
   // The regions tensors in shared memory are resolved in (null: such requests go to the shell).

@@ -88,7 +88,7 @@ PYBIND11_MODULE(_http_server, m) {
                     std::shared_ptr<pyserve::SharedMemoryRegistry>, std::shared_ptr<pyserve::ModelTable>, size_t,
                     std::vector<std::pair<std::string, std::string>>, py::object>(),
            py::arg("table"), py::arg("host"), py::arg("port"), py::arg("shell_port"),
-           py::arg("threads") = 64, py::arg("max_body_bytes") = size_t(64) << 20,
+           py::arg("threads") = 1024, py::arg("max_body_bytes") = size_t(64) << 20,
            py::arg("shared_memory") = nullptr, py::arg("predictions_table") = nullptr,
            py::arg("max_response_bytes") = size_t(6553500),
            py::arg("response_headers") = std::vector<std::pair<std::string, std::string>>(),

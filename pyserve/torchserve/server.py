@@ -93,7 +93,7 @@ class TorchServeServer:
 
         runner, shell_port = await start_site(app, Address("http", "127.0.0.1", 0), None)
         self._runners.append(runner)
-        threads = self.kserve.options.http_thread_count if self.kserve is not None else 64
+        threads = self.kserve.options.http_thread_count if self.kserve is not None else 1024
         self._native = NativeInferenceApi(self.apis, address.host, address.port, shell_port,
                                           threads)
         self.apis.attach_native(self._native)

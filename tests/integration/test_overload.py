@@ -254,3 +254,26 @@ def test_a_model_hung_in_execute_can_be_unloaded(server, model):
     assert again.as_numpy("Y").tolist() == [7]
     assert "an instance was still executing after 2 s; it is abandoned" in server.log()
     assert not left  # an isolated model's hung child was killed
+
+
+def test_idle_keep_alive_connections_do_not_starve_new_clients(example_server):
+    """Each open HTTP connection holds a thread of the native server: 100 idle keep-alive
+    clients (more than a fixed pool of 64 had) and a new client is still answered at once,
+    not after the idle ones time out (5 s)."""
+    host, port = example_server.http_url.split(":")
+    request = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n"
+    idle = []
+    try:
+        for _ in range(100):
+            connection = socket.create_connection((host, int(port)), timeout=30)
+            connection.sendall(request)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")  # kept open, idle
+            idle.append(connection)
+        began = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=30) as fresh:
+            fresh.sendall(request)
+            assert fresh.recv(4096).startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - began < 2.5
+    finally:
+        for connection in idle:
+            connection.close()
