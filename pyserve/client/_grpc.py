@@ -31,7 +31,7 @@ _COMPRESSION = {None: grpc.Compression.NoCompression, "none": grpc.Compression.N
                 "gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: that costs 0.2 us per call, in every infer
 class GrpcCall:
     rpc: str
     request: Any
@@ -112,27 +112,34 @@ def _set_shm(target, ref) -> None:
 
 
 def decode_infer(response, shm_outputs: Mapping | None = None) -> InferResult:
-    outputs = {}
-    raw = response.raw_output_contents
-    direct = len(raw) == len(response.outputs)  # else raw entries skip outputs in shm
+    parameters = get_parameters(response.parameters) if response.parameters else {}
+    result = InferResult(model_name=response.model_name, model_version=response.model_version,
+                         id=response.id, parameters=parameters,
+                         final=bool(parameters.get("triton_final_response", True)))
+    tensors, raw = response.outputs, response.raw_output_contents
+    count = len(tensors)
+    if count == len(raw) and not shm_outputs:
+        # Every output has its raw entry: index both (iterating upb containers costs more),
+        # and read the shape as a list slice (tuple() of a repeated field is 4x slower).
+        for index in range(count):
+            tensor = tensors[index]
+            result[tensor.name] = from_bytes(raw[index], tensor.datatype, tensor.shape[:])
+        return result
+    direct = count == len(raw)  # else raw entries skip outputs in shm
     raw_index = 0
-    for index, tensor in enumerate(response.outputs):
+    for index, tensor in enumerate(tensors):
         shape = tuple(tensor.shape)
         if shm_outputs and tensor.name in shm_outputs:  # no data: it is in the region (Triton)
-            outputs[tensor.name] = filled_view(shm_outputs[tensor.name], shape)
+            result[tensor.name] = filled_view(shm_outputs[tensor.name], shape)
             continue
         if direct:
-            outputs[tensor.name] = from_bytes(raw[index], tensor.datatype, shape)
+            result[tensor.name] = from_bytes(raw[index], tensor.datatype, shape)
         elif raw_index < len(raw):
-            outputs[tensor.name] = from_bytes(raw[raw_index], tensor.datatype, shape)
+            result[tensor.name] = from_bytes(raw[raw_index], tensor.datatype, shape)
             raw_index += 1
         else:
-            outputs[tensor.name] = _typed_contents(tensor, shape)
-    parameters = get_parameters(response.parameters) if response.parameters else {}
-    return InferResult(outputs, model_name=response.model_name,
-                       model_version=response.model_version, id=response.id,
-                       parameters=parameters,
-                       final=bool(parameters.get("triton_final_response", True)))
+            result[tensor.name] = _typed_contents(tensor, shape)
+    return result
 
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",

@@ -40,22 +40,25 @@ def numpy_dtype(datatype: str) -> np.dtype:
 def datatype_of(array: np.ndarray) -> str:
     """The wire name for a numpy array's dtype."""
     dtype = array.dtype
+    datatype = _FROM_NUMPY.get(dtype)
+    if datatype is not None:
+        return datatype
     if dtype.kind in "OSU":
         return "BYTES"
-    try:
-        return _FROM_NUMPY[dtype]
-    except KeyError:
-        raise ValueError(f"no Triton datatype for numpy dtype {dtype}") from None
+    raise ValueError(f"no Triton datatype for numpy dtype {dtype}")
 
 
 def as_array(value, datatype: str | None = None) -> tuple[np.ndarray, str]:
     """An input value (numpy array, torch tensor, scalar or list) as (array, wire datatype).
 
     `datatype` forces the wire type, e.g. "BF16" for a uint16 array holding raw bits."""
-    if type(value).__module__.startswith("torch"):
-        value, torch_type = _from_torch(value)
-        datatype = datatype or torch_type
-    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if type(value) is np.ndarray:  # the common case first: no conversion to look for
+        array = value
+    else:
+        if type(value).__module__.startswith("torch"):
+            value, torch_type = _from_torch(value)
+            datatype = datatype or torch_type
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
     if datatype is None:
         datatype = datatype_of(array)
     return array, datatype
@@ -116,7 +119,6 @@ def deserialize_bytes(buffer, count: int) -> np.ndarray:
 
 def from_bytes(buffer, datatype: str, shape) -> np.ndarray:
     """A received tensor as a numpy array (a read-only view of `buffer` when numeric)."""
-    shape = tuple(shape)
     if datatype == "BYTES":
         count = 1
         for d in shape:

@@ -124,6 +124,7 @@ def test_grpc_response_decoding():
                                          b"\x01\x00\x00\x00z"])
     result = decode_infer(response)
     assert result["A"].tolist() == [1, 2] and result["S"].tolist() == [b"z"]
+    assert result["A"].shape == (2,) and not result["A"].flags.writeable
     assert (result.model_name, result.model_version, result.id, result.final) == ("m", "3", "i", True)
 
 
