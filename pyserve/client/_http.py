@@ -306,6 +306,7 @@ class _ProtocolError(Exception):
 
 
 _MAX_HEAD = 1 << 16  # bytes of status line and headers
+_ONE_WRITE_MAX = 1 << 16  # bodies up to this size leave in the headers' write
 _AUTOMATIC = frozenset({"host", "accept-encoding", "content-length"})
 
 
@@ -485,13 +486,17 @@ class HttpTransport:
                             None if body is None else len(body))
         sock = self._connection(timeout)
         try:
-            sock.sendall(head + body if body else head)
+            if body and len(body) > _ONE_WRITE_MAX:  # joining would copy it all again
+                sock.sendall(head)
+                sock.sendall(body)
+            else:
+                sock.sendall(head + body if body else head)
             status, response_headers, data, keep = _Reader(sock).response(method)
             data = _decompressed(data, response_headers.get("content-encoding"))
         except TimeoutError as e:
             sock.close()
             raise InferenceServerError(f"Deadline Exceeded ({e})", "DEADLINE_EXCEEDED") from None
-        except (OSError, ValueError, _ProtocolError, zlib.error) as e:
+        except (OSError, EOFError, ValueError, _ProtocolError, zlib.error) as e:
             sock.close()
             raise InferenceServerError(f"failed to reach the server: {e!r}",
                                        "UNAVAILABLE") from None

@@ -149,6 +149,16 @@ def test_transport_keeps_connections_alive_and_reopens_closed_ones(server):
         transport.close()
 
 
+def test_transport_large_bodies_both_ways(server):
+    transport = HttpTransport("127.0.0.1", server)
+    try:
+        payload = bytes(range(256)) * 4000  # past the size sent with the headers in one write
+        assert transport.send("POST", "/echo", payload, {}, 5).body == payload[::-1]
+        assert transport.send("POST", "/echo", b"small", {}, 5).body == b"llams"
+    finally:
+        transport.close()
+
+
 def test_transport_errors():
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
