@@ -85,10 +85,13 @@ def to_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+_LENGTH = struct.Struct("<I")
+
+
 def serialize_bytes(array: np.ndarray) -> bytes:
     """BYTES elements, each a 4-byte little-endian length then the bytes."""
     parts = []
-    pack = struct.Struct("<I").pack
+    pack = _LENGTH.pack
     for item in array.reshape(-1).tolist():
         if isinstance(item, str):
             item = item.encode()
@@ -101,19 +104,21 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 def deserialize_bytes(buffer, count: int) -> np.ndarray:
     """`count` length-prefixed elements as a flat object array of bytes."""
-    view = memoryview(buffer).cast("B")
-    out = np.empty(count, dtype=np.object_)
-    offset, end = 0, len(view)
-    unpack = struct.Struct("<I").unpack_from
+    data = buffer if type(buffer) is bytes else bytes(buffer)  # slices of bytes are bytes
+    items = []
+    offset, end = 0, len(data)
+    unpack = _LENGTH.unpack_from
     for i in range(count):
         if end - offset < 4:
             raise ValueError(f"BYTES tensor ends inside the length prefix of element {i}")
-        (length,) = unpack(view, offset)
+        (length,) = unpack(data, offset)
         offset += 4
         if length > end - offset:
             raise ValueError(f"BYTES element {i} runs past the end of the tensor")
-        out[i] = bytes(view[offset:offset + length])
+        items.append(data[offset:offset + length])
         offset += length
+    out = np.empty(count, dtype=np.object_)
+    out[:] = items  # one assignment, not one per element
     return out
 
 
