@@ -228,11 +228,13 @@ class _Api:
         `datatypes={"X": "BF16"}`). `outputs`: names to return (default all), or a dict
         name -> shared memory view to write into. `timeout` is the server-side request
         timeout in microseconds; `client_timeout` the call's deadline in seconds."""
-        request = self._request(model, inputs, outputs=outputs, version=version,
+        # build_request directly, not through _request's **kwargs (repacking them costs)
+        request = build_request(model, inputs, outputs=outputs, version=version,
                                 request_id=request_id, parameters=parameters,
                                 sequence_id=sequence_id, sequence_start=sequence_start,
                                 sequence_end=sequence_end, priority=priority, timeout=timeout,
-                                datatypes=datatypes)
+                                datatypes=datatypes,
+                                shm_lookup=self._shm_lookup if self._regions else None)
         return self._execute(self._protocol.infer(request), headers, client_timeout)
 
     def _stream_requests(self, model: str, version, items: Iterable,

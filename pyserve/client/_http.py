@@ -1,6 +1,6 @@
 """The HTTP/REST protocol (KServe v2 with Triton's binary tensor extension): calls built as
-(method, path, body, decoder), and two transports (http.client connections, and aiohttp) that
-carry them.
+(method, path, body, decoder), and two transports (HTTP/1.1 over pooled sockets, and aiohttp)
+that carry them.
 
 Tensors travel in binary: the JSON header, then each tensor's bytes
 (`Inference-Header-Content-Length` says where the JSON ends), and outputs come back the same
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.client
 import json
 import select
 import socket
@@ -289,46 +288,186 @@ def _decompressed(body: bytes, encoding: str | None) -> bytes:
     return body
 
 
-class HttpTransport:
-    """Kept-alive http.client connections, one per concurrent caller (thread-safe: a caller
-    takes an idle connection or opens one, and puts it back; at most `pool_size` stay idle).
+class ResponseHeaders(dict):
+    """A response's headers: names kept lowercased, looked up in any case."""
 
-    Each request leaves in one write, headers and body together: urllib3 2 writes them
-    separately, and on a local server the second write cost 60 us more CPU per request
-    (bench/client_cost.py)."""
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name.lower())
+
+    def get(self, name: str, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+class _ProtocolError(Exception):
+    """The server's answer is not HTTP/1.x as this client reads it."""
+
+
+_MAX_HEAD = 1 << 16  # bytes of status line and headers
+_ONE_WRITE_MAX = 1 << 16  # bodies up to this size leave in the headers' write
+_AUTOMATIC = frozenset({"host", "accept-encoding", "content-length"})
+
+
+def request_head(method: str, path: str, host: str, headers: Mapping[str, str],
+                 body_length: int | None) -> bytes:
+    """An HTTP/1.1 request's line and headers (what http.client would send)."""
+    lines = [f"{method} {path} HTTP/1.1"]
+    given = {name.lower() for name in headers} & _AUTOMATIC if headers else ()
+    if "host" not in given:
+        lines.append(f"Host: {host}")
+    if "accept-encoding" not in given:
+        lines.append("Accept-Encoding: identity")
+    for name, value in headers.items():
+        line = f"{name}: {value}"
+        if "\r" in line or "\n" in line or ":" in name:
+            raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
+        lines.append(line)
+    if body_length is not None and "content-length" not in given:
+        lines.append(f"Content-Length: {body_length}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+class _Reader:
+    """Reads one response off a socket: status line, headers, then the body as the headers
+    frame it (Content-Length, chunked, or up to the end of the connection)."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += chunk
+
+    def _take(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self._more()
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    def _line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if len(self.buffer) > _MAX_HEAD:
+                raise _ProtocolError("line too long")
+            self._more()
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 2]
+        return line
+
+    def _body(self, length: int) -> bytes:
+        if len(self.buffer) >= length:  # the usual: it came with the headers
+            return self._take(length)
+        body = bytearray(length)  # receive straight into it, not through the buffer
+        view = memoryview(body)
+        got = len(self.buffer)
+        view[:got] = self.buffer
+        self.buffer.clear()
+        while got < length:
+            count = self.sock.recv_into(view[got:])
+            if not count:
+                raise ConnectionError("the server closed the connection inside a body")
+            got += count
+        return bytes(body)
+
+    def response(self, method: str) -> tuple[int, ResponseHeaders, bytes, bool]:
+        """(status, headers, body, whether the connection can carry another request)."""
+        while True:
+            while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+                if len(self.buffer) > _MAX_HEAD:
+                    raise _ProtocolError("response headers too long")
+                self._more()
+            head = self.buffer[:end].decode("latin-1").split("\r\n")
+            del self.buffer[:end + 4]
+            version, _, rest = head[0].partition(" ")
+            code = rest[:3]
+            if not version.startswith("HTTP/1.") or not code.isdigit():
+                raise _ProtocolError(f"bad status line {head[0]!r}")
+            status = int(code)
+            if status >= 200 or status == 101:
+                break  # else an interim 1xx answer: the real one follows
+        headers = ResponseHeaders()
+        for line in head[1:]:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise _ProtocolError(f"bad header line {line!r}")
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        connection = headers.get("connection", "").lower()
+        keep = ("close" not in connection if version == "HTTP/1.1"
+                else "keep-alive" in connection)
+        if method == "HEAD" or status in (204, 304):
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            body = self._chunked()
+        elif "content-length" in headers:
+            body = self._body(int(headers["content-length"]))
+        else:  # the body runs to the end of the connection
+            keep = False
+            try:
+                while True:
+                    self._more()
+            except ConnectionError:
+                body = bytes(self.buffer)
+                self.buffer.clear()
+        return status, headers, body, keep and not self.buffer
+
+    def _chunked(self) -> bytes:
+        body = bytearray()
+        while size := int(self._line().split(b";", 1)[0], 16):
+            body += self._take(size)
+            if self._take(2) != b"\r\n":
+                raise _ProtocolError("chunk without its CRLF")
+        while self._line():  # trailers, up to the empty line
+            pass
+        return bytes(body)
+
+
+class HttpTransport:
+    """Kept-alive connections, one per concurrent caller (thread-safe: a caller takes an
+    idle connection or opens one, and puts it back; at most `pool_size` stay idle).
+
+    HTTP/1.1 is spoken here over plain sockets (TLS-wrapped for https): each request
+    leaves in one write, request line, headers and body together, and the response is
+    parsed in a few string operations. http.client wrote headers and body apart and parsed
+    headers with the email package: 45 us more CPU per request on a local server (and
+    urllib3 2 more still; bench/client_cost.py)."""
 
     def __init__(self, host: str, port: int, *, ssl_context=None,
                  compression: str | None = None, pool_size: int = 16) -> None:
         self._host, self._port, self._ssl = host, port, ssl_context
-        self._idle: deque[http.client.HTTPConnection] = deque()
+        self._host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._idle: deque[socket.socket] = deque()
         self._pool_size = pool_size
         self.compression = compression
 
-    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float | None) -> socket.socket:
         while True:
             try:
-                connection = self._idle.pop()
+                sock = self._idle.pop()
             except IndexError:
                 break
             # a kept-alive connection the server has closed reads as ready (EOF): drop it
-            if connection.sock is not None and not select.select([connection.sock], [], [], 0)[0]:
-                connection.sock.settimeout(timeout)
-                return connection
-            connection.close()
-        if self._ssl is not None:
-            connection = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                                     context=self._ssl)
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            if not select.select([sock], [], [], 0)[0]:
+                sock.settimeout(timeout)
+                return sock
+            sock.close()
         try:
-            connection.connect()
+            sock = socket.create_connection((self._host, self._port), timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
         except TimeoutError as e:
             raise InferenceServerError(f"Deadline Exceeded (connecting: {e})",
                                        "DEADLINE_EXCEEDED") from None
         except OSError as e:
             raise InferenceServerError(f"failed to connect: {e}", "UNAVAILABLE") from None
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection
+        return sock
 
     def call(self, call: HttpCall, timeout: float | None, headers: Mapping[str, str]):
         response = self.send(call.method, call.path, call.body,
@@ -341,23 +480,31 @@ class HttpTransport:
              timeout) -> HttpResponse:
         if self.compression:
             body, headers = _compress(body, dict(headers), self.compression)
-        connection = self._connection(timeout)
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        head = request_head(method, path, self._host_header, headers,
+                            None if body is None else len(body))
+        sock = self._connection(timeout)
         try:
-            connection.request(method, path, body, headers)
-            r = connection.getresponse()
-            data = _decompressed(r.read(), r.getheader("Content-Encoding"))
+            if body and len(body) > _ONE_WRITE_MAX:  # joining would copy it all again
+                sock.sendall(head)
+                sock.sendall(body)
+            else:
+                sock.sendall(head + body if body else head)
+            status, response_headers, data, keep = _Reader(sock).response(method)
+            data = _decompressed(data, response_headers.get("content-encoding"))
         except TimeoutError as e:
-            connection.close()
+            sock.close()
             raise InferenceServerError(f"Deadline Exceeded ({e})", "DEADLINE_EXCEEDED") from None
-        except (OSError, http.client.HTTPException, zlib.error) as e:
-            connection.close()
+        except (OSError, EOFError, ValueError, _ProtocolError, zlib.error) as e:
+            sock.close()
             raise InferenceServerError(f"failed to reach the server: {e!r}",
                                        "UNAVAILABLE") from None
-        if r.will_close or len(self._idle) >= self._pool_size:
-            connection.close()
+        if keep and len(self._idle) < self._pool_size:
+            self._idle.append(sock)
         else:
-            self._idle.append(connection)
-        return HttpResponse(r.status, r.headers, data)
+            sock.close()
+        return HttpResponse(status, response_headers, data)
 
     def close(self) -> None:
         while self._idle:

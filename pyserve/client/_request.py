@@ -7,8 +7,9 @@ reserved keys (sequence_id, sequence_start, sequence_end, priority, timeout) fil
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -19,23 +20,23 @@ ShmRef = tuple[str, int, int]
 ShmLookup = Callable[[np.ndarray], "ShmRef | None"]
 
 
-@dataclass
+@dataclass(slots=True)
 class WireInput:
     name: str
     datatype: str
-    shape: list[int]
+    shape: tuple[int, ...]
     data: bytes | None  # None when the tensor is in shared memory
     shm: ShmRef | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class WireOutput:
     name: str
     shm: ShmRef | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     model: str
     version: str
@@ -60,9 +61,9 @@ def build_request(model: str, inputs: Mapping[str, Any], *, outputs: Iterable[st
         raise TypeError("inputs must be a mapping of input name -> array")
     wire_inputs = []
     for name, value in inputs.items():
-        array, datatype = as_array(value, (datatypes or {}).get(name))
+        array, datatype = as_array(value, datatypes.get(name) if datatypes else None)
         ref = shm_lookup(array) if shm_lookup is not None else None
-        wire_inputs.append(WireInput(name, datatype, list(array.shape),
+        wire_inputs.append(WireInput(name, datatype, array.shape,
                                      None if ref else to_bytes(array, datatype), ref))
     wire_outputs, shm_outputs = [], {}
     if outputs is not None:

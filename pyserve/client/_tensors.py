@@ -40,22 +40,25 @@ def numpy_dtype(datatype: str) -> np.dtype:
 def datatype_of(array: np.ndarray) -> str:
     """The wire name for a numpy array's dtype."""
     dtype = array.dtype
+    datatype = _FROM_NUMPY.get(dtype)
+    if datatype is not None:
+        return datatype
     if dtype.kind in "OSU":
         return "BYTES"
-    try:
-        return _FROM_NUMPY[dtype]
-    except KeyError:
-        raise ValueError(f"no Triton datatype for numpy dtype {dtype}") from None
+    raise ValueError(f"no Triton datatype for numpy dtype {dtype}")
 
 
 def as_array(value, datatype: str | None = None) -> tuple[np.ndarray, str]:
     """An input value (numpy array, torch tensor, scalar or list) as (array, wire datatype).
 
     `datatype` forces the wire type, e.g. "BF16" for a uint16 array holding raw bits."""
-    if type(value).__module__.startswith("torch"):
-        value, torch_type = _from_torch(value)
-        datatype = datatype or torch_type
-    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if type(value) is np.ndarray:  # the common case first: no conversion to look for
+        array = value
+    else:
+        if type(value).__module__.startswith("torch"):
+            value, torch_type = _from_torch(value)
+            datatype = datatype or torch_type
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
     if datatype is None:
         datatype = datatype_of(array)
     return array, datatype
@@ -82,10 +85,13 @@ def to_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+_LENGTH = struct.Struct("<I")
+
+
 def serialize_bytes(array: np.ndarray) -> bytes:
     """BYTES elements, each a 4-byte little-endian length then the bytes."""
     parts = []
-    pack = struct.Struct("<I").pack
+    pack = _LENGTH.pack
     for item in array.reshape(-1).tolist():
         if isinstance(item, str):
             item = item.encode()
@@ -98,25 +104,26 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 def deserialize_bytes(buffer, count: int) -> np.ndarray:
     """`count` length-prefixed elements as a flat object array of bytes."""
-    view = memoryview(buffer).cast("B")
-    out = np.empty(count, dtype=np.object_)
-    offset, end = 0, len(view)
-    unpack = struct.Struct("<I").unpack_from
+    data = buffer if type(buffer) is bytes else bytes(buffer)  # slices of bytes are bytes
+    items = []
+    offset, end = 0, len(data)
+    unpack = _LENGTH.unpack_from
     for i in range(count):
         if end - offset < 4:
             raise ValueError(f"BYTES tensor ends inside the length prefix of element {i}")
-        (length,) = unpack(view, offset)
+        (length,) = unpack(data, offset)
         offset += 4
         if length > end - offset:
             raise ValueError(f"BYTES element {i} runs past the end of the tensor")
-        out[i] = bytes(view[offset:offset + length])
+        items.append(data[offset:offset + length])
         offset += length
+    out = np.empty(count, dtype=np.object_)
+    out[:] = items  # one assignment, not one per element
     return out
 
 
 def from_bytes(buffer, datatype: str, shape) -> np.ndarray:
     """A received tensor as a numpy array (a read-only view of `buffer` when numeric)."""
-    shape = tuple(shape)
     if datatype == "BYTES":
         count = 1
         for d in shape:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pyserve.client import InferenceServerError, parse_url
-from pyserve.client._grpc import decode_infer, encode_infer
+from pyserve.client._grpc import decode_infer, encode_infer, serialize_infer
 from pyserve.client._http import HttpResponse, decode_infer as http_decode, encode_infer as http_encode
 from pyserve.client._request import build_request
 from pyserve.client._tensors import (as_array, datatype_of, deserialize_bytes, from_bytes,
@@ -116,6 +116,37 @@ def test_reserved_parameters_on_the_grpc_wire():
     assert "sequence_id" not in no_sequence.parameters
 
 
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"request_id": "r-1", "version": 3, "outputs": ["A", "B"]},
+    {"sequence_id": 7, "sequence_start": True, "priority": 1, "parameters": {"k": "v"}},
+])
+def test_grpc_wire_bytes_are_protobufs_own(kwargs):
+    """serialize_infer assembles the message from cached pieces; it must give exactly what
+    protobuf gives, for one-byte and longer lengths, empty and BYTES tensors, and the same
+    layout with other data (the cached pieces carry no tensor bytes)."""
+    for fill in (1, 2):
+        inputs = {"X": np.full((2, 3), fill, np.float32), "BIG": np.arange(300, dtype=np.int64),
+                  "EMPTY": np.zeros((0, 4), np.int8),
+                  "S": np.array([b"a" * fill, "\u00e9"], dtype=np.object_)}
+        request = build_request("m", inputs, **kwargs)
+        wire = serialize_infer(request)
+        assert wire == encode_infer(request).SerializeToString()
+        back = pb.ModelInferRequest.FromString(wire)
+        assert back.raw_input_contents[0] == np.full(6, fill, np.float32).tobytes()
+        assert [list(t.shape) for t in back.inputs] == [[2, 3], [300], [0, 4], [2]]
+
+
+def test_grpc_wire_bytes_with_tensors_in_shared_memory():
+    request = build_request("m", {"X": np.zeros(4, np.float32), "Y": np.ones(2, np.int32)},
+                            shm_lookup=lambda a: ("region", 64, 16) if a.dtype == np.float32
+                            else None)
+    message = pb.ModelInferRequest.FromString(serialize_infer(request))
+    assert message.inputs[0].parameters["shared_memory_region"].string_param == "region"
+    assert message.inputs[0].parameters["shared_memory_offset"].int64_param == 64
+    assert message.raw_input_contents == [np.ones(2, np.int32).tobytes()]
+
+
 def test_grpc_response_decoding():
     response = pb.ModelInferResponse(model_name="m", model_version="3", id="i")
     response.outputs.add(name="A", datatype="INT32", shape=[2])
@@ -124,6 +155,7 @@ def test_grpc_response_decoding():
                                          b"\x01\x00\x00\x00z"])
     result = decode_infer(response)
     assert result["A"].tolist() == [1, 2] and result["S"].tolist() == [b"z"]
+    assert result["A"].shape == (2,) and not result["A"].flags.writeable
     assert (result.model_name, result.model_version, result.id, result.final) == ("m", "3", "i", True)
 
 
