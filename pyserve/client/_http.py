@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
+import httptools
 from google.protobuf import json_format
 
 from pyserve.client._request import InferRequest
@@ -305,7 +306,6 @@ class _ProtocolError(Exception):
     """The server's answer is not HTTP/1.x as this client reads it."""
 
 
-_MAX_HEAD = 1 << 16  # bytes of status line and headers
 _ONE_WRITE_MAX = 1 << 16  # bodies up to this size leave in the headers' write
 _AUTOMATIC = frozenset({"host", "accept-encoding", "content-length"})
 
@@ -331,112 +331,73 @@ def request_head(method: str, path: str, host: str, headers: Mapping[str, str],
 
 
 class _Reader:
-    """Reads one response off a socket: status line, headers, then the body as the headers
-    frame it (Content-Length, chunked, or up to the end of the connection)."""
+    """Reads one response off a socket. httptools (llhttp, Node.js's parser) frames it:
+    status line, headers, then the body by Content-Length, chunked encoding, or up to the end
+    of the connection; interim 1xx answers are skipped."""
 
     def __init__(self, sock) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers = ResponseHeaders()
+        self.chunks: list[bytes] = []
+        self.headers_done = self.complete = self.extra = self.head = self.keep_alive = False
 
-    def _more(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        self.buffer += chunk
+    # httptools' callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes past the answer: nothing this client asked for
+            self.extra = True
+        self.headers, self.chunks, self.headers_done = ResponseHeaders(), [], False
 
-    def _take(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            self._more()
-        data = bytes(self.buffer[:count])
-        del self.buffer[:count]
-        return data
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        self.headers[name] = f"{self.headers[name]}, {text}" if name in self.headers else text
 
-    def _line(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            if len(self.buffer) > _MAX_HEAD:
-                raise _ProtocolError("line too long")
-            self._more()
-        line = bytes(self.buffer[:end])
-        del self.buffer[:end + 2]
-        return line
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it once complete)
+        self.headers_done = True
+        if self.head:  # its answer has headers only, whatever Content-Length says
+            self.complete = True
 
-    def _body(self, length: int) -> bytes:
-        if len(self.buffer) >= length:  # the usual: it came with the headers
-            return self._take(length)
-        body = bytearray(length)  # receive straight into it, not through the buffer
-        view = memoryview(body)
-        got = len(self.buffer)
-        view[:got] = self.buffer
-        self.buffer.clear()
-        while got < length:
-            count = self.sock.recv_into(view[got:])
-            if not count:
-                raise ConnectionError("the server closed the connection inside a body")
-            got += count
-        return bytes(body)
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status >= 200 or self.status == 101:
+            self.complete = True  # else an interim 1xx answer: the real one follows
 
     def response(self, method: str) -> tuple[int, ResponseHeaders, bytes, bool]:
         """(status, headers, body, whether the connection can carry another request)."""
-        while True:
-            while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-                if len(self.buffer) > _MAX_HEAD:
-                    raise _ProtocolError("response headers too long")
-                self._more()
-            head = self.buffer[:end].decode("latin-1").split("\r\n")
-            del self.buffer[:end + 4]
-            version, _, rest = head[0].partition(" ")
-            code = rest[:3]
-            if not version.startswith("HTTP/1.") or not code.isdigit():
-                raise _ProtocolError(f"bad status line {head[0]!r}")
-            status = int(code)
-            if status >= 200 or status == 101:
-                break  # else an interim 1xx answer: the real one follows
-        headers = ResponseHeaders()
-        for line in head[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise _ProtocolError(f"bad header line {line!r}")
-            name, value = name.strip().lower(), value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        connection = headers.get("connection", "").lower()
-        keep = ("close" not in connection if version == "HTTP/1.1"
-                else "keep-alive" in connection)
-        if method == "HEAD" or status in (204, 304):
-            body = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._chunked()
-        elif "content-length" in headers:
-            body = self._body(int(headers["content-length"]))
-        else:  # the body runs to the end of the connection
-            keep = False
+        self.head = method == "HEAD"
+        to_the_end = False
+        while not self.complete:
+            data = self.sock.recv(65536)
+            if not data:
+                if not (self.headers_done and "content-length" not in self.headers
+                        and "transfer-encoding" not in self.headers):
+                    raise ConnectionError("the server closed the connection")
+                to_the_end = True  # a body that runs to the end of the connection
+                break
             try:
-                while True:
-                    self._more()
-            except ConnectionError:
-                body = bytes(self.buffer)
-                self.buffer.clear()
-        return status, headers, body, keep and not self.buffer
-
-    def _chunked(self) -> bytes:
-        body = bytearray()
-        while size := int(self._line().split(b";", 1)[0], 16):
-            body += self._take(size)
-            if self._take(2) != b"\r\n":
-                raise _ProtocolError("chunk without its CRLF")
-        while self._line():  # trailers, up to the empty line
-            pass
-        return bytes(body)
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                if not self.complete:
+                    raise _ProtocolError(str(e)) from None
+                self.extra = True
+        keep = self.keep_alive and not (to_the_end or self.extra or self.head)
+        return self.status, self.headers, b"".join(self.chunks), keep
 
 
 class HttpTransport:
     """Kept-alive connections, one per concurrent caller (thread-safe: a caller takes an
     idle connection or opens one, and puts it back; at most `pool_size` stay idle).
 
-    HTTP/1.1 is spoken here over plain sockets (TLS-wrapped for https): each request
-    leaves in one write, request line, headers and body together, and the response is
-    parsed in a few string operations. http.client wrote headers and body apart and parsed
-    headers with the email package: 45 us more CPU per request on a local server (and
-    urllib3 2 more still; bench/client_cost.py)."""
+    HTTP/1.1 goes over plain sockets (TLS-wrapped for https): each request leaves in one
+    write, request line, headers and body together, and httptools parses the answer.
+    http.client wrote headers and body apart and parsed headers with the email package, and
+    h11 frames in Python: 45-55 us more CPU per request on a local server
+    (bench/client_cost.py)."""
 
     def __init__(self, host: str, port: int, *, ssl_context=None,
                  compression: str | None = None, pool_size: int = 16) -> None:

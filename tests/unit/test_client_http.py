@@ -1,5 +1,5 @@
-"""pyserve.client's HTTP/1.1 over sockets: what goes out, how answers are read, when a
-connection is kept."""
+"""pyserve.client's HTTP/1.1 over sockets: what goes out, how answers are read (httptools),
+when a connection is kept."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def test_interim_answers_are_skipped_and_empty_statuses_have_no_body():
     status, _, body, _ = read(b"HTTP/1.1 100 Continue\r\n\r\n"
                               b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n")
     assert (status, body) == (204, b"")
+    assert read(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", method="HEAD")[2] == b""
 
 
 def test_when_a_connection_is_kept():
