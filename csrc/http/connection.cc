@@ -26,10 +26,8 @@ static bool AddressOf(const sockaddr_storage& address, std::string* host, int* p
   return false;
 }
 
-// The request's connection socket, or -1. cpp-httplib (0.11) does not hand a handler its
-// socket, so it is found among the process's descriptors by its two ends' addresses. Only
-// requests that wait long enough to be worth cancelling pay for the search.
-int ConnectionSocket(const httplib::Request& req) {
+// The request's connection socket, or -1.
+static int ConnectionSocket(const httplib::Request& req) {
   DIR* fds = opendir("/proc/self/fd");
   if (fds == nullptr) return -1;
   int found = -1;
@@ -54,10 +52,25 @@ int ConnectionSocket(const httplib::Request& req) {
   return found;
 }
 
-// Whether the client has closed (or reset) the connection.
-bool ConnectionClosed(int fd) {
-  pollfd p{fd, POLLRDHUP, 0};
+bool ClientWatch::Gone() {
+  if (fd_ == -2) fd_ = ConnectionSocket(req_);
+  if (fd_ < 0) return false;
+  pollfd p{fd_, POLLRDHUP, 0};
   return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+void DeliverAwaited(std::vector<Completion>& completions) {
+  for (Completion& c : completions) {
+    auto* awaited = static_cast<Awaited*>(c.owner.get());
+    std::lock_guard<std::mutex> lock(awaited->mutex);
+    awaited->response = std::move(c.response);
+    awaited->done = true;
+    awaited->cv.notify_one();
+  }
+}
+
+bool PseudoHeader(const std::string& name) {
+  return name == "REMOTE_ADDR" || name == "REMOTE_PORT" || name == "LOCAL_ADDR" || name == "LOCAL_PORT";
 }
 
 }  // namespace pyserve::httpfront

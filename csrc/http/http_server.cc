@@ -19,14 +19,9 @@ namespace pyserve::httpfront {
 namespace {
 
 // One inference request waiting for the core, on the connection's thread.
-struct PendingInfer {
+struct PendingInfer : Awaited {
   std::string body;  // the bytes `infer` views
   HttpInfer infer;
-  std::mutex mutex;
-  std::condition_variable done_cv;
-  bool done = false;
-  InferResponse response;
-  std::atomic<bool> cancelled{false};  // the client closed the connection while it waited
 };
 
 // "/v2/models/NAME[/versions/V]/infer": the name and version, or false.
@@ -124,15 +119,7 @@ class HttpServer::Impl : public ResponseSink {
 
   int port() const { return port_; }
 
-  void Deliver(std::vector<Completion>& completions) override {
-    for (Completion& c : completions) {
-      auto* pending = static_cast<PendingInfer*>(c.owner.get());
-      std::lock_guard<std::mutex> lock(pending->mutex);
-      pending->response = std::move(c.response);
-      pending->done = true;
-      pending->done_cv.notify_one();
-    }
-  }
+  void Deliver(std::vector<Completion>& completions) override { DeliverAwaited(completions); }
 
  private:
   // The body, decompressed, up to the limit; false (with the answer in `res`) past it.
@@ -170,21 +157,15 @@ class HttpServer::Impl : public ResponseSink {
       read = reader(append);
     }
     if (read) return true;
+    res.status = too_large || res.status == 413 ? 413 : 400;
+    // In the words of the API this server speaks.
     const bool torchserve = options_.predictions != nullptr;
-    if (too_large || res.status == 413) {
-      res.status = 413;
-      res.set_content(torchserve ? TorchServeError(413, "BadRequestException",
-                                                   "request body is larger than max_request_size (" +
-                                                       std::to_string(limit) + " bytes)")
-                                 : ErrorBody("request body is larger than the server's limit of " +
-                                             std::to_string(limit) + " bytes (--http-max-input-size)"),
-                      kErrorType);
-    } else {
-      res.status = 400;
-      res.set_content(torchserve ? TorchServeError(400, "BadRequestException", "failed to read the request body")
-                                 : ErrorBody("failed to read the request body"),
-                      kErrorType);
-    }
+    const std::string message =
+        res.status == 413 ? "request body is larger than the server's limit of " + std::to_string(limit) +
+                                (torchserve ? " bytes (max_request_size)" : " bytes (--http-max-input-size)")
+                          : "failed to read the request body";
+    res.set_content(torchserve ? TorchServeError(res.status, "BadRequestException", message) : ErrorBody(message),
+                    kErrorType);
     return false;
   }
 
@@ -221,16 +202,25 @@ class HttpServer::Impl : public ResponseSink {
       return false;
     }
     request->sink = this;
-    request->owner = pending;
+    request->owner = std::static_pointer_cast<Awaited>(pending);
     request->cancelled = &pending->cancelled;
     Status status = model->Submit(request);
     if (!status.ok()) {
       Reply(res, status);
       return true;
     }
-    if (!AwaitResponse(req, *pending)) {
-      res.status = 499;  // nobody reads it: the client is gone
-      return true;
+    // A client that leaves first cancels the request (answered CANCELLED by the core instead
+    // of computed, if it is still queued).
+    {
+      std::unique_lock<std::mutex> lock(pending->mutex);
+      ClientWatch client(req);
+      if (Await(*pending, lock, [&] { return pending->done; },
+                [] { return std::chrono::steady_clock::time_point::max(); },
+                [&] { return client.Gone(); }) == Waited::kGone) {
+        pending->cancelled.store(true, std::memory_order_relaxed);
+        res.status = 499;  // nobody reads it: the client is gone
+        return true;
+      }
     }
     if (!pending->response.status.ok()) {
       Reply(res, pending->response.status);
@@ -250,24 +240,6 @@ class HttpServer::Impl : public ResponseSink {
     } else {
       res.set_header("Inference-Header-Content-Length", std::to_string(json_length));
       res.set_content(std::move(answer), "application/octet-stream");
-    }
-    return true;
-  }
-
-  // Waits for the core's answer; false when the client closed the connection first (the
-  // request is then cancelled: answered CANCELLED by the core instead of computed, if it
-  // is still queued). The connection is checked at growing intervals, from 20 ms on.
-  static bool AwaitResponse(const httplib::Request& req, PendingInfer& pending) {
-    std::unique_lock<std::mutex> lock(pending.mutex);
-    auto interval = std::chrono::milliseconds(20);
-    int fd = -2;  // not looked for yet
-    while (!pending.done_cv.wait_for(lock, interval, [&] { return pending.done; })) {
-      if (fd == -2) fd = ConnectionSocket(req);
-      if (fd >= 0 && ConnectionClosed(fd)) {
-        pending.cancelled.store(true, std::memory_order_relaxed);
-        return false;
-      }
-      interval = std::min(interval * 2, std::chrono::milliseconds(200));
     }
     return true;
   }
@@ -292,8 +264,7 @@ class HttpServer::Impl : public ResponseSink {
     relayed.path = req.target.empty() ? req.path : req.target;
     for (const auto& [key, value] : req.headers) {
       if (!HopByHop(key) && strcasecmp(key.c_str(), "Content-Encoding") != 0 &&
-          strcasecmp(key.c_str(), "REMOTE_ADDR") != 0 && strcasecmp(key.c_str(), "REMOTE_PORT") != 0 &&
-          strcasecmp(key.c_str(), "LOCAL_ADDR") != 0 && strcasecmp(key.c_str(), "LOCAL_PORT") != 0) {
+          !PseudoHeader(key)) {
         relayed.headers.emplace(key, value);
       }
     }

@@ -23,17 +23,12 @@ namespace pyserve::httpfront {
 
 using Clock = std::chrono::steady_clock;
 
-struct Predictions::Pending {
+struct Predictions::Pending : Awaited {
   std::string element;  // the `data` input's one BYTES element: u32 length + the body
   uint64_t token = 0;
   Clock::time_point arrival;
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool done = false;
-  InferResponse response;
   std::deque<std::string> chunks;  // intermediate frames not written yet
   Clock::time_point since;  // the handler's start or its last chunk: the timeout counts from it
-  std::atomic<bool> cancelled{false};
 };
 
 namespace {
@@ -130,9 +125,7 @@ std::string Uuid4() {
 std::string HeadersJson(const httplib::Request& req) {
   std::map<std::string, std::string> headers;
   for (const auto& [name, value] : req.headers) {
-    if (name == "REMOTE_ADDR" || name == "REMOTE_PORT" || name == "LOCAL_ADDR" || name == "LOCAL_PORT") {
-      continue;
-    }
+    if (PseudoHeader(name)) continue;
     std::string lower(name);
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     headers[lower] = value;
@@ -156,6 +149,32 @@ bool FormBody(const httplib::Request& req) {
 
 uint64_t SteadyNs(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+// The final answer of a request that streamed nothing, from its `frame`; false when it is an
+// error (the handler's, or the server's).
+bool Answer(const InferResponse& response, size_t max_response_bytes, httplib::Response& res,
+            Frame* frame) {
+  if (!response.status.ok()) {
+    res.status = 503;
+    res.set_content(TorchServeError(503, "ServiceUnavailableException", response.status.message()), kJson);
+    return false;
+  }
+  if (!ResponseFrame(response, frame)) {
+    res.status = 500;
+    res.set_content(TorchServeError(500, "InternalServerException", "the handler's answer is malformed"),
+                    kJson);
+    return false;
+  }
+  if (frame->body.size() > max_response_bytes) {
+    res.status = 507;
+    res.set_content(TorchServeError(507, "InternalServerException",
+                                    "Response size exceeds the limit (max_response_size)"),
+                    kJson);
+    return false;
+  }
+  res.set_content(std::string(frame->body), StatusAndHeaders(*frame, res));
+  return res.status < 400;
 }
 
 }  // namespace
@@ -245,7 +264,7 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   headers.string_value = HeadersJson(req);
   request->parameters = {std::move(token), std::move(headers)};
   request->sink = this;
-  request->owner = pending;
+  request->owner = std::static_pointer_cast<Awaited>(pending);
   request->cancelled = &pending->cancelled;
   const std::string request_id = request->request_id;
   for (const auto& [name, value] : options_.response_headers) res.set_header(name, value);
@@ -262,37 +281,23 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
     return true;
   }
 
-  // Wait for the answer or a first intermediate response, the client's leaving, or the
-  // response timeout (from the handler's start or its last chunk, as TorchServe counts it).
+  // The answer or a first intermediate response, unless the client leaves or the handler
+  // runs past the response timeout (from its start or its last chunk, as TorchServe counts).
   const auto timeout = std::chrono::seconds(ResponseTimeout(key));
+  auto deadline = [&pending, timeout] { return pending->since + timeout; };
   std::unique_lock<std::mutex> lock(pending->mutex);
-  auto interval = std::chrono::milliseconds(20);
-  int fd = -2;  // not looked for yet
-  bool timed_out = false;
-  while (!pending->done && pending->chunks.empty()) {
-    const auto deadline = pending->since + timeout;
-    if (Clock::now() >= deadline) {
-      timed_out = true;
-      break;
-    }
-    if (pending->cv.wait_until(lock, std::min(deadline, Clock::now() + interval),
-                               [&] { return pending->done || !pending->chunks.empty(); })) {
-      break;
-    }
-    if (fd == -2) fd = ConnectionSocket(req);
-    if (fd >= 0 && ConnectionClosed(fd)) {
-      pending->cancelled.store(true, std::memory_order_relaxed);
-      lock.unlock();
-      Forget(pending->token);
-      res.status = 499;  // nobody reads it: the client is gone
-      return true;
-    }
-    interval = std::min(interval * 2, std::chrono::milliseconds(200));
-  }
-  if (timed_out) {
+  ClientWatch client(req);
+  const Waited waited = Await(
+      *pending, lock, [&] { return pending->done || !pending->chunks.empty(); }, deadline,
+      [&] { return client.Gone(); });
+  if (waited != Waited::kReady) {
     pending->cancelled.store(true, std::memory_order_relaxed);
     lock.unlock();
     Forget(pending->token);
+    if (waited == Waited::kGone) {
+      res.status = 499;  // nobody reads it: the client is gone
+      return true;
+    }
     if (options_.on_timeout) options_.on_timeout(key);
     res.status = 500;
     res.set_content(TorchServeError(500, "InternalServerException", "Worker died."), kJson);
@@ -301,11 +306,9 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   if (pending->done) {
     lock.unlock();
     Forget(pending->token);
-    Answer(*pending, res);
-    if (res.status < 400) {
+    Frame frame;
+    if (Answer(pending->response, options_.max_response_bytes, res, &frame)) {
       // Latency and queue time, as TorchServe's metrics count them (answered requests).
-      Frame frame;
-      ResponseFrame(pending->response, &frame);
       const uint64_t now = SteadyNs(Clock::now()), arrival = SteadyNs(pending->arrival);
       const uint64_t started = frame.started_ns > 0 ? static_cast<uint64_t>(frame.started_ns) : now;
       CountLatency(key, (now - arrival) / 1000, started > arrival ? (started - arrival) / 1000 : 0);
@@ -315,35 +318,26 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   }
 
   // A streamed answer: the first chunk's status and headers, then every chunk's body as it
-  // comes, the final answer's body last.
+  // comes (the first one's included), the final answer's body last.
   Frame first;
-  std::string first_frame = std::move(pending->chunks.front());
-  pending->chunks.pop_front();
-  lock.unlock();
-  ParseFrame(first_frame, &first);
+  ParseFrame(pending->chunks.front(), &first);
   const std::string content_type = StatusAndHeaders(first, res);
+  lock.unlock();
   if (!res.has_header("x-request-id")) res.set_header("x-request-id", request_id);
-  auto first_body = std::make_shared<std::string>(first.body);
   res.set_chunked_content_provider(
       content_type,
-      [this, pending, key, timeout, first_body](size_t, httplib::DataSink& sink) {
-        if (!first_body->empty()) {
-          std::string body = std::move(*first_body);
-          first_body->clear();
-          return sink.write(body.data(), body.size());
-        }
+      [this, pending, key, deadline](size_t, httplib::DataSink& sink) {
         std::unique_lock<std::mutex> lock(pending->mutex);
-        while (pending->chunks.empty() && !pending->done) {
-          const auto deadline = pending->since + timeout;
-          if (Clock::now() >= deadline) {
-            pending->cancelled.store(true, std::memory_order_relaxed);
-            lock.unlock();
-            if (options_.on_timeout) options_.on_timeout(key);
-            sink.done();
-            return true;
-          }
-          pending->cv.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(200)));
-          if (!sink.is_writable()) return false;
+        const Waited waited = Await(
+            *pending, lock, [&] { return pending->done || !pending->chunks.empty(); }, deadline,
+            [&] { return !sink.is_writable(); });
+        if (waited == Waited::kGone) return false;
+        if (waited == Waited::kDeadline) {
+          pending->cancelled.store(true, std::memory_order_relaxed);
+          lock.unlock();
+          if (options_.on_timeout) options_.on_timeout(key);
+          sink.done();
+          return true;
         }
         Frame frame;
         if (!pending->chunks.empty()) {
@@ -367,30 +361,6 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   return true;
 }
 
-// The final answer of a request that streamed nothing.
-void Predictions::Answer(Pending& pending, httplib::Response& res) {
-  const InferResponse& response = pending.response;
-  if (!response.status.ok()) {
-    res.status = 503;
-    res.set_content(TorchServeError(503, "ServiceUnavailableException", response.status.message()), kJson);
-    return;
-  }
-  Frame frame;
-  if (!ResponseFrame(response, &frame)) {
-    res.status = 500;
-    res.set_content(TorchServeError(500, "InternalServerException", "the handler's answer is malformed"),
-                    kJson);
-    return;
-  }
-  if (frame.body.size() > options_.max_response_bytes) {
-    res.status = 507;
-    res.set_content(TorchServeError(507, "InternalServerException",
-                                    "Response size exceeds the limit (max_response_size)"),
-                    kJson);
-    return;
-  }
-  res.set_content(std::string(frame.body), StatusAndHeaders(frame, res));
-}
 
 bool Predictions::Push(uint64_t token, std::string frame) {
   std::shared_ptr<Pending> pending;
@@ -451,14 +421,6 @@ std::vector<PredictionCounters> Predictions::Counters() const {
   return out;
 }
 
-void Predictions::Deliver(std::vector<Completion>& completions) {
-  for (Completion& c : completions) {
-    auto* pending = static_cast<Pending*>(c.owner.get());
-    std::lock_guard<std::mutex> lock(pending->mutex);
-    pending->response = std::move(c.response);
-    pending->done = true;
-    pending->cv.notify_one();
-  }
-}
+void Predictions::Deliver(std::vector<Completion>& completions) { DeliverAwaited(completions); }
 
 }  // namespace pyserve::httpfront

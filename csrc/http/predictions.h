@@ -26,6 +26,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "connection.h"
 #include "model_table.h"
 #include "response.h"
 
@@ -76,7 +77,6 @@ class Predictions : public ResponseSink {
   void CountRequest(const std::string& key);
   void CountLatency(const std::string& key, uint64_t latency_us, uint64_t queue_us);
   void Forget(uint64_t token);
-  void Answer(Pending& pending, httplib::Response& res);
 
   PredictionsOptions options_;
   mutable std::shared_mutex settings_mutex_;

@@ -130,15 +130,14 @@ class FrontendMetrics:
 
     def exposition(self, names: set[str] | None = None) -> str:
         lines = []
-        for name in self.NAMES:
+        elsewhere = [row for source in self.sources for row in source()]
+        for index, name in enumerate(self.NAMES):
             if names and name not in names:
                 continue
             samples = collections.defaultdict(float, self.values[name])
-            index = self.NAMES.index(name)
-            for source in self.sources:
-                for key, *values in source():
-                    model, _, version = key.partition("/")
-                    samples[self._labels(model, version or None)] += values[index]
+            for key, *values in elsewhere:
+                model, _, version = key.partition("/")
+                samples[self._labels(model, version or None)] += values[index]
             lines.append(f"# HELP {name} Torchserve prometheus counter metric with unit: "
                          f"{'Count' if name.endswith('total') else 'Microseconds'}")
             lines.append(f"# TYPE {name} counter")
@@ -198,9 +197,12 @@ class TorchServeApis:
         except ApiError:
             return  # unregistered meanwhile
         if entry.runner is not None:
-            restart = self.store.restart_workers(entry, entry.runner)
-            if restart is not None:
-                self._keep(restart)
+            self._restart_workers(entry, entry.runner)
+
+    def _restart_workers(self, entry, stuck) -> None:
+        restart = self.store.restart_workers(entry, stuck)
+        if restart is not None:
+            self._keep(restart)
 
     # Applications ----------------------------------------------------------------------------
 
@@ -248,12 +250,7 @@ class TorchServeApis:
         return check
 
     async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
-        options = self.options
-        response.headers["Access-Control-Allow-Origin"] = options.cors_allowed_origin
-        if options.cors_allowed_methods:
-            response.headers["Access-Control-Allow-Methods"] = options.cors_allowed_methods
-        if options.cors_allowed_headers:
-            response.headers["Access-Control-Allow-Headers"] = options.cors_allowed_headers
+        response.headers.update(cors_headers(self.options))
 
     # Inference API ---------------------------------------------------------------------------
 
@@ -326,9 +323,7 @@ class TorchServeApis:
         except (TorchServeError, ResponseTimeout) as e:
             if isinstance(e, ResponseTimeout):
                 # TorchServe kills the worker, answers "Worker died." and starts another.
-                restart = self.store.restart_workers(entry, runner)
-                if restart is not None:
-                    self._keep(restart)
+                self._restart_workers(entry, runner)
                 e = TorchServeError("Worker died.", 500)
             if response is not None:
                 await response.write_eof()
@@ -668,6 +663,16 @@ async def _parse_body(request: web.Request) -> tuple[dict, dict]:
         parameters["body"] = decode_parameter(body, mime)
         part_headers["body"] = {"content-type": mime}
     return parameters, part_headers
+
+
+def cors_headers(options: TorchServeOptions) -> dict[str, str]:
+    """The cors_* settings as response headers (none without cors_allowed_origin)."""
+    if not options.cors_allowed_origin:
+        return {}
+    headers = {"Access-Control-Allow-Origin": options.cors_allowed_origin,
+               "Access-Control-Allow-Methods": options.cors_allowed_methods,
+               "Access-Control-Allow-Headers": options.cors_allowed_headers}
+    return {name: value for name, value in headers.items() if value}
 
 
 def _response_headers(headers: dict, request_id: str) -> dict:

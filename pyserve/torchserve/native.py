@@ -13,6 +13,7 @@ import asyncio
 from pyserve import _core
 from pyserve.frontends.http_native import UNAVAILABLE_REASON, available  # noqa: F401
 from pyserve.torchserve import request as ts_request
+from pyserve.torchserve.api import cors_headers
 
 
 class NativeInferenceApi:
@@ -25,16 +26,11 @@ class NativeInferenceApi:
         # "NAME" (the default version) and "NAME/VERSION" -> the version's core model.
         self.table = _core.ModelTable()
         self._keys: dict[str, set[str]] = {}
-        cors = [(name, value) for name, value in (
-            ("Access-Control-Allow-Origin", options.cors_allowed_origin),
-            ("Access-Control-Allow-Methods", options.cors_allowed_methods),
-            ("Access-Control-Allow-Headers", options.cors_allowed_headers)) if value]
-        if not options.cors_allowed_origin:
-            cors = []
+        # The table serves as the KServe v2 one too: a predictions server routes nothing there.
         self._server = _http_server.Server(
             self.table, host, port, shell_port, threads, options.max_request_size,
             predictions_table=self.table, max_response_bytes=options.max_response_size,
-            response_headers=cors, on_timeout=self._timed_out)
+            response_headers=list(cors_headers(options).items()), on_timeout=self._timed_out)
         self.port = self._server.port
         ts_request.native_frontend = self._server
 
