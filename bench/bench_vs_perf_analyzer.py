@@ -38,13 +38,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from conftest import EXAMPLES, start_server  # noqa: E402
-from vs_triton import Tools  # noqa: E402
+from vs_triton import _PASS, Tools, _median  # noqa: E402
 
 from pyserve.bench import BenchOptions, run as bench_run  # noqa: E402
 from pyserve.client import Client  # noqa: E402
 
 _PA_RESULT = re.compile(r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec")
-_PA_PASS = re.compile(r"Pass \[\d+\] throughput: ([\d.]+) infer/sec")
 
 
 def success_count(grpc_url: str, model: str) -> int:
@@ -71,7 +70,7 @@ def perf_analyzer(pa: tuple[Path, dict], url: str, grpc_url: str, protocol: str,
     if found:
         rate, stable = float(found[0][1]), True
     else:  # no three windows within the threshold: perf_analyzer's last three, as it would
-        passes = [float(p) for p in _PA_PASS.findall(out)]
+        passes = [float(p) for p in _PASS.findall(out)]
         if len(passes) < 3:
             raise RuntimeError(f"perf_analyzer failed:\n{out}")
         rate, stable = statistics.mean(passes[-3:]), False
@@ -87,11 +86,6 @@ def pyserve_bench(url: str, protocol: str, model: str, concurrency: int, args) -
     return {"throughput": level.throughput, "stable": level.stable,
             "cpu_us_per_request": level.client_cpu_us_per_request,
             "generator": level.generator, "server_throughput": level.server_throughput}
-
-
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def main() -> None:

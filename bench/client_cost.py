@@ -37,22 +37,6 @@ CALLS = [("grpc", "sync"), ("http", "sync"), ("grpc", "async"), ("http", "async"
 KINDS = ["numeric", "bytes"]
 LIBRARIES = ["pyserve", "tritonclient"]
 
-ECHO_CONFIG = """name: "echo_bytes"
-backend: "python"
-max_batch_size: 8
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 16 ] } ]
-output [ { name: "ECHO" data_type: TYPE_STRING dims: [ 16 ] } ]
-"""
-ECHO_MODEL = """import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse(
-                    [pb_utils.Tensor("ECHO", pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy())])
-                for r in requests]
-"""
-
 
 def request_of(kind: str):
     """(model, inputs as numpy, output names)."""
@@ -172,14 +156,12 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import EXAMPLES, start_server
+    from conftest import EXAMPLES, start_server, write_echo_bytes_model
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        (repo / "echo_bytes" / "1").mkdir(parents=True)
-        (repo / "echo_bytes" / "config.pbtxt").write_text(ECHO_CONFIG)
-        (repo / "echo_bytes" / "1" / "model.py").write_text(ECHO_MODEL)
+        write_echo_bytes_model(repo, "16")
         server = start_server([EXAMPLES, repo], Path(tmp) / "server.log")
         try:
             urls = {"grpc": server.grpc_url, "http": f"http://{server.http_url}"}

@@ -11,7 +11,8 @@ import json
 import random
 
 from pyserve.errors import ServerError
-from pyserve.frontends.codec import _read_varint, _varint  # the server's own, for the wire
+from pyserve.frontends.codec import _read_varint  # the server's own, for the wire
+from pyserve.protocol.wire import varint
 
 EXTREME_DIMS = [0, -1, -2, 2**31 - 1, 2**31, 2**32, 2**40, 2**62, 2**63 - 1, -2**63]
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -60,7 +61,7 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 # --- protobuf wire format --------------------------------------------------------------------
 
 def encode_varint(value: int) -> bytes:
-    return _varint(value & ((1 << 64) - 1))  # negative numbers as protobuf sends them
+    return varint(value & ((1 << 64) - 1))  # negative numbers as protobuf sends them
 
 
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:

@@ -153,6 +153,27 @@ def settled_statistics(client, model: str, settled: int, timeout: float = 30):
         time.sleep(0.01)
 
 
+_ECHO_BYTES_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("ECHO", pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy())])
+                for r in requests]
+"""
+
+
+def write_echo_bytes_model(repository: Path, dims: str = "-1") -> None:
+    """`echo_bytes`: a Python model answering its BYTES input TEXT as its output ECHO."""
+    (repository / "echo_bytes" / "1").mkdir(parents=True)
+    (repository / "echo_bytes" / "config.pbtxt").write_text(
+        'name: "echo_bytes"\nbackend: "python"\nmax_batch_size: 8\n'
+        f'input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ {dims} ] }} ]\n'
+        f'output [ {{ name: "ECHO" data_type: TYPE_STRING dims: [ {dims} ] }} ]\n')
+    (repository / "echo_bytes" / "1" / "model.py").write_text(_ECHO_BYTES_MODEL)
+
+
 def batch_counts(stats) -> dict[int, int]:
     """batch size -> executions, from a ModelStatistics message."""
     return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}

@@ -11,9 +11,11 @@ with the process's CPU time for it: the generator's whole cost, native threads i
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import multiprocessing
 import queue
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +74,17 @@ class _NativeLoad:
         self._generator.stop()
 
 
+def _channel(host: str, port: int, tls: bool):
+    """A gRPC channel for the Python senders, over TLS (the system's roots) for grpcs://."""
+    import grpc
+
+    options = [("grpc.max_send_message_length", 2**31 - 1),
+               ("grpc.max_receive_message_length", 2**31 - 1)]
+    if tls:
+        return grpc.secure_channel(f"{host}:{port}", grpc.ssl_channel_credentials(), options)
+    return grpc.insecure_channel(f"{host}:{port}", options)
+
+
 def _sender(plan: WorkerPlan):
     """A function that sends payload i and returns True on success (raises on transport failure)."""
     from pyserve.client._client import parse_url
@@ -80,9 +93,7 @@ def _sender(plan: WorkerPlan):
     if kind == "grpc":
         import grpc
 
-        channel = grpc.insecure_channel(f"{host}:{port}", options=[
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.max_receive_message_length", 2**31 - 1)])
+        channel = _channel(host, port, tls)
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         messages = [p.grpc for p in plan.payloads]
 
@@ -96,7 +107,9 @@ def _sender(plan: WorkerPlan):
     from pyserve.client._http import HttpTransport
     from pyserve.client.errors import InferenceServerError
 
-    transport = HttpTransport(host, port, pool_size=max(plan.concurrency, _OPEN_LOOP_THREADS))
+    transport = HttpTransport(host, port,
+                              ssl_context=ssl.create_default_context() if tls else None,
+                              pool_size=max(plan.concurrency, _OPEN_LOOP_THREADS))
     bodies = [(p.http_path, p.http_body, dict(p.http_headers)) for p in plan.payloads]
 
     def send(i: int) -> bool:
@@ -114,7 +127,7 @@ def _stream_sender(plan: WorkerPlan):
     import grpc
 
     kind, tls, host, port = parse_url(plan.url, plan.protocol)
-    channel = grpc.insecure_channel(f"{host}:{port}")
+    channel = _channel(host, port, tls)
     method = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
     messages = [p.grpc for p in plan.payloads]
     local = threading.local()
@@ -139,8 +152,8 @@ class _PythonLoad:
     def __init__(self, plan: WorkerPlan):
         self._plan = plan
         self._send, self._close = (_stream_sender if plan.streaming else _sender)(plan)
-        self._records: list[tuple[float, float, bool]] = []  # list.append is atomic
-        self._done = 0
+        # append and popleft are atomic: taken records leave, so a long run does not keep them
+        self._records: collections.deque[tuple[float, float, bool]] = collections.deque()
         self._stop = threading.Event()
         self._pool = None
         if plan.concurrency:
@@ -175,8 +188,7 @@ class _PythonLoad:
             i += 1
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        new = self._records[self._done:len(self._records)]
-        self._done += len(new)
+        new = [self._records.popleft() for _ in range(len(self._records))]
         ends, latencies, ok = zip(*new) if new else ((), (), ())
         return (np.array(ends, dtype=np.float64), np.array(latencies, dtype=np.float64),
                 np.array(ok, dtype=bool))

@@ -79,27 +79,25 @@ def _protocol(url: str, protocol: str | None) -> str:
     return parse_url(url, protocol)[0]
 
 
-def prepare(options: BenchOptions, url: str, cleanup: ExitStack | None = None
+def prepare(options: BenchOptions, url: str, cleanup: ExitStack
             ) -> tuple[str, tuple[Payload, ...]]:
-    """The protocol and the encoded requests. With shared memory, the region (and the client
-    that registered it) stay open until `cleanup` closes."""
+    """The protocol and the encoded requests. The client that made them (and, with shared
+    memory, the region it registered) stay open until `cleanup` closes."""
     protocol = _protocol(url, options.protocol)
     if options.streaming and protocol != "grpc":
         raise ValueError(f"--streaming needs gRPC, and {url} is {protocol}")
-    with ExitStack() as local:
-        stack = cleanup if options.shared_memory == "system" else local
-        client = stack.enter_context(Client(url, protocol=protocol if "://" not in url else None))
-        inputs = make_inputs(client, options.model, options.version, options.batch_size,
-                             parse_shapes(options.shapes), options.input_data)
-        if options.shared_memory != "system":
-            return protocol, tuple(encode(options.model, options.version, i) for i in inputs)
-        outputs = output_bytes(client, options.model, options.version, options.batch_size,
-                               options.output_shared_memory_size)
-        name = f"pyserve_bench_{secrets.token_hex(4)}"
-        region = stack.enter_context(client.shared_memory(name, region_bytes(inputs, outputs),
-                                                          key=name))
-        return protocol, in_shared_memory(client, region, options.model, options.version,
-                                          inputs, outputs)
+    client = cleanup.enter_context(Client(url, protocol=protocol if "://" not in url else None))
+    inputs = make_inputs(client, options.model, options.version, options.batch_size,
+                         parse_shapes(options.shapes), options.input_data)
+    if options.shared_memory != "system":
+        return protocol, tuple(encode(options.model, options.version, i) for i in inputs)
+    outputs = output_bytes(client, options.model, options.version, options.batch_size,
+                           options.output_shared_memory_size)
+    name = f"pyserve_bench_{secrets.token_hex(4)}"
+    region = cleanup.enter_context(client.shared_memory(name, region_bytes(inputs, outputs),
+                                                        key=name))
+    return protocol, in_shared_memory(client, region, options.model, options.version,
+                                      inputs, outputs)
 
 
 def run(options: BenchOptions, url: str | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -164,16 +165,16 @@ def tune(options: TuneOptions, progress: Callable[[str], None] | None = None) ->
                 except Exception as e:  # noqa: BLE001 - a refused config is a result too
                     candidate.error = str(e)
                     continue
-                protocol, payloads = prepare(bench, options.url)
-                levels = options.concurrency or _levels(candidate.config)
-                for level in levels:
-                    if time.monotonic() > deadline:
-                        break
-                    result = run_level(bench, options.url, protocol, payloads, "concurrency",
-                                       level, client, progress)
-                    candidate.results.append(result)
-                    if result.p99_ms > options.latency_budget_ms:
-                        break  # more load only adds latency
+                with ExitStack() as cleanup:
+                    protocol, payloads = prepare(bench, options.url, cleanup)
+                    for level in options.concurrency or _levels(candidate.config):
+                        if time.monotonic() > deadline:
+                            break
+                        result = run_level(bench, options.url, protocol, payloads,
+                                           "concurrency", level, client, progress)
+                        candidate.results.append(result)
+                        if result.p99_ms > options.latency_budget_ms:
+                            break  # more load only adds latency
         finally:
             client.load_model(options.model, config=_json(original))
     return TuneReport(options.model, options.latency_budget_ms, original, tried)

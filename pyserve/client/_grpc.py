@@ -22,7 +22,7 @@ from pyserve.client._tensors import from_bytes, from_json_data
 from pyserve.client._types import (IndexEntry, InferResult, ModelMetadata, ModelStatistics,
                                    RegionStatus, ServerMetadata, TensorMetadata)
 from pyserve.client.errors import InferenceServerError
-from pyserve.protocol import INFERENCE_SERVICE, pb
+from pyserve.protocol import INFERENCE_SERVICE, pb, wire
 
 SERVICE = "/inference.GRPCInferenceService/"
 _INT32_MAX = 2**31 - 1
@@ -115,22 +115,14 @@ def _set_shm(target, ref) -> None:
         target["shared_memory_offset"].int64_param = offset
 
 
-# ModelInferRequest's field 7, raw_input_contents: its key (7 << 3 | length-delimited)
-_RAW_INPUT_KEY = b"\x3a"
+_RAW_INPUT_KEY = wire.key(wire.RAW_INPUT_CONTENTS)
 _RAW_INPUT_PREFIXES = [_RAW_INPUT_KEY + bytes([n]) for n in range(128)]  # one-byte lengths
 _TEMPLATES_MAX = 1024
 _templates: dict[tuple, tuple[bytes, bytes]] = {}
 
 
 def _length_prefix(n: int) -> bytes:
-    if n < 128:
-        return _RAW_INPUT_PREFIXES[n]
-    varint = bytearray()
-    while n > 0x7F:
-        varint.append(n & 0x7F | 0x80)
-        n >>= 7
-    varint.append(n)
-    return _RAW_INPUT_KEY + bytes(varint)
+    return _RAW_INPUT_PREFIXES[n] if n < 128 else _RAW_INPUT_KEY + wire.varint(n)
 
 
 def serialize_infer(request: InferRequest) -> bytes:

@@ -389,6 +389,12 @@ class _Reader:
         return self.status, self.headers, b"".join(self.chunks), keep
 
 
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class HttpTransport:
     """Kept-alive connections, one per concurrent caller (thread-safe: a caller takes an
     idle connection or opens one, and puts it back; at most `pool_size` stay idle).
@@ -414,7 +420,8 @@ class HttpTransport:
             except IndexError:
                 break
             # a kept-alive connection the server has closed reads as ready (EOF): drop it
-            if not select.select([sock], [], [], 0)[0]:
+            # (poll, not select, which refuses descriptors past 1023)
+            if not _readable(sock):
                 sock.settimeout(timeout)
                 return sock
             sock.close()

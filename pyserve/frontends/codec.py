@@ -8,10 +8,10 @@ import numpy as np
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
 from pyserve.errors import ServerError
 from pyserve.protocol import pb
+from pyserve.protocol import wire
 
-_RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
-_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])  # ModelInferResponse.raw_output_contents, length-delimited
-_STREAM_RESPONSE_TAG = bytes([(2 << 3) | 2])  # ModelStreamInferResponse.infer_response
+_RAW_OUTPUT_TAG = wire.key(6)  # ModelInferResponse.raw_output_contents
+_STREAM_RESPONSE_TAG = wire.key(2)  # ModelStreamInferResponse.infer_response
 
 
 def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
@@ -25,15 +25,6 @@ def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
         if byte < 0x80:
             return result, pos
         shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
@@ -54,7 +45,7 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
             length, pos = _read_varint(view, pos)
             if length > end - pos:
                 raise ServerError("failed to parse ModelInferRequest: field runs past the end")
-            if field_number == _RAW_INPUT_CONTENTS:
+            if field_number == wire.RAW_INPUT_CONTENTS:
                 raw.append(view[pos:pos + length])
                 pos += length
                 continue
@@ -82,13 +73,13 @@ def encode_infer_response(response: pb.ModelInferResponse, raw_outputs: list) ->
     once into the message (protobuf would copy them twice)."""
     parts = [response.SerializeToString()]
     for data in raw_outputs:
-        parts += (_RAW_OUTPUT_TAG, _varint(memoryview(data).nbytes), data)
+        parts += (_RAW_OUTPUT_TAG, wire.varint(memoryview(data).nbytes), data)
     return b"".join(parts)
 
 
 def encode_stream_response(infer_response: bytes) -> bytes:
     """A ModelStreamInferResponse carrying an already-serialized ModelInferResponse."""
-    return b"".join((_STREAM_RESPONSE_TAG, _varint(len(infer_response)), infer_response))
+    return b"".join((_STREAM_RESPONSE_TAG, wire.varint(len(infer_response)), infer_response))
 
 
 def parameters_dict(parameters) -> dict:

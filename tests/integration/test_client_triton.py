@@ -22,25 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, ServerProcess
+from conftest import EXAMPLES, ServerProcess, write_echo_bytes_model
 from pyserve.client import Client, InferenceServerError, Request
 from test_client import AsyncApi, SyncApi
-
-ECHO_CONFIG = """name: "echo_bytes"
-backend: "python"
-max_batch_size: 8
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] } ]
-output [ { name: "ECHO" data_type: TYPE_STRING dims: [ -1 ] } ]
-"""
-ECHO_MODEL = """import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse(
-                    [pb_utils.Tensor("ECHO", pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy())])
-                for r in requests]
-"""
 
 
 def tritonserver_binary() -> Path | None:
@@ -124,9 +108,7 @@ def triton(tmp_path_factory):
     for name in ("add_sub", "spare"):
         config = repo / name / "config.pbtxt"
         config.write_text(config.read_text().replace('"add_sub_python"', f'"{name}"'))
-    (repo / "echo_bytes" / "1").mkdir(parents=True)
-    (repo / "echo_bytes" / "config.pbtxt").write_text(ECHO_CONFIG)
-    (repo / "echo_bytes" / "1" / "model.py").write_text(ECHO_MODEL)
+    write_echo_bytes_model(repo)
     env = triton_setup(binary, root / "backends")
     # Triton 2.51's Python backend now and then aborts at start on a busy machine
     # (boost::interprocess::lock_exception); a second start is the remedy
@@ -231,7 +213,6 @@ def test_triton_stream(api):
     for result in results:
         offset = int(result.id[1:])
         np.testing.assert_array_equal(result["OUTPUT0"], add_sub_inputs(offset)["INPUT0"] + 1)
-
 
 
 def test_triton_log_and_trace_settings(api):
