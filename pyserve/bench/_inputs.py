@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pyserve.client import Client
-from pyserve.client._grpc import encode_infer
+from pyserve.client._grpc import serialize_infer
 from pyserve.client._http import _model_path, encode_infer as http_encode
 from pyserve.client._request import build_request
 from pyserve.client._tensors import numpy_dtype
@@ -152,6 +152,6 @@ def encode(model: str, version: str, inputs: dict[str, np.ndarray], outputs=None
     request = build_request(model, inputs, version=version, outputs=outputs,
                             shm_lookup=shm_lookup)
     body, headers = http_encode(request)
-    return Payload(grpc=encode_infer(request).SerializeToString(),
+    return Payload(grpc=serialize_infer(request),
                    http_path=_model_path(model, version) + "/infer", http_body=body,
                    http_headers=tuple(headers.items()))

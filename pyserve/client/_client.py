@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Iterable, Iterator, Mapping
 import numpy as np
 
 from pyserve.client._grpc import (AioGrpcTransport, GrpcProtocol, GrpcTransport, config_json,
-                                  decode_infer as grpc_decode, encode_infer as grpc_encode)
+                                  decode_infer as grpc_decode, serialize_infer as grpc_serialize)
 from pyserve.client._http import AioHttpTransport, HttpProtocol, HttpTransport
 from pyserve.client._request import InferRequest, ShmRef, build_request
 from pyserve.client._shm import RegionContext, SharedMemoryRegion
@@ -315,7 +315,7 @@ class Client(_Api):
         def messages():
             for request in items:
                 shm_outputs.update(request.shm_outputs)
-                yield grpc_encode(request)
+                yield grpc_serialize(request)
 
         for response in self._transport.stream(messages(), timeout, metadata):
             if response.error_message:
@@ -403,7 +403,7 @@ class AsyncClient(_Api):
         async def messages():
             for request in items:
                 shm_outputs.update(request.shm_outputs)
-                yield grpc_encode(request)
+                yield grpc_serialize(request)
 
         async for response in self._transport.stream(messages(), timeout, metadata):
             if response.error_message:

@@ -407,7 +407,7 @@ class GrpcTransport:
 
     def stream(self, requests: Iterator, timeout: float | None, metadata) -> Iterator:
         stream = self.channel.stream_stream(
-            SERVICE + "ModelStreamInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
+            SERVICE + "ModelStreamInfer",  # messages come serialized (serialize_infer)
             response_deserializer=pb.ModelStreamInferResponse.FromString)
         responses = stream(requests, timeout=timeout, metadata=metadata,
                            compression=self.compression)
@@ -459,7 +459,7 @@ class AioGrpcTransport:
 
     async def stream(self, requests, timeout: float | None, metadata):
         stream = self.channel.stream_stream(
-            SERVICE + "ModelStreamInfer", request_serializer=pb.ModelInferRequest.SerializeToString,
+            SERVICE + "ModelStreamInfer",  # messages come serialized (serialize_infer)
             response_deserializer=pb.ModelStreamInferResponse.FromString)
         call = stream(requests, timeout=timeout, metadata=metadata, compression=self.compression)
         try:
