@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,12 @@ def start_server(repositories: list[Path], log_path: Path, *extra: str,
 # The frontends the protocol tests run against: native (gRPC C++ and cpp-httplib, when built)
 # and Python (grpc.aio and aiohttp).
 FRONTENDS = ["native", "python"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def native_frontends_built() -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, start_server
+from conftest import EXAMPLES, free_port, start_server
 from pyserve.client import (AsyncClient, Client, InferenceServerError, InferResult, Request,
                             SharedMemoryRegion)
 
@@ -424,15 +423,9 @@ def test_compression_and_headers(server, protocol, compression):
         assert client.is_server_ready(headers={"x-extra": "1"})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_unreachable_server_is_unavailable_and_retried_when_asked(protocol):
-    port = _free_port()
+    port = free_port()
     url = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}"
     with Client(url, client_timeout=2) as client:
         with pytest.raises(InferenceServerError) as info:
@@ -456,7 +449,7 @@ def test_retries_leave_other_errors_alone(server):
 
 def test_retry_reaches_a_server_that_comes_up(tmp_path):
     """A client with retries outlives the few seconds a server takes to start."""
-    port = _free_port()
+    port = free_port()
     result: dict = {}
 
     def call():

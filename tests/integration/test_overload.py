@@ -138,7 +138,7 @@ def test_ten_times_capacity_for_a_minute(server):
     assert 0.5 * capacity < outcomes["answered"] < 1.2 * capacity
     assert outcomes["refused"] > 0.8 * sent - capacity
     assert sorted(refusal_seconds)[len(refusal_seconds) // 2] < 0.5  # refused at once
-    settled = rss[len(rss) // 6:]  # after the first tenth of a minute
+    settled = rss[len(rss) // 6:]  # after the first sixth of the run
     assert max(settled) - min(settled) < 40 << 20, [r >> 20 for r in rss]
 
 

@@ -53,6 +53,10 @@ def assert_still_serving(server) -> None:
     for t in inputs:
         t.set_data_from_numpy(a)
     np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a * 2)
+    body = json.dumps({"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16],
+                                   "data": a.ravel().tolist()} for n in ("INPUT0", "INPUT1")]})
+    status, answer = http_request(server, "POST", "/v2/models/simple/infer", body.encode())
+    assert status == 200, answer
 
 
 def http_request(server, method: str, path: str, body: bytes = b"", headers=None,
@@ -178,10 +182,11 @@ def test_declared_huge_shape_costs_nothing(server):
 
 
 def test_half_sent_request_does_not_hold_the_server(server):
-    """A client that declares a body and sends part of it, then vanishes."""
+    """A client that declares a body and sends part of it, stalls, then vanishes."""
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
         s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 100000\r\n\r\n{\"inputs\": [")
+        assert_still_serving(server)  # while it stalls
     assert_still_serving(server)
 
 

@@ -52,15 +52,20 @@ max_batch_size: 8
 input [ { name: "SECONDS" data_type: TYPE_FP32 dims: [ 1 ] } ]
 output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
 """
-SLOW_MODEL = '''
+# The slow model leaves this file when it starts on a request.
+SLOW_STARTED = OUTSIDE / f"pyserve-shm-slow-{os.getpid()}"
+SLOW_MODEL = f'''
 import time
+from pathlib import Path
+
 import pyserve
 
 
 @pyserve.batched
 def infer(inputs):
+    Path("{SLOW_STARTED}").touch()
     time.sleep(float(inputs["SECONDS"].reshape(-1)[0]))
-    return {"OUT": inputs["SECONDS"] * 2}
+    return {{"OUT": inputs["SECONDS"] * 2}}
 '''
 
 MODULES = {"grpc": grpcclient, "http": httpclient}
@@ -372,11 +377,16 @@ def test_unregister_while_a_request_reads_the_region(server, triton, regions):
         except Exception as e:  # noqa: BLE001 - reported below
             result["error"] = e
 
+    SLOW_STARTED.unlink(missing_ok=True)
     thread = threading.Thread(target=send)
     thread.start()
-    time.sleep(0.2)  # the model is sleeping on the request
+    deadline = time.monotonic() + 30
+    while not SLOW_STARTED.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the model is sleeping on the request
     client.unregister_system_shared_memory("slow")
     thread.join(30)
+    assert not thread.is_alive()
+    SLOW_STARTED.unlink(missing_ok=True)
     assert "error" not in result, result.get("error")
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(handle, np.float32, [1, 1], offset=32), [[1.0]])

@@ -21,9 +21,9 @@ requests = pytest.importorskip("requests")
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conftest import EXAMPLES  # noqa: E402
 from torchserve_archives import HAVE_ARCHIVER, make_mar  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "model_repository"
 HAVE_ORT = __import__("importlib").util.find_spec("onnxruntime") is not None
 HAVE_TS = __import__("importlib").util.find_spec("ts") is not None
 needs_ts = pytest.mark.skipif(not HAVE_TS, reason="needs pyserve[torchserve] (the ts package)")
@@ -649,7 +649,7 @@ def test_torchserve_response_timeout(server):
     began = time.monotonic()
     fine = requests.post(url, data=b"quick")
     assert fine.status_code == 200 and fine.content == b"done"
-    assert time.monotonic() - began < 2  # a new worker, not the stuck one
+    assert time.monotonic() - began < 2.8  # a new worker: the stuck one sleeps 3 s more
     described = requests.get(server.url("management", "/models/slow")).json()[0]
     assert described["responseTimeout"] == 1
     assert [w["id"] for w in described["workers"]] != [w["id"] for w in workers]

@@ -118,10 +118,12 @@ def test_a_backend_without_isolation_refuses_it(tmp_path):
     assert error.value.code == ErrorCode.UNSUPPORTED
 
 
-# Answers with its PID; hangs in execute for a negative input, and always in finalize.
+# Answers with its PID; hangs in execute for a negative input (after leaving a file named
+# "hung" beside itself), and always in finalize.
 HANGING = '''
 import os
 import time
+from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
@@ -129,6 +131,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def execute(self, requests):
         if requests[0].get_input_tensor_by_name("X").as_numpy()[0, 0] < 0:
+            (Path(__file__).parent / "hung").touch()
             time.sleep(600)
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
                     "Y", r.get_input_tensor_by_name("X").as_numpy() + os.getpid())])
@@ -153,20 +156,22 @@ def hanging(tmp_path, monkeypatch):
                               [RequestInfo(), RequestInfo()])
     pid = int(results[0]["Y"][0, 0])
     assert pid != os.getpid() and Path(f"/proc/{pid}").exists()
-    yield backend, pid
+    yield backend, pid, version_dir / "hung"
     backend.close()
 
 
-def test_a_child_that_does_not_finish_closing_is_killed(hanging):
-    backend, pid = hanging
+def test_a_child_that_does_not_finish_closing_is_killed(hanging, caplog):
+    backend, pid, _ = hanging
     started = time.monotonic()
     backend.close()
     assert time.monotonic() - started < 5
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    backend.close()  # again: nothing left to stop, nothing logged
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def test_closing_during_a_hung_batch_kills_the_child_and_fails_the_batch(hanging):
-    backend, pid = hanging
+    backend, pid, hung = hanging
     before = child_pids(os.getpid()) - {pid}
     failed = []
 
@@ -177,9 +182,12 @@ def test_closing_during_a_hung_batch_kills_the_child_and_fails_the_batch(hanging
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.3)  # the batch is in the child
+    deadline = time.monotonic() + 30
+    while not hung.exists() and time.monotonic() < deadline:  # the batch is in the child
+        time.sleep(0.01)
     backend.close()
     worker.join(10)
+    assert not worker.is_alive()
     assert "died while executing: killed by signal SIGKILL" in failed[0].message
     assert not Path(f"/proc/{pid}").exists()
     time.sleep(0.5)

@@ -200,8 +200,11 @@ class ProcessIsolatedBackend(Backend):
 
     def close(self) -> None:
         """Stop the child; safe from any thread, even with a batch in flight (which then
-        fails when the child is killed). A child still starting is stopped once it is up."""
+        fails when the child is killed), and more than once. A child still starting is
+        stopped once it is up."""
         with self._lock:
+            if self._closed:
+                return  # its child is stopped (or stopping) already
             self._closed = True
             future = self._child
         future.add_done_callback(self._stop)
