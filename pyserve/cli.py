@@ -122,6 +122,16 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                           "RESOURCE_EXHAUSTED (default: %(default)s, Triton's)")
 
 
+_NETWORK = ("host", "grpc_port", "http_port", "metrics_port", "allow_grpc", "allow_http",
+            "allow_metrics", "grpc_frontend", "http_frontend", "http_thread_count",
+            "http_max_input_size", "grpc_max_message_size")
+
+
+def _network_options(args: argparse.Namespace) -> dict:
+    """The ServerOptions fields of _network_flags' flags."""
+    return {name: getattr(args, name) for name in _NETWORK}
+
+
 def _repository(text: str) -> Path | str:
     """A local folder as a Path; a remote repository URL kept as text (a Path would fold its
     '//'), checked here so that a typo is a usage error."""
@@ -188,13 +198,8 @@ def _torchserve(args: argparse.Namespace) -> int:
                               enable_model_api=args.enable_model_api)
     except ServerError as e:
         raise SystemExit(f"pyserve torchserve: {e.message}") from None
-    kserve = ServerOptions(
-        model_repositories=args.model_repositories, host=args.host,
-        grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-        allow_grpc=args.allow_grpc, allow_http=args.allow_http,
-        allow_metrics=args.allow_metrics, http_max_input_size=args.http_max_input_size,
-        grpc_max_message_size=args.grpc_max_message_size, grpc_frontend=args.grpc_frontend, http_frontend=args.http_frontend,
-        http_thread_count=args.http_thread_count, log_verbose=args.log_verbose)
+    kserve = ServerOptions(model_repositories=args.model_repositories,
+                           log_verbose=args.log_verbose, **_network_options(args))
     from pyserve.torchserve.server import run as run_torchserve
 
     return run_torchserve(options, kserve)
@@ -227,23 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":  # bench, tune: clients of a running server
         return args.func(args)
     options = ServerOptions(
+        **_network_options(args),
         model_repositories=args.model_repositories,
         repository_cache_dir=args.repository_cache_dir,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        allow_grpc=args.allow_grpc,
-        allow_http=args.allow_http,
-        allow_metrics=args.allow_metrics,
-        http_max_input_size=args.http_max_input_size,
-        grpc_max_message_size=args.grpc_max_message_size,
         default_max_queue_size=args.default_max_queue_size,
         pinned_memory_pool_byte_size=args.pinned_memory_pool_byte_size,
         model_unload_timeout_secs=args.model_unload_timeout_secs,
-        grpc_frontend=args.grpc_frontend,
-        http_frontend=args.http_frontend,
-        http_thread_count=args.http_thread_count,
         model_control_mode=args.model_control_mode,
         load_models=args.load_models,
         repository_poll_secs=args.repository_poll_secs,

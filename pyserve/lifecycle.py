@@ -135,7 +135,7 @@ class ModelManager:
             if model is None or model.fingerprint != fingerprint(dirs):
                 changes.append(self.load(name, refresh=False))
         for name, model in self.models.items():
-            if name not in found and model.wanted:
+            if name not in found and model.wanted and not model.external:
                 changes.append(self.unload(name))
         results = await asyncio.gather(*changes, return_exceptions=True)
         for result in results:
@@ -168,6 +168,7 @@ class ModelManager:
         replacements are READY; a failure leaves them serving and raises ServerError.
         `refresh` first fetches the model's changed objects from remote repositories."""
         check_model_name(name)
+        self._check_not_external(name)
         if refresh and not files:
             await self._sync_remote(name)
         if not files and name not in self.models and not any(
@@ -290,6 +291,7 @@ class ModelManager:
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Stop serving every version of `name`; requests in flight finish first."""
+        self._check_not_external(name)
         model = self.models.get(name)
         if model is None:
             return
@@ -309,6 +311,13 @@ class ModelManager:
             model.fingerprint = ()
             if retiring:
                 log.info("successfully unloaded '%s'", name)
+
+    def _check_not_external(self, name: str) -> None:
+        model = self.models.get(name)
+        if model is not None and model.external:
+            raise ServerError(f"model '{name}' is served from the TorchServe model store: "
+                              "register and unregister it through TorchServe's management API",
+                              ErrorCode.INVALID_ARG)
 
     def attach(self, name: str, versions: list[ModelVersion]) -> None:
         """Serve READY versions whose runners another owner loads and retires (the TorchServe

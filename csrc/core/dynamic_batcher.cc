@@ -75,18 +75,19 @@ bool DynamicBatcher::SameShapes(const InferRequest& a, const InferRequest& b) co
 
 void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
   for (Level& level : levels_) {
-    auto drop_cancelled = [&](std::deque<InferRequest*>& queue) {
-      auto cancelled = std::stable_partition(queue.begin(), queue.end(),
-                                             [](const InferRequest* r) { return !r->Cancelled(); });
-      decision->cancelled.insert(decision->cancelled.end(), cancelled, queue.end());
-      queued_ -= queue.end() - cancelled;
-      queue.erase(cancelled, queue.end());
-    };
-    drop_cancelled(level.queue);
-    drop_cancelled(level.delayed);
+    // Delayed requests only leave when cancelled; queued ones also when past their deadline,
+    // all in one pass.
+    auto cancelled = std::stable_partition(level.delayed.begin(), level.delayed.end(),
+                                           [](const InferRequest* r) { return !r->Cancelled(); });
+    decision->cancelled.insert(decision->cancelled.end(), cancelled, level.delayed.end());
+    queued_ -= level.delayed.end() - cancelled;
+    level.delayed.erase(cancelled, level.delayed.end());
     std::deque<InferRequest*> kept;
     for (InferRequest* request : level.queue) {
-      if (request->deadline_ns == 0 || now_ns < request->deadline_ns) {
+      if (request->Cancelled()) {
+        decision->cancelled.push_back(request);
+        --queued_;
+      } else if (request->deadline_ns == 0 || now_ns < request->deadline_ns) {
         kept.push_back(request);
       } else if (level.policy.delay_on_timeout) {
         request->deadline_ns = 0;  // delayed once; it is served, never rejected, from here

@@ -158,16 +158,17 @@ Status SharedMemoryTensor(const ParamMap& parameters, const std::string& tensor,
   const InferParam* region = Find(parameters, "shared_memory_region");
   const InferParam* offset = Find(parameters, "shared_memory_offset");
   const InferParam* byte_size = Find(parameters, "shared_memory_byte_size");
-  const std::string where = " parameter for tensor '" + tensor + "'";
+  // Only errors need the text: the common request (no shared memory) makes none.
+  auto where = [&] { return " parameter for tensor '" + tensor + "'"; };
   auto wrong_type = [&](const char* key, const char* expected) {
-    return Invalid(std::string("invalid value type for '") + key + "'" + where + ", expected " +
+    return Invalid(std::string("invalid value type for '") + key + "'" + where() + ", expected " +
                    expected + ".");
   };
   if (region == nullptr) {
     for (const char* key : {"shared_memory_offset", "shared_memory_byte_size"}) {
       if (Find(parameters, key) != nullptr) {
         return Invalid(std::string("'") + key +
-                       "' can not be specified without 'shared_memory_region'" + where);
+                       "' can not be specified without 'shared_memory_region'" + where());
       }
     }
     return Status::OK();
@@ -180,7 +181,7 @@ Status SharedMemoryTensor(const ParamMap& parameters, const std::string& tensor,
   }
   if (byte_size == nullptr) {
     return Invalid("'shared_memory_byte_size' must be specified along with "
-                   "'shared_memory_region'" + where);
+                   "'shared_memory_region'" + where());
   }
   if (byte_size->kind != InferParam::kInt64) {
     return wrong_type("shared_memory_byte_size", "int64_param");

@@ -192,8 +192,8 @@ class InferenceServicer:
                 task = asyncio.ensure_future(one(raw))
                 running.add(task)
                 task.add_done_callback(running.discard)
-            while running:
-                await asyncio.wait(set(running))
+            if running:  # nothing is added once the requests end
+                await asyncio.wait(running)
             responses.put_nowait(None)
 
         reader = asyncio.ensure_future(read())

@@ -214,6 +214,8 @@ async def _body(request: web.Request) -> bytes:
         raise ServerError(f"failed to decompress the request body ({encoding}): {e}") from None
     if len(inflated) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(inflated))
+    if not inflater.eof:  # zlib hands over what a cut stream holds without complaint
+        raise ServerError(f"failed to decompress the request body ({encoding}): truncated")
     return inflated
 
 
