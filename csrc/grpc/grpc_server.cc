@@ -127,6 +127,8 @@ class GrpcServer::Impl : public ResponseSink {
   }
   void CallEnded() { Decrement(live_calls_); }
   void CallFreed() { Decrement(allocated_calls_); }
+  // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
+  bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
 
  private:
@@ -419,7 +421,12 @@ void GrpcServer::Impl::Stop(double grace_seconds) {
 }
 
 GrpcServer::GrpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-GrpcServer::~GrpcServer() = default;
+GrpcServer::~GrpcServer() {
+  impl_->Stop(0);
+  // A call freed later (if a hung instance ever returns) still reaches its server: the server
+  // outlives it on purpose, a leak bounded by what the hung instances hold.
+  if (impl_->CallsOutstanding()) (void)impl_.release();
+}
 
 Status GrpcServer::Create(std::shared_ptr<ModelTable> table, const GrpcOptions& options,
                           Dispatch dispatch, std::unique_ptr<GrpcServer>* server) {
