@@ -19,6 +19,7 @@ raises, BaseException included, fails only its load or its batch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -35,12 +36,13 @@ from pyserve.backends.isolation import auto_complete_in_child, process_isolated
 from pyserve.config import config_to_json, parse_config_json
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.model import is_batched
+from pyserve.model_imports import model_directory
 from pyserve.protocol import pb
 
 log = logging.getLogger("pyserve")
 
 _MODULE_IDS = itertools.count()
-_IMPORT_LOCK = threading.Lock()  # sys.path and sys.modules are process-wide
+_IMPORT_LOCK = threading.Lock()  # sys.modules is process-wide
 _GPU = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
 _BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name[
     "TYPE_BF16"].number
@@ -220,15 +222,15 @@ def _server_error(error) -> ServerError:
 
 
 def _import_model(path: Path, model_name: str, version_dir: Path) -> ModuleType:
-    """model.py as a fresh module with a unique name. Its directory is on sys.path while it is
-    imported, so that it can import the files next to it; those are taken out of
+    """model.py as a fresh module with a unique name. Its directory is importable while it
+    is imported, so that it can import the files next to it; those are taken out of
     sys.modules again, so two models' `utils.py` do not collide."""
     if not path.is_file():
         raise ServerError(f"unable to find '{path}' for model '{model_name}'", ErrorCode.NOT_FOUND)
     module_name = f"pyserve_python_model_{next(_MODULE_IDS)}_{_identifier(model_name)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    with _IMPORT_LOCK, _on_sys_path(version_dir):
+    with _IMPORT_LOCK, _model_imports(version_dir):
         try:
             spec.loader.exec_module(module)
         except BaseException as e:  # noqa: BLE001 - any failure of the module, SystemExit too
@@ -238,7 +240,7 @@ def _import_model(path: Path, model_name: str, version_dir: Path) -> ModuleType:
 
 
 def _call_model(model_name: str, what: str, function, *args, version_dir: Path):
-    with _on_sys_path(version_dir):
+    with _model_imports(version_dir):
         try:
             return function(*args)
         except BaseException as e:  # noqa: BLE001 - any failure of the user's code
@@ -246,21 +248,17 @@ def _call_model(model_name: str, what: str, function, *args, version_dir: Path):
                               f"{type(e).__name__}: {e}", ErrorCode.INVALID_ARG) from None
 
 
-class _on_sys_path:
-    def __init__(self, directory: Path) -> None:
-        self._directory = str(directory)
-
-    def __enter__(self) -> None:
-        self._modules = set(sys.modules)
-        sys.path.insert(0, self._directory)
-
-    def __exit__(self, *exc) -> None:
-        try:
-            sys.path.remove(self._directory)
-        except ValueError:
-            pass
-        prefix = self._directory.rstrip("/") + "/"
-        for name in set(sys.modules) - self._modules:
+@contextlib.contextmanager
+def _model_imports(directory: Path):
+    """The model's directory importable from this thread; the modules imported from it leave
+    sys.modules on exit."""
+    before = set(sys.modules)
+    try:
+        with model_directory(directory):
+            yield
+    finally:
+        prefix = str(directory).rstrip("/") + "/"
+        for name in set(sys.modules) - before:
             file = getattr(sys.modules.get(name), "__file__", None) or ""
             if file.startswith(prefix):
                 del sys.modules[name]

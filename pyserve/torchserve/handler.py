@@ -8,8 +8,8 @@ with data=None to initialize) or exactly one class with `handle` (and `initializ
 
 TorchServe gives every worker its own process with the model directory on sys.path, so two
 archives that both ship `handler.py` or `model.py` never meet. Here every archive loads in one
-process: its directory is on sys.path only while its handler is imported and initialized, under
-a process-wide lock, and the modules it brought are then moved out of the plain names of
+process: its directory is importable only while its handler is imported and initialized (by
+that thread, see pyserve.model_imports), under a process-wide lock, and the modules it brought are then moved out of the plain names of
 sys.modules (to `pyserve_torchserve.<namespace>.<name>`), so the next archive imports its own.
 """
 
@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Callable
 
 from pyserve.errors import ErrorCode, ServerError
+from pyserve.model_imports import model_directory
 
 log = logging.getLogger("pyserve")
 
@@ -51,15 +52,11 @@ def archive_imports(model_dir: Path, namespace: str):
         local_names = _top_level_names(model_dir)
         hidden = {name: sys.modules.pop(name) for name in list(sys.modules)
                   if name.split(".")[0] in local_names}
-        sys.path.insert(0, str(model_dir))
         importlib.invalidate_caches()
         try:
-            yield
+            with model_directory(model_dir):
+                yield
         finally:
-            try:
-                sys.path.remove(str(model_dir))
-            except ValueError:
-                pass
             for name in list(sys.modules):
                 module = sys.modules[name]
                 if _is_under(module, model_dir):
