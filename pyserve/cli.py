@@ -179,8 +179,7 @@ def _torchserve_parser(commands) -> None:
 
 
 def _torchserve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.log_verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    _configure_logging(args.log_verbose)
     if args.stop:
         raise SystemExit("pyserve torchserve: --stop is not supported; stop the server with a "
                          "signal (Ctrl+C or kill PID)")
@@ -251,12 +250,31 @@ def main(argv: list[str] | None = None) -> int:
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,
     )
-    logging.basicConfig(
-        level=logging.DEBUG if options.log_verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    _configure_logging(options.log_verbose)
     from pyserve.server import run  # imported late: `pyserve --help` stays fast
 
     return run(options)
+
+
+def _configure_logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_requests_quietly)
+
+
+def _malformed_requests_quietly(record: logging.LogRecord) -> bool:
+    """aiohttp answers a request it cannot parse (a duplicate Content-Type, a header line too
+    long) with 400 and then logs it at ERROR with a traceback. It is the client's mistake:
+    one DEBUG line instead, shown with --log-verbose."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    error = record.exc_info[1] if record.exc_info else None
+    if not isinstance(error, HttpProcessingError) or not 400 <= (error.code or 500) < 500:
+        return True
+    record.msg, record.args = "%s: %s", (record.getMessage(), " ".join(error.message.split()))
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    record.exc_info = record.exc_text = None
+    return logging.getLogger("aiohttp.server").isEnabledFor(logging.DEBUG)
 
 
 if __name__ == "__main__":
