@@ -61,7 +61,8 @@ Waited Await(Awaited& awaited, std::unique_lock<std::mutex>& lock, Ready ready, 
   return Waited::kReady;
 }
 
-// cpp-httplib's own entries among a request's headers (the two ends' addresses).
+// cpp-httplib's own entries among a request's headers (the two ends' addresses), in their
+// exact case: a client's own `remote_addr` header is the client's, and passes.
 bool PseudoHeader(const std::string& name);
 
 }  // namespace pyserve::httpfront

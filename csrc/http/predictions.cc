@@ -361,7 +361,6 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   return true;
 }
 
-
 bool Predictions::Push(uint64_t token, std::string frame) {
   std::shared_ptr<Pending> pending;
   {
