@@ -264,12 +264,13 @@ class PyTorchBackend(Backend):
         return module
 
     def _load_aoti(self, path: Path):
-        load = getattr(getattr(torch, "_inductor", None), "aoti_load_package", None)
-        if load is None:
+        try:  # a submodule that `import torch` does not import: ask for it by name
+            from torch._inductor import aoti_load_package as load
+        except ImportError as e:
             raise ServerError(
                 f"model '{self.model.name}': the installed torch ({torch.__version__}) cannot "
-                "load AOTInductor packages (torch._inductor.aoti_load_package)",
-                ErrorCode.UNSUPPORTED)
+                f"load AOTInductor packages (torch._inductor.aoti_load_package): {e}",
+                ErrorCode.UNSUPPORTED) from None
         device_index = self.device.index if self.device.type == "cuda" else -1
         try:
             module = load(str(path), device_index=device_index)
