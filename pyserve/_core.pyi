@@ -113,6 +113,12 @@ def host_memory_usage() -> dict[str, Any]: ...
 def reset_host_memory() -> None: ...
 def set_host_memory_pool_bytes(bytes: int) -> None: ...
 
+def request_limits() -> dict[str, int]:
+    """What one inference message may declare: inputs, outputs, parameters, rank, elements
+    (of one tensor) and name_bytes."""
+def set_request_limits(limits: dict[str, int]) -> None:
+    """Sets the limits named, the others to their defaults; before serving."""
+
 class DeviceTensor:
     """A batch input the core copied to a GPU (valid during the execute call it is handed to);
     speaks __cuda_array_interface__ (v3, with the stream the copy was enqueued on)."""

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pyserve import __version__
+from pyserve import __version__, _core
 from pyserve.options import CONTROL_MODES, FRONTENDS, ServerOptions
 
 
@@ -120,6 +120,12 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
     net.add_argument("--grpc-max-message-size", type=int, default=2**31 - 1, metavar="BYTES",
                      help="largest gRPC message received or sent; larger ones get "
                           "RESOURCE_EXHAUSTED (default: %(default)s, Triton's)")
+    net.add_argument("--request-limit", type=_request_limit, action="append", default=[],
+                     dest="request_limits", metavar="NAME=N",
+                     help="what one inference message may declare, checked before anything is "
+                          "allocated for it; repeatable. NAME is one of "
+                          + ", ".join(f"{k} ({v:,})" for k, v in _core.request_limits().items())
+                          + " (the defaults)")
 
 
 _NETWORK = ("host", "grpc_port", "http_port", "metrics_port", "allow_grpc", "allow_http",
@@ -129,7 +135,17 @@ _NETWORK = ("host", "grpc_port", "http_port", "metrics_port", "allow_grpc", "all
 
 def _network_options(args: argparse.Namespace) -> dict:
     """The ServerOptions fields of _network_flags' flags."""
-    return {name: getattr(args, name) for name in _NETWORK}
+    return {**{name: getattr(args, name) for name in _NETWORK},
+            "request_limits": dict(args.request_limits)}
+
+
+def _request_limit(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    names = _core.request_limits()
+    if name not in names or not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=N with N >= 1 and NAME one of {', '.join(names)}, got '{text}'")
+    return name, int(value)
 
 
 def _repository(text: str) -> Path | str:

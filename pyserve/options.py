@@ -23,6 +23,9 @@ class ServerOptions:
     allow_metrics: bool = True
     http_max_input_size: int = 64 * 1024 * 1024  # bytes; larger bodies get 413
     grpc_max_message_size: int = 2**31 - 1  # bytes; larger gRPC messages: RESOURCE_EXHAUSTED
+    # What one inference message may declare (_core.request_limits() names them and has the
+    # defaults); only the ones given here change.
+    request_limits: dict[str, int] = field(default_factory=dict)
     # gRPC and HTTP in native code (auto = when pyserve was built with it) or in Python.
     grpc_frontend: str = "auto"
     http_frontend: str = "auto"

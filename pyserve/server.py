@@ -45,6 +45,7 @@ class Server:
     async def start(self) -> None:
         options = self.options
         _core.set_host_memory_pool_bytes(options.pinned_memory_pool_byte_size)
+        _core.set_request_limits(options.request_limits)
         try:
             self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
             failed = await self.manager.startup()

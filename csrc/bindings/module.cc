@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
   pyserve::bindings::RegisterMemory(m);
   pyserve::bindings::RegisterDevice(m);
   pyserve::bindings::RegisterSharedMemory(m);
+  pyserve::bindings::RegisterLimits(m);
 }

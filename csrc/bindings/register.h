@@ -23,5 +23,6 @@ void RegisterModel(pybind11::module_& m);
 void RegisterMemory(pybind11::module_& m);
 void RegisterDevice(pybind11::module_& m);
 void RegisterSharedMemory(pybind11::module_& m);
+void RegisterLimits(pybind11::module_& m);
 
 }  // namespace pyserve::bindings

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -70,13 +71,53 @@ void MakeReadOnly(py::array& array) {
   py::detail::array_proxy(array.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
 }
 
-// A read-only numpy view of bytes the core does not own: no copy.
-py::array View(const TensorView& t) {
+// Python objects whose memory a request's inputs view (the buffers a Python frontend
+// submitted), held by the request and so by any input array a model keeps. A request may end
+// on a core thread without the GIL: the references then wait for the next holder of the GIL
+// (ReleasePending) instead of taking it there.
+class HeldObjects {
+ public:
+  void Add(const py::handle& object) { objects_.push_back(object.inc_ref().ptr()); }
+  ~HeldObjects() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending_.insert(pending_.end(), objects_.begin(), objects_.end());
+  }
+  static void ReleasePending() {  // GIL held
+    std::vector<PyObject*> objects;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      objects.swap(pending_);
+    }
+    for (PyObject* object : objects) Py_DECREF(object);
+  }
+
+ private:
+  std::vector<PyObject*> objects_;
+  static inline std::mutex mutex_;
+  static inline std::vector<PyObject*> pending_;
+};
+
+// The owner of a batch's input views: the gathered buffers and each request's own memory (its
+// owner and held regions or objects), alive as long as the model keeps an array of them.
+py::capsule BatchOwner(const Batch& batch) {
+  auto* keep = new std::vector<std::shared_ptr<const void>>(batch.buffers.begin(),
+                                                            batch.buffers.end());
+  for (const auto& request : batch.requests) {
+    keep->push_back(request->owner);
+    keep->insert(keep->end(), request->held.begin(), request->held.end());
+  }
+  return py::capsule(keep, [](void* p) {
+    delete static_cast<std::vector<std::shared_ptr<const void>>*>(p);
+  });
+}
+
+// A read-only numpy view of a batch input: no copy; `owner` keeps its memory alive.
+py::array View(const TensorView& t, const py::capsule& owner) {
   if (t.dtype == DataType::kBytes) return BytesArray(t.shape, t.data, t.byte_size);
   static const uint8_t kEmpty = 0;
   std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
   const void* data = t.data != nullptr ? t.data : &kEmpty;
-  py::array array(NumpyDtype(t.dtype), shape, {}, data, py::none());
+  py::array array(NumpyDtype(t.dtype), shape, {}, data, owner);
   MakeReadOnly(array);
   return array;
 }
@@ -134,8 +175,10 @@ class PyCompute : public BatchCompute {
     try {
       py::list sizes(batch.requests.size());
       for (size_t i = 0; i < batch.requests.size(); ++i) sizes[i] = py::int_(batch.requests[i]->batch_size);
+      HeldObjects::ReleasePending();
       py::dict inputs;
-      for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t);
+      const py::capsule owner = BatchOwner(batch);
+      for (const TensorView& t : batch.inputs) inputs[py::str(t.name)] = View(t, owner);
       batch.times.infer_start = SteadyNowNs();
       py::object result = execute_(batch.instance, sizes, WithDeviceInputs(batch, inputs),
                                    RequestInfos(batch));
@@ -299,6 +342,7 @@ class PythonSink : public ResponseSink {
 
   void Deliver(std::vector<Completion>& completions) override {
     py::gil_scoped_acquire gil;
+    HeldObjects::ReleasePending();
     if (!callback_) return;
     try {
       py::list results;
@@ -318,6 +362,9 @@ class PythonSink : public ResponseSink {
       callback_(results);
     } catch (py::error_already_set& e) {
       e.discard_as_unraisable("pyserve response delivery");
+    } catch (const std::exception& e) {  // pybind11's own errors (a cast, an array's shape)
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+      PyErr_WriteUnraisable(nullptr);
     }
   }
 
@@ -369,8 +416,10 @@ class PyModel {
       request->outputs.push_back(std::move(requested));
     }
     request->inputs.reserve(inputs.size());
+    auto objects = std::make_shared<HeldObjects>();
     for (const py::handle item : inputs) {
       auto tuple = item.cast<py::tuple>();
+      objects->Add(tuple[3]);
       TensorView view;
       view.name = tuple[0].cast<std::string>();
       view.dtype = DataTypeFromWire(tuple[1].cast<std::string>());
@@ -388,6 +437,7 @@ class PyModel {
       view.byte_size = static_cast<size_t>(info.size * info.itemsize);
       request->inputs.push_back(std::move(view));
     }
+    request->held.push_back(std::move(objects));
     for (const auto& [key, value] : parameters) {
       Parameter p;
       p.key = py::str(key);

@@ -1,9 +1,12 @@
 #include "model.h"
 
+#include <cstdio>
 #include <exception>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -28,8 +31,16 @@ void AddTo(std::vector<SinkBatch>& groups, ResponseSink* sink, Completion comple
   groups.back().second.push_back(std::move(completion));
 }
 
+// Sinks answer per completion and do not throw; should one still, the scheduler's thread
+// (an instance's or the batcher's) must go on, so the error stops here.
 void DeliverAll(std::vector<SinkBatch>& groups) {
-  for (auto& [sink, completions] : groups) sink->Deliver(completions);
+  for (auto& [sink, completions] : groups) {
+    try {
+      sink->Deliver(completions);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pyserve: a response sink failed: %s\n", e.what());
+    }
+  }
 }
 
 // Refusals by the scheduler (queue full, timeouts, a stopped model) are REJECTED; what the
@@ -40,6 +51,37 @@ FailureReason ReasonOf(const Status& status) {
     case StatusCode::kUnavailable: return FailureReason::kRejected;
     default: return FailureReason::kBackend;
   }
+}
+
+// Each output once, however often it was asked for (Triton keeps a set of the names); a
+// repeat's parameters replace the earlier ones'. Linear time; no allocation without repeats
+// among the few outputs of most requests.
+bool Repeats(const std::vector<RequestedOutput>& outputs) {
+  if (outputs.size() > 16) return true;  // the hashed pass below finds out
+  for (size_t i = 1; i < outputs.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (outputs[i].name == outputs[j].name) return true;
+    }
+  }
+  return false;
+}
+
+void CollapseOutputs(std::vector<RequestedOutput>* outputs) {
+  if (!Repeats(*outputs)) return;
+  std::vector<RequestedOutput> unique;
+  unique.reserve(outputs->size());  // never reallocated: the keys view the kept names
+  std::unordered_map<std::string_view, size_t> index(outputs->size() * 2);
+  for (RequestedOutput& output : *outputs) {
+    auto found = index.find(output.name);
+    if (found == index.end()) {
+      unique.push_back(std::move(output));
+      index.emplace(unique.back().name, unique.size() - 1);
+    } else {
+      unique[found->second].classification = output.classification;
+      unique[found->second].shared_memory = std::move(output.shared_memory);
+    }
+  }
+  *outputs = std::move(unique);
 }
 
 }  // namespace
@@ -162,6 +204,7 @@ Model::~Model() {
 const ModelSpec& Model::spec() const { return state_->spec; }
 
 Status Model::Submit(std::unique_ptr<InferRequest>& request) {
+  CollapseOutputs(&request->outputs);
   int64_t batch_size = 1;
   Status status = ValidateRequest(state_->spec, *request, &batch_size);
   if (!status.ok()) {

@@ -32,4 +32,16 @@ std::shared_ptr<Model> ModelTable::Find(std::string_view name, std::string_view 
   return entry == model->second.end() ? nullptr : entry->second;
 }
 
+Status ModelTable::Submit(std::string_view name, std::string_view version,
+                          std::shared_ptr<Model>* model, std::unique_ptr<InferRequest>& request) const {
+  Status status = (*model)->Submit(request);
+  while (!status.ok() && (*model)->scheduler().Stopping()) {
+    std::shared_ptr<Model> now = Find(name, version);
+    if (!now || now == *model) break;  // unloaded, not replaced: the refusal stands
+    *model = std::move(now);
+    status = (*model)->Submit(request);
+  }
+  return status;
+}
+
 }  // namespace pyserve

@@ -21,6 +21,11 @@ class ModelTable {
   void Publish(const std::string& name, std::vector<std::shared_ptr<Model>> versions);
   // The version a request names ("" = the latest ready one), or null.
   std::shared_ptr<Model> Find(std::string_view name, std::string_view version) const;
+  // Submits to `*model`, which Find(name, version) returned. A reload may retire that version
+  // between the two (it is published out, then stopped): the request then goes to the version
+  // the table serves now, and `*model` becomes that one, so that a reload loses nothing.
+  Status Submit(std::string_view name, std::string_view version, std::shared_ptr<Model>* model,
+                std::unique_ptr<InferRequest>& request) const;
 
  private:
   mutable std::shared_mutex mutex_;

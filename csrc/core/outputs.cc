@@ -8,6 +8,7 @@
 #include <numeric>
 #include <string>
 
+#include "request_limits.h"
 #include "shared_memory.h"
 #include "validate.h"
 
@@ -15,10 +16,41 @@ namespace pyserve {
 
 namespace {
 
+// Elements of an output's shape from dimension `from` on (0 for a shape that cannot be one).
 int64_t Product(const std::vector<int64_t>& shape, size_t from = 0) {
-  int64_t count = 1;
-  for (size_t i = from; i < shape.size(); ++i) count *= shape[i];
-  return count;
+  uint64_t count = 0;
+  if (from > shape.size() || !CountElements(shape.data() + from, shape.size() - from,
+                                            INT64_MAX, &count)) {
+    return 0;
+  }
+  return static_cast<int64_t>(count);
+}
+
+// The shape a model returned for an output that the config reshapes must follow the reshape
+// in its fixed dims too, not only in rank: the client's shape is made from it and the config's
+// dims, and later steps (classification, encoders, numpy arrays) read as many elements as
+// that shape says. A numeric output's shape must describe exactly its bytes.
+Status CheckOutputShape(const ModelSpec& spec, const TensorSpec* output, const OutputTensor& t,
+                        bool batching) {
+  const size_t skip = batching ? 1 : 0;
+  bool fits = true;
+  if (output != nullptr && output->has_reshape && t.shape.size() == output->reshape.size() + skip) {
+    for (size_t i = 0; fits && i < output->reshape.size(); ++i) {
+      fits = output->reshape[i] == -1 || output->reshape[i] == t.shape[i + skip];
+    }
+  }
+  uint64_t count = 0;
+  if (fits && t.dtype != DataType::kBytes) {
+    fits = CountElements(t.shape, &count) && count <= t.byte_size &&
+           count * ElementSize(t.dtype) == t.byte_size;
+  }
+  if (fits) return Status::OK();
+  std::string dims = "[";
+  for (size_t i = 0; i < t.shape.size(); ++i) dims += (i ? "," : "") + std::to_string(t.shape[i]);
+  return Status(StatusCode::kInternal, "model '" + spec.name + "' returned output '" + t.name +
+                                           "' with shape " + dims + "] (" +
+                                           std::to_string(t.byte_size) +
+                                           " bytes), which does not fit its configuration");
 }
 
 std::string PyList(const std::vector<std::string>& names) {  // Python's repr of a list of str
@@ -210,6 +242,11 @@ Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutput
         }
       }
       const TensorSpec* output = spec.FindOutput(w.name);
+      Status checked = CheckOutputShape(spec, output, tensor, batching);
+      if (!checked.ok()) {
+        response = InferResponse{checked, {}};
+        break;
+      }
       if (output != nullptr && output->has_reshape &&
           tensor.shape.size() == output->reshape.size() + (batching ? 1 : 0)) {
         tensor.shape = Reshaped(tensor.shape, output->reshape, output->dims, batching);

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "request_limits.h"
+
 namespace pyserve {
 
 namespace {
@@ -21,11 +23,6 @@ const TensorView* FindInput(const InferRequest& request, const std::string& name
 
 Status CancelledStatus() { return Status(StatusCode::kCancelled, "Request was cancelled"); }
 
-int64_t ElementCount(const std::vector<int64_t>& shape) {
-  int64_t count = 1;
-  for (int64_t d : shape) count *= d;
-  return count;
-}
 
 }  // namespace
 
@@ -353,7 +350,9 @@ bool GatherBatch(Batch& batch, HostMemoryPool& pool) {
       parts.push_back(part);
       total += part->byte_size;
       rows += part->shape.empty() ? 1 : part->shape[0];
-      elements += ElementCount(part->shape);
+      uint64_t count = 0;
+      CountElements(part->shape, &count);  // validated: within the limit
+      elements += static_cast<int64_t>(count);
       same_shape = same_shape && part->shape.size() == model_input.shape.size() &&
                    std::equal(part->shape.begin() + (part->shape.empty() ? 0 : 1),
                               part->shape.end(),

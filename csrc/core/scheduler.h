@@ -73,6 +73,8 @@ class Scheduler {
   // UNAVAILABLE, instances still executing are abandoned (their threads detached; the
   // scheduler must then never be destroyed). Returns false when it gave up.
   bool Stop(double timeout_seconds = -1);
+  // Refusing new requests: Stop has begun.
+  bool Stopping() const { return stopping_.load(std::memory_order_seq_cst); }
 
  private:
   struct Instance {

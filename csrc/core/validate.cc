@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <unordered_set>
 
 #include "bytes_tensor.h"
+#include "request_limits.h"
 
 namespace pyserve {
 
@@ -31,26 +34,6 @@ std::string Names(const std::vector<std::string>& names) {
   return out + "]";
 }
 
-// Element counts of absurd shapes do not fit 64 bits; texts print them exactly up to 128.
-using Wide = unsigned __int128;
-
-std::string WideText(Wide value) {
-  if (value == 0) return "0";
-  std::string out;
-  for (; value != 0; value /= 10) out += static_cast<char>('0' + static_cast<int>(value % 10));
-  return std::string(out.rbegin(), out.rend());
-}
-
-Wide ElementCount(const std::vector<int64_t>& shape) {
-  Wide count = 1;
-  const Wide limit = ~static_cast<Wide>(0) >> 8;
-  for (int64_t d : shape) {
-    count *= static_cast<Wide>(d);
-    if (count > limit) return limit;  // saturate: it cannot match any buffer anyway
-  }
-  return count;
-}
-
 Status Invalid(std::string message) { return Status(StatusCode::kInvalidArg, std::move(message)); }
 
 // Triton's prefix of most refusals; built only for a refusal (the hot path allocates nothing).
@@ -58,10 +41,10 @@ std::string Prefix(const InferRequest& request) {
   return "[request id: " + (request.request_id.empty() ? "<id_unknown>" : request.request_id) + "] ";
 }
 
-Status ValidateStrings(const TensorView& t, Wide count, const InferRequest& request,
+Status ValidateStrings(const TensorView& t, uint64_t count, const InferRequest& request,
                        const std::string& model) {
   size_t offset = 0;
-  Wide seen = 0;
+  uint64_t seen = 0;
   const size_t end = t.byte_size;
   while (offset < end) {
     if (end - offset < 4) {
@@ -76,15 +59,15 @@ Status ValidateStrings(const TensorView& t, Wide count, const InferRequest& requ
     offset += 4 + static_cast<size_t>(length);
     ++seen;
     if (seen > count) {
-      return Invalid(Prefix(request) + "unexpected number of string elements " + WideText(seen) +
+      return Invalid(Prefix(request) + "unexpected number of string elements " + std::to_string(seen) +
                      " for inference input '" + t.name + "' for model '" + model +
-                     "', expecting " + WideText(count));
+                     "', expecting " + std::to_string(count));
     }
   }
   if (offset > end) --seen;  // the last length prefix runs past the end
   if (seen != count) {
-    return Invalid(Prefix(request) + "expected " + WideText(count) + " string elements for inference input '" +
-                   t.name + "' for model '" + model + "', got " + WideText(seen));
+    return Invalid(Prefix(request) + "expected " + std::to_string(count) + " string elements for inference input '" +
+                   t.name + "' for model '" + model + "', got " + std::to_string(seen));
   }
   return Status::OK();
 }
@@ -114,28 +97,77 @@ Status ValidateInput(const ModelSpec& spec, const TensorSpec& input, const Tenso
                    "'. Expected " + Dims(full) + ", got " + Dims(t.shape) + ". " +
                    (batching ? kBatchNote : ""));
   }
-  const Wide count = ElementCount(t.shape);
+  uint64_t count = 0;
+  if (!CountElements(t.shape, Limits().elements, &count)) {
+    return Invalid(Prefix(request) + "input '" + t.name + "' for model '" + model + "' has more than " +
+                   std::to_string(Limits().elements) +
+                   " elements (--request-limit elements=N)");
+  }
   if (t.dtype == DataType::kBytes) return ValidateStrings(t, count, request, model);
-  const Wide expected = count * ElementSize(t.dtype);
+  const uint64_t expected = count * ElementSize(t.dtype);  // at most 2^64 / 2^3: no wrap
   if (expected != t.byte_size) {
     return Invalid(Prefix(request) + "input byte size mismatch for input '" + t.name + "' for model '" +
-                   model + "'. Expected " + WideText(expected) + ", got " +
+                   model + "'. Expected " + std::to_string(expected) + ", got " +
                    std::to_string(t.byte_size));
   }
   return Status::OK();
+}
+
+// What a message declares, against the server's limits (frontends that parse the wire
+// themselves also count while they parse, before they allocate).
+Status CheckLimits(const InferRequest& request) {
+  const RequestLimits& limits = Limits();
+  if (request.inputs.size() > limits.inputs) {
+    return OverLimit("inputs", "inputs", limits.inputs);
+  }
+  if (request.outputs.size() > limits.outputs) {
+    return OverLimit("requested outputs", "outputs", limits.outputs);
+  }
+  if (request.parameters.size() > limits.parameters) {
+    return OverLimit("parameters", "parameters", limits.parameters);
+  }
+  Status status = CheckName(request.request_id);
+  for (const TensorView& t : request.inputs) {
+    if (t.shape.size() > limits.rank) {
+      return OverLimit("dimensions in a shape", "rank", limits.rank);
+    }
+    if (status.ok()) status = CheckName(t.name);
+  }
+  for (const RequestedOutput& o : request.outputs) {
+    if (status.ok()) status = CheckName(o.name);
+  }
+  for (const Parameter& p : request.parameters) {
+    if (status.ok()) status = CheckName(p.key);
+  }
+  return status;
+}
+
+// The first input whose name an earlier one has: a scan for the few inputs of most models, a
+// hash set past that (linear time whatever a client declares).
+const TensorView* Duplicate(const std::vector<TensorView>& inputs) {
+  if (inputs.size() <= 16) {
+    for (size_t i = 1; i < inputs.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (inputs[i].name == inputs[j].name) return &inputs[i];
+      }
+    }
+    return nullptr;
+  }
+  std::unordered_set<std::string_view> seen(inputs.size() * 2);
+  for (const TensorView& t : inputs) {
+    if (!seen.insert(t.name).second) return &t;
+  }
+  return nullptr;
 }
 
 }  // namespace
 
 Status ValidateRequest(const ModelSpec& spec, const InferRequest& request, int64_t* batch_size) {
   const std::string& model = spec.name;
-  for (size_t i = 1; i < request.inputs.size(); ++i) {  // as Triton refuses adding one twice
-    for (size_t j = 0; j < i; ++j) {
-      if (request.inputs[i].name == request.inputs[j].name) {
-        return Invalid(Prefix(request) + "input '" + request.inputs[i].name +
-                       "' already exists in request");
-      }
-    }
+  Status status = CheckLimits(request);
+  if (!status.ok()) return status;
+  if (const TensorView* twice = Duplicate(request.inputs)) {  // as Triton refuses adding one twice
+    return Invalid(Prefix(request) + "input '" + twice->name + "' already exists in request");
   }
   for (const RequestedOutput& output : request.outputs) {
     if (spec.FindOutput(output.name) == nullptr) {
@@ -194,7 +226,7 @@ Status ValidateRequest(const ModelSpec& spec, const InferRequest& request, int64
     }
   }
   for (const TensorView& t : request.inputs) {
-    Status status = ValidateInput(spec, *spec.FindInput(t.name), t, request);
+    status = ValidateInput(spec, *spec.FindInput(t.name), t, request);
     if (!status.ok()) return status;
   }
   return Status::OK();

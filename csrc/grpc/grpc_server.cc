@@ -72,6 +72,8 @@ class MessageBytes {
       copy_ = Bytes(buffer);
     }
   }
+  // The bytes as a string of their own (the copy, if there is one, is moved).
+  std::string Take() { return copy_.empty() ? std::string(view()) : std::move(copy_); }
   std::string_view view() const {
     if (copy_.empty() && slice_.size() != 0) {
       return std::string_view(reinterpret_cast<const char*>(slice_.begin()), slice_.size());
@@ -101,7 +103,7 @@ struct PendingInfer {
   MessageBytes bytes;
   InferMessage message;  // views of `bytes`
   std::vector<std::string> converted;
-  std::string model_name, model_version;
+  std::shared_ptr<Model> model;  // the version that took the request (set before it did)
 };
 
 }  // namespace
@@ -138,8 +140,9 @@ class GrpcServer::Impl : public ResponseSink {
   GrpcOptions options_;
   Dispatch dispatch_;
   grpc::AsyncGenericService service_;
-  std::unique_ptr<grpc::Server> server_;
+  // The queues outlive the server (members are destroyed in reverse), as in gRPC's examples.
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
+  std::unique_ptr<grpc::Server> server_;
   std::vector<std::thread> threads_;
   void Decrement(std::atomic<int>& count) {
     if (count.fetch_sub(1) == 1) {
@@ -182,7 +185,8 @@ class Call : public std::enable_shared_from_this<Call> {
   // A response for an inference request of this call (any thread).
   void Respond(PendingInfer& pending, const InferResponse& response) {
     if (!response.status.ok()) return Fail(response.status);
-    std::string encoded = EncodeInferResponse(pending.model_name, pending.model_version,
+    const ModelSpec& spec = pending.model->spec();
+    std::string encoded = EncodeInferResponse(spec.name, std::to_string(spec.version),
                                               pending.message.id, response);
     if (streaming_) return StreamWrite(StreamResponse(std::move(encoded)));
     stream_.WriteAndFinish(Buffer(std::move(encoded)), grpc::WriteOptions(), grpc::Status::OK,
@@ -243,14 +247,25 @@ class Call : public std::enable_shared_from_this<Call> {
     }
   }
 
+  // No exception leaves a completion-queue thread: a message that cannot be held (bad_alloc)
+  // fails its own call.
   void Infer(grpc::ByteBuffer& buffer) {
+    try {
+      Submit(buffer);
+    } catch (const std::exception& e) {
+      Fail(Status(StatusCode::kInternal, std::string("failed to take the request: ") + e.what()));
+    }
+  }
+
+  void Submit(grpc::ByteBuffer& buffer) {
     auto pending = std::make_shared<PendingInfer>(shared_from_this(), buffer);
     Status status = ParseInferRequest(pending->bytes.view(), &pending->message);
     if (!status.ok()) return Fail(status);
-    std::shared_ptr<Model> model =
-        server_->table().Find(pending->message.model_name, pending->message.model_version);
-    if (!model) {  // the shell words the refusal
-      return ToShell(kModelInfer, std::string(pending->bytes.view()));
+    const std::string_view name = pending->message.model_name;
+    const std::string_view version = pending->message.model_version;
+    pending->model = server_->table().Find(name, version);
+    if (!pending->model) {  // the shell words the refusal
+      return ToShell(kModelInfer, pending->bytes.Take());
     }
     auto request = std::make_unique<InferRequest>();
     request->sink = server_;
@@ -259,9 +274,7 @@ class Call : public std::enable_shared_from_this<Call> {
     status = DecodeInferRequest(pending->message, server_->shared_memory(), &pending->converted,
                                 request.get());
     if (!status.ok()) return Fail(status);
-    pending->model_name = model->spec().name;
-    pending->model_version = std::to_string(model->spec().version);
-    status = model->Submit(request);
+    status = server_->table().Submit(name, version, &pending->model, request);
     if (!status.ok()) return Fail(status);
   }
 
@@ -389,7 +402,12 @@ void GrpcServer::Impl::Serve(grpc::ServerCompletionQueue* cq) {
 void GrpcServer::Impl::Deliver(std::vector<Completion>& completions) {
   for (Completion& c : completions) {
     auto* pending = static_cast<PendingInfer*>(c.owner.get());
-    pending->call->Respond(*pending, c.response);
+    try {  // a response too large to encode fails alone; the batch's others are answered
+      pending->call->Respond(*pending, c.response);
+    } catch (const std::exception& e) {
+      pending->call->Fail(Status(StatusCode::kInternal,
+                                 std::string("failed to encode the response: ") + e.what()));
+    }
   }
 }
 

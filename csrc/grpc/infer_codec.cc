@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <unordered_set>
 
+#include "request_limits.h"
 #include "utf8.h"
 #include "wire.h"
 
@@ -21,27 +23,41 @@ Status ParseError(const std::string& what) {
 
 Status Utf8Error() { return ParseError("a string field is not valid UTF-8"); }
 
+// What a message may declare, counted while it is parsed so that nothing is allocated past
+// the server's limits.
+struct Budget {
+  const RequestLimits& limits = Limits();
+  size_t parameters = 0;  // request, input and output parameters so far
+};
+
 // A proto3 string field. Protobuf's parser refuses a message in which any occurrence is not
-// UTF-8 (the last one is kept); one of another wire type is an unknown field, skipped.
-bool ReadString(const Reader& r, std::string_view* out) {
-  if (r.type() != wire::kLength) return true;
-  if (!ValidUtf8(r.bytes())) return false;
+// UTF-8 (the last one is kept); one of another wire type is an unknown field, skipped. Names
+// (not parameter values) are bounded by the limits.
+Status ReadString(const Reader& r, std::string_view* out, bool name = false) {
+  if (r.type() != wire::kLength) return Status::OK();
+  if (name) {
+    Status status = CheckName(r.bytes());
+    if (!status.ok()) return status;
+  }
+  if (!ValidUtf8(r.bytes())) return Utf8Error();
   *out = r.bytes();
-  return true;
+  return Status::OK();
 }
 
-bool ParseParam(std::string_view bytes, InferParam* p) {
+Status ParseParam(std::string_view bytes, InferParam* p) {
   Reader r(bytes);
   while (r.Next()) {
     const bool varint = r.type() == wire::kVarint;
     switch (r.field()) {
       case 1: if (varint) p->kind = InferParam::kBool, p->bool_value = r.varint() != 0; break;
       case 2: if (varint) p->kind = InferParam::kInt64, p->int_value = static_cast<int64_t>(r.varint()); break;
-      case 3:
+      case 3: {
         if (r.type() != wire::kLength) break;
-        if (!ReadString(r, &p->string_value)) return false;
+        Status status = ReadString(r, &p->string_value);
+        if (!status.ok()) return status;
         p->kind = InferParam::kString;
         break;
+      }
       case 4: {
         if (r.type() != wire::kFixed64) break;
         p->kind = InferParam::kDouble;
@@ -53,21 +69,27 @@ bool ParseParam(std::string_view bytes, InferParam* p) {
       default: break;
     }
   }
-  return r.error().empty();
+  return r.error().empty() ? Status::OK() : ParseError("bad parameter");
 }
 
-// One entry of a map<string, InferParameter>.
-bool ParseMapEntry(std::string_view bytes, ParamMap* map) {
-  Reader r(bytes);
+// One entry of a map<string, InferParameter> (an entry of another wire type is skipped).
+Status ParseMapEntry(const Reader& field, Budget* budget, ParamMap* map) {
+  if (field.type() != wire::kLength) return Status::OK();
+  if (++budget->parameters > budget->limits.parameters) {
+    return OverLimit("parameters", "parameters", budget->limits.parameters);
+  }
+  Reader r(field.bytes());
   std::string_view key;
   InferParam value;
   while (r.Next()) {
-    if (r.field() == 1 && !ReadString(r, &key)) return false;
-    if (r.field() == 2 && r.type() == wire::kLength && !ParseParam(r.bytes(), &value)) return false;
+    Status status;
+    if (r.field() == 1) status = ReadString(r, &key, true);
+    if (r.field() == 2 && r.type() == wire::kLength) status = ParseParam(r.bytes(), &value);
+    if (!status.ok()) return status;
   }
-  if (!r.error().empty()) return false;
+  if (!r.error().empty()) return ParseError("bad parameters");
   map->emplace_back(key, value);
-  return true;
+  return Status::OK();
 }
 
 const InferParam* Find(const ParamMap& map, std::string_view key) {
@@ -78,47 +100,71 @@ const InferParam* Find(const ParamMap& map, std::string_view key) {
   return found;
 }
 
-// Repeated int64 values, packed or not.
-bool AppendInts(const Reader& r, std::vector<int64_t>* out) {
-  if (r.type() == wire::kVarint) {
-    out->push_back(static_cast<int64_t>(r.varint()));
-    return true;
+// The index of the last entry of each key, in order: a scan for the few parameters of most
+// requests, a hash set past that (linear time whatever a client sends).
+std::vector<size_t> LastOfEachKey(const ParamMap& map) {
+  std::vector<size_t> last;
+  if (map.size() <= 16) {
+    for (size_t i = 0; i < map.size(); ++i) {
+      if (Find(map, map[i].first) == &map[i].second) last.push_back(i);
+    }
+    return last;
   }
-  if (r.type() != wire::kLength) return false;
+  std::unordered_set<std::string_view> seen(map.size() * 2);
+  for (size_t i = map.size(); i-- > 0;) {
+    if (seen.insert(map[i].first).second) last.push_back(i);
+  }
+  std::reverse(last.begin(), last.end());
+  return last;
+}
+
+// Repeated int64 values, packed or not; one of another wire type is skipped.
+Status AppendDims(const Reader& r, size_t rank, std::vector<int64_t>* out) {
+  auto over = [&] { return OverLimit("dimensions in a shape", "rank", rank); };
+  if (r.type() == wire::kVarint) {
+    if (out->size() == rank) return over();
+    out->push_back(static_cast<int64_t>(r.varint()));
+    return Status::OK();
+  }
+  if (r.type() != wire::kLength) return Status::OK();
   std::string_view packed = r.bytes();
   uint64_t value = 0;
   while (!packed.empty()) {
-    if (!Reader::NextVarint(&packed, &value)) return false;
+    if (!Reader::NextVarint(&packed, &value)) return ParseError("bad input tensor");
+    if (out->size() == rank) return over();
     out->push_back(static_cast<int64_t>(value));
   }
-  return true;
+  return Status::OK();
 }
 
-bool ParseInput(std::string_view bytes, InferMessage::Input* input) {
+Status ParseInput(std::string_view bytes, Budget* budget, InferMessage::Input* input) {
   Reader r(bytes);
   while (r.Next()) {
-    const bool length = r.type() == wire::kLength;
+    Status status;
     switch (r.field()) {
-      case 1: if (!ReadString(r, &input->name)) return false; break;
-      case 2: if (!ReadString(r, &input->datatype)) return false; break;
-      case 3: if (!AppendInts(r, &input->shape)) return false; break;
-      case 4: if (length && !ParseMapEntry(r.bytes(), &input->parameters)) return false; break;
-      case 5: if (length) input->has_contents = true, input->contents = r.bytes(); break;
+      case 1: status = ReadString(r, &input->name, true); break;
+      case 2: status = ReadString(r, &input->datatype, true); break;
+      case 3: status = AppendDims(r, budget->limits.rank, &input->shape); break;
+      case 4: status = ParseMapEntry(r, budget, &input->parameters); break;
+      case 5:
+        if (r.type() == wire::kLength) input->has_contents = true, input->contents = r.bytes();
+        break;
       default: break;
     }
+    if (!status.ok()) return status;
   }
-  return r.error().empty();
+  return r.error().empty() ? Status::OK() : ParseError("bad input tensor");
 }
 
-bool ParseOutput(std::string_view bytes, InferMessage::Output* output) {
+Status ParseOutput(std::string_view bytes, Budget* budget, InferMessage::Output* output) {
   Reader r(bytes);
   while (r.Next()) {
-    if (r.field() == 1 && !ReadString(r, &output->name)) return false;
-    if (r.field() == 2 && r.type() == wire::kLength && !ParseMapEntry(r.bytes(), &output->parameters)) {
-      return false;
-    }
+    Status status;
+    if (r.field() == 1) status = ReadString(r, &output->name, true);
+    if (r.field() == 2) status = ParseMapEntry(r, budget, &output->parameters);
+    if (!status.ok()) return status;
   }
-  return r.error().empty();
+  return r.error().empty() ? Status::OK() : ParseError("bad output tensor");
 }
 
 // Python's repr of a parameter value, as the Python frontend's texts show it.
@@ -253,6 +299,17 @@ void PutElement(std::string* out, DataType dtype, uint64_t raw) {
   }
 }
 
+// A contents field's value as protobuf reads it: BYTES length-delimited; the numbers packed
+// or one by one (varints; FP32 and FP64 as fixed32 and fixed64).
+bool ContentsWireType(int field, uint32_t type) {
+  switch (field) {
+    case kBytesContents: return type == wire::kLength;
+    case kFp32Contents: return type == wire::kLength || type == wire::kFixed32;
+    case kFp64Contents: return type == wire::kLength || type == wire::kFixed64;
+    default: return type == wire::kLength || type == wire::kVarint;
+  }
+}
+
 Status ContentsBytes(const InferMessage::Input& input, std::string_view model, std::string* out) {
   const std::string name(input.name);
   const DataType dtype = DataTypeFromWire(input.datatype);
@@ -261,6 +318,7 @@ Status ContentsBytes(const InferMessage::Input& input, std::string_view model, s
   while (r.Next()) {
     if (r.field() < kBoolContents || r.field() > kBytesContents) continue;
     const int field = static_cast<int>(r.field());
+    if (!ContentsWireType(field, r.type())) continue;  // protobuf skips it as an unknown field
     if (std::find(used.begin(), used.end(), field) == used.end()) used.push_back(field);
     if (used.size() > 1) {
       return Invalid("unexpected explicit tensor data for input tensor '" + name + "' for model '" +
@@ -299,30 +357,43 @@ Status ContentsBytes(const InferMessage::Input& input, std::string_view model, s
 }  // namespace
 
 Status ParseInferRequest(std::string_view bytes, InferMessage* message) {
+  Budget budget;
+  const RequestLimits& limits = budget.limits;
   Reader r(bytes);
   while (r.Next()) {
     const bool length = r.type() == wire::kLength;
+    Status status;
     switch (r.field()) {
-      case 1: if (!ReadString(r, &message->model_name)) return Utf8Error(); break;
-      case 2: if (!ReadString(r, &message->model_version)) return Utf8Error(); break;
-      case 3: if (!ReadString(r, &message->id)) return Utf8Error(); break;
-      case 4:
-        if (!length || !ParseMapEntry(r.bytes(), &message->parameters)) return ParseError("bad parameters");
-        break;
+      case 1: status = ReadString(r, &message->model_name, true); break;
+      case 2: status = ReadString(r, &message->model_version, true); break;
+      case 3: status = ReadString(r, &message->id, true); break;
+      case 4: status = ParseMapEntry(r, &budget, &message->parameters); break;
       case 5:
+        if (!length) break;
+        if (message->inputs.size() == limits.inputs) {
+          return OverLimit("inputs", "inputs", limits.inputs);
+        }
         message->inputs.emplace_back();
-        if (!length || !ParseInput(r.bytes(), &message->inputs.back())) return ParseError("bad input tensor");
+        status = ParseInput(r.bytes(), &budget, &message->inputs.back());
         break;
       case 6:
+        if (!length) break;
+        if (message->outputs.size() == limits.outputs) {
+          return OverLimit("requested outputs", "outputs", limits.outputs);
+        }
         message->outputs.emplace_back();
-        if (!length || !ParseOutput(r.bytes(), &message->outputs.back())) return ParseError("bad output tensor");
+        status = ParseOutput(r.bytes(), &budget, &message->outputs.back());
         break;
       case 7:
-        if (!length) return ParseError("bad raw_input_contents");
+        if (!length) break;
+        if (message->raw_input_contents.size() == limits.inputs) {
+          return OverLimit("raw_input_contents", "inputs", limits.inputs);
+        }
         message->raw_input_contents.push_back(r.bytes());
         break;
       default: break;
     }
+    if (!status.ok()) return status;
   }
   if (!r.error().empty()) return ParseError(r.error());
   return Status::OK();
@@ -397,9 +468,9 @@ Status DecodeInferRequest(const InferMessage& message, const SharedMemoryRegistr
     request->outputs.push_back(std::move(requested));
   }
   // Parameters the server acts on; the rest are the model's (a repeated key: the last wins).
-  for (size_t i = 0; i < message.parameters.size(); ++i) {
+  for (size_t i : LastOfEachKey(message.parameters)) {
     const auto& [key, value] = message.parameters[i];
-    if (value.kind == InferParam::kNone || Find(message.parameters, key) != &value) continue;
+    if (value.kind == InferParam::kNone) continue;
     if (key == "priority" || key == "timeout") {
       Status status = Unsigned(value, std::string(key),
                                key == "priority" ? &request->priority : &request->timeout_us);

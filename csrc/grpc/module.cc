@@ -76,7 +76,7 @@ class ShellQueue {
               py::gil_scoped_release nogil;
               reply(code, message, data);
             }));
-      } catch (py::error_already_set& e) {
+      } catch (const std::exception& e) {  // error_already_set, or a C++ error in between
         const std::string text = e.what();
         py::gil_scoped_release nogil;
         work.reply(13, "pyserve: " + text, "");

@@ -11,6 +11,7 @@
 namespace pyserve::grpcfront::wire {
 
 enum WireType : uint32_t { kVarint = 0, kFixed64 = 1, kLength = 2, kFixed32 = 5 };
+constexpr uint64_t kMaxField = (uint64_t{1} << 29) - 1;
 
 // Reads one message's fields in order. After Next() returns true, field()/type() describe the
 // field and varint()/fixed64()/bytes() its value (a fixed32 reads as varint()). A malformed
@@ -23,9 +24,10 @@ class Reader {
     if (p_ == end_ || !error_.empty()) return false;
     uint64_t key = 0;
     if (!Varint(&key)) return Fail("truncated field key");
+    // Field numbers are 1 to 2^29 - 1; protobuf refuses a key outside, as it refuses 0.
+    if ((key >> 3) == 0 || (key >> 3) > kMaxField) return Fail("invalid field number");
     field_ = static_cast<uint32_t>(key >> 3);
     type_ = static_cast<uint32_t>(key & 7);
-    if (field_ == 0) return Fail("field number 0");
     switch (type_) {
       case kVarint:
         if (!Varint(&value_)) return Fail("truncated varint");

@@ -204,7 +204,7 @@ class HttpServer::Impl : public ResponseSink {
     request->sink = this;
     request->owner = std::static_pointer_cast<Awaited>(pending);
     request->cancelled = &pending->cancelled;
-    Status status = model->Submit(request);
+    Status status = table_->Submit(name, version, &model, request);
     if (!status.ok()) {
       Reply(res, status);
       return true;

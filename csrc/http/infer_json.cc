@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "bytes_tensor.h"
+#include "request_limits.h"
 #include "utf8.h"
 
 namespace pyserve::httpfront {
@@ -114,6 +115,30 @@ bool ModelParameter(const char* key, const Value& v, Parameter* p) {
   return true;
 }
 
+// Whether the header declares more than the server's limits allow (the Python frontend, which
+// counts the same, words the refusal); checked before anything is built from it.
+bool OverLimits(const rapidjson::Document& header) {
+  const RequestLimits& limits = Limits();
+  size_t parameters = 0;
+  auto count_parameters = [&](const Value& object) {
+    const Value* p = Member(object, "parameters");
+    if (p != nullptr && p->IsObject()) parameters += p->MemberCount();
+  };
+  count_parameters(header);
+  for (const char* key : {"inputs", "outputs"}) {
+    const Value* tensors = Member(header, key);
+    if (tensors == nullptr || !tensors->IsArray()) continue;
+    if (tensors->Size() > (key[0] == 'i' ? limits.inputs : limits.outputs)) return true;
+    for (const Value& spec : tensors->GetArray()) {
+      if (!spec.IsObject()) continue;
+      count_parameters(spec);
+      const Value* shape = Member(spec, "shape");
+      if (shape != nullptr && shape->IsArray() && shape->Size() > limits.rank) return true;
+    }
+  }
+  return parameters > limits.parameters;
+}
+
 // A tensor's shared_memory_* parameters; false for anything the Python frontend must word
 // (a malformed value, an unknown region, a range outside it).
 struct ShmParams {
@@ -204,7 +229,7 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
   // as they are echoed in answers.
   header.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(),
                                                                                         length);
-  if (header.HasParseError() || !header.IsObject()) return false;
+  if (header.HasParseError() || !header.IsObject() || OverLimits(header)) return false;
   std::string_view binary = body.substr(length);
 
   if (const Value* id = Member(header, "id")) {

@@ -273,7 +273,7 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
     pending_[pending->token] = pending;
   }
   CountRequest(key);
-  Status status = model->Submit(request);
+  Status status = options_.table->Submit(key, "", &model, request);
   if (!status.ok()) {
     Forget(pending->token);
     res.status = 503;
@@ -284,7 +284,8 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   // The answer or a first intermediate response, unless the client leaves or the handler
   // runs past the response timeout (from its start or its last chunk, as TorchServe counts).
   const auto timeout = std::chrono::seconds(ResponseTimeout(key));
-  auto deadline = [&pending, timeout] { return pending->since + timeout; };
+  // By value: the chunked content provider below keeps a copy after Handle has returned.
+  auto deadline = [pending, timeout] { return pending->since + timeout; };
   std::unique_lock<std::mutex> lock(pending->mutex);
   ClientWatch client(req);
   const Waited waited = Await(

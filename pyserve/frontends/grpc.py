@@ -20,7 +20,8 @@ from google.protobuf.message_factory import GetMessageClass
 from pyserve import __version__, _core
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
-from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
+from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
+                                         run_inference)
 from pyserve.frontends.shared_memory import (grpc_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.lifecycle import ModelManager
@@ -207,6 +208,10 @@ class InferenceServicer:
 
     async def _infer(self, raw: bytes) -> bytes:
         request, raw_inputs = codec.split_infer_request(raw)
+        check_declared(max(len(request.inputs), len(raw_inputs)), len(request.outputs),
+                       len(request.parameters) + sum(len(t.parameters) for t in request.inputs)
+                       + sum(len(o.parameters) for o in request.outputs),
+                       (t.shape for t in request.inputs))
         inputs = _decode_inputs(request, raw_inputs, self._shared_memory)
         requested = [o.name for o in request.outputs]
         classification = {o.name: o.parameters["classification"].int64_param

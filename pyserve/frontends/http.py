@@ -17,7 +17,8 @@ from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
-from pyserve.frontends.inference import load_parameters, model_metadata, run_inference
+from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
+                                         run_inference)
 from pyserve.frontends.shared_memory import (ShmRef, http_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.frontends.sockets import listen
@@ -163,6 +164,7 @@ class HttpFrontend:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await _body(request)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        _check_declared(header)
         inputs, offset = [], 0
         for spec in _objects(header, "inputs"):
             tensor, offset = _decode_input(spec, binary, offset, name, self._shared_memory)
@@ -264,6 +266,24 @@ _RAPIDJSON_TEXT = {
     "Expecting value": "Invalid value.",
     "Extra data": "The document root must not be followed by other values.",
 }
+
+
+def _check_declared(header: dict) -> None:
+    """The request limits, counted as the native decoder counts them (malformed parts are
+    left to the checks that word them)."""
+    def listed(value) -> list:
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    def parameters(entry: dict) -> int:
+        value = entry.get("parameters")
+        return len(value) if isinstance(value, dict) else 0
+
+    inputs, outputs = header.get("inputs"), header.get("outputs")
+    specs = listed(inputs)
+    check_declared(len(inputs) if isinstance(inputs, list) else 0,
+                   len(outputs) if isinstance(outputs, list) else 0,
+                   sum(map(parameters, [header, *specs, *listed(outputs)])),
+                   (s["shape"] for s in specs if isinstance(s.get("shape"), list)))
 
 
 def _objects(header: dict, key: str) -> list[dict]:

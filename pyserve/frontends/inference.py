@@ -4,8 +4,9 @@ hand the request to the core, which checks it, runs it and picks the outputs to 
 from __future__ import annotations
 
 import base64
-from typing import Sequence
+from typing import Iterable, Sequence
 
+from pyserve import _core
 from pyserve.config import parse_config_json
 from pyserve.datatypes import wire_name
 from pyserve.errors import ServerError
@@ -41,6 +42,21 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
                                        _unsigned(parameters, "priority"),
                                        _unsigned(parameters, "timeout"))
     return model, results
+
+
+def check_declared(inputs: int, outputs: int, parameters: int, shapes: Iterable) -> None:
+    """What a message declares against the server's request limits, before anything is
+    decoded from it: the native parsers count the same and word it the same."""
+    limits = _core.request_limits()
+    for what, key, count in (("inputs", "inputs", inputs),
+                             ("requested outputs", "outputs", outputs),
+                             ("parameters", "parameters", parameters)):
+        if count > limits[key]:
+            raise ServerError(f"too many {what}: the limit is {limits[key]} "
+                              f"(--request-limit {key}=N)")
+    if any(len(shape) > limits["rank"] for shape in shapes):
+        raise ServerError(f"too many dimensions in a shape: the limit is {limits['rank']} "
+                          "(--request-limit rank=N)")
 
 
 def _unsigned(parameters: dict, key: str) -> int:
