@@ -60,15 +60,21 @@ def parse_config(text: str, source: str = CONFIG_FILENAME) -> pb.ModelConfig:
         detail = _LOCATION.sub("", str(e))
         where = f"{source}:{e.GetLine()}:{e.GetColumn()}" if e.GetLine() else source
         raise ConfigError(f"failed to read text proto from {where}: {detail}") from None
+    except ValueError as e:  # upb's own, e.g. an enum given as a number past int32
+        raise ConfigError(f"failed to read text proto from {source}: {e}") from None
     return config
 
 
 def read_config_file(path: Path) -> pb.ModelConfig:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(
             f"failed to open text file for read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")  # protobuf's text format is UTF-8, whatever the locale
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"failed to read text proto from {path}: not UTF-8 ({e})") from None
     return parse_config(text, str(path))
 
 

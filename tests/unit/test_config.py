@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyserve.config import ConfigError, config_to_json, normalize, parse_config
+from pyserve.config import ConfigError, config_to_json, normalize, parse_config, read_config_file
 
 SIMPLE = """
 # Triton's example, in the forms real configs use
@@ -68,6 +68,22 @@ def test_invalid_configs_are_refused(text, message):
     with pytest.raises(ConfigError) as error:
         normalize(parse_config(text), "m", gpu_count=0)
     assert message in error.value.message
+
+
+@pytest.mark.parametrize("text, message", [
+    ('instance_group { kind: 2147483648 }', "Value out of range: 2147483648"),
+    ('input { name: "x" data_type: 99999999999 }', "Value out of range"),
+], ids=["enum number past int32", "data_type number past int32"])
+def test_enum_numbers_past_int32_are_config_errors(text, message):
+    """protobuf's text format lets a ValueError out for these (found by fuzz/fuzz_config.py)."""
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    (tmp_path / "config.pbtxt").write_bytes(b'name: "m"\n\xc4')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_config_file(tmp_path / "config.pbtxt")
 
 
 def test_model_name_with_backend_suffix_names_the_backend():
