@@ -1,9 +1,10 @@
 // Triton's batching rules, decided without threads or clocks.
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <memory>
 #include <vector>
 
-#include "check.h"
 #include "dynamic_batcher.h"
 
 using namespace pyserve;
@@ -42,7 +43,9 @@ std::vector<uint64_t> Ids(const std::vector<InferRequest*>& requests) {
   return ids;
 }
 
-void PreferredSizeIsSentAtOnce() {
+}  // namespace
+
+TEST(DynamicBatcher, PreferredSizeIsSentAtOnce) {
   BatchingOptions o;
   o.max_batch_size = 8;
   o.preferred_batch_sizes = {2, 4};
@@ -52,17 +55,17 @@ void PreferredSizeIsSentAtOnce() {
   for (int i = 0; i < 5; ++i) Add(b, rq.Make(i, 1, 0));
   DynamicBatcher::Decision d;
   b.Form(1 * kUs, false, &d);
-  CHECK((Ids(d.batch) == std::vector<uint64_t>{0, 1, 2, 3}));  // largest preferred reachable
+  EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{0, 1, 2, 3}));  // largest preferred reachable
   DynamicBatcher::Decision rest;
   b.Form(2 * kUs, false, &rest);
-  CHECK(rest.batch.empty());  // 1 is not preferred: wait out the delay
-  CHECK(rest.wait_ns == 10000 * kUs - 2 * kUs);
+  EXPECT_TRUE(rest.batch.empty());  // 1 is not preferred: wait out the delay
+  EXPECT_EQ(rest.wait_ns, 10000 * kUs - 2 * kUs);
   b.Form(10000 * kUs, false, &rest);
-  CHECK((Ids(rest.batch) == std::vector<uint64_t>{4}));
-  CHECK(b.Empty());
+  EXPECT_EQ(Ids(rest.batch), (std::vector<uint64_t>{4}));
+  EXPECT_TRUE(b.Empty());
 }
 
-void ZeroDelaySendsEverythingUpToMax() {
+TEST(DynamicBatcher, ZeroDelaySendsEverythingUpToMax) {
   BatchingOptions o;
   o.max_batch_size = 4;  // preferred defaults to {4}
   DynamicBatcher b(o);
@@ -70,13 +73,13 @@ void ZeroDelaySendsEverythingUpToMax() {
   for (int i = 0; i < 6; ++i) Add(b, rq.Make(i, 1, 0));
   DynamicBatcher::Decision d;
   b.Form(0, false, &d);
-  CHECK(d.batch.size() == 4);
+  EXPECT_EQ(d.batch.size(), 4u);
   DynamicBatcher::Decision d2;
   b.Form(0, false, &d2);
-  CHECK(d2.batch.size() == 2);
+  EXPECT_EQ(d2.batch.size(), 2u);
 }
 
-void DelayThenSendWhatIsPending() {
+TEST(DynamicBatcher, DelayThenSendWhatIsPending) {
   BatchingOptions o;
   o.max_batch_size = 8;
   o.max_queue_delay_us = 500;
@@ -86,12 +89,13 @@ void DelayThenSendWhatIsPending() {
   Add(b, rq.Make(2, 2, 300 * kUs));
   DynamicBatcher::Decision d;
   b.Form(400 * kUs, false, &d);
-  CHECK(d.batch.empty() && d.wait_ns == 200 * kUs);  // the oldest waited 300 of 500 us
+  EXPECT_TRUE(d.batch.empty());
+  EXPECT_EQ(d.wait_ns, 200 * kUs);  // the oldest waited 300 of 500 us
   b.Form(600 * kUs, false, &d);
-  CHECK((Ids(d.batch) == std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{1, 2}));
 }
 
-void NeverExceedsMaxOrSplitsARequest() {
+TEST(DynamicBatcher, NeverExceedsMaxOrSplitsARequest) {
   BatchingOptions o;
   o.max_batch_size = 8;
   o.max_queue_delay_us = 1000;
@@ -102,16 +106,17 @@ void NeverExceedsMaxOrSplitsARequest() {
   Add(b, rq.Make(3, 3, 0));
   DynamicBatcher::Decision d;
   b.Form(1 * kUs, false, &d);
-  CHECK((Ids(d.batch) == std::vector<uint64_t>{1, 2}));  // 9 would exceed 8
+  EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{1, 2}));  // 9 would exceed 8
   DynamicBatcher::Decision d2;
   b.Form(2 * kUs, false, &d2);
-  CHECK(d2.batch.empty());
+  EXPECT_TRUE(d2.batch.empty());
   b.Form(2 * kUs, true, &d2);  // flush (stopping) sends what is left
-  CHECK((Ids(d2.batch) == std::vector<uint64_t>{3}));
+  EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{3}));
 }
 
-void DifferentShapesAreNotBatchedUnlessRagged() {
+TEST(DynamicBatcher, DifferentShapesAreNotBatchedUnlessRagged) {
   for (bool ragged : {false, true}) {
+    SCOPED_TRACE(ragged ? "ragged" : "equal shapes");
     BatchingOptions o;
     o.max_batch_size = 8;
     if (!ragged) o.equal_shape_inputs = {"X"};
@@ -123,23 +128,25 @@ void DifferentShapesAreNotBatchedUnlessRagged() {
     DynamicBatcher::Decision d;
     b.Form(0, false, &d);
     if (ragged) {
-      CHECK(d.batch.size() == 3);
+      EXPECT_EQ(d.batch.size(), 3u);
     } else {
-      CHECK((Ids(d.batch) == std::vector<uint64_t>{1}));
+      EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{1}));
       DynamicBatcher::Decision d2;
       b.Form(0, false, &d2);
-      CHECK((Ids(d2.batch) == std::vector<uint64_t>{2, 3}));
+      EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{2, 3}));
     }
   }
 }
 
-void HigherPriorityGoesFirst() {
+TEST(DynamicBatcher, HigherPriorityGoesFirst) {
   BatchingOptions o;
   o.max_batch_size = 2;
   o.priority_levels = 3;
   o.default_priority_level = 3;
   DynamicBatcher b(o);
-  CHECK(b.LevelOf(0) == 2 && b.LevelOf(9) == 2 && b.LevelOf(1) == 0);
+  EXPECT_EQ(b.LevelOf(0), 2u);
+  EXPECT_EQ(b.LevelOf(9), 2u);
+  EXPECT_EQ(b.LevelOf(1), 0u);
   Requests rq;
   auto* low = rq.Make(1, 1, 0);
   auto* mid = rq.Make(2, 1, 1);
@@ -151,13 +158,13 @@ void HigherPriorityGoesFirst() {
   Add(b, high);
   DynamicBatcher::Decision d;
   b.Form(3, false, &d);
-  CHECK((Ids(d.batch) == std::vector<uint64_t>{3, 2}));
+  EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{3, 2}));
   DynamicBatcher::Decision d2;
   b.Form(3, false, &d2);
-  CHECK((Ids(d2.batch) == std::vector<uint64_t>{1}));
+  EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{1}));
 }
 
-void TimeoutsRejectOrDelay() {
+TEST(DynamicBatcher, TimeoutsRejectOrDelay) {
   BatchingOptions o;
   o.max_batch_size = 4;
   o.max_queue_delay_us = 100000;
@@ -180,32 +187,34 @@ void TimeoutsRejectOrDelay() {
   Add(b, delayed);
   DynamicBatcher::Decision d;
   b.Form(500 * kUs, false, &d);
-  CHECK(d.batch.empty() && d.rejected.empty() && d.wait_ns == 500 * kUs);  // closest deadline
+  EXPECT_TRUE(d.batch.empty());
+  EXPECT_TRUE(d.rejected.empty());
+  EXPECT_EQ(d.wait_ns, 500 * kUs);  // closest deadline
   b.Form(1500 * kUs, false, &d);
-  CHECK((Ids(d.rejected) == std::vector<uint64_t>{1}));
-  CHECK(d.batch.empty());
+  EXPECT_EQ(Ids(d.rejected), (std::vector<uint64_t>{1}));
+  EXPECT_TRUE(d.batch.empty());
   fresh->enqueue_ns = 1500 * kUs;
   Add(b, fresh);
   DynamicBatcher::Decision d2;
   b.Form(1600 * kUs, true, &d2);
-  CHECK((Ids(d2.batch) == std::vector<uint64_t>{3, 2}));  // the delayed one is served last
+  EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{3, 2}));  // the delayed one is served last
 }
 
-void TimeoutOverrideOnlyShortens() {
+TEST(DynamicBatcher, TimeoutOverrideOnlyShortens) {
   BatchingOptions o;
   o.default_policy.allow_timeout_override = true;
   o.default_policy.default_timeout_us = 1000;
   DynamicBatcher b(o);
   InferRequest r;
   r.timeout_us = 10;
-  CHECK(b.DeadlineOf(r, 0) == 10 * kUs);
+  EXPECT_EQ(b.DeadlineOf(r, 0), 10 * kUs);
   r.timeout_us = 5000;
-  CHECK(b.DeadlineOf(r, 0) == 1000 * kUs);
+  EXPECT_EQ(b.DeadlineOf(r, 0), 1000 * kUs);
   r.timeout_us = 0;
-  CHECK(b.DeadlineOf(r, 0) == 1000 * kUs);
+  EXPECT_EQ(b.DeadlineOf(r, 0), 1000 * kUs);
 }
 
-void CancelledRequestsLeaveTheQueue() {
+TEST(DynamicBatcher, CancelledRequestsLeaveTheQueue) {
   BatchingOptions o;
   o.max_batch_size = 4;
   o.max_queue_delay_us = 1000;
@@ -221,22 +230,7 @@ void CancelledRequestsLeaveTheQueue() {
   Add(b, c);
   DynamicBatcher::Decision d;
   b.Form(2000 * kUs, false, &d);
-  CHECK((Ids(d.cancelled) == std::vector<uint64_t>{1}));
-  CHECK((Ids(d.batch) == std::vector<uint64_t>{0, 2}));
-  CHECK(b.Empty());
-}
-
-}  // namespace
-
-int main() {
-  RUN(CancelledRequestsLeaveTheQueue);
-  RUN(PreferredSizeIsSentAtOnce);
-  RUN(ZeroDelaySendsEverythingUpToMax);
-  RUN(DelayThenSendWhatIsPending);
-  RUN(NeverExceedsMaxOrSplitsARequest);
-  RUN(DifferentShapesAreNotBatchedUnlessRagged);
-  RUN(HigherPriorityGoesFirst);
-  RUN(TimeoutsRejectOrDelay);
-  RUN(TimeoutOverrideOnlyShortens);
-  return 0;
+  EXPECT_EQ(Ids(d.cancelled), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{0, 2}));
+  EXPECT_TRUE(b.Empty());
 }

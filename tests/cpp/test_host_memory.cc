@@ -1,42 +1,40 @@
+#include <gtest/gtest.h>
+
+#include <cstdint>
 #include <cstring>
 
-#include "check.h"
 #include "host_memory.h"
 
 using pyserve::HostMemoryPool;
 
-static void BuffersAreReusedBySizeClass() {
+TEST(HostMemoryPool, BuffersAreReusedBySizeClass) {
   HostMemoryPool pool(1 << 20, /*try_pinned=*/false);
   void* first;
   {
     auto a = pool.Acquire(5000);  // 8 KiB class
-    CHECK(a != nullptr);
-    CHECK(reinterpret_cast<uintptr_t>(a.get()) % 64 == 0);
+    ASSERT_NE(a.get(), nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.get()) % 64, 0u);
     std::memset(a.get(), 1, 5000);
     first = a.get();
-    CHECK(pool.usage().in_use_bytes == 8192);
+    EXPECT_EQ(pool.usage().in_use_bytes, 8192u);
   }
-  CHECK(pool.usage().cached_bytes == 8192 && pool.usage().in_use_bytes == 0);
+  EXPECT_EQ(pool.usage().cached_bytes, 8192u);
+  EXPECT_EQ(pool.usage().in_use_bytes, 0u);
   auto b = pool.Acquire(8000);
-  CHECK(b.get() == first);  // same class: reused, no new allocation
-  CHECK(pool.usage().allocations == 1);
+  EXPECT_EQ(static_cast<void*>(b.get()), first);  // same class: reused, no new allocation
+  EXPECT_EQ(pool.usage().allocations, 1u);
   auto c = pool.Acquire(100);  // smallest class (4 KiB), a new allocation
-  CHECK(c.get() != first && pool.usage().allocations == 2);
+  EXPECT_NE(static_cast<void*>(c.get()), first);
+  EXPECT_EQ(pool.usage().allocations, 2u);
 }
 
-static void CacheIsBoundedAndResets() {
+TEST(HostMemoryPool, CacheIsBoundedAndResets) {
   HostMemoryPool pool(8192, false);
   {
     auto a = pool.Acquire(8192);
     auto b = pool.Acquire(8192);
   }
-  CHECK(pool.usage().cached_bytes == 8192);  // the second one was freed, not cached
+  EXPECT_EQ(pool.usage().cached_bytes, 8192u);  // the second one was freed, not cached
   pool.Reset();
-  CHECK(pool.usage().cached_bytes == 0);
-}
-
-int main() {
-  RUN(BuffersAreReusedBySizeClass);
-  RUN(CacheIsBoundedAndResets);
-  return 0;
+  EXPECT_EQ(pool.usage().cached_bytes, 0u);
 }

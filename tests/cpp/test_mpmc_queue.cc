@@ -1,33 +1,34 @@
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
 
-#include "check.h"
 #include "mpmc_queue.h"
 #include "notifier.h"
 
 using pyserve::MpmcQueue;
 using pyserve::Notifier;
 
-static void FifoAndBounds() {
+TEST(MpmcQueue, FifoAndBounds) {
   MpmcQueue<int> q(3);  // rounds up to 4
-  CHECK(q.capacity() == 4);
-  for (int i = 0; i < 4; ++i) CHECK(q.TryPush(i));
+  ASSERT_EQ(q.capacity(), 4u);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(q.TryPush(i)) << "item " << i;
   int extra = 99;
-  CHECK(!q.TryPush(extra));
-  CHECK(extra == 99);
+  EXPECT_FALSE(q.TryPush(extra));
+  EXPECT_EQ(extra, 99);
   for (int i = 0; i < 4; ++i) {
     int v = -1;
-    CHECK(q.TryPop(v));
-    CHECK(v == i);
+    ASSERT_TRUE(q.TryPop(v)) << "item " << i;
+    EXPECT_EQ(v, i);
   }
   int v = -1;
-  CHECK(!q.TryPop(v));
+  EXPECT_FALSE(q.TryPop(v));
 }
 
 // Many producers and consumers: every item is seen exactly once, and each producer's items
 // come out in the order it pushed them (per-producer FIFO).
-static void EveryItemExactlyOnce() {
+TEST(MpmcQueue, EveryItemExactlyOnce) {
   constexpr int kProducers = 4, kConsumers = 4, kPerProducer = 50000;
   MpmcQueue<uint64_t> q(64);
   Notifier not_empty;
@@ -68,12 +69,13 @@ static void EveryItemExactlyOnce() {
     });
   }
   for (auto& t : threads) t.join();
-  for (auto& s : seen) CHECK(s.load() == 1);
-  CHECK(order_ok.load());
-}
-
-int main() {
-  RUN(FifoAndBounds);
-  RUN(EveryItemExactlyOnce);
-  return 0;
+  // Every item once; on failure, how many were not and the first of them.
+  size_t wrong = 0, first_wrong = 0;
+  for (size_t i = 0; i < seen.size(); ++i) {
+    if (seen[i].load() != 1 && wrong++ == 0) first_wrong = i;
+  }
+  EXPECT_EQ(wrong, 0u) << "first: producer " << first_wrong / kPerProducer << "'s item "
+                       << first_wrong % kPerProducer << ", seen " << seen[first_wrong].load()
+                       << " times";
+  EXPECT_TRUE(order_ok.load()) << "a producer's items came out of order";
 }

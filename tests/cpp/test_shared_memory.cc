@@ -2,11 +2,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
+#include <cerrno>
 #include <cstring>
 #include <string>
 
-#include "check.h"
 #include "shared_memory.h"
+#include "status_matchers.h"
 
 using pyserve::SharedMemoryBlock;
 using pyserve::SharedMemoryKind;
@@ -15,72 +18,85 @@ using pyserve::StatusCode;
 
 namespace {
 
-// A POSIX shared memory object of `size` bytes filled with 0, 1, 2, ...; unlinked at the end.
-struct Object {
-  explicit Object(size_t size) : key("/pyserve_test_" + std::to_string(getpid())) {
+// A POSIX shared memory object, unlinked at the end.
+class Object {
+ public:
+  Object() : key("/pyserve_test_" + std::to_string(getpid())) {}
+  ~Object() {
+    if (created_) shm_unlink(key.c_str());
+  }
+
+  // Creates it with `size` bytes filled with 0, 1, 2, ... (call with ASSERT_NO_FATAL_FAILURE).
+  void Create(size_t size) {
     const int fd = shm_open(key.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    CHECK(fd != -1);
-    CHECK(ftruncate(fd, static_cast<off_t>(size)) == 0);
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    CHECK(p != MAP_FAILED);
+    ASSERT_NE(fd, -1) << "shm_open(" << key << "): " << std::strerror(errno);
+    created_ = true;
+    const int truncated = ftruncate(fd, static_cast<off_t>(size));
+    const int error = errno;
+    void* p = truncated == 0 ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                             : MAP_FAILED;
+    close(fd);
+    ASSERT_EQ(truncated, 0) << "ftruncate: " << std::strerror(error);
+    ASSERT_NE(p, MAP_FAILED) << "mmap: " << std::strerror(errno);
     for (size_t i = 0; i < size; ++i) static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(i);
     munmap(p, size);
-    close(fd);
   }
-  ~Object() { shm_unlink(key.c_str()); }
-  std::string key;
+
+  const std::string key;
+
+ private:
+  bool created_ = false;
 };
 
 }  // namespace
 
-static void RegisterFindAndRefusals() {
-  Object object(10000);
+TEST(SharedMemoryRegistry, RegisterFindAndRefusals) {
+  Object object;
+  ASSERT_NO_FATAL_FAILURE(object.Create(10000));
   SharedMemoryRegistry registry;
   // An offset that is not page-aligned still maps the right bytes.
-  CHECK(registry.RegisterSystem("r", object.key, 5000, 4000).ok());
+  ASSERT_OK(registry.RegisterSystem("r", object.key, 5000, 4000));
   SharedMemoryBlock block;
-  CHECK(registry.Find("r", 10, 100, &block).ok());
-  CHECK(block.device == -1 && block.byte_size == 100);
-  CHECK(block.data[0] == static_cast<uint8_t>(5010));
+  ASSERT_OK(registry.Find("r", 10, 100, &block));
+  EXPECT_EQ(block.device, -1);
+  ASSERT_EQ(block.byte_size, 100u);
+  EXPECT_EQ(block.data[0], static_cast<uint8_t>(5010));
 
   auto dup = registry.RegisterSystem("r", object.key, 0, 10);
-  CHECK(dup.code() == StatusCode::kAlreadyExists);
-  CHECK(dup.message() == "shared memory region 'r' already in manager");
+  EXPECT_EQ(dup.code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(dup.message(), "shared memory region 'r' already in manager");
   auto range = registry.RegisterSystem("big", object.key, 9000, 2000);
-  CHECK(range.code() == StatusCode::kInvalidArg);
-  CHECK(range.message() == "failed to register shared memory region 'big': invalid args");
+  EXPECT_EQ(range.code(), StatusCode::kInvalidArg);
+  EXPECT_EQ(range.message(), "failed to register shared memory region 'big': invalid args");
   auto missing = registry.RegisterSystem("m", "/pyserve_no_such_object", 0, 10);
-  CHECK(missing.code() == StatusCode::kInternal);
+  EXPECT_EQ(missing.code(), StatusCode::kInternal);
 
-  CHECK(registry.Find("nope", 0, 1, &block).message() ==
-        "Unable to find shared memory region: 'nope'");
-  CHECK(registry.Find("r", 4000, 1, &block).message() ==
-        "Invalid offset for shared memory region: 'r'");
-  CHECK(registry.Find("r", 3990, 11, &block).message() ==
-        "Invalid offset + byte size for shared memory region: 'r'");
+  EXPECT_EQ(registry.Find("nope", 0, 1, &block).message(),
+            "Unable to find shared memory region: 'nope'");
+  EXPECT_EQ(registry.Find("r", 4000, 1, &block).message(),
+            "Invalid offset for shared memory region: 'r'");
+  EXPECT_EQ(registry.Find("r", 3990, 11, &block).message(),
+            "Invalid offset + byte size for shared memory region: 'r'");
   std::vector<std::shared_ptr<const pyserve::SharedMemoryRegion>> regions;
-  CHECK(registry.List("r", SharedMemoryKind::kCuda, &regions).code() == StatusCode::kNotFound);
-  CHECK(registry.List("", SharedMemoryKind::kSystem, &regions).ok() && regions.size() == 1);
+  EXPECT_EQ(registry.List("r", SharedMemoryKind::kCuda, &regions).code(), StatusCode::kNotFound);
+  EXPECT_OK(registry.List("", SharedMemoryKind::kSystem, &regions));
+  EXPECT_EQ(regions.size(), 1u);
 }
 
-static void UnregisterKeepsBlocksInUseMapped() {
-  Object object(4096);
+TEST(SharedMemoryRegistry, UnregisterKeepsBlocksInUseMapped) {
+  Object object;
+  ASSERT_NO_FATAL_FAILURE(object.Create(4096));
   SharedMemoryRegistry registry;
-  CHECK(registry.RegisterSystem("r", object.key, 0, 4096).ok());
+  ASSERT_OK(registry.RegisterSystem("r", object.key, 0, 4096));
   SharedMemoryBlock held;
-  CHECK(registry.Find("r", 0, 4096, &held).ok());
-  CHECK(registry.Unregister("", SharedMemoryKind::kSystem).ok());
+  ASSERT_OK(registry.Find("r", 0, 4096, &held));
+  ASSERT_OK(registry.Unregister("", SharedMemoryKind::kSystem));
   SharedMemoryBlock again;
-  CHECK(registry.Find("r", 0, 1, &again).code() == StatusCode::kNotFound);
+  EXPECT_EQ(registry.Find("r", 0, 1, &again).code(), StatusCode::kNotFound);
   // The request's block still reads (and writes) the mapping: no fault.
-  CHECK(held.data[4095] == static_cast<uint8_t>(4095));
+  EXPECT_EQ(held.data[4095], static_cast<uint8_t>(4095));
   held.data[0] = 42;
-  CHECK(pyserve::WriteBlock(held, held.data + 1, 1).ok() && held.data[0] == 1);
-  CHECK(registry.Unregister("unknown", SharedMemoryKind::kSystem).ok());
-}
-
-int main() {
-  RUN(RegisterFindAndRefusals);
-  RUN(UnregisterKeepsBlocksInUseMapped);
-  return 0;
+  EXPECT_OK(pyserve::WriteBlock(held, held.data + 1, 1));
+  EXPECT_EQ(held.data[0], 1);
+  EXPECT_OK(registry.Unregister("unknown", SharedMemoryKind::kSystem));
 }

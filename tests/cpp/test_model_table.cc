@@ -1,0 +1,112 @@
+// ModelTable: resolving a request's model, and the hand-over when a reload retires the version
+// a frontend found before it submitted.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "model.h"
+#include "model_table.h"
+#include "status_matchers.h"
+
+using namespace pyserve;
+
+namespace {
+
+// Answers every batch with no outputs (the models below declare none).
+class NoOutputs : public BatchCompute {
+ public:
+  Status Compute(Batch&, BatchOutputs*) override { return Status::OK(); }
+};
+
+// Counts the responses it is handed, by status.
+class CountingSink : public ResponseSink {
+ public:
+  void Deliver(std::vector<Completion>& completions) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Completion& c : completions) (c.response.status.ok() ? ok_ : failed_) += 1;
+    cv_.notify_all();
+  }
+  // True once `count` responses have come, all OK.
+  bool WaitForOk(int count) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return ok_ + failed_ >= count; });
+    return ok_ == count && failed_ == 0;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int ok_ = 0, failed_ = 0;
+};
+
+std::shared_ptr<Model> Version(int64_t version) {
+  ModelSpec spec;
+  spec.name = "m";
+  spec.version = version;
+  SchedulerOptions options;
+  options.model_name = "m";
+  std::shared_ptr<Model> model;
+  EXPECT_OK(Model::Create(spec, options, std::make_shared<NoOutputs>(), &model));
+  return model;
+}
+
+std::unique_ptr<InferRequest> Request(ResponseSink* sink) {
+  auto request = std::make_unique<InferRequest>();
+  request->sink = sink;
+  return request;
+}
+
+}  // namespace
+
+TEST(ModelTable, FindsPublishedVersions) {
+  ModelTable table;
+  auto one = Version(1), two = Version(2);
+  table.Publish("m", {one, two});
+  EXPECT_EQ(table.Find("m", ""), two);  // the latest
+  EXPECT_EQ(table.Find("m", "1"), one);
+  EXPECT_EQ(table.Find("m", "3"), nullptr);
+  EXPECT_EQ(table.Find("m", "x"), nullptr);
+  EXPECT_EQ(table.Find("other", ""), nullptr);
+  table.Publish("m", {});
+  EXPECT_EQ(table.Find("m", ""), nullptr);
+}
+
+// A frontend found version 1; a reload then published version 2 and stopped version 1 before
+// the frontend submitted. The request goes to version 2 instead of failing UNAVAILABLE.
+TEST(ModelTable, SubmitHandsARetiredVersionsRequestToItsSuccessor) {
+  ModelTable table;
+  CountingSink sink;
+  auto old_version = Version(1), new_version = Version(2);
+  table.Publish("m", {old_version});
+  std::shared_ptr<Model> found = table.Find("m", "");
+  ASSERT_EQ(found, old_version);
+
+  table.Publish("m", {new_version});
+  old_version->Stop();
+  auto request = Request(&sink);
+  EXPECT_OK(table.Submit("m", "", &found, request));
+  EXPECT_EQ(found, new_version);
+  EXPECT_TRUE(sink.WaitForOk(1));
+  EXPECT_EQ(new_version->Counts().success, 1u);
+}
+
+// Unloaded, not replaced: the retired version's refusal stands, and the request stays with
+// the caller.
+TEST(ModelTable, SubmitToAnUnloadedModelIsRefused) {
+  ModelTable table;
+  CountingSink sink;
+  auto only = Version(1);
+  table.Publish("m", {only});
+  std::shared_ptr<Model> found = table.Find("m", "");
+  table.Publish("m", {});
+  only->Stop();
+  auto request = Request(&sink);
+  const Status status = table.Submit("m", "", &found, request);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.message();
+  EXPECT_NE(request, nullptr);
+  EXPECT_EQ(found, only);
+}
