@@ -27,6 +27,7 @@ from tritonclient.utils import (InferenceServerException, serialize_byte_tensor,
 
 from conftest import EXAMPLES, FRONTENDS, OUTSIDE, native_frontends_built, start_server
 from pyserve.client import AsyncClient, Client
+from pyserve.devices import gpu_count
 
 WORDS_CONFIG = """
 backend: "python"
@@ -475,6 +476,8 @@ def test_cuda_shared_memory(triton):
     """CUDA IPC regions (tritonclient's cuda_shared_memory): inputs copied device->host,
     outputs host->device. Skips without a GPU."""
     module, client = triton
+    if gpu_count() == 0:
+        pytest.skip("CUDA shared memory needs a GPU")
     try:
         import tritonclient.utils.cuda_shared_memory as cudashm
         handle = cudashm.create_shared_memory_region("gpu", 256, 0)
