@@ -9,6 +9,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "infer_codec.h"
@@ -129,6 +130,15 @@ class GrpcServer::Impl : public ResponseSink {
   }
   void CallEnded() { Decrement(live_calls_); }
   void CallFreed() { Decrement(allocated_calls_); }
+  // Started calls, until they end: those Stop answers itself when their requests outlive it.
+  void Track(Call* call) {
+    std::lock_guard<std::mutex> lock(calls_mutex_);
+    started_.insert(call);
+  }
+  void Forget(Call* call) {
+    std::lock_guard<std::mutex> lock(calls_mutex_);
+    started_.erase(call);
+  }
   // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
   bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
@@ -151,7 +161,11 @@ class GrpcServer::Impl : public ResponseSink {
     }
   }
 
+  void AbandonStarted();
+
   std::atomic<int> live_calls_{0}, allocated_calls_{0};
+  std::mutex calls_mutex_;
+  std::unordered_set<Call*> started_;
   std::mutex mutex_;
   std::condition_variable idle_;
   bool stopped_ = false;
@@ -189,13 +203,30 @@ class Call : public std::enable_shared_from_this<Call> {
     std::string encoded = EncodeInferResponse(spec.name, std::to_string(spec.version),
                                               pending.message.id, response);
     if (streaming_) return StreamWrite(StreamResponse(std::move(encoded)));
+    if (answered_.exchange(true)) return;
     stream_.WriteAndFinish(Buffer(std::move(encoded)), grpc::WriteOptions(), grpc::Status::OK,
                            &finished_);
   }
 
   void Fail(const Status& status) {
     if (streaming_) return StreamWrite(Buffer(StreamError(status.message())));
-    stream_.Finish(grpc::Status(GrpcCode(status.code()), status.message()), &finished_);
+    Finish(grpc::Status(GrpcCode(status.code()), status.message()));
+  }
+
+  // Stop gave up waiting for this call's requests: it is answered now (UNAVAILABLE, or the
+  // stream finished), and what the core answers later is dropped, so that the completion
+  // queues can be shut down under it.
+  void Abandon() {
+    if (!streaming_) {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    abandoned_ = true;
+    outstanding_ = 0;
+    write_failed_ = true;  // the write in flight, if any, completes; none is queued after it
+    if (writes_.size() > 1) writes_.erase(writes_.begin() + 1, writes_.end());
+    MaybeFinish();
   }
 
  private:
@@ -206,12 +237,18 @@ class Call : public std::enable_shared_from_this<Call> {
     void (Call::*fn)(bool);
   };
 
+  // A unary call's one answer, whoever gives it first (a response, a refusal, Stop).
+  void Finish(const grpc::Status& status) {
+    if (!answered_.exchange(true)) stream_.Finish(status, &finished_);
+  }
+
   void OnStarted(bool ok) {
     if (!ok) {  // the server is shutting down; the call never started, so no done event
       server_->CallEnded();
       self_.reset();
       return;
     }
+    server_->Track(this);
     Listen(server_, cq_);
     method_ = context_.method();
     streaming_ = method_ == kModelStreamInfer;
@@ -236,8 +273,7 @@ class Call : public std::enable_shared_from_this<Call> {
       return;
     }
     if (!ok) {
-      stream_.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request"),
-                     &finished_);
+      Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request"));
       return;
     }
     if (method_ == kModelInfer) {
@@ -291,8 +327,8 @@ class Call : public std::enable_shared_from_this<Call> {
       return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
     }
     if (code != 0) {
-      stream_.Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message), &finished_);
-    } else {
+      Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+    } else if (!answered_.exchange(true)) {
       stream_.WriteAndFinish(Buffer(body), grpc::WriteOptions(), grpc::Status::OK, &finished_);
     }
   }
@@ -300,6 +336,7 @@ class Call : public std::enable_shared_from_this<Call> {
   // Queues the answer to one message of the stream.
   void StreamWrite(grpc::ByteBuffer response) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (abandoned_) return;
     --outstanding_;
     if (!write_failed_) writes_.push_back(std::move(response));
     if (!writing_ && !writes_.empty()) {
@@ -341,6 +378,7 @@ class Call : public std::enable_shared_from_this<Call> {
   // Finish and the done notification each hold one reference of the started call.
   void Unref() {
     if (started_refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      server_->Forget(this);
       server_->CallEnded();
       self_.reset();
     }
@@ -361,12 +399,14 @@ class Call : public std::enable_shared_from_this<Call> {
   std::shared_ptr<Call> self_;
   std::atomic<int> started_refs_{2};
   std::atomic<bool> cancelled_{false};
+  std::atomic<bool> answered_{false};  // unary calls: Finish (or WriteAndFinish) was posted
 
   // ModelStreamInfer only.
   std::mutex mutex_;
   std::deque<grpc::ByteBuffer> writes_;
   int outstanding_ = 0;  // messages read and not yet answered
   bool writing_ = false, reads_done_ = false, finishing_ = false, write_failed_ = false;
+  bool abandoned_ = false;  // Stop answered the stream: later responses are dropped
 };
 
 }  // namespace
@@ -431,11 +471,23 @@ void GrpcServer::Impl::Stop(double grace_seconds) {
     idle_.wait_for(lock, std::chrono::seconds(1), [this] { return allocated_calls_.load() == 0; });
   }
   if (live_calls_.load() != 0) {
+    // Requests the core still holds past the deadline: their calls are answered now, the
+    // answers' completions drained, and the core's late responses dropped.
+    AbandonStarted();
+    std::unique_lock<std::mutex> lock(mutex_);
+    idle_.wait_for(lock, std::chrono::seconds(5), [this] { return live_calls_.load() == 0; });
+  }
+  if (live_calls_.load() != 0) {  // a call gRPC never completes: leave its queue be
     for (auto& t : threads_) t.detach();
     return;
   }
   for (auto& cq : cqs_) cq->Shutdown();
   for (auto& t : threads_) t.join();
+}
+
+void GrpcServer::Impl::AbandonStarted() {
+  std::lock_guard<std::mutex> lock(calls_mutex_);  // a call forgets itself before it ends
+  for (Call* call : started_) call->Abandon();
 }
 
 GrpcServer::GrpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
