@@ -16,6 +16,14 @@ namespace pyserve::grpcfront {
 
 namespace {
 
+// A ModelInfer message the native frontend could not resolve, as a Python buffer that owns
+// its bytes: it reaches the shell (which words the refusal) without a copy under the GIL.
+struct RequestBytes {
+  std::string data;
+};
+
+const char kModelInferMethod[] = "/inference.GRPCInferenceService/ModelInfer";
+
 // RPCs for the shell go through one thread that takes the GIL, so that the completion-queue
 // threads never wait for it.
 class ShellQueue {
@@ -70,7 +78,10 @@ class ShellQueue {
       }
       py::gil_scoped_acquire gil;
       try {
-        dispatch_(work.method, py::bytes(work.request), py::cpp_function(
+        py::object request = work.method == kModelInferMethod
+                                 ? py::cast(RequestBytes{std::move(work.request)})
+                                 : py::object(py::bytes(work.request));  // small control RPCs
+        dispatch_(work.method, request, py::cpp_function(
             [reply = work.reply](int code, const std::string& message, const py::bytes& body) {
               std::string data = body;
               py::gil_scoped_release nogil;
@@ -147,6 +158,13 @@ PYBIND11_MODULE(_grpc_server, m) {
   using pyserve::grpcfront::PyGrpcServer;
   m.doc() = "pyserve's native gRPC frontend (private; see pyserve.frontends.grpc_native)";
   py::module_::import("pyserve._core");  // ModelTable, SharedMemoryRegistry
+  using pyserve::grpcfront::RequestBytes;
+  py::class_<RequestBytes>(m, "RequestBytes", py::buffer_protocol())
+      .def_buffer([](RequestBytes& bytes) {
+        return py::buffer_info(bytes.data.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(bytes.data.size())}, {1},
+                               /*readonly=*/true);
+      });
   py::class_<PyGrpcServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int,
                     std::shared_ptr<pyserve::SharedMemoryRegistry>>(),

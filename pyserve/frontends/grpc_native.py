@@ -85,7 +85,9 @@ class NativeGrpcServer:
         await asyncio.to_thread(self._server.stop, grace or 0.0)
 
     def _dispatch(self, method: str, request: bytes, reply: Callable) -> None:
-        """Native control thread, GIL held: run the RPC on the event loop."""
+        """Native control thread, GIL held: run the RPC on the event loop. A ModelInfer
+        `request` is a buffer owning the message's bytes (read through a memoryview), not
+        bytes: it can be large, and it is handed over without a copy."""
         self._loop.call_soon_threadsafe(
             lambda: asyncio.ensure_future(self._handle(method, request, reply)))
 
