@@ -249,7 +249,10 @@ void Scheduler::WorkerLoop(int instance) {
       run();
     } else if (batcher_done_.load(std::memory_order_seq_cst)) {
       batch_ready_.CancelWait();
-      return;
+      // The batcher's last batch may have been pushed between the pop above and this load
+      // (it sets batcher_done_ after that push): take it, or it is never answered.
+      if (!ready_.TryPop(batch)) return;
+      run();
     } else {
       batch_ready_.Wait(key);
     }
