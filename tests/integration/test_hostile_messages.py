@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import EXAMPLES, FRONTENDS, start_server, write_echo_bytes_model
 from pyserve.protocol import pb
+from pyserve.protocol.wire import key, varint
 
 MODELS = {
     # Any shape of rank 3: only the element count stands between a shape and the core.
@@ -102,19 +103,6 @@ def server(request, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------- the protobuf wire
-
-def key(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
 
 def field(number: int, data: bytes) -> bytes:
     return key(number, 2) + varint(len(data)) + data
