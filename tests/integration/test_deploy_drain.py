@@ -148,8 +148,14 @@ def grpc_load(url: str, tally: Tally, stop: threading.Event, signalled: threadin
                 result = client.infer("slow", inputs, client_timeout=60)
             except InferenceServerException as e:
                 # Refused RPCs are UNAVAILABLE from the transport; a model-level refusal
-                # ("not at ready state", "unknown model") would be a request lost.
-                if e.status() == "StatusCode.UNAVAILABLE" and "model" not in e.message():
+                # ("not at ready state", "unknown model") would be a request lost. A bare
+                # CANCELLED after the signal is gRPC's own, for a call that arrived as the server
+                # shut down and that no handler was ever posted for: never accepted either.
+                # (pyserve's own refusals and cancellations always carry a text of its own.)
+                transport_cancel = (e.status() == "StatusCode.CANCELLED"
+                                    and e.message() == "CANCELLED" and signalled.is_set())
+                if (e.status() == "StatusCode.UNAVAILABLE" and "model" not in e.message()
+                        or transport_cancel):
                     tally.add("refused")
                     time.sleep(0.01)
                 else:
