@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "echo_response.h"
 #include "infer_codec.h"
 #include "wire.h"
 
@@ -45,16 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
 
-  InferResponse response;
-  for (const TensorView& input : request.inputs) {
-    OutputTensor output;
-    output.name = input.name;
-    output.dtype = input.dtype;
-    output.shape = input.shape;
-    output.data = input.data;
-    output.byte_size = input.byte_size;
-    response.outputs.push_back(std::move(output));
-  }
+  const InferResponse response = EchoResponse(request);
   const std::string encoded =
       EncodeInferResponse(message.model_name, message.model_version, message.id, response);
   CheckWellFormed(encoded);

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "echo_response.h"
 #include "infer_json.h"
 
 using namespace pyserve;
@@ -26,16 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   InferRequest request;
   if (!DecodeInfer(input, header_length, /*shared_memory=*/nullptr, &infer, &request)) return 0;
 
-  InferResponse response;
-  for (const TensorView& t : request.inputs) {
-    OutputTensor output;
-    output.name = t.name;
-    output.dtype = t.dtype;
-    output.shape = t.shape;
-    output.data = t.data;
-    output.byte_size = t.byte_size;
-    response.outputs.push_back(std::move(output));
-  }
+  const InferResponse response = EchoResponse(request);
   std::string answer;
   size_t answer_header_length = 0;
   (void)EncodeInfer("model", "1", infer, response, &answer, &answer_header_length);

@@ -1,11 +1,12 @@
 // ModelTable: resolving a request's model, and the hand-over when a reload retires the version
-// a frontend found before it submitted.
+// a frontend found before it submitted; and a Model whose sink fails.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <vector>
 
 #include "model.h"
@@ -109,4 +110,30 @@ TEST(ModelTable, SubmitToAnUnloadedModelIsRefused) {
   EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.message();
   EXPECT_NE(request, nullptr);
   EXPECT_EQ(found, only);
+}
+
+namespace {
+
+// A sink that fails to deliver: it throws, as an encoder that cannot allocate would.
+class ThrowingSink : public ResponseSink {
+ public:
+  void Deliver(std::vector<Completion>&) override { throw std::length_error("response too large"); }
+};
+
+}  // namespace
+
+// A sink's error stays on the model's worker thread: the model goes on answering others (an
+// exception escaping a native thread ended the process).
+TEST(Model, ASinkThatThrowsDoesNotStopTheModel) {
+  auto model = Version(1);
+  ThrowingSink throwing;
+  CountingSink counting;
+  for (int i = 0; i < 3; ++i) {
+    auto failing = Request(&throwing);
+    ASSERT_OK(model->Submit(failing));
+    auto request = Request(&counting);
+    ASSERT_OK(model->Submit(request));
+  }
+  EXPECT_TRUE(counting.WaitForOk(3));
+  model->Stop();
 }
