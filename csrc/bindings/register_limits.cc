@@ -26,7 +26,11 @@ void RegisterLimits(py::module_& m) {
       else if (key == "outputs") l.outputs = value;
       else if (key == "parameters") l.parameters = value;
       else if (key == "rank") l.rank = value;
-      else if (key == "elements") l.elements = value;
+      else if (key == "elements") {
+        // Byte sizes are elements times at most 8 bytes: past 2^60 they would wrap.
+        if (value > (uint64_t{1} << 60)) throw py::value_error("the elements limit is at most 2^60");
+        l.elements = value;
+      }
       else if (key == "name_bytes") l.name_bytes = value;
       else throw py::key_error("unknown request limit '" + key + "'");
     }

@@ -19,7 +19,7 @@ struct RequestLimits {
   size_t outputs = 4096;       // requested outputs per request
   size_t parameters = 4096;    // request, input and output parameters together
   size_t rank = 64;            // dimensions of a tensor's shape
-  uint64_t elements = uint64_t{1} << 36;  // elements of one tensor
+  uint64_t elements = uint64_t{1} << 36;  // elements of one tensor (at most 2^60)
   size_t name_bytes = 65536;   // a tensor name, datatype, request id or parameter key
 };
 

@@ -104,7 +104,7 @@ Status ValidateInput(const ModelSpec& spec, const TensorSpec& input, const Tenso
                    " elements (--request-limit elements=N)");
   }
   if (t.dtype == DataType::kBytes) return ValidateStrings(t, count, request, model);
-  const uint64_t expected = count * ElementSize(t.dtype);  // at most 2^64 / 2^3: no wrap
+  const uint64_t expected = count * ElementSize(t.dtype);  // the limit is at most 2^60: no wrap
   if (expected != t.byte_size) {
     return Invalid(Prefix(request) + "input byte size mismatch for input '" + t.name + "' for model '" +
                    model + "'. Expected " + std::to_string(expected) + ", got " +

@@ -317,3 +317,19 @@ def test_a_stopped_model_is_freed():
     del owner
     gc.collect()
     assert ref() is None
+
+
+def test_request_limits_are_set_by_name_and_reset_to_their_defaults():
+    defaults = _core.request_limits()
+    assert defaults["inputs"] == 4096 and defaults["elements"] == 2**36
+    try:
+        _core.set_request_limits({"inputs": 8, "rank": 3})
+        assert _core.request_limits() == {**defaults, "inputs": 8, "rank": 3}
+        _core.set_request_limits({})  # every limit not named takes its default
+        assert _core.request_limits() == defaults
+        with pytest.raises(KeyError, match="unknown request limit 'input'"):
+            _core.set_request_limits({"input": 8})
+        with pytest.raises(ValueError, match="at most 2\\^60"):  # byte sizes would wrap past it
+            _core.set_request_limits({"elements": 2**61})
+    finally:
+        _core.set_request_limits({})
