@@ -203,9 +203,9 @@ class Call : public std::enable_shared_from_this<Call> {
     std::string encoded = EncodeInferResponse(spec.name, std::to_string(spec.version),
                                               pending.message.id, response);
     if (streaming_) return StreamWrite(StreamResponse(std::move(encoded)));
+    grpc::ByteBuffer buffer = Buffer(std::move(encoded));  // what may throw comes first
     if (answered_.exchange(true)) return;
-    stream_.WriteAndFinish(Buffer(std::move(encoded)), grpc::WriteOptions(), grpc::Status::OK,
-                           &finished_);
+    stream_.WriteAndFinish(buffer, grpc::WriteOptions(), grpc::Status::OK, &finished_);
   }
 
   void Fail(const Status& status) {
