@@ -228,8 +228,12 @@ class HttpServer::Impl : public ResponseSink {
     }
     std::string answer;
     size_t json_length = 0;
-    status = EncodeInfer(model->spec().name, std::to_string(model->spec().version), pending->infer,
-                         pending->response, &answer, &json_length);
+    try {  // a response too large to hold fails alone, with words (as the gRPC sink's)
+      status = EncodeInfer(model->spec().name, std::to_string(model->spec().version),
+                           pending->infer, pending->response, &answer, &json_length);
+    } catch (const std::exception& e) {
+      status = Status(StatusCode::kInternal, std::string("failed to encode the response: ") + e.what());
+    }
     if (!status.ok()) {
       Reply(res, status);
       return true;

@@ -6,6 +6,7 @@ that cannot wrap, and model outputs whose shape does not fit their configuration
 from __future__ import annotations
 
 import json
+import resource
 import struct
 
 import grpc
@@ -25,6 +26,10 @@ MODELS = {
     "identity3": ('input [ { name: "IN" data_type: TYPE_INT32 dims: [ -1, -1, -1 ] } ]\n'
                   'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ -1, -1, -1 ] } ]\n',
                   'out = inputs["IN"]'),
+    # As many zero bytes as IN says; it keeps its last answer.
+    "zeros": ('input [ { name: "IN" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+              'output [ { name: "OUT" data_type: TYPE_UINT8 dims: [ -1 ] } ]\n',
+              'out = self.kept = np.zeros(int(inputs["IN"][0]), dtype=np.uint8)'),
     # The config says the model computes OUT as [2, 3]; it returns [2, 2].
     "wrong_reshape": ('input [ { name: "IN" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
                       'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 6 ] '
@@ -317,3 +322,67 @@ def test_an_input_array_a_model_keeps_stays_valid(server, protocol):
     # The module's server served earlier tests: the kept array is its first request's.
     if protocol == "grpc":
         np.testing.assert_array_equal(kept, first)
+
+
+# ------------------------------------------------------------------- memory that runs out
+
+# Memory that runs out is a native frontend's to survive: in the Python ones, protobuf's parser
+# (upb) crashes when an allocation fails, and aiohttp and grpc.aio fail the call in their own
+# copy of a response (aiohttp logs it).
+PYTHON_OUT_OF_MEMORY = "the Python frontends' libraries do not survive an allocation failure"
+
+
+def vm_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmSize:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_request_the_server_cannot_hold_fails_alone(server, request):
+    """An allocation that fails while a request is taken (bad_alloc on a completion-queue
+    thread) fails that request, not the server. The server's address space is capped a little
+    above what it uses, and the request converts 64 MiB of packed int64 zeros (1 byte each on
+    the wire) into 512 MiB of tensor."""
+    if request.node.callspec.params["server"] == "python":
+        pytest.skip(PYTHON_OUT_OF_MEMORY)
+    count = 64 << 20
+    tensor = (field(1, b"INPUT0") + field(2, b"INT64") + field(3, varint(count))
+              + field(5, field(3, bytes(count))))
+    message = field(1, b"simple") + field(5, tensor)
+    pid = server.process.pid
+    limit = resource.prlimit(pid, resource.RLIMIT_AS)
+    resource.prlimit(pid, resource.RLIMIT_AS, (vm_bytes(pid) + (384 << 20), limit[1]))
+    try:
+        code, text = refusal(server, message)
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_AS, limit)
+    assert (code, text) == (grpc.StatusCode.INTERNAL,
+                            "failed to take the request: std::bad_alloc")
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_response_the_server_cannot_hold_fails_alone(server, protocol, request):
+    """The model's 256 MiB answer (which it keeps) and the core's copy fit under the cap; the
+    encoding does not (bad_alloc in a response sink): that request fails, the server goes on."""
+    if request.node.callspec.params["server"] == "python":
+        pytest.skip(PYTHON_OUT_OF_MEMORY)
+    module = grpcclient if protocol == "grpc" else httpclient
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    pid = server.process.pid
+    limit = resource.prlimit(pid, resource.RLIMIT_AS)
+    with module.InferenceServerClient(url) as client:
+        tensor = module.InferInput("IN", [1], "INT64")
+        tensor.set_data_from_numpy(np.array([256 << 20], dtype=np.int64))
+        resource.prlimit(pid, resource.RLIMIT_AS, (vm_bytes(pid) + (640 << 20), limit[1]))
+        try:
+            with pytest.raises(InferenceServerException) as failed:
+                client.infer("zeros", [tensor])
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_AS, limit)
+        assert failed.value.status() == ("StatusCode.INTERNAL" if protocol == "grpc" else "500")
+        assert failed.value.message() == "failed to encode the response: std::bad_alloc"
+        tensor.set_data_from_numpy(np.array([5], dtype=np.int64))
+        np.testing.assert_array_equal(client.infer("zeros", [tensor]).as_numpy("OUT"),
+                                      np.zeros(5, dtype=np.uint8))
+    assert_still_serving(server)
