@@ -55,14 +55,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(perf_analyzer: str, server: ServerProcess, protocol: str, concurrency: int,
-            interval_ms: int) -> tuple[float, float]:
+            interval_ms: int, stability: int) -> tuple[float, float]:
     """(infer/s, server CPU µs per request) of one perf_analyzer run."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
     before, served = cpu_seconds(server.process.pid), completed(server)
     out = subprocess.run(
         [perf_analyzer, "-m", "simple", "-i", protocol, "-u", url,
          "--concurrency-range", f"{concurrency}:{concurrency}",
-         "--measurement-interval", str(interval_ms), "--stability-percentage", "25",
+         "--measurement-interval", str(interval_ms), "--stability-percentage", str(stability),
          "--max-trials", "6"], capture_output=True, text=True)
     rates = _RESULT.findall(out.stdout)
     if out.returncode != 0 or not rates:
@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cells", default="grpc:1,grpc:8,http:8", help="protocol:concurrency,...")
     parser.add_argument("--measurement-interval", type=int, default=4000, help="ms")
+    parser.add_argument("--stability", type=int, default=25,
+                        help="perf_analyzer's --stability-percentage (raise it on a busy machine)")
     args = parser.parse_args()
     cells = [(p, int(c)) for p, c in (cell.split(":") for cell in args.cells.split(","))]
     builds = {"base": args.base_python, "new": args.new_python}
@@ -99,7 +101,8 @@ def main() -> None:
                 for protocol, concurrency in cells:
                     for name in order:
                         rate, cpu = measure(args.perf_analyzer, servers[name], protocol,
-                                            concurrency, args.measurement_interval)
+                                            concurrency, args.measurement_interval,
+                                            args.stability)
                         results.setdefault((protocol, concurrency), {}).setdefault(
                             name, []).append((rate, cpu))
                         print(f"[round {round_ + 1}/{args.rounds}] {protocol} c={concurrency} "
