@@ -12,6 +12,7 @@
 
 #include "echo_response.h"
 #include "infer_codec.h"
+#include "small_limits.h"
 #include "wire.h"
 
 using namespace pyserve;

@@ -9,6 +9,7 @@
 
 #include "echo_response.h"
 #include "infer_json.h"
+#include "small_limits.h"
 
 using namespace pyserve;
 using namespace pyserve::httpfront;

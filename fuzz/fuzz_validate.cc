@@ -28,6 +28,7 @@
 #include "infer_codec.h"
 #include "infer_json.h"
 #include "model.h"
+#include "small_limits.h"
 #include "validate.h"
 
 using namespace pyserve;
