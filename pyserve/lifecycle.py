@@ -86,9 +86,21 @@ class ModelManager:
         self._load_slots = asyncio.Semaphore(max(options.model_load_thread_count, 1))
         self._poller: asyncio.Task | None = None
         self.models: dict[str, Model] = {}
-        # The READY versions, for frontends that resolve requests in native code.
+        # The READY versions and server readiness, for frontends that resolve requests and
+        # answer probes in native code.
         self.table = _core.ModelTable()
-        self.draining = False  # set when shutdown begins: the server is not ready from then on
+        self._draining = False
+        self._readiness_changed()
+
+    @property
+    def draining(self) -> bool:
+        """Set when shutdown begins: the server is not ready from then on."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self._readiness_changed()
 
     # --- startup, polling, shutdown ---------------------------------------------------------
 
@@ -177,6 +189,7 @@ class ModelManager:
         model = self.models.setdefault(name, Model(name))
         async with model.lock:
             model.wanted = True
+            self._readiness_changed()
             upload_dir = None
             try:
                 if files:
@@ -217,6 +230,7 @@ class ModelManager:
                 entry = model.versions.get(version)
                 if entry is None or entry.state != ModelState.READY:
                     model.versions[version] = ModelVersion(name, version, config)
+            self._readiness_changed()
             results = await asyncio.gather(*(
                 self._load_version(config, version, available[version], labels)
                 for version in chosen),
@@ -336,6 +350,11 @@ class ModelManager:
     def _publish(self, model: Model) -> None:
         """Tell the core's model table which versions of `model` serve now."""
         self.table.publish(model.name, [v.runner.model for v in model.ready_versions()])
+        self._readiness_changed()
+
+    def _readiness_changed(self) -> None:
+        """Called where a model's versions, its being wanted or draining change."""
+        self.table.server_ready = self.all_ready()
 
     # --- lookups ----------------------------------------------------------------------------
 

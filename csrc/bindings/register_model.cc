@@ -630,7 +630,8 @@ void RegisterModel(py::module_& m) {
         std::vector<std::shared_ptr<Model>> models;
         for (PyModel* v : versions) models.push_back(v->model());
         table.Publish(name, std::move(models));
-      }, py::arg("name"), py::arg("versions"));
+      }, py::arg("name"), py::arg("versions"))
+      .def_property("server_ready", &ModelTable::ServerReady, &ModelTable::SetServerReady);
 }
 
 }  // namespace pyserve::bindings

@@ -4,6 +4,7 @@
 // knows the reason and Triton's text for it.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <shared_mutex>
@@ -27,7 +28,13 @@ class ModelTable {
   Status Submit(std::string_view name, std::string_view version, std::shared_ptr<Model>* model,
                 std::unique_ptr<InferRequest>& request) const;
 
+  // Server readiness as the shell decides it (never while draining; with strict readiness,
+  // every model asked for is ready), for probes the frontends answer natively.
+  void SetServerReady(bool ready) { server_ready_.store(ready, std::memory_order_relaxed); }
+  bool ServerReady() const { return server_ready_.load(std::memory_order_relaxed); }
+
  private:
+  std::atomic<bool> server_ready_{false};
   mutable std::shared_mutex mutex_;
   std::map<std::string, std::map<int64_t, std::shared_ptr<Model>>, std::less<>> models_;
 };

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "infer_codec.h"
+#include "probes.h"
 
 namespace pyserve::grpcfront {
 
@@ -276,10 +277,12 @@ class Call : public std::enable_shared_from_this<Call> {
       Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request"));
       return;
     }
-    if (method_ == kModelInfer) {
-      Infer(request_);
+    if (method_ == kModelInfer) return Infer(request_);
+    std::string bytes = Bytes(request_);
+    if (auto probe = ProbeResponse(method_, bytes, server_->table())) {
+      Answer(0, "", *probe);
     } else {
-      ToShell(method_, Bytes(request_));
+      ToShell(method_, std::move(bytes));
     }
   }
 
@@ -318,11 +321,11 @@ class Call : public std::enable_shared_from_this<Call> {
     auto self = shared_from_this();
     server_->dispatch()(method, std::move(bytes),
                         [self](int code, const std::string& message, const std::string& body) {
-                          self->ShellReply(code, message, body);
+                          self->Answer(code, message, body);
                         });
   }
 
-  void ShellReply(int code, const std::string& message, const std::string& body) {
+  void Answer(int code, const std::string& message, const std::string& body) {
     if (streaming_) {
       return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
     }

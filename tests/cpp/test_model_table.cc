@@ -1,5 +1,6 @@
 // ModelTable: resolving a request's model, and the hand-over when a reload retires the version
-// a frontend found before it submitted; and a Model whose sink fails.
+// a frontend found before it submitted; the gRPC probes answered from it; and a Model whose
+// sink fails.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -11,6 +12,7 @@
 
 #include "model.h"
 #include "model_table.h"
+#include "probes.h"
 #include "status_matchers.h"
 
 using namespace pyserve;
@@ -136,4 +138,35 @@ TEST(Model, ASinkThatThrowsDoesNotStopTheModel) {
   }
   EXPECT_TRUE(counting.WaitForOk(3));
   model->Stop();
+}
+
+// Liveness and readiness answered from the table (the native gRPC frontend's probes).
+TEST(ModelTable, AnswersProbes) {
+  using grpcfront::ProbeResponse;
+  const std::string yes("\x08\x01", 2), no;
+  const std::string service = "/inference.GRPCInferenceService/";
+  ModelTable table;
+  table.Publish("m", {Version(2)});
+  EXPECT_EQ(ProbeResponse(service + "ServerLive", "", table), yes);
+  EXPECT_EQ(ProbeResponse(service + "ServerReady", "", table), no);  // until the shell says
+  EXPECT_EQ(ProbeResponse("/grpc.health.v1.Health/Check", "", table), std::string("\x08\x02", 2));
+  table.SetServerReady(true);
+  EXPECT_EQ(ProbeResponse(service + "ServerReady", "", table), yes);
+  EXPECT_EQ(ProbeResponse("/grpc.health.v1.Health/Check", "", table), yes);
+
+  // ModelReadyRequest: name = 1, version = 2.
+  auto ready = [&](const std::string& request) {
+    return ProbeResponse(service + "ModelReady", request, table);
+  };
+  EXPECT_EQ(ready(std::string("\x0a\x01m", 3)), yes);                    // the latest
+  EXPECT_EQ(ready(std::string("\x0a\x01m\x12\x01" "2", 6)), yes);        // version 2
+  EXPECT_EQ(ready(std::string("\x0a\x01m\x12\x02" "02", 7)), yes);       // as int("02")
+  EXPECT_EQ(ready(std::string("\x0a\x01m\x12\x01" "1", 6)), no);
+  EXPECT_EQ(ready(std::string("\x0a\x01x", 3)), no);
+  EXPECT_EQ(ready(std::string("\x0a\x01m\x12\x02+2", 7)), std::nullopt);  // the shell reads it
+  EXPECT_EQ(ready(std::string("\x0a\x05m", 3)), std::nullopt);           // does not parse
+  EXPECT_EQ(ready(std::string("\x0a\x01\xff", 3)), std::nullopt);         // not UTF-8
+  EXPECT_EQ(ProbeResponse(service + "ModelMetadata", "", table), std::nullopt);
+  table.Publish("m", {});
+  EXPECT_EQ(ready(std::string("\x0a\x01m", 3)), no);
 }
