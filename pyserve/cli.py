@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from pyserve import __version__, _core
+from pyserve import __version__, _core, logs, triton_flags
 from pyserve.options import CONTROL_MODES, FRONTENDS, ServerOptions
 
 
@@ -80,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
                             "sending first (default: %(default)s)")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL",
                        help="verbose logging when > 0 (default: %(default)s)")
+    for severity in ("info", "warning", "error"):
+        serve.add_argument(f"--log-{severity}", type=_boolean, default=True, metavar="BOOL",
+                           help=f"log {severity} messages (default: true)")
+    serve.add_argument("--log-file", default=None, metavar="FILE",
+                       help="append the log to FILE instead of stderr")
+    serve.add_argument("--log-format", choices=logs.FORMATS, default="default",
+                       help="Triton's line formats: default (glog's) or ISO8601 "
+                            "(default: %(default)s)")
+    serve.add_argument("--id", dest="server_id", default="triton", metavar="NAME",
+                       help="the server's name in its metadata (default: %(default)s)")
+    triton_flags.add_flags(serve)
     _torchserve_parser(commands)
     from pyserve.bench.cli import add_bench, add_tune
 
@@ -93,6 +103,16 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
     net = parser.add_argument_group("network")
     net.add_argument("--host", default=host,
                      help="address the gRPC, HTTP and metrics services listen on (default: %(default)s)")
+    for name, default in (("grpc", "--host"), ("http", "--host"), ("metrics", "--http-address")):
+        net.add_argument(f"--{name}-address", default=None, metavar="HOST",
+                         help=f"address the {name} service listens on (default: {default})")
+    for name in ("grpc", "http"):
+        net.add_argument(f"--reuse-{name}-port", type=_boolean, default=False, metavar="BOOL",
+                         help=f"let other servers that also ask listen on the {name} port "
+                              "(SO_REUSEPORT); otherwise a port in use stops start-up "
+                              "(default: false)")
+    for flag, (_, what) in _GRPC_CHANNEL_FLAGS.items():
+        net.add_argument(flag, type=int, default=None, metavar="N", help=f"gRPC: {what}")
     net.add_argument("--grpc-port", type=int, default=8001,
                      help="gRPC port, 0 for any free one (default: %(default)s)")
     net.add_argument("--http-port", type=int, default=8000,
@@ -128,14 +148,41 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                           + " (the defaults)")
 
 
-_NETWORK = ("host", "grpc_port", "http_port", "metrics_port", "allow_grpc", "allow_http",
-            "allow_metrics", "grpc_frontend", "http_frontend", "http_thread_count",
-            "http_max_input_size", "grpc_max_message_size")
+# tritonserver's keepalive, HTTP/2 ping and connection-age flags: the gRPC channel argument
+# each sets, and what it is (gRPC's defaults are Triton's).
+_GRPC_CHANNEL_FLAGS = {
+    "--grpc-keepalive-time": ("grpc.keepalive_time_ms",
+                              "ms between keepalive pings (default: 7200000)"),
+    "--grpc-keepalive-timeout": ("grpc.keepalive_timeout_ms",
+                                 "ms a keepalive ping waits for its ack (default: 20000)"),
+    "--grpc-keepalive-permit-without-calls": (
+        "grpc.keepalive_permit_without_calls", "1: keepalive pings without calls (default: 0)"),
+    "--grpc-http2-max-pings-without-data": (
+        "grpc.http2.max_pings_without_data",
+        "pings sent without data frames, 0 = any (default: 2)"),
+    "--grpc-http2-min-recv-ping-interval-without-data": (
+        "grpc.http2.min_ping_interval_without_data_ms",
+        "ms expected between a client's pings without data (default: 300000)"),
+    "--grpc-http2-max-ping-strikes": ("grpc.http2.max_ping_strikes",
+                                      "bad pings tolerated, 0 = any (default: 2)"),
+    "--grpc-max-connection-age": ("grpc.max_connection_age_ms",
+                                  "ms a connection may live (default: no limit)"),
+    "--grpc-max-connection-age-grace": ("grpc.max_connection_age_grace_ms",
+                                        "ms past its age a connection may finish its calls"),
+}
+
+_NETWORK = ("host", "grpc_address", "http_address", "metrics_address", "grpc_port",
+            "http_port", "metrics_port", "reuse_grpc_port", "reuse_http_port", "allow_grpc",
+            "allow_http", "allow_metrics", "grpc_frontend", "http_frontend",
+            "http_thread_count", "http_max_input_size", "grpc_max_message_size")
 
 
 def _network_options(args: argparse.Namespace) -> dict:
     """The ServerOptions fields of _network_flags' flags."""
+    channel_args = {argument: getattr(args, flag[2:].replace("-", "_"))
+                    for flag, (argument, _) in _GRPC_CHANNEL_FLAGS.items()}
     return {**{name: getattr(args, name) for name in _NETWORK},
+            "grpc_channel_args": {k: v for k, v in channel_args.items() if v is not None},
             "request_limits": dict(args.request_limits)}
 
 
@@ -195,7 +242,7 @@ def _torchserve_parser(commands) -> None:
 
 
 def _torchserve(args: argparse.Namespace) -> int:
-    _configure_logging(args.log_verbose)
+    logs.configure(args.log_verbose)
     if args.stop:
         raise SystemExit("pyserve torchserve: --stop is not supported; stop the server with a "
                          "signal (Ctrl+C or kill PID)")
@@ -248,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     options = ServerOptions(
         **_network_options(args),
+        server_id=args.server_id,
         model_repositories=args.model_repositories,
         repository_cache_dir=args.repository_cache_dir,
         default_max_queue_size=args.default_max_queue_size,
@@ -266,31 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,
     )
-    _configure_logging(options.log_verbose)
+    logs.configure(args.log_verbose, args.log_info, args.log_warning, args.log_error,
+                   args.log_file, args.log_format)
+    triton_flags.check_flags(args)
     from pyserve.server import run  # imported late: `pyserve --help` stays fast
 
     return run(options)
-
-
-def _configure_logging(verbose: int) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("aiohttp.server").addFilter(_malformed_requests_quietly)
-
-
-def _malformed_requests_quietly(record: logging.LogRecord) -> bool:
-    """aiohttp answers a request it cannot parse (a duplicate Content-Type, a header line too
-    long) with 400 and then logs it at ERROR with a traceback. It is the client's mistake:
-    one DEBUG line instead, shown with --log-verbose."""
-    from aiohttp.http_exceptions import HttpProcessingError
-
-    error = record.exc_info[1] if record.exc_info else None
-    if not isinstance(error, HttpProcessingError) or not 400 <= (error.code or 500) < 500:
-        return True
-    record.msg, record.args = "%s: %s", (record.getMessage(), " ".join(error.message.split()))
-    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-    record.exc_info = record.exc_text = None
-    return logging.getLogger("aiohttp.server").isEnabledFor(logging.DEBUG)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class ModelManager:
     def __init__(self, options: ServerOptions, loop: asyncio.AbstractEventLoop,
                  gpu_count: int = 0) -> None:
         self._options = options
+        self.server_id = options.server_id  # the server's name in its metadata (--id)
         # Remote repositories (s3://, gs://, as://) are served from local mirrors.
         self._remotes, self._repositories = open_repositories(
             options.model_repositories, options.repository_cache_dir)

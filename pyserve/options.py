@@ -15,9 +15,22 @@ class ServerOptions:
     model_repositories: list[Path | str] = field(default_factory=list)
     repository_cache_dir: Path | None = None  # where remote repositories are mirrored
     host: str = "0.0.0.0"
+    # Per service, as tritonserver's --grpc-address etc.; None = `host` (metrics: the HTTP
+    # address, as in Triton).
+    grpc_address: str | None = None
+    http_address: str | None = None
+    metrics_address: str | None = None
     grpc_port: int = 8001  # 0 picks a free port
     http_port: int = 8000
     metrics_port: int = 8002
+    # Another server may listen on the same port only when both ask (SO_REUSEPORT); by
+    # default a port in use stops start-up, as in Triton.
+    reuse_grpc_port: bool = False
+    reuse_http_port: bool = False
+    # gRPC channel arguments from tritonserver's keepalive, HTTP/2 ping and connection-age
+    # flags (argument name -> value); gRPC's defaults are Triton's.
+    grpc_channel_args: dict[str, int] = field(default_factory=dict)
+    server_id: str = "triton"  # tritonserver's --id: the name in the server's metadata
     allow_grpc: bool = True
     allow_http: bool = True
     allow_metrics: bool = True
@@ -53,6 +66,12 @@ class ServerOptions:
     exit_timeout_secs: float = 30.0  # the whole drain on shutdown is bounded by this
     drain_grace_secs: float = 0.0  # on shutdown: not ready, but still accepting, this long
     log_verbose: int = 0
+
+    def address(self, service: str) -> str:
+        """The host the "grpc", "http" or "metrics" service binds to."""
+        given = {"grpc": self.grpc_address, "http": self.http_address,
+                 "metrics": self.metrics_address or self.http_address}[service]
+        return given or self.host
 
     def __post_init__(self) -> None:
         if self.model_control_mode not in CONTROL_MODES:

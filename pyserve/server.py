@@ -13,6 +13,7 @@ from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
 from pyserve.frontends.http import start_http_server
 from pyserve.frontends.metrics import Metrics, start_metrics_server
+from pyserve.frontends.sockets import in_use
 from pyserve.lifecycle import ModelManager
 from pyserve.options import ServerOptions
 
@@ -59,17 +60,26 @@ class Server:
                            self.manager.request_counts)
                    if options.allow_metrics else None)
         if options.allow_grpc:
-            self._grpc, self.grpc_port = _grpc_frontend(options, self.manager, self.shared_memory)
-            await self._grpc.start()
-            log.info("Started GRPCInferenceService at %s:%d", options.host, self.grpc_port)
+            self.grpc_port = await _service("GRPC", options.address("grpc"), options.grpc_port,
+                                            self._start_grpc())
+            log.info("Started GRPCInferenceService at %s:%d", options.address("grpc"),
+                     self.grpc_port)
         if options.allow_http:
-            self.http_port = await self._start_http()
-            log.info("Started HTTPService at %s:%d", options.host, self.http_port)
+            self.http_port = await _service("HTTP", options.address("http"), options.http_port,
+                                            self._start_http())
+            log.info("Started HTTPService at %s:%d", options.address("http"), self.http_port)
         if metrics is not None:
-            runner, self.metrics_port = await start_metrics_server(
-                metrics, options.host, options.metrics_port)
+            runner, self.metrics_port = await _service(
+                "Metrics", options.address("metrics"), options.metrics_port,
+                start_metrics_server(metrics, options.address("metrics"), options.metrics_port))
             self._runners.append(runner)
-            log.info("Started Metrics Service at %s:%d", options.host, self.metrics_port)
+            log.info("Started Metrics Service at %s:%d", options.address("metrics"),
+                     self.metrics_port)
+
+    async def _start_grpc(self) -> int:
+        self._grpc, port = _grpc_frontend(self.options, self.manager, self.shared_memory)
+        await self._grpc.start()
+        return port
 
     async def _start_http(self) -> int:
         """The HTTP frontend the options ask for: native when built (or asked), relaying what it
@@ -91,14 +101,15 @@ class Server:
             if options.http_frontend == "python":
                 log.info("HTTP frontend: python (aiohttp)")
             runner, port = await start_http_server(
-                self.manager, options.host, options.http_port, options.http_max_input_size,
-                self.shared_memory)
+                self.manager, options.address("http"), options.http_port,
+                options.http_max_input_size, self.shared_memory)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
             self.manager, "127.0.0.1", 0, options.http_max_input_size, self.shared_memory)
         self._runners.append(runner)
-        self._http = native.NativeHttpServer(self.manager, options.host, options.http_port,
+        self._http = native.NativeHttpServer(self.manager, options.address("http"),
+                                             options.http_port,
                                              shell_port, options.http_thread_count,
                                              options.http_max_input_size, self.shared_memory)
         log.info("HTTP frontend: native (cpp-httplib), other routes relayed to 127.0.0.1:%d",
@@ -186,7 +197,8 @@ async def serve_until_signal(start, stop, should_exit: asyncio.Event) -> None:
 def _grpc_frontend(options: ServerOptions, manager: ModelManager,
                    shared_memory: _core.SharedMemoryRegistry):
     """The gRPC server the options ask for: native when built (or asked), else grpc.aio."""
-    address = f"{options.host}:{options.grpc_port}"
+    address = f"{options.address('grpc')}:{options.grpc_port}"
+    channel_args = {**options.grpc_channel_args, "grpc.so_reuseport": int(options.reuse_grpc_port)}
     if options.grpc_frontend != "python":
         from pyserve.frontends import grpc_native
 
@@ -194,7 +206,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
             log.info("gRPC frontend: native (gRPC C++)")
             return grpc_native.create_native_grpc_server(manager, address,
                                                          options.grpc_max_message_size,
-                                                         shared_memory)
+                                                         channel_args, shared_memory)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -202,7 +214,8 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
                     grpc_native.UNAVAILABLE_REASON)
     else:
         log.info("gRPC frontend: python (grpc.aio)")
-    return create_grpc_server(manager, address, options.grpc_max_message_size, shared_memory)
+    return create_grpc_server(manager, address, options.grpc_max_message_size, channel_args,
+                              shared_memory)
 
 
 async def _close(runner, timeout: float) -> None:
@@ -211,6 +224,18 @@ async def _close(runner, timeout: float) -> None:
     runner._shutdown_timeout = timeout  # aiohttp >= 3.9 reads it in cleanup()
     await runner.shutdown()
     await runner.cleanup()
+
+
+async def _service(name: str, host: str, port: int, start):
+    """Awaits the start of one service; a port another server holds stops start-up with
+    Triton's words."""
+    try:
+        return await start
+    except (OSError, RuntimeError):
+        if port and in_use(host, port):
+            raise StartupError(f"failed to start {name} service: Unavailable - Socket "
+                               f"'{host}:{port}' already in use") from None
+        raise
 
 
 def run(options: ServerOptions) -> int:

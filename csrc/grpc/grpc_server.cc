@@ -419,6 +419,7 @@ Status GrpcServer::Impl::Start() {
   builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
+  for (const auto& [name, value] : options_.channel_args) builder.AddChannelArgument(name, value);
   builder.RegisterAsyncGenericService(&service_);
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i) cqs_.push_back(builder.AddCompletionQueue());

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -18,6 +19,8 @@ struct GrpcOptions {
   std::string address = "0.0.0.0:8001";
   int threads = 2;  // completion-queue threads
   int max_message_bytes = 0x7fffffff;
+  // gRPC channel arguments (keepalive, HTTP/2 pings, connection age, "grpc.so_reuseport").
+  std::map<std::string, int> channel_args;
   // The regions tensors in shared memory are resolved in (null: such tensors are refused).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };

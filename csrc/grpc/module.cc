@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -106,13 +107,14 @@ class ShellQueue {
 class PyGrpcServer {
  public:
   PyGrpcServer(std::shared_ptr<ModelTable> table, const std::string& address, py::object dispatch,
-               int threads, int max_message_bytes,
+               int threads, int max_message_bytes, std::map<std::string, int> channel_args,
                std::shared_ptr<SharedMemoryRegistry> shared_memory)
       : shell_(std::make_shared<ShellQueue>(std::move(dispatch))) {
     GrpcOptions options;
     options.address = address;
     options.threads = threads;
     options.max_message_bytes = max_message_bytes;
+    options.channel_args = std::move(channel_args);
     options.shared_memory = std::move(shared_memory);
     std::weak_ptr<ShellQueue> shell = shell_;
     Status status;
@@ -127,6 +129,9 @@ class PyGrpcServer {
                                     }
                                   },
                                   &server_);
+      // Its thread waits on the queue's condition variable, which must not be destroyed
+      // under it (the destructor only detaches: at exit the thread may hold the GIL).
+      if (!status.ok()) shell_->Close();
     }
     if (!status.ok()) throw std::runtime_error(status.message());
   }
@@ -167,9 +172,11 @@ PYBIND11_MODULE(_grpc_server, m) {
       });
   py::class_<PyGrpcServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int,
-                    std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
+                    std::map<std::string, int>, std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
            py::arg("table"), py::arg("address"), py::arg("dispatch"), py::arg("threads") = 2,
-           py::arg("max_message_bytes") = 0x7fffffff, py::arg("shared_memory") = nullptr)
+           py::arg("max_message_bytes") = 0x7fffffff,
+           py::arg("channel_args") = std::map<std::string, int>{},
+           py::arg("shared_memory") = nullptr)
       .def_property_readonly("port", &PyGrpcServer::port)
       .def("stop", &PyGrpcServer::Stop, py::arg("grace_seconds") = 0.0);
 }

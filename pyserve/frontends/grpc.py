@@ -77,7 +77,7 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=self._manager.is_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="triton", version=__version__,
+        return pb.ServerMetadataResponse(name=self._manager.server_id, version=__version__,
                                          extensions=SERVER_EXTENSIONS)
 
     @_refusals
@@ -313,12 +313,15 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
 
 def create_grpc_server(manager: ModelManager, address: str,
                        max_message_size: int = _INT32_MAX,
+                       channel_args: dict[str, int] | None = None,
                        shared_memory: _core.SharedMemoryRegistry | None = None,
                        ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server for the inference and health services; returns it and its bound port."""
+    """A grpc.aio server for the inference and health services; returns it and its bound port.
+    `channel_args`: gRPC channel arguments (keepalive, "grpc.so_reuseport", ...)."""
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", max_message_size),
         ("grpc.max_receive_message_length", max_message_size),
+        *(channel_args or {}).items(),
     ])
     server.add_generic_rpc_handlers((
         _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),

@@ -96,7 +96,7 @@ class HttpFrontend:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"name": "triton", "version": __version__, "extensions": SERVER_EXTENSIONS})
+            {"name": self._manager.server_id, "version": __version__, "extensions": SERVER_EXTENSIONS})
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")

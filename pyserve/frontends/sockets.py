@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 
@@ -14,3 +15,12 @@ def listen(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def in_use(host: str, port: int) -> bool:
+    """Whether another socket listens on host:port (then a bind fails, SO_REUSEADDR or not)."""
+    try:
+        listen(host, port).close()
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE
+    return False

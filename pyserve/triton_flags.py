@@ -1,0 +1,88 @@
+"""tritonserver 2.51's flags that `pyserve serve` takes without serving them yet. Each is
+refused with one line naming it when given, never ignored; a Triton command line that does
+not use them works unchanged. Flags with no counterpart in pyserve's design are accepted with
+a line in the log that says so."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("pyserve")
+
+# Refused when given: what is missing.
+UNSERVED = {
+    "--allow-sagemaker": "SageMaker's API is not served",
+    "--sagemaker-port": "SageMaker's API is not served",
+    "--sagemaker-safe-port-range": "SageMaker's API is not served",
+    "--sagemaker-thread-count": "SageMaker's API is not served",
+    "--allow-vertex-ai": "Vertex AI's API is not served",
+    "--vertex-ai-port": "Vertex AI's API is not served",
+    "--vertex-ai-thread-count": "Vertex AI's API is not served",
+    "--vertex-ai-default-model": "Vertex AI's API is not served",
+    "--rate-limit": "the rate limiter is not implemented yet",
+    "--rate-limit-resource": "the rate limiter is not implemented yet",
+    "--trace-config": "tracing is not implemented yet",
+    "--trace-file": "tracing is not implemented yet",
+    "--trace-level": "tracing is not implemented yet",
+    "--trace-rate": "tracing is not implemented yet",
+    "--trace-count": "tracing is not implemented yet",
+    "--trace-log-frequency": "tracing is not implemented yet",
+    "--cache-config": "the response cache is not implemented yet",
+    "--cache-directory": "the response cache is not implemented yet",
+    "--response-cache-byte-size": "the response cache is not implemented yet",
+    "--grpc-use-ssl": "TLS is not implemented yet",
+    "--grpc-use-ssl-mutual": "TLS is not implemented yet",
+    "--grpc-server-cert": "TLS is not implemented yet",
+    "--grpc-server-key": "TLS is not implemented yet",
+    "--grpc-root-cert": "TLS is not implemented yet",
+    "--grpc-infer-response-compression-level": "response compression is not implemented yet",
+    "--grpc-restricted-protocol": "restricted APIs are not implemented yet",
+    "--http-restricted-api": "restricted APIs are not implemented yet",
+    "--grpc-header-forward-pattern": "header forwarding is not implemented yet",
+    "--http-header-forward-pattern": "header forwarding is not implemented yet",
+    "--metrics-config": "metrics settings are not implemented yet",
+    "--metrics-interval-ms": "metrics settings are not implemented yet",
+    "--allow-cpu-metrics": "CPU metrics are not implemented yet",
+    "--allow-gpu-metrics": "GPU metrics are not implemented yet",
+    "--model-namespacing": "model namespacing is not implemented yet",
+    "--model-load-retry-count": "load retries are not implemented yet",
+    "--model-load-gpu-limit": "GPU memory limits on loading are not implemented yet",
+    "--host-policy": "host policies (NUMA nodes, CPU cores) are not implemented yet",
+}
+
+# Accepted, with what they mean here.
+NO_COUNTERPART = {
+    "--backend-directory": "pyserve's backends are built in; the folder is not read",
+    "--repoagent-directory": "pyserve has no repository agents; the folder is not read",
+    "--buffer-manager-thread-count": "the core copies tensors as it assembles batches, "
+                                     "without buffer-manager threads",
+    "--cuda-memory-pool-byte-size": "CUDA memory comes from each framework's own allocator",
+    "--cuda-virtual-address-size": "CUDA memory comes from each framework's own allocator",
+    "--enable-peer-access": "peer access is each framework's own",
+    "--min-supported-compute-capability": "models load on any GPU their framework supports",
+    "--grpc-infer-allocation-pool-size": "the native gRPC frontend keeps no request pool",
+}
+
+
+def _dest(flag: str) -> str:
+    return "triton_" + flag[2:].replace("-", "_")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "tritonserver flags not served", "refused when given: " + ", ".join(UNSERVED)
+        + "; accepted without effect (said in the log): " + ", ".join(NO_COUNTERPART))
+    for flag in (*UNSERVED, *NO_COUNTERPART):  # repeatable, as some of Triton's are
+        group.add_argument(flag, dest=_dest(flag), action="append", metavar="VALUE",
+                           help=argparse.SUPPRESS)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse the unserved flags given; log the accepted ones without effect."""
+    for flag, missing in UNSERVED.items():
+        if getattr(args, _dest(flag)) is not None:
+            raise SystemExit(f"pyserve: {flag} is not supported: {missing}")
+    for flag, meaning in NO_COUNTERPART.items():
+        if getattr(args, _dest(flag)) is not None:
+            log.info("%s accepted without effect: %s", flag, meaning)
