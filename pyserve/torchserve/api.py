@@ -14,6 +14,7 @@ import collections
 import datetime
 import json
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -29,7 +30,7 @@ from pyserve.errors import ServerError
 from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
                                         decode_parameter)
-from pyserve.torchserve.store import ApiError, ModelStore, bad_request, release_error
+from pyserve.torchserve.store import ApiError, ModelStore, bad_request
 
 log = logging.getLogger("pyserve")
 
@@ -395,8 +396,8 @@ class TorchServeApis:
         raise NOT_ALLOWED
 
     def _list_models(self, request: web.Request) -> web.Response:
-        limit = _int_query(request, "limit", 100)
-        token = _int_query(request, "next_page_token", 0)
+        limit = _java_int(request.query.get("limit"), 100)
+        token = _java_int(request.query.get("next_page_token"), 0)
         if limit > 100 or limit < 0:
             limit = 100
         token = max(token, 0)
@@ -431,6 +432,7 @@ class TorchServeApis:
             "batchSize": entry.batch_size,
             "maxBatchDelay": entry.max_batch_delay,
             "responseTimeout": entry.response_timeout,
+            "startupTimeout": entry.startup_timeout,
             "loadedAtStartup": entry.loaded_at_startup,
             "workers": [{"id": str(w.id), "startTime": w.start_time, "status": "READY",
                          "memoryUsage": 0, "pid": _pid(), "gpu": bool(entry.device_ids),
@@ -441,61 +443,118 @@ class TorchServeApis:
         }
 
     async def _register(self, request: web.Request) -> web.Response:
-        if request.content_type == "application/json":
-            try:
-                query = {k: str(v) for k, v in (await request.json()).items()}
-            except (ValueError, AttributeError):
-                raise bad_request("Invalid JSON in the register request body") from None
-        else:
-            query = dict(request.query)
-        url = query.get("url")
-        if not url:
+        """ApiUtils.registerModel and handleRegister: parameters that are not integers are
+        their defaults, workers from model-config.yaml's minWorkers/maxWorkers or
+        initial_workers, synchronous unless asked otherwise."""
+        params = await self._register_parameters(request)
+        url = params["url"]
+        if url is None:
             raise bad_request("Parameter url is required.")
-        initial_workers = _int_value(query, "initial_workers", 0)
-        synchronous = query.get("synchronous", "false").lower() == "true"
+        runtime = params["runtime"]
+        if runtime is not None and runtime not in ("python", "python3", "LSP"):
+            raise bad_request(f"Invalid RuntimeType value: {runtime}")
+        batch_size, max_batch_delay = params["batch_size"], params["max_batch_delay"]
         entry = await self.store.register(
-            url, model_name=query.get("model_name", ""), handler=query.get("handler", ""),
-            runtime=query.get("runtime", ""), batch_size=_int_value(query, "batch_size", 1),
-            max_batch_delay=_int_value(query, "max_batch_delay", 100),
-            response_timeout=_int_value(query, "response_timeout", -1))
-        if initial_workers <= 0:
+            url, model_name=params["model_name"] or "", handler=params["handler"] or "",
+            runtime=runtime or "", batch_size=None if batch_size == -1 else batch_size,
+            max_batch_delay=None if max_batch_delay == -100 else max_batch_delay,
+            response_timeout=params["response_timeout"],
+            startup_timeout=params["startup_timeout"])
+        yaml = entry.archive.model_yaml()
+        min_workers = max_workers = 0
+        yaml_min, yaml_max = int(yaml.get("minWorkers") or 0), int(yaml.get("maxWorkers") or 0)
+        if yaml_min > 0 and yaml_max >= yaml_min:
+            min_workers, max_workers = yaml_min, yaml_max
+        initial_workers = params["initial_workers"]
+        if initial_workers <= 0 and min_workers == 0:
             return status_response(
                 f'Model "{entry.name}" Version: {entry.version} registered with 0 initial '
                 "workers. Use scale workers API to add workers for the model.")
-        work = self._start_workers(entry, initial_workers, unregister_on_error=True)
-        if not synchronous:
+        min_workers = min_workers or initial_workers
+        max_workers = max_workers or initial_workers
+        work = self._start_workers(entry, min_workers, max_workers, entry.version,
+                                   unregister_on_error=True)
+        if not params["synchronous"]:
             self._keep(work)
             return status_response("Processing worker updates...", 202)
         await work
         return status_response(f'Model "{entry.name}" Version: {entry.version} registered '
-                               f"with {initial_workers} initial workers")
+                               f"with {min_workers} initial workers")
 
-    async def _start_workers(self, entry, count: int, unregister_on_error: bool = False,
-                             max_workers: int | None = None) -> None:
+    async def _register_parameters(self, request: web.Request) -> dict:
+        """RegisterModelRequest: from the query (NettyUtils' getIntParameter: a value that is
+        not an integer is the default; Boolean.parseBoolean), or from a JSON body as Gson
+        reads it (a value of the wrong type is a 500 JsonSyntaxException)."""
+        params = {"model_name": None, "runtime": None, "handler": None, "url": None,
+                  "batch_size": -1, "max_batch_delay": -100,
+                  "initial_workers": self.options.default_workers_per_model,
+                  "synchronous": True, "response_timeout": -1, "startup_timeout": -1}
+        if request.content_type != "application/json":
+            query = request.query
+            for key in ("model_name", "runtime", "handler", "url"):
+                params[key] = query.get(key)
+            for key in ("batch_size", "max_batch_delay", "initial_workers", "response_timeout",
+                        "startup_timeout"):
+                params[key] = _java_int(query.get(key), params[key])
+            params["synchronous"] = query.get("synchronous", "true").lower() == "true"
+            return params
+        text = await request.text()
+        if not text.strip():
+            raise ApiError(500, "NullPointerException",
+                           'Cannot invoke "org.pytorch.serve.http.messages.RegisterModelRequest'
+                           '.getModelUrl()" because "registerModelRequest" is null')
         try:
-            await self.store.scale(entry.name, entry.version, count,
-                                   max(max_workers or count, count))
+            body = json.loads(text)
+        except ValueError as e:
+            raise ApiError(500, "JsonSyntaxException", f"Malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(500, "JsonSyntaxException",
+                           f"Expected BEGIN_OBJECT but was {_json_kind(body)}")
+        for key, value in body.items():
+            if key not in params or value is None:
+                continue  # Gson ignores unknown fields; null leaves the default
+            params[key] = _gson_value(key, value, params[key])
+        return params
+
+    async def _start_workers(self, entry, min_workers: int, max_workers: int,
+                             version_label, unregister_on_error: bool = False) -> None:
+        """Workers for `entry`; a failure is TorchServe's "Failed to start workers" (with
+        pyserve's reason after it) and, for a registration, unregisters the model."""
+        try:
+            await self.store.scale(entry.name, entry.version, min_workers, max_workers)
         except BaseException as e:
             if unregister_on_error:
                 try:
                     await self.store.unregister(entry.name, entry.version)
                 except ApiError:
                     pass
-            raise release_error(e) from None
+            if isinstance(e, ApiError):
+                raise
+            reason = e.message if isinstance(e, ServerError) else repr(e)
+            log.error("failed to start workers for model %s version %s: %s", entry.name,
+                      entry.version, reason)
+            raise ApiError(500, "InternalServerException",
+                           f"Failed to start workers for model {entry.name} version: "
+                           f"{'null' if version_label is None else version_label} "
+                           f"({reason})") from None
 
     async def _scale(self, request: web.Request, name: str,
                      version: str | None) -> web.Response:
-        min_workers = _int_query(request, "min_worker", 1)
-        max_workers = _int_query(request, "max_worker", min_workers)
-        version = version or request.query.get("model_version") or None
-        synchronous = request.query.get("synchronous", "false").lower() == "true"
+        """handleScaleModel: min_worker 1 and max_worker min_worker unless given as integers,
+        asynchronous unless synchronous=true; workers are added up to min_worker or stopped
+        past max_worker."""
+        query = request.query
+        min_workers = _java_int(query.get("min_worker"), 1)
+        max_workers = _java_int(query.get("max_worker"), min_workers)
+        version = version or query.get("model_version") or None
+        synchronous = query.get("synchronous", "").lower() == "true"
         if max_workers < min_workers:
             raise bad_request("max_worker cannot be less than min_worker.")
         if name not in self.store.models:
             raise ApiError(404, "ModelNotFoundException", f"Model not found: {name}")
         entry = self.store.get(name, version)
-        work = self._start_workers(entry, min_workers, max_workers=max_workers)
-        if not synchronous:
+        work = self._start_workers(entry, min_workers, max_workers, version)
+        if not synchronous and max_workers >= 0:  # TorchServe fails a negative one at once
             self._keep(work)
             return status_response("Processing worker updates...", 202)
         await work
@@ -681,19 +740,62 @@ def _response_headers(headers: dict, request_id: str) -> dict:
     return out
 
 
-def _int_query(request: web.Request, key: str, default: int) -> int:
-    return _int_value(request.query, key, default)
+_JAVA_INT = re.compile(r"[+-]?[0-9]+")
 
 
-def _int_value(query, key: str, default: int) -> int:
-    value = query.get(key)
-    if value is None or value == "":
+def _java_int(value: str | None, default: int) -> int:
+    """Java's Integer.parseInt, or `default` where it would throw (NettyUtils'
+    getIntParameter)."""
+    if value is None or not _JAVA_INT.fullmatch(value):
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise bad_request(f"Invalid value for parameter {key}: '{value}' is not an "
-                          "integer") from None
+    number = int(value)
+    return number if -2 ** 31 <= number < 2 ** 31 else default
+
+
+def _json_kind(value) -> str:
+    """Gson's name for a JSON token."""
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, (int, float)):
+        return "NUMBER"
+    if isinstance(value, str):
+        return "STRING"
+    return "BEGIN_ARRAY" if isinstance(value, list) else "BEGIN_OBJECT"
+
+
+def _gson_value(key: str, value, default):
+    """A RegisterModelRequest field as Gson sets it: ints from integral numbers or numeric
+    strings, booleans from booleans or strings (parseBoolean), strings from scalars."""
+    def wrong(expected: str):
+        return ApiError(500, "JsonSyntaxException",
+                        f"Expected {expected} but was {_json_kind(value)} at path $.{key}")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return value.lower() == "true"
+        raise wrong("a boolean")
+    if isinstance(default, int):
+        if isinstance(value, (bool, list, dict)):
+            raise wrong("an int")
+        number = None
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            number = int(value)
+        elif isinstance(value, str) and _JAVA_INT.fullmatch(value):
+            number = int(value)
+        elif isinstance(value, str):
+            try:
+                number = int(float(value)) if float(value).is_integer() else None
+            except (ValueError, OverflowError):
+                pass
+        if number is None or not -2 ** 31 <= number < 2 ** 31:
+            raise ApiError(500, "JsonSyntaxException",
+                           f'java.lang.NumberFormatException: For input string: "{value}"')
+        return number
+    if isinstance(value, (list, dict)):
+        raise wrong("a string")
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _pid() -> int:

@@ -52,6 +52,7 @@ class TorchServeOptions:
     batch_size: int = 1
     max_batch_delay_ms: int = 100
     default_response_timeout_s: int = 120
+    default_startup_timeout_s: int = 120  # how long a worker may take to load its model
     job_queue_size: int = 100
     service_envelope: str = ""  # "", "kserve" or "kservev2"
     enable_model_api: bool = False
@@ -145,6 +146,7 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     integers = {"default_workers_per_model": "default_workers_per_model",
                 "batch_size": "batch_size", "max_batch_delay": "max_batch_delay_ms",
                 "default_response_timeout": "default_response_timeout_s",
+                "default_startup_timeout": "default_startup_timeout_s",
                 "job_queue_size": "job_queue_size", "max_request_size": "max_request_size",
                 "max_response_size": "max_response_size"}
     for key, attribute in integers.items():
