@@ -367,6 +367,14 @@ class TorchServeApis:
             self.tokens.renew(kind)
             self._sync_inference_key()
             return web.json_response(self.tokens.document(), dumps=_pretty)
+        if segments[0] == "v1" and len(segments) == 3 and segments[1] == "models":
+            # KServe v1's model readiness, on the management API as in TorchServe
+            if method != "GET":
+                raise NOT_ALLOWED
+            name = segments[2].split(":")[0]
+            entry = self.store.get(name)
+            return web.json_response({"name": name, "ready": bool(entry.workers)},
+                                     dumps=_pretty)
         if segments[0] != "models" or len(segments) > 4:
             raise NOT_FOUND
         if len(segments) == 1 or (len(segments) == 2 and not segments[1]):
