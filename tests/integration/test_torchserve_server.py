@@ -168,15 +168,19 @@ def build_store(store: Path) -> None:
 
 
 class TorchServeProcess:
-    def __init__(self, cwd: Path, properties: str, *flags: str) -> None:
+    def __init__(self, cwd: Path, properties: str, *flags: str, env: dict | None = None,
+                 scheme: str = "http", verify=True) -> None:
         (cwd / "config.properties").write_text(properties)
         self.cwd = cwd
+        self.scheme = scheme
+        self.verify = verify  # what requests should trust (a CA file for HTTPS)
         self.log_path = cwd / "server.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyserve.cli", "torchserve", "--start", "--ncs",
              "--ts-config", "config.properties", "--grpc-port", "0", "--http-port", "0",
              "--metrics-port", "0", *flags],
-            cwd=cwd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
+            cwd=cwd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
         self.ports: dict[str, int] = {}
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -194,7 +198,7 @@ class TorchServeProcess:
         raise RuntimeError(f"pyserve torchserve did not start:\n{self.log_path.read_text()}")
 
     def url(self, kind: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[kind]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.ports[kind]}{path}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
