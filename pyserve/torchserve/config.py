@@ -66,6 +66,9 @@ class TorchServeOptions:
     enable_metrics_api: bool = True
     private_key_file: Path | None = None
     certificate_file: Path | None = None
+    keystore: Path | None = None  # a Java keystore, over the PEM files
+    keystore_pass: str = "changeit"
+    keystore_type: str = "PKCS12"  # or JKS
     cors_allowed_origin: str = ""
     cors_allowed_methods: str = ""
     cors_allowed_headers: str = ""
@@ -176,7 +179,11 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
                                           p.get("enable_metrics_api", "true"))
     options.private_key_file = path("private_key_file")
     options.certificate_file = path("certificate_file")
-    if bool(options.private_key_file) != bool(options.certificate_file):
+    options.keystore = path("keystore")
+    options.keystore_pass = p.get("keystore_pass", options.keystore_pass)
+    options.keystore_type = p.get("keystore_type", options.keystore_type).strip() or "PKCS12"
+    if options.keystore is None and \
+            bool(options.private_key_file) != bool(options.certificate_file):
         raise ServerError("config.properties: TLS needs both private_key_file and "
                           "certificate_file")
     options.cors_allowed_origin = p.get("cors_allowed_origin", "")

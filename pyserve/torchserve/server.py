@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from pyserve.errors import ServerError
 from pyserve.options import ServerOptions
@@ -21,6 +20,7 @@ from pyserve.server import StartupError as KServeStartupError
 from pyserve.torchserve.api import Tokens, TorchServeApis, start_site
 from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.store import ApiError, ModelStore
+from pyserve.torchserve.tls import server_context
 
 log = logging.getLogger("pyserve")
 
@@ -54,14 +54,13 @@ class TorchServeServer:
             self.tokens = Tokens(options.key_file.resolve(), options.token_expiration_min)
             log.info("Token authorization is on: keys are in %s", self.tokens.key_file)
         self.apis = TorchServeApis(self.store, options, self.tokens)
-        context = None
-        if options.certificate_file is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(options.certificate_file, options.private_key_file)
         sites = [("Inference", self.apis.inference_app(), options.inference_address),
                  ("Management", self.apis.management_app(), options.management_address)]
         if options.enable_metrics_api:
             sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
+        context = None
+        if any(address.scheme == "https" for _, _, address in sites):
+            context = server_context(options)
         for name, app, address in sites:
             if name == "Inference" and self._native_inference(address):
                 port = await self._start_native_inference(app, address)
