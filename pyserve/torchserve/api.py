@@ -16,18 +16,16 @@ import json
 import logging
 import re
 import secrets
-import socket
 import ssl
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from aiohttp import web
 
-from pyserve.backends.torchserve import all_metrics
 from pyserve.errors import ServerError
 from pyserve.torchserve.config import Address, TorchServeOptions
+from pyserve.torchserve.metrics import FrontendMetrics
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
                                         decode_parameter)
 from pyserve.torchserve.store import ApiError, ModelStore, bad_request
@@ -99,80 +97,15 @@ class Tokens:
         self.key_file.unlink(missing_ok=True)
 
 
-# --- frontend metrics ---------------------------------------------------------------------
-
-class FrontendMetrics:
-    """ts_inference_requests_total, ts_inference_latency_microseconds and
-    ts_queue_latency_microseconds: counters by (model_name, model_version, hostname), the
-    version as the request named it ("default" when it named none)."""
-
-    NAMES = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
-             "ts_queue_latency_microseconds")
-
-    def __init__(self) -> None:
-        self.hostname = socket.gethostname()
-        self.values: dict[str, dict[tuple, float]] = {n: collections.defaultdict(float)
-                                                       for n in self.NAMES}
-        self._lock = threading.Lock()
-        # Counters kept elsewhere (the native inference API): () -> [(key, requests, latency
-        # µs, queue µs)], the key "MODEL" or "MODEL/VERSION".
-        self.sources: list = []
-
-    def request(self, model: str, version: str | None) -> None:
-        self.values["ts_inference_requests_total"][self._labels(model, version)] += 1
-
-    def latency(self, model: str, version: str | None, total_us: float, queue_us: float):
-        labels = self._labels(model, version)
-        self.values["ts_inference_latency_microseconds"][labels] += total_us
-        self.values["ts_queue_latency_microseconds"][labels] += queue_us
-
-    def _labels(self, model: str, version: str | None) -> tuple:
-        return (model, version or "default", self.hostname)
-
-    def exposition(self, names: set[str] | None = None) -> str:
-        lines = []
-        elsewhere = [row for source in self.sources for row in source()]
-        for index, name in enumerate(self.NAMES):
-            if names and name not in names:
-                continue
-            samples = collections.defaultdict(float, self.values[name])
-            for key, *values in elsewhere:
-                model, _, version = key.partition("/")
-                samples[self._labels(model, version or None)] += values[index]
-            lines.append(f"# HELP {name} Torchserve prometheus counter metric with unit: "
-                         f"{'Count' if name.endswith('total') else 'Microseconds'}")
-            lines.append(f"# TYPE {name} counter")
-            for (model, version, host), value in sorted(samples.items()):
-                lines.append(f'{name}{{model_name="{_escape(model)}",'
-                             f'model_version="{_escape(version)}",hostname="{_escape(host)}"}} '
-                             f"{float(value)}")
-        for cache in all_metrics():
-            for name, kind, dimension_names, samples in cache.snapshot():
-                if names and name not in names:
-                    continue
-                kind = kind if kind in ("counter", "gauge") else "gauge"
-                lines.append(f"# HELP {name} Torchserve prometheus {kind} metric")
-                lines.append(f"# TYPE {name} {kind}")
-                for values, value in sorted(samples.items()):
-                    labels = ",".join(f'{label}="{_escape(str(v))}"'
-                                      for label, v in zip(dimension_names, values))
-                    lines.append(f"{name}{{{labels}}} {float(value)}")
-        return "\n".join(lines) + "\n"
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 # --- the three APIs -----------------------------------------------------------------------
 
 class TorchServeApis:
     def __init__(self, store: ModelStore, options: TorchServeOptions,
-                 tokens: Tokens | None) -> None:
+                 tokens: Tokens | None, metrics: FrontendMetrics | None = None) -> None:
         self.store = store
         self.options = options
         self.tokens = tokens
-        self.metrics = FrontendMetrics()
+        self.metrics = metrics or FrontendMetrics()
         self._background: set[asyncio.Task] = set()
         self._watchdog = _Watchdog()
         self.native = None  # the native inference API (pyserve.torchserve.native), once open
@@ -222,11 +155,13 @@ class TorchServeApis:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", lambda request: _raise(NOT_FOUND))
         app.middlewares.append(_errors)
+        app.on_response_prepare.append(self._count_response)
         return app
 
     def _app(self, kind: str) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_size)
         app.middlewares.append(_errors)
+        app.on_response_prepare.append(self._count_response)
         if self.tokens is not None:
             app.middlewares.append(self._token_middleware(kind))
         if self.options.cors_allowed_origin:
@@ -249,6 +184,11 @@ class TorchServeApis:
             return await handler(request)
 
         return check
+
+    async def _count_response(self, request: web.Request,
+                              response: web.StreamResponse) -> None:
+        # Requests2XX/4XX/5XX; the native predictions path answers without Python.
+        self.metrics.response(response.status)
 
     async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(cors_headers(self.options))

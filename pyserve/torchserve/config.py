@@ -64,6 +64,10 @@ class TorchServeOptions:
     allowed_urls: list[str] = field(default_factory=lambda: [DEFAULT_ALLOWED_URLS])
     metrics_mode: str = "log"
     enable_metrics_api: bool = True
+    metrics_config: Path | None = None  # a metrics.yaml; TorchServe's default without one
+    model_metrics_auto_detect: bool = False  # handler metrics metrics.yaml does not name
+    disable_system_metrics: bool = False
+    metric_time_interval_s: int = 60
     private_key_file: Path | None = None
     certificate_file: Path | None = None
     keystore: Path | None = None  # a Java keystore, over the PEM files
@@ -177,6 +181,14 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     options.metrics_mode = mode
     options.enable_metrics_api = _boolean("enable_metrics_api",
                                           p.get("enable_metrics_api", "true"))
+    options.metrics_config = path("metrics_config")
+    options.model_metrics_auto_detect = _boolean(
+        "model_metrics_auto_detect", p.get("model_metrics_auto_detect", "false"))
+    options.disable_system_metrics = _boolean("disable_system_metrics",
+                                              p.get("disable_system_metrics", "false"))
+    if p.get("metric_time_interval"):
+        options.metric_time_interval_s = _integer("metric_time_interval",
+                                                  p["metric_time_interval"])
     options.private_key_file = path("private_key_file")
     options.certificate_file = path("certificate_file")
     options.keystore = path("keystore")

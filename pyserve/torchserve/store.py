@@ -15,6 +15,7 @@ import datetime
 import logging
 import re
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pyserve.errors import ServerError
 from pyserve.lifecycle import ModelManager, ModelState, ModelVersion
 from pyserve.protocol import pb
 from pyserve.runner import ModelRunner
+from pyserve.torchserve import metrics as ts_metrics
 from pyserve.torchserve.archive import ArchiveError, Limits, ModelArchive, open_archive
 from pyserve.torchserve.config import TorchServeOptions
 
@@ -95,6 +97,7 @@ class RegisteredVersion:
     config: pb.ModelConfig | None = None  # the running workers' config
     placeholders: list = field(default_factory=list)  # what the TorchServe API submits
     restarting: asyncio.Task | None = None  # new workers replacing stuck ones
+    load_times_ms: list[int] = field(default_factory=list)  # of the last workers started
 
     def model_config(self, instances: int) -> pb.ModelConfig:
         """The version's config for the core and the KServe v2 frontends: the archive's own
@@ -270,6 +273,10 @@ class ModelStore:
         entry.runner = new
         entry.workers = [Worker(self._next_worker_id(), now) for _ in range(count)]
         self._publish(entry.name)
+        if new is not None and ts_metrics.FRONTEND is not None:
+            for worker, load_ms in zip(entry.workers, entry.load_times_ms):
+                ts_metrics.FRONTEND.update("WorkerLoadTime", (
+                    f"W-{worker.id}-{entry.name}_{entry.version}", "Host"), float(load_ms))
         if old is not None:
             await asyncio.to_thread(old.stop)
 
@@ -325,13 +332,17 @@ class ModelStore:
             config.parameters["envelope"].string_value = self._envelope
         context = ModelContext(entry.name, entry.core_version, config, entry.archive.model_dir)
         instances = []
+        load_times: list[int] = []  # WorkerLoadTime of each, ms
         try:
             for index in range(count):
                 spec = InstanceSpec(index, "CPU", 0)
                 if entry.device_ids and _gpu_available():
                     spec = InstanceSpec(index, "GPU",
                                         entry.device_ids[index % len(entry.device_ids)])
+                loading = time.perf_counter()
                 instances.append(TorchServeBackend(context, spec))
+                load_times.append(int((time.perf_counter() - loading) * 1000))
+            entry.load_times_ms = load_times
             return ModelRunner(config, entry.core_version, instances, [-1] * count, self._loop)
         except BaseException:
             for backend in instances:
