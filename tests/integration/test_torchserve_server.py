@@ -240,7 +240,8 @@ def server(request, tmp_path_factory):
               "tgz_echo" + (".tar.gz" if HAVE_ARCHIVER else ".mar")]
     if HAVE_TS:
         models += ["eager.mar", "scripted.mar", "failing.mar", "streaming.mar"]
-    extra = "cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
+    extra = ("cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
+             "model_metrics_auto_detect=true\n")  # EchoBatchSize is not in metrics.yaml
     process = TorchServeProcess(root, PROPERTIES + extra + f"load_models={','.join(models)}\n",
                                 "--disable-token-auth", "--enable-model-api",
                                 "--model-repository", str(repository),
