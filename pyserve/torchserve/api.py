@@ -332,7 +332,7 @@ class TorchServeApis:
                 if segments[3] != "set-default":
                     raise NOT_FOUND
                 self.store.set_default(name, segments[2])
-                return status_response(f'Default vesion succsesfully updated for model '
+                return status_response(f'Default version successfully updated for model '
                                        f'"{name}" to "{segments[2]}"')
             return await self._scale(request, name, version)
         if method == "DELETE" and self.options.enable_model_api and len(segments) <= 3:

@@ -399,6 +399,8 @@ def test_torchserve_management_api(server):
 
     default = requests.put(m("/models/echo/2.0/set-default"))
     assert default.status_code == 200
+    assert default.json() == {"status": 'Default version successfully updated for model "echo" '
+                                        'to "2.0"'}  # TorchServe 0.12's spelling
     assert requests.get(m("/models/echo")).json()[0]["modelVersion"] == "2.0"
     assert requests.post(server.url("inference", "/predictions/echo"),
                          data=b"d").json()["version"] == "2.0"
