@@ -407,8 +407,9 @@ class ModelStore:
         versions = self.models.get(name)
         if not versions:
             raise model_not_found(name)
-        if version not in versions:
-            raise version_not_found(name, version)
+        if version not in versions:  # ModelVersionedRefs.setDefaultVersion's words
+            raise ApiError(404, "ModelVersionNotFoundException",
+                           f"Model version {version} does not exist for model {name}")
         self.defaults[name] = version
         self.publish_native(name)
 

@@ -406,6 +406,8 @@ def test_torchserve_management_api(server):
                          data=b"d").json()["version"] == "2.0"
     assert requests.post(server.url("inference", "/predictions/echo/1.0"),
                          data=b"d").json()["version"] == "1.0"
+    unknown = requests.put(m("/models/echo/9.9/set-default"))
+    assert unknown.json()["message"] == "Model version 9.9 does not exist for model echo"
     forbidden = requests.delete(m("/models/echo/2.0"))
     assert forbidden.status_code == 403
     assert forbidden.json()["message"] == "Cannot remove default version for model echo"
