@@ -148,8 +148,12 @@ def _read_jks(data: bytes, password: str, path: Path) -> tuple[bytes, bytes]:
     except Exception as e:  # noqa: BLE001 - pyjks' errors share no base class
         raise ServerError(f"cannot open keystore {path}: {e}", ErrorCode.INVALID_ARG) from None
     for entry in store.private_keys.values():
-        if not entry.is_decrypted():
-            entry.decrypt(password)
+        if not entry.is_decrypted():  # a key password other than the store's
+            try:
+                entry.decrypt(password)
+            except Exception as e:  # noqa: BLE001 - pyjks' errors share no base class
+                raise ServerError(f"keystore {path}: cannot decrypt key '{entry.alias}': {e}",
+                                  ErrorCode.INVALID_ARG) from None
         key_pem = _pem("PRIVATE KEY", entry.pkey_pkcs8)
         chain_pem = b"".join(_pem("CERTIFICATE", der) for _, der in entry.cert_chain)
         return key_pem, chain_pem
