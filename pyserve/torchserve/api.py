@@ -155,12 +155,14 @@ class TorchServeApis:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", lambda request: _raise(NOT_FOUND))
         app.middlewares.append(_errors)
+        app.middlewares.append(_description_middleware("metrics"))
         app.on_response_prepare.append(self._count_response)
         return app
 
     def _app(self, kind: str) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_size)
         app.middlewares.append(_errors)
+        app.middlewares.append(_description_middleware(kind))
         app.on_response_prepare.append(self._count_response)
         if self.tokens is not None:
             app.middlewares.append(self._token_middleware(kind))
@@ -197,10 +199,6 @@ class TorchServeApis:
 
     async def _inference(self, request: web.Request) -> web.StreamResponse:
         segments = [s for s in request.path.split("/")[1:]]
-        if request.path == "/" or segments == [""]:
-            if request.method == "OPTIONS":
-                return web.json_response(_openapi("inference"), dumps=_pretty)
-            raise NOT_ALLOWED
         head = segments[0]
         if head == "ping" and len(segments) == 1:
             healthy = self.store.healthy()
@@ -295,10 +293,6 @@ class TorchServeApis:
     async def _management(self, request: web.Request) -> web.StreamResponse:
         segments = request.path.split("/")[1:]
         method = request.method
-        if request.path == "/":
-            if method == "OPTIONS":
-                return web.json_response(_openapi("management"), dumps=_pretty)
-            raise NOT_ALLOWED
         if segments[0] == "token" and len(segments) == 1 and self.tokens is not None:
             kind = request.query.get("type", "")
             if kind not in ("management", "inference"):
@@ -637,6 +631,21 @@ def _raise(error: ApiError):
     raise error
 
 
+def _description_middleware(kind: str):
+    """ApiDescriptionRequestHandler, first on every address (before the token check):
+    `OPTIONS /` and `/api-description` describe the address's APIs; `/` otherwise is 405."""
+    @web.middleware
+    async def describe(request: web.Request, handler):
+        if request.path == "/api-description" or (request.path == "/" and
+                                                  request.method == "OPTIONS"):
+            return web.json_response(_openapi(kind), dumps=_pretty)
+        if request.path == "/":
+            raise NOT_ALLOWED
+        return await handler(request)
+
+    return describe
+
+
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         error = task.exception()
@@ -776,7 +785,11 @@ def _openapi(kind: str, model: str = "") -> dict:
         "/models/{model_name}/{model_version}/set-default": {
             "put": {"operationId": "setDefault"}},
     }
-    paths = {"inference": inference, "management": management}.get(kind)
+    metrics = {"/metrics": {"get": {
+        "operationId": "metrics",
+        "description": "Get TorchServe application metrics in prometheus format."}}}
+    paths = {"inference": {**inference, **metrics}, "management": {**management, **metrics},
+             "metrics": metrics}.get(kind)
     if paths is None:
         paths = {f"/predictions/{model}": inference["/predictions/{model_name}"]}
     return {"openapi": "3.0.1",

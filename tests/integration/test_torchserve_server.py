@@ -268,6 +268,12 @@ def test_torchserve_ping_and_api_description(server):
     assert reply.headers["Access-Control-Allow-Methods"] == "GET, POST"
     description = requests.options(server.url("inference", "/"))
     assert description.status_code == 200 and "/ping" in description.json()["paths"]
+    # ApiDescriptionRequestHandler on every address: OPTIONS / and /api-description
+    for kind in ("inference", "management", "metrics"):
+        described = requests.get(server.url(kind, "/api-description"))
+        assert described.status_code == 200 and "/metrics" in described.json()["paths"]
+        assert requests.options(server.url(kind, "/")).status_code == 200
+        assert requests.get(server.url(kind, "/")).status_code == 405
     missing = requests.get(server.url("inference", "/nothing/here"))
     assert missing.status_code == 404
     assert missing.json()["type"] == "ResourceNotFoundException"
