@@ -26,34 +26,75 @@ STAND_INS = ("squeezenet1_1", "mnist", "densenet161", "resnet-152-batch", "resne
 NEWMAN = os.environ.get("NEWMAN") or shutil.which("newman")
 
 
+def _stand_ins(store: Path, work: Path) -> None:
+    for name in STAND_INS:
+        make_mar(store, name, {"echo.py": ECHO}, handler="echo.py", work=work / name)
+
+
+def _newman(collection: str, report: Path, variables: dict, *extra: str,
+            cwd: Path | None = None) -> tuple[dict, str]:
+    """(the run's assertion counts, newman's output tail)."""
+    command = [NEWMAN, "run", "-e", str(COLLECTIONS / "environment.json"),
+               str(COLLECTIONS / collection), "--reporters", "cli,json",
+               "--reporter-json-export", str(report), "--reporter-cli-no-banner", *extra]
+    for key, value in variables.items():
+        command += ["--env-var", f"{key}={value}"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+    return json.loads(report.read_text())["run"]["stats"]["assertions"], run.stdout[-6000:]
+
+
 @pytest.mark.skipif(NEWMAN is None, reason="needs newman (npm install -g newman)")
 @pytest.mark.parametrize("frontend", ["native", "python"])
 def test_torchserve_management_collection(tmp_path, frontend):
     if frontend == "native" and not _native_available():
         pytest.skip("pyserve was built without the native HTTP frontend")
-    for name in STAND_INS:
-        make_mar(tmp_path / "store", name, {"echo.py": ECHO}, handler="echo.py",
-                 work=tmp_path / "src" / name)
+    _stand_ins(tmp_path / "store", tmp_path / "src")
     # api_utils.trigger_management_tests' config.properties, on ports of the test's own
     process = TorchServeProcess(
         tmp_path, "disable_token_authorization=true\nenable_model_api=true\n"
         "inference_address=http://127.0.0.1:0\nmanagement_address=http://127.0.0.1:0\n"
         "metrics_address=http://127.0.0.1:0\nmodel_store=store\n",
         "--http-frontend", frontend)
-    report = tmp_path / "newman.json"
     try:
-        run = subprocess.run(
-            [NEWMAN, "run", "-e", str(COLLECTIONS / "environment.json"),
-             str(COLLECTIONS / "management_api_test_collection.json"),
-             "-d", str(COLLECTIONS / "management_data.json"),
-             "--env-var", "hostname=127.0.0.1",
-             "--env-var", f"mgmt-port={process.ports['management']}",
-             "--env-var", f"pred-port={process.ports['inference']}",
-             "--env-var", f"metric-port={process.ports['metrics']}",
-             "--reporters", "cli,json", "--reporter-json-export", str(report),
-             "--reporter-cli-no-banner"],
-            capture_output=True, text=True, timeout=600)
+        stats, output = _newman(
+            "management_api_test_collection.json", tmp_path / "newman.json",
+            {"hostname": "127.0.0.1", "mgmt-port": process.ports["management"],
+             "pred-port": process.ports["inference"], "metric-port": process.ports["metrics"]},
+            "-d", str(COLLECTIONS / "management_data.json"))
     finally:
         process.stop()
-    stats = json.loads(report.read_text())["run"]["stats"]["assertions"]
-    assert (stats["total"], stats["failed"]) == (82, 0), run.stdout[-6000:]
+    assert (stats["total"], stats["failed"]) == (82, 0), output
+
+
+@pytest.mark.skipif(NEWMAN is None, reason="needs newman (npm install -g newman)")
+def test_torchserve_https_collection(tmp_path):
+    """api_utils.trigger_https_tests: TorchServe's test/resources/config.properties (its sample
+    1024-bit key and certificate; without install_py_dep_per_model=true, which pyserve
+    refuses), newman --insecure as TorchServe runs it."""
+    _stand_ins(tmp_path / "store", tmp_path / "src")
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    for name in ("key.pem", "certs.pem"):
+        shutil.copy(COLLECTIONS / name, resources / name)
+    kitten = tmp_path / "examples" / "image_classifier" / "kitten.jpg"
+    kitten.parent.mkdir(parents=True)
+    kitten.write_bytes(b"a kitten")  # the stand-in handler echoes it
+    process = TorchServeProcess(
+        tmp_path, "inference_address=https://127.0.0.1:0\n"
+        "management_address=https://127.0.0.1:0\nmetrics_address=https://127.0.0.1:0\n"
+        "private_key_file=resources/key.pem\ncertificate_file=resources/certs.pem\n"
+        "disable_token_authorization=true\nenable_model_api=true\nmodel_store=store\n",
+        scheme="https")
+    try:
+        assert "1024-bit RSA key" in process.log_path.read_text()
+        work = tmp_path / "work"  # the collection's file is ../examples/image_classifier/
+        work.mkdir()
+        stats, output = _newman(
+            "https_test_collection.json", tmp_path / "newman.json",
+            {"hostname": "127.0.0.1", "sec-mgmt-port": process.ports["management"],
+             "sec-pred-port": process.ports["inference"],
+             "sec-metric-port": process.ports["metrics"]},
+            "--insecure", "--working-dir", str(work), cwd=work)
+    finally:
+        process.stop()
+    assert (stats["total"], stats["failed"]) == (9, 0), output
