@@ -98,3 +98,46 @@ def test_torchserve_https_collection(tmp_path):
     finally:
         process.stop()
     assert (stats["total"], stats["failed"]) == (9, 0), output
+
+
+@pytest.mark.skipif(NEWMAN is None, reason="needs newman (npm install -g newman)")
+@pytest.mark.parametrize("collection,envelope", [("kf_https_test_collection.json", "kserve"),
+                                                 ("kfv2_https_test_collection.json",
+                                                  "kservev2")])
+def test_torchserve_kserve_https_collections(tmp_path, collection, envelope):
+    """api_utils.trigger_https_tests_kf and _kfv2: test/resources/config_kf(v2).properties,
+    TorchServe's KServe MNIST requests through its envelopes, an MNIST-style archive (the
+    collections check status codes)."""
+    envelopes = pytest.importorskip("test_torchserve_envelopes")
+    import torch
+
+    work = tmp_path / "src"
+    work.mkdir()
+    torch.jit.script(envelopes.Digits()).save(str(work / "mnist.pt"))
+    make_mar(tmp_path / "store", "mnist", {"mnist_handler.py": envelopes.MNIST_HANDLER,
+                                           "mnist.pt": (work / "mnist.pt").read_bytes()},
+             handler="mnist_handler.py", serialized_file="mnist.pt", work=work)
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    for name in ("key.pem", "certs.pem"):
+        shutil.copy(COLLECTIONS / name, resources / name)
+    shutil.copytree(COLLECTIONS / "kf_request_json",
+                    tmp_path / "kubernetes" / "kserve" / "kf_request_json")
+    process = TorchServeProcess(
+        tmp_path, "inference_address=https://127.0.0.1:0\n"
+        "management_address=https://127.0.0.1:0\nmetrics_address=https://127.0.0.1:0\n"
+        "private_key_file=resources/key.pem\ncertificate_file=resources/certs.pem\n"
+        f"service_envelope={envelope}\ndisable_token_authorization=true\n"
+        "enable_model_api=true\nmodel_store=store\n", scheme="https")
+    try:
+        cwd = tmp_path / "work"  # the requests are ../kubernetes/kserve/kf_request_json/...
+        cwd.mkdir()
+        stats, output = _newman(
+            collection, tmp_path / "newman.json",
+            {"hostname": "127.0.0.1", "sec-mgmt-port": process.ports["management"],
+             "sec-pred-port": process.ports["inference"],
+             "sec-metric-port": process.ports["metrics"]},
+            "--insecure", "--working-dir", str(cwd), cwd=cwd)
+    finally:
+        process.stop()
+    assert (stats["total"], stats["failed"]) == (10, 0), output
