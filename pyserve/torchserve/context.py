@@ -312,6 +312,9 @@ class MetricsCache:
         return metric
 
     def _get_or_add(self, name, unit, dimension_names, metric_type) -> Metric:
+        spec = _SETTINGS["specs"].get(name)
+        if spec is not None:  # metrics.yaml's type wins, as TorchServe's frontend applies it
+            metric_type = MetricTypes(spec.kind)
         try:
             return self.get_metric(name, metric_type)
         except KeyError:

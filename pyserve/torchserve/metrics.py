@@ -271,8 +271,9 @@ def _backend_families(caches, specs: dict[str, Spec], auto_detect: bool) -> dict
                             tuple(dimension_names))
             family = families.get(name) or families.setdefault(name, Family(spec))
             for values, value in samples.items():
-                if len(values) != len(spec.dimensions):
-                    continue  # logged when it was added
+                if len(values) != len(spec.dimensions) or \
+                        isinstance(value, list) != (spec.kind == "histogram"):
+                    continue  # refused (and logged) when it was added
                 if isinstance(value, list):  # a histogram's observations
                     family.samples[values] = value
                 elif spec.kind == "counter":

@@ -95,3 +95,22 @@ def test_histogram_exposition_and_log_line():
     line = log_line(Spec("Requests2XX", "counter", "Count", ("Level", "Hostname")),
                     ("Host", "h"), 1)
     assert line.startswith("Requests2XX.Count:1.0|#Level:Host|#hostname:h,timestamp:")
+
+
+def test_handler_metrics_follow_the_yaml(monkeypatch):
+    """A metric metrics.yaml names keeps its type and dimensions whatever the handler's call
+    says (TorchServe's frontend applies the backend's line to the yaml's metric)."""
+    from pyserve.torchserve import context
+
+    monkeypatch.setattr(context, "_SETTINGS", dict(context._SETTINGS))
+    _, backend = load_config(None)
+    backend["Lat"] = Spec("Lat", "histogram", "ms", ("ModelName", "Level", "Hostname"))
+    context.configure_metrics("prometheus", backend)
+    cache = context.MetricsCache("m", hostname="h")
+    cache.set_request_ids({0: "r0"})
+    cache.add_time("Lat", 3.0)  # a gauge call: observed by the yaml's histogram
+    cache.add_time("HandlerTime", 1.5, None, "ms")
+    cache.add_time("HandlerTime", 2.5, None, "ms", dimensions=[context.Dimension("X", "y")])
+    samples = {name: values for name, _, _, _, values in cache.snapshot()}
+    assert samples["Lat"][("m", "Model", "h")][-2:] == [1, 3.0]  # count, sum
+    assert samples["HandlerTime"] == {("m", "Model", "h"): 1.5}  # the extra dimension refused
