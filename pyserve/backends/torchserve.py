@@ -33,6 +33,7 @@ from pyserve.runner import InputTensor
 from pyserve.torchserve.archive import read_manifest, read_model_yaml
 from pyserve.torchserve.context import Context, MetricsCache, RequestProcessor
 from pyserve.torchserve.handler import archive_imports, load_entry_point, new_namespace
+from pyserve.torchserve import metrics as ts_metrics
 from pyserve.torchserve import request as ts_request
 from pyserve.torchserve.request import (NATIVE_HEADERS, NATIVE_TOKEN, REQUEST_KEY,
                                         TorchServeError, TorchServeRequest, answer_frame,
@@ -124,6 +125,7 @@ class TorchServeBackend(Backend):
         if not self._on_worker_thread:
             _adopt_torch_threads()
             self._on_worker_thread = True
+        began = time.perf_counter_ns()
         infos = requests or [RequestInfo() for _ in batch_sizes]
         entries = self._entries(inputs, batch_sizes, infos)
         started = time.perf_counter_ns()
@@ -136,10 +138,13 @@ class TorchServeBackend(Backend):
         if tokens and frontend is not None:
             frontend.started(tokens)  # their response timeout counts from now
         failures: dict[int, Exception] = {}
+        handling_ns = 0
         for kind in _KINDS:
             group = [(i, r) for i, r in entries if r.kind == kind]
             if group:
+                handle_began = time.perf_counter_ns()
                 error = self._handle([r for _, r in group])
+                handling_ns += time.perf_counter_ns() - handle_began
                 if error is not None:
                     for index, _ in group:
                         failures[index] = error
@@ -159,6 +164,10 @@ class TorchServeBackend(Backend):
                 results.append({OUTPUT_NAME: array})
             else:
                 results.append(self._tensor_outputs(mine, size))
+        frontend_metrics = ts_metrics.FRONTEND
+        if frontend_metrics is not None:  # the batch's time outside the handler, in whole ms
+            frontend_metrics.update("WorkerThreadTime", ("Host",), float(
+                (time.perf_counter_ns() - began - handling_ns) // 1_000_000))
         return results
 
     def _entries(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],

@@ -14,22 +14,21 @@ import collections
 import datetime
 import json
 import logging
+import re
 import secrets
-import socket
 import ssl
-import threading
 import time
 import uuid
 from pathlib import Path
 
 from aiohttp import web
 
-from pyserve.backends.torchserve import all_metrics
 from pyserve.errors import ServerError
 from pyserve.torchserve.config import Address, TorchServeOptions
+from pyserve.torchserve.metrics import FrontendMetrics
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
                                         decode_parameter)
-from pyserve.torchserve.store import ApiError, ModelStore, bad_request, release_error
+from pyserve.torchserve.store import ApiError, ModelStore, bad_request
 
 log = logging.getLogger("pyserve")
 
@@ -98,80 +97,15 @@ class Tokens:
         self.key_file.unlink(missing_ok=True)
 
 
-# --- frontend metrics ---------------------------------------------------------------------
-
-class FrontendMetrics:
-    """ts_inference_requests_total, ts_inference_latency_microseconds and
-    ts_queue_latency_microseconds: counters by (model_name, model_version, hostname), the
-    version as the request named it ("default" when it named none)."""
-
-    NAMES = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
-             "ts_queue_latency_microseconds")
-
-    def __init__(self) -> None:
-        self.hostname = socket.gethostname()
-        self.values: dict[str, dict[tuple, float]] = {n: collections.defaultdict(float)
-                                                       for n in self.NAMES}
-        self._lock = threading.Lock()
-        # Counters kept elsewhere (the native inference API): () -> [(key, requests, latency
-        # µs, queue µs)], the key "MODEL" or "MODEL/VERSION".
-        self.sources: list = []
-
-    def request(self, model: str, version: str | None) -> None:
-        self.values["ts_inference_requests_total"][self._labels(model, version)] += 1
-
-    def latency(self, model: str, version: str | None, total_us: float, queue_us: float):
-        labels = self._labels(model, version)
-        self.values["ts_inference_latency_microseconds"][labels] += total_us
-        self.values["ts_queue_latency_microseconds"][labels] += queue_us
-
-    def _labels(self, model: str, version: str | None) -> tuple:
-        return (model, version or "default", self.hostname)
-
-    def exposition(self, names: set[str] | None = None) -> str:
-        lines = []
-        elsewhere = [row for source in self.sources for row in source()]
-        for index, name in enumerate(self.NAMES):
-            if names and name not in names:
-                continue
-            samples = collections.defaultdict(float, self.values[name])
-            for key, *values in elsewhere:
-                model, _, version = key.partition("/")
-                samples[self._labels(model, version or None)] += values[index]
-            lines.append(f"# HELP {name} Torchserve prometheus counter metric with unit: "
-                         f"{'Count' if name.endswith('total') else 'Microseconds'}")
-            lines.append(f"# TYPE {name} counter")
-            for (model, version, host), value in sorted(samples.items()):
-                lines.append(f'{name}{{model_name="{_escape(model)}",'
-                             f'model_version="{_escape(version)}",hostname="{_escape(host)}"}} '
-                             f"{float(value)}")
-        for cache in all_metrics():
-            for name, kind, dimension_names, samples in cache.snapshot():
-                if names and name not in names:
-                    continue
-                kind = kind if kind in ("counter", "gauge") else "gauge"
-                lines.append(f"# HELP {name} Torchserve prometheus {kind} metric")
-                lines.append(f"# TYPE {name} {kind}")
-                for values, value in sorted(samples.items()):
-                    labels = ",".join(f'{label}="{_escape(str(v))}"'
-                                      for label, v in zip(dimension_names, values))
-                    lines.append(f"{name}{{{labels}}} {float(value)}")
-        return "\n".join(lines) + "\n"
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 # --- the three APIs -----------------------------------------------------------------------
 
 class TorchServeApis:
     def __init__(self, store: ModelStore, options: TorchServeOptions,
-                 tokens: Tokens | None) -> None:
+                 tokens: Tokens | None, metrics: FrontendMetrics | None = None) -> None:
         self.store = store
         self.options = options
         self.tokens = tokens
-        self.metrics = FrontendMetrics()
+        self.metrics = metrics or FrontendMetrics()
         self._background: set[asyncio.Task] = set()
         self._watchdog = _Watchdog()
         self.native = None  # the native inference API (pyserve.torchserve.native), once open
@@ -221,11 +155,15 @@ class TorchServeApis:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", lambda request: _raise(NOT_FOUND))
         app.middlewares.append(_errors)
+        app.middlewares.append(_description_middleware("metrics"))
+        app.on_response_prepare.append(self._count_response)
         return app
 
     def _app(self, kind: str) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_size)
         app.middlewares.append(_errors)
+        app.middlewares.append(_description_middleware(kind))
+        app.on_response_prepare.append(self._count_response)
         if self.tokens is not None:
             app.middlewares.append(self._token_middleware(kind))
         if self.options.cors_allowed_origin:
@@ -249,6 +187,11 @@ class TorchServeApis:
 
         return check
 
+    async def _count_response(self, request: web.Request,
+                              response: web.StreamResponse) -> None:
+        # Requests2XX/4XX/5XX; the native predictions path answers without Python.
+        self.metrics.response(response.status)
+
     async def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(cors_headers(self.options))
 
@@ -256,10 +199,6 @@ class TorchServeApis:
 
     async def _inference(self, request: web.Request) -> web.StreamResponse:
         segments = [s for s in request.path.split("/")[1:]]
-        if request.path == "/" or segments == [""]:
-            if request.method == "OPTIONS":
-                return web.json_response(_openapi("inference"), dumps=_pretty)
-            raise NOT_ALLOWED
         head = segments[0]
         if head == "ping" and len(segments) == 1:
             healthy = self.store.healthy()
@@ -354,10 +293,6 @@ class TorchServeApis:
     async def _management(self, request: web.Request) -> web.StreamResponse:
         segments = request.path.split("/")[1:]
         method = request.method
-        if request.path == "/":
-            if method == "OPTIONS":
-                return web.json_response(_openapi("management"), dumps=_pretty)
-            raise NOT_ALLOWED
         if segments[0] == "token" and len(segments) == 1 and self.tokens is not None:
             kind = request.query.get("type", "")
             if kind not in ("management", "inference"):
@@ -366,6 +301,14 @@ class TorchServeApis:
             self.tokens.renew(kind)
             self._sync_inference_key()
             return web.json_response(self.tokens.document(), dumps=_pretty)
+        if segments[0] == "v1" and len(segments) == 3 and segments[1] == "models":
+            # KServe v1's model readiness, on the management API as in TorchServe
+            if method != "GET":
+                raise NOT_ALLOWED
+            name = segments[2].split(":")[0]
+            entry = self.store.get(name)
+            return web.json_response({"name": name, "ready": bool(entry.workers)},
+                                     dumps=_pretty)
         if segments[0] != "models" or len(segments) > 4:
             raise NOT_FOUND
         if len(segments) == 1 or (len(segments) == 2 and not segments[1]):
@@ -383,7 +326,7 @@ class TorchServeApis:
                 if segments[3] != "set-default":
                     raise NOT_FOUND
                 self.store.set_default(name, segments[2])
-                return status_response(f'Default vesion succsesfully updated for model '
+                return status_response(f'Default version successfully updated for model '
                                        f'"{name}" to "{segments[2]}"')
             return await self._scale(request, name, version)
         if method == "DELETE" and self.options.enable_model_api and len(segments) <= 3:
@@ -395,8 +338,8 @@ class TorchServeApis:
         raise NOT_ALLOWED
 
     def _list_models(self, request: web.Request) -> web.Response:
-        limit = _int_query(request, "limit", 100)
-        token = _int_query(request, "next_page_token", 0)
+        limit = _java_int(request.query.get("limit"), 100)
+        token = _java_int(request.query.get("next_page_token"), 0)
         if limit > 100 or limit < 0:
             limit = 100
         token = max(token, 0)
@@ -431,6 +374,7 @@ class TorchServeApis:
             "batchSize": entry.batch_size,
             "maxBatchDelay": entry.max_batch_delay,
             "responseTimeout": entry.response_timeout,
+            "startupTimeout": entry.startup_timeout,
             "loadedAtStartup": entry.loaded_at_startup,
             "workers": [{"id": str(w.id), "startTime": w.start_time, "status": "READY",
                          "memoryUsage": 0, "pid": _pid(), "gpu": bool(entry.device_ids),
@@ -441,61 +385,118 @@ class TorchServeApis:
         }
 
     async def _register(self, request: web.Request) -> web.Response:
-        if request.content_type == "application/json":
-            try:
-                query = {k: str(v) for k, v in (await request.json()).items()}
-            except (ValueError, AttributeError):
-                raise bad_request("Invalid JSON in the register request body") from None
-        else:
-            query = dict(request.query)
-        url = query.get("url")
-        if not url:
+        """ApiUtils.registerModel and handleRegister: parameters that are not integers are
+        their defaults, workers from model-config.yaml's minWorkers/maxWorkers or
+        initial_workers, synchronous unless asked otherwise."""
+        params = await self._register_parameters(request)
+        url = params["url"]
+        if url is None:
             raise bad_request("Parameter url is required.")
-        initial_workers = _int_value(query, "initial_workers", 0)
-        synchronous = query.get("synchronous", "false").lower() == "true"
+        runtime = params["runtime"]
+        if runtime is not None and runtime not in ("python", "python3", "LSP"):
+            raise bad_request(f"Invalid RuntimeType value: {runtime}")
+        batch_size, max_batch_delay = params["batch_size"], params["max_batch_delay"]
         entry = await self.store.register(
-            url, model_name=query.get("model_name", ""), handler=query.get("handler", ""),
-            runtime=query.get("runtime", ""), batch_size=_int_value(query, "batch_size", 1),
-            max_batch_delay=_int_value(query, "max_batch_delay", 100),
-            response_timeout=_int_value(query, "response_timeout", -1))
-        if initial_workers <= 0:
+            url, model_name=params["model_name"] or "", handler=params["handler"] or "",
+            runtime=runtime or "", batch_size=None if batch_size == -1 else batch_size,
+            max_batch_delay=None if max_batch_delay == -100 else max_batch_delay,
+            response_timeout=params["response_timeout"],
+            startup_timeout=params["startup_timeout"])
+        yaml = entry.archive.model_yaml()
+        min_workers = max_workers = 0
+        yaml_min, yaml_max = int(yaml.get("minWorkers") or 0), int(yaml.get("maxWorkers") or 0)
+        if yaml_min > 0 and yaml_max >= yaml_min:
+            min_workers, max_workers = yaml_min, yaml_max
+        initial_workers = params["initial_workers"]
+        if initial_workers <= 0 and min_workers == 0:
             return status_response(
                 f'Model "{entry.name}" Version: {entry.version} registered with 0 initial '
                 "workers. Use scale workers API to add workers for the model.")
-        work = self._start_workers(entry, initial_workers, unregister_on_error=True)
-        if not synchronous:
+        min_workers = min_workers or initial_workers
+        max_workers = max_workers or initial_workers
+        work = self._start_workers(entry, min_workers, max_workers, entry.version,
+                                   unregister_on_error=True)
+        if not params["synchronous"]:
             self._keep(work)
             return status_response("Processing worker updates...", 202)
         await work
         return status_response(f'Model "{entry.name}" Version: {entry.version} registered '
-                               f"with {initial_workers} initial workers")
+                               f"with {min_workers} initial workers")
 
-    async def _start_workers(self, entry, count: int, unregister_on_error: bool = False,
-                             max_workers: int | None = None) -> None:
+    async def _register_parameters(self, request: web.Request) -> dict:
+        """RegisterModelRequest: from the query (NettyUtils' getIntParameter: a value that is
+        not an integer is the default; Boolean.parseBoolean), or from a JSON body as Gson
+        reads it (a value of the wrong type is a 500 JsonSyntaxException)."""
+        params = {"model_name": None, "runtime": None, "handler": None, "url": None,
+                  "batch_size": -1, "max_batch_delay": -100,
+                  "initial_workers": self.options.default_workers_per_model,
+                  "synchronous": True, "response_timeout": -1, "startup_timeout": -1}
+        if request.content_type != "application/json":
+            query = request.query
+            for key in ("model_name", "runtime", "handler", "url"):
+                params[key] = query.get(key)
+            for key in ("batch_size", "max_batch_delay", "initial_workers", "response_timeout",
+                        "startup_timeout"):
+                params[key] = _java_int(query.get(key), params[key])
+            params["synchronous"] = query.get("synchronous", "true").lower() == "true"
+            return params
+        text = await request.text()
+        if not text.strip():
+            raise ApiError(500, "NullPointerException",
+                           'Cannot invoke "org.pytorch.serve.http.messages.RegisterModelRequest'
+                           '.getModelUrl()" because "registerModelRequest" is null')
         try:
-            await self.store.scale(entry.name, entry.version, count,
-                                   max(max_workers or count, count))
+            body = json.loads(text)
+        except ValueError as e:
+            raise ApiError(500, "JsonSyntaxException", f"Malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(500, "JsonSyntaxException",
+                           f"Expected BEGIN_OBJECT but was {_json_kind(body)}")
+        for key, value in body.items():
+            if key not in params or value is None:
+                continue  # Gson ignores unknown fields; null leaves the default
+            params[key] = _gson_value(key, value, params[key])
+        return params
+
+    async def _start_workers(self, entry, min_workers: int, max_workers: int,
+                             version_label, unregister_on_error: bool = False) -> None:
+        """Workers for `entry`; a failure is TorchServe's "Failed to start workers" (with
+        pyserve's reason after it) and, for a registration, unregisters the model."""
+        try:
+            await self.store.scale(entry.name, entry.version, min_workers, max_workers)
         except BaseException as e:
             if unregister_on_error:
                 try:
                     await self.store.unregister(entry.name, entry.version)
                 except ApiError:
                     pass
-            raise release_error(e) from None
+            if isinstance(e, ApiError):
+                raise
+            reason = e.message if isinstance(e, ServerError) else repr(e)
+            log.error("failed to start workers for model %s version %s: %s", entry.name,
+                      entry.version, reason)
+            raise ApiError(500, "InternalServerException",
+                           f"Failed to start workers for model {entry.name} version: "
+                           f"{'null' if version_label is None else version_label} "
+                           f"({reason})") from None
 
     async def _scale(self, request: web.Request, name: str,
                      version: str | None) -> web.Response:
-        min_workers = _int_query(request, "min_worker", 1)
-        max_workers = _int_query(request, "max_worker", min_workers)
-        version = version or request.query.get("model_version") or None
-        synchronous = request.query.get("synchronous", "false").lower() == "true"
+        """handleScaleModel: min_worker 1 and max_worker min_worker unless given as integers,
+        asynchronous unless synchronous=true; workers are added up to min_worker or stopped
+        past max_worker."""
+        query = request.query
+        min_workers = _java_int(query.get("min_worker"), 1)
+        max_workers = _java_int(query.get("max_worker"), min_workers)
+        version = version or query.get("model_version") or None
+        synchronous = query.get("synchronous", "").lower() == "true"
         if max_workers < min_workers:
             raise bad_request("max_worker cannot be less than min_worker.")
         if name not in self.store.models:
             raise ApiError(404, "ModelNotFoundException", f"Model not found: {name}")
         entry = self.store.get(name, version)
-        work = self._start_workers(entry, min_workers, max_workers=max_workers)
-        if not synchronous:
+        work = self._start_workers(entry, min_workers, max_workers, version)
+        if not synchronous and max_workers >= 0:  # TorchServe fails a negative one at once
             self._keep(work)
             return status_response("Processing worker updates...", 202)
         await work
@@ -630,6 +631,21 @@ def _raise(error: ApiError):
     raise error
 
 
+def _description_middleware(kind: str):
+    """ApiDescriptionRequestHandler, first on every address (before the token check):
+    `OPTIONS /` and `/api-description` describe the address's APIs; `/` otherwise is 405."""
+    @web.middleware
+    async def describe(request: web.Request, handler):
+        if request.path == "/api-description" or (request.path == "/" and
+                                                  request.method == "OPTIONS"):
+            return web.json_response(_openapi(kind), dumps=_pretty)
+        if request.path == "/":
+            raise NOT_ALLOWED
+        return await handler(request)
+
+    return describe
+
+
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         error = task.exception()
@@ -681,19 +697,62 @@ def _response_headers(headers: dict, request_id: str) -> dict:
     return out
 
 
-def _int_query(request: web.Request, key: str, default: int) -> int:
-    return _int_value(request.query, key, default)
+_JAVA_INT = re.compile(r"[+-]?[0-9]+")
 
 
-def _int_value(query, key: str, default: int) -> int:
-    value = query.get(key)
-    if value is None or value == "":
+def _java_int(value: str | None, default: int) -> int:
+    """Java's Integer.parseInt, or `default` where it would throw (NettyUtils'
+    getIntParameter)."""
+    if value is None or not _JAVA_INT.fullmatch(value):
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise bad_request(f"Invalid value for parameter {key}: '{value}' is not an "
-                          "integer") from None
+    number = int(value)
+    return number if -2 ** 31 <= number < 2 ** 31 else default
+
+
+def _json_kind(value) -> str:
+    """Gson's name for a JSON token."""
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, (int, float)):
+        return "NUMBER"
+    if isinstance(value, str):
+        return "STRING"
+    return "BEGIN_ARRAY" if isinstance(value, list) else "BEGIN_OBJECT"
+
+
+def _gson_value(key: str, value, default):
+    """A RegisterModelRequest field as Gson sets it: ints from integral numbers or numeric
+    strings, booleans from booleans or strings (parseBoolean), strings from scalars."""
+    def wrong(expected: str):
+        return ApiError(500, "JsonSyntaxException",
+                        f"Expected {expected} but was {_json_kind(value)} at path $.{key}")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return value.lower() == "true"
+        raise wrong("a boolean")
+    if isinstance(default, int):
+        if isinstance(value, (bool, list, dict)):
+            raise wrong("an int")
+        number = None
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            number = int(value)
+        elif isinstance(value, str) and _JAVA_INT.fullmatch(value):
+            number = int(value)
+        elif isinstance(value, str):
+            try:
+                number = int(float(value)) if float(value).is_integer() else None
+            except (ValueError, OverflowError):
+                pass
+        if number is None or not -2 ** 31 <= number < 2 ** 31:
+            raise ApiError(500, "JsonSyntaxException",
+                           f'java.lang.NumberFormatException: For input string: "{value}"')
+        return number
+    if isinstance(value, (list, dict)):
+        raise wrong("a string")
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _pid() -> int:
@@ -726,7 +785,11 @@ def _openapi(kind: str, model: str = "") -> dict:
         "/models/{model_name}/{model_version}/set-default": {
             "put": {"operationId": "setDefault"}},
     }
-    paths = {"inference": inference, "management": management}.get(kind)
+    metrics = {"/metrics": {"get": {
+        "operationId": "metrics",
+        "description": "Get TorchServe application metrics in prometheus format."}}}
+    paths = {"inference": {**inference, **metrics}, "management": {**management, **metrics},
+             "metrics": metrics}.get(kind)
     if paths is None:
         paths = {f"/predictions/{model}": inference["/predictions/{model_name}"]}
     return {"openapi": "3.0.1",

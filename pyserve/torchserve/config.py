@@ -52,6 +52,7 @@ class TorchServeOptions:
     batch_size: int = 1
     max_batch_delay_ms: int = 100
     default_response_timeout_s: int = 120
+    default_startup_timeout_s: int = 120  # how long a worker may take to load its model
     job_queue_size: int = 100
     service_envelope: str = ""  # "", "kserve" or "kservev2"
     enable_model_api: bool = False
@@ -63,8 +64,15 @@ class TorchServeOptions:
     allowed_urls: list[str] = field(default_factory=lambda: [DEFAULT_ALLOWED_URLS])
     metrics_mode: str = "log"
     enable_metrics_api: bool = True
+    metrics_config: Path | None = None  # a metrics.yaml; TorchServe's default without one
+    model_metrics_auto_detect: bool = False  # handler metrics metrics.yaml does not name
+    disable_system_metrics: bool = False
+    metric_time_interval_s: int = 60
     private_key_file: Path | None = None
     certificate_file: Path | None = None
+    keystore: Path | None = None  # a Java keystore, over the PEM files
+    keystore_pass: str = "changeit"
+    keystore_type: str = "PKCS12"  # or JKS
     cors_allowed_origin: str = ""
     cors_allowed_methods: str = ""
     cors_allowed_headers: str = ""
@@ -145,6 +153,7 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     integers = {"default_workers_per_model": "default_workers_per_model",
                 "batch_size": "batch_size", "max_batch_delay": "max_batch_delay_ms",
                 "default_response_timeout": "default_response_timeout_s",
+                "default_startup_timeout": "default_startup_timeout_s",
                 "job_queue_size": "job_queue_size", "max_request_size": "max_request_size",
                 "max_response_size": "max_response_size"}
     for key, attribute in integers.items():
@@ -172,9 +181,21 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     options.metrics_mode = mode
     options.enable_metrics_api = _boolean("enable_metrics_api",
                                           p.get("enable_metrics_api", "true"))
+    options.metrics_config = path("metrics_config")
+    options.model_metrics_auto_detect = _boolean(
+        "model_metrics_auto_detect", p.get("model_metrics_auto_detect", "false"))
+    options.disable_system_metrics = _boolean("disable_system_metrics",
+                                              p.get("disable_system_metrics", "false"))
+    if p.get("metric_time_interval"):
+        options.metric_time_interval_s = _integer("metric_time_interval",
+                                                  p["metric_time_interval"])
     options.private_key_file = path("private_key_file")
     options.certificate_file = path("certificate_file")
-    if bool(options.private_key_file) != bool(options.certificate_file):
+    options.keystore = path("keystore")
+    options.keystore_pass = p.get("keystore_pass", options.keystore_pass)
+    options.keystore_type = p.get("keystore_type", options.keystore_type).strip() or "PKCS12"
+    if options.keystore is None and \
+            bool(options.private_key_file) != bool(options.certificate_file):
         raise ServerError("config.properties: TLS needs both private_key_file and "
                           "certificate_file")
     options.cors_allowed_origin = p.get("cors_allowed_origin", "")
@@ -190,6 +211,42 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     return options
 
 
+# The keys TorchServe 0.12's ConfigManager takes from TS_<KEY> environment variables when
+# enable_envvars_config=true (its TS_* fields); keys starting with ts_ are named as they are.
+ENVIRONMENT_KEYS = (
+    "debug inference_address management_address metrics_address load_models "
+    "blacklist_env_vars default_workers_per_model default_response_timeout "
+    "default_startup_timeout unregister_model_timeout number_of_netty_threads "
+    "netty_client_threads job_queue_size number_of_gpu metrics_config metrics_mode "
+    "model_metrics_auto_detect disable_system_metrics ipex_enable cpu_launcher_enable "
+    "cpu_launcher_args ipex_gpu_enable async_logging cors_allowed_origin cors_allowed_methods "
+    "cors_allowed_headers decode_input_request keystore keystore_pass keystore_type "
+    "certificate_file private_key_file max_request_size max_response_size "
+    "limit_max_image_pixels default_service_handler service_envelope model_server_home "
+    "model_store prefer_direct_buffer allowed_urls install_py_dep_per_model enable_metrics_api "
+    "grpc_inference_address grpc_management_address grpc_inference_port grpc_management_port "
+    "enable_grpc_ssl initial_worker_port initial_distribution_port workflow_store "
+    "cpp_log_config ts_open_inference_protocol token_expiration_min ts_header_key_sequence_id "
+    "ts_header_key_sequence_start ts_header_key_sequence_end disable_token_authorization "
+    "enable_model_api").split()
+
+
+def environment_overrides(properties: dict[str, str], environ=os.environ) -> dict[str, str]:
+    """`properties` with TorchServe's TS_* environment variables over them where
+    enable_envvars_config=true (TS_ALLOWED_URLS only with use_env_allowed_urls=true)."""
+    if properties.get("enable_envvars_config", "false").strip().lower() != "true":
+        return properties
+    merged = dict(properties)
+    for key in ENVIRONMENT_KEYS:
+        if key == "allowed_urls" and \
+                properties.get("use_env_allowed_urls", "false").strip().lower() != "true":
+            continue
+        name = key.upper() if key.startswith("ts_") else "TS_" + key.upper()
+        if name in environ:
+            merged[key] = environ[name]
+    return merged
+
+
 def load(config_file: Path | None, **flags) -> TorchServeOptions:
     """Relative paths in the file are read from the working directory, as TorchServe does."""
     properties = {}
@@ -198,4 +255,4 @@ def load(config_file: Path | None, **flags) -> TorchServeOptions:
             properties = parse_properties(Path(config_file).read_text(encoding="utf-8"))
         except OSError as e:
             raise ServerError(f"cannot read --ts-config {config_file}: {e.strerror}") from None
-    return resolve(properties, **flags)
+    return resolve(environment_overrides(properties), **flags)

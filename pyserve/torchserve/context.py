@@ -9,10 +9,13 @@ response status and headers) are set before each `handle` call and read right af
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import socket
 import threading
 from typing import Dict, Optional, Tuple
+
+_log = logging.getLogger("pyserve")
 
 
 class RequestProcessor:
@@ -146,9 +149,21 @@ def _type_value(metric_type) -> str:
     return getattr(metric_type, "value", str(metric_type)).lower()
 
 
+# How handlers' metrics are recorded, set once by `pyserve torchserve` (configure_metrics):
+# kept for the metrics API ("prometheus") or written as TorchServe's metric log lines.
+_SETTINGS = {"mode": "prometheus", "specs": {}, "auto_detect": True}
+
+
+def configure_metrics(mode: str, specs: dict, auto_detect: bool = False) -> None:
+    """metrics_mode, metrics.yaml's model_metrics (name -> pyserve.torchserve.metrics.Spec,
+    Hostname last), which every model's cache starts with, and model_metrics_auto_detect
+    (whether metrics it does not name are kept or logged)."""
+    _SETTINGS.update(mode=mode, specs=dict(specs), auto_detect=auto_detect)
+
+
 class Metric:
     """A metric a handler adds (ts.metrics.caching_metric.CachingMetric's interface); its
-    samples are kept per label values and exported by the metrics API."""
+    samples are kept per label values and exported by the metrics API, or logged."""
 
     def __init__(self, name: str, unit: str, dimension_names: list, metric_type,
                  lock: threading.Lock) -> None:
@@ -156,22 +171,44 @@ class Metric:
         self.unit = unit
         self.dimension_names = list(dimension_names)
         self.metric_type = metric_type
-        self.samples: dict[tuple, float] = {}
+        self.samples: dict[tuple, object] = {}
         self._lock = lock
 
     def add_or_update(self, value, dimension_values: list = [], request_id: str = "") -> None:
-        self.update(value, dimension_values)
-
-    def update(self, value, dimension_values: list = []) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TypeError(f"metric '{self.metric_name}' value must be int or float, "
                             f"got {type(value).__name__}")
         key = tuple(str(v) for v in dimension_values)
+        if len(key) != len(self.dimension_names):  # TorchServe's worker drops it, saying so
+            _log.error("[METRICS]Failed to update metric with name:%s and dimensions: %s with "
+                       "value: %s: Dimension values: %s should correspond to Dimension names: "
+                       "%s", self.metric_name, ",".join(key), value, list(key),
+                       self.dimension_names)
+            return
+        kind = _type_value(self.metric_type)
+        if _SETTINGS["mode"] != "prometheus":
+            if self.metric_name in _SETTINGS["specs"] or _SETTINGS["auto_detect"]:
+                from pyserve.torchserve.metrics import Spec, log_line, model_metrics_log
+
+                spec = Spec(self.metric_name, kind, self.unit, tuple(self.dimension_names))
+                model_metrics_log.info(log_line(spec, key, value, request_id or None))
+            return
         with self._lock:
-            if _type_value(self.metric_type) == "counter":
+            if kind == "counter":
                 self.samples[key] = self.samples.get(key, 0.0) + value
+            elif kind == "histogram":
+                from pyserve.torchserve.metrics import BUCKETS
+
+                counts = self.samples.setdefault(key, [0] * (len(BUCKETS) + 1) + [0.0])
+                for index, bound in enumerate(BUCKETS):
+                    counts[index] += value <= bound
+                counts[len(BUCKETS)] += 1
+                counts[-1] += value
             else:
                 self.samples[key] = float(value)
+
+    def update(self, value, dimension_values: list = []) -> None:
+        self.add_or_update(value, dimension_values)
 
 
 class Dimension:
@@ -194,6 +231,9 @@ class MetricsCache:
         self.request_ids = None
         self.cache: dict[tuple[str, str], Metric] = {}
         self._lock = threading.Lock()
+        for spec in _SETTINGS["specs"].values():  # metrics.yaml's model_metrics
+            self.add_metric_to_cache(spec.name, spec.unit, list(spec.dimensions),
+                                     MetricTypes(spec.kind))
 
     def set_request_ids(self, request_ids) -> None:
         self.request_ids = request_ids
@@ -222,9 +262,10 @@ class MetricsCache:
         return dimensions
 
     def _record(self, name, value, unit, idx, dimensions, metric_type) -> None:
-        dimensions = self._dimensions(self._get_req(idx), dimensions)
+        request_id = self._get_req(idx)
+        dimensions = self._dimensions(request_id, dimensions)
         metric = self._get_or_add(name, unit, [d.name for d in dimensions], metric_type)
-        metric.add_or_update(value, [d.value for d in dimensions])
+        metric.add_or_update(value, [d.value for d in dimensions], request_id or "")
 
     def add_metric(self, name: str, value, unit: str, idx=None, dimensions: list = [],
                    metric_type=MetricTypes.COUNTER) -> None:
@@ -271,14 +312,20 @@ class MetricsCache:
         return metric
 
     def _get_or_add(self, name, unit, dimension_names, metric_type) -> Metric:
+        spec = _SETTINGS["specs"].get(name)
+        if spec is not None:  # metrics.yaml's type wins, as TorchServe's frontend applies it
+            metric_type = MetricTypes(spec.kind)
         try:
             return self.get_metric(name, metric_type)
         except KeyError:
             return self.add_metric_to_cache(name, unit, dimension_names, metric_type)
 
-    def snapshot(self) -> list[tuple[str, str, list, dict]]:
-        """(name, type, dimension names, {label values: value}) of every metric."""
+    def snapshot(self) -> list[tuple[str, str, str, list, dict]]:
+        """(name, type, unit, dimension names, {label values: value}) of every metric (a
+        histogram's value: its bucket counts, count and sum)."""
         with self._lock:
-            return [(m.metric_name, _type_value(m.metric_type), list(m.dimension_names),
-                     dict(m.samples)) for m in self.cache.values()]
+            return [(m.metric_name, _type_value(m.metric_type), m.unit,
+                     list(m.dimension_names),
+                     {k: list(v) if isinstance(v, list) else v for k, v in m.samples.items()})
+                    for m in self.cache.values()]
 

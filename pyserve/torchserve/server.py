@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from pyserve.errors import ServerError
 from pyserve.options import ServerOptions
 from pyserve.server import Server, serve_until_signal
 from pyserve.server import StartupError as KServeStartupError
 from pyserve.torchserve.api import Tokens, TorchServeApis, start_site
+from pyserve.torchserve import metrics as ts_metrics
 from pyserve.torchserve.config import Address, TorchServeOptions
+from pyserve.torchserve.context import configure_metrics
+from pyserve.torchserve.metrics import FrontendMetrics
 from pyserve.torchserve.store import ApiError, ModelStore
+from pyserve.torchserve.tls import server_context
 
 log = logging.getLogger("pyserve")
 
@@ -39,6 +42,8 @@ class TorchServeServer:
         self.ports: dict[str, int] = {}
         self._runners = []
         self._native = None
+        self._system_metrics = None
+        self.metrics = None
         self._should_exit = asyncio.Event()
 
     async def start(self) -> None:
@@ -47,21 +52,31 @@ class TorchServeServer:
         if self.kserve is not None:
             await self.kserve.start()
             manager = self.kserve.manager
+        self.metrics = FrontendMetrics(options.metrics_mode, options.metrics_config,
+                                       options.model_metrics_auto_detect)
+        configure_metrics(options.metrics_mode, self.metrics.backend_specs,
+                          options.model_metrics_auto_detect)
+        ts_metrics.FRONTEND = self.metrics
+        if options.metrics_mode != "prometheus":
+            ts_metrics.configure_log_files(ts_metrics.log_directory())
+        if not options.disable_system_metrics:
+            self._system_metrics = ts_metrics.SystemMetrics(self.metrics,
+                                                            options.metric_time_interval_s)
+            self._system_metrics.start()
         self.store = ModelStore(options, asyncio.get_running_loop(), options.service_envelope,
                                 manager)
         await self._load_startup_models()
         if options.token_auth:
             self.tokens = Tokens(options.key_file.resolve(), options.token_expiration_min)
             log.info("Token authorization is on: keys are in %s", self.tokens.key_file)
-        self.apis = TorchServeApis(self.store, options, self.tokens)
-        context = None
-        if options.certificate_file is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(options.certificate_file, options.private_key_file)
+        self.apis = TorchServeApis(self.store, options, self.tokens, self.metrics)
         sites = [("Inference", self.apis.inference_app(), options.inference_address),
                  ("Management", self.apis.management_app(), options.management_address)]
         if options.enable_metrics_api:
             sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
+        context = None
+        if any(address.scheme == "https" for _, _, address in sites):
+            context = server_context(options)
         for name, app, address in sites:
             if name == "Inference" and self._native_inference(address):
                 port = await self._start_native_inference(app, address)
@@ -147,6 +162,8 @@ class TorchServeServer:
             await runner.cleanup()
         if self.tokens is not None:
             self.tokens.remove()
+        if self._system_metrics is not None:
+            self._system_metrics.stop()
         log.info("pyserve torchserve stopped")
 
     def request_exit(self) -> None:

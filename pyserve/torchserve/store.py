@@ -15,6 +15,7 @@ import datetime
 import logging
 import re
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pyserve.errors import ServerError
 from pyserve.lifecycle import ModelManager, ModelState, ModelVersion
 from pyserve.protocol import pb
 from pyserve.runner import ModelRunner
+from pyserve.torchserve import metrics as ts_metrics
 from pyserve.torchserve.archive import ArchiveError, Limits, ModelArchive, open_archive
 from pyserve.torchserve.config import TorchServeOptions
 
@@ -84,6 +86,7 @@ class RegisteredVersion:
     batch_size: int
     max_batch_delay: int  # ms
     response_timeout: int  # s
+    startup_timeout: int  # s: a worker not loaded by then fails to start (<= 0: always)
     core_version: int  # the version's number in the core and over KServe v2
     min_workers: int = 0
     max_workers: int = 0
@@ -94,6 +97,7 @@ class RegisteredVersion:
     config: pb.ModelConfig | None = None  # the running workers' config
     placeholders: list = field(default_factory=list)  # what the TorchServe API submits
     restarting: asyncio.Task | None = None  # new workers replacing stuck ones
+    load_times_ms: list[int] = field(default_factory=list)  # of the last workers started
 
     def model_config(self, instances: int) -> pb.ModelConfig:
         """The version's config for the core and the KServe v2 frontends: the archive's own
@@ -163,11 +167,15 @@ class ModelStore:
     # --- register / scale / unregister ------------------------------------------------------
 
     async def register(self, url: str, model_name: str = "", handler: str = "",
-                       runtime: str = "", batch_size: int = 1, max_batch_delay: int = 100,
-                       response_timeout: int = -1, initial_workers: int = 0,
-                       startup: bool = False) -> RegisteredVersion:
-        """Open the archive `url` names and register its version, with `initial_workers`
-        workers started (synchronously: the caller decides whether to wait)."""
+                       runtime: str = "", batch_size: int | None = None,
+                       max_batch_delay: int | None = None, response_timeout: int = -1,
+                       startup_timeout: int = -1, startup: bool = False) -> RegisteredVersion:
+        """Open the archive `url` names and register its version (no workers yet).
+        batch_size/max_batch_delay None: the archive's model-config.yaml, else the
+        config.properties `models` entry, else TorchServe's defaults (1, 100 ms); a value
+        given wins over both, as in TorchServe. A timeout of -1 is the default's."""
+        if runtime and runtime not in ("python", "python3", "LSP"):
+            raise bad_request(f"Invalid RuntimeType value: {runtime}")
         if runtime and runtime.lower() not in ("python", "python3"):
             raise bad_request(f"runtime '{runtime}' is not supported by pyserve (python only)")
         source = await self._fetch(url)
@@ -193,17 +201,27 @@ class ModelStore:
                 raise ApiError(409, "ConflictStatusException",
                                f"Model version {version} is already registered for model "
                                f"{name}")
-            settings = self._startup_settings(name, version) if startup else {}
+            settings = self._startup_settings(name, version)
+
+            def chosen(key: str, given: int | None, default: int) -> int:
+                if given is not None and not startup:
+                    return given
+                return int(yaml.get(key) or settings.get(key) or
+                           (default if given is None else given))
+
+            if startup_timeout == -1:
+                startup_timeout = self.options.default_startup_timeout_s
             entry = RegisteredVersion(
                 name=name, version=version, url=url, archive=archive,
                 runtime=archive.manifest.runtime, handler=handler,
-                batch_size=int(yaml.get("batchSize") or settings.get("batchSize") or batch_size),
-                max_batch_delay=int(yaml.get("maxBatchDelay") or settings.get("maxBatchDelay")
-                                    or max_batch_delay),
+                batch_size=chosen("batchSize", batch_size, 1),
+                max_batch_delay=chosen("maxBatchDelay", max_batch_delay, 100),
                 response_timeout=int(yaml.get("responseTimeout")
                                      or settings.get("responseTimeout")
                                      or (response_timeout if response_timeout > 0
                                          else self.options.default_response_timeout_s)),
+                startup_timeout=int(yaml.get("startupTimeout")
+                                    or settings.get("startupTimeout") or startup_timeout),
                 core_version=_version_number(version, self.models.get(name, {}).values()),
                 loaded_at_startup=startup,
                 device_ids=[int(d) for d in yaml.get("deviceIds") or []])
@@ -234,8 +252,15 @@ class ModelStore:
         lock = self._locks.setdefault(f"{name}/{entry.version}", asyncio.Lock())
         async with lock:
             entry.min_workers, entry.max_workers = min_workers, max(max_workers, min_workers)
-            if len(entry.workers) != min_workers:
-                await self._set_workers(entry, min_workers)
+            # TorchServe starts workers up to min_worker, or stops those past max_worker.
+            count = len(entry.workers)
+            count = min_workers if count < min_workers else max(min(count, max_workers), 0)
+            if count != len(entry.workers):
+                await self._set_workers(entry, count)
+            if max_workers < 0:
+                # TorchServe stops every worker, then fails removing the one at index -1.
+                raise ApiError(500, "IndexOutOfBoundsException",
+                               "Index -1 out of bounds for length 0")
         return entry
 
     async def _set_workers(self, entry: RegisteredVersion, count: int) -> None:
@@ -243,13 +268,32 @@ class ModelStore:
         old = entry.runner
         new = None
         if count > 0:
-            new = await asyncio.to_thread(self._create_runner, entry, count)
+            new = await self._start_runner(entry, count)
         now = _now()
         entry.runner = new
         entry.workers = [Worker(self._next_worker_id(), now) for _ in range(count)]
         self._publish(entry.name)
+        if new is not None and ts_metrics.FRONTEND is not None:
+            for worker, load_ms in zip(entry.workers, entry.load_times_ms):
+                ts_metrics.FRONTEND.update("WorkerLoadTime", (
+                    f"W-{worker.id}-{entry.name}_{entry.version}", "Host"), float(load_ms))
         if old is not None:
             await asyncio.to_thread(old.stop)
+
+    async def _start_runner(self, entry: RegisteredVersion, count: int) -> ModelRunner:
+        """A runner with `count` workers, given up when loading takes past the version's
+        startup timeout, as TorchServe's worker gives up waiting for its model to load (a
+        runner that loads later is stopped)."""
+        if entry.startup_timeout <= 0:
+            raise ServerError(f"the workers did not load within startup_timeout "
+                              f"({entry.startup_timeout} s)")
+        creation = asyncio.ensure_future(asyncio.to_thread(self._create_runner, entry, count))
+        try:
+            return await asyncio.wait_for(asyncio.shield(creation), entry.startup_timeout)
+        except asyncio.TimeoutError:
+            creation.add_done_callback(_stop_late_runner)
+            raise ServerError(f"the workers did not load within startup_timeout "
+                              f"({entry.startup_timeout} s)") from None
 
     def restart_workers(self, entry: RegisteredVersion, stuck: ModelRunner) -> asyncio.Task | None:
         """TorchServe's answer to a handler past its response timeout: new workers replace
@@ -288,13 +332,17 @@ class ModelStore:
             config.parameters["envelope"].string_value = self._envelope
         context = ModelContext(entry.name, entry.core_version, config, entry.archive.model_dir)
         instances = []
+        load_times: list[int] = []  # WorkerLoadTime of each, ms
         try:
             for index in range(count):
                 spec = InstanceSpec(index, "CPU", 0)
                 if entry.device_ids and _gpu_available():
                     spec = InstanceSpec(index, "GPU",
                                         entry.device_ids[index % len(entry.device_ids)])
+                loading = time.perf_counter()
                 instances.append(TorchServeBackend(context, spec))
+                load_times.append(int((time.perf_counter() - loading) * 1000))
+            entry.load_times_ms = load_times
             return ModelRunner(config, entry.core_version, instances, [-1] * count, self._loop)
         except BaseException:
             for backend in instances:
@@ -359,8 +407,9 @@ class ModelStore:
         versions = self.models.get(name)
         if not versions:
             raise model_not_found(name)
-        if version not in versions:
-            raise version_not_found(name, version)
+        if version not in versions:  # ModelVersionedRefs.setDefaultVersion's words
+            raise ApiError(404, "ModelVersionNotFoundException",
+                           f"Model version {version} does not exist for model {name}")
         self.defaults[name] = version
         self.publish_native(name)
 
@@ -376,7 +425,15 @@ class ModelStore:
     # --- archives ---------------------------------------------------------------------------
 
     async def _fetch(self, url: str) -> Path:
-        """The archive's path: a file or directory in the model store, or a download into it."""
+        """The archive's path: a file or directory in the model store, or a download into it.
+        Refusals in ModelArchive.downloadModel's order and words."""
+        if self.options.model_store is None:
+            raise ApiError(404, "ModelNotFoundException", "Model store has not been configured.")
+        if not url:
+            raise ApiError(404, "ModelNotFoundException", "empty url")
+        if ".." in url:
+            raise ApiError(404, "ModelNotFoundException",
+                           f"Relative path is not allowed in url: {url}")
         scheme = urlsplit(url).scheme.lower()
         if scheme in ("http", "https"):
             self._check_allowed(url)
@@ -384,9 +441,8 @@ class ModelStore:
         if scheme == "file":
             self._check_allowed(url)
             url = urlsplit(url).path
-        elif "://" in url:
-            self._check_allowed(url)
-            raise ApiError(400, "ModelException", f"Unsupported model url: {url}")
+        elif "://" in url:  # another scheme: TorchServe looks for no such file
+            raise ApiError(404, "ModelNotFoundException", f"Model not found at: {url}")
         store = self.options.model_store
         if store is None:
             raise ApiError(404, "ModelNotFoundException", "Model store has not been configured.")
@@ -400,8 +456,9 @@ class ModelStore:
         return path
 
     def _check_allowed(self, url: str) -> None:
-        if not any(re.fullmatch(pattern, url) for pattern in self.options.allowed_urls):
-            raise ApiError(400, "ModelException",
+        if not any(re.fullmatch(pattern, url, re.IGNORECASE)
+                   for pattern in self.options.allowed_urls):
+            raise ApiError(404, "ModelNotFoundException",
                            f"Given URL {url} does not match any allowed URL(s)")
 
     def _download(self, url: str) -> Path:
@@ -432,8 +489,9 @@ class ModelStore:
             raise
         except OSError as e:
             partial.unlink(missing_ok=True)
+            log.error("downloading %s failed: %s", url, e)
             raise ApiError(400, "DownloadArchiveException",
-                           f"Failed to download archive from: {url} ({e})") from None
+                           f"Failed to download archive from: {url}") from None
         return target
 
     def store_archives(self) -> list[Path]:
@@ -478,13 +536,10 @@ def _gpu_available() -> bool:
     return gpu_count() > 0
 
 
-def release_error(error: BaseException) -> ApiError:
-    """A failure while starting workers, as TorchServe reports it."""
-    if isinstance(error, ApiError):
-        return error
-    message = error.message if isinstance(error, ServerError) else repr(error)
-    log.error("failed to start workers: %s", message)
-    return ApiError(500, "InternalServerException", f"Failed to start workers: {message}")
+def _stop_late_runner(creation: asyncio.Future) -> None:
+    if not creation.cancelled() and creation.exception() is None:
+        threading.Thread(target=creation.result().stop, name="ps-ts-late",
+                         daemon=True).start()
 
 
 def _generated(config) -> bool:

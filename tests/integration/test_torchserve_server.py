@@ -168,15 +168,19 @@ def build_store(store: Path) -> None:
 
 
 class TorchServeProcess:
-    def __init__(self, cwd: Path, properties: str, *flags: str) -> None:
+    def __init__(self, cwd: Path, properties: str, *flags: str, env: dict | None = None,
+                 scheme: str = "http", verify=True) -> None:
         (cwd / "config.properties").write_text(properties)
         self.cwd = cwd
+        self.scheme = scheme
+        self.verify = verify  # what requests should trust (a CA file for HTTPS)
         self.log_path = cwd / "server.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyserve.cli", "torchserve", "--start", "--ncs",
              "--ts-config", "config.properties", "--grpc-port", "0", "--http-port", "0",
              "--metrics-port", "0", *flags],
-            cwd=cwd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
+            cwd=cwd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
         self.ports: dict[str, int] = {}
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -194,7 +198,7 @@ class TorchServeProcess:
         raise RuntimeError(f"pyserve torchserve did not start:\n{self.log_path.read_text()}")
 
     def url(self, kind: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.ports[kind]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.ports[kind]}{path}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -236,7 +240,8 @@ def server(request, tmp_path_factory):
               "tgz_echo" + (".tar.gz" if HAVE_ARCHIVER else ".mar")]
     if HAVE_TS:
         models += ["eager.mar", "scripted.mar", "failing.mar", "streaming.mar"]
-    extra = "cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
+    extra = ("cors_allowed_origin=*\ncors_allowed_methods=GET, POST\nbatch_size=3\n"
+             "model_metrics_auto_detect=true\n")  # EchoBatchSize is not in metrics.yaml
     process = TorchServeProcess(root, PROPERTIES + extra + f"load_models={','.join(models)}\n",
                                 "--disable-token-auth", "--enable-model-api",
                                 "--model-repository", str(repository),
@@ -263,6 +268,12 @@ def test_torchserve_ping_and_api_description(server):
     assert reply.headers["Access-Control-Allow-Methods"] == "GET, POST"
     description = requests.options(server.url("inference", "/"))
     assert description.status_code == 200 and "/ping" in description.json()["paths"]
+    # ApiDescriptionRequestHandler on every address: OPTIONS / and /api-description
+    for kind in ("inference", "management", "metrics"):
+        described = requests.get(server.url(kind, "/api-description"))
+        assert described.status_code == 200 and "/metrics" in described.json()["paths"]
+        assert requests.options(server.url(kind, "/")).status_code == 200
+        assert requests.get(server.url(kind, "/")).status_code == 405
     missing = requests.get(server.url("inference", "/nothing/here"))
     assert missing.status_code == 404
     assert missing.json()["type"] == "ResourceNotFoundException"
@@ -373,8 +384,9 @@ def test_torchserve_management_api(server):
     assert described[0]["modelVersion"] == "1.0" and described[0]["batchSize"] == 4
     assert len(described[0]["workers"]) == 1 and described[0]["loadedAtStartup"] is True
 
-    # register version 2.0 of echo from the model store, then give it workers
-    registered = requests.post(m("/models?url=echo_v2.mar"))
+    # register version 2.0 of echo from the model store, then give it workers (without
+    # initial_workers it would get default_workers_per_model, as in TorchServe)
+    registered = requests.post(m("/models?url=echo_v2.mar&initial_workers=0"))
     assert registered.status_code == 200, registered.text
     assert registered.json()["status"] == ('Model "echo" Version: 2.0 registered with 0 '
                                            "initial workers. Use scale workers API to add "
@@ -393,11 +405,15 @@ def test_torchserve_management_api(server):
 
     default = requests.put(m("/models/echo/2.0/set-default"))
     assert default.status_code == 200
+    assert default.json() == {"status": 'Default version successfully updated for model "echo" '
+                                        'to "2.0"'}  # TorchServe 0.12's spelling
     assert requests.get(m("/models/echo")).json()[0]["modelVersion"] == "2.0"
     assert requests.post(server.url("inference", "/predictions/echo"),
                          data=b"d").json()["version"] == "2.0"
     assert requests.post(server.url("inference", "/predictions/echo/1.0"),
                          data=b"d").json()["version"] == "1.0"
+    unknown = requests.put(m("/models/echo/9.9/set-default"))
+    assert unknown.json()["message"] == "Model version 9.9 does not exist for model echo"
     forbidden = requests.delete(m("/models/echo/2.0"))
     assert forbidden.status_code == 403
     assert forbidden.json()["message"] == "Cannot remove default version for model echo"
@@ -424,9 +440,11 @@ def test_torchserve_management_api(server):
     ("POST", "/models?url=missing.mar", 404, "ModelNotFoundException"),
     ("POST", "/models?url=../store/echo.mar", 404, "ModelNotFoundException"),
     ("POST", "/models?url=https://example.invalid/m.mar", 400, "DownloadArchiveException"),
-    ("POST", "/models?url=ftp://example.invalid/m.mar", 400, "ModelException"),
+    ("POST", "/models?url=ftp://example.invalid/m.mar", 404, "ModelNotFoundException"),
     ("POST", "/models?url=echo.mar&runtime=LSP", 400, "BadRequestException"),
-    ("POST", "/models?url=echo.mar&initial_workers=many", 400, "BadRequestException"),
+    ("POST", "/models?url=&model_name=x", 404, "ModelNotFoundException"),  # "empty url"
+    ("POST", "/models?url=echo.mar&runtime=python4", 400, "BadRequestException"),
+    ("PUT", "/models/echo?max_worker=-1", 400, "BadRequestException"),  # below min_worker 1
     ("GET", "/models/nope", 404, "ModelNotFoundException"),
     ("GET", "/models/echo/9.9", 404, "ModelVersionNotFoundException"),
     ("GET", "/models/nope/all", 404, "ModelNotFoundException"),
@@ -443,6 +461,84 @@ def test_torchserve_management_refusals(server, method, path, status, kind):
     reply = requests.request(method, server.url("management", path))
     assert reply.status_code == status, reply.text
     assert reply.json()["type"] == kind and reply.json()["code"] == status
+
+
+def test_torchserve_management_parameters_as_torchserve_reads_them(server):
+    """TorchServe 0.12's parameter handling (NettyUtils.getIntParameter, Boolean.parseBoolean,
+    ApiUtils, ModelManager): what is not an integer is the default, what is not "true" is
+    false, and the answers are TorchServe's, as its management API collection expects them."""
+    m = lambda path: server.url("management", path)  # noqa: E731
+
+    def register(query: str, **kwargs):
+        return requests.post(m(f"/models?url=echo_v2.mar&{query}"), **kwargs)
+
+    def described(name: str) -> dict:
+        return requests.get(m(f"/models/{name}")).json()[0]
+
+    def unregister(name: str) -> None:  # the query's parameters mean nothing to unregister
+        reply = requests.delete(m(f"/models/{name}/?timeout=true&synchronous=-1"))
+        assert reply.status_code == 200, reply.text
+
+    # a batch_size or max_batch_delay that is not an integer is as if not given
+    reply = register("model_name=p_batch&batch_size=dd&initial_workers=1")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"status": 'Model "p_batch" Version: 2.0 registered with 1 '
+                                      "initial workers"}  # synchronous unless told otherwise
+    assert (described("p_batch")["batchSize"], described("p_batch")["maxBatchDelay"]) == (1, 100)
+    unregister("p_batch")
+    reply = register("model_name=p_delay&batch_size=2&initial_workers=1&max_batch_delay=junk")
+    assert reply.status_code == 200, reply.text
+    assert (described("p_delay")["batchSize"], described("p_delay")["maxBatchDelay"]) == (2, 100)
+    unregister("p_delay")
+    # negative initial workers: registered without workers
+    reply = register("model_name=p_negative&initial_workers=-1")
+    assert reply.status_code == 200 and "with 0 initial workers" in reply.json()["status"]
+    # synchronous=-1 is false; initial_workers defaults to default_workers_per_model (1)
+    reply = register("model_name=p_async&synchronous=-1")
+    assert reply.status_code == 202 and reply.json() == {"status": "Processing worker updates..."}
+    # scaling: min_worker 1 unless an integer, synchronous only for "true"
+    for query in ("min_worker=1&synchronous=Nan", "min_worker=nan&synchronous=nan", "",
+                  "timeout=-1", "number_gpu=10"):
+        reply = requests.put(m(f"/models/p_negative?{query}"))
+        assert reply.status_code == 202, (query, reply.text)
+    reply = requests.put(m("/models/p_negative?min_worker=2&synchronous=true"))
+    assert reply.json() == {"status": "Workers scaled to 2 for model: p_negative"}
+    # min_worker 1 with max_worker 3 keeps both workers: only those past max_worker stop
+    assert requests.put(m("/models/p_negative?min_worker=1&max_worker=3&synchronous=true")
+                        ).status_code == 200
+    assert len(described("p_negative")["workers"]) == 2
+    # a negative min_worker: TorchServe stops every worker and fails with a 500
+    reply = requests.put(m("/models/p_negative?min_worker=-1"))
+    assert reply.status_code == 500, reply.text
+    assert reply.json() == {"code": 500, "type": "IndexOutOfBoundsException",
+                            "message": "Index -1 out of bounds for length 0"}
+    assert described("p_negative")["workers"] == []
+    unregister("p_negative")
+    # startup_timeout=0: workers cannot load in no time; without workers it registers
+    reply = register("model_name=p_startup&batch_size=3&initial_workers=3&startup_timeout=0")
+    assert reply.status_code == 500, reply.text
+    assert reply.json()["type"] == "InternalServerException"
+    assert reply.json()["message"].startswith(
+        "Failed to start workers for model p_startup version: 2.0")
+    assert requests.get(m("/models/p_startup")).status_code == 404  # unregistered again
+    reply = register("model_name=p_startup&startup_timeout=0&initial_workers=0")
+    assert reply.status_code == 200, reply.text
+    assert described("p_startup")["startupTimeout"] == 0
+    unregister("p_startup")
+    # list parameters that are not integers are their defaults
+    for query in ("limit=&next_page_token=", "limit=abc", "next_page_token=12", "limit=-1"):
+        assert requests.get(m(f"/models?{query}")).status_code == 200, query
+    # a JSON body as Gson reads it: numeric strings are ints; a wrong type is a 500
+    reply = requests.post(m("/models"), json={"url": "echo_v2.mar", "model_name": "p_json",
+                                              "initial_workers": "1", "batch_size": 2})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["status"] == 'Model "p_json" Version: 2.0 registered with 1 initial workers'
+    assert described("p_json")["batchSize"] == 2
+    unregister("p_json")
+    reply = requests.post(m("/models"), json={"url": "echo_v2.mar", "batch_size": "dd"})
+    assert reply.status_code == 500 and reply.json()["type"] == "JsonSyntaxException"
+    reply = requests.post(m("/models"), json={"model_name": "p_nourl"})
+    assert reply.status_code == 400 and reply.json()["message"] == "Parameter url is required."
 
 
 def test_torchserve_token_authorization_and_disabled_model_api(tmp_path):
