@@ -1,8 +1,10 @@
 """Prometheus metrics on their own port, with Triton's metric names.
 
-prometheus_client's Counter would expose `<name>_total`; Triton's counters carry no suffix
-(`nv_inference_request_success`), so a collector exposes them. Every figure comes from counts
-the core already keeps (request outcomes, statistics, queue lengths), read at scrape time.
+Triton's counters carry no `_total` suffix (`nv_inference_request_success`), in their samples
+and in their HELP and TYPE lines; prometheus_client writes the suffix into the HELP and TYPE
+lines of every counter, after which Prometheus' parsers file the samples as untyped. So the
+families are written here, as Triton writes them. Every figure comes from counts the core
+already keeps (request outcomes, statistics, queue lengths), read at scrape time.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 from pyserve.frontends.sockets import listen
 
@@ -49,8 +52,6 @@ class Metrics:
         self._statistics = statistics
         self._pending = pending
         self._request_counts = request_counts
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
 
     def collect(self):
         counts = self._request_counts() if self._request_counts is not None else {}
@@ -76,8 +77,27 @@ class Metrics:
             yield metric
 
     async def handle(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry),
+        return web.Response(body=exposition(self.collect()),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def exposition(families) -> bytes:
+    """Prometheus' text format of `families`, each named in its HELP and TYPE lines as in its
+    samples."""
+    lines = []
+    for family in families:
+        documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        lines += [f"# HELP {family.name} {documentation}", f"# TYPE {family.name} {family.type}"]
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{_escape(str(value))}"'
+                              for key, value in sample.labels.items())
+            lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}" if labels
+                         else f"{sample.name} {floatToGoString(sample.value)}")
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
 async def start_metrics_server(metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -178,6 +178,18 @@ def test_health_service_and_metrics(example_server):
     assert value("nv_inference_compute_infer_duration_us") > 0
     assert value("nv_inference_pending_request_count") == 0  # nothing is queued now
 
+    # Prometheus' own parser reads each family with its type, the samples inside it.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("nv_inference_request_success", "nv_inference_request_failure",
+                 "nv_inference_count", "nv_inference_exec_count",
+                 "nv_inference_queue_duration_us"):
+        assert families[name].type == "counter", name
+        assert families[name].samples, name
+    assert families["nv_inference_pending_request_count"].type == "gauge"
+    assert not [f.name for f in families.values() if f.type == "unknown"]
+
 
 def test_classification_extension_with_labels(client):
     import onnxruntime as ort
