@@ -1,5 +1,6 @@
 """The server's log as tritonserver writes it: its line formats, its severity switches
-(--log-info, --log-warning, --log-error, --log-verbose) and --log-file."""
+(--log-info, --log-warning, --log-error, --log-verbose) and --log-file, and the logging
+extension's settings (LogSettings, /v2/logging), which change them at once."""
 
 from __future__ import annotations
 
@@ -42,29 +43,75 @@ class TritonFormatter(logging.Formatter):
 
 
 class _Severities(logging.Filter):
-    """Drops the severities switched off (--log-info=false, ...)."""
-
-    def __init__(self, info: bool, warning: bool, error: bool) -> None:
-        super().__init__()
-        self._off = {level for level, on in ((logging.INFO, info), (logging.WARNING, warning),
-                                             (logging.ERROR, error), (logging.CRITICAL, error))
-                     if not on}
+    """Drops the severities switched off (log_info=false, ...), as the settings say now."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno not in self._off
+        key = {logging.INFO: "log_info", logging.WARNING: "log_warning"}.get(
+            record.levelno, "log_error" if record.levelno >= logging.ERROR else None)
+        return key is None or _settings[key]
+
+
+# The logging extension's settings, with Triton's names; configure() and update() set them.
+_settings: dict = {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
+                   "log_verbose_level": 0, "log_format": "default"}
+_handler: logging.Handler | None = None
 
 
 def configure(verbose: int = 0, info: bool = True, warning: bool = True, error: bool = True,
               file: str | None = None, layout: str = "default") -> None:
     """The process's logging: one handler on the root logger, to `file` (appended, as Triton
     does) or stderr."""
-    handler = (logging.FileHandler(os.fspath(file), encoding="utf-8") if file
-               else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(TritonFormatter(layout))
-    handler.addFilter(_Severities(info, warning, error))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
-                        force=True)
+    global _handler
+    _handler = (logging.FileHandler(os.fspath(file), encoding="utf-8") if file
+                else logging.StreamHandler(sys.stderr))
+    _handler.addFilter(_Severities())
+    logging.basicConfig(handlers=[_handler], force=True)
     logging.getLogger("aiohttp.server").addFilter(_malformed_requests_quietly)
+    _apply({"log_file": os.fspath(file) if file else "", "log_info": info,
+            "log_warning": warning, "log_error": error, "log_verbose_level": verbose,
+            "log_format": layout})
+
+
+def settings() -> dict:
+    return dict(_settings)
+
+
+# What each setting a client may change must be: the type's name in Triton's texts, a check.
+_KINDS = {"log_info": ("boolean", lambda v: isinstance(v, bool)),
+          "log_warning": ("boolean", lambda v: isinstance(v, bool)),
+          "log_error": ("boolean", lambda v: isinstance(v, bool)),
+          "log_verbose_level": ("unsigned-integer",
+                                lambda v: type(v) is int and 0 <= v < 2**32),
+          "log_format": ("string", lambda v: isinstance(v, str)),
+          "log_file": ("string", lambda v: isinstance(v, str))}
+
+
+def update(changes: dict) -> dict:
+    """Applies a client's changes (unknown names ignored, as Triton ignores them); returns
+    the settings. Refusals are ServerErrors with Triton's texts: a value of the wrong type
+    (INTERNAL), log_file (UNSUPPORTED: it is set on the command line only), a format that is
+    not one (INVALID_ARG)."""
+    from pyserve.errors import ErrorCode, ServerError
+
+    known = {key: value for key, value in changes.items() if key in _KINDS}
+    for key, value in known.items():
+        kind, fits = _KINDS[key]
+        if not fits(value):
+            raise ServerError(f"attempt to access JSON non-{kind} as {kind}", ErrorCode.INTERNAL)
+    if "log_file" in known:
+        raise ServerError("log file location can not be updated through network protocol",
+                          ErrorCode.UNSUPPORTED)
+    if known.get("log_format", "default") not in FORMATS:
+        raise ServerError(f"invalid argument for log_format, got: {known['log_format']}")
+    _apply(known)
+    return settings()
+
+
+def _apply(changes: dict) -> None:
+    _settings.update(changes)
+    logging.getLogger().setLevel(logging.DEBUG if _settings["log_verbose_level"] else logging.INFO)
+    if _handler is not None:
+        _handler.setFormatter(TritonFormatter(_settings["log_format"]))
 
 
 def _malformed_requests_quietly(record: logging.LogRecord) -> bool:

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from pyserve import __version__, _core
+from pyserve import __version__, _core, logs
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
@@ -43,7 +43,8 @@ GRPC_STATUS = {
 
 SERVER_EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)",
                      "model_configuration", "system_shared_memory", "cuda_shared_memory",
-                     "binary_tensor_data", "parameters", "statistics", "schedule_policy"]
+                     "binary_tensor_data", "parameters", "statistics", "schedule_policy",
+                     "logging"]
 _INT32_MAX = 2**31 - 1
 
 
@@ -79,6 +80,20 @@ class InferenceServicer:
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=self._manager.server_id, version=__version__,
                                          extensions=SERVER_EXTENSIONS)
+
+    @_refusals
+    async def LogSettings(self, request, context):
+        """The logging extension; a value of another type than its setting's is ignored, as
+        Triton ignores it."""
+        kinds = {"log_info": "bool_param", "log_warning": "bool_param",
+                 "log_error": "bool_param", "log_verbose_level": "uint32_param",
+                 "log_format": "string_param", "log_file": "string_param"}
+        changes = {key: getattr(value, kinds[key]) for key, value in request.settings.items()
+                   if key in kinds and value.WhichOneof("parameter_choice") == kinds[key]}
+        response = pb.LogSettingsResponse()
+        for key, value in logs.update(changes).items():
+            setattr(response.settings[key], kinds[key], value)
+        return response
 
     @_refusals
     async def ModelMetadata(self, request, context):

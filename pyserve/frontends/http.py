@@ -14,6 +14,7 @@ from aiohttp import web
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
+from pyserve import logs
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
@@ -60,6 +61,8 @@ class HttpFrontend:
             web.get("/v2/health/ready", self.ready),
             web.get("/v2", self.server_metadata),
             web.get("/v2/models/stats", self.statistics),
+            web.get("/v2/logging", self.log_settings),
+            web.post("/v2/logging", self.log_settings),
         ]
         for base in ("/v2/repository", "/v2/repository/{repository}"):
             routes += [
@@ -115,6 +118,25 @@ class HttpFrontend:
         entries = self._manager.statistics(request.match_info.get("model", ""),
                                            request.match_info.get("version", ""))
         return web.json_response({"model_stats": entries})
+
+    async def log_settings(self, request: web.Request) -> web.Response:
+        """The logging extension: GET reads the settings, POST changes the ones it names."""
+        if request.method == "GET":
+            return web.json_response(logs.settings())
+        body = await _body(request)
+        try:
+            changes = json.loads(body) if body.strip() else {}
+        except ValueError as e:
+            raise ServerError(f"failed to parse the request JSON buffer: {e}",
+                              ErrorCode.INTERNAL) from None
+        try:
+            return web.json_response(logs.update(changes if isinstance(changes, dict) else {}))
+        except ServerError as e:
+            if e.code != ErrorCode.INVALID_ARG:
+                raise
+            # Triton's HTTP frontend words and codes a bad format as its command line does.
+            raise ServerError(e.message.replace("for log_format", "for --log_format"),
+                              ErrorCode.UNAVAILABLE) from None
 
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await _json_body(request)

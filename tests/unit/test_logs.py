@@ -14,11 +14,12 @@ from pyserve import logs
 @pytest.fixture
 def restore_logging():
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, settings = root.handlers[:], root.level, logs.settings()
     yield
     for handler in root.handlers:
         handler.close()
     root.handlers, root.level = handlers, level
+    logs._settings.update(settings)
 
 
 def test_the_log_file_takes_triton_lines_and_the_severities_asked_for(tmp_path, restore_logging):
@@ -47,3 +48,39 @@ def test_iso8601_lines(tmp_path, restore_logging):
     logging.getLogger("pyserve").error("not written")
     assert re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ test_logs\.py:\d+\] "hello"\n',
                         path.read_text())
+
+
+def test_settings_change_the_log_at_once(tmp_path, restore_logging):
+    path = tmp_path / "server.log"
+    logs.configure(file=str(path))
+    log = logging.getLogger("pyserve")
+    assert logs.update({"log_info": False, "log_format": "ISO8601", "unknown": 1}) == {
+        "log_file": str(path), "log_info": False, "log_warning": True, "log_error": True,
+        "log_verbose_level": 0, "log_format": "ISO8601"}
+    log.info("not written")
+    log.warning("written")
+    assert re.fullmatch(r'\d{4}-\d\d-\d\dT\S+ W \d+ test_logs\.py:\d+\] "written"\n',
+                        path.read_text())
+    log.debug("verbose")
+    assert "verbose" not in path.read_text()
+    logs.update({"log_verbose_level": 1})
+    log.debug("verbose")
+    assert "verbose" in path.read_text()
+
+
+@pytest.mark.parametrize("changes, code, text", [
+    ({"log_file": "/tmp/x"}, "UNSUPPORTED",
+     "log file location can not be updated through network protocol"),
+    ({"log_format": "bad"}, "INVALID_ARG", "invalid argument for log_format, got: bad"),
+    ({"log_info": "yes"}, "INTERNAL", "attempt to access JSON non-boolean as boolean"),
+    ({"log_verbose_level": -1}, "INTERNAL",
+     "attempt to access JSON non-unsigned-integer as unsigned-integer"),
+])
+def test_refused_settings_change_nothing(changes, code, text, restore_logging):
+    from pyserve.errors import ServerError
+
+    before = logs.settings()
+    with pytest.raises(ServerError) as refused:
+        logs.update({"log_info": False, **changes})
+    assert (refused.value.code.value, refused.value.message) == (code, text)
+    assert logs.settings() == before
