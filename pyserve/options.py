@@ -10,6 +10,22 @@ FRONTENDS = ("auto", "native", "python")
 
 
 @dataclass
+class GrpcTls:
+    """tritonserver's --grpc-use-ssl flags: PEM files; `mutual` requires clients' certificates,
+    verified against the root certificate."""
+    server_cert: Path
+    server_key: Path
+    root_cert: Path | None = None
+    mutual: bool = False
+
+    def pem(self) -> dict[str, str]:
+        """The files' contents (OSError where one cannot be read)."""
+        return {"server_cert": self.server_cert.read_text(),
+                "server_key": self.server_key.read_text(),
+                "root_cert": self.root_cert.read_text() if self.root_cert else ""}
+
+
+@dataclass
 class ServerOptions:
     # Local folders, or s3:// gs:// as:// URLs (str) of repositories in object storage.
     model_repositories: list[Path | str] = field(default_factory=list)
@@ -30,6 +46,7 @@ class ServerOptions:
     # gRPC channel arguments from tritonserver's keepalive, HTTP/2 ping and connection-age
     # flags (argument name -> value); gRPC's defaults are Triton's.
     grpc_channel_args: dict[str, int] = field(default_factory=dict)
+    grpc_tls: GrpcTls | None = None  # None: plaintext gRPC
     server_id: str = "triton"  # tritonserver's --id: the name in the server's metadata
     allow_grpc: bool = True
     allow_http: bool = True

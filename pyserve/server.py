@@ -199,6 +199,13 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     """The gRPC server the options ask for: native when built (or asked), else grpc.aio."""
     address = f"{options.address('grpc')}:{options.grpc_port}"
     channel_args = {**options.grpc_channel_args, "grpc.so_reuseport": int(options.reuse_grpc_port)}
+    tls = None
+    if options.grpc_tls is not None:
+        try:
+            tls = {**options.grpc_tls.pem(), "mutual": options.grpc_tls.mutual}
+        except OSError as e:
+            raise StartupError(f"failed to start GRPC service: cannot read "
+                               f"{e.filename}: {e.strerror}") from None
     if options.grpc_frontend != "python":
         from pyserve.frontends import grpc_native
 
@@ -206,7 +213,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
             log.info("gRPC frontend: native (gRPC C++)")
             return grpc_native.create_native_grpc_server(manager, address,
                                                          options.grpc_max_message_size,
-                                                         channel_args, shared_memory)
+                                                         channel_args, tls, shared_memory)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -215,7 +222,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     else:
         log.info("gRPC frontend: python (grpc.aio)")
     return create_grpc_server(manager, address, options.grpc_max_message_size, channel_args,
-                              shared_memory)
+                              tls, shared_memory)
 
 
 async def _close(runner, timeout: float) -> None:

@@ -414,9 +414,23 @@ class Call : public std::enable_shared_from_this<Call> {
 
 }  // namespace
 
+namespace {
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const GrpcOptions& options) {
+  if (options.server_cert.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl(
+      options.mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                     : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  ssl.pem_root_certs = options.root_cert;
+  ssl.pem_key_cert_pairs.push_back({options.server_key, options.server_cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 Status GrpcServer::Impl::Start() {
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options_.address, Credentials(options_), &port);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   for (const auto& [name, value] : options_.channel_args) builder.AddChannelArgument(name, value);

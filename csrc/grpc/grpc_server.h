@@ -21,6 +21,10 @@ struct GrpcOptions {
   int max_message_bytes = 0x7fffffff;
   // gRPC channel arguments (keepalive, HTTP/2 pings, connection age, "grpc.so_reuseport").
   std::map<std::string, int> channel_args;
+  // TLS: PEM contents; no server certificate = plaintext. A root certificate verifies
+  // clients' certificates, which `mutual` requires.
+  std::string server_cert, server_key, root_cert;
+  bool mutual = false;
   // The regions tensors in shared memory are resolved in (null: such tensors are refused).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };

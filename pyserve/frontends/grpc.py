@@ -329,10 +329,12 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
 def create_grpc_server(manager: ModelManager, address: str,
                        max_message_size: int = _INT32_MAX,
                        channel_args: dict[str, int] | None = None,
+                       tls: dict | None = None,
                        shared_memory: _core.SharedMemoryRegistry | None = None,
                        ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port.
-    `channel_args`: gRPC channel arguments (keepalive, "grpc.so_reuseport", ...)."""
+    `channel_args`: gRPC channel arguments (keepalive, "grpc.so_reuseport", ...); `tls`: PEM
+    contents (server_cert, server_key, root_cert) and `mutual`, or None for plaintext."""
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", max_message_size),
         ("grpc.max_receive_message_length", max_message_size),
@@ -342,7 +344,14 @@ def create_grpc_server(manager: ModelManager, address: str,
         _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),
         _handlers(HEALTH_SERVICE, HealthServicer(manager)),
     ))
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls["server_key"].encode(), tls["server_cert"].encode())],
+            root_certificates=tls["root_cert"].encode() or None,
+            require_client_auth=tls["mutual"])
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind the gRPC frontend to {address}")
     return server, port

@@ -5,20 +5,14 @@ health calls (pyserve serve itself has no TLS; deployments put it behind a proxy
 from __future__ import annotations
 
 import asyncio
-import datetime
 import http.server
-import ipaddress
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from certificates import write_pem
 from pyserve.client import AsyncClient, Client, InferenceServerError
 from pyserve.protocol import pb
 
@@ -26,25 +20,8 @@ from pyserve.protocol import pb
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1: (cert path, key path, cert PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    root = tmp_path_factory.mktemp("tls")
-    (root / "cert.pem").write_bytes(cert_pem)
-    (root / "key.pem").write_bytes(key_pem)
-    return root / "cert.pem", root / "key.pem", cert_pem, key_pem
+    cert_path, key_path = write_pem(tmp_path_factory.mktemp("tls"), "cert")
+    return cert_path, key_path, cert_path.read_bytes(), key_path.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ trusts only the test's certificate (and lowers its own security level to accept 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import sys
@@ -17,13 +15,13 @@ import pytest
 
 cryptography = pytest.importorskip("cryptography")
 from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from cryptography.hazmat.primitives.serialization import pkcs12  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from certificates import self_signed  # noqa: E402
 from torchserve_archives import make_mar  # noqa: E402
 from test_torchserve_server import ECHO, TorchServeProcess, _native_available  # noqa: E402
 
@@ -33,16 +31,8 @@ PASSWORD = "changeit"  # TorchServe's default keystore_pass
 def _key_and_certificate(directory: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """A 1024-bit RSA key, as in TorchServe's test/resources/key.pem, and a certificate for
     127.0.0.1 (TorchServe's names mms.amazonaws.com)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName(
-                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                   .sign(key, hashes.SHA256()))
+    key, certificate = self_signed(rsa.generate_private_key(public_exponent=65537,
+                                                            key_size=1024))
     (directory / "certs.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return key, certificate
 
