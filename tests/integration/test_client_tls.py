@@ -1,6 +1,6 @@
 """pyserve.client over TLS (grpcs://, https://), sync and asyncio, against real TLS endpoints on
 127.0.0.1 with a certificate made here: a grpcio server and an HTTPS server answering the
-health calls (pyserve serve itself has no TLS; deployments put it behind a proxy that does)."""
+health calls (pyserve serve's own gRPC TLS is tested in test_grpc_tls.py)."""
 
 from __future__ import annotations
 
