@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyserve import __version__, _core, logs, triton_flags
+from pyserve import __version__, _core, logs, restricted, triton_flags
 from pyserve.options import CONTROL_MODES, FRONTENDS, GrpcTls, ServerOptions
 
 
@@ -118,6 +118,11 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
     net.add_argument("--grpc-use-ssl-mutual", type=_boolean, default=False, metavar="BOOL",
                      help="gRPC over TLS, clients' certificates required and verified "
                           "against --grpc-root-cert")
+    for flag, header in (("--grpc-restricted-protocol", "triton-grpc-protocol-KEY"),
+                         ("--http-restricted-api", "KEY")):
+        net.add_argument(flag, action="append", default=[], metavar="GROUPS:KEY=VALUE",
+                         help=f"answer the groups' endpoints only to requests whose {header} "
+                              f"header is VALUE; groups: {', '.join(restricted.GROUPS)}")
     for name, what in (("server-cert", "the server's certificate"),
                        ("server-key", "the server's private key"),
                        ("root-cert", "the CA certificate clients' certificates are verified "
@@ -195,6 +200,7 @@ def _network_options(args: argparse.Namespace) -> dict:
     return {**{name: getattr(args, name) for name in _NETWORK},
             "grpc_channel_args": {k: v for k, v in channel_args.items() if v is not None},
             "grpc_tls": _grpc_tls(args),
+            **_restricted(args),
             "request_limits": dict(args.request_limits)}
 
 
@@ -209,6 +215,16 @@ def _grpc_tls(args: argparse.Namespace) -> GrpcTls | None:
         raise SystemExit("pyserve: --grpc-use-ssl-mutual needs --grpc-root-cert")
     return GrpcTls(args.grpc_server_cert, args.grpc_server_key, args.grpc_root_cert,
                    mutual=args.grpc_use_ssl_mutual)
+
+
+def _restricted(args: argparse.Namespace) -> dict:
+    try:
+        return {"grpc_restricted": restricted.parse("--grpc-restricted-protocol",
+                                                    args.grpc_restricted_protocol),
+                "http_restricted": restricted.parse("--http-restricted-api",
+                                                    args.http_restricted_api)}
+    except ValueError as e:
+        raise SystemExit(f"pyserve: {e}") from None
 
 
 def _request_limit(text: str) -> tuple[str, int]:

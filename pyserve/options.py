@@ -47,6 +47,10 @@ class ServerOptions:
     # flags (argument name -> value); gRPC's defaults are Triton's.
     grpc_channel_args: dict[str, int] = field(default_factory=dict)
     grpc_tls: GrpcTls | None = None  # None: plaintext gRPC
+    # Restricted APIs (--grpc-restricted-protocol, --http-restricted-api): group -> the header
+    # key and value a request of that group must carry (pyserve.restricted names the groups).
+    grpc_restricted: dict[str, tuple[str, str]] = field(default_factory=dict)
+    http_restricted: dict[str, tuple[str, str]] = field(default_factory=dict)
     server_id: str = "triton"  # tritonserver's --id: the name in the server's metadata
     allow_grpc: bool = True
     allow_http: bool = True

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 
-from pyserve import _core
+from pyserve import _core, restricted
 from pyserve.devices import gpu_count
 from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
@@ -102,11 +102,12 @@ class Server:
                 log.info("HTTP frontend: python (aiohttp)")
             runner, port = await start_http_server(
                 self.manager, options.address("http"), options.http_port,
-                options.http_max_input_size, self.shared_memory)
+                options.http_max_input_size, self.shared_memory, options.http_restricted)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
-            self.manager, "127.0.0.1", 0, options.http_max_input_size, self.shared_memory)
+            self.manager, "127.0.0.1", 0, options.http_max_input_size, self.shared_memory,
+            options.http_restricted)
         self._runners.append(runner)
         self._http = native.NativeHttpServer(self.manager, options.address("http"),
                                              options.http_port,
@@ -199,6 +200,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     """The gRPC server the options ask for: native when built (or asked), else grpc.aio."""
     address = f"{options.address('grpc')}:{options.grpc_port}"
     channel_args = {**options.grpc_channel_args, "grpc.so_reuseport": int(options.reuse_grpc_port)}
+    methods = restricted.grpc_methods(options.grpc_restricted)
     tls = None
     if options.grpc_tls is not None:
         try:
@@ -213,7 +215,8 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
             log.info("gRPC frontend: native (gRPC C++)")
             return grpc_native.create_native_grpc_server(manager, address,
                                                          options.grpc_max_message_size,
-                                                         channel_args, tls, shared_memory)
+                                                         channel_args, tls, shared_memory,
+                                                         methods)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -222,7 +225,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     else:
         log.info("gRPC frontend: python (grpc.aio)")
     return create_grpc_server(manager, address, options.grpc_max_message_size, channel_args,
-                              tls, shared_memory)
+                              tls, shared_memory, methods)
 
 
 async def _close(runner, timeout: float) -> None:

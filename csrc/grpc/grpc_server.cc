@@ -140,6 +140,19 @@ class GrpcServer::Impl : public ResponseSink {
     std::lock_guard<std::mutex> lock(calls_mutex_);
     started_.erase(call);
   }
+  // Why a call of `method` may not be served (empty: it may): a restricted method without
+  // its metadata key and value.
+  std::string Restriction(const std::string& method, const grpc::GenericServerContext& context) const {
+    if (options_.restricted.empty()) return {};
+    auto found = options_.restricted.find(method);
+    if (found == options_.restricted.end()) return {};
+    const auto& [key, value] = found->second;
+    const auto& metadata = context.client_metadata();
+    for (auto [it, end] = metadata.equal_range(key); it != end; ++it) {
+      if (it->second == value) return {};
+    }
+    return "This protocol is restricted, expecting header '" + key + "'";
+  }
   // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
   bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
@@ -253,6 +266,12 @@ class Call : public std::enable_shared_from_this<Call> {
     Listen(server_, cq_);
     method_ = context_.method();
     streaming_ = method_ == kModelStreamInfer;
+    if (const std::string refusal = server_->Restriction(method_, context_); !refusal.empty()) {
+      if (!answered_.exchange(true)) {
+        stream_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, refusal), &finished_);
+      }
+      return;
+    }
     stream_.Read(&request_, &read_);
   }
 

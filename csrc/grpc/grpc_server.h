@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "model_table.h"
 #include "shared_memory.h"
@@ -25,6 +26,9 @@ struct GrpcOptions {
   // clients' certificates, which `mutual` requires.
   std::string server_cert, server_key, root_cert;
   bool mutual = false;
+  // Restricted methods (--grpc-restricted-protocol): method path -> the metadata key and
+  // value a call must carry; others are refused UNAVAILABLE.
+  std::map<std::string, std::pair<std::string, std::string>> restricted;
   // The regions tensors in shared memory are resolved in (null: such tensors are refused).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };

@@ -109,7 +109,8 @@ class PyGrpcServer {
   PyGrpcServer(std::shared_ptr<ModelTable> table, const std::string& address, py::object dispatch,
                int threads, int max_message_bytes, std::map<std::string, int> channel_args,
                std::string server_cert, std::string server_key, std::string root_cert,
-               bool mutual, std::shared_ptr<SharedMemoryRegistry> shared_memory)
+               bool mutual, std::map<std::string, std::pair<std::string, std::string>> restricted,
+               std::shared_ptr<SharedMemoryRegistry> shared_memory)
       : shell_(std::make_shared<ShellQueue>(std::move(dispatch))) {
     GrpcOptions options;
     options.address = address;
@@ -120,6 +121,7 @@ class PyGrpcServer {
     options.server_key = std::move(server_key);
     options.root_cert = std::move(root_cert);
     options.mutual = mutual;
+    options.restricted = std::move(restricted);
     options.shared_memory = std::move(shared_memory);
     std::weak_ptr<ShellQueue> shell = shell_;
     Status status;
@@ -178,12 +180,14 @@ PYBIND11_MODULE(_grpc_server, m) {
   py::class_<PyGrpcServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int,
                     std::map<std::string, int>, std::string, std::string, std::string, bool,
+                    std::map<std::string, std::pair<std::string, std::string>>,
                     std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
            py::arg("table"), py::arg("address"), py::arg("dispatch"), py::arg("threads") = 2,
            py::arg("max_message_bytes") = 0x7fffffff,
            py::arg("channel_args") = std::map<std::string, int>{},
            py::arg("server_cert") = "", py::arg("server_key") = "", py::arg("root_cert") = "",
            py::arg("mutual") = false,
+           py::arg("restricted") = std::map<std::string, std::pair<std::string, std::string>>{},
            py::arg("shared_memory") = nullptr)
       .def_property_readonly("port", &PyGrpcServer::port)
       .def("stop", &PyGrpcServer::Stop, py::arg("grace_seconds") = 0.0);

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from pyserve import __version__, _core, logs
+from pyserve import __version__, _core, logs, restricted
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
@@ -326,16 +326,39 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
+class _Restricted(grpc.aio.ServerInterceptor):
+    """--grpc-restricted-protocol: a restricted method is refused without its header."""
+
+    def __init__(self, methods: dict[str, tuple[str, str]]) -> None:
+        self._methods = methods
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        required = self._methods.get(details.method)
+        if handler is None or required is None or required in (details.invocation_metadata or ()):
+            return handler
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, restricted.grpc_refusal(required[0]))
+
+        if handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 def create_grpc_server(manager: ModelManager, address: str,
                        max_message_size: int = _INT32_MAX,
                        channel_args: dict[str, int] | None = None,
                        tls: dict | None = None,
                        shared_memory: _core.SharedMemoryRegistry | None = None,
+                       restricted_methods: dict[str, tuple[str, str]] | None = None,
                        ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port.
     `channel_args`: gRPC channel arguments (keepalive, "grpc.so_reuseport", ...); `tls`: PEM
-    contents (server_cert, server_key, root_cert) and `mutual`, or None for plaintext."""
-    server = grpc.aio.server(options=[
+    contents (server_cert, server_key, root_cert) and `mutual`, or None for plaintext;
+    `restricted_methods`: {method path: (metadata key, value)} it must carry."""
+    interceptors = [_Restricted(restricted_methods)] if restricted_methods else []
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_send_message_length", max_message_size),
         ("grpc.max_receive_message_length", max_message_size),
         *(channel_args or {}).items(),

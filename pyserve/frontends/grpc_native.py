@@ -58,7 +58,8 @@ class NativeGrpcServer:
     def __init__(self, manager: ModelManager, address: str, threads: int | None = None,
                  max_message_size: int = _INT32_MAX, channel_args: dict[str, int] | None = None,
                  tls: dict | None = None,
-                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
+                 shared_memory: _core.SharedMemoryRegistry | None = None,
+                 restricted_methods: dict[str, tuple[str, str]] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._methods: dict[str, tuple[Callable, Callable, Callable]] = {}
         if shared_memory is None:
@@ -77,7 +78,8 @@ class NativeGrpcServer:
         self._server = _grpc_server.Server(manager.table, address, self._dispatch,
                                            threads or min(2, os.cpu_count() or 1),
                                            max_message_size, channel_args or {},
-                                           **(tls or {}), shared_memory=shared_memory)
+                                           **(tls or {}), restricted=restricted_methods or {},
+                                           shared_memory=shared_memory)
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -122,7 +124,9 @@ def create_native_grpc_server(manager: ModelManager, address: str,
                               channel_args: dict[str, int] | None = None,
                               tls: dict | None = None,
                               shared_memory: _core.SharedMemoryRegistry | None = None,
+                              restricted_methods: dict[str, tuple[str, str]] | None = None,
                               ) -> tuple[NativeGrpcServer, int]:
     server = NativeGrpcServer(manager, address, max_message_size=max_message_size,
-                              channel_args=channel_args, tls=tls, shared_memory=shared_memory)
+                              channel_args=channel_args, tls=tls, shared_memory=shared_memory,
+                              restricted_methods=restricted_methods)
     return server, server.port

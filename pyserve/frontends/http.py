@@ -14,7 +14,7 @@ from aiohttp import web
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
-from pyserve import logs
+from pyserve import logs, restricted
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
@@ -46,6 +46,17 @@ async def _refusals(request: web.Request, handler):
         return _error(e.message, http_status(e.code))
     except RecursionError:
         return _error("failed to parse the request JSON buffer: nested too deeply", 400)
+
+
+def _restrictions(groups: dict[str, tuple[str, str]]):
+    """--http-restricted-api: a restricted group's routes answer 403 without their header."""
+    @web.middleware
+    async def check(request: web.Request, handler):
+        required = groups.get(restricted.http_group(request.path))
+        if required is not None and request.headers.get(required[0]) != required[1]:
+            return _error(restricted.http_refusal(required[0]), 403)
+        return await handler(request)
+    return check
 
 
 class HttpFrontend:
@@ -435,8 +446,10 @@ def _encode_outputs(outputs: list[OutputTensor], binary, in_shm) -> tuple[list[d
 
 async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int,
                             shared_memory: _core.SharedMemoryRegistry | None = None,
+                            restricted_groups: dict[str, tuple[str, str]] | None = None,
                             ) -> tuple[web.AppRunner, int]:
-    app = web.Application(middlewares=[_refusals], client_max_size=max_input_size)
+    middlewares = [_restrictions(restricted_groups)] if restricted_groups else []
+    app = web.Application(middlewares=[*middlewares, _refusals], client_max_size=max_input_size)
     app[MAX_INPUT_SIZE] = max_input_size
     app.add_routes(HttpFrontend(manager, shared_memory).routes())
     # handler_cancellation: a client that closes its connection cancels its inference, which
