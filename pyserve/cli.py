@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
         net.add_argument(flag, action="append", default=[], metavar="GROUPS:KEY=VALUE",
                          help=f"answer the groups' endpoints only to requests whose {header} "
                               f"header is VALUE; groups: {', '.join(restricted.GROUPS)}")
+    for name in ("grpc", "http"):
+        net.add_argument(f"--{name}-header-forward-pattern", type=_pattern, default="",
+                         metavar="REGEX", help=f"{name} headers whose name the pattern finds "
+                                               "become parameters of inference requests")
     for name, what in (("server-cert", "the server's certificate"),
                        ("server-key", "the server's private key"),
                        ("root-cert", "the CA certificate clients' certificates are verified "
@@ -190,7 +195,8 @@ _GRPC_CHANNEL_FLAGS = {
 _NETWORK = ("host", "grpc_address", "http_address", "metrics_address", "grpc_port",
             "http_port", "metrics_port", "reuse_grpc_port", "reuse_http_port", "allow_grpc",
             "allow_http", "allow_metrics", "grpc_frontend", "http_frontend",
-            "http_thread_count", "http_max_input_size", "grpc_max_message_size")
+            "http_thread_count", "http_max_input_size", "grpc_max_message_size",
+            "grpc_header_forward_pattern", "http_header_forward_pattern")
 
 
 def _network_options(args: argparse.Namespace) -> dict:
@@ -225,6 +231,14 @@ def _restricted(args: argparse.Namespace) -> dict:
                                                     args.http_restricted_api)}
     except ValueError as e:
         raise SystemExit(f"pyserve: {e}") from None
+
+
+def _pattern(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {e}") from None
+    return text
 
 
 def _request_limit(text: str) -> tuple[str, int]:

@@ -51,6 +51,10 @@ class ServerOptions:
     # key and value a request of that group must carry (pyserve.restricted names the groups).
     grpc_restricted: dict[str, tuple[str, str]] = field(default_factory=dict)
     http_restricted: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Headers whose name the pattern finds (re.search) become inference request parameters
+    # (--grpc-header-forward-pattern, --http-header-forward-pattern); empty = none.
+    grpc_header_forward_pattern: str = ""
+    http_header_forward_pattern: str = ""
     server_id: str = "triton"  # tritonserver's --id: the name in the server's metadata
     allow_grpc: bool = True
     allow_http: bool = True

@@ -102,12 +102,13 @@ class Server:
                 log.info("HTTP frontend: python (aiohttp)")
             runner, port = await start_http_server(
                 self.manager, options.address("http"), options.http_port,
-                options.http_max_input_size, self.shared_memory, options.http_restricted)
+                options.http_max_input_size, self.shared_memory, options.http_restricted,
+                options.http_header_forward_pattern)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
             self.manager, "127.0.0.1", 0, options.http_max_input_size, self.shared_memory,
-            options.http_restricted)
+            options.http_restricted, options.http_header_forward_pattern)
         self._runners.append(runner)
         self._http = native.NativeHttpServer(self.manager, options.address("http"),
                                              options.http_port,
@@ -213,10 +214,9 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
 
         if grpc_native.available():
             log.info("gRPC frontend: native (gRPC C++)")
-            return grpc_native.create_native_grpc_server(manager, address,
-                                                         options.grpc_max_message_size,
-                                                         channel_args, tls, shared_memory,
-                                                         methods)
+            return grpc_native.create_native_grpc_server(
+                manager, address, options.grpc_max_message_size, channel_args, tls,
+                shared_memory, methods, options.grpc_header_forward_pattern)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -225,7 +225,7 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     else:
         log.info("gRPC frontend: python (grpc.aio)")
     return create_grpc_server(manager, address, options.grpc_max_message_size, channel_args,
-                              tls, shared_memory, methods)
+                              tls, shared_memory, methods, options.grpc_header_forward_pattern)
 
 
 async def _close(runner, timeout: float) -> None:

@@ -32,8 +32,6 @@ UNSERVED = {
     "--cache-directory": "the response cache is not implemented yet",
     "--response-cache-byte-size": "the response cache is not implemented yet",
     "--grpc-infer-response-compression-level": "response compression is not implemented yet",
-    "--grpc-header-forward-pattern": "header forwarding is not implemented yet",
-    "--http-header-forward-pattern": "header forwarding is not implemented yet",
     "--metrics-config": "metrics settings are not implemented yet",
     "--metrics-interval-ms": "metrics settings are not implemented yet",
     "--allow-cpu-metrics": "CPU metrics are not implemented yet",

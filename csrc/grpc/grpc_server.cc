@@ -3,11 +3,14 @@
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <regex>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -153,6 +156,23 @@ class GrpcServer::Impl : public ResponseSink {
     }
     return "This protocol is restricted, expecting header '" + key + "'";
   }
+  // Forwards the call's metadata that --grpc-header-forward-pattern finds as parameters; a
+  // request parameter of the same name wins (binary "-bin" metadata is not text: skipped).
+  void ForwardHeaders(const grpc::GenericServerContext& context, InferRequest* request) const {
+    if (!forward_) return;
+    for (const auto& [key, value] : context.client_metadata()) {
+      const std::string name(key.data(), key.size());
+      if (name.size() > 4 && name.compare(name.size() - 4, 4, "-bin") == 0) continue;
+      if (!std::regex_search(name, *forward_)) continue;
+      const bool given = std::any_of(request->parameters.begin(), request->parameters.end(),
+                                     [&](const Parameter& p) { return p.key == name; });
+      if (given) continue;
+      Parameter parameter;
+      parameter.key = name;
+      parameter.string_value.assign(value.data(), value.size());
+      request->parameters.push_back(std::move(parameter));
+    }
+  }
   // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
   bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
@@ -177,6 +197,7 @@ class GrpcServer::Impl : public ResponseSink {
 
   void AbandonStarted();
 
+  std::optional<std::regex> forward_;
   std::atomic<int> live_calls_{0}, allocated_calls_{0};
   std::mutex calls_mutex_;
   std::unordered_set<Call*> started_;
@@ -332,6 +353,7 @@ class Call : public std::enable_shared_from_this<Call> {
     status = DecodeInferRequest(pending->message, server_->shared_memory(), &pending->converted,
                                 request.get());
     if (!status.ok()) return Fail(status);
+    server_->ForwardHeaders(context_, request.get());
     status = server_->table().Submit(name, version, &pending->model, request);
     if (!status.ok()) return Fail(status);
   }
@@ -448,6 +470,14 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const GrpcOptions& options)
 }  // namespace
 
 Status GrpcServer::Impl::Start() {
+  if (!options_.header_forward_pattern.empty()) {
+    try {
+      forward_.emplace(options_.header_forward_pattern, std::regex::ECMAScript | std::regex::optimize);
+    } catch (const std::regex_error& e) {
+      return Status(StatusCode::kInvalidArg, "invalid --grpc-header-forward-pattern '" +
+                                                 options_.header_forward_pattern + "': " + e.what());
+    }
+  }
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.address, Credentials(options_), &port);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);

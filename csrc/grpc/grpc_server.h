@@ -29,6 +29,9 @@ struct GrpcOptions {
   // Restricted methods (--grpc-restricted-protocol): method path -> the metadata key and
   // value a call must carry; others are refused UNAVAILABLE.
   std::map<std::string, std::pair<std::string, std::string>> restricted;
+  // --grpc-header-forward-pattern (ECMAScript): metadata whose key it finds become string
+  // parameters of ModelInfer requests; empty = none.
+  std::string header_forward_pattern;
   // The regions tensors in shared memory are resolved in (null: such tensors are refused).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };

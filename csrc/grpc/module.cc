@@ -110,6 +110,7 @@ class PyGrpcServer {
                int threads, int max_message_bytes, std::map<std::string, int> channel_args,
                std::string server_cert, std::string server_key, std::string root_cert,
                bool mutual, std::map<std::string, std::pair<std::string, std::string>> restricted,
+               std::string header_forward_pattern,
                std::shared_ptr<SharedMemoryRegistry> shared_memory)
       : shell_(std::make_shared<ShellQueue>(std::move(dispatch))) {
     GrpcOptions options;
@@ -122,6 +123,7 @@ class PyGrpcServer {
     options.root_cert = std::move(root_cert);
     options.mutual = mutual;
     options.restricted = std::move(restricted);
+    options.header_forward_pattern = std::move(header_forward_pattern);
     options.shared_memory = std::move(shared_memory);
     std::weak_ptr<ShellQueue> shell = shell_;
     Status status;
@@ -180,7 +182,7 @@ PYBIND11_MODULE(_grpc_server, m) {
   py::class_<PyGrpcServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int,
                     std::map<std::string, int>, std::string, std::string, std::string, bool,
-                    std::map<std::string, std::pair<std::string, std::string>>,
+                    std::map<std::string, std::pair<std::string, std::string>>, std::string,
                     std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
            py::arg("table"), py::arg("address"), py::arg("dispatch"), py::arg("threads") = 2,
            py::arg("max_message_bytes") = 0x7fffffff,
@@ -188,6 +190,7 @@ PYBIND11_MODULE(_grpc_server, m) {
            py::arg("server_cert") = "", py::arg("server_key") = "", py::arg("root_cert") = "",
            py::arg("mutual") = false,
            py::arg("restricted") = std::map<std::string, std::pair<std::string, std::string>>{},
+           py::arg("header_forward_pattern") = "",
            py::arg("shared_memory") = nullptr)
       .def_property_readonly("port", &PyGrpcServer::port)
       .def("stop", &PyGrpcServer::Stop, py::arg("grace_seconds") = 0.0);

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from typing import AsyncIterator, Callable
 
 import grpc
@@ -63,10 +64,13 @@ class InferenceServicer:
     """inference.GRPCInferenceService."""
 
     def __init__(self, manager: ModelManager,
-                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
+                 shared_memory: _core.SharedMemoryRegistry | None = None,
+                 header_pattern: str = "") -> None:
         self._manager = manager
         self._shared_memory = (shared_memory if shared_memory is not None
                                else _core.SharedMemoryRegistry())
+        # --grpc-header-forward-pattern: metadata whose key it finds become request parameters.
+        self._forward = re.compile(header_pattern) if header_pattern else None
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -183,15 +187,23 @@ class InferenceServicer:
 
     @_refusals
     async def ModelInfer(self, request: bytes, context) -> bytes:
-        return await self._infer(request)
+        return await self._infer(request, self._forwarded(context))
+
+    def _forwarded(self, context) -> dict:
+        if self._forward is None:
+            return {}
+        return {key: value for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str) and self._forward.search(key)}
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context):
         """Each request runs as soon as it arrives; responses go back as they complete."""
+        forwarded = self._forwarded(context)
         responses: asyncio.Queue = asyncio.Queue()
 
         async def one(raw: bytes) -> None:
             try:
-                responses.put_nowait(codec.encode_stream_response(await self._infer(raw)))
+                responses.put_nowait(codec.encode_stream_response(
+                    await self._infer(raw, forwarded)))
             except ServerError as e:
                 responses.put_nowait(pb.ModelStreamInferResponse(
                     error_message=e.message).SerializeToString())
@@ -221,7 +233,7 @@ class InferenceServicer:
             for task in set(running):
                 task.cancel()
 
-    async def _infer(self, raw: bytes) -> bytes:
+    async def _infer(self, raw: bytes, forwarded: dict) -> bytes:
         request, raw_inputs = codec.split_infer_request(raw)
         check_declared(max(len(request.inputs), len(raw_inputs)), len(request.outputs),
                        len(request.parameters) + sum(len(t.parameters) for t in request.inputs)
@@ -236,7 +248,8 @@ class InferenceServicer:
                           "output can't set both 'shared_memory_region' and 'classification'")
         model, outputs = await run_inference(self._manager, request.model_name,
                                              request.model_version, inputs, requested, request.id,
-                                             codec.parameters_dict(request.parameters),
+                                             {**forwarded,
+                                              **codec.parameters_dict(request.parameters)},
                                              classification,
                                              output_blocks(self._shared_memory, in_shm))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
@@ -352,11 +365,12 @@ def create_grpc_server(manager: ModelManager, address: str,
                        tls: dict | None = None,
                        shared_memory: _core.SharedMemoryRegistry | None = None,
                        restricted_methods: dict[str, tuple[str, str]] | None = None,
-                       ) -> tuple[grpc.aio.Server, int]:
+                       header_pattern: str = "") -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port.
     `channel_args`: gRPC channel arguments (keepalive, "grpc.so_reuseport", ...); `tls`: PEM
     contents (server_cert, server_key, root_cert) and `mutual`, or None for plaintext;
-    `restricted_methods`: {method path: (metadata key, value)} it must carry."""
+    `restricted_methods`: {method path: (metadata key, value)} it must carry; `header_pattern`:
+    metadata whose key it finds become inference request parameters."""
     interceptors = [_Restricted(restricted_methods)] if restricted_methods else []
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_send_message_length", max_message_size),
@@ -364,7 +378,7 @@ def create_grpc_server(manager: ModelManager, address: str,
         *(channel_args or {}).items(),
     ])
     server.add_generic_rpc_handlers((
-        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory)),
+        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory, header_pattern)),
         _handlers(HEALTH_SERVICE, HealthServicer(manager)),
     ))
     if tls is None:

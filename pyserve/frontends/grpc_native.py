@@ -51,6 +51,9 @@ class _Context:
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise _Abort(code, details)
 
+    def invocation_metadata(self) -> tuple:  # the native server forwards headers itself
+        return ()
+
 
 class NativeGrpcServer:
     """Same interface as grpc.aio.Server where pyserve's Server uses it: start, stop, port."""
@@ -59,7 +62,8 @@ class NativeGrpcServer:
                  max_message_size: int = _INT32_MAX, channel_args: dict[str, int] | None = None,
                  tls: dict | None = None,
                  shared_memory: _core.SharedMemoryRegistry | None = None,
-                 restricted_methods: dict[str, tuple[str, str]] | None = None) -> None:
+                 restricted_methods: dict[str, tuple[str, str]] | None = None,
+                 header_pattern: str = "") -> None:
         self._loop = asyncio.get_running_loop()
         self._methods: dict[str, tuple[Callable, Callable, Callable]] = {}
         if shared_memory is None:
@@ -79,6 +83,7 @@ class NativeGrpcServer:
                                            threads or min(2, os.cpu_count() or 1),
                                            max_message_size, channel_args or {},
                                            **(tls or {}), restricted=restricted_methods or {},
+                                           header_forward_pattern=header_pattern,
                                            shared_memory=shared_memory)
         self.port = self._server.port
 
@@ -125,8 +130,9 @@ def create_native_grpc_server(manager: ModelManager, address: str,
                               tls: dict | None = None,
                               shared_memory: _core.SharedMemoryRegistry | None = None,
                               restricted_methods: dict[str, tuple[str, str]] | None = None,
-                              ) -> tuple[NativeGrpcServer, int]:
+                              header_pattern: str = "") -> tuple[NativeGrpcServer, int]:
     server = NativeGrpcServer(manager, address, max_message_size=max_message_size,
                               channel_args=channel_args, tls=tls, shared_memory=shared_memory,
-                              restricted_methods=restricted_methods)
+                              restricted_methods=restricted_methods,
+                              header_pattern=header_pattern)
     return server, server.port

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import zlib
 
 import numpy as np
@@ -61,8 +62,11 @@ def _restrictions(groups: dict[str, tuple[str, str]]):
 
 class HttpFrontend:
     def __init__(self, manager: ModelManager,
-                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
+                 shared_memory: _core.SharedMemoryRegistry | None = None,
+                 header_pattern: str = "") -> None:
         self._manager = manager
+        # --http-header-forward-pattern: headers whose name it finds become request parameters.
+        self._forward = re.compile(header_pattern) if header_pattern else None
         self._shared_memory = (shared_memory if shared_memory is not None
                                else _core.SharedMemoryRegistry())
 
@@ -193,6 +197,12 @@ class HttpFrontend:
             return web.Response(status=200)
         return unregister
 
+    def _forwarded(self, request: web.Request) -> dict:
+        if self._forward is None:
+            return {}
+        return {key.lower(): value for key, value in request.headers.items()
+                if self._forward.search(key.lower())}
+
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
         body = await _body(request)
@@ -214,7 +224,8 @@ class HttpFrontend:
         in_shm = _output_refs(requested, classification)
         model, outputs = await run_inference(self._manager, name, version, inputs,
                                              [o["name"] for o in requested], str(header.get("id", "")),
-                                             _parameters(header), classification,
+                                             {**self._forwarded(request), **_parameters(header)},
+                                             classification,
                                              output_blocks(self._shared_memory, in_shm))
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
@@ -447,11 +458,11 @@ def _encode_outputs(outputs: list[OutputTensor], binary, in_shm) -> tuple[list[d
 async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int,
                             shared_memory: _core.SharedMemoryRegistry | None = None,
                             restricted_groups: dict[str, tuple[str, str]] | None = None,
-                            ) -> tuple[web.AppRunner, int]:
+                            header_pattern: str = "") -> tuple[web.AppRunner, int]:
     middlewares = [_restrictions(restricted_groups)] if restricted_groups else []
     app = web.Application(middlewares=[*middlewares, _refusals], client_max_size=max_input_size)
     app[MAX_INPUT_SIZE] = max_input_size
-    app.add_routes(HttpFrontend(manager, shared_memory).routes())
+    app.add_routes(HttpFrontend(manager, shared_memory, header_pattern).routes())
     # handler_cancellation: a client that closes its connection cancels its inference, which
     # the core then answers without computing it if it is still queued.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
