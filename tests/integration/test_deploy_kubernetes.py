@@ -178,41 +178,118 @@ def test_autoscaling_uses_metric_names_pyserve_exports(example_server):
 # --- KServe --------------------------------------------------------------------------------
 
 def kserve_objects() -> dict[str, dict]:
+    """Every KServe object of deploy/kserve, by file name."""
     docs = {}
     for path in sorted((DEPLOY / "kserve").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            docs[doc["kind"]] = doc
-    assert set(docs) == {"ClusterServingRuntime", "ServingRuntime", "InferenceService"}
+        (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        docs[path.stem] = doc
+    assert {d["kind"] for d in docs.values()} == {
+        "ClusterServingRuntime", "ServingRuntime", "InferenceService"}
     return docs
 
 
-def test_serving_runtime_declares_pyserves_formats_and_protocols():
+def formats(spec: dict) -> dict[str, dict]:
+    return {f["name"]: f for f in spec["supportedModelFormats"]}
+
+
+def test_serving_runtime_declares_only_what_the_cpu_image_serves():
     docs = kserve_objects()
-    assert docs["ClusterServingRuntime"]["spec"] == docs["ServingRuntime"]["spec"]
-    spec = docs["ServingRuntime"]["spec"]
-    assert {f["name"] for f in spec["supportedModelFormats"]} == {
-        "onnx", "pytorch", "tensorrt", "triton", "python"}
-    assert set(spec["protocolVersions"]) == {"v2", "grpc-v2"}
-    (c,) = spec["containers"]
+    cluster, namespaced = docs["clusterservingruntime"], docs["servingruntime"]
+    # The same runtime but for the selection of formats.
+    strip = lambda spec: {**spec, "supportedModelFormats": [  # noqa: E731
+        {"name": f["name"], "version": f["version"]} for f in spec["supportedModelFormats"]]}
+    assert strip(cluster["spec"]) == strip(namespaced["spec"])
+    # The CPU image's extras: onnxruntime, and pyserve's own Python backend.
+    extras = re.search(r"^ARG EXTRAS=(\S+)", (DEPLOY / "docker" / "Dockerfile.cpu").read_text(),
+                       re.M)[1].split(",")
+    assert extras == ["onnx", "s3", "gcs", "azure"]
+    assert set(formats(cluster["spec"])) == {"onnx", "python", "triton"}
+    assert set(cluster["spec"]["protocolVersions"]) == {"v2", "grpc-v2"}
+    # Auto-selected where pyserve should win, with a priority (KServe's minimum is 1) that no
+    # default KServe runtime gives the format: its webhook refuses a runtime whose priority
+    # equals another's for the same format, version and protocol.
+    taken = {("onnx", "1"): {1, 2}, ("triton", "2"): {1}}  # kserve-tritonserver, kserve-openvino
+    for name, f in formats(cluster["spec"]).items():
+        if f.get("autoSelect"):
+            assert f["priority"] >= 1 and f["priority"] not in taken.get((name, f["version"]), ())
+        else:
+            assert "priority" not in f
+    assert formats(cluster["spec"])["onnx"]["autoSelect"]
+    assert not formats(cluster["spec"])["triton"].get("autoSelect")  # TensorRT etc. inside
+    # A namespace's runtime outranks every ClusterServingRuntime: it selects nothing itself.
+    assert not any(f.get("autoSelect") or "priority" in f
+                   for f in namespaced["spec"]["supportedModelFormats"])
+
+
+def runtime_container(doc: dict) -> dict:
+    (c,) = doc["spec"]["containers"]
+    assert c["name"] == "kserve-container"
+    return c
+
+
+@pytest.mark.parametrize("name", ["clusterservingruntime", "servingruntime",
+                                  "torchserve-clusterservingruntime"])
+def test_serving_runtime_ports_probe_and_metrics(name):
+    runtime = kserve_objects()[name]
+    c = runtime_container(runtime)
     options = serve_args(c["args"], {})
-    assert options.model_repositories == ["/mnt/models"] or \
-        [str(p) for p in options.model_repositories] == ["/mnt/models"]
+    # HTTP first (KServe's Service port 80), gRPC named so that KServe's Service in Standard
+    # mode exposes it as h2c.
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http1", 8080), ("h2c", 9000)]
     assert (options.http_port, options.grpc_port) == (8080, 9000)
     assert options.allow_http and options.allow_grpc
-    assert spec["annotations"]["prometheus.kserve.io/port"] == str(8002)
-    # KServe sets no termination grace: the drain (grace included) must end within
-    # Kubernetes' default 30 s, and readiness must turn false before connections are refused.
-    assert options.drain_grace_secs > 0 and options.exit_timeout_secs < 30
+    probe = c["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    assert probe["timeoutSeconds"] >= 5 and probe["failureThreshold"] >= 3
+    assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == str(options.metrics_port)
+    if options.command == "serve":
+        assert options.model_repositories == ["/mnt/models"] or \
+            [str(p) for p in options.model_repositories] == ["/mnt/models"]
+        # KServe sets no termination grace: the drain (grace included) must end within
+        # Kubernetes' default 30 s, and readiness must turn false before connections are refused.
+        assert options.drain_grace_secs > 0 and options.exit_timeout_secs < 30
+    else:
+        assert options.host == "0.0.0.0"
 
 
-def test_inference_service_uses_the_runtime():
+def test_torchserve_runtime_follows_kserves_torchserve_layout():
+    runtime = kserve_objects()["torchserve-clusterservingruntime"]
+    c = runtime_container(runtime)
+    options = serve_args(c["args"], {})
+    assert options.command == "torchserve" and options.start
+    # KServe's TorchServe runtime: the storageUri holds config/ and model-store/.
+    assert str(options.model_store) == "/mnt/models/model-store"
+    assert str(options.ts_config) == "/mnt/models/config/config.properties"
+    assert {e["name"]: e["value"] for e in c["env"]} == {
+        "TS_SERVICE_ENVELOPE": "{{.Labels.serviceEnvelope}}"}
+    assert set(formats(runtime["spec"])) == {"pytorch"}
+    assert not any(f.get("autoSelect") for f in runtime["spec"]["supportedModelFormats"])
+
+
+@pytest.mark.parametrize("name", ["inferenceservice", "torchserve-inferenceservice"])
+def test_inference_service_uses_the_runtime(name):
     docs = kserve_objects()
-    model = docs["InferenceService"]["spec"]["predictor"]["model"]
-    assert model["runtime"] == docs["ClusterServingRuntime"]["metadata"]["name"]
-    formats = {f["name"] for f in docs["ClusterServingRuntime"]["spec"]["supportedModelFormats"]}
-    assert model["modelFormat"]["name"] in formats
-    assert model["protocolVersion"] in docs["ClusterServingRuntime"]["spec"]["protocolVersions"]
+    isvc = docs[name]
+    model = isvc["spec"]["predictor"]["model"]
+    runtimes = {d["metadata"]["name"]: d for d in docs.values()
+                if d["kind"] == "ClusterServingRuntime"}
+    runtime = runtimes[model["runtime"]]
+    assert model["modelFormat"]["name"] in formats(runtime["spec"])
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     assert re.match(r"^(s3|gs|https?|pvc)://", model["storageUri"])
+    annotations = isvc["metadata"]["annotations"]
+    # KServe's current name ("RawDeployment" is deprecated), and Standard mode's scraping:
+    # pyserve's port, KServe's queue-proxy switches off (no queue-proxy in Standard mode).
+    assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "false"
+    assert annotations["serving.kserve.io/enable-metric-aggregation"] == "false"
+    assert annotations["prometheus.io/port"] == runtime["spec"]["annotations"][
+        "prometheus.kserve.io/port"]
+    # The comments' URLs follow KServe's domain template {name}-{namespace}.{domain}.
+    text = (DEPLOY / "kserve" / f"{name}.yaml").read_text()
+    hosts = set(re.findall(r"https?://([\w.-]+)/", text))
+    assert hosts and all(h == f"{isvc['metadata']['name']}-NAMESPACE.example.com" for h in hosts)
+    assert "RawDeployment" not in text.replace('"RawDeployment" is its deprecated name', "")
 
 
 def sdk_check(documents: list[dict]) -> subprocess.CompletedProcess:
@@ -233,6 +310,7 @@ def sdk_check(documents: list[dict]) -> subprocess.CompletedProcess:
 
 def test_kserve_objects_load_through_the_sdk():
     documents = list(kserve_objects().values())
+    assert len(documents) == 5
     result = sdk_check(documents)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
@@ -242,12 +320,12 @@ def test_kserve_objects_load_through_the_sdk():
 
 
 def test_sdk_check_can_fail():
-    document = kserve_objects()["InferenceService"]
+    document = kserve_objects()["inferenceservice"]
     typo = {**document, "spec": {"predictor": {"model": {
         **document["spec"]["predictor"]["model"], "storageUrl": "s3://x"}}}}
     result = sdk_check([typo])
     assert result.returncode != 0 and "storageUrl" in result.stderr
-    runtime = kserve_objects()["ServingRuntime"]
+    runtime = kserve_objects()["servingruntime"]
     nameless = {**runtime, "spec": {**runtime["spec"], "containers": [
         {k: v for k, v in runtime["spec"]["containers"][0].items() if k != "name"}]}}
     result = sdk_check([nameless])
