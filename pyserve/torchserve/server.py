@@ -58,8 +58,13 @@ class TorchServeServer:
         if options.certificate_file is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(options.certificate_file, options.private_key_file)
-        sites = [("Inference", self.apis.inference_app(), options.inference_address),
-                 ("Management", self.apis.management_app(), options.management_address)]
+        if options.management_address == options.inference_address and \
+                options.inference_address.port != 0:  # port 0: two ports, each chosen freely
+            sites = [("Inference", self.apis.shared_app(), options.inference_address)]
+            log.info("Management API served on the inference address")
+        else:
+            sites = [("Inference", self.apis.inference_app(), options.inference_address),
+                     ("Management", self.apis.management_app(), options.management_address)]
         if options.enable_metrics_api:
             sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
         for name, app, address in sites:
@@ -70,6 +75,7 @@ class TorchServeServer:
                 self._runners.append(runner)
             self.ports[name.lower()] = port
             log.info("%s API bind to: %s://%s:%d", name, address.scheme, address.host, port)
+        self.ports.setdefault("management", self.ports["inference"])
         log.info("Model server started.")
 
     def _native_inference(self, address) -> bool:
