@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -22,15 +23,27 @@ from conftest import OUTSIDE, ROOT
 yaml = pytest.importorskip("yaml")
 
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ["cpu", "gpu"]
+KUBERNETES = DEPLOY / "kubernetes"
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # oldest and newest this pins schemas for
+# Each rendered overlay: the shipped ones, and the base with one component of ../identity.
+OVERLAYS = ["cpu", "gpu", "example", "example-keda", "identity/eks", "identity/gke",
+            "identity/aks", "identity/gcs-key"]
+# What KServe's and Kubernetes' controllers and the Prometheus Operator read (namespace below).
+CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject"}
 
 
-def render(overlay: str) -> list[dict]:
+def render(overlay: str, tmp_path_factory=None) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (Debian package kubectl)")
-    result = subprocess.run([kubectl, "kustomize", str(DEPLOY / "kubernetes" / overlay)],
+    directory = KUBERNETES / overlay
+    if overlay.startswith("identity/"):  # a component: rendered in an overlay of cpu
+        directory = tmp_path_factory.mktemp("overlay")
+        (directory / "deploy").symlink_to(KUBERNETES)
+        (directory / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources: [deploy/cpu]\ncomponents: [deploy/{overlay}]\n")
+    result = subprocess.run([kubectl, "kustomize", str(directory)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -53,18 +66,50 @@ def serve_args(args: list[str], env: dict[str, str]):
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def rendered(request) -> tuple[str, dict[str, dict]]:
-    return request.param, by_kind(render(request.param))
+def rendered(request, tmp_path_factory) -> tuple[str, dict[str, dict]]:
+    return request.param, by_kind(render(request.param, tmp_path_factory))
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_rendered_objects_are_valid_kubernetes(rendered, version):
     validate = pytest.importorskip("kubernetes_validate")
     overlay, kinds = rendered
-    assert set(kinds) == {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
-                          "HorizontalPodAutoscaler"}
-    for doc in kinds.values():
-        validate.validate(doc, version, strict=True)
+    assert {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
+            "ServiceAccount"} <= set(kinds)
+    for kind, doc in kinds.items():
+        if kind not in CUSTOM_KINDS:
+            validate.validate(doc, version, strict=True)
+
+
+def custom_resource_check(documents: list[dict]) -> subprocess.CompletedProcess:
+    """Validate ServiceMonitor and ScaledObject objects with the npm @kubernetes-models
+    packages (in $PYSERVE_K8S_MODELS, default ~/.cache/pyserve-k8s-models/node_modules)."""
+    node = shutil.which("node")
+    models = Path(os.environ.get("PYSERVE_K8S_MODELS") or
+                  Path.home() / ".cache" / "pyserve-k8s-models" / "node_modules")
+    if node is None or not (models / "@kubernetes-models" / "keda").is_dir() or \
+            not (models / "@kubernetes-models" / "prometheus-operator").is_dir():
+        pytest.skip("the custom resource models are not installed: npm install --prefix "
+                    "~/.cache/pyserve-k8s-models @kubernetes-models/prometheus-operator@6.0.0 "
+                    "@kubernetes-models/keda@2.0.0 (or set PYSERVE_K8S_MODELS)")
+    return subprocess.run([node, str(ROOT / "tests" / "k8s_models.js"), str(models)],
+                          input=json.dumps(documents), capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_custom_resources_are_valid():
+    documents = [doc for overlay in ("example", "example-keda")
+                 for doc in render(overlay) if doc["kind"] in CUSTOM_KINDS]
+    result = custom_resource_check(documents)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == ["ScaledObject", "ServiceMonitor", "ServiceMonitor"]
+
+
+def test_custom_resource_check_can_fail():
+    (scaled,) = [doc for doc in render("example-keda") if doc["kind"] == "ScaledObject"]
+    result = custom_resource_check([{**scaled, "spec": {**scaled["spec"],
+                                                        "minReplicaCount": "two"}}])
+    assert result.returncode != 0 and "minReplicaCount" in result.stderr
 
 
 def test_schema_validation_can_fail():
@@ -80,7 +125,7 @@ def container(kinds: dict[str, dict]) -> dict:
     return only
 
 
-def test_probes_use_tritons_health_routes(rendered):
+def test_probes_use_tritons_health_routes_and_survive_a_slow_listing(rendered):
     _, kinds = rendered
     c = container(kinds)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -89,6 +134,10 @@ def test_probes_use_tritons_health_routes(rendered):
                         ("livenessProbe", "/v2/health/live")):
         assert c[probe]["httpGet"]["path"] == path
         assert c[probe]["httpGet"]["port"] in ports
+        # A health answer held up by the process's event loop for seconds (a slow
+        # object-store listing) is not a failure, nor are a few of them in a row.
+        assert c[probe]["timeoutSeconds"] >= 5
+        assert c[probe]["failureThreshold"] * c[probe]["periodSeconds"] >= 15
 
 
 def test_args_are_pyserves_and_the_grace_covers_the_drain(rendered):
@@ -104,22 +153,95 @@ def test_args_are_pyserves_and_the_grace_covers_the_drain(rendered):
     assert drain < pod["terminationGracePeriodSeconds"], "Kubernetes would kill the drain"
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
     # The read-only root leaves pyserve its two writable places: temp files and the mirror.
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert "/tmp" in mounts and options.repository_cache_dir and \
         str(options.repository_cache_dir) in mounts
+    # The mirror is bounded, and the scheduler counts it.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cache = volumes[mounts[str(options.repository_cache_dir)]]["emptyDir"]
+    limit = sum(parse_quantity(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"]
+                if "emptyDir" in v)
+    assert parse_quantity(cache["sizeLimit"]) > 0
+    assert parse_quantity(c["resources"]["requests"]["ephemeral-storage"]) >= limit
 
 
-def test_service_pdb_and_hpa_select_the_deployment(rendered):
-    _, kinds = rendered
-    labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+def parse_quantity(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i)?", str(text)).groups()
+    return int(number) * 1024 ** (" KMGT".index(unit[0]) if unit else 0)
+
+
+def test_service_account_and_workload_identity(rendered):
+    overlay, kinds = rendered
+    pod = kinds["Deployment"]["spec"]["template"]
+    account = kinds["ServiceAccount"]
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    annotations = account["metadata"].get("annotations", {})
+    expected = {"identity/eks": "eks.amazonaws.com/role-arn",
+                "identity/gke": "iam.gke.io/gcp-service-account",
+                "identity/aks": "azure.workload.identity/client-id"}.get(overlay)
+    assert list(annotations) == ([expected] if expected else [])
+    if overlay == "identity/aks":  # the webhook only serves pods that carry this label
+        assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    if overlay == "identity/gke":
+        assert pod["spec"]["nodeSelector"] == {"iam.gke.io/gke-metadata-server-enabled": "true"}
+    env = {e["name"]: e.get("value") for e in container(kinds).get("env", [])}
+    if overlay == "identity/gcs-key":
+        # A file path, in a volume from the key's Secret.
+        path = Path(env["GOOGLE_APPLICATION_CREDENTIALS"])
+        (mount,) = [m for m in container(kinds)["volumeMounts"]
+                    if path.parent == Path(m["mountPath"])]
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] and mount["readOnly"]
+    else:
+        assert "GOOGLE_APPLICATION_CREDENTIALS" not in env
+
+
+def test_service_pdb_and_autoscaler_select_the_deployment(rendered):
+    overlay, kinds = rendered
+    deployment = kinds["Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = kinds["Service"]["spec"]
     assert {p["port"]: p["targetPort"] for p in service["ports"]} == {
         8000: "http", 8001: "grpc", 8002: "metrics"}
     assert service["selector"].items() <= labels.items()
     pdb = kinds["PodDisruptionBudget"]["spec"]
     assert pdb["selector"]["matchLabels"] and pdb["selector"]["matchLabels"].items() <= labels.items()
-    target = kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", kinds["Deployment"]["metadata"]["name"])
+    # The autoscaler owns the scale: a replicas field would reset it on every apply.
+    assert "replicas" not in deployment["spec"]
+    autoscalers = {"example": "HorizontalPodAutoscaler", "example-keda": "ScaledObject"}
+    assert set(kinds) & {"HorizontalPodAutoscaler", "ScaledObject"} == (
+        {autoscalers[overlay]} if overlay in autoscalers else set())
+    if "HorizontalPodAutoscaler" in kinds:
+        target = kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    if "ScaledObject" in kinds:
+        target = kinds["ScaledObject"]["spec"]["scaleTargetRef"]
+        assert target["name"] == deployment["metadata"]["name"]
+        assert target.get("kind", "Deployment") == "Deployment"
+    for doc in kinds.values():  # one namespace for all, where the overlay sets one
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == deployment["metadata"].get("namespace")
+    if "Namespace" in kinds:
+        assert kinds["Namespace"]["metadata"]["name"] == deployment["metadata"]["namespace"]
+
+
+def test_scraped_once_either_way(rendered):
+    """Through the pod annotations (Prometheus' kubernetes-pods job), or through the
+    ServiceMonitor (Prometheus Operator), which then removes the annotations."""
+    overlay, kinds = rendered
+    annotations = kinds["Deployment"]["spec"]["template"]["metadata"].get("annotations", {})
+    scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+    if "ServiceMonitor" in kinds:
+        assert not scrape
+        monitor = kinds["ServiceMonitor"]["spec"]
+        service = kinds["Service"]
+        assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        (endpoint,) = monitor["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert endpoint["path"] == "/metrics"
+    else:
+        assert scrape == {"prometheus.io/scrape": "true", "prometheus.io/port": "8002",
+                          "prometheus.io/path": "/metrics"}
 
 
 def test_gpu_overlay_asks_for_a_gpu(rendered):
@@ -132,6 +254,37 @@ def test_gpu_overlay_asks_for_a_gpu(rendered):
         assert any(t["key"] == "nvidia.com/gpu" for t in tolerations)
     else:
         assert "nvidia.com/gpu" not in limits and c["image"].endswith(":cpu")
+
+
+def test_keda_and_the_adapter_read_one_prometheus_within_the_namespace():
+    (scaled,) = [d for d in render("example-keda") if d["kind"] == "ScaledObject"]
+    namespace = scaled["metadata"]["namespace"]
+    adapter = yaml.safe_load((KUBERNETES / "autoscaling" / "prometheus-adapter" /
+                              "prometheus-adapter-values.yaml").read_text())
+    address = f"{adapter['prometheus']['url']}:{adapter['prometheus']['port']}"
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["metadata"]["serverAddress"] == address
+        # Every series the query reads is this namespace's, this Deployment's pods'.
+        selectors = re.findall(r"\bnv_\w+(\{[^}]*\})?", trigger["metadata"]["query"])
+        assert selectors and all(
+            f'namespace="{namespace}"' in s and 'pod=~"pyserve-.*"' in s for s in selectors)
+    # The adapter's rules: the HPA's namespace and pods come in through <<.LabelMatchers>>.
+    for rule in adapter["rules"]["custom"]:
+        assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+        assert all(selector == "{<<.LabelMatchers>>}" for selector in
+                   re.findall(r"(?:<<\.Series>>|\bnv_\w+)(\{[^}]*\})", rule["metricsQuery"]))
+
+
+def test_comments_name_files_that_exist():
+    """Every file or folder a manifest's comments point at (../x, x.yaml) is there."""
+    for path in KUBERNETES.rglob("*.yaml"):
+        for line in path.read_text().splitlines():
+            comment = line.partition("#")[2]
+            for name in re.findall(r"((?:\.\./)+[\w./-]*\w|[\w-]+\.yaml)\b", comment):
+                if name.startswith("../"):
+                    assert (path.parent / name).exists(), f"{path}: {name}"
+                else:
+                    assert list(KUBERNETES.rglob(name)) or (ROOT / name).exists(), f"{path}: {name}"
 
 
 # --- autoscaling on the metrics pyserve exports -------------------------------------------
@@ -157,19 +310,20 @@ def exported_metric_names(server) -> set[str]:
 def test_autoscaling_uses_metric_names_pyserve_exports(example_server):
     exported = exported_metric_names(example_server)
     assert "nv_inference_pending_request_count" in exported  # the check is not vacuous
-    autoscaling = DEPLOY / "kubernetes" / "autoscaling"
-    adapter = yaml.safe_load((autoscaling / "prometheus-adapter-values.yaml").read_text())
+    autoscaling = KUBERNETES / "autoscaling"
+    adapter = yaml.safe_load((autoscaling / "prometheus-adapter" /
+                              "prometheus-adapter-values.yaml").read_text())
     served = {}  # name the adapter serves -> the series its query reads
     for rule in adapter["rules"]["custom"]:
         served[rule["name"]["as"]] = set(re.findall(r"\bnv_\w+", rule["seriesQuery"] +
                                                     rule["metricsQuery"]))
     for name, series in served.items():
         assert series and series <= exported, f"{name} reads {series - exported}"
-    hpa = yaml.safe_load((DEPLOY / "kubernetes" / "base" / "horizontalpodautoscaler.yaml")
+    hpa = yaml.safe_load((autoscaling / "prometheus-adapter" / "horizontalpodautoscaler.yaml")
                          .read_text())
     wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
     assert wanted and wanted <= set(served), wanted - set(served)
-    keda = yaml.safe_load((autoscaling / "keda-scaledobject.yaml").read_text())
+    keda = yaml.safe_load((autoscaling / "keda" / "scaledobject.yaml").read_text())
     for trigger in keda["spec"]["triggers"]:
         names = set(re.findall(r"\bnv_\w+", trigger["metadata"]["query"]))
         assert names and names <= exported
