@@ -5,6 +5,7 @@ and stopped by PID."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -22,15 +23,40 @@ import pytest
 S3_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                   "AWS_DEFAULT_REGION": "us-east-1"}
 
+# Where the clouds' libraries look for credentials on a cloud machine (instance and container
+# metadata, GCE's metadata server, Azure's managed identity endpoints), for the server under
+# test: turned off, or a closed port on 127.0.0.1, so that no test reaches a metadata address.
+# (boto3's container credentials are looked for only where AWS_CONTAINER_CREDENTIALS_* are
+# set at all, even empty: they are left unset.)
+CLOSED = "127.0.0.1:9"  # discard: nothing listens there
+NO_METADATA = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{CLOSED}/",
+    "GCE_METADATA_HOST": CLOSED, "GCE_METADATA_IP": CLOSED,
+    "IDENTITY_ENDPOINT": f"http://{CLOSED}/msi/token", "IDENTITY_HEADER": "none",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://{CLOSED}",
+}
+
+
+def no_credentials(tmp_path: Path) -> dict[str, str]:
+    """An environment in which the S3 and GCS clients find no credentials at all."""
+    missing = str(tmp_path / "no-such-file")
+    return {**NO_METADATA, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+            "AWS_SESSION_TOKEN": "", "AWS_ROLE_ARN": "", "AWS_WEB_IDENTITY_TOKEN_FILE": "",
+            "AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing,
+            "AWS_DEFAULT_REGION": "us-east-1", "TRITON_CLOUD_CREDENTIAL_PATH": "",
+            "GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": missing}
+
 
 @dataclass
 class EmulatorProcess:
     process: subprocess.Popen
     port: int
+    scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -123,9 +149,11 @@ AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
                "K1SZFPTOtr/KBHBeksoGMGw==")
 
 
-def start_azurite(log_path: Path) -> EmulatorProcess:
+def start_azurite(log_path: Path, *, tls: tuple[Path, Path] | None = None) -> EmulatorProcess:
     """Azurite's blob service (npm `azurite`, found on PATH: .ci/run installs it), in memory, on
-    a free port. Clients reach it at `endpoint/devstoreaccount1`."""
+    a free port. Clients reach it at `endpoint/devstoreaccount1`. With `tls` (certificate,
+    key) it speaks HTTPS and accepts OAuth bearer tokens too (`--oauth basic`: their claims
+    are checked, not their signature)."""
     azurite = shutil.which("azurite-blob")
     if azurite is None:
         pytest.skip("the Azure tests need Azurite's azurite-blob on PATH: npm install azurite")
@@ -136,9 +164,13 @@ def start_azurite(log_path: Path) -> EmulatorProcess:
     if missing:
         pytest.skip("the Azure tests need azure-storage-blob: pip install 'pyserve[test-deploy]'")
     # --skipApiVersionCheck: the Python SDK may speak a newer API version than Azurite knows.
-    return _start([azurite, "--blobHost", "127.0.0.1", "--blobPort", "0", "--inMemoryPersistence",
-                   "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log_path,
-                  r"listens on http://127\.0\.0\.1:(\d+)")
+    options = [] if tls is None else ["--cert", str(tls[0]), "--key", str(tls[1]),
+                                      "--oauth", "basic"]
+    server = _start([azurite, "--blobHost", "127.0.0.1", "--blobPort", "0",
+                     "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
+                     "--silent", *options], log_path, r"listens on https?://127\.0\.0\.1:(\d+)")
+    server.scheme = "http" if tls is None else "https"
+    return server
 
 
 def azurite_connection_string(endpoint: str, with_key: bool = True) -> str:
@@ -147,5 +179,152 @@ def azurite_connection_string(endpoint: str, with_key: bool = True) -> str:
     blob_endpoint = f"BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};"
     if not with_key:
         return blob_endpoint
-    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+    return (f"DefaultEndpointsProtocol={endpoint.split(':')[0]};AccountName={AZURITE_ACCOUNT};"
             f"AccountKey={AZURITE_KEY};{blob_endpoint}")
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA), and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class TokenEndpoint:
+    """Microsoft Entra ID's token endpoint, as workload identity uses it, on 127.0.0.1 over
+    HTTPS: `POST /{tenant}/oauth2/v2.0/token` with the federated token as client_assertion
+    answers an access token for Azure Storage (a JWT whose claims Azurite's `--oauth basic`
+    accepts). The forms it received are kept in `requests`."""
+
+    def __init__(self, tls: tuple[Path, Path]) -> None:
+        import http.server
+        import ssl
+        import threading
+        import urllib.parse
+
+        endpoint = self
+        self.requests: list[dict[str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                tenant = self.path.split("/")[1]
+                endpoint.requests.append({**form, "tenant": tenant, "path": self.path})
+                body = json.dumps({"token_type": "Bearer", "expires_in": 3600,
+                                   "ext_expires_in": 3600,
+                                   "access_token": storage_token(tenant)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.authority = f"https://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def storage_token(tenant: str) -> str:
+    """An unsigned-looking JWT with the claims Azurite checks (issuer, audience, times)."""
+    import base64
+
+    def part(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"aud": "https://storage.azure.com", "iss": f"https://sts.windows.net/{tenant}/",
+              "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "oid": "pyserve-tests",
+              "tid": tenant}
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+class RecordingProxy:
+    """A plain HTTP proxy on 127.0.0.1 in front of `target` (an emulator): forwards every
+    request as it came, headers included, and keeps (method, path, headers, body, status,
+    response body) of each in `exchanges`, so a test sees how a client signed its requests."""
+
+    def __init__(self, target: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        proxy = self
+        self.exchanges: list[dict] = []
+        host, port = urllib.parse.urlsplit(target).netloc.split(":")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                connection = http.client.HTTPConnection(host, int(port), timeout=30)
+                connection.request(self.command, self.path, body=body,
+                                   headers=dict(self.headers.items()))
+                response = connection.getresponse()
+                answer = response.read()
+                proxy.exchanges.append({"method": self.command, "path": self.path,
+                                        "headers": dict(self.headers.items()), "body": body,
+                                        "status": response.status, "response": answer})
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection",
+                                            "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(answer)
+                connection.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

@@ -8,14 +8,17 @@ azure-storage-blob), imported only when a repository of their kind is named.
 
 URL forms, as tritonserver spells them:
   s3://bucket/path                      AWS S3; region and credentials from the environment
+                                        (unsigned requests where none are found)
   s3://[http://|https://]host:port/bucket/path   an S3-compatible server (http by default)
-  gs://bucket/path                      Google Cloud Storage
-  as://account/container/path           Azure Blob Storage
+  gs://bucket/path                      Google Cloud Storage (anonymous where no credentials)
+  as://account/container/path           Azure Blob Storage (shared key, Entra ID tokens, or
+                                        anonymous)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from pyserve.errors import ServerError
+
+log = logging.getLogger("pyserve")
 
 SCHEMES = ("s3", "gs", "as")
 # Triton's S3 endpoint form: the port is what tells a host from a bucket.
@@ -123,12 +128,21 @@ def _missing(library: str, extra: str, scheme: str) -> ServerError:
 
 
 class S3Store:
-    def __init__(self, location: Location, credential: dict | None) -> None:
+    """Requests are signed with the credentials boto3 finds (the credential file's entry, the
+    environment, profiles, web identity as IRSA gives it, container and instance roles), and
+    unsigned, as for a public bucket, where it finds none or where KServe's
+    awsAnonymousCredential=true (its S3 secret's `serving.kserve.io/s3-useanoncredential`)
+    asks for it."""
+
+    def __init__(self, location: Location, credential: dict | None,
+                 environ: Mapping[str, str] | None = None) -> None:
         try:
             import boto3
+            from botocore import UNSIGNED
             from botocore.config import Config
         except ImportError:
             raise _missing("boto3", "s3", "s3") from None
+        environ = os.environ if environ is None else environ
         credential = credential or {}
         session = boto3.session.Session(
             aws_access_key_id=credential.get("key_id") or None,
@@ -138,6 +152,12 @@ class S3Store:
             profile_name=credential.get("profile") or None)
         config = Config(retries={"max_attempts": 3, "mode": "standard"},
                         s3={"addressing_style": "path"} if location.endpoint else None)
+        if environ.get("awsAnonymousCredential", "").lower() == "true":
+            config = config.merge(Config(signature_version=UNSIGNED))
+        elif _aws_credentials(session, location) is None:
+            log.info("%s: no AWS credentials found, reading it anonymously (unsigned "
+                     "requests)", location.url)
+            config = config.merge(Config(signature_version=UNSIGNED))
         self._client = session.client("s3", endpoint_url=location.endpoint or None,
                                       config=config)
         self._bucket = location.bucket
@@ -162,9 +182,25 @@ class S3Store:
         self._client.download_file(self._bucket, key, str(target))
 
 
+def _aws_credentials(session, location: Location):
+    """The credentials boto3's chain finds, None if none (a web identity is exchanged at STS
+    only when first used)."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return session.get_credentials()
+    except BotoCoreError as e:  # a profile's credential_process failed, ...
+        raise ServerError(f"{location.url}: cannot get AWS credentials: {e}") from None
+
+
 class GCSStore:
+    """The credential file's key, else Application Default Credentials
+    (GOOGLE_APPLICATION_CREDENTIALS, gcloud's, the metadata server: GKE workload identity);
+    without any, anonymous access (public buckets), as Triton and KServe fall back to."""
+
     def __init__(self, location: Location, credential: str | None) -> None:
         try:
+            from google.auth.exceptions import DefaultCredentialsError
             from google.cloud import storage
         except ImportError:
             raise _missing("google-cloud-storage", "gcs", "gs") from None
@@ -172,12 +208,14 @@ class GCSStore:
             client = storage.Client.from_service_account_json(credential)
         elif os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get(
                 "GOOGLE_APPLICATION_CREDENTIALS"):
-            from google.auth.credentials import AnonymousCredentials
-
-            client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "pyserve"),
-                                    credentials=AnonymousCredentials())
+            client = storage.Client.create_anonymous_client()  # no credentials to look for
         else:
-            client = storage.Client()
+            try:
+                client = storage.Client()
+            except DefaultCredentialsError:
+                log.info("%s: no Google credentials found, reading it anonymously",
+                         location.url)
+                client = storage.Client.create_anonymous_client()
         self._bucket = client.bucket(location.bucket)
 
     def list(self, prefix: str) -> dict[str, str]:
@@ -195,11 +233,15 @@ class GCSStore:
 
 
 class AzureStore:
-    """Credentials as Triton reads them: the credential file's entry, else AZURE_STORAGE_ACCOUNT
-    and AZURE_STORAGE_KEY; the account is the credential's `account_str`, else the URL's. A key
-    signs with it (shared key), no key reads anonymously. The endpoint is the account's public
-    one, or the BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING (an emulator such as Azurite,
-    another cloud, a private endpoint), whose own key is used when no other is given."""
+    """Credentials as Triton reads them: the credential file's entry, else AZURE_STORAGE_ACCOUNT,
+    AZURE_STORAGE_KEY and AZURE_STORAGE_AUTH_TYPE; the account is the credential's
+    `account_str`, else the URL's. A key signs with it (shared key). Without one, a Microsoft
+    Entra ID token: from DefaultAzureCredential (auth_type `default`, or where the environment
+    names an identity: AKS workload identity's AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID) or
+    from the managed identity (auth_type `managed_identity`); else anonymous reads (a public
+    container). The endpoint is the account's public one, or the BlobEndpoint of
+    AZURE_STORAGE_CONNECTION_STRING (an emulator such as Azurite, another cloud, a private
+    endpoint), whose own key is used when no other is given."""
 
     def __init__(self, location: Location, credential: dict | None,
                  environ: Mapping[str, str] | None = None) -> None:
@@ -212,19 +254,15 @@ class AzureStore:
             credential = {"account_str": environ.get("AZURE_STORAGE_ACCOUNT", ""),
                           "account_key": environ.get("AZURE_STORAGE_KEY", ""),
                           "auth_type": environ.get("AZURE_STORAGE_AUTH_TYPE", "")}
-        auth_type = credential.get("auth_type") or "key"
-        if auth_type != "key":
-            raise ServerError(f"as:// model repositories: auth_type '{auth_type}' is not "
-                              "supported; give an account key (account_key, AZURE_STORAGE_KEY)")
         account = credential.get("account_str") or location.account
         key = credential.get("account_key")
-        shared_key = {"account_name": account, "account_key": key} if key else None
+        signer = _azure_credential(credential.get("auth_type") or "", key, account, environ)
         connection = environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if connection:
-            service = BlobServiceClient.from_connection_string(connection, credential=shared_key)
+            service = BlobServiceClient.from_connection_string(connection, credential=signer)
         else:
             service = BlobServiceClient(f"https://{account}{_AZURE_HOST_SUFFIX}",
-                                        credential=shared_key)
+                                        credential=signer)
         self._container = service.get_container_client(location.bucket)
 
     def list(self, prefix: str) -> dict[str, str]:
@@ -241,6 +279,34 @@ class AzureStore:
     def download(self, key: str, target: Path) -> None:
         with open(target, "wb") as out:
             self._container.download_blob(key).readinto(out)
+
+
+# Variables that name an Entra ID identity for DefaultAzureCredential: AKS workload identity
+# (its webhook sets all but the secret) and a service principal.
+_AZURE_IDENTITY_VARIABLES = ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID",
+                             "AZURE_CLIENT_SECRET")
+
+
+def _azure_credential(auth_type: str, key: str | None, account: str,
+                      environ: Mapping[str, str]):
+    """What signs the requests: a shared key, a token credential, or None (anonymous)."""
+    auth_type = auth_type.lower()
+    if auth_type not in ("", "key", "default", "managed_identity"):
+        raise ServerError(f"as:// model repositories: unknown auth_type '{auth_type}' "
+                          "(key, default or managed_identity)")
+    if key and auth_type in ("", "key"):
+        return {"account_name": account, "account_key": key}
+    if auth_type == "key" or (auth_type == "" and not any(
+            environ.get(name) for name in _AZURE_IDENTITY_VARIABLES)):
+        return None
+    try:
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+    except ImportError:
+        raise _missing("azure-identity", "azure", "as") from None
+    if auth_type == "managed_identity":
+        return ManagedIdentityCredential(client_id=environ.get("AZURE_CLIENT_ID") or None)
+    # Variables the credential reads from the process environment: only os.environ's.
+    return DefaultAzureCredential()
 
 
 def _folder_name(folder: str, prefix: str) -> str:

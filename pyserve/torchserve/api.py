@@ -150,6 +150,20 @@ class TorchServeApis:
         app.router.add_route("*", "/{tail:.*}", self._management)
         return app
 
+    def shared_app(self) -> web.Application:
+        """Both APIs on one address, as TorchServe serves them when inference_address and
+        management_address are the same (KServe's sample config.properties does that):
+        /models and /token are management's, the rest inference's."""
+        app = self._app("shared")
+
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            if _management_path(request.path):
+                return await self._management(request)
+            return await self._inference(request)
+
+        app.router.add_route("*", "/{tail:.*}", dispatch)
+        return app
+
     def metrics_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
@@ -176,12 +190,15 @@ class TorchServeApis:
         @web.middleware
         async def check(request: web.Request, handler):
             header = request.headers.get("Authorization")
-            if kind == "management" and request.path.rstrip("/") == "/token":
+            kind_here = kind
+            if kind == "shared":
+                kind_here = "management" if _management_path(request.path) else "inference"
+            if kind_here == "management" and request.path.rstrip("/") == "/token":
                 if not tokens.check("API", header):
                     raise ApiError(400, "InvalidKeyException", AUTH_FAILED.replace(
                         "Authorization", "Authentication"))
                 return await handler(request)
-            if not tokens.check(kind, header):
+            if not tokens.check(kind_here, header):
                 raise ApiError(400, "InvalidKeyException", AUTH_FAILED)
             return await handler(request)
 
@@ -795,6 +812,10 @@ def _openapi(kind: str, model: str = "") -> dict:
     return {"openapi": "3.0.1",
             "info": {"title": "TorchServe APIs (pyserve)", "version": "0.12.0"},
             "paths": paths}
+
+
+def _management_path(path: str) -> bool:
+    return path.split("/")[1] in ("models", "token")
 
 
 async def start_site(app: web.Application, address: Address,

@@ -7,6 +7,7 @@ reads only that object.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyserve.errors import ErrorCode, ServerError
+
+log = logging.getLogger("pyserve")
 
 DEFAULT_ALLOWED_URLS = r"file://.*|http(s)?://.*"
 MAX_REQUEST_SIZE = 6553500  # TorchServe's default, for both requests and responses
@@ -124,6 +127,18 @@ def _integer(key: str, text: str) -> int:
         raise ServerError(f"config.properties: '{key}' must be an integer, got '{text}'") from None
 
 
+def _json(key: str, text: str) -> dict:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ServerError(f"config.properties: '{key}' is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ServerError(f"config.properties: '{key}' must be a JSON object")
+    return value
+
+
 def resolve(properties: dict[str, str], *, model_store: Path | None = None,
             models: list[str] | None = None, disable_token_auth: bool = False,
             enable_model_api: bool = False, base_dir: Path | None = None) -> TorchServeOptions:
@@ -135,12 +150,11 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     def path(key: str) -> Path | None:
         return (base / p[key]).resolve() if p.get(key) else None
 
-    if str(p.get("install_py_dep_per_model", "false")).lower() == "true":
-        raise ServerError(
-            "install_py_dep_per_model=true is not supported: pyserve never installs packages "
-            "named by an archive's requirements file; install them into the server's "
-            "environment yourself and set install_py_dep_per_model=false",
-            ErrorCode.UNSUPPORTED)
+    if _boolean("install_py_dep_per_model", p.get("install_py_dep_per_model", "false")):
+        # KServe's sample config.properties sets it: warn, so that the sample loads as is.
+        log.warning("config.properties: install_py_dep_per_model=true is ignored: pyserve never "
+                    "installs packages named by an archive's requirements file; install them "
+                    "into the server's environment (image) yourself")
     for key, port in (("inference_address", 8080), ("management_address", 8081),
                       ("metrics_address", 8082)):
         if p.get(key):
@@ -150,6 +164,14 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
         options.load_models = list(models)
     elif p.get("load_models"):
         options.load_models = [m.strip() for m in p["load_models"].split(",") if m.strip()]
+    snapshot = _json("model_snapshot", p.get("model_snapshot", ""))
+    for name, versions in (snapshot.get("models") or {}).items():
+        # TorchServe restores the snapshot's models at startup (KServe's config.properties
+        # names its archives this way): each marName under its name, with its settings.
+        for version, settings in versions.items():
+            options.models.setdefault(name, {}).setdefault(version, settings)
+            if not models and not p.get("load_models") and settings.get("marName"):
+                options.load_models.append(f"{name}={settings['marName']}")
     integers = {"default_workers_per_model": "default_workers_per_model",
                 "batch_size": "batch_size", "max_batch_delay": "max_batch_delay_ms",
                 "default_response_timeout": "default_response_timeout_s",
@@ -202,10 +224,7 @@ def resolve(properties: dict[str, str], *, model_store: Path | None = None,
     options.cors_allowed_methods = p.get("cors_allowed_methods", "")
     options.cors_allowed_headers = p.get("cors_allowed_headers", "")
     if p.get("models"):
-        try:
-            options.models = json.loads(p["models"])
-        except ValueError as e:
-            raise ServerError(f"config.properties: 'models' is not valid JSON: {e}") from None
+        options.models.update(_json("models", p["models"]))  # wins over the snapshot's
     if p.get("model_server_home"):
         options.key_file = Path(p["model_server_home"]) / "key_file.json"
     return options

@@ -70,8 +70,13 @@ class TorchServeServer:
             self.tokens = Tokens(options.key_file.resolve(), options.token_expiration_min)
             log.info("Token authorization is on: keys are in %s", self.tokens.key_file)
         self.apis = TorchServeApis(self.store, options, self.tokens, self.metrics)
-        sites = [("Inference", self.apis.inference_app(), options.inference_address),
-                 ("Management", self.apis.management_app(), options.management_address)]
+        if options.management_address == options.inference_address and \
+                options.inference_address.port != 0:  # port 0: two ports, each chosen freely
+            sites = [("Inference", self.apis.shared_app(), options.inference_address)]
+            log.info("Management API served on the inference address")
+        else:
+            sites = [("Inference", self.apis.inference_app(), options.inference_address),
+                     ("Management", self.apis.management_app(), options.management_address)]
         if options.enable_metrics_api:
             sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
         context = None
@@ -85,6 +90,7 @@ class TorchServeServer:
                 self._runners.append(runner)
             self.ports[name.lower()] = port
             log.info("%s API bind to: %s://%s:%d", name, address.scheme, address.host, port)
+        self.ports.setdefault("management", self.ports["inference"])
         log.info("Model server started.")
 
     def _native_inference(self, address) -> bool:

@@ -149,3 +149,71 @@ def test_a_wrong_key_stops_startup(azurite, container, tmp_path):
                          "AZURE_STORAGE_KEY": "d3Jvbmc=", "TRITON_CLOUD_CREDENTIAL_PATH": "",
                          "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(
                              azurite.endpoint, with_key=False)}, timeout=60)
+
+
+# --- Microsoft Entra ID: AKS workload identity through DefaultAzureCredential ---------------
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    pytest.importorskip("cryptography")
+    from object_storage import self_signed_certificate
+
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def azurite_oauth(tmp_path_factory, tls):
+    """Azurite over HTTPS (bearer tokens need TLS) that also accepts OAuth tokens."""
+    server = start_azurite(tmp_path_factory.mktemp("azurite-oauth") / "azurite.log", tls=tls)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def token_endpoint(tls):
+    from object_storage import TokenEndpoint
+
+    endpoint = TokenEndpoint(tls)
+    yield endpoint
+    endpoint.stop()
+
+
+def test_workload_identity_through_default_azure_credential(azurite_oauth, tls, token_endpoint,
+                                                            servers, tmp_path):
+    """What AKS's workload identity webhook gives a pod (AZURE_CLIENT_ID, AZURE_TENANT_ID,
+    AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST, here a token endpoint on 127.0.0.1), no
+    account key: pyserve exchanges the federated token for a storage token and reads a private
+    container with it. Without the identity the same container is refused."""
+    pytest.importorskip("azure.identity")
+    from azure.storage.blob import BlobServiceClient
+
+    from object_storage import NO_METADATA
+
+    service = BlobServiceClient.from_connection_string(
+        azurite_connection_string(azurite_oauth.endpoint), connection_verify=str(tls[0]))
+    container = service.create_container("private-identity")
+    upload(container, "repo/simple/", SIMPLE)
+    federated = tmp_path / "azure-identity-token"
+    federated.write_text("federated-token-from-kubernetes")
+    tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    base = {**NO_METADATA, "AZURE_STORAGE_ACCOUNT": AZURITE_ACCOUNT, "AZURE_STORAGE_KEY": "",
+            "TRITON_CLOUD_CREDENTIAL_PATH": "", "REQUESTS_CA_BUNDLE": str(tls[0]),
+            "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(
+                azurite_oauth.endpoint, with_key=False)}
+    url = f"as://{AZURITE_ACCOUNT}/private-identity/repo"
+    server = servers("--model-repository", url, env={
+        **base, "AZURE_CLIENT_ID": "pyserve-client-id", "AZURE_TENANT_ID": tenant,
+        "AZURE_FEDERATED_TOKEN_FILE": str(federated),
+        "AZURE_AUTHORITY_HOST": token_endpoint.authority})
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        assert c.is_model_ready("simple", "1")
+        infer(c)
+    assert server.stop() == 0
+    assert token_endpoint.requests, "no token was asked for"
+    request = token_endpoint.requests[0]
+    assert request["tenant"] == tenant and request["client_id"] == "pyserve-client-id"
+    assert request["client_assertion"] == "federated-token-from-kubernetes"
+    assert request["scope"] == "https://storage.azure.com/.default"
+    with pytest.raises(RuntimeError, match="failed to poll from model repository"):
+        start_server([], tmp_path / "anonymous.log", "--model-repository", url, env=base,
+                     timeout=60)

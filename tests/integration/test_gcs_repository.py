@@ -55,3 +55,27 @@ def test_serves_and_polls_a_gcs_repository(emulator, tmp_path):
             assert (c.infer("simple", inputs).as_numpy("OUTPUT0") == 2).all()
     finally:
         assert server.stop() == 0
+
+
+def test_falls_back_to_anonymous_access_without_credentials(emulator, tmp_path):
+    """No key, no gcloud configuration, no metadata server (its addresses point at a closed
+    port on 127.0.0.1): Application Default Credentials fail, and pyserve reads the bucket
+    anonymously, as Triton and KServe do for public buckets. The emulator is reached as a
+    custom endpoint (API_ENDPOINT_OVERRIDE), not as an emulator, so the path is the real one."""
+    from object_storage import no_credentials
+
+    bucket = gcs_bucket("public-bucket")
+    for path in sorted(SIMPLE.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"repo/simple/{path.relative_to(SIMPLE).as_posix()}").upload_from_filename(
+                str(path))
+    server = start_server([], tmp_path / "server.log", "--model-repository",
+                          "gs://public-bucket/repo", env={
+                              **no_credentials(tmp_path), "STORAGE_EMULATOR_HOST": "",
+                              "API_ENDPOINT_OVERRIDE": emulator.endpoint})
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            assert c.is_model_ready("simple", "1")
+        assert "no Google credentials found, reading it anonymously" in server.log()
+    finally:
+        assert server.stop() == 0

@@ -176,3 +176,107 @@ def test_unreachable_store_stops_startup(servers, tmp_path):
         start([], tmp_path / "down.log", "--model-repository",
               "s3://http://127.0.0.1:9/bucket/models", env={
                   **S3_ENVIRONMENT, "AWS_MAX_ATTEMPTS": "1"}, timeout=60)
+
+
+# --- credentials as clouds give them: none (a public bucket), KServe's switch, IRSA ----------
+
+@pytest.fixture
+def proxy(moto):
+    """The requests pyserve sends to moto, as sent."""
+    from object_storage import RecordingProxy
+
+    recorder = RecordingProxy(moto.endpoint)
+    yield recorder
+    recorder.stop()
+
+
+def s3_requests(proxy, bucket: str) -> list[dict]:
+    requests = [e for e in proxy.exchanges if e["path"].startswith(f"/{bucket}")]
+    assert requests and all(e["status"] in (200, 206) for e in requests)
+    return requests
+
+
+def make_public(client, name: str) -> None:
+    """A public bucket: a policy that lets anyone list it, and public-read objects (moto
+    checks a HEAD against an "s3:HeadObject" action that no policy names, but honours ACLs)."""
+    client.put_bucket_policy(Bucket=name, Policy=json.dumps({
+        "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": "*", "Action": ["s3:ListBucket", "s3:GetObject"],
+            "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"]}]}))
+    for item in client.list_objects_v2(Bucket=name)["Contents"]:
+        client.put_object_acl(Bucket=name, Key=item["Key"], ACL="public-read")
+
+
+def test_no_credentials_reads_anonymously(moto, bucket, proxy, servers, tmp_path):
+    """No AWS credentials anywhere (the instance metadata off): boto3 could not sign, and
+    pyserve sends unsigned requests, as for a public bucket, instead of failing."""
+    from object_storage import no_credentials
+
+    client, name = bucket
+    make_public(client, name)
+    server = servers("--model-repository", f"s3://{proxy.endpoint}/{name}/models",
+                     env=no_credentials(tmp_path))
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        infer(c)
+    assert "no AWS credentials found, reading it anonymously" in server.log()
+    assert server.stop() == 0
+    assert not any("Authorization" in r["headers"] for r in s3_requests(proxy, name))
+
+
+def test_kserves_anonymous_switch_never_signs(moto, bucket, proxy, servers, tmp_path):
+    """awsAnonymousCredential=true (KServe's S3 secret annotation
+    serving.kserve.io/s3-useanoncredential): the requests are unsigned even where a profile is
+    configured, here one whose credential_process fails, so that signing could not work."""
+    from object_storage import no_credentials
+
+    client, name = bucket
+    make_public(client, name)
+    config = tmp_path / "aws_config"
+    config.write_text("[default]\ncredential_process = /bin/false\n")
+    env = {**no_credentials(tmp_path), "AWS_CONFIG_FILE": str(config)}
+    with pytest.raises(RuntimeError, match="cannot get AWS credentials"):
+        servers("--model-repository", f"s3://{moto.endpoint}/{name}/models", env=env)
+    server = servers("--model-repository", f"s3://{proxy.endpoint}/{name}/models",
+                     env={**env, "awsAnonymousCredential": "true"})
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        infer(c)
+    assert server.stop() == 0
+    assert not any("Authorization" in r["headers"] for r in s3_requests(proxy, name))
+
+
+def test_irsa_web_identity_through_sts(moto, bucket, proxy, servers, tmp_path):
+    """EKS's IAM roles for service accounts: the webhook's AWS_ROLE_ARN and
+    AWS_WEB_IDENTITY_TOKEN_FILE, exchanged at STS (moto's, through AWS_ENDPOINT_URL_STS) for
+    the role's temporary credentials, which sign every request."""
+    import boto3
+    import re as regex
+
+    from object_storage import no_credentials
+
+    _, name = bucket
+    iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam.create_role(RoleName="pyserve-models", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+            "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/eks"}}]}))
+    token = tmp_path / "token"  # what EKS's webhook mounts
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6cHlzZXJ2"
+                     "ZTpweXNlcnZlIn0.c2lnbmF0dXJl")
+    server = servers("--model-repository", f"s3://{proxy.endpoint}/{name}/models",
+                     env={**no_credentials(tmp_path),
+                          "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/pyserve-models",
+                          "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+                          "AWS_ENDPOINT_URL_STS": proxy.endpoint})
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        infer(c)
+    assert server.stop() == 0
+    (exchange,) = [e for e in proxy.exchanges if b"AssumeRoleWithWebIdentity" in e["body"]]
+    assert token.read_text().encode() in exchange["body"] and exchange["status"] == 200
+    key = regex.search(rb"<AccessKeyId>(\w+)</AccessKeyId>", exchange["response"])[1].decode()
+    assert key.startswith("ASIA")  # temporary credentials
+    for request in s3_requests(proxy, name):
+        assert f"Credential={key}/" in request["headers"]["Authorization"]
+        assert request["headers"]["X-Amz-Security-Token"]
+
+

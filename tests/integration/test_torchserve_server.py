@@ -771,3 +771,56 @@ def test_torchserve_archive_with_an_invalid_config_pbtxt(server, tmp_path):
     assert reply.json()["type"] == "ModelException"
     assert "config.pbtxt" in reply.json()["message"]
     assert requests.get(server.url("management", "/models/badconfig")).status_code == 404
+
+
+# KServe's sample config.properties (docs/samples/v1beta1/torchserve/v1 in kserve/kserve), as
+# KServe's TorchServe runtime mounts it at /mnt/models/config/config.properties.
+KSERVE_PROPERTIES = """inference_address=http://0.0.0.0:8085
+management_address=http://0.0.0.0:8085
+metrics_address=http://0.0.0.0:8082
+grpc_inference_port=7070
+grpc_management_port=7071
+enable_metrics_api=true
+metrics_format=prometheus
+number_of_netty_threads=4
+job_queue_size=10
+enable_envvars_config=true
+install_py_dep_per_model=true
+model_store=/mnt/models/model-store
+model_snapshot={"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":{"defaultVersion":true,"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,"batchSize":1,"maxBatchDelay":5000,"responseTimeout":120}}}}
+"""
+
+
+def test_kserves_sample_config_properties_loads_unchanged(tmp_path, monkeypatch):
+    """The model snapshot's archive is loaded under its name, install_py_dep_per_model=true is
+    warned about, TS_* variables apply (enable_envvars_config), and the equal inference and
+    management addresses share one port, as in TorchServe."""
+    import socket
+
+    import tritonclient.http as tritonclient
+
+    make_mar(tmp_path / "model-store", "mnist", {"echo.py": ECHO}, handler="echo.py",
+             work=tmp_path / "src")
+    with socket.socket() as probe:  # a free port for the shared address
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # What the pod gets from KServe's runtime, with loopback addresses for the test.
+    monkeypatch.setenv("TS_SERVICE_ENVELOPE", "")  # KServe's template with no label
+    monkeypatch.setenv("TS_INFERENCE_ADDRESS", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TS_MANAGEMENT_ADDRESS", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TS_METRICS_ADDRESS", "http://127.0.0.1:0")
+    process = TorchServeProcess(tmp_path, KSERVE_PROPERTIES, "--disable-token-auth",
+                                "--model-store", str(tmp_path / "model-store"))
+    try:
+        log = process.log_path.read_text()
+        assert "install_py_dep_per_model=true is ignored" in log
+        assert process.ports["inference"] == port and "management" not in process.ports
+        assert "Management API served on the inference address" in log
+        assert requests.get(process.url("inference", "/ping")).json() == {"status": "Healthy"}
+        (described,) = requests.get(process.url("inference", "/models/mnist")).json()
+        assert described["modelVersion"] == "1.0" and described["maxWorkers"] == 5
+        assert len(described["workers"]) == 1
+        client = tritonclient.InferenceServerClient(f"127.0.0.1:{process.ports['kserve-http']}")
+        assert client.is_model_ready("mnist")
+    finally:
+        process.stop()

@@ -41,14 +41,30 @@ def test_gcs_and_azure_urls():
     assert parse("as://account.blob.core.windows.net/container").account == "account"
 
 
-@pytest.mark.parametrize("credential, environ", [
-    ({"account_str": "a", "auth_type": "managed_identity"}, {}),
-    (None, {"AZURE_STORAGE_AUTH_TYPE": "default"}),
+@pytest.mark.parametrize("auth_type, key, environ, signer", [
+    ("", "k", {}, "shared key"),
+    ("key", "k", {"AZURE_CLIENT_ID": "id"}, "shared key"),  # a key wins over an identity
+    ("", "", {}, "anonymous"),
+    ("key", "", {"AZURE_FEDERATED_TOKEN_FILE": "/t"}, "anonymous"),
+    ("", "", {"AZURE_FEDERATED_TOKEN_FILE": "/t"}, "DefaultAzureCredential"),  # AKS
+    ("", "", {"AZURE_CLIENT_ID": "id"}, "DefaultAzureCredential"),  # as KServe decides
+    ("default", "k", {}, "DefaultAzureCredential"),
+    ("managed_identity", "", {}, "ManagedIdentityCredential"),
 ])
-def test_azure_token_credentials_are_refused_clearly(credential, environ):
+def test_azure_signs_with_a_key_a_token_or_nothing(auth_type, key, environ, signer):
+    pytest.importorskip("azure.identity")
+    from pyserve.repository.stores import _azure_credential
+
+    made = _azure_credential(auth_type, key, "acct", environ)
+    name = ("anonymous" if made is None else "shared key" if isinstance(made, dict)
+            else type(made).__name__)
+    assert name == signer
+
+
+def test_azure_unknown_auth_type_is_refused():
     pytest.importorskip("azure.storage.blob")
-    with pytest.raises(ServerError, match="auth_type '.*' is not supported"):
-        AzureStore(parse("as://a/c/m"), credential, environ)
+    with pytest.raises(ServerError, match="unknown auth_type 'certificate'"):
+        AzureStore(parse("as://a/c/m"), {"account_str": "a", "auth_type": "certificate"}, {})
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3://http://host/bucket", "gs://", "as://account",

@@ -143,9 +143,36 @@ allowed_urls=https://example\\\\.com/.*, file://.*
     assert config.resolve({}).token_auth  # on by default, as in TorchServe 0.12
 
 
+def test_torchserve_config_kserves_keys(monkeypatch, caplog):
+    """What KServe's sample config.properties and TorchServe runtime set."""
+    snapshot = ('{"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":{'
+                '"defaultVersion":true,"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,'
+                '"batchSize":2,"maxBatchDelay":500,"responseTimeout":60}}}}')
+    with caplog.at_level("WARNING", logger="pyserve"):
+        options = config.resolve({"install_py_dep_per_model": "true", "model_snapshot": snapshot})
+    assert "install_py_dep_per_model=true is ignored" in caplog.text
+    assert options.load_models == ["mnist=mnist.mar"]
+    assert options.models["mnist"]["1.0"]["maxWorkers"] == 5
+    # Flags and load_models choose the models themselves; the snapshot still gives settings.
+    options = config.resolve({"model_snapshot": snapshot, "load_models": "a.mar"})
+    assert options.load_models == ["a.mar"] and options.models["mnist"]["1.0"]["batchSize"] == 2
+    # TS_<KEY> overrides the file only with enable_envvars_config=true, as in TorchServe.
+    def with_environment(properties):
+        return config.resolve(config.environment_overrides(properties))
+
+    monkeypatch.setenv("TS_SERVICE_ENVELOPE", "kservev2")
+    monkeypatch.setenv("TS_INFERENCE_ADDRESS", "http://0.0.0.0:9085")
+    assert with_environment({"service_envelope": "kserve"}).service_envelope == "kserve"
+    options = with_environment({"enable_envvars_config": "true", "service_envelope": "kserve"})
+    assert options.service_envelope == "kservev2"
+    assert options.inference_address == config.Address("http", "0.0.0.0", 9085)
+    monkeypatch.setenv("TS_SERVICE_ENVELOPE", "")  # KServe's template, no label: none
+    assert with_environment({"enable_envvars_config": "true"}).service_envelope == ""
+
+
 def test_torchserve_config_refusals():
-    with pytest.raises(ServerError, match="never installs packages"):
-        config.resolve({"install_py_dep_per_model": "true"})
+    with pytest.raises(ServerError, match="model_snapshot"):
+        config.resolve({"model_snapshot": "{not json"})
     with pytest.raises(ServerError, match="service_envelope"):
         config.resolve({"service_envelope": "seldon"})
     with pytest.raises(ServerError, match="both private_key_file and certificate_file"):
