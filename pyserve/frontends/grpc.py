@@ -134,7 +134,8 @@ class InferenceServicer:
     @_refusals
     async def RepositoryModelLoad(self, request, context):
         self._manager.check_control_allowed()
-        config, files = load_parameters(codec.parameters_dict(request.parameters))
+        config, files = load_parameters(request.model_name,
+                                        codec.parameters_dict(request.parameters))
         # Shielded: a client that goes away does not cut a load or unload short.
         await asyncio.shield(self._manager.load(request.model_name, config, files))
         return pb.RepositoryModelLoadResponse()

@@ -159,7 +159,8 @@ class HttpFrontend:
 
     async def load(self, request: web.Request) -> web.Response:
         self._manager.check_control_allowed()
-        config, files = load_parameters(_parameters(await _json_body(request)))
+        config, files = load_parameters(request.match_info["model"],
+                                        _parameters(await _json_body(request)))
         # Shielded: a client that goes away does not cut a load or unload short.
         await asyncio.shield(self._manager.load(request.match_info["model"], config, files))
         return web.Response(status=200)

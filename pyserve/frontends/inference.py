@@ -4,15 +4,18 @@ hand the request to the core, which checks it, runs it and picks the outputs to 
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Iterable, Sequence
 
 from pyserve import _core
 from pyserve.config import parse_config_json
 from pyserve.datatypes import wire_name
-from pyserve.errors import ServerError
+from pyserve.errors import ErrorCode, ServerError
 from pyserve.lifecycle import ModelManager, ModelVersion
 from pyserve.protocol import pb
 from pyserve.runner import InputTensor, OutputTensor
+
+log = logging.getLogger("pyserve")
 
 # Request parameters the server itself acts on; the rest are the model's.
 _SERVER_PARAMETERS = {"priority", "timeout", "binary_data_output"}
@@ -83,15 +86,22 @@ def model_metadata(model: ModelVersion, versions: list[str]) -> dict:
     }
 
 
-def load_parameters(parameters: dict) -> tuple[pb.ModelConfig | None, dict[str, bytes]]:
-    """The load API's parameters: `config` (JSON ModelConfig) and `file:<version>/<path>`
-    contents (bytes, or base64 text over HTTP)."""
+def load_parameters(name: str, parameters: dict) -> tuple[pb.ModelConfig | None, dict[str, bytes]]:
+    """The load API's parameters for model `name`: `config` (JSON ModelConfig) and
+    `file:<version>/<path>` contents (bytes, or base64 text over HTTP)."""
     config, files = None, {}
     for key, value in parameters.items():
         if key == "config":
             if not isinstance(value, str):
                 raise ServerError("Invalid config override: 'config' must be a JSON string")
-            config = parse_config_json(value)
+            try:
+                config = parse_config_json(value)
+            except ServerError as e:
+                # Triton words a bad override as a failed poll of the model (the clients' own
+                # examples look for "failed to load"), and logs why.
+                log.error("Poll failed for model directory '%s': %s", name, e.message)
+                raise ServerError(f"failed to load '{name}', failed to poll from model "
+                                  "repository", ErrorCode.INTERNAL) from None
         elif key.startswith("file:"):
             if isinstance(value, str):
                 try:
