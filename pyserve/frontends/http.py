@@ -45,6 +45,8 @@ async def _refusals(request: web.Request, handler):
         return await handler(request)
     except ServerError as e:
         return _error(e.message, http_status(e.code))
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:  # JSON, as Triton answers them
+        return _error(e.reason, e.status)
     except RecursionError:
         return _error("failed to parse the request JSON buffer: nested too deeply", 400)
 

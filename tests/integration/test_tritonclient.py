@@ -213,3 +213,15 @@ def test_classification_extension_with_labels(client):
             value, got_index, label = entry.decode().split(":")
             assert int(got_index) == index and label == labels[index]
             assert abs(float(value) - item[index]) < 1e-5
+
+
+def test_unknown_routes_and_methods_answer_json(example_server):
+    """As Triton: 404 {"error": "Not Found"} and 405 {"error": "Method Not Allowed"}."""
+    import requests
+
+    base = f"http://{example_server.http_url}"
+    for method, path, status, text in (("GET", "/v2/nonexistent", 404, "Not Found"),
+                                       ("GET", "/", 404, "Not Found"),
+                                       ("DELETE", "/v2/health/live", 405, "Method Not Allowed")):
+        answer = requests.request(method, base + path, timeout=10)
+        assert (answer.status_code, answer.json()) == (status, {"error": text}), path
