@@ -156,9 +156,9 @@ def test_a_wrong_key_stops_startup(azurite, container, tmp_path):
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
     pytest.importorskip("cryptography")
-    from object_storage import self_signed_certificate
+    from certificates import write_pem
 
-    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    return write_pem(tmp_path_factory.mktemp("tls"), "cert")
 
 
 @pytest.fixture(scope="module")
