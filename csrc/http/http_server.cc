@@ -15,6 +15,7 @@
 #include <optional>
 #include <thread>
 
+#include "compression.h"
 #include "elastic_pool.h"
 #include "exchange.h"
 #include "infer_json.h"
@@ -99,10 +100,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // that a late call for an earlier request is dropped.
   void Answer(uint64_t serial, HttpResponse response) {
     if (!Current(serial)) return;
+    if (!response.body.empty() && !response.Has("Content-Encoding")) {
+      const char* encoding = ResponseEncoding(response.content_type, accept_encoding_);
+      if (*encoding != '\0' && Compress(encoding, &response.body)) response.Set("Content-Encoding", encoding);
+    }
     auto res = std::make_shared<http::response<http::string_body>>();
     Fill(*res, response);
     res->body() = std::move(response.body);
-    res->prepare_payload();
+    if (!response.Has("Content-Length")) res->prepare_payload();  // else a HEAD's, relayed
     Finish();
     Enqueue([res](Session& s, auto done) { http::async_write(s.stream_, *res, [res, done](error_code ec, size_t) { done(ec); }); },
             !keep_alive_);
@@ -185,8 +190,20 @@ class Session : public std::enable_shared_from_this<Session> {
       return Refuse(431, "too many request header fields");
     }
     if (parser_->is_done()) return Route();
-    // Expect: 100-continue is answered by reading on (clients send the body after a wait).
     stream_.expires_after(std::chrono::seconds(context_.options.body_timeout_s));
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      // The client waits for this before it sends the body (curl, for bodies over 1 KiB).
+      static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      return net::async_write(stream_, net::buffer(kContinue, sizeof(kContinue) - 1),
+                              [self = shared_from_this()](error_code ec, size_t) {
+                                if (ec) return self->Close();
+                                self->ReadBody();
+                              });
+    }
+    ReadBody();
+  }
+
+  void ReadBody() {
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
       if (ec == http::error::body_limit) return self->RefuseBody();
       if (ec) return self->Close();
@@ -197,6 +214,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void Route() {
     reading_ = false;
     keep_alive_ = parser_->get().keep_alive();
+    accept_encoding_ = std::string(parser_->get()[http::field::accept_encoding]);
     stream_.expires_never();  // the core's own timeouts bound the wait
     ++serial_;
     awaiting_ = true;
@@ -243,6 +261,7 @@ class Session : public std::enable_shared_from_this<Session> {
     ++context_.in_progress;
     keep_alive_ = false;  // the rest of the request is not read: the connection ends here
     linger_ = true;
+    accept_encoding_.clear();
     HttpResponse response;
     response.status = status;
     response.content_type = kErrorType;
@@ -326,6 +345,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::deque<Out> out_;
   std::optional<net::steady_timer> timer_;
   std::function<void()> on_gone_;
+  std::string accept_encoding_;  // the current request's
   static constexpr size_t kScratchBytes = 16 << 10;
   std::unique_ptr<char[]> scratch_;  // where a refused request's rest is dropped
   uint64_t serial_ = 0;

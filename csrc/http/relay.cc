@@ -67,6 +67,8 @@ HttpResponse Relay::Call(HttpRequest& request) {
     if (!ec) http::write(*shell.socket, out, ec);
     http::response_parser<http::string_body> parser;
     parser.body_limit(boost::none);  // the shell's answers are its own to bound
+    const bool head = out.method() == http::verb::head;
+    parser.skip(head);  // a HEAD's answer declares a length it does not send
     if (!ec) http::read(*shell.socket, shell.buffer, parser, ec);
     if (ec) {
       shell.socket.reset();
@@ -85,7 +87,9 @@ HttpResponse Relay::Call(HttpRequest& request) {
     for (const auto& field : answer) {
       if (field.name() == http::field::content_type) {
         response.content_type = std::string(field.value());
-      } else if (const auto name = field.name_string(); !HopByHop(std::string_view(name.data(), name.size()))) {
+      } else if (const auto name = field.name_string();
+                 !HopByHop(std::string_view(name.data(), name.size())) ||
+                 (head && field.name() == http::field::content_length)) {
         response.Set(std::string(field.name_string()), std::string(field.value()));
       }
     }

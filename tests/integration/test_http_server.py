@@ -255,3 +255,22 @@ def test_a_request_whose_client_leaves_while_queued_is_not_computed(server):
     first.join(30)
     assert infer(3) == 3
     assert server.computed.read_text().split() == ["1", "3"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_json_answers_are_compressed_for_clients_that_accept_it(native_server, encoding):
+    """As the server did on cpp-httplib (and Triton does): inference answers, not errors."""
+    import zlib
+
+    connection = http.client.HTTPConnection(native_server.http_url, timeout=10)
+    connection.request("POST", "/v2/models/simple/infer", SIMPLE_BODY, {"Accept-Encoding": encoding})
+    reply = connection.getresponse()
+    body = reply.read()
+    assert reply.status == 200 and reply.getheader("Content-Encoding") == encoding
+    wbits = zlib.MAX_WBITS | (16 if encoding == "gzip" else 0)
+    assert json.loads(zlib.decompress(body, wbits))["outputs"][0]["data"][:2] == [0, 2]
+    connection.request("POST", "/v2/models/nothing/infer", SIMPLE_BODY, {"Accept-Encoding": encoding})
+    reply = connection.getresponse()
+    assert reply.status == 400 and reply.getheader("Content-Encoding") is None
+    assert "nothing" in json.loads(reply.read())["error"]
+    connection.close()
