@@ -15,6 +15,8 @@
 #include <random>
 #include <string_view>
 
+#include "multipart.h"
+
 namespace pyserve::httpfront {
 
 using Clock = std::chrono::steady_clock;
@@ -144,6 +146,24 @@ std::string HeadersJson(const HttpRequest& req) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
+// The parts of a form body as the handler's entries: [[name, content type, offset, size], ...]
+// into the body.
+std::string PartsJson(const std::vector<FormPart>& parts) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartArray();
+  for (const FormPart& part : parts) {
+    w.StartArray();
+    w.String(part.name.c_str(), static_cast<rapidjson::SizeType>(part.name.size()));
+    w.String(part.content_type.c_str(), static_cast<rapidjson::SizeType>(part.content_type.size()));
+    w.Uint64(part.offset);
+    w.Uint64(part.size);
+    w.EndArray();
+  }
+  w.EndArray();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
 bool FormBody(const HttpRequest& req) {
   const std::string_view type = req.Header("Content-Type");
   return EqualsIgnoringCase(type.substr(0, 10), "multipart/") ||
@@ -237,7 +257,11 @@ int Predictions::ResponseTimeout(const std::string& key) const {
 }
 
 bool Predictions::Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange) {
-  if ((req.method != "POST" && req.method != "PUT") || req.Has("Content-Encoding") || FormBody(req)) return false;
+  if ((req.method != "POST" && req.method != "PUT") || req.Has("Content-Encoding")) return false;
+  // multipart/form-data is split here; other form bodies are the shell's to parse.
+  std::vector<FormPart> parts;
+  const std::string boundary = FormDataBoundary(req.Header("Content-Type"));
+  if (boundary.empty() ? FormBody(req) : !SplitFormData(req.body, boundary, &parts)) return false;
   const std::string key = PredictionKey(req.path);
   if (key.empty() || !Authorized(req)) return false;
   std::shared_ptr<Model> model = options_.table->Find(key, "");
@@ -271,6 +295,12 @@ bool Predictions::Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange) {
   headers.key = "torchserve.headers";
   headers.string_value = HeadersJson(req);
   request->parameters = {std::move(token), std::move(headers)};
+  if (!parts.empty()) {
+    Parameter form;
+    form.key = "torchserve.parts";
+    form.string_value = PartsJson(parts);
+    request->parameters.push_back(std::move(form));
+  }
   request->sink = this;
   request->owner = pending;
   request->cancelled = &pending->cancelled;

@@ -9,8 +9,11 @@
 // Intermediate responses (TorchServe's send_intermediate_predict_response) arrive as frames
 // through Push and are streamed with chunked encoding before the final one.
 //
-// The request comes as `POST` or `PUT` (`curl -T file`, as TorchServe takes). Anything else
-// (multipart and form bodies, a bad or expired token, a model or version not in the table, a
+// The request comes as `POST` or `PUT` (`curl -T file`, as TorchServe takes); a
+// multipart/form-data body is split here (multipart.h) and its parts travel as the request's
+// `torchserve.parts` parameter, [[name, content type, offset, size], ...] into the body, from
+// which the shell builds the handler's dict. Anything else (other form bodies, unusual
+// multipart ones, a bad or expired token, a model or version not in the table, a
 // compressed body) is left to the shell, whose answers keep TorchServe's texts.
 //
 // Everything here is asynchronous: Handle submits and returns; the core's Deliver, the shell's
