@@ -190,7 +190,6 @@ class Session : public std::enable_shared_from_this<Session> {
       return Refuse(431, "too many request header fields");
     }
     if (parser_->is_done()) return Route();
-    stream_.expires_after(std::chrono::seconds(context_.options.body_timeout_s));
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       // The client waits for this before it sends the body (curl, for bodies over 1 KiB).
       static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -203,11 +202,15 @@ class Session : public std::enable_shared_from_this<Session> {
     ReadBody();
   }
 
+  // The body, as it arrives: each read may wait body_timeout_s (a slow upload goes on as
+  // long as bytes keep coming; the size limit bounds it).
   void ReadBody() {
-    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+    stream_.expires_after(std::chrono::seconds(context_.options.body_timeout_s));
+    http::async_read_some(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
       if (ec == http::error::body_limit) return self->RefuseBody();
       if (ec) return self->Close();
-      self->Route();
+      if (self->parser_->is_done()) return self->Route();
+      self->ReadBody();
     });
   }
 
@@ -354,7 +357,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool reading_ = true;  // a request's head or body is being read
 };
 
-// An Exchange on a session: each call posted to the session's loop.
+// An Exchange on a session: each call runs on the session's loop, at once when made there (a
+// route answering as it serves, an answer encoded on the loop), else posted to it.
 class SessionExchange : public Exchange {
  public:
   SessionExchange(std::shared_ptr<Session> session, uint64_t serial) : session_(std::move(session)), serial_(serial) {}
@@ -381,7 +385,7 @@ class SessionExchange : public Exchange {
  private:
   template <class Task>
   void Post(Task task) {
-    net::post(session_->executor(), [session = session_, serial = serial_, task = std::move(task)]() mutable {
+    net::dispatch(session_->executor(), [session = session_, serial = serial_, task = std::move(task)]() mutable {
       task(*session, serial);
     });
   }

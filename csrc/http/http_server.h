@@ -26,7 +26,7 @@ struct HttpOptions {
   size_t max_header_bytes = 16 << 10;  // request line and headers: 431 past it
   size_t max_header_count = 100;       // 431 past it
   int idle_timeout_s = 5;  // keep-alive idle, and reading a request's head (slowloris)
-  int body_timeout_s = 60;   // reading one body
+  int body_timeout_s = 60;   // a request body that stops arriving for this long
   int write_timeout_s = 60;  // writing one response part (a client that does not read)
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
   // The regions tensors in shared memory are resolved in (null: such requests go to the shell).
