@@ -1,6 +1,8 @@
 // The server's connections, on Boost.Beast: N event loops (one io_context and thread each)
 // take accepted connections in turn; a connection reads one request at a time (bounded head,
 // body read as it arrives), routes it, and writes the answer handed to its loop with one post.
+// Timeouts are deadlines a connection moves with a store, which its loop's sweep (4 a second)
+// enforces: no timer is set or cancelled per request.
 // Beast's code lives in this file and relay.cc only: it compiles slowly.
 #include "http_server.h"
 
@@ -18,7 +20,6 @@
 #include "compression.h"
 #include "elastic_pool.h"
 #include "exchange.h"
-#include "infer_json.h"
 #include "relay.h"
 #include "routes.h"
 
@@ -78,6 +79,13 @@ HttpRequest ToRequest(http::request<GrowBody>& req) {
 
 class Session;
 
+// One event loop: its io_context (on one thread) and the connections it serves.
+struct Loop {
+  net::io_context context{1};
+  std::vector<std::weak_ptr<Session>> sessions;  // touched on the loop's thread only
+  net::steady_timer sweep{context};
+};
+
 // What the connections share: the routes, the relay and the count of requests in progress.
 struct ServerContext {
   const HttpOptions& options;
@@ -88,12 +96,20 @@ struct ServerContext {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, ServerContext& context) : stream_(std::move(socket)), context_(context) {}
+  Session(tcp::socket socket, ServerContext& context) : socket_(std::move(socket)), context_(context) {}
 
-  void Start() {
+  // On the connection's loop.
+  void Start(Loop& loop) {
+    loop.sessions.push_back(weak_from_this());
     error_code ignored;
-    stream_.socket().set_option(tcp::no_delay(true), ignored);  // small answers must not wait out delayed ACKs
+    socket_.set_option(tcp::no_delay(true), ignored);  // small answers must not wait out delayed ACKs
     ReadHead();
+  }
+
+  // The loop's sweep: a connection past its deadline is closed (its pending reads and writes
+  // end with operation_aborted).
+  void Sweep(Clock::time_point now) {
+    if (now >= deadline_) Close();
   }
 
   // The calls below run on the connection's loop; `serial` names the request they answer, so
@@ -109,7 +125,7 @@ class Session : public std::enable_shared_from_this<Session> {
     res->body() = std::move(response.body);
     if (!response.Has("Content-Length")) res->prepare_payload();  // else a HEAD's, relayed
     Finish();
-    Enqueue([res](Session& s, auto done) { http::async_write(s.stream_, *res, [res, done](error_code ec, size_t) { done(ec); }); },
+    Enqueue([res](Session& s, auto done) { http::async_write(s.socket_, *res, [res, done](error_code ec, size_t) { done(ec); }); },
             !keep_alive_);
   }
 
@@ -120,7 +136,7 @@ class Session : public std::enable_shared_from_this<Session> {
     res->chunked(true);
     auto serializer = std::make_shared<http::response_serializer<http::empty_body>>(*res);
     Enqueue([res, serializer](Session& s, auto done) {
-      http::async_write_header(s.stream_, *serializer, [res, serializer, done](error_code ec, size_t) { done(ec); });
+      http::async_write_header(s.socket_, *serializer, [res, serializer, done](error_code ec, size_t) { done(ec); });
     });
   }
 
@@ -130,14 +146,14 @@ class Session : public std::enable_shared_from_this<Session> {
     char size[24];
     bytes->append(size, std::snprintf(size, sizeof(size), "%zx\r\n", data.size()));
     bytes->append(data).append("\r\n");
-    Enqueue([bytes](Session& s, auto done) { net::async_write(s.stream_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); });
+    Enqueue([bytes](Session& s, auto done) { net::async_write(s.socket_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); });
   }
 
   void End(uint64_t serial) {
     if (!Current(serial)) return;
     Finish();
     auto bytes = std::make_shared<std::string>("0\r\n\r\n");
-    Enqueue([bytes](Session& s, auto done) { net::async_write(s.stream_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); },
+    Enqueue([bytes](Session& s, auto done) { net::async_write(s.socket_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); },
             !keep_alive_);
   }
 
@@ -147,14 +163,14 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Timer(uint64_t serial, Clock::time_point when, std::function<void()> fire) {
     if (!Current(serial)) return;
-    if (!timer_) timer_.emplace(stream_.get_executor());
+    if (!timer_) timer_.emplace(socket_.get_executor());
     timer_->expires_at(when);
     timer_->async_wait([self = shared_from_this(), serial, fire = std::move(fire)](error_code ec) {
       if (!ec && self->Current(serial)) fire();
     });
   }
 
-  net::any_io_executor executor() { return stream_.get_executor(); }
+  net::any_io_executor executor() { return socket_.get_executor(); }
 
  private:
   using Done = std::function<void(error_code)>;
@@ -165,12 +181,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   bool Current(uint64_t serial) const { return serial == serial_ && awaiting_ && !closed_; }
 
+  void Deadline(int seconds) { deadline_ = Clock::now() + std::chrono::seconds(seconds); }
+  void NoDeadline() { deadline_ = Clock::time_point::max(); }
+
   void ReadHead() {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(context_.options.max_header_bytes));
     parser_->body_limit(context_.options.max_body_bytes);
-    stream_.expires_after(std::chrono::seconds(context_.options.idle_timeout_s));
-    http::async_read_header(stream_, buffer_, *parser_,
+    Deadline(context_.options.idle_timeout_s);
+    http::async_read_header(socket_, buffer_, *parser_,
                             [self = shared_from_this()](error_code ec, size_t) { self->OnHead(ec); });
   }
 
@@ -179,7 +198,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec == http::error::body_limit) return RefuseBody();  // its Content-Length
     if (ec) {
       // A stream that ends or stalls between requests is closed quietly; garbage is a 400.
-      if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == net::error::eof ||
+      if (closed_ || ec == http::error::end_of_stream || ec == net::error::eof ||
           ec == net::error::connection_reset || ec == net::error::operation_aborted || buffer_.size() == 0) {
         return Close();
       }
@@ -193,7 +212,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       // The client waits for this before it sends the body (curl, for bodies over 1 KiB).
       static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
-      return net::async_write(stream_, net::buffer(kContinue, sizeof(kContinue) - 1),
+      return net::async_write(socket_, net::buffer(kContinue, sizeof(kContinue) - 1),
                               [self = shared_from_this()](error_code ec, size_t) {
                                 if (ec) return self->Close();
                                 self->ReadBody();
@@ -205,8 +224,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // The body, as it arrives: each read may wait body_timeout_s (a slow upload goes on as
   // long as bytes keep coming; the size limit bounds it).
   void ReadBody() {
-    stream_.expires_after(std::chrono::seconds(context_.options.body_timeout_s));
-    http::async_read_some(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+    Deadline(context_.options.body_timeout_s);
+    http::async_read_some(socket_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
       if (ec == http::error::body_limit) return self->RefuseBody();
       if (ec) return self->Close();
       if (self->parser_->is_done()) return self->Route();
@@ -218,7 +237,7 @@ class Session : public std::enable_shared_from_this<Session> {
     reading_ = false;
     keep_alive_ = parser_->get().keep_alive();
     accept_encoding_ = std::string(parser_->get()[http::field::accept_encoding]);
-    stream_.expires_never();  // the core's own timeouts bound the wait
+    NoDeadline();  // the core's own timeouts bound the wait
     ++serial_;
     awaiting_ = true;
     ++context_.in_progress;
@@ -232,10 +251,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // The client's going, learned on the loop: the socket turns readable with nothing to read.
   // (Bytes instead are a pipelined request, read after this answer: the watch ends.)
   void Watch() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), serial = serial_](error_code ec) {
+    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), serial = serial_](error_code ec) {
       if (ec || !self->Current(serial)) return;
       char c;
-      const ssize_t n = ::recv(self->stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      const ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
       if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
         self->Gone();
       } else if (n < 0) {
@@ -301,12 +320,12 @@ class Session : public std::enable_shared_from_this<Session> {
         reading_ = true;
         ReadHead();
       } else {
-        stream_.expires_never();
+        NoDeadline();
       }
       return;
     }
     writing_ = true;
-    stream_.expires_after(std::chrono::seconds(context_.options.write_timeout_s));
+    Deadline(context_.options.write_timeout_s);
     out_.front().start(*this, [self = shared_from_this()](error_code ec) {
       const bool then_close = self->out_.front().then_close;
       self->out_.pop_front();
@@ -321,11 +340,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // instead of meeting a reset.
   void Linger(Clock::time_point until) {
     error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
     if (Clock::now() >= until) return Close();
-    stream_.expires_after(std::chrono::seconds(context_.options.idle_timeout_s));
+    Deadline(context_.options.idle_timeout_s);
     if (!scratch_) scratch_ = std::make_unique<char[]>(kScratchBytes);
-    stream_.async_read_some(net::buffer(scratch_.get(), kScratchBytes), [self = shared_from_this(), until](error_code ec, size_t) {
+    socket_.async_read_some(net::buffer(scratch_.get(), kScratchBytes), [self = shared_from_this(), until](error_code ec, size_t) {
       if (ec) return self->Close();
       self->Linger(until);
     });
@@ -337,11 +356,12 @@ class Session : public std::enable_shared_from_this<Session> {
     if (awaiting_) Finish();
     out_.clear();
     error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    stream_.socket().close(ignored);
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
   }
 
-  beast::tcp_stream stream_;
+  tcp::socket socket_;
+  Clock::time_point deadline_ = Clock::time_point::max();  // see Sweep
   ServerContext& context_;
   beast::flat_buffer buffer_;  // grows as needed; the parser's limits bound it
   std::optional<http::request_parser<GrowBody>> parser_;
@@ -404,9 +424,9 @@ class HttpServer::Impl {
         routes_(std::move(table), options_),
         relay_(options_, pool_),
         context_{options_, routes_, relay_, in_progress_},
-        loops_(std::max(1, options.threads)),
-        acceptor_(loops_[0]),
-        retry_(loops_[0]) {
+        loops_(MakeLoops(options.threads)),
+        acceptor_(loops_[0]->context),
+        retry_(loops_[0]->context) {
     if (options_.predictions) {
       options_.predictions->SetOffload([this](std::function<void()> task) { pool_.Enqueue(std::move(task)); });
     }
@@ -427,12 +447,13 @@ class HttpServer::Impl {
                                                   std::to_string(options_.port) + ": " + ec.message());
     }
     port_ = acceptor_.local_endpoint().port();
-    for (auto& loop : loops_) guards_.emplace_back(net::make_work_guard(loop));
+    for (auto& loop : loops_) guards_.emplace_back(net::make_work_guard(loop->context));
     Accept();
     for (auto& loop : loops_) {
-      threads_.emplace_back([&loop] {
+      Sweep(*loop);
+      threads_.emplace_back([&loop = *loop] {
         NameThread("ps-http");
-        loop.run();
+        loop.context.run();
       });
     }
     return Status::OK();
@@ -449,7 +470,7 @@ class HttpServer::Impl {
     const auto until = Clock::now() + std::chrono::seconds(60);
     while (in_progress_.load() > 0 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // their last writes
-    for (auto& loop : loops_) loop.stop();
+    for (auto& loop : loops_) loop->context.stop();
     for (auto& thread : threads_) thread.join();
     threads_.clear();
     pool_.Shutdown();
@@ -458,9 +479,35 @@ class HttpServer::Impl {
   int port() const { return port_; }
 
  private:
+  static std::vector<std::unique_ptr<Loop>> MakeLoops(int threads) {
+    std::vector<std::unique_ptr<Loop>> loops;
+    for (int i = 0; i < std::max(1, threads); ++i) loops.push_back(std::make_unique<Loop>());
+    return loops;
+  }
+
+  // Every 250 ms: connections past their deadline are closed; those gone are forgotten.
+  static void Sweep(Loop& loop) {
+    loop.sweep.expires_after(std::chrono::milliseconds(250));
+    loop.sweep.async_wait([&loop](error_code ec) {
+      if (ec) return;
+      const auto now = Clock::now();
+      auto& sessions = loop.sessions;
+      for (size_t i = 0; i < sessions.size();) {
+        if (auto session = sessions[i].lock()) {
+          session->Sweep(now);
+          ++i;
+        } else {
+          sessions[i] = std::move(sessions.back());
+          sessions.pop_back();
+        }
+      }
+      Sweep(loop);
+    });
+  }
+
   void Accept() {
-    net::io_context& loop = loops_[next_loop_++ % loops_.size()];
-    acceptor_.async_accept(loop, [this](error_code ec, tcp::socket socket) {
+    Loop& loop = *loops_[next_loop_++ % loops_.size()];
+    acceptor_.async_accept(loop.context, [this, &loop](error_code ec, tcp::socket socket) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
       if (ec == net::error::no_descriptors || ec.value() == ENFILE || ec == net::error::no_buffer_space ||
           ec == net::error::no_memory) {
@@ -471,7 +518,11 @@ class HttpServer::Impl {
         });
         return;
       }
-      if (!ec) std::make_shared<Session>(std::move(socket), context_)->Start();
+      if (!ec) {
+        net::post(loop.context, [&loop, session = std::make_shared<Session>(std::move(socket), context_)] {
+          session->Start(loop);
+        });
+      }
       Accept();
     });
   }
@@ -482,7 +533,7 @@ class HttpServer::Impl {
   Relay relay_;
   std::atomic<int> in_progress_{0};
   ServerContext context_;
-  std::vector<net::io_context> loops_;
+  std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards_;
   tcp::acceptor acceptor_;
   net::steady_timer retry_;
