@@ -274,3 +274,25 @@ def test_json_answers_are_compressed_for_clients_that_accept_it(native_server, e
     assert reply.status == 400 and reply.getheader("Content-Encoding") is None
     assert "nothing" in json.loads(reply.read())["error"]
     connection.close()
+
+
+def test_expect_100_continue_and_head(native_server):
+    """A client that waits for 100 Continue gets it before sending its body; HEAD, relayed to the
+    shell, answers its GET's length and no body."""
+    with socket.create_connection(("127.0.0.1", native_server.http_port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(SIMPLE_BODY))
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(SIMPLE_BODY)
+        reader = s.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+    connection = http.client.HTTPConnection(native_server.http_url, timeout=10)
+    connection.request("GET", "/v2")
+    length = len(connection.getresponse().read())
+    connection.request("HEAD", "/v2")
+    reply = connection.getresponse()
+    assert reply.status == 200 and int(reply.getheader("Content-Length")) == length
+    assert reply.read() == b""
+    connection.request("GET", "/v2/health/live")  # the connection goes on
+    assert connection.getresponse().status == 200
+    connection.close()
