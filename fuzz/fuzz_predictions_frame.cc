@@ -6,13 +6,11 @@
 //   - the request side: PredictionKey (the path), HeadersJson, FormBody;
 // and then the whole of Predictions::Handle for a request whose path names the one archive
 // ("m", "m/1"): a real Model whose compute pushes the intermediate frames and answers the final
-// one, and the chunked content provider Handle leaves on the response, run to its end.
+// one, written to an Exchange that records the answer (whole, or head, chunks and end).
 //
 // Input: "METHOD PATH\n", then header lines "Name: value\n" up to an empty line, then frames
 // separated by "|chunk|": every piece but the last is an intermediate frame, the last is the
 // final answer's BYTES element (u32 element length | frame); it is also the request body.
-#include <climits>  // OpenSSL 3.0's err.h (through httplib.h) uses INT_MAX without it
-
 #include "predictions.cc"  // NOLINT: the file-local parsers are the target
 
 #include <condition_variable>
@@ -39,12 +37,52 @@ constexpr size_t kMaxResponseBytes = 1024;
 // What the compute answers for the current input (set before Handle, read on the worker).
 struct Script {
   std::mutex mutex;
-  std::condition_variable cv;
   std::vector<std::string> chunks;
   std::string element;
-  bool released = false;  // the harness has taken Handle's answer; the final frame may follow
   Predictions* predictions = nullptr;
 } script;
+
+// The client's side: what Handle and the core write, until the answer ends.
+class RecordingExchange : public Exchange {
+ public:
+  void Answer(HttpResponse response) override { Ended(response.body.size()); }
+  void Head(HttpResponse) override { Record(false); }
+  void Chunk(std::string data) override { Record(data.empty()); }
+  void End() override { Ended(0); }
+  void OnGone(std::function<void()>) override {}
+  void Timer(std::chrono::steady_clock::time_point, std::function<void()>) override {}
+  void Run(std::function<void()> task) override { task(); }
+
+  // Waits for the answer's end; aborts past 30 s (an answer that never ends is the bug).
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(30), [this] { return ended_; })) {
+      std::fprintf(stderr, "the answer does not end\n");
+      std::abort();
+    }
+  }
+
+ private:
+  void Record(bool empty_chunk) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (ended_ || empty_chunk) {
+      std::fprintf(stderr, "written after the answer's end, or an empty chunk\n");
+      std::abort();
+    }
+  }
+  void Ended(size_t) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (ended_) {
+      std::fprintf(stderr, "the answer ended twice\n");
+      std::abort();
+    }
+    ended_ = true;
+    cv_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool ended_ = false;
+};
 
 class FrameCompute : public BatchCompute {
  public:
@@ -56,14 +94,6 @@ class FrameCompute : public BatchCompute {
     script.predictions->Started({token});
     std::unique_lock<std::mutex> lock(script.mutex);
     for (const std::string& chunk : script.chunks) script.predictions->Push(token, chunk);
-    if (!script.chunks.empty()) {
-      // Handle streams from the first chunk; the final frame comes once the harness reads on
-      // (else Handle could see the answer first, and which path it takes would be a race).
-      if (!script.cv.wait_for(lock, std::chrono::seconds(30), [] { return script.released; })) {
-        std::fprintf(stderr, "the harness never read the streamed answer\n");
-        std::abort();
-      }
-    }
     auto memory = std::make_shared<std::string>(script.element);
     OutputTensor output;
     output.name = "output";
@@ -104,13 +134,13 @@ Predictions* Setup() {
 }
 
 // The request line and headers of `input` into `req`; returns the rest (the frames).
-std::string_view ParseRequest(std::string_view input, httplib::Request* req) {
+std::string_view ParseRequest(std::string_view input, HttpRequest* req) {
   size_t end = input.find('\n');
   std::string_view line = input.substr(0, end);
   input = end == std::string_view::npos ? std::string_view() : input.substr(end + 1);
   const size_t space = line.find(' ');
   req->method = std::string(line.substr(0, space));
-  req->path = space == std::string_view::npos ? "" : std::string(line.substr(space + 1));
+  req->path = req->target = space == std::string_view::npos ? "" : std::string(line.substr(space + 1));
   while (!input.empty()) {
     end = input.find('\n');
     line = input.substr(0, end);
@@ -119,7 +149,7 @@ std::string_view ParseRequest(std::string_view input, httplib::Request* req) {
     const size_t colon = line.find(':');
     std::string_view value = colon == std::string_view::npos ? "" : line.substr(colon + 1);
     if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-    req->headers.emplace(std::string(line.substr(0, colon)), std::string(value));
+    req->headers.emplace_back(std::string(line.substr(0, colon)), std::string(value));
   }
   return input;
 }
@@ -129,7 +159,7 @@ std::string_view ParseRequest(std::string_view input, httplib::Request* req) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Predictions* predictions = script.predictions = Setup();
 
-  httplib::Request req;
+  HttpRequest req;
   std::string_view frames = ParseRequest(std::string_view(reinterpret_cast<const char*>(data), size), &req);
   std::vector<std::string> chunks;
   for (size_t at; (at = frames.find(kSeparator)) != std::string_view::npos;) {
@@ -146,8 +176,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!chunk.empty()) std::memcpy(copy.get(), chunk.data(), chunk.size());
     Frame frame;
     if (ParseFrame(std::string_view(copy.get(), chunk.size()), &frame)) {
-      httplib::Response res;
-      (void)StatusAndHeaders(frame, res);
+      HttpResponse res;
+      StatusAndHeaders(frame, res);
     }
   }
   {
@@ -159,7 +189,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     output.data = reinterpret_cast<const uint8_t*>(element.get());
     output.byte_size = frames.size();
     response.outputs.push_back(std::move(output));
-    httplib::Response res;
+    HttpResponse res;
     Frame frame;
     (void)Answer(response, kMaxResponseBytes, res, &frame);
   }
@@ -173,30 +203,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::lock_guard<std::mutex> lock(script.mutex);
     script.chunks = std::move(chunks);
     script.element.assign(element.get(), frames.size());
-    script.released = false;
   }
-  std::string body(element.get(), frames.size());
-  httplib::Response res;
-  const bool handled = predictions->Handle(req, body, res);
-  {
-    std::lock_guard<std::mutex> lock(script.mutex);
-    script.released = true;
-  }
-  script.cv.notify_all();
-  if (handled && res.content_provider_) {
-    bool done = false;
-    std::string streamed;
-    httplib::DataSink sink;
-    sink.write = [&](const char* d, size_t n) { streamed.append(d, n); return true; };
-    sink.done = [&] { done = true; };
-    sink.is_writable = [] { return true; };
-    for (size_t calls = 0; !done; ++calls) {
-      if (calls > script.chunks.size() + 2) {
-        std::fprintf(stderr, "the chunked answer does not end\n");
-        std::abort();
-      }
-      if (!res.content_provider_(streamed.size(), 0, sink)) break;
-    }
-  }
+  req.body.assign(element.get(), frames.size());
+  auto exchange = std::make_shared<RecordingExchange>();
+  if (predictions->Handle(req, exchange)) exchange->Wait();
   return 0;
 }

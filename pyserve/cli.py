@@ -148,13 +148,13 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                           "python: grpc.aio serves everything, auto: native when built "
                           "(default: %(default)s)")
     net.add_argument("--http-frontend", choices=FRONTENDS, default="auto",
-                     help="native: cpp-httplib serves inference (other routes still in Python), "
+                     help="native: Boost.Beast serves inference and health (other routes still "
+                          "in Python), "
                           "python: aiohttp serves everything, auto: native when built "
                           "(default: %(default)s)")
-    net.add_argument("--http-thread-count", type=int, default=1024, metavar="N",
-                     help="native HTTP: most connections served at once, one thread each "
-                          "(started as connections arrive, retired after 30 s idle); more "
-                          "wait for a free one (default: %(default)s)")
+    net.add_argument("--http-thread-count", type=int, default=8, metavar="N",
+                     help="native HTTP: event-loop threads serving the connections, which "
+                          "they share, however many (default: %(default)s)")
     net.add_argument("--http-max-input-size", type=int, default=64 * 1024 * 1024,
                      metavar="BYTES", help="largest HTTP request body, after decompression; "
                                            "larger ones get 413 (default: %(default)s)")

@@ -67,7 +67,7 @@ class ServerOptions:
     # gRPC and HTTP in native code (auto = when pyserve was built with it) or in Python.
     grpc_frontend: str = "auto"
     http_frontend: str = "auto"
-    http_thread_count: int = 1024  # native HTTP: most connections served at once (a thread each)
+    http_thread_count: int = 8  # native HTTP: event-loop threads (Triton's meaning and default)
 
     # Models, with tritonserver's meanings and defaults.
     model_control_mode: str = "none"  # none | poll | explicit

@@ -114,7 +114,7 @@ class Server:
                                              options.http_port,
                                              shell_port, options.http_thread_count,
                                              options.http_max_input_size, self.shared_memory)
-        log.info("HTTP frontend: native (cpp-httplib), other routes relayed to 127.0.0.1:%d",
+        log.info("HTTP frontend: native (Boost.Beast), other routes relayed to 127.0.0.1:%d",
                  shell_port)
         return self._http.port
 

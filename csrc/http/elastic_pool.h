@@ -1,11 +1,7 @@
-// cpp-httplib serves each connection as one task of its queue for the connection's whole life
-// (keep-alive included), so a fixed pool of N threads caps the connections served at once at
-// N: the next client waits until an idle one times out. This queue starts a thread whenever
-// none is free, up to `max_threads`, and retires a thread idle for `idle_timeout`, so idle
-// keep-alive clients cost a parked thread each and nobody waits behind them.
+// The relay's blocking calls to the Python shell run here, off the event-loop threads: a
+// thread starts whenever none is free, up to `max_threads`, and retires after idling for
+// `idle_timeout`, so a slow shell call (a model load) never holds up another request.
 #pragma once
-
-#include <httplib.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -18,13 +14,13 @@
 
 namespace pyserve::httpfront {
 
-class ElasticPool : public httplib::TaskQueue {
+class ElasticPool {
  public:
   ElasticPool(size_t max_threads, std::chrono::seconds idle_timeout)
       : max_threads_(std::max<size_t>(1, max_threads)), idle_timeout_(idle_timeout) {}
-  ~ElasticPool() override { shutdown(); }
+  ~ElasticPool() { Shutdown(); }
 
-  void enqueue(std::function<void()> task) override {
+  void Enqueue(std::function<void()> task) {
     std::vector<std::thread> retired;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -39,8 +35,8 @@ class ElasticPool : public httplib::TaskQueue {
     for (std::thread& t : retired) t.join();
   }
 
-  // Runs the tasks queued (connections already accepted), then joins every thread.
-  void shutdown() override {
+  // Runs the tasks queued, then joins every thread.
+  void Shutdown() {
     std::map<std::thread::id, std::thread> threads;
     std::vector<std::thread> retired;
     {

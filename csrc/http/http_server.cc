@@ -1,306 +1,553 @@
+// The server's connections, on Boost.Beast: N event loops (one io_context and thread each)
+// take accepted connections in turn; a connection reads one request at a time (bounded head,
+// body read as it arrives), routes it, and writes the answer handed to its loop with one post.
+// Timeouts are deadlines a connection moves with a store, which its loop's sweep (4 a second)
+// enforces: no timer is set or cancelled per request.
+// Beast's code lives in this file and relay.cc only: it compiles slowly.
 #include "http_server.h"
 
-#include <httplib.h>
+#include <sys/socket.h>
 
-#include <algorithm>
 #include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
-#include <condition_variable>
-#include <cstdlib>
-#include <mutex>
+#include <deque>
+#include <optional>
 #include <thread>
 
-#include "connection.h"
+#include "compression.h"
 #include "elastic_pool.h"
-#include "infer_json.h"
+#include "exchange.h"
+#include "relay.h"
+#include "routes.h"
 
 namespace pyserve::httpfront {
 
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using error_code = beast::error_code;
+using Clock = std::chrono::steady_clock;
+
 namespace {
 
-// One inference request waiting for the core, on the connection's thread.
-struct PendingInfer : Awaited {
-  std::string body;  // the bytes `infer` views
-  HttpInfer infer;
+// A request body that grows as its bytes arrive (string_body reserves the declared
+// Content-Length up front, which a client need not send); the parser's body_limit bounds it.
+struct GrowBody {
+  using value_type = std::string;
+  static std::uint64_t size(const value_type& v) { return v.size(); }
+  class reader {
+   public:
+    template <bool isRequest, class Fields>
+    reader(http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
+    void init(const boost::optional<std::uint64_t>&, error_code& ec) { ec = {}; }
+    template <class Buffers>
+    std::size_t put(const Buffers& buffers, error_code& ec) {
+      std::size_t n = 0;
+      for (auto it = net::buffer_sequence_begin(buffers); it != net::buffer_sequence_end(buffers); ++it) {
+        net::const_buffer b = *it;
+        body_.append(static_cast<const char*>(b.data()), b.size());
+        n += b.size();
+      }
+      ec = {};
+      return n;
+    }
+    void finish(error_code& ec) { ec = {}; }
+
+   private:
+    value_type& body_;
+  };
 };
 
-// "/v2/models/NAME[/versions/V]/infer": the name and version, or false.
-bool InferPath(const std::string& path, std::string* name, std::string* version) {
-  static const std::string prefix = "/v2/models/", suffix = "/infer";
-  if (path.size() <= prefix.size() + suffix.size() || path.compare(0, prefix.size(), prefix) != 0 ||
-      path.compare(path.size() - suffix.size(), suffix.size(), suffix) != 0) {
-    return false;
-  }
-  std::string middle = path.substr(prefix.size(), path.size() - prefix.size() - suffix.size());
-  const size_t slash = middle.find('/');
-  if (slash == std::string::npos) {
-    *name = middle;
-    version->clear();
-  } else {
-    static const std::string versions = "/versions/";
-    if (middle.compare(slash, versions.size(), versions) != 0) return false;
-    *name = middle.substr(0, slash);
-    *version = middle.substr(slash + versions.size());
-    if (version->empty() || version->find('/') != std::string::npos) return false;
-  }
-  return !name->empty();
-}
-
-// Error bodies are never compressed (cpp-httplib compresses "application/json" for clients
-// that accept gzip; Triton does not compress errors, and tritonclient's asyncio client reads
-// them as they come).
+// Error bodies are JSON (Triton's `{"error": ...}` or TorchServe's), never compressed.
 const char kErrorType[] = "application/json; charset=utf-8";
 
-// The boundary parameter of a multipart Content-Type.
-std::string MultipartBoundary(const std::string& content_type) {
-  const size_t at = content_type.find("boundary=");
-  if (at == std::string::npos) return "";
-  std::string boundary = content_type.substr(at + 9);
-  boundary = boundary.substr(0, boundary.find(';'));
-  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') {
-    boundary = boundary.substr(1, boundary.size() - 2);
-  }
-  return boundary;
-}
-
-bool HopByHop(const std::string& header) {
-  static const char* const kHop[] = {"connection", "keep-alive", "transfer-encoding",
-                                     "content-length", "host", "te", "upgrade"};
-  for (const char* h : kHop) {
-    if (strcasecmp(header.c_str(), h) == 0) return true;
-  }
-  return false;
+HttpRequest ToRequest(http::request<GrowBody>& req) {
+  HttpRequest out;
+  out.method = std::string(req.method_string());
+  out.target = std::string(req.target());
+  out.path = out.target.substr(0, out.target.find('?'));
+  for (const auto& field : req) out.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+  out.body = std::move(req.body());
+  return out;
 }
 
 }  // namespace
 
-class HttpServer::Impl : public ResponseSink {
+class Session;
+
+// One event loop: its io_context (on one thread) and the connections it serves.
+struct Loop {
+  net::io_context context{1};
+  std::vector<std::weak_ptr<Session>> sessions;  // touched on the loop's thread only
+  net::steady_timer sweep{context};
+};
+
+// What the connections share: the routes, the relay and the count of requests in progress.
+struct ServerContext {
+  const HttpOptions& options;
+  Routes& routes;
+  Relay& relay;
+  std::atomic<int>& in_progress;
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, ServerContext& context) : socket_(std::move(socket)), context_(context) {}
+
+  // On the connection's loop.
+  void Start(Loop& loop) {
+    loop.sessions.push_back(weak_from_this());
+    error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);  // small answers must not wait out delayed ACKs
+    ReadHead();
+  }
+
+  // The loop's sweep: a connection past its deadline is closed (its pending reads and writes
+  // end with operation_aborted).
+  void Sweep(Clock::time_point now) {
+    if (now >= deadline_) Close();
+  }
+
+  // The calls below run on the connection's loop; `serial` names the request they answer, so
+  // that a late call for an earlier request is dropped.
+  void Answer(uint64_t serial, HttpResponse response) {
+    if (!Current(serial)) return;
+    if (!response.body.empty() && !response.Has("Content-Encoding")) {
+      const char* encoding = ResponseEncoding(response.content_type, accept_encoding_);
+      if (*encoding != '\0' && Compress(encoding, &response.body)) response.Set("Content-Encoding", encoding);
+    }
+    auto res = std::make_shared<http::response<http::string_body>>();
+    Fill(*res, response);
+    res->body() = std::move(response.body);
+    if (!response.Has("Content-Length")) res->prepare_payload();  // else a HEAD's, relayed
+    Finish();
+    Enqueue([res](Session& s, auto done) { http::async_write(s.socket_, *res, [res, done](error_code ec, size_t) { done(ec); }); },
+            !keep_alive_);
+  }
+
+  void Head(uint64_t serial, HttpResponse head) {
+    if (!Current(serial)) return;
+    auto res = std::make_shared<http::response<http::empty_body>>();
+    Fill(*res, head);
+    res->chunked(true);
+    auto serializer = std::make_shared<http::response_serializer<http::empty_body>>(*res);
+    Enqueue([res, serializer](Session& s, auto done) {
+      http::async_write_header(s.socket_, *serializer, [res, serializer, done](error_code ec, size_t) { done(ec); });
+    });
+  }
+
+  void Chunk(uint64_t serial, std::string data) {
+    if (!Current(serial) || data.empty()) return;  // an empty chunk would end the body
+    auto bytes = std::make_shared<std::string>();
+    char size[24];
+    bytes->append(size, std::snprintf(size, sizeof(size), "%zx\r\n", data.size()));
+    bytes->append(data).append("\r\n");
+    Enqueue([bytes](Session& s, auto done) { net::async_write(s.socket_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); });
+  }
+
+  void End(uint64_t serial) {
+    if (!Current(serial)) return;
+    Finish();
+    auto bytes = std::make_shared<std::string>("0\r\n\r\n");
+    Enqueue([bytes](Session& s, auto done) { net::async_write(s.socket_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); },
+            !keep_alive_);
+  }
+
+  void OnGone(uint64_t serial, std::function<void()> gone) {
+    if (Current(serial)) on_gone_ = std::move(gone);
+  }
+
+  void Timer(uint64_t serial, Clock::time_point when, std::function<void()> fire) {
+    if (!Current(serial)) return;
+    if (!timer_) timer_.emplace(socket_.get_executor());
+    timer_->expires_at(when);
+    timer_->async_wait([self = shared_from_this(), serial, fire = std::move(fire)](error_code ec) {
+      if (!ec && self->Current(serial)) fire();
+    });
+  }
+
+  net::any_io_executor executor() { return socket_.get_executor(); }
+
+ private:
+  using Done = std::function<void(error_code)>;
+  struct Out {
+    std::function<void(Session&, Done)> start;
+    bool then_close = false;  // the last part of an answer the client asked to end with
+  };
+
+  bool Current(uint64_t serial) const { return serial == serial_ && awaiting_ && !closed_; }
+
+  void Deadline(int seconds) { deadline_ = Clock::now() + std::chrono::seconds(seconds); }
+  void NoDeadline() { deadline_ = Clock::time_point::max(); }
+
+  void ReadHead() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(context_.options.max_header_bytes));
+    parser_->body_limit(context_.options.max_body_bytes);
+    Deadline(context_.options.idle_timeout_s);
+    http::async_read_header(socket_, buffer_, *parser_,
+                            [self = shared_from_this()](error_code ec, size_t) { self->OnHead(ec); });
+  }
+
+  void OnHead(error_code ec) {
+    if (ec == http::error::header_limit) return Refuse(431, "request header fields too large");
+    if (ec == http::error::body_limit) return RefuseBody();  // its Content-Length
+    if (ec) {
+      // A stream that ends or stalls between requests is closed quietly; garbage is a 400.
+      if (closed_ || ec == http::error::end_of_stream || ec == net::error::eof ||
+          ec == net::error::connection_reset || ec == net::error::operation_aborted || buffer_.size() == 0) {
+        return Close();
+      }
+      return Refuse(400, "malformed HTTP request");
+    }
+    const auto& req = parser_->get();
+    if (static_cast<size_t>(std::distance(req.begin(), req.end())) > context_.options.max_header_count) {
+      return Refuse(431, "too many request header fields");
+    }
+    if (parser_->is_done()) return Route();
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      // The client waits for this before it sends the body (curl, for bodies over 1 KiB).
+      static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      return net::async_write(socket_, net::buffer(kContinue, sizeof(kContinue) - 1),
+                              [self = shared_from_this()](error_code ec, size_t) {
+                                if (ec) return self->Close();
+                                self->ReadBody();
+                              });
+    }
+    ReadBody();
+  }
+
+  // The body, as it arrives: each read may wait body_timeout_s (a slow upload goes on as
+  // long as bytes keep coming; the size limit bounds it).
+  void ReadBody() {
+    Deadline(context_.options.body_timeout_s);
+    http::async_read_some(socket_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+      if (ec == http::error::body_limit) return self->RefuseBody();
+      if (ec) return self->Close();
+      if (self->parser_->is_done()) return self->Route();
+      self->ReadBody();
+    });
+  }
+
+  void Route() {
+    reading_ = false;
+    keep_alive_ = parser_->get().keep_alive();
+    accept_encoding_ = std::string(parser_->get()[http::field::accept_encoding]);
+    NoDeadline();  // the core's own timeouts bound the wait
+    ++serial_;
+    awaiting_ = true;
+    ++context_.in_progress;
+    Watch();
+    HttpRequest request = ToRequest(parser_->get());
+    parser_.reset();
+    auto self = shared_from_this();
+    if (!context_.routes.Serve(request, self, serial_)) context_.relay.Send(std::move(request), self, serial_);
+  }
+
+  // The client's going, learned on the loop: the socket turns readable with nothing to read.
+  // (Bytes instead are a pipelined request, read after this answer: the watch ends.)
+  void Watch() {
+    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), serial = serial_](error_code ec) {
+      if (ec || !self->Current(serial)) return;
+      char c;
+      const ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        self->Gone();
+      } else if (n < 0) {
+        self->Watch();
+      }
+    });
+  }
+
+  void Gone() {
+    std::function<void()> gone = std::move(on_gone_);
+    Close();
+    if (gone) gone();
+  }
+
+  // The answer is complete (queued): nothing more for this request.
+  void Finish() {
+    awaiting_ = false;
+    on_gone_ = nullptr;
+    if (timer_) timer_->cancel();
+    --context_.in_progress;
+  }
+
+  void Refuse(int status, const std::string& message) {
+    ++serial_;
+    awaiting_ = true;
+    ++context_.in_progress;
+    keep_alive_ = false;  // the rest of the request is not read: the connection ends here
+    linger_ = true;
+    accept_encoding_.clear();
+    HttpResponse response;
+    response.status = status;
+    response.content_type = kErrorType;
+    response.body = context_.routes.ErrorText(status, message);
+    Answer(serial_, std::move(response));
+  }
+
+  void RefuseBody() {
+    const size_t limit = context_.options.max_body_bytes;
+    Refuse(413, "request body is larger than the server's limit of " + std::to_string(limit) +
+                    (context_.options.predictions ? " bytes (max_request_size)" : " bytes (--http-max-input-size)"));
+  }
+
+  template <class Response>
+  void Fill(Response& res, const HttpResponse& response) {
+    res.version(11);
+    res.result(static_cast<unsigned>(response.status));
+    if (!response.reason.empty()) res.reason(response.reason);
+    if (!response.content_type.empty()) res.set(http::field::content_type, response.content_type);
+    for (const auto& [name, value] : response.headers) res.insert(name, value);
+    res.keep_alive(keep_alive_);
+  }
+
+  void Enqueue(std::function<void(Session&, Done)> start, bool then_close = false) {
+    out_.push_back({std::move(start), then_close});
+    if (!writing_) WriteNext();
+  }
+
+  void WriteNext() {
+    if (closed_) return;
+    if (out_.empty()) {
+      writing_ = false;
+      if (!awaiting_ && !reading_) {
+        reading_ = true;
+        ReadHead();
+      } else {
+        NoDeadline();
+      }
+      return;
+    }
+    writing_ = true;
+    Deadline(context_.options.write_timeout_s);
+    out_.front().start(*this, [self = shared_from_this()](error_code ec) {
+      const bool then_close = self->out_.front().then_close;
+      self->out_.pop_front();
+      if (!ec && then_close && self->linger_) return self->Linger(Clock::now() + std::chrono::seconds(30));
+      if (ec || then_close) return self->Close();
+      self->WriteNext();
+    });
+  }
+
+  // After refusing a request part-read: no more writes, and what the client still sends is
+  // read and dropped (for a while), so that it can finish sending and read the answer
+  // instead of meeting a reset.
+  void Linger(Clock::time_point until) {
+    error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    if (Clock::now() >= until) return Close();
+    Deadline(context_.options.idle_timeout_s);
+    if (!scratch_) scratch_ = std::make_unique<char[]>(kScratchBytes);
+    socket_.async_read_some(net::buffer(scratch_.get(), kScratchBytes), [self = shared_from_this(), until](error_code ec, size_t) {
+      if (ec) return self->Close();
+      self->Linger(until);
+    });
+  }
+
+  void Close() {
+    if (closed_) return;
+    closed_ = true;
+    if (awaiting_) Finish();
+    out_.clear();
+    error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+  }
+
+  tcp::socket socket_;
+  Clock::time_point deadline_ = Clock::time_point::max();  // see Sweep
+  ServerContext& context_;
+  beast::flat_buffer buffer_;  // grows as needed; the parser's limits bound it
+  std::optional<http::request_parser<GrowBody>> parser_;
+  std::deque<Out> out_;
+  std::optional<net::steady_timer> timer_;
+  std::function<void()> on_gone_;
+  std::string accept_encoding_;  // the current request's
+  static constexpr size_t kScratchBytes = 16 << 10;
+  std::unique_ptr<char[]> scratch_;  // where a refused request's rest is dropped
+  uint64_t serial_ = 0;
+  bool writing_ = false, keep_alive_ = true, awaiting_ = false, closed_ = false;
+  bool linger_ = false;  // a refused request: its rest is read and dropped before closing
+  bool reading_ = true;  // a request's head or body is being read
+};
+
+// An Exchange on a session: each call runs on the session's loop, at once when made there (a
+// route answering as it serves, an answer encoded on the loop), else posted to it.
+class SessionExchange : public Exchange {
+ public:
+  SessionExchange(std::shared_ptr<Session> session, uint64_t serial) : session_(std::move(session)), serial_(serial) {}
+  void Answer(HttpResponse response) override {
+    Post([response = std::move(response)](Session& s, uint64_t serial) mutable { s.Answer(serial, std::move(response)); });
+  }
+  void Head(HttpResponse head) override {
+    Post([head = std::move(head)](Session& s, uint64_t serial) mutable { s.Head(serial, std::move(head)); });
+  }
+  void Chunk(std::string data) override {
+    Post([data = std::move(data)](Session& s, uint64_t serial) mutable { s.Chunk(serial, std::move(data)); });
+  }
+  void End() override {
+    Post([](Session& s, uint64_t serial) { s.End(serial); });
+  }
+  void OnGone(std::function<void()> gone) override {
+    Post([gone = std::move(gone)](Session& s, uint64_t serial) mutable { s.OnGone(serial, std::move(gone)); });
+  }
+  void Timer(Clock::time_point when, std::function<void()> fire) override {
+    Post([when, fire = std::move(fire)](Session& s, uint64_t serial) mutable { s.Timer(serial, when, std::move(fire)); });
+  }
+  void Run(std::function<void()> task) override { net::post(session_->executor(), std::move(task)); }
+
+ private:
+  template <class Task>
+  void Post(Task task) {
+    net::dispatch(session_->executor(), [session = session_, serial = serial_, task = std::move(task)]() mutable {
+      task(*session, serial);
+    });
+  }
+  std::shared_ptr<Session> session_;
+  uint64_t serial_;
+};
+
+std::shared_ptr<Exchange> MakeExchange(const std::shared_ptr<Session>& session, uint64_t serial) {
+  return std::make_shared<SessionExchange>(session, serial);
+}
+
+class HttpServer::Impl {
  public:
   Impl(std::shared_ptr<ModelTable> table, const HttpOptions& options)
-      : table_(std::move(table)), options_(options) {}
+      : options_(options),
+        routes_(std::move(table), options_),
+        relay_(options_, pool_),
+        context_{options_, routes_, relay_, in_progress_},
+        loops_(MakeLoops(options.threads)),
+        acceptor_(loops_[0]->context),
+        retry_(loops_[0]->context) {
+    if (options_.predictions) {
+      options_.predictions->SetOffload([this](std::function<void()> task) { pool_.Enqueue(std::move(task)); });
+    }
+  }
 
   Status Start() {
-    server_.new_task_queue = [threads = options_.threads] {
-      return new ElasticPool(static_cast<size_t>(std::max(1, threads)), std::chrono::seconds(30));
-    };
-    server_.set_tcp_nodelay(true);  // small responses must not wait out delayed ACKs
-    server_.set_keep_alive_max_count(std::numeric_limits<int>::max());
-    server_.set_keep_alive_timeout(5);  // an idle connection holds its thread this long
-    server_.set_payload_max_length(options_.max_body_bytes);
-    // Every route. Bodies are read by the handler, so that the limit also bounds chunked and
-    // decompressed bodies (cpp-httplib only checks Content-Length against it).
-    auto handle = [this](const httplib::Request& req, httplib::Response& res) {
-      Handle(req, std::string(), res);
-    };
-    auto read_and_handle = [this](const httplib::Request& req, httplib::Response& res,
-                                  const httplib::ContentReader& reader) {
-      std::string body;
-      if (ReadBody(req, reader, &body, res)) Handle(req, std::move(body), res);
-    };
-    server_.Get(".*", handle).Options(".*", handle).Post(".*", read_and_handle)
-        .Put(".*", read_and_handle).Patch(".*", read_and_handle).Delete(".*", read_and_handle);
-    port_ = options_.port == 0 ? server_.bind_to_any_port(options_.host)
-                               : (server_.bind_to_port(options_.host, options_.port) ? options_.port : -1);
-    if (port_ <= 0) {
-      return Status(StatusCode::kUnavailable, "could not bind the HTTP frontend to " + options_.host +
-                                                  ":" + std::to_string(options_.port));
+    error_code ec;
+    const auto address = net::ip::make_address(options_.host, ec);
+    if (!ec) {
+      const tcp::endpoint endpoint(address, static_cast<unsigned short>(options_.port));
+      acceptor_.open(endpoint.protocol(), ec);
+      if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+      if (!ec) acceptor_.bind(endpoint, ec);
+      if (!ec) acceptor_.listen(options_.backlog, ec);
     }
-    thread_ = std::thread([this] {
-      NameThread("ps-http-accept");
-      server_.listen_after_bind();
-    });
+    if (ec) {
+      return Status(StatusCode::kUnavailable, "could not bind the HTTP frontend to " + options_.host + ":" +
+                                                  std::to_string(options_.port) + ": " + ec.message());
+    }
+    port_ = acceptor_.local_endpoint().port();
+    for (auto& loop : loops_) guards_.emplace_back(net::make_work_guard(loop->context));
+    Accept();
+    for (auto& loop : loops_) {
+      Sweep(*loop);
+      threads_.emplace_back([&loop = *loop] {
+        NameThread("ps-http");
+        loop.context.run();
+      });
+    }
     return Status::OK();
   }
 
   void Stop() {
-    server_.stop();
-    if (thread_.joinable()) thread_.join();
+    if (threads_.empty()) return;
+    net::post(acceptor_.get_executor(), [this] {
+      error_code ignored;
+      acceptor_.close(ignored);
+      retry_.cancel();
+    });
+    // Requests in progress get their answers (bounded: a core that never answers is a bug).
+    const auto until = Clock::now() + std::chrono::seconds(60);
+    while (in_progress_.load() > 0 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // their last writes
+    for (auto& loop : loops_) loop->context.stop();
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+    pool_.Shutdown();
   }
 
   int port() const { return port_; }
 
-  void Deliver(std::vector<Completion>& completions) override { DeliverAwaited(completions); }
-
  private:
-  // The body, decompressed, up to the limit; false (with the answer in `res`) past it.
-  bool ReadBody(const httplib::Request& req, const httplib::ContentReader& reader,
-                std::string* body, httplib::Response& res) {
-    const size_t limit = options_.max_body_bytes;
-    const size_t declared = std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
-    body->reserve(std::min(declared, limit));
-    bool too_large = false;
-    auto append = [&](const char* data, size_t length) {
-      too_large = body->size() + length > limit;
-      if (!too_large) body->append(data, length);
-      return !too_large;
-    };
-    bool read;
-    if (req.is_multipart_form_data()) {
-      // cpp-httplib parses multipart bodies itself and hands over only the parts: they are
-      // written out again, in the same boundary, for the shell.
-      const std::string boundary = MultipartBoundary(req.get_header_value("Content-Type"));
-      bool first = true;
-      read = reader(
-          [&](const httplib::MultipartFormData& part) {
-            std::string head = (first ? "--" : "\r\n--") + boundary +
-                               "\r\nContent-Disposition: form-data; name=\"" + part.name + "\"";
-            if (!part.filename.empty()) head += "; filename=\"" + part.filename + "\"";
-            head += "\r\n";
-            if (!part.content_type.empty()) head += "Content-Type: " + part.content_type + "\r\n";
-            first = false;
-            return append(head.data(), head.size()) && append("\r\n", 2);
-          },
-          append);
-      const std::string tail = (first ? "--" : "\r\n--") + boundary + "--\r\n";
-      read = read && append(tail.data(), tail.size());
-    } else {
-      read = reader(append);
-    }
-    if (read) return true;
-    res.status = too_large || res.status == 413 ? 413 : 400;
-    // In the words of the API this server speaks.
-    const bool torchserve = options_.predictions != nullptr;
-    const std::string message =
-        res.status == 413 ? "request body is larger than the server's limit of " + std::to_string(limit) +
-                                (torchserve ? " bytes (max_request_size)" : " bytes (--http-max-input-size)")
-                          : "failed to read the request body";
-    res.set_content(torchserve ? TorchServeError(res.status, "BadRequestException", message) : ErrorBody(message),
-                    kErrorType);
-    return false;
+  static std::vector<std::unique_ptr<Loop>> MakeLoops(int threads) {
+    std::vector<std::unique_ptr<Loop>> loops;
+    for (int i = 0; i < std::max(1, threads); ++i) loops.push_back(std::make_unique<Loop>());
+    return loops;
   }
 
-  void Handle(const httplib::Request& req, std::string body, httplib::Response& res) {
-    thread_local bool named = [] {
-      NameThread("ps-http");
-      return true;
-    }();
-    (void)named;
-    if (options_.predictions) {
-      if (!options_.predictions->Handle(req, body, res)) Relay(req, body, res);
-      return;
-    }
-    std::string name, version;
-    if (req.method == "POST" && !req.has_header("Content-Encoding") &&
-        InferPath(req.path, &name, &version) && Infer(req, body, res, name, version)) {
-      return;
-    }
-    Relay(req, body, res);
-  }
-
-  // False when the shell must take the request (with `body` left as it was).
-  bool Infer(const httplib::Request& req, std::string& body, httplib::Response& res,
-             const std::string& name, const std::string& version) {
-    std::shared_ptr<Model> model = table_->Find(name, version);
-    if (!model) return false;
-    auto pending = std::make_shared<PendingInfer>();
-    pending->body.swap(body);
-    auto request = std::make_unique<InferRequest>();
-    const std::string header_length = req.get_header_value("Inference-Header-Content-Length");
-    if (!DecodeInfer(pending->body, header_length, options_.shared_memory.get(), &pending->infer,
-                     request.get())) {
-      body.swap(pending->body);
-      return false;
-    }
-    request->sink = this;
-    request->owner = std::static_pointer_cast<Awaited>(pending);
-    request->cancelled = &pending->cancelled;
-    Status status = table_->Submit(name, version, &model, request);
-    if (!status.ok()) {
-      Reply(res, status);
-      return true;
-    }
-    // A client that leaves first cancels the request (answered CANCELLED by the core instead
-    // of computed, if it is still queued).
-    {
-      std::unique_lock<std::mutex> lock(pending->mutex);
-      ClientWatch client(req);
-      if (Await(*pending, lock, [&] { return pending->done; },
-                [] { return std::chrono::steady_clock::time_point::max(); },
-                [&] { return client.Gone(); }) == Waited::kGone) {
-        pending->cancelled.store(true, std::memory_order_relaxed);
-        res.status = 499;  // nobody reads it: the client is gone
-        return true;
+  // Every 250 ms: connections past their deadline are closed; those gone are forgotten.
+  static void Sweep(Loop& loop) {
+    loop.sweep.expires_after(std::chrono::milliseconds(250));
+    loop.sweep.async_wait([&loop](error_code ec) {
+      if (ec) return;
+      const auto now = Clock::now();
+      auto& sessions = loop.sessions;
+      for (size_t i = 0; i < sessions.size();) {
+        if (auto session = sessions[i].lock()) {
+          session->Sweep(now);
+          ++i;
+        } else {
+          sessions[i] = std::move(sessions.back());
+          sessions.pop_back();
+        }
       }
-    }
-    if (!pending->response.status.ok()) {
-      Reply(res, pending->response.status);
-      return true;
-    }
-    std::string answer;
-    size_t json_length = 0;
-    try {  // a response too large to hold fails alone, with words (as the gRPC sink's)
-      status = EncodeInfer(model->spec().name, std::to_string(model->spec().version),
-                           pending->infer, pending->response, &answer, &json_length);
-    } catch (const std::exception& e) {
-      status = Status(StatusCode::kInternal, std::string("failed to encode the response: ") + e.what());
-    }
-    if (!status.ok()) {
-      Reply(res, status);
-      return true;
-    }
-    res.status = 200;
-    if (json_length == 0) {
-      res.set_content(std::move(answer), "application/json");
-    } else {
-      res.set_header("Inference-Header-Content-Length", std::to_string(json_length));
-      res.set_content(std::move(answer), "application/octet-stream");
-    }
-    return true;
+      Sweep(loop);
+    });
   }
 
-  static void Reply(httplib::Response& res, const Status& status) {
-    res.status = HttpStatus(status.code());
-    res.set_content(ErrorBody(status.message()), kErrorType);
-  }
-
-  // The request as it came, to the Python frontend on the loopback; its answer as it comes.
-  void Relay(const httplib::Request& req, std::string& body, httplib::Response& res) {
-    thread_local std::unique_ptr<httplib::Client> client;
-    if (!client) {
-      client = std::make_unique<httplib::Client>("127.0.0.1", options_.shell_port);
-      client->set_keep_alive(true);
-      client->set_tcp_nodelay(true);
-      client->set_read_timeout(3600);  // a model load can take long
-      client->set_decompress(false);
-    }
-    httplib::Request relayed;
-    relayed.method = req.method;
-    relayed.path = req.target.empty() ? req.path : req.target;
-    for (const auto& [key, value] : req.headers) {
-      if (!HopByHop(key) && strcasecmp(key.c_str(), "Content-Encoding") != 0 &&
-          !PseudoHeader(key)) {
-        relayed.headers.emplace(key, value);
+  void Accept() {
+    Loop& loop = *loops_[next_loop_++ % loops_.size()];
+    acceptor_.async_accept(loop.context, [this, &loop](error_code ec, tcp::socket socket) {
+      if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
+      if (ec == net::error::no_descriptors || ec.value() == ENFILE || ec == net::error::no_buffer_space ||
+          ec == net::error::no_memory) {
+        // Out of descriptors: back off rather than spin on the connection still pending.
+        retry_.expires_after(std::chrono::milliseconds(100));
+        retry_.async_wait([this](error_code ec) {
+          if (!ec) Accept();
+        });
+        return;
       }
-    }
-    relayed.body = std::move(body);  // httplib has already decompressed it
-    httplib::Response answer;
-    httplib::Error error = httplib::Error::Success;
-    if (!client->send(relayed, answer, error)) {
-      client.reset();
-      res.status = 503;
-      res.set_content(ErrorBody("the server's control plane is not reachable"), kErrorType);
-      return;
-    }
-    res.status = answer.status;
-    for (const auto& [key, value] : answer.headers) {
-      if (!HopByHop(key) && strcasecmp(key.c_str(), "Content-Type") != 0) res.set_header(key, value);
-    }
-    res.set_content(std::move(answer.body), answer.get_header_value("Content-Type"));
+      if (!ec) {
+        net::post(loop.context, [&loop, session = std::make_shared<Session>(std::move(socket), context_)] {
+          session->Start(loop);
+        });
+      }
+      Accept();
+    });
   }
 
-  std::shared_ptr<ModelTable> table_;
   HttpOptions options_;
-  httplib::Server server_;
-  std::thread thread_;
+  ElasticPool pool_{1024, std::chrono::seconds(30)};
+  Routes routes_;
+  Relay relay_;
+  std::atomic<int> in_progress_{0};
+  ServerContext context_;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::vector<net::executor_work_guard<net::io_context::executor_type>> guards_;
+  tcp::acceptor acceptor_;
+  net::steady_timer retry_;
+  std::vector<std::thread> threads_;
+  size_t next_loop_ = 0;
   int port_ = 0;
 };
 
-HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpServer::HttpServer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpServer::~HttpServer() { impl_->Stop(); }
 
 Status HttpServer::Create(std::shared_ptr<ModelTable> table, const HttpOptions& options,
                           std::unique_ptr<HttpServer>* server) {
-  auto impl = std::make_unique<Impl>(std::move(table), options);
+  auto impl = std::make_shared<Impl>(std::move(table), options);
   Status status = impl->Start();
   if (!status.ok()) return status;
   server->reset(new HttpServer(std::move(impl)));

@@ -1,10 +1,12 @@
-// The native HTTP frontend: cpp-httplib serves KServe v2 `POST .../infer` (or, for TorchServe's
-// inference API, `POST /predictions/...`) itself (decode, resolve the model in a ModelTable,
-// submit, encode: no GIL) and relays every other
-// request (metadata, repository, statistics, ..., and inference requests it leaves to the
-// shell) to the Python frontend listening on a loopback port, so that one port serves all.
+// The native HTTP frontend: Boost.Beast on a fixed pool of event-loop threads serves KServe v2
+// `POST .../infer` (or, for TorchServe's inference API, `POST|PUT /predictions/...`) itself
+// (decode, resolve the model in a ModelTable, submit, encode: no GIL), answers the health
+// probes from the model table, and relays every other request (metadata, repository,
+// statistics, ..., and inference requests it leaves to the shell) to the Python frontend
+// listening on a loopback port, so that one port serves all.
 #pragma once
 
+#include <climits>
 #include <memory>
 #include <string>
 
@@ -18,10 +20,14 @@ namespace pyserve::httpfront {
 struct HttpOptions {
   std::string host = "0.0.0.0";
   int port = 8000;  // 0 = any free port
-  // Each open connection is served by one thread (idle connections give theirs back after
-  // 5 s): threads are started as connections arrive, up to this many.
-  int threads = 1024;
+  int threads = 8;  // event-loop threads (Triton's --http-thread-count); connections are not bounded by it
   size_t max_body_bytes = 64 << 20;
+  int backlog = INT_MAX;  // listen(2)'s; the kernel clamps it to net.core.somaxconn
+  size_t max_header_bytes = 16 << 10;  // request line and headers: 431 past it
+  size_t max_header_count = 100;       // 431 past it
+  int idle_timeout_s = 5;  // keep-alive idle, and reading a request's head (slowloris)
+  int body_timeout_s = 60;   // a request body that stops arriving for this long
+  int write_timeout_s = 60;  // writing one response part (a client that does not read)
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
   // The regions tensors in shared memory are resolved in (null: such requests go to the shell).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
@@ -42,8 +48,8 @@ class HttpServer {
   class Impl;
 
  private:
-  explicit HttpServer(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit HttpServer(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace pyserve::httpfront

@@ -1,7 +1,9 @@
 // pyserve._http_server: the native HTTP frontend as a Python extension, optional (built where
-// cpp-httplib and RapidJSON are found), so that pyserve._core imports without it.
+// Boost and RapidJSON are found), so that pyserve._core imports without it.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include <climits>
 
 #include "http_server.h"
 
@@ -16,7 +18,7 @@ class PyHttpServer {
                std::shared_ptr<pyserve::SharedMemoryRegistry> shared_memory,
                std::shared_ptr<pyserve::ModelTable> predictions_table, size_t max_response_bytes,
                std::vector<std::pair<std::string, std::string>> response_headers,
-               py::object on_timeout) {
+               py::object on_timeout, int backlog) {
     pyserve::httpfront::HttpOptions options;
     if (predictions_table) {
       pyserve::httpfront::PredictionsOptions p;
@@ -45,6 +47,7 @@ class PyHttpServer {
     options.port = port;
     options.shell_port = shell_port;
     options.threads = threads;
+    options.backlog = backlog;
     options.max_body_bytes = max_body_bytes;
     options.shared_memory = std::move(shared_memory);
     pyserve::Status status;
@@ -86,13 +89,13 @@ PYBIND11_MODULE(_http_server, m) {
   py::class_<PyHttpServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, int, int, int, size_t,
                     std::shared_ptr<pyserve::SharedMemoryRegistry>, std::shared_ptr<pyserve::ModelTable>, size_t,
-                    std::vector<std::pair<std::string, std::string>>, py::object>(),
+                    std::vector<std::pair<std::string, std::string>>, py::object, int>(),
            py::arg("table"), py::arg("host"), py::arg("port"), py::arg("shell_port"),
-           py::arg("threads") = 1024, py::arg("max_body_bytes") = size_t(64) << 20,
+           py::arg("threads") = 8, py::arg("max_body_bytes") = size_t(64) << 20,
            py::arg("shared_memory") = nullptr, py::arg("predictions_table") = nullptr,
            py::arg("max_response_bytes") = size_t(6553500),
            py::arg("response_headers") = std::vector<std::pair<std::string, std::string>>(),
-           py::arg("on_timeout") = py::none())
+           py::arg("on_timeout") = py::none(), py::arg("backlog") = INT_MAX)
       .def_property_readonly("port", &PyHttpServer::port)
       // TorchServe's inference API (a server made with a predictions_table):
       .def("set_inference_key", [](PyHttpServer& s, const std::string& key, int64_t expires) {

@@ -9,26 +9,33 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <deque>
 #include <random>
 #include <string_view>
 
-#include "connection.h"
+#include "multipart.h"
 
 namespace pyserve::httpfront {
 
 using Clock = std::chrono::steady_clock;
 
-struct Predictions::Pending : Awaited {
+// One prediction in progress. Its mutex orders what is written to the exchange (the core's
+// answer, the shell's pushed chunks, the timeout), so that exactly one of them ends it.
+struct Predictions::Pending {
+  std::mutex mutex;
   std::string element;  // the `data` input's one BYTES element: u32 length + the body
   uint64_t token = 0;
+  std::string key, request_id;
+  std::shared_ptr<Exchange> exchange;
+  Headers response_headers;  // CORS, on every answer
   Clock::time_point arrival;
-  std::deque<std::string> chunks;  // intermediate frames not written yet
   Clock::time_point since;  // the handler's start or its last chunk: the timeout counts from it
+  std::chrono::seconds timeout{0};
+  bool streaming = false;  // the head and chunks have been written
+  bool finished = false;   // answered, timed out, or its client is gone
+  std::atomic<bool> cancelled{false};
 };
 
 namespace {
@@ -79,20 +86,19 @@ bool ResponseFrame(const InferResponse& response, Frame* out) {
   return ParseFrame(std::string_view(reinterpret_cast<const char*>(output.data) + 4, length), out);
 }
 
-// The frame's status, phrase and headers on `res`; its content type (application/octet-stream,
-// as TorchServe answers bytes, when the handler set none).
-std::string StatusAndHeaders(const Frame& frame, httplib::Response& res) {
+// The frame's status, phrase and headers on `res`; its content type application/octet-stream,
+// as TorchServe answers bytes, when the handler set none.
+void StatusAndHeaders(const Frame& frame, HttpResponse& res) {
   res.status = frame.error ? std::max(frame.status, 400) : frame.status;
   if (!frame.phrase.empty()) res.reason = frame.phrase;
-  std::string content_type = "application/octet-stream";
+  res.content_type = "application/octet-stream";
   for (const auto& [name, value] : frame.headers) {
-    if (strcasecmp(name.c_str(), "content-type") == 0) {
-      content_type = value;
-    } else if (strcasecmp(name.c_str(), "content-length") != 0) {
-      res.set_header(name, value);
+    if (EqualsIgnoringCase(name, "content-type")) {
+      res.content_type = value;
+    } else if (!EqualsIgnoringCase(name, "content-length") && !EqualsIgnoringCase(name, "transfer-encoding")) {
+      res.Set(name, value);
     }
   }
-  return content_type;
 }
 
 // "/predictions/NAME[/VERSION]": the table's key ("NAME" or "NAME/VERSION"), or "".
@@ -122,10 +128,9 @@ std::string Uuid4() {
 }
 
 // The request's headers as the handler sees them: lower-case names, the last value of each.
-std::string HeadersJson(const httplib::Request& req) {
+std::string HeadersJson(const HttpRequest& req) {
   std::map<std::string, std::string> headers;
   for (const auto& [name, value] : req.headers) {
-    if (PseudoHeader(name)) continue;
     std::string lower(name);
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     headers[lower] = value;
@@ -141,39 +146,59 @@ std::string HeadersJson(const httplib::Request& req) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
-bool FormBody(const httplib::Request& req) {
-  const std::string type = req.get_header_value("Content-Type");
-  return strncasecmp(type.c_str(), "multipart/", 10) == 0 ||
-         strncasecmp(type.c_str(), "application/x-www-form-urlencoded", 33) == 0;
+// The parts of a form body as the handler's entries: [[name, content type, offset, size], ...]
+// into the body.
+std::string PartsJson(const std::vector<FormPart>& parts) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartArray();
+  for (const FormPart& part : parts) {
+    w.StartArray();
+    w.String(part.name.c_str(), static_cast<rapidjson::SizeType>(part.name.size()));
+    w.String(part.content_type.c_str(), static_cast<rapidjson::SizeType>(part.content_type.size()));
+    w.Uint64(part.offset);
+    w.Uint64(part.size);
+    w.EndArray();
+  }
+  w.EndArray();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+bool FormBody(const HttpRequest& req) {
+  const std::string_view type = req.Header("Content-Type");
+  return EqualsIgnoringCase(type.substr(0, 10), "multipart/") ||
+         EqualsIgnoringCase(type.substr(0, 33), "application/x-www-form-urlencoded");
 }
 
 uint64_t SteadyNs(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
+HttpResponse ErrorAnswer(int status, const char* type, const std::string& message) {
+  HttpResponse res;
+  res.status = status;
+  res.content_type = kJson;
+  res.body = TorchServeError(status, type, message);
+  return res;
+}
+
 // The final answer of a request that streamed nothing, from its `frame`; false when it is an
 // error (the handler's, or the server's).
-bool Answer(const InferResponse& response, size_t max_response_bytes, httplib::Response& res,
-            Frame* frame) {
+bool Answer(const InferResponse& response, size_t max_response_bytes, HttpResponse& res, Frame* frame) {
   if (!response.status.ok()) {
-    res.status = 503;
-    res.set_content(TorchServeError(503, "ServiceUnavailableException", response.status.message()), kJson);
+    res = ErrorAnswer(503, "ServiceUnavailableException", response.status.message());
     return false;
   }
   if (!ResponseFrame(response, frame)) {
-    res.status = 500;
-    res.set_content(TorchServeError(500, "InternalServerException", "the handler's answer is malformed"),
-                    kJson);
+    res = ErrorAnswer(500, "InternalServerException", "the handler's answer is malformed");
     return false;
   }
   if (frame->body.size() > max_response_bytes) {
-    res.status = 507;
-    res.set_content(TorchServeError(507, "InternalServerException",
-                                    "Response size exceeds the limit (max_response_size)"),
-                    kJson);
+    res = ErrorAnswer(507, "InternalServerException", "Response size exceeds the limit (max_response_size)");
     return false;
   }
-  res.set_content(std::string(frame->body), StatusAndHeaders(*frame, res));
+  StatusAndHeaders(*frame, res);
+  res.body = std::string(frame->body);
   return res.status < 400;
 }
 
@@ -208,13 +233,12 @@ void Predictions::SetResponseTimeout(const std::string& key, int seconds) {
   timeouts_[key] = seconds;
 }
 
-bool Predictions::Authorized(const httplib::Request& req) const {
+bool Predictions::Authorized(const HttpRequest& req) const {
   std::shared_lock<std::shared_mutex> lock(settings_mutex_);
   if (key_.empty()) return true;
   if (key_expires_ != 0 && std::time(nullptr) >= key_expires_) return false;
-  std::string header = req.get_header_value("Authorization");
-  if (header.compare(0, 7, "Bearer ") != 0) return false;
-  std::string_view given(header);
+  std::string_view given = req.Header("Authorization");
+  if (given.substr(0, 7) != "Bearer ") return false;
   given.remove_prefix(7);
   while (!given.empty() && std::isspace(static_cast<unsigned char>(given.back()))) given.remove_suffix(1);
   while (!given.empty() && std::isspace(static_cast<unsigned char>(given.front()))) given.remove_prefix(1);
@@ -232,8 +256,12 @@ int Predictions::ResponseTimeout(const std::string& key) const {
   return found == timeouts_.end() ? kDefaultTimeoutS : found->second;
 }
 
-bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib::Response& res) {
-  if (req.method != "POST" || req.has_header("Content-Encoding") || FormBody(req)) return false;
+bool Predictions::Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange) {
+  if ((req.method != "POST" && req.method != "PUT") || req.Has("Content-Encoding")) return false;
+  // multipart/form-data is split here; other form bodies are the shell's to parse.
+  std::vector<FormPart> parts;
+  const std::string boundary = FormDataBoundary(req.Header("Content-Type"));
+  if (boundary.empty() ? FormBody(req) : !SplitFormData(req.body, boundary, &parts)) return false;
   const std::string key = PredictionKey(req.path);
   if (key.empty() || !Authorized(req)) return false;
   std::shared_ptr<Model> model = options_.table->Find(key, "");
@@ -241,11 +269,15 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
 
   auto pending = std::make_shared<Pending>();
   pending->arrival = pending->since = Clock::now();
-  const uint32_t length = static_cast<uint32_t>(body.size());
-  pending->element.resize(4 + body.size());
+  const uint32_t length = static_cast<uint32_t>(req.body.size());
+  pending->element.resize(4 + req.body.size());
   std::memcpy(pending->element.data(), &length, 4);
-  std::memcpy(pending->element.data() + 4, body.data(), body.size());
+  std::memcpy(pending->element.data() + 4, req.body.data(), req.body.size());
   pending->token = next_token_.fetch_add(1, std::memory_order_relaxed);
+  pending->key = key;
+  pending->exchange = std::move(exchange);
+  pending->response_headers = options_.response_headers;
+  pending->timeout = std::chrono::seconds(ResponseTimeout(key));
 
   auto request = std::make_unique<InferRequest>();
   TensorView data;
@@ -255,7 +287,7 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   data.data = reinterpret_cast<const uint8_t*>(pending->element.data());
   data.byte_size = pending->element.size();
   request->inputs.push_back(std::move(data));
-  request->request_id = Uuid4();
+  request->request_id = pending->request_id = Uuid4();
   Parameter token, headers;
   token.key = "torchserve.token";
   token.kind = Parameter::Kind::kInt;
@@ -263,106 +295,79 @@ bool Predictions::Handle(const httplib::Request& req, std::string& body, httplib
   headers.key = "torchserve.headers";
   headers.string_value = HeadersJson(req);
   request->parameters = {std::move(token), std::move(headers)};
+  if (!parts.empty()) {
+    Parameter form;
+    form.key = "torchserve.parts";
+    form.string_value = PartsJson(parts);
+    request->parameters.push_back(std::move(form));
+  }
   request->sink = this;
-  request->owner = std::static_pointer_cast<Awaited>(pending);
+  request->owner = pending;
   request->cancelled = &pending->cancelled;
-  const std::string request_id = request->request_id;
-  for (const auto& [name, value] : options_.response_headers) res.set_header(name, value);
   {
     std::lock_guard<std::mutex> lock(pending_mutex_);
     pending_[pending->token] = pending;
   }
+  // A client that leaves cancels its request (answered CANCELLED by the core instead of
+  // computed, if it is still queued).
+  pending->exchange->OnGone([this, pending] {
+    {
+      std::lock_guard<std::mutex> lock(pending->mutex);
+      pending->finished = true;
+      pending->cancelled.store(true, std::memory_order_relaxed);
+    }
+    Forget(pending->token);
+  });
   CountRequest(key);
   Status status = options_.table->Submit(key, "", &model, request);
   if (!status.ok()) {
     Forget(pending->token);
-    res.status = 503;
-    res.set_content(TorchServeError(503, "ServiceUnavailableException", status.message()), kJson);
+    std::lock_guard<std::mutex> lock(pending->mutex);
+    pending->finished = true;
+    HttpResponse res = ErrorAnswer(503, "ServiceUnavailableException", status.message());
+    for (const auto& [name, value] : pending->response_headers) res.Set(name, value);
+    pending->exchange->Answer(std::move(res));
     return true;
   }
-
-  // The answer or a first intermediate response, unless the client leaves or the handler
-  // runs past the response timeout (from its start or its last chunk, as TorchServe counts).
-  const auto timeout = std::chrono::seconds(ResponseTimeout(key));
-  // By value: the chunked content provider below keeps a copy after Handle has returned.
-  auto deadline = [pending, timeout] { return pending->since + timeout; };
-  std::unique_lock<std::mutex> lock(pending->mutex);
-  ClientWatch client(req);
-  const Waited waited = Await(
-      *pending, lock, [&] { return pending->done || !pending->chunks.empty(); }, deadline,
-      [&] { return client.Gone(); });
-  if (waited != Waited::kReady) {
-    pending->cancelled.store(true, std::memory_order_relaxed);
-    lock.unlock();
-    Forget(pending->token);
-    if (waited == Waited::kGone) {
-      res.status = 499;  // nobody reads it: the client is gone
-      return true;
-    }
-    if (options_.on_timeout) options_.on_timeout(key);
-    res.status = 500;
-    res.set_content(TorchServeError(500, "InternalServerException", "Worker died."), kJson);
-    return true;
-  }
-  if (pending->done) {
-    lock.unlock();
-    Forget(pending->token);
-    Frame frame;
-    if (Answer(pending->response, options_.max_response_bytes, res, &frame)) {
-      // Latency and queue time, as TorchServe's metrics count them (answered requests).
-      const uint64_t now = SteadyNs(Clock::now()), arrival = SteadyNs(pending->arrival);
-      const uint64_t started = frame.started_ns > 0 ? static_cast<uint64_t>(frame.started_ns) : now;
-      CountLatency(key, (now - arrival) / 1000, started > arrival ? (started - arrival) / 1000 : 0);
-    }
-    if (!res.has_header("x-request-id")) res.set_header("x-request-id", request_id);
-    return true;
-  }
-
-  // A streamed answer: the first chunk's status and headers, then every chunk's body as it
-  // comes (the first one's included), the final answer's body last.
-  Frame first;
-  ParseFrame(pending->chunks.front(), &first);
-  const std::string content_type = StatusAndHeaders(first, res);
-  lock.unlock();
-  if (!res.has_header("x-request-id")) res.set_header("x-request-id", request_id);
-  res.set_chunked_content_provider(
-      content_type,
-      [this, pending, key, deadline](size_t, httplib::DataSink& sink) {
-        std::unique_lock<std::mutex> lock(pending->mutex);
-        const Waited waited = Await(
-            *pending, lock, [&] { return pending->done || !pending->chunks.empty(); }, deadline,
-            [&] { return !sink.is_writable(); });
-        if (waited == Waited::kGone) return false;
-        if (waited == Waited::kDeadline) {
-          pending->cancelled.store(true, std::memory_order_relaxed);
-          lock.unlock();
-          if (options_.on_timeout) options_.on_timeout(key);
-          sink.done();
-          return true;
-        }
-        Frame frame;
-        if (!pending->chunks.empty()) {
-          std::string chunk = std::move(pending->chunks.front());
-          pending->chunks.pop_front();
-          lock.unlock();
-          if (ParseFrame(chunk, &frame) && !frame.body.empty()) {
-            return sink.write(frame.body.data(), frame.body.size());
-          }
-          return true;
-        }
-        lock.unlock();
-        if (pending->response.status.ok() && ResponseFrame(pending->response, &frame) &&
-            !frame.body.empty()) {
-          sink.write(frame.body.data(), frame.body.size());
-        }
-        sink.done();
-        return true;
-      },
-      [this, pending](bool) { Forget(pending->token); });
+  ArmTimer(pending);
   return true;
 }
 
-bool Predictions::Push(uint64_t token, std::string frame) {
+// The response timeout counts from the handler's start or its last chunk, as TorchServe
+// counts it; the timer looks again when it fires, as either may have moved.
+void Predictions::ArmTimer(const std::shared_ptr<Pending>& pending) {
+  std::weak_ptr<Pending> weak = pending;
+  pending->exchange->Timer(pending->since + pending->timeout, [this, weak] {
+    if (auto pending = weak.lock()) TimedOut(pending);
+  });
+}
+
+void Predictions::TimedOut(const std::shared_ptr<Pending>& pending) {
+  {
+    std::lock_guard<std::mutex> lock(pending->mutex);
+    if (pending->finished) return;
+    if (Clock::now() < pending->since + pending->timeout) {
+      ArmTimer(pending);
+      return;
+    }
+    pending->finished = true;
+    pending->cancelled.store(true, std::memory_order_relaxed);
+    if (pending->streaming) {
+      pending->exchange->End();
+    } else {
+      HttpResponse res = ErrorAnswer(500, "InternalServerException", "Worker died.");
+      for (const auto& [name, value] : pending->response_headers) res.Set(name, value);
+      pending->exchange->Answer(std::move(res));
+    }
+  }
+  Forget(pending->token);
+  if (options_.on_timeout) {
+    auto restart = [on_timeout = options_.on_timeout, key = pending->key] { on_timeout(key); };
+    offload_ ? offload_(std::move(restart)) : restart();
+  }
+}
+
+bool Predictions::Push(uint64_t token, std::string chunk) {
   std::shared_ptr<Pending> pending;
   {
     std::lock_guard<std::mutex> lock(pending_mutex_);
@@ -371,10 +376,20 @@ bool Predictions::Push(uint64_t token, std::string frame) {
   }
   if (!pending) return false;
   std::lock_guard<std::mutex> lock(pending->mutex);
-  if (pending->cancelled.load(std::memory_order_relaxed)) return false;
-  pending->chunks.push_back(std::move(frame));
+  if (pending->finished) return false;
   pending->since = Clock::now();
-  pending->cv.notify_one();
+  Frame frame;
+  const bool parsed = ParseFrame(chunk, &frame);
+  if (!pending->streaming) {
+    // The first chunk's status and headers head the streamed answer.
+    pending->streaming = true;
+    HttpResponse head;
+    StatusAndHeaders(frame, head);
+    for (const auto& [name, value] : pending->response_headers) head.Set(name, value);
+    if (!head.Has("x-request-id")) head.Set("x-request-id", pending->request_id);
+    pending->exchange->Head(std::move(head));
+  }
+  if (parsed && !frame.body.empty()) pending->exchange->Chunk(std::string(frame.body));
   return true;
 }
 
@@ -389,6 +404,41 @@ void Predictions::Started(const std::vector<uint64_t>& tokens) {
       pending->since = now;
     }
   }
+}
+
+void Predictions::Deliver(std::vector<Completion>& completions) {
+  for (Completion& c : completions) Finish(*std::static_pointer_cast<Pending>(c.owner), c.response);
+}
+
+// The core's answer: the whole response, or the end of a streamed one.
+void Predictions::Finish(Pending& pending, const InferResponse& response) {
+  std::unique_lock<std::mutex> lock(pending.mutex);
+  if (pending.finished) return;
+  pending.finished = true;
+  Frame frame;
+  if (pending.streaming) {
+    // The final answer's body ends the stream.
+    if (response.status.ok() && ResponseFrame(response, &frame) && !frame.body.empty()) {
+      pending.exchange->Chunk(std::string(frame.body));
+    }
+    pending.exchange->End();
+  } else {
+    HttpResponse res;
+    for (const auto& [name, value] : pending.response_headers) res.Set(name, value);
+    HttpResponse answer;
+    if (Answer(response, options_.max_response_bytes, answer, &frame)) {
+      // Latency and queue time, as TorchServe's metrics count them (answered requests).
+      const uint64_t now = SteadyNs(Clock::now()), arrival = SteadyNs(pending.arrival);
+      const uint64_t started = frame.started_ns > 0 ? static_cast<uint64_t>(frame.started_ns) : now;
+      CountLatency(pending.key, (now - arrival) / 1000, started > arrival ? (started - arrival) / 1000 : 0);
+    }
+    for (auto& header : answer.headers) res.headers.push_back(std::move(header));
+    answer.headers = std::move(res.headers);
+    if (!answer.Has("x-request-id")) answer.Set("x-request-id", pending.request_id);
+    pending.exchange->Answer(std::move(answer));
+  }
+  lock.unlock();
+  Forget(pending.token);
 }
 
 void Predictions::Forget(uint64_t token) {
@@ -421,6 +471,5 @@ std::vector<PredictionCounters> Predictions::Counters() const {
   return out;
 }
 
-void Predictions::Deliver(std::vector<Completion>& completions) { DeliverAwaited(completions); }
 
 }  // namespace pyserve::httpfront

@@ -9,11 +9,17 @@
 // Intermediate responses (TorchServe's send_intermediate_predict_response) arrive as frames
 // through Push and are streamed with chunked encoding before the final one.
 //
-// Anything else (multipart and form bodies, a bad or expired token, a model or version not in
-// the table, a compressed body) is left to the shell, whose answers keep TorchServe's texts.
+// The request comes as `POST` or `PUT` (`curl -T file`, as TorchServe takes); a
+// multipart/form-data body is split here (multipart.h) and its parts travel as the request's
+// `torchserve.parts` parameter, [[name, content type, offset, size], ...] into the body, from
+// which the shell builds the handler's dict. Anything else (other form bodies, unusual
+// multipart ones, a bad or expired token, a model or version not in the table, a
+// compressed body) is left to the shell, whose answers keep TorchServe's texts.
+//
+// Everything here is asynchronous: Handle submits and returns; the core's Deliver, the shell's
+// Push and the response timeout (a timer on the connection's loop) write the answer through
+// the request's Exchange.
 #pragma once
-
-#include <httplib.h>
 
 #include <atomic>
 #include <cstdint>
@@ -26,7 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "connection.h"
+#include "exchange.h"
 #include "model_table.h"
 #include "response.h"
 
@@ -38,7 +44,7 @@ struct PredictionsOptions {
   size_t max_response_bytes = 6553500;
   std::vector<std::pair<std::string, std::string>> response_headers;  // CORS, on every answer
   // A handler ran past its model's response timeout (key as above): the shell restarts the
-  // model's workers. Called on a connection's thread.
+  // model's workers. Called off the event loops (it may wait for the GIL).
   std::function<void(const std::string& key)> on_timeout;
 };
 
@@ -53,9 +59,11 @@ class Predictions : public ResponseSink {
  public:
   explicit Predictions(PredictionsOptions options);
 
-  // Serves `req` when it is a prediction this path takes; false leaves it, and `body`, as they
-  // were, for the shell.
-  bool Handle(const httplib::Request& req, std::string& body, httplib::Response& res);
+  // Serves `req` when it is a prediction this path takes (answering through `exchange`);
+  // false leaves it as it was, for the shell.
+  bool Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange);
+  // Where on_timeout runs: a thread that may block (the server's relay pool); inline without.
+  void SetOffload(std::function<void(std::function<void()>)> offload) { offload_ = std::move(offload); }
 
   // The inference API's token ("" = no token authorization) and when it expires (unix s).
   void SetKey(const std::string& key, int64_t expires_unix_s);
@@ -71,7 +79,10 @@ class Predictions : public ResponseSink {
   struct Pending;
 
  private:
-  bool Authorized(const httplib::Request& req) const;
+  bool Authorized(const HttpRequest& req) const;
+  void ArmTimer(const std::shared_ptr<Pending>& pending);
+  void TimedOut(const std::shared_ptr<Pending>& pending);
+  void Finish(Pending& pending, const InferResponse& response);
   int ResponseTimeout(const std::string& key) const;
   PredictionCounters& CountersOf(const std::string& key);  // counters_mutex_ held
   void CountRequest(const std::string& key);
@@ -79,6 +90,7 @@ class Predictions : public ResponseSink {
   void Forget(uint64_t token);
 
   PredictionsOptions options_;
+  std::function<void(std::function<void()>)> offload_;
   mutable std::shared_mutex settings_mutex_;
   std::string key_;
   int64_t key_expires_ = 0;

@@ -35,9 +35,10 @@ from pyserve.torchserve.context import Context, MetricsCache, RequestProcessor
 from pyserve.torchserve.handler import archive_imports, load_entry_point, new_namespace
 from pyserve.torchserve import metrics as ts_metrics
 from pyserve.torchserve import request as ts_request
-from pyserve.torchserve.request import (NATIVE_HEADERS, NATIVE_TOKEN, REQUEST_KEY,
-                                        TorchServeError, TorchServeRequest, answer_frame,
-                                        encode_output, native_request, parse_predict_message)
+from pyserve.torchserve.request import (NATIVE_HEADERS, NATIVE_PARTS, NATIVE_TOKEN,
+                                        REQUEST_KEY, TorchServeError, TorchServeRequest,
+                                        answer_frame, encode_output, native_request,
+                                        parse_predict_message)
 
 log = logging.getLogger("pyserve")
 
@@ -187,7 +188,8 @@ class TorchServeBackend(Backend):
                 entries.append((index, attached))
             elif token is not None:
                 entries.append((index, native_request(
-                    bytes(data[offset]), info.id, token, info.parameters[NATIVE_HEADERS])))
+                    bytes(data[offset]), info.id, token, info.parameters[NATIVE_HEADERS],
+                    info.parameters.get(NATIVE_PARTS))))
             else:
                 for row in range(offset, offset + size):
                     if self._tensors is None:

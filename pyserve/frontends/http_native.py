@@ -1,5 +1,5 @@
-"""The native HTTP frontend: pyserve._http_server (cpp-httplib) serves KServe v2 inference
-requests in native code and relays every other request (and inference requests it leaves to
+"""The native HTTP frontend: pyserve._http_server (Boost.Beast on event-loop threads) serves
+KServe v2 inference requests and the health probes in native code and relays every other request (and inference requests it leaves to
 the shell, whose refusals keep Triton's texts) to the aiohttp frontend, which then listens on
 a loopback port only. One port, one URL for clients.
 """
@@ -13,7 +13,7 @@ from pyserve.lifecycle import ModelManager
 
 try:
     from pyserve import _http_server
-except ImportError as e:  # built without cpp-httplib, or its library is missing here
+except ImportError as e:  # built without Boost, or its library is missing here
     _http_server = None
     UNAVAILABLE_REASON = str(e)
 else:

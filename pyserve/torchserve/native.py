@@ -1,7 +1,8 @@
-"""TorchServe's inference API on the native HTTP frontend (pyserve._http_server): `POST
-/predictions/{model}[/{version}]` is served in native code, from the connection to the core's
-batcher and back (the handler still runs once per batch); every other request, and any
-prediction the native path leaves (multipart or form bodies, a missing or wrong token, a model
+"""TorchServe's inference API on the native HTTP frontend (pyserve._http_server): `POST` (or
+`PUT`) `/predictions/{model}[/{version}]` is served in native code, from the connection to the
+core's batcher and back (the handler still runs once per batch; multipart/form-data bodies are
+split there into the handler's entries); every other request, and any prediction the native
+path leaves (url-encoded forms, unusual multipart bodies, a missing or wrong token, a model
 restarting its workers, an archive with its own config.pbtxt), is relayed to the aiohttp
 inference app on a loopback port, which answers it as before.
 """

@@ -20,6 +20,8 @@ REQUEST_KEY = "torchserve.request"
 # its answer goes back as a frame (`frame`), the one element of `output`.
 NATIVE_TOKEN = "torchserve.token"
 NATIVE_HEADERS = "torchserve.headers"
+# A multipart/form-data body's parts, split natively: [[name, content type, offset, size], ...].
+NATIVE_PARTS = "torchserve.parts"
 # The native inference API while it runs (its `push` and `started`), for the backend.
 native_frontend = None
 
@@ -66,19 +68,26 @@ class TorchServeRequest:
         return self.response_headers.get("content-type", "")
 
 
-def native_request(body: bytes, request_id: str, token: int,
-                   headers_json: str) -> TorchServeRequest:
+def native_request(body: bytes, request_id: str, token: int, headers_json: str,
+                   parts_json: str | None = None) -> TorchServeRequest:
     """A request of the native inference API as the inference API would have made it."""
     headers = json.loads(headers_json)
-    mime = headers.get("content-type", "").split(";")[0].strip().lower()
-    headers.update(body={"content-type": mime}, explain="False", url_path="")
+    if parts_json:  # a form's parts, each an entry of its own (api._parse_body's)
+        parameters = {}
+        for name, part_type, offset, size in json.loads(parts_json):
+            parameters[name] = decode_parameter(body[offset:offset + size], part_type)
+            headers[name] = {"content-type": part_type}
+    else:
+        mime = headers.get("content-type", "").split(";")[0].strip().lower()
+        parameters = {"body": decode_parameter(body, mime)}
+        headers["body"] = {"content-type": mime}
+    headers.update(explain="False", url_path="")
     frontend = native_frontend
     on_chunk = None
     if frontend is not None:
         def on_chunk(chunk: bytes, status: int, phrase: str, chunk_headers: dict) -> None:
             frontend.push(token, frame(status, phrase, chunk_headers, chunk))
-    request = TorchServeRequest({"body": decode_parameter(body, mime)}, headers, request_id,
-                                on_chunk)
+    request = TorchServeRequest(parameters, headers, request_id, on_chunk)
     request.token = token
     return request
 

@@ -114,11 +114,11 @@ class TorchServeServer:
 
         runner, shell_port = await start_site(app, Address("http", "127.0.0.1", 0), None)
         self._runners.append(runner)
-        threads = self.kserve.options.http_thread_count if self.kserve is not None else 1024
+        threads = self.kserve.options.http_thread_count if self.kserve is not None else 8
         self._native = NativeInferenceApi(self.apis, address.host, address.port, shell_port,
                                           threads)
         self.apis.attach_native(self._native)
-        log.info("Inference API: native predictions (cpp-httplib), other routes relayed to "
+        log.info("Inference API: native predictions (Boost.Beast), other routes relayed to "
                  "127.0.0.1:%d", shell_port)
         return self._native.port
 

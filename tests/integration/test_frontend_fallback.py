@@ -57,13 +57,13 @@ def test_asking_for_an_unavailable_native_frontend_is_a_startup_error(tmp_path, 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_the_build_goes_on_without_the_native_frontends_libraries(tmp_path):
-    """CMake configure with gRPC C++ and cpp-httplib hidden: a warning each, no such targets."""
+    """CMake configure with gRPC C++ and Boost hidden: a warning each, no such targets."""
     import pybind11
 
     done = subprocess.run(
         ["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), "-DSKBUILD_PROJECT_NAME=pyserve",
          f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DCMAKE_DISABLE_FIND_PACKAGE_gRPC=ON",
-         "-DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON"],
+         "-DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON", "-DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON"],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     output = " ".join((done.stdout + done.stderr).split())  # CMake wraps its warnings

@@ -1,9 +1,11 @@
-"""Liveness and readiness probes answered by the native frontends from the core's model table:
-they never wait for the Python shell, here held off by a model that keeps the GIL."""
+"""Liveness and readiness probes answered by the native frontends (gRPC and HTTP) from the
+core's model table: they never wait for the Python shell, here held off by a model that keeps
+the GIL."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import time
 
 import grpc
@@ -53,7 +55,8 @@ def server(tmp_path_factory):
     (repository / "hog" / "1" / "model.py").write_text(HOG_PY)
     process = start_server([EXAMPLES, repository], repository / "server.log",
                            "--model-control-mode", "explicit", "--load-model=simple",
-                           "--load-model=hog", "--grpc-frontend", "native")
+                           "--load-model=hog", "--grpc-frontend", "native",
+                           "--http-frontend", "native")
     process.started = repository / "hog" / "started"
     yield process
     assert process.stop() == 0
@@ -83,5 +86,28 @@ def test_grpc_probes_are_answered_while_the_shell_cannot_run(server):
             check = channel.unary_unary("/grpc.health.v1.Health/Check")
             answer = health.HealthCheckResponse.FromString(check(b"", timeout=10))
         assert answer.status == health.HealthCheckResponse.SERVING
+        assert not hogging.done(), "the probes waited for the model that holds the GIL"
+        hogging.result(timeout=60)
+
+
+def test_http_probes_are_answered_while_the_shell_cannot_run(server):
+    with grpcclient.InferenceServerClient(server.grpc_url) as client, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        tensor = grpcclient.InferInput("IN", [1], "INT32")
+        tensor.set_data_from_numpy(np.zeros(1, np.int32))
+        server.started.unlink(missing_ok=True)
+        hogging = pool.submit(client.infer, "hog", [tensor])
+        wait_for(server.started)
+        connection = http.client.HTTPConnection(server.http_url, timeout=10)
+        for path, status in [("/v2/health/live", 200), ("/v2/health/ready", 200),
+                             ("/v2/models/simple/ready", 200),
+                             ("/v2/models/simple/versions/1/ready", 200),
+                             ("/v2/models/simple/versions/2/ready", 400),
+                             ("/v2/models/unknown/ready", 400)]:
+            connection.request("GET", path)
+            reply = connection.getresponse()
+            reply.read()
+            assert reply.status == status, path
+        connection.close()
         assert not hogging.done(), "the probes waited for the model that holds the GIL"
         hogging.result(timeout=60)

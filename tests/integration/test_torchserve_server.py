@@ -109,6 +109,18 @@ def handle(data, context):
             out.append([2 * v for v in row["body"]])
     return out
 '''
+FORM = '''
+def handle(data, context):
+    if data is None:
+        return None
+    out = []
+    for i, row in enumerate(data):
+        out.append({name: {"type": type(value).__name__,
+                           "value": value.decode("latin-1") if isinstance(value, bytes) else value,
+                           "header": context.get_request_header(i, name)}
+                    for name, value in row.items()})
+    return out
+'''
 SLOW = '''
 import time
 def handle(data, context):
@@ -165,6 +177,7 @@ def build_store(store: Path) -> None:
     make_mar(store, "slow", {"slow.py": SLOW, "model-config.yaml": "responseTimeout: 1\n"},
              handler="slow.py", config_file="model-config.yaml", work=scratch / "slow")
     make_mar(store, "simple", {"echo.py": ECHO}, handler="echo.py", work=scratch / "simple")
+    make_mar(store, "form", {"form.py": FORM}, handler="form.py", work=scratch / "form")
 
 
 class TorchServeProcess:
@@ -236,7 +249,7 @@ def server(request, tmp_path_factory):
     repository.mkdir()
     if HAVE_ORT:  # the repository's model beside the archives
         shutil.copytree(EXAMPLES / "simple", repository / "simple")
-    models = ["echo=echo.mar", "collide_a.mar", "collide_b.mar", "typed.mar", "slow.mar",
+    models = ["echo=echo.mar", "form.mar", "collide_a.mar", "collide_b.mar", "typed.mar", "slow.mar",
               "tgz_echo" + (".tar.gz" if HAVE_ARCHIVER else ".mar")]
     if HAVE_TS:
         models += ["eager.mar", "scripted.mar", "failing.mar", "streaming.mar"]
@@ -305,6 +318,29 @@ def test_torchserve_predictions_raw_multipart_and_json(server):
         assert reply.status_code == 404 and reply.json()["type"] == kind, reply.text
     assert requests.post(server.url("inference", "/predictions/tgz_echo"),
                          data=b"t").json()["echo"] == "t"
+
+
+def test_torchserve_multipart_parts_and_put_as_the_handler_sees_them(server):
+    """Each part of a multipart/form-data body is an entry of the handler's row, decoded by its
+    type when it has a filename (split natively on the native frontend); PUT is POST."""
+    url = server.url("inference", "/predictions/form")
+    reply = requests.post(url, files={"data": ("d.json", b'{"a": 1}', "application/json"),
+                                      "image": ("k.jpg", b"\xff\xd8 jpeg", "image/jpeg")},
+                          data={"note": "caf\u00e9"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {
+        "data": {"type": "dict", "value": {"a": 1}, "header": {"content-type": "application/json"}},
+        "image": {"type": "bytes", "value": "\xff\xd8 jpeg", "header": {"content-type": "image/jpeg"}},
+        "note": {"type": "bytes", "value": "caf\u00c3\u00a9", "header": {"content-type": ""}}}
+    put = requests.put(url, data=iter([b"chunked ", b"upload"]),  # curl -T: chunked
+                       headers={"Content-Type": "text/plain"})
+    assert put.json() == {"body": {"type": "str", "value": "chunked upload",
+                                   "header": {"content-type": "text/plain"}}}
+    unusual = (b"--b\r\nContent-Disposition: form-data; name=\"data\"; filename*=UTF-8''k.txt\r\n"
+               b"Content-Type: text/plain\r\n\r\nhi\r\n--b--\r\n")  # left to the shell's parser
+    reply = requests.post(url, data=unusual,
+                          headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert reply.status_code == 200 and reply.json()["data"]["value"] == "hi", reply.text
 
 
 def test_torchserve_batching_seen_through_the_metrics(server):

@@ -1,0 +1,149 @@
+#include "routes.h"
+
+#include <algorithm>
+
+#include "http_server.h"
+#include "infer_json.h"
+
+namespace pyserve::httpfront {
+
+namespace {
+
+const char kErrorType[] = "application/json; charset=utf-8";
+
+// One inference request waiting for the core; the bytes `infer` views live here.
+struct PendingInfer {
+  std::string body;
+  HttpInfer infer;
+  std::shared_ptr<Model> model;
+  std::shared_ptr<Exchange> exchange;
+  std::atomic<bool> cancelled{false};  // the client left
+};
+
+// "/v2/models/NAME[/versions/V]/SUFFIX": the name and version, or false.
+bool ModelPath(const std::string& path, const std::string& suffix, std::string* name, std::string* version) {
+  static const std::string prefix = "/v2/models/";
+  if (path.size() <= prefix.size() + suffix.size() || path.compare(0, prefix.size(), prefix) != 0 ||
+      path.compare(path.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return false;
+  }
+  std::string middle = path.substr(prefix.size(), path.size() - prefix.size() - suffix.size());
+  const size_t slash = middle.find('/');
+  if (slash == std::string::npos) {
+    *name = middle;
+    version->clear();
+  } else {
+    static const std::string versions = "/versions/";
+    if (middle.compare(slash, versions.size(), versions) != 0) return false;
+    *name = middle.substr(0, slash);
+    *version = middle.substr(slash + versions.size());
+    if (version->empty() || version->find('/') != std::string::npos) return false;
+  }
+  return !name->empty();
+}
+
+HttpResponse Error(const Status& status) {
+  HttpResponse response;
+  response.status = HttpStatus(status.code());
+  response.content_type = kErrorType;
+  response.body = ErrorBody(status.message());
+  return response;
+}
+
+HttpResponse Empty(int status) {
+  HttpResponse response;
+  response.status = status;
+  return response;
+}
+
+// The answer to a request the core has answered, encoded as Triton's HTTP API writes it.
+HttpResponse Encoded(PendingInfer& pending, const InferResponse& response) {
+  if (!response.status.ok()) return Error(response.status);
+  HttpResponse out;
+  size_t json_length = 0;
+  Status status;
+  try {  // a response too large to hold fails alone, with words (as the gRPC sink's)
+    status = EncodeInfer(pending.model->spec().name, std::to_string(pending.model->spec().version),
+                         pending.infer, response, &out.body, &json_length);
+  } catch (const std::exception& e) {
+    status = Status(StatusCode::kInternal, std::string("failed to encode the response: ") + e.what());
+  }
+  if (!status.ok()) return Error(status);
+  if (json_length == 0) {
+    out.content_type = "application/json";
+  } else {
+    out.Set("Inference-Header-Content-Length", std::to_string(json_length));
+    out.content_type = "application/octet-stream";
+  }
+  return out;
+}
+
+}  // namespace
+
+Routes::Routes(std::shared_ptr<ModelTable> table, const HttpOptions& options)
+    : table_(std::move(table)), options_(options) {}
+
+std::string Routes::ErrorText(int status, const std::string& message) const {
+  return options_.predictions ? TorchServeError(status, "BadRequestException", message) : ErrorBody(message);
+}
+
+bool Routes::Serve(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
+  if (options_.predictions) return options_.predictions->Handle(request, MakeExchange(session, serial));
+  if (request.method == "GET" && Health(request, session, serial)) return true;
+  return request.method == "POST" && !request.Has("Content-Encoding") && Infer(request, session, serial);
+}
+
+bool Routes::Health(const HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
+  int status = 0;
+  std::string name, version;
+  if (request.path == "/v2/health/live") {
+    status = 200;
+  } else if (request.path == "/v2/health/ready") {
+    status = table_->ServerReady() ? 200 : 400;
+  } else if (ModelPath(request.path, "/ready", &name, &version)) {
+    // Find reads plain numbers as the shell does; the shell reads the rest ("+1", " 1").
+    if (!std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; })) return false;
+    status = table_->Find(name, version) ? 200 : 400;
+  } else {
+    return false;
+  }
+  MakeExchange(session, serial)->Answer(Empty(status));
+  return true;
+}
+
+bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
+  std::string name, version;
+  if (!ModelPath(request.path, "/infer", &name, &version)) return false;
+  std::shared_ptr<Model> model = table_->Find(name, version);
+  if (!model) return false;
+  auto pending = std::make_shared<PendingInfer>();
+  pending->body.swap(request.body);
+  auto infer = std::make_unique<InferRequest>();
+  if (!DecodeInfer(pending->body, request.Header("Inference-Header-Content-Length"), options_.shared_memory.get(),
+                   &pending->infer, infer.get())) {
+    request.body.swap(pending->body);  // the shell answers it, in its words
+    return false;
+  }
+  pending->exchange = MakeExchange(session, serial);
+  // A client that leaves first cancels the request (answered CANCELLED by the core instead
+  // of computed, if it is still queued).
+  pending->exchange->OnGone([pending] { pending->cancelled.store(true, std::memory_order_relaxed); });
+  infer->sink = this;
+  infer->owner = pending;
+  infer->cancelled = &pending->cancelled;
+  Status status = table_->Submit(name, version, &model, infer);
+  pending->model = std::move(model);
+  if (!status.ok()) pending->exchange->Answer(Error(status));
+  return true;
+}
+
+void Routes::Deliver(std::vector<Completion>& completions) {
+  for (Completion& c : completions) {
+    auto pending = std::static_pointer_cast<PendingInfer>(c.owner);
+    // Encoded on the connection's loop, not on the core's thread, which has the next batch to run.
+    auto response = std::make_shared<InferResponse>(std::move(c.response));
+    pending->exchange->Run([pending, response] { pending->exchange->Answer(Encoded(*pending, *response)); });
+  }
+}
+
+}  // namespace pyserve::httpfront
