@@ -103,17 +103,18 @@ class Server:
             runner, port = await start_http_server(
                 self.manager, options.address("http"), options.http_port,
                 options.http_max_input_size, self.shared_memory, options.http_restricted,
-                options.http_header_forward_pattern)
+                options.http_header_forward_pattern, options.reuse_http_port)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
             self.manager, "127.0.0.1", 0, options.http_max_input_size, self.shared_memory,
             options.http_restricted, options.http_header_forward_pattern)
         self._runners.append(runner)
-        self._http = native.NativeHttpServer(self.manager, options.address("http"),
-                                             options.http_port,
-                                             shell_port, options.http_thread_count,
-                                             options.http_max_input_size, self.shared_memory)
+        self._http = native.NativeHttpServer(
+            self.manager, options.address("http"), options.http_port, shell_port,
+            options.http_thread_count, options.http_max_input_size, self.shared_memory,
+            options.reuse_http_port, options.http_restricted,
+            options.http_header_forward_pattern)
         log.info("HTTP frontend: native (Boost.Beast), other routes relayed to 127.0.0.1:%d",
                  shell_port)
         return self._http.port

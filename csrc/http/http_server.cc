@@ -439,6 +439,9 @@ class HttpServer::Impl {
       const tcp::endpoint endpoint(address, static_cast<unsigned short>(options_.port));
       acceptor_.open(endpoint.protocol(), ec);
       if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+      if (!ec && options_.reuse_port) {
+        acceptor_.set_option(net::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
+      }
       if (!ec) acceptor_.bind(endpoint, ec);
       if (!ec) acceptor_.listen(options_.backlog, ec);
     }

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <climits>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "model_table.h"
 #include "predictions.h"
@@ -29,6 +31,13 @@ struct HttpOptions {
   int body_timeout_s = 60;   // a request body that stops arriving for this long
   int write_timeout_s = 60;  // writing one response part (a client that does not read)
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
+  bool reuse_port = false;  // SO_REUSEPORT (--reuse-http-port): otherwise a port in use fails
+  // Restricted APIs (--http-restricted-api) of the routes the server answers itself, "health"
+  // and "inference": the header a request must carry and its value (the shell checks the rest).
+  std::map<std::string, std::pair<std::string, std::string>> restricted;
+  // --http-header-forward-pattern (ECMAScript): headers whose lower-case name it finds become
+  // string parameters of native inference requests; empty = none.
+  std::string header_forward_pattern;
   // The regions tensors in shared memory are resolved in (null: such requests go to the shell).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
   // TorchServe's inference API (`pyserve torchserve`): predictions served natively, errors in

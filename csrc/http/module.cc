@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <climits>
+#include <map>
 
 #include "http_server.h"
 
@@ -18,7 +19,9 @@ class PyHttpServer {
                std::shared_ptr<pyserve::SharedMemoryRegistry> shared_memory,
                std::shared_ptr<pyserve::ModelTable> predictions_table, size_t max_response_bytes,
                std::vector<std::pair<std::string, std::string>> response_headers,
-               py::object on_timeout, int backlog) {
+               py::object on_timeout, int backlog, bool reuse_port,
+               std::map<std::string, std::pair<std::string, std::string>> restricted,
+               std::string header_forward_pattern) {
     pyserve::httpfront::HttpOptions options;
     if (predictions_table) {
       pyserve::httpfront::PredictionsOptions p;
@@ -48,6 +51,9 @@ class PyHttpServer {
     options.shell_port = shell_port;
     options.threads = threads;
     options.backlog = backlog;
+    options.reuse_port = reuse_port;
+    options.restricted = std::move(restricted);
+    options.header_forward_pattern = std::move(header_forward_pattern);
     options.max_body_bytes = max_body_bytes;
     options.shared_memory = std::move(shared_memory);
     pyserve::Status status;
@@ -89,13 +95,17 @@ PYBIND11_MODULE(_http_server, m) {
   py::class_<PyHttpServer>(m, "Server")
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, int, int, int, size_t,
                     std::shared_ptr<pyserve::SharedMemoryRegistry>, std::shared_ptr<pyserve::ModelTable>, size_t,
-                    std::vector<std::pair<std::string, std::string>>, py::object, int>(),
+                    std::vector<std::pair<std::string, std::string>>, py::object, int, bool,
+                    std::map<std::string, std::pair<std::string, std::string>>, std::string>(),
            py::arg("table"), py::arg("host"), py::arg("port"), py::arg("shell_port"),
            py::arg("threads") = 8, py::arg("max_body_bytes") = size_t(64) << 20,
            py::arg("shared_memory") = nullptr, py::arg("predictions_table") = nullptr,
            py::arg("max_response_bytes") = size_t(6553500),
            py::arg("response_headers") = std::vector<std::pair<std::string, std::string>>(),
-           py::arg("on_timeout") = py::none(), py::arg("backlog") = INT_MAX)
+           py::arg("on_timeout") = py::none(), py::arg("backlog") = INT_MAX,
+           py::arg("reuse_port") = false,
+           py::arg("restricted") = std::map<std::string, std::pair<std::string, std::string>>(),
+           py::arg("header_forward_pattern") = "")
       .def_property_readonly("port", &PyHttpServer::port)
       // TorchServe's inference API (a server made with a predictions_table):
       .def("set_inference_key", [](PyHttpServer& s, const std::string& key, int64_t expires) {

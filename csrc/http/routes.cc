@@ -1,6 +1,7 @@
 #include "routes.h"
 
 #include <algorithm>
+#include <cctype>
 
 #include "http_server.h"
 #include "infer_json.h"
@@ -81,7 +82,11 @@ HttpResponse Encoded(PendingInfer& pending, const InferResponse& response) {
 }  // namespace
 
 Routes::Routes(std::shared_ptr<ModelTable> table, const HttpOptions& options)
-    : table_(std::move(table)), options_(options) {}
+    : table_(std::move(table)), options_(options) {
+  if (!options_.header_forward_pattern.empty()) {  // checked by the shell before it gets here
+    forward_.emplace(options_.header_forward_pattern, std::regex::ECMAScript | std::regex::optimize);
+  }
+}
 
 std::string Routes::ErrorText(int status, const std::string& message) const {
   return options_.predictions ? TorchServeError(status, "BadRequestException", message) : ErrorBody(message);
@@ -91,6 +96,37 @@ bool Routes::Serve(HttpRequest& request, const std::shared_ptr<Session>& session
   if (options_.predictions) return options_.predictions->Handle(request, MakeExchange(session, serial));
   if (request.method == "GET" && Health(request, session, serial)) return true;
   return request.method == "POST" && !request.Has("Content-Encoding") && Infer(request, session, serial);
+}
+
+bool Routes::Refused(const char* group, const HttpRequest& request, const std::shared_ptr<Session>& session,
+                     uint64_t serial) {
+  auto found = options_.restricted.find(group);
+  if (found == options_.restricted.end()) return false;
+  const auto& [key, value] = found->second;
+  if (request.Has(key) && request.Header(key) == value) return false;
+  HttpResponse response;
+  response.status = 403;
+  response.content_type = kErrorType;
+  response.body = ErrorBody("This API is restricted, expecting header '" + key + "'");
+  MakeExchange(session, serial)->Answer(std::move(response));
+  return true;
+}
+
+// A request parameter of the same name wins over a forwarded header.
+void Routes::ForwardHeaders(const HttpRequest& request, InferRequest* infer) const {
+  if (!forward_) return;
+  for (const auto& [header, value] : request.headers) {
+    std::string name = header;
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (!std::regex_search(name, *forward_)) continue;
+    const bool given = std::any_of(infer->parameters.begin(), infer->parameters.end(),
+                                   [&](const Parameter& p) { return p.key == name; });
+    if (given) continue;
+    Parameter parameter;
+    parameter.key = std::move(name);
+    parameter.string_value = value;
+    infer->parameters.push_back(std::move(parameter));
+  }
 }
 
 bool Routes::Health(const HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
@@ -107,6 +143,7 @@ bool Routes::Health(const HttpRequest& request, const std::shared_ptr<Session>& 
   } else {
     return false;
   }
+  if (Refused("health", request, session, serial)) return true;
   MakeExchange(session, serial)->Answer(Empty(status));
   return true;
 }
@@ -114,6 +151,7 @@ bool Routes::Health(const HttpRequest& request, const std::shared_ptr<Session>& 
 bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
   std::string name, version;
   if (!ModelPath(request.path, "/infer", &name, &version)) return false;
+  if (Refused("inference", request, session, serial)) return true;
   std::shared_ptr<Model> model = table_->Find(name, version);
   if (!model) return false;
   auto pending = std::make_shared<PendingInfer>();
@@ -124,6 +162,7 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
     request.body.swap(pending->body);  // the shell answers it, in its words
     return false;
   }
+  ForwardHeaders(request, infer.get());
   pending->exchange = MakeExchange(session, serial);
   // A client that leaves first cancels the request (answered CANCELLED by the core instead
   // of computed, if it is still queued).

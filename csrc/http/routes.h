@@ -5,10 +5,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <regex>
 #include <string>
 
 #include "exchange.h"
 #include "model_table.h"
+#include "request.h"
 #include "response.h"
 
 namespace pyserve::httpfront {
@@ -34,11 +37,16 @@ class Routes : public ResponseSink {
   void Deliver(std::vector<Completion>& completions) override;
 
  private:
+  // 403 for a restricted group's request without its header (true: answered).
+  bool Refused(const char* group, const HttpRequest& request, const std::shared_ptr<Session>& session,
+               uint64_t serial);
+  void ForwardHeaders(const HttpRequest& request, InferRequest* infer) const;
   bool Health(const HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial);
   bool Infer(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial);
 
   std::shared_ptr<ModelTable> table_;
   const HttpOptions& options_;
+  std::optional<std::regex> forward_;  // options_.header_forward_pattern, compiled
 };
 
 }  // namespace pyserve::httpfront

@@ -461,7 +461,8 @@ def _encode_outputs(outputs: list[OutputTensor], binary, in_shm) -> tuple[list[d
 async def start_http_server(manager: ModelManager, host: str, port: int, max_input_size: int,
                             shared_memory: _core.SharedMemoryRegistry | None = None,
                             restricted_groups: dict[str, tuple[str, str]] | None = None,
-                            header_pattern: str = "") -> tuple[web.AppRunner, int]:
+                            header_pattern: str = "", reuse_port: bool = False,
+                            ) -> tuple[web.AppRunner, int]:
     middlewares = [_restrictions(restricted_groups)] if restricted_groups else []
     app = web.Application(middlewares=[*middlewares, _refusals], client_max_size=max_input_size)
     app[MAX_INPUT_SIZE] = max_input_size
@@ -471,6 +472,6 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            auto_decompress=False)
     await runner.setup()
-    sock = listen(host, port)
+    sock = listen(host, port, reuse_port)
     await web.SockSite(runner, sock).start()
     return runner, sock.getsockname()[1]

@@ -27,10 +27,17 @@ def available() -> bool:
 class NativeHttpServer:
     def __init__(self, manager: ModelManager, host: str, port: int, shell_port: int,
                  threads: int, max_input_size: int,
-                 shared_memory: _core.SharedMemoryRegistry | None = None) -> None:
-        # `shared_memory` must be the registry of the shell frontend it relays to.
+                 shared_memory: _core.SharedMemoryRegistry | None = None,
+                 reuse_port: bool = False,
+                 restricted_groups: dict[str, tuple[str, str]] | None = None,
+                 header_pattern: str = "") -> None:
+        # `shared_memory` must be the registry of the shell frontend it relays to, which checks
+        # the restricted groups of the routes it answers; the native server checks its own.
+        own = {group: required for group, required in (restricted_groups or {}).items()
+               if group in ("health", "inference")}
         self._server = _http_server.Server(manager.table, host, port, shell_port, threads,
-                                           max_input_size, shared_memory)
+                                           max_input_size, shared_memory, reuse_port=reuse_port,
+                                           restricted=own, header_forward_pattern=header_pattern)
         self.port = self._server.port
 
     async def stop(self) -> None:

@@ -6,11 +6,14 @@ import errno
 import socket
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; port 0 picks a free one."""
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket; port 0 picks a free one. `reuse_port`: other sockets that ask
+    too may listen on the port (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)

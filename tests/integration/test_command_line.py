@@ -64,18 +64,17 @@ def server(request, tmp_path_factory):
     process = start_server([EXAMPLES], tmp_path_factory.mktemp("cli") / f"{frontend}.log",
                            "--model-control-mode", "explicit", "--load-model", "simple",
                            "--grpc-frontend", frontend, "--http-frontend", frontend,
-                           "--id", "pyserve-test", "--reuse-grpc-port", "true")
+                           "--id", "pyserve-test", "--reuse-grpc-port", "true",
+                           "--reuse-http-port", "true")
     process.frontend = frontend
     yield process
     assert process.stop() == 0
 
 
 def test_a_port_in_use_stops_start_up(server):
-    services = [("GRPC", "--grpc-port", server.grpc_port),
-                ("Metrics", "--metrics-port", server.metrics_port)]
-    if server.frontend == "python":  # the native HTTP server's listener: issue 24's
-        services.append(("HTTP", "--http-port", server.http_port))
-    for name, flag, port in services:
+    for name, flag, port in (("GRPC", "--grpc-port", server.grpc_port),
+                             ("HTTP", "--http-port", server.http_port),
+                             ("Metrics", "--metrics-port", server.metrics_port)):
         second = run_second("--grpc-frontend", server.frontend, "--http-frontend",
                             server.frontend, flag, str(port))
         assert second.returncode == 1, second.stderr
@@ -83,12 +82,14 @@ def test_a_port_in_use_stops_start_up(server):
                 "already in use") in second.stderr
 
 
-def test_a_shared_grpc_port_when_both_servers_ask(server, tmp_path):
+def test_shared_ports_when_both_servers_ask(server, tmp_path):
     second = start_server([EXAMPLES], tmp_path / "second.log", "--model-control-mode",
-                          "explicit", "--grpc-frontend", server.frontend,
-                          "--grpc-port", str(server.grpc_port), "--reuse-grpc-port", "true")
+                          "explicit", "--grpc-frontend", server.frontend, "--http-frontend",
+                          server.frontend, "--grpc-port", str(server.grpc_port),
+                          "--reuse-grpc-port", "true", "--http-port", str(server.http_port),
+                          "--reuse-http-port", "true")
     try:
-        assert second.grpc_port == server.grpc_port
+        assert (second.grpc_port, second.http_port) == (server.grpc_port, server.http_port)
     finally:
         assert second.stop() == 0
 

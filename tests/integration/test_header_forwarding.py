@@ -39,15 +39,12 @@ def server(request, tmp_path_factory):
                            request.param, "--http-frontend", request.param,
                            "--grpc-header-forward-pattern", "^x-triton-",
                            "--http-header-forward-pattern", "^x-triton-")
-    process.frontend = request.param
     yield process
     assert process.stop() == 0
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_matching_headers_become_parameters(server, protocol):
-    if protocol == "http" and server.frontend == "native":
-        pytest.skip("the native HTTP server forwards headers with issue 24's server")
     module = grpcclient if protocol == "grpc" else httpclient
     url = server.grpc_url if protocol == "grpc" else server.http_url
     with module.InferenceServerClient(url) as client:

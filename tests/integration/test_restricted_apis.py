@@ -21,7 +21,8 @@ def server(request, tmp_path_factory):
         "--grpc-frontend", request.param, "--http-frontend", request.param,
         "--grpc-restricted-protocol", "health,model-config:admin-key=admin-value",
         "--grpc-restricted-protocol", "inference:infer-key=infer-value",
-        "--http-restricted-api", "health,logging:admin-key=admin-value")
+        "--http-restricted-api", "health,logging:admin-key=admin-value",
+        "--http-restricted-api", "inference:infer-key=infer-value")
     yield process
     assert process.stop() == 0
 
@@ -82,6 +83,18 @@ def test_http_groups(server, method, path, restricted_group):
                 403, {"error": "This API is restricted, expecting header 'admin-key'"})
     answer = requests.request(method, url, headers={"admin-key": "admin-value"}, timeout=10)
     assert answer.status_code == 200
+
+
+def test_http_inference_is_restricted(server):
+    """The native server answers infer itself: it checks the header itself."""
+    body = {"inputs": [{"name": name, "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}
+                       for name in ("INPUT0", "INPUT1")]}
+    url = f"http://{server.http_url}/v2/models/simple/infer"
+    answer = requests.post(url, json=body, timeout=10)
+    assert (answer.status_code, answer.json()) == (
+        403, {"error": "This API is restricted, expecting header 'infer-key'"})
+    answer = requests.post(url, json=body, headers={"infer-key": "infer-value"}, timeout=10)
+    assert answer.status_code == 200, answer.text
 
 
 def test_restricted_flags_are_checked():
