@@ -129,5 +129,9 @@ PYBIND11_MODULE(_http_server, m) {
         }
         return out;
       })
+      .def("status_classes", [](PyHttpServer& s) {
+        const auto classes = s.predictions().StatusClasses();
+        return py::make_tuple(classes[0], classes[1], classes[2]);
+      })
       .def("stop", &PyHttpServer::Stop);
 }

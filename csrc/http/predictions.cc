@@ -256,6 +256,42 @@ int Predictions::ResponseTimeout(const std::string& key) const {
   return found == timeouts_.end() ? kDefaultTimeoutS : found->second;
 }
 
+namespace {
+
+// Counts the status class of the answer it carries; otherwise the exchange it wraps.
+class CountingExchange : public Exchange {
+ public:
+  CountingExchange(std::shared_ptr<Exchange> inner,
+                   std::shared_ptr<std::array<std::atomic<uint64_t>, 3>> classes)
+      : inner_(std::move(inner)), classes_(std::move(classes)) {}
+  void Answer(HttpResponse response) override {
+    Count(response.status);
+    inner_->Answer(std::move(response));
+  }
+  void Head(HttpResponse head) override {
+    Count(head.status);
+    inner_->Head(std::move(head));
+  }
+  void Chunk(std::string data) override { inner_->Chunk(std::move(data)); }
+  void End() override { inner_->End(); }
+  void OnGone(std::function<void()> gone) override { inner_->OnGone(std::move(gone)); }
+  void Timer(std::chrono::steady_clock::time_point when, std::function<void()> fire) override {
+    inner_->Timer(when, std::move(fire));
+  }
+  void Run(std::function<void()> task) override { inner_->Run(std::move(task)); }
+
+ private:
+  void Count(int status) {
+    const int index = status >= 200 && status < 300 ? 0 : status >= 400 && status < 500 ? 1
+                    : status >= 500 ? 2 : -1;
+    if (index >= 0) (*classes_)[index].fetch_add(1, std::memory_order_relaxed);
+  }
+  std::shared_ptr<Exchange> inner_;
+  std::shared_ptr<std::array<std::atomic<uint64_t>, 3>> classes_;
+};
+
+}  // namespace
+
 bool Predictions::Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange) {
   if ((req.method != "POST" && req.method != "PUT") || req.Has("Content-Encoding")) return false;
   // multipart/form-data is split here; other form bodies are the shell's to parse.
@@ -267,6 +303,7 @@ bool Predictions::Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange) {
   std::shared_ptr<Model> model = options_.table->Find(key, "");
   if (!model) return false;
 
+  exchange = std::make_shared<CountingExchange>(std::move(exchange), status_classes_);
   auto pending = std::make_shared<Pending>();
   pending->arrival = pending->since = Clock::now();
   const uint32_t length = static_cast<uint32_t>(req.body.size());
@@ -462,6 +499,10 @@ void Predictions::CountLatency(const std::string& key, uint64_t latency_us, uint
   PredictionCounters& counters = CountersOf(key);
   counters.latency_us += latency_us;
   counters.queue_us += queue_us;
+}
+
+std::array<uint64_t, 3> Predictions::StatusClasses() const {
+  return {(*status_classes_)[0].load(), (*status_classes_)[1].load(), (*status_classes_)[2].load()};
 }
 
 std::vector<PredictionCounters> Predictions::Counters() const {

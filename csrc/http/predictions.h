@@ -21,6 +21,7 @@
 // the request's Exchange.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -73,6 +74,9 @@ class Predictions : public ResponseSink {
   // The handler started on these requests: their response timeout counts from now.
   void Started(const std::vector<uint64_t>& tokens);
   std::vector<PredictionCounters> Counters() const;
+  // The answers this path gave, by status class (2XX, 4XX, 5XX): TorchServe's
+  // Requests2XX/4XX/5XX for the predictions the shell never saw.
+  std::array<uint64_t, 3> StatusClasses() const;
 
   void Deliver(std::vector<Completion>& completions) override;
 
@@ -100,6 +104,8 @@ class Predictions : public ResponseSink {
   std::atomic<uint64_t> next_token_{1};
   mutable std::mutex counters_mutex_;
   std::map<std::string, PredictionCounters, std::less<>> counters_;
+  std::shared_ptr<std::array<std::atomic<uint64_t>, 3>> status_classes_ =
+      std::make_shared<std::array<std::atomic<uint64_t>, 3>>();
 };
 
 // TorchServe's error body: {"code": N, "type": T, "message": M}, as its frontend writes it.

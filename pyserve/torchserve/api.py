@@ -115,6 +115,7 @@ class TorchServeApis:
         self.native = native
         self.store.native = native
         self.metrics.sources.append(native.counters)
+        self.metrics.status_sources.append(native.status_classes)
         for name in list(self.store.models):
             self.store.publish_native(name)
         self._sync_inference_key()

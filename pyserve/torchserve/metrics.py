@@ -180,6 +180,8 @@ class FrontendMetrics:
         self.auto_detect = auto_detect
         # () -> [(key, requests, latency µs, queue µs)], the key "MODEL" or "MODEL/VERSION".
         self.sources: list = []
+        # () -> (2XX, 4XX, 5XX): the answers given without Python (the native predictions).
+        self.status_sources: list = []
         self._native_seen: dict[str, tuple[int, int]] = {}
 
     def served(self, name: str) -> bool:
@@ -237,9 +239,15 @@ class FrontendMetrics:
         return "\n".join(lines) + "\n" if lines else ""
 
     def _native(self) -> dict[str, dict[tuple, float]]:
-        """The native inference API's counters as samples of the ts_* counters; QueueTime
-        from the requests it served since the last scrape (their mean time in the queue)."""
+        """The native inference API's counters as samples of the ts_* counters and of
+        Requests2XX/4XX/5XX; QueueTime from the requests it served since the last scrape (their
+        mean time in the queue)."""
         extra: dict[str, dict[tuple, float]] = {name: {} for name in LEGACY}
+        for source in self.status_sources:
+            for name, count in zip(("Requests2XX", "Requests4XX", "Requests5XX"), source()):
+                if count:
+                    labels = ("Host", self.hostname)
+                    extra.setdefault(name, {})[labels] = extra.get(name, {}).get(labels, 0.0) + count
         queued = answered = 0
         for source in self.sources:
             for key, requests, latency_us, queue_us in source():

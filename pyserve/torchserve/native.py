@@ -52,6 +52,10 @@ class NativeInferenceApi:
         """(key, requests, latency µs, queue µs) of the predictions served natively."""
         return self._server.prediction_counters()
 
+    def status_classes(self) -> tuple[int, int, int]:
+        """The answers the native path gave, by status class: 2XX, 4XX, 5XX."""
+        return self._server.status_classes()
+
     def _timed_out(self, key: str) -> None:
         # A connection's thread, with the GIL: the restart is the loop's work.
         self._loop.call_soon_threadsafe(self._apis.worker_timed_out, *_split(key))

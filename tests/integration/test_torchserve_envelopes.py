@@ -122,11 +122,6 @@ def test_kserve_v1_envelope(tmp_path, frontend):
         print(process.log_path.read_text()[-6000:])
 
 
-@pytest.mark.parametrize("frontend", [
-    pytest.param("native", marks=pytest.mark.xfail(
-        strict=True, reason="the native HTTP server relays a body without Content-Type to "
-        "aiohttp as text/plain (cpp-httplib's client adds it), so the handler gets str")),
-    "python"])
 def test_kserve_v1_envelope_body_without_content_type(tmp_path, frontend):
     """A body without Content-Type reaches the envelope as bytes, which it decodes itself."""
     if frontend == "native" and not _native_available():

@@ -161,11 +161,6 @@ def test_prometheus_mode_with_a_custom_metrics_yaml(tmp_path, frontend):
         print(process.log_path.read_text()[-3000:])
 
 
-@pytest.mark.parametrize("frontend", [
-    pytest.param("native", marks=pytest.mark.xfail(
-        strict=True, reason="Requests2XX/4XX/5XX of predictions answered in native code need "
-        "a native count per status class (_http_server's prediction_counters has none)")),
-    "python"])
 def test_requests_by_status_class_count_predictions(tmp_path, frontend):
     if frontend == "native" and not _native_available():
         pytest.skip("pyserve was built without the native HTTP frontend")
