@@ -171,14 +171,22 @@ class TritonPythonModel:
 """
 
 
+def write_python_model(repository: Path, name: str, tensors: str, source: str,
+                       max_batch_size: int = 0) -> None:
+    """Version 1 of a Python model `name`: its config (`tensors`: the input and output
+    sections) and its model.py (`source`)."""
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n{tensors}')
+    (repository / name / "1" / "model.py").write_text(source)
+
+
 def write_echo_bytes_model(repository: Path, dims: str = "-1") -> None:
     """`echo_bytes`: a Python model answering its BYTES input TEXT as its output ECHO."""
-    (repository / "echo_bytes" / "1").mkdir(parents=True)
-    (repository / "echo_bytes" / "config.pbtxt").write_text(
-        'name: "echo_bytes"\nbackend: "python"\nmax_batch_size: 8\n'
-        f'input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ {dims} ] }} ]\n'
-        f'output [ {{ name: "ECHO" data_type: TYPE_STRING dims: [ {dims} ] }} ]\n')
-    (repository / "echo_bytes" / "1" / "model.py").write_text(_ECHO_BYTES_MODEL)
+    write_python_model(repository, "echo_bytes",
+                       f'input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ {dims} ] }} ]\n'
+                       f'output [ {{ name: "ECHO" data_type: TYPE_STRING dims: [ {dims} ] }} ]\n',
+                       _ECHO_BYTES_MODEL, max_batch_size=8)
 
 
 def batch_counts(stats) -> dict[int, int]:

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import FRONTENDS, start_server
+from conftest import FRONTENDS, start_server, write_python_model
 
 PARAMETERS_PY = """
 import numpy as np
@@ -29,12 +29,10 @@ class TritonPythonModel:
 @pytest.fixture(scope="module", params=FRONTENDS)
 def server(request, tmp_path_factory):
     repository = tmp_path_factory.mktemp("forward")
-    (repository / "parameters" / "1").mkdir(parents=True)
-    (repository / "parameters" / "config.pbtxt").write_text(
-        'name: "parameters"\nbackend: "python"\nmax_batch_size: 0\n'
-        'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-        'output [ { name: "PARAMETERS" data_type: TYPE_STRING dims: [ 1 ] } ]\n')
-    (repository / "parameters" / "1" / "model.py").write_text(PARAMETERS_PY)
+    write_python_model(repository, "parameters",
+                       'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                       'output [ { name: "PARAMETERS" data_type: TYPE_STRING dims: [ 1 ] } ]\n',
+                       PARAMETERS_PY)
     process = start_server([repository], repository / "server.log", "--grpc-frontend",
                            request.param, "--http-frontend", request.param,
                            "--grpc-header-forward-pattern", "^x-triton-",

@@ -17,7 +17,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import EXAMPLES, FRONTENDS, start_server, write_echo_bytes_model
+from conftest import (EXAMPLES, FRONTENDS, start_server, write_echo_bytes_model,
+                      write_python_model)
 from pyserve.protocol import pb
 from pyserve.protocol.wire import key, varint
 
@@ -76,17 +77,12 @@ class TritonPythonModel:
 
 def write_models(repository) -> None:
     for name, (tensors, body) in MODELS.items():
-        (repository / name / "1").mkdir(parents=True)
-        (repository / name / "config.pbtxt").write_text(
-            f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n{tensors}')
-        (repository / name / "1" / "model.py").write_text(MODEL_PY.format(body=body))
+        write_python_model(repository, name, tensors, MODEL_PY.format(body=body))
     write_echo_bytes_model(repository)
-    (repository / "keeps_input" / "1").mkdir(parents=True)
-    (repository / "keeps_input" / "config.pbtxt").write_text(
-        'name: "keeps_input"\nbackend: "python"\nmax_batch_size: 0\n'
-        'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 4096 ] } ]\n'
-        'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 4096 ] } ]\n')
-    (repository / "keeps_input" / "1" / "model.py").write_text(KEEPS_INPUT_PY)
+    write_python_model(repository, "keeps_input",
+                       'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 4096 ] } ]\n'
+                       'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 4096 ] } ]\n',
+                       KEEPS_INPUT_PY)
 
 
 def serve(tmp_path_factory, frontend: str, *extra: str):

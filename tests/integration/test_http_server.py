@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, FRONTENDS, native_frontends_built, start_server
+from conftest import EXAMPLES, FRONTENDS, native_frontends_built, start_server, write_python_model
 
 LIMIT = 1 << 20  # --http-max-input-size
 NOFILE = 20_000  # the open-file limit the server and the load process ask for (within the hard one)
@@ -90,12 +90,9 @@ def _start(frontend: str, tmp_path_factory):
     if frontend == "native" and not native_frontends_built():
         pytest.skip("pyserve was built without the native frontends")
     repository = tmp_path_factory.mktemp("http_server")
-    (repository / "recorder" / "1").mkdir(parents=True)
-    (repository / "recorder" / "config.pbtxt").write_text(
-        'name: "recorder"\nbackend: "python"\nmax_batch_size: 0\n'
-        'input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-        'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
-    (repository / "recorder" / "1" / "model.py").write_text(RECORDER_PY)
+    write_python_model(repository, "recorder",
+                       'input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                       'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]\n', RECORDER_PY)
     process = start_server([EXAMPLES, repository], repository / "server.log",
                            "--model-control-mode", "explicit", "--load-model=simple",
                            "--load-model=recorder", "--http-frontend", frontend,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from conftest import EXAMPLES, start_server
+from conftest import EXAMPLES, start_server, write_python_model
 from pyserve.protocol import health
 
 HOG_PY = """
@@ -47,12 +47,9 @@ class TritonPythonModel:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("probes")
-    (repository / "hog" / "1").mkdir(parents=True)
-    (repository / "hog" / "config.pbtxt").write_text(
-        'name: "hog"\nbackend: "python"\nmax_batch_size: 0\n'
-        'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-        'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
-    (repository / "hog" / "1" / "model.py").write_text(HOG_PY)
+    write_python_model(repository, "hog",
+                       'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                       'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n', HOG_PY)
     process = start_server([EXAMPLES, repository], repository / "server.log",
                            "--model-control-mode", "explicit", "--load-model=simple",
                            "--load-model=hog", "--grpc-frontend", "native",
