@@ -183,6 +183,26 @@ def azurite_connection_string(endpoint: str, with_key: bool = True) -> str:
             f"AccountKey={AZURITE_KEY};{blob_endpoint}")
 
 
+class _Serving:
+    """An http.server `handler` on 127.0.0.1 (over TLS with `context`), served on a thread."""
+
+    def __init__(self, handler, context=None) -> None:
+        import http.server
+        import threading
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if context is not None:
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
 class TokenEndpoint:
     """Microsoft Entra ID's token endpoint, as workload identity uses it, on 127.0.0.1 over
     HTTPS: `POST /{tenant}/oauth2/v2.0/token` with the federated token as client_assertion
@@ -192,7 +212,6 @@ class TokenEndpoint:
     def __init__(self, tls: tuple[Path, Path]) -> None:
         import http.server
         import ssl
-        import threading
         import urllib.parse
 
         endpoint = self
@@ -216,18 +235,13 @@ class TokenEndpoint:
             def log_message(self, *args):
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(tls[0]), str(tls[1]))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.authority = f"https://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = _Serving(Handler, context)
+        self.authority = f"https://127.0.0.1:{self._server.port}"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.stop()
 
 
 def storage_token(tenant: str) -> str:
@@ -252,7 +266,6 @@ class RecordingProxy:
     def __init__(self, target: str) -> None:
         import http.client
         import http.server
-        import threading
         import urllib.parse
 
         proxy = self
@@ -288,12 +301,8 @@ class RecordingProxy:
             def log_message(self, *args):
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = _Serving(Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.port}"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.stop()

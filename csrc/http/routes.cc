@@ -100,6 +100,7 @@ bool Routes::Serve(HttpRequest& request, const std::shared_ptr<Session>& session
 
 bool Routes::Refused(const char* group, const HttpRequest& request, const std::shared_ptr<Session>& session,
                      uint64_t serial) {
+  if (options_.restricted.empty()) return false;  // the usual case: no lookup per request
   auto found = options_.restricted.find(group);
   if (found == options_.restricted.end()) return false;
   const auto& [key, value] = found->second;
