@@ -18,6 +18,30 @@ DynamicBatcher::DynamicBatcher(BatchingOptions options) : options_(std::move(opt
     auto it = options_.level_policies.find(i + 1);
     levels_[i].policy = it != options_.level_policies.end() ? it->second : options_.default_policy;
   }
+  admitted_.reset(new std::atomic<uint32_t>[count]);
+  for (uint32_t i = 0; i < count; ++i) admitted_[i].store(0);
+}
+
+Status DynamicBatcher::Admit(InferRequest& request, uint64_t now_ns) {
+  request.priority_level = LevelOf(request.priority);
+  request.deadline_ns = DeadlineOf(request, now_ns);
+  std::atomic<uint32_t>& count = admitted_[request.priority_level];
+  const uint32_t limit = levels_[request.priority_level].policy.max_queue_size;
+  uint32_t queued = count.load(std::memory_order_relaxed);
+  do {
+    if (limit != 0 && queued >= limit) {
+      return Status(StatusCode::kUnavailable, "Exceeds maximum queue size");
+    }
+  } while (!count.compare_exchange_weak(queued, queued + 1));
+  return Status::OK();
+}
+
+void DynamicBatcher::Withdraw(const InferRequest& request) {
+  admitted_[request.priority_level].fetch_sub(1, std::memory_order_relaxed);
+}
+
+void DynamicBatcher::Departed(const std::vector<InferRequest*>& requests) {
+  for (const InferRequest* r : requests) Withdraw(*r);
 }
 
 uint32_t DynamicBatcher::LevelOf(uint64_t priority) const {
@@ -74,6 +98,12 @@ bool DynamicBatcher::SameShapes(const InferRequest& a, const InferRequest& b) co
 }
 
 void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
+  PurgeLevels(now_ns, decision);
+  Departed(decision->rejected);
+  Departed(decision->cancelled);
+}
+
+void DynamicBatcher::PurgeLevels(uint64_t now_ns, Decision* decision) {
   for (Level& level : levels_) {
     // Delayed requests only leave when cancelled; queued ones also when past their deadline,
     // all in one pass.
@@ -104,6 +134,7 @@ void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
 }
 
 void DynamicBatcher::TakeAll(std::vector<InferRequest*>* requests) {
+  const size_t first = requests->size();
   for (Level& level : levels_) {
     for (auto* queue : {&level.queue, &level.delayed}) {
       requests->insert(requests->end(), queue->begin(), queue->end());
@@ -111,6 +142,7 @@ void DynamicBatcher::TakeAll(std::vector<InferRequest*>* requests) {
     }
   }
   queued_ = 0;
+  for (size_t i = first; i < requests->size(); ++i) Withdraw(*(*requests)[i]);
 }
 
 uint64_t DynamicBatcher::ClosestDeadline() const {
@@ -125,8 +157,16 @@ uint64_t DynamicBatcher::ClosestDeadline() const {
   return closest;
 }
 
-void DynamicBatcher::Form(uint64_t now_ns, bool flush, Decision* decision) {
-  Purge(now_ns, decision);
+void DynamicBatcher::Form(uint64_t now_ns, bool flush, int /*idle_instances*/,
+                          Decision* decision) {
+  FormBatch(now_ns, flush, decision);
+  Departed(decision->batch);
+  Departed(decision->rejected);
+  Departed(decision->cancelled);
+}
+
+void DynamicBatcher::FormBatch(uint64_t now_ns, bool flush, Decision* decision) {
+  PurgeLevels(now_ns, decision);
   if (queued_ == 0) return;
 
   // Walk the queued requests in service order (priority level, then arrival, delayed last

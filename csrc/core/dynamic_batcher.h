@@ -1,15 +1,17 @@
-// DynamicBatcher: Triton's dynamic batching rules as a single-threaded decision engine. The
-// scheduler's batcher thread owns it: it adds requests, then asks Form() what to do now —
-// send a batch, reject timed-out requests, or wait (and for how long). No clocks or threads
-// inside, so the rules are tested deterministically.
+// DynamicBatcher: Triton's dynamic batching rules, as a BatchPolicy. The scheduler's batcher
+// thread adds requests, then asks Form() what to do now: send a batch, reject timed-out
+// requests, or wait (and for how long).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "batch_policy.h"
 #include "request.h"
 
 namespace pyserve {
@@ -33,35 +35,24 @@ struct BatchingOptions {
   bool equal_input_sets = false;                   // optional inputs: the same set per batch
 };
 
-class DynamicBatcher {
+class DynamicBatcher : public BatchPolicy {
  public:
   explicit DynamicBatcher(BatchingOptions options);
 
-  // Thread-safe helpers for the enqueueing side.
   uint32_t LevelCount() const { return static_cast<uint32_t>(levels_.size()); }
   uint32_t LevelOf(uint64_t priority) const;  // 0-based queue index
-  const QueuePolicy& PolicyOf(uint32_t level) const { return levels_[level].policy; }
   // Absolute deadline (ns) for a request enqueued at now_ns, or 0 for none.
   uint64_t DeadlineOf(const InferRequest& request, uint64_t now_ns) const;
 
-  // Batcher thread only.
-  void Add(InferRequest* request);
-  size_t QueuedCount() const { return queued_; }
-  bool Empty() const { return queued_ == 0; }
+  // Stamps the priority level and deadline; refuses past the level's max_queue_size.
+  Status Admit(InferRequest& request, uint64_t now_ns) override;
+  void Withdraw(const InferRequest& request) override;
 
-  struct Decision {
-    std::vector<InferRequest*> batch;     // send now, in this order
-    std::vector<InferRequest*> rejected;  // timed out under REJECT
-    std::vector<InferRequest*> cancelled;  // the client went away while they waited
-    uint64_t wait_ns = 0;                 // nothing to send: wait this long (0 = for news)
-  };
-  // `flush` sends whatever is queued without waiting for the delay (used when stopping).
-  void Form(uint64_t now_ns, bool flush, Decision* decision);
-  // Takes every queued request out (for a scheduler that gives up on its instances).
-  void TakeAll(std::vector<InferRequest*>* requests);
-  // Only applies the timeout policies and removes cancelled requests (while no instance is
-  // free to take a batch).
-  void Purge(uint64_t now_ns, Decision* decision);
+  void Add(InferRequest* request) override;
+  size_t QueuedCount() const override { return queued_; }
+  void Form(uint64_t now_ns, bool flush, int idle_instances, Decision* decision) override;
+  void Purge(uint64_t now_ns, Decision* decision) override;
+  void TakeAll(std::vector<InferRequest*>* requests) override;
 
  private:
   struct Level {
@@ -70,6 +61,9 @@ class DynamicBatcher {
     std::deque<InferRequest*> delayed;  // timed out under DELAY: served behind the others
   };
 
+  void PurgeLevels(uint64_t now_ns, Decision* decision);
+  void FormBatch(uint64_t now_ns, bool flush, Decision* decision);
+  void Departed(const std::vector<InferRequest*>& requests);
   bool SameShapes(const InferRequest& a, const InferRequest& b) const;
   uint64_t ClosestDeadline() const;
 
@@ -79,6 +73,8 @@ class DynamicBatcher {
   uint64_t delay_ns_ = 0;
   std::vector<Level> levels_;
   size_t queued_ = 0;
+  // Per level: admitted and not yet departed (for max_queue_size), counted on any thread.
+  std::unique_ptr<std::atomic<uint32_t>[]> admitted_;
 };
 
 }  // namespace pyserve

@@ -187,8 +187,10 @@ Status Model::Create(const ModelSpec& spec, const SchedulerOptions& options,
   state->compute = std::move(compute);
   std::shared_ptr<Model> created(new Model());
   created->state_ = state;
-  Status status = Scheduler::Create(options, state, &created->scheduler_);
+  std::unique_ptr<Scheduler> scheduler;
+  Status status = Scheduler::Create(options, state, &scheduler);
   if (!status.ok()) return status;
+  created->scheduler_ = std::move(scheduler);
   *model = std::move(created);
   return Status::OK();
 }

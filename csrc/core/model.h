@@ -48,7 +48,7 @@ class Model {
   // (false: an instance was abandoned, and the scheduler is kept alive for it).
   bool Stop(double timeout_seconds = -1);
 
-  const Scheduler& scheduler() const { return *scheduler_; }
+  const RequestScheduler& scheduler() const { return *scheduler_; }
   RequestCounts Counts() const;
 
   struct State;
@@ -56,7 +56,7 @@ class Model {
  private:
   Model() = default;
   std::shared_ptr<State> state_;
-  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<RequestScheduler> scheduler_;
   bool abandoned_ = false;
 };
 

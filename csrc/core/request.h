@@ -70,6 +70,19 @@ struct Parameter {
   std::string string_value;
 };
 
+// Triton's request flags (TRITONSERVER_RequestFlag): a request's place in its sequence.
+enum RequestFlag : uint32_t { kSequenceStart = 1, kSequenceEnd = 2 };
+
+// A sequence's correlation ID: an unsigned integer or a string, as the client sent it
+// (Triton's `sequence_id` parameter). Zero or empty: the request belongs to no sequence.
+struct CorrelationId {
+  uint64_t number = 0;
+  std::string text;
+  bool is_text = false;
+
+  bool Present() const { return is_text ? !text.empty() : number != 0; }
+};
+
 struct InferRequest {
   uint64_t id = 0;  // the frontend's key for delivering the completion (the sink's tag)
   ResponseSink* sink = nullptr;  // where the response goes; outlives the request's model
@@ -84,6 +97,8 @@ struct InferRequest {
   uint32_t batch_size = 1;   // the first dimension when the model batches, else 1
   uint64_t priority = 0;     // the request's `priority` parameter; 0 = default level
   uint64_t timeout_us = 0;   // the request's `timeout` parameter; 0 = none
+  CorrelationId correlation_id;  // `sequence_id`
+  uint32_t flags = 0;            // RequestFlag bits: `sequence_start`, `sequence_end`
   // Set by the frontend when the client goes away (the flag lives in `owner`): a queued
   // request is then answered CANCELLED instead of computed.
   const std::atomic<bool>* cancelled = nullptr;

@@ -46,10 +46,13 @@ struct Completion {
   uint64_t tag = 0;             // InferRequest::id
   std::shared_ptr<void> owner;  // InferRequest::owner, kept until the sink is done with it
   InferResponse response;
+  // The request's last response. A sink gets exactly one final completion per accepted
+  // request; a decoupled model may send any number of non-final ones before it.
+  bool final = true;
 };
 
-// A frontend's receiver of responses. Deliver is called on a core worker thread, without the
-// GIL, once per batch with that batch's completions for this sink (in delivery order).
+// A frontend's receiver of responses. Deliver is called on a core thread, without the GIL,
+// with completions for this sink in delivery order (once per batch for what a batch answers).
 class ResponseSink {
  public:
   virtual ~ResponseSink() = default;

@@ -64,11 +64,7 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
       instance.stream = cuda->CreateStream(instance.device);
     }
   }
-  if (options_.dynamic_batching) {
-    batcher_ = std::make_unique<DynamicBatcher>(options_.batching);
-    level_queued_.reset(new std::atomic<uint32_t>[batcher_->LevelCount()]);
-    for (uint32_t i = 0; i < batcher_->LevelCount(); ++i) level_queued_[i].store(0);
-  }
+  if (options_.dynamic_batching) batcher_ = std::make_unique<DynamicBatcher>(options_.batching);
 }
 
 void Scheduler::Start() {
@@ -131,22 +127,13 @@ Status Scheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
   }
   const uint64_t now = SteadyNowNs();
   request->enqueue_ns = now;
-  std::atomic<uint32_t>* level_count = nullptr;
   if (batcher_) {
-    request->priority_level = batcher_->LevelOf(request->priority);
-    request->deadline_ns = batcher_->DeadlineOf(*request, now);
-    level_count = &level_queued_[request->priority_level];
-    const uint32_t limit = batcher_->PolicyOf(request->priority_level).max_queue_size;
-    uint32_t queued = level_count->load(std::memory_order_relaxed);
-    do {
-      if (limit != 0 && queued >= limit) {
-        return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
-      }
-    } while (!level_count->compare_exchange_weak(queued, queued + 1));
+    Status admitted = batcher_->Admit(*request, now);
+    if (!admitted.ok()) return refuse(std::move(admitted));
   }
   InferRequest* raw = request.get();
   if (!ingress_.TryPush(raw)) {
-    if (level_count != nullptr) level_count->fetch_sub(1);
+    if (batcher_) batcher_->Withdraw(*request);
     return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
   }
   request.release();
@@ -180,7 +167,7 @@ void Scheduler::BatcherLoop() {
       break;
     }
     const bool stopping = stopping_.load(std::memory_order_seq_cst);
-    if (stopping && in_ingress_.load(std::memory_order_seq_cst) == 0 && batcher_->Empty()) {
+    if (stopping && in_ingress_.load(std::memory_order_seq_cst) == 0 && batcher_->QueuedCount() == 0) {
       ingress_ready_.CancelWait();
       break;
     }
@@ -191,9 +178,10 @@ void Scheduler::BatcherLoop() {
     hold = 0;
 
     const uint64_t now = SteadyNowNs();
-    DynamicBatcher::Decision decision;
-    if (idle_instances_.load(std::memory_order_acquire) > 0) {
-      batcher_->Form(now, stopping, &decision);  // lazily: only when an instance can take it
+    BatchPolicy::Decision decision;
+    const int idle = idle_instances_.load(std::memory_order_acquire);
+    if (idle > 0) {
+      batcher_->Form(now, stopping, idle, &decision);  // lazily: only when an instance can take it
     } else {
       batcher_->Purge(now, &decision);
     }
@@ -201,18 +189,19 @@ void Scheduler::BatcherLoop() {
       RejectRequests(decision.rejected, now, Status(StatusCode::kUnavailable, "Request timeout expired"));
     }
     if (!decision.cancelled.empty()) RejectRequests(decision.cancelled, now, CancelledStatus());
+    for (auto& [request, status] : decision.refused) {
+      std::vector<InferRequest*> one{request};
+      RejectRequests(one, now, status);
+    }
     if (!decision.batch.empty()) {
       auto batch = std::make_unique<Batch>();
-      for (InferRequest* r : decision.batch) {
-        level_queued_[r->priority_level].fetch_sub(1, std::memory_order_relaxed);
-        batch->requests.emplace_back(r);
-      }
+      for (InferRequest* r : decision.batch) batch->requests.emplace_back(r);
       idle_instances_.fetch_sub(1, std::memory_order_acq_rel);
       Batch* raw = batch.release();
       ready_.TryPush(raw);  // never full: at most one batch per idle instance is out
       batch_ready_.NotifyOne();
     }
-    if (!decision.batch.empty() || !decision.rejected.empty() || !decision.cancelled.empty()) {
+    if (!decision.Empty()) {
       ingress_ready_.CancelWait();
       continue;
     }
@@ -413,10 +402,7 @@ bool Scheduler::CopyToDevice(Batch& batch, Instance& instance) {
 
 void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns,
                                const Status& status) {
-  for (InferRequest* request : requests) {
-    stats_.RecordRejected(*request, now_ns);
-    if (level_queued_) level_queued_[request->priority_level].fetch_sub(1, std::memory_order_relaxed);
-  }
+  for (InferRequest* request : requests) stats_.RecordRejected(*request, now_ns);
   executor_->Reject(requests, status);
   for (InferRequest* request : requests) delete request;
   Release(requests.size());

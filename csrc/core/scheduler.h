@@ -1,6 +1,10 @@
+// RequestScheduler: what a served model version hands its accepted requests to. Scheduler (the
+// instances of a model, batching by a BatchPolicy) is one; an ensemble's, which hands each step
+// to its composing model, is another.
+//
 // Scheduler: one per model version. Frontends enqueue requests from any thread without a lock.
-// With dynamic batching, a batcher thread forms batches by Triton's rules (DynamicBatcher)
-// whenever an instance is idle; without it, each request is its own batch. One worker thread
+// With a batching policy (Triton's dynamic batcher), a batcher thread forms batches whenever
+// an instance is idle; without one, each request is its own batch. One worker thread
 // per model instance gathers a batch's inputs into pooled host memory (no GIL, no copy for a
 // single request), copies them to its GPU on its own stream when asked, runs the executor and
 // records statistics. Stop() refuses new requests, runs every accepted one, joins the threads.
@@ -15,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "batch_policy.h"
 #include "cuda_runtime.h"
 #include "dynamic_batcher.h"
 #include "executor.h"
@@ -42,39 +47,48 @@ struct SchedulerOptions {
   uint32_t delay_scheduler_count = 0;  // hold batching until this many requests are queued
 };
 
+class RequestScheduler {
+ public:
+  virtual ~RequestScheduler() = default;
+  // On success the scheduler owns the request; on failure `request` is left with the caller.
+  virtual Status Enqueue(std::unique_ptr<InferRequest>& request) = 0;
+  // Requests accepted but not yet completed.
+  virtual uint64_t InflightCount() const = 0;
+  // Requests accepted and not yet executing (Triton's nv_inference_pending_request_count).
+  virtual uint64_t PendingCount() const = 0;
+  virtual ModelStats Statistics() const = 0;
+  // Refuses new requests, answers every accepted one and joins the threads. With a timeout
+  // (seconds, < 0 = none), gives up when it passes: requests not yet executing are answered
+  // UNAVAILABLE, work still executing is abandoned (its threads detached; the scheduler must
+  // then never be destroyed). Returns false when it gave up.
+  virtual bool Stop(double timeout_seconds = -1) = 0;
+  // Refusing new requests: Stop has begun.
+  virtual bool Stopping() const = 0;
+};
+
 // Gathers the batch's inputs into one pooled host buffer per input (batch.inputs), or aliases
 // the request's own bytes when the batch holds one request. Returns false when out of memory.
 bool GatherBatch(Batch& batch, HostMemoryPool& pool);
 
-class Scheduler {
+class Scheduler : public RequestScheduler {
  public:
   static Status Create(const SchedulerOptions& options, std::shared_ptr<Executor> executor,
                        std::unique_ptr<Scheduler>* scheduler);
-  ~Scheduler();
+  ~Scheduler() override;
 
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  // On success the scheduler owns the request; on failure `request` is left with the caller.
-  Status Enqueue(std::unique_ptr<InferRequest>& request);
-
-  // Requests accepted but not yet completed.
-  uint64_t InflightCount() const { return inflight_.load(std::memory_order_acquire); }
-  // Requests accepted and not yet executing (Triton's nv_inference_pending_request_count).
-  uint64_t PendingCount() const {
+  Status Enqueue(std::unique_ptr<InferRequest>& request) override;
+  uint64_t InflightCount() const override { return inflight_.load(std::memory_order_acquire); }
+  uint64_t PendingCount() const override {
     const uint64_t inflight = inflight_.load(std::memory_order_acquire);
     const uint64_t executing = executing_.load(std::memory_order_acquire);
     return inflight > executing ? inflight - executing : 0;
   }
-  ModelStats Statistics() const { return stats_.Snapshot(); }
-
-  // Refuses new requests, runs every accepted one and joins the threads. With a timeout
-  // (seconds, < 0 = none), gives up when it passes: requests not yet executing are answered
-  // UNAVAILABLE, instances still executing are abandoned (their threads detached; the
-  // scheduler must then never be destroyed). Returns false when it gave up.
-  bool Stop(double timeout_seconds = -1);
-  // Refusing new requests: Stop has begun.
-  bool Stopping() const { return stopping_.load(std::memory_order_seq_cst); }
+  ModelStats Statistics() const override { return stats_.Snapshot(); }
+  bool Stop(double timeout_seconds = -1) override;
+  bool Stopping() const override { return stopping_.load(std::memory_order_seq_cst); }
 
  private:
   struct Instance {
@@ -98,7 +112,7 @@ class Scheduler {
 
   SchedulerOptions options_;
   std::shared_ptr<Executor> executor_;
-  std::unique_ptr<DynamicBatcher> batcher_;
+  std::unique_ptr<BatchPolicy> batcher_;  // null: each request is its own batch
   HostMemoryPool& pool_;
   StatsRecorder stats_;
   std::vector<Instance> instances_;
@@ -108,7 +122,6 @@ class Scheduler {
   MpmcQueue<Batch*> ready_;
   Notifier batch_ready_;    // wakes workers when ready_ gets a batch
   std::atomic<int> idle_instances_{0};
-  std::unique_ptr<std::atomic<uint32_t>[]> level_queued_;  // for max_queue_size
 
   void Abandon();
   void RejectBatch(std::unique_ptr<Batch> batch, const Status& status);

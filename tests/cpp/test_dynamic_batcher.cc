@@ -54,15 +54,15 @@ TEST(DynamicBatcher, PreferredSizeIsSentAtOnce) {
   Requests rq;
   for (int i = 0; i < 5; ++i) Add(b, rq.Make(i, 1, 0));
   DynamicBatcher::Decision d;
-  b.Form(1 * kUs, false, &d);
+  b.Form(1 * kUs, false, 1, &d);
   EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{0, 1, 2, 3}));  // largest preferred reachable
   DynamicBatcher::Decision rest;
-  b.Form(2 * kUs, false, &rest);
+  b.Form(2 * kUs, false, 1, &rest);
   EXPECT_TRUE(rest.batch.empty());  // 1 is not preferred: wait out the delay
   EXPECT_EQ(rest.wait_ns, 10000 * kUs - 2 * kUs);
-  b.Form(10000 * kUs, false, &rest);
+  b.Form(10000 * kUs, false, 1, &rest);
   EXPECT_EQ(Ids(rest.batch), (std::vector<uint64_t>{4}));
-  EXPECT_TRUE(b.Empty());
+  EXPECT_EQ(b.QueuedCount(), 0u);
 }
 
 TEST(DynamicBatcher, ZeroDelaySendsEverythingUpToMax) {
@@ -72,10 +72,10 @@ TEST(DynamicBatcher, ZeroDelaySendsEverythingUpToMax) {
   Requests rq;
   for (int i = 0; i < 6; ++i) Add(b, rq.Make(i, 1, 0));
   DynamicBatcher::Decision d;
-  b.Form(0, false, &d);
+  b.Form(0, false, 1, &d);
   EXPECT_EQ(d.batch.size(), 4u);
   DynamicBatcher::Decision d2;
-  b.Form(0, false, &d2);
+  b.Form(0, false, 1, &d2);
   EXPECT_EQ(d2.batch.size(), 2u);
 }
 
@@ -88,10 +88,10 @@ TEST(DynamicBatcher, DelayThenSendWhatIsPending) {
   Add(b, rq.Make(1, 1, 100 * kUs));
   Add(b, rq.Make(2, 2, 300 * kUs));
   DynamicBatcher::Decision d;
-  b.Form(400 * kUs, false, &d);
+  b.Form(400 * kUs, false, 1, &d);
   EXPECT_TRUE(d.batch.empty());
   EXPECT_EQ(d.wait_ns, 200 * kUs);  // the oldest waited 300 of 500 us
-  b.Form(600 * kUs, false, &d);
+  b.Form(600 * kUs, false, 1, &d);
   EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{1, 2}));
 }
 
@@ -105,12 +105,12 @@ TEST(DynamicBatcher, NeverExceedsMaxOrSplitsARequest) {
   Add(b, rq.Make(2, 3, 0));
   Add(b, rq.Make(3, 3, 0));
   DynamicBatcher::Decision d;
-  b.Form(1 * kUs, false, &d);
+  b.Form(1 * kUs, false, 1, &d);
   EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{1, 2}));  // 9 would exceed 8
   DynamicBatcher::Decision d2;
-  b.Form(2 * kUs, false, &d2);
+  b.Form(2 * kUs, false, 1, &d2);
   EXPECT_TRUE(d2.batch.empty());
-  b.Form(2 * kUs, true, &d2);  // flush (stopping) sends what is left
+  b.Form(2 * kUs, true, 1, &d2);  // flush (stopping) sends what is left
   EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{3}));
 }
 
@@ -126,13 +126,13 @@ TEST(DynamicBatcher, DifferentShapesAreNotBatchedUnlessRagged) {
     Add(b, rq.Make(2, 1, 0, {5}));
     Add(b, rq.Make(3, 1, 0, {5}));
     DynamicBatcher::Decision d;
-    b.Form(0, false, &d);
+    b.Form(0, false, 1, &d);
     if (ragged) {
       EXPECT_EQ(d.batch.size(), 3u);
     } else {
       EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{1}));
       DynamicBatcher::Decision d2;
-      b.Form(0, false, &d2);
+      b.Form(0, false, 1, &d2);
       EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{2, 3}));
     }
   }
@@ -157,10 +157,10 @@ TEST(DynamicBatcher, HigherPriorityGoesFirst) {
   Add(b, mid);
   Add(b, high);
   DynamicBatcher::Decision d;
-  b.Form(3, false, &d);
+  b.Form(3, false, 1, &d);
   EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{3, 2}));
   DynamicBatcher::Decision d2;
-  b.Form(3, false, &d2);
+  b.Form(3, false, 1, &d2);
   EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{1}));
 }
 
@@ -186,17 +186,17 @@ TEST(DynamicBatcher, TimeoutsRejectOrDelay) {
   Add(b, rejected);
   Add(b, delayed);
   DynamicBatcher::Decision d;
-  b.Form(500 * kUs, false, &d);
+  b.Form(500 * kUs, false, 1, &d);
   EXPECT_TRUE(d.batch.empty());
   EXPECT_TRUE(d.rejected.empty());
   EXPECT_EQ(d.wait_ns, 500 * kUs);  // closest deadline
-  b.Form(1500 * kUs, false, &d);
+  b.Form(1500 * kUs, false, 1, &d);
   EXPECT_EQ(Ids(d.rejected), (std::vector<uint64_t>{1}));
   EXPECT_TRUE(d.batch.empty());
   fresh->enqueue_ns = 1500 * kUs;
   Add(b, fresh);
   DynamicBatcher::Decision d2;
-  b.Form(1600 * kUs, true, &d2);
+  b.Form(1600 * kUs, true, 1, &d2);
   EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{3, 2}));  // the delayed one is served last
 }
 
@@ -229,8 +229,8 @@ TEST(DynamicBatcher, CancelledRequestsLeaveTheQueue) {
   Add(b, cancelled);
   Add(b, c);
   DynamicBatcher::Decision d;
-  b.Form(2000 * kUs, false, &d);
+  b.Form(2000 * kUs, false, 1, &d);
   EXPECT_EQ(Ids(d.cancelled), (std::vector<uint64_t>{1}));
   EXPECT_EQ(Ids(d.batch), (std::vector<uint64_t>{0, 2}));
-  EXPECT_TRUE(b.Empty());
+  EXPECT_EQ(b.QueuedCount(), 0u);
 }
