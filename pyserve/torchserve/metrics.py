@@ -67,6 +67,7 @@ DEFAULT_CONFIG = {
         ],
     },
 }
+STATUS_CLASSES = ("Requests2XX", "Requests4XX", "Requests5XX")
 LEGACY = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
           "ts_queue_latency_microseconds")
 # simpleclient's default histogram buckets.
@@ -183,6 +184,7 @@ class FrontendMetrics:
         # () -> (2XX, 4XX, 5XX): the answers given without Python (the native predictions).
         self.status_sources: list = []
         self._native_seen: dict[str, tuple[int, int]] = {}
+        self._status_logged: dict[int, tuple[int, int, int]] = {}
 
     def served(self, name: str) -> bool:
         """Whether `name` goes to the metrics API (else, if at all, to the log)."""
@@ -220,6 +222,20 @@ class FrontendMetrics:
         elif status >= 500:
             self.update("Requests5XX", ("Host",), 1)
 
+    def log_native_answers(self) -> None:
+        """Log and legacy modes write a Requests2XX/4XX/5XX line per answer, as TorchServe does.
+        The native path counts its answers without Python; their lines are written here, for
+        what it counted since the last call."""
+        if self.served("Requests2XX"):
+            return  # the exposition reads the native counts itself
+        for index, source in enumerate(self.status_sources):
+            counts = tuple(source())
+            before = self._status_logged.get(index, (0, 0, 0))
+            self._status_logged[index] = counts
+            for name, now, then in zip(STATUS_CLASSES, counts, before):
+                for _ in range(now - then):
+                    self.update(name, ("Host",), 1)
+
     def exposition(self, names: set[str] | None = None) -> str:
         if self.mode == "log":
             return ""
@@ -244,7 +260,7 @@ class FrontendMetrics:
         mean time in the queue)."""
         extra: dict[str, dict[tuple, float]] = {name: {} for name in LEGACY}
         for source in self.status_sources:
-            for name, count in zip(("Requests2XX", "Requests4XX", "Requests5XX"), source()):
+            for name, count in zip(STATUS_CLASSES, source()):
                 if count:
                     labels = ("Host", self.hostname)
                     extra.setdefault(name, {})[labels] = extra.get(name, {}).get(labels, 0.0) + count
@@ -336,16 +352,43 @@ def configure_log_files(directory: Path) -> None:
         logger.propagate = False
 
 
-class SystemMetrics:
-    """TorchServe's system metrics (ts/metrics/system_metrics.py, through psutil) every
-    metric_time_interval seconds, the first at start, on a thread of their own."""
+class Periodic:
+    """Calls `work` every `interval_s` seconds, the first time at start and the last at stop,
+    on a thread of its own."""
 
-    def __init__(self, metrics: FrontendMetrics, interval_s: float) -> None:
-        self._metrics = metrics
+    def __init__(self, work, interval_s: float, name: str) -> None:
+        self._work = work
         self._interval = interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ps-ts-system-metrics",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            stopped = self._stop.is_set()
+            try:
+                self._work()
+            except Exception:  # noqa: BLE001 - a failed round must not stop the next
+                log.exception("%s failed", self._thread.name)
+            if stopped:
+                return
+            self._stop.wait(self._interval)
+
+
+class SystemMetrics(Periodic):
+    """TorchServe's system metrics (ts/metrics/system_metrics.py, through psutil) every
+    metric_time_interval seconds."""
+
+    def __init__(self, metrics: FrontendMetrics, interval_s: float) -> None:
+        super().__init__(self.collect, interval_s, "ps-ts-system-metrics")
+        self._metrics = metrics
 
     def start(self) -> None:
         try:
@@ -353,19 +396,7 @@ class SystemMetrics:
         except ImportError:
             log.warning("system metrics need psutil (pip install psutil); not collected")
             return
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.collect()
-            except Exception:  # noqa: BLE001 - a failed collection must not stop the next
-                log.exception("collecting system metrics failed")
-            if self._stop.wait(self._interval):
-                return
+        super().start()
 
     def collect(self) -> None:
         import psutil

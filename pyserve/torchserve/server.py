@@ -43,6 +43,7 @@ class TorchServeServer:
         self._runners = []
         self._native = None
         self._system_metrics = None
+        self._native_answer_lines = None
         self.metrics = None
         self._should_exit = asyncio.Event()
 
@@ -118,6 +119,10 @@ class TorchServeServer:
         self._native = NativeInferenceApi(self.apis, address.host, address.port, shell_port,
                                           threads)
         self.apis.attach_native(self._native)
+        if not self.metrics.served("Requests2XX"):  # log mode: a line per answer, each second
+            self._native_answer_lines = ts_metrics.Periodic(
+                self.metrics.log_native_answers, 1.0, "ps-ts-answer-lines")
+            self._native_answer_lines.start()
         log.info("Inference API: native predictions (Boost.Beast), other routes relayed to "
                  "127.0.0.1:%d", shell_port)
         return self._native.port
@@ -168,8 +173,9 @@ class TorchServeServer:
             await runner.cleanup()
         if self.tokens is not None:
             self.tokens.remove()
-        if self._system_metrics is not None:
-            self._system_metrics.stop()
+        for periodic in (self._system_metrics, self._native_answer_lines):
+            if periodic is not None:
+                periodic.stop()
         log.info("pyserve torchserve stopped")
 
     def request_exit(self) -> None:

@@ -176,6 +176,30 @@ def test_requests_by_status_class_count_predictions(tmp_path, frontend):
         process.stop()
 
 
+def test_log_mode_writes_a_line_per_answer(tmp_path, frontend):
+    """Natively answered predictions too: the native path counts them, and their lines are
+    written each second."""
+    process = _start(tmp_path, frontend, "")  # log mode: the default
+    log = tmp_path / "logs" / "ts_metrics.log"
+
+    def lines(name):
+        return len(re.findall(rf"{name}\.Count:1\.0\|#Level:Host\|", log.read_text()))
+
+    try:
+        ok, missing = lines("Requests2XX"), lines("Requests4XX")
+        _predict(process, "echo", 5)
+        reply = requests.post(process.url("inference", "/predictions/echo/9.9"), data=b"x")
+        assert reply.status_code == 404
+        deadline = time.time() + 10
+        while time.time() < deadline and (lines("Requests2XX") < ok + 5 or
+                                          lines("Requests4XX") < missing + 1):
+            time.sleep(0.1)
+        assert (lines("Requests2XX"), lines("Requests4XX")) == (ok + 5, missing + 1)
+    finally:
+        process.stop()
+    assert (lines("Requests2XX"), lines("Requests4XX")) == (ok + 5, missing + 1)
+
+
 def test_log_mode_writes_torchserve_metric_lines(tmp_path, frontend):
     process = _start(tmp_path, frontend, "metrics_config=metrics.yaml\n")  # log: the default
     try:
