@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="backend settings; supported: default-max-batch-size=N")
     models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
                         help="models loaded in parallel (default: %(default)s)")
+    models.add_argument("--model-load-retry-count", type=int, default=0, metavar="N",
+                        help="times a version whose load failed is loaded again before the "
+                             "load fails (default: %(default)s)")
     serve.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
                        help="how long shutdown waits for in-flight requests, the drain grace "
                             "included (default: %(default)s)")
@@ -365,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config_name=args.model_config_name,
         default_max_batch_size=_default_max_batch_size(args.backend_config),
         model_load_thread_count=args.model_load_thread_count,
+        model_load_retry_count=max(args.model_load_retry_count, 0),
         exit_timeout_secs=args.exit_timeout_secs,
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,

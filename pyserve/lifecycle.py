@@ -276,6 +276,20 @@ class ModelManager:
 
     async def _load_version(self, config: pb.ModelConfig, version: int, version_dir: Path,
                             labels: dict[str, list[str]]) -> ModelRunner:
+        retries = self._options.model_load_retry_count  # Triton's --model-load-retry-count
+        while True:
+            try:
+                return await self._load_version_once(config, version, version_dir, labels)
+            except ServerError as e:
+                if retries == 0:
+                    raise
+                retries -= 1
+                log.warning("failed to load '%s' version %d, retrying: %s", config.name,
+                            version, e.message)
+
+    async def _load_version_once(self, config: pb.ModelConfig, version: int,
+                                 version_dir: Path,
+                                 labels: dict[str, list[str]]) -> ModelRunner:
         async with self._load_slots:
             runner = await asyncio.to_thread(contained, self._create_runner, config, version,
                                              version_dir, labels)

@@ -79,6 +79,7 @@ class ServerOptions:
     model_config_name: str = ""  # configs/<name>.pbtxt instead of config.pbtxt
     default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
+    model_load_retry_count: int = 0  # a failed version load is tried again this many times
     # Requests queued (accepted, not executing) per model version at most; more are refused
     # at once with UNAVAILABLE / 503. A config's max_queue_size bounds each priority level
     # too. 0 = unbounded, Triton's default.

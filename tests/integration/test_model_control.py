@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import EXAMPLES, start_server
+from conftest import EXAMPLES, start_server, write_python_model
 
 SIMPLE_ONNX = EXAMPLES / "simple" / "1" / "model.onnx"
 SIMPLE_CONFIG = (EXAMPLES / "simple" / "config.pbtxt").read_text()
@@ -344,3 +344,43 @@ def test_reloads_free_what_they_replace(tmp_path):
         assert rss - settled[0] < 0.05 * settled[0] + (4 << 20), (rss >> 20, settled[0] >> 20)
     finally:
         server.stop()
+
+
+_FAILS_FIRST = '''
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        attempts = Path(args["model_repository"]) / "attempts"
+        count = int(attempts.read_text()) if attempts.exists() else 0
+        attempts.write_text(str(count + 1))
+        if count < 2:
+            raise RuntimeError(f"attempt {count + 1} fails")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "X")])
+                for r in requests]
+'''
+
+
+@pytest.mark.parametrize("retries, loads", [(1, False), (2, True)])
+def test_model_load_retry_count(server_factory, tmp_path, retries, loads):
+    """A version whose load fails is loaded again --model-load-retry-count times (this model
+    fails its first two loads)."""
+    repository = tmp_path / "repository"
+    write_python_model(repository, "flaky", 'input [ { name: "X" data_type: TYPE_INT32 '
+                       'dims: [ 1 ] } ]\noutput [ { name: "X" data_type: TYPE_INT32 '
+                       'dims: [ 1 ] } ]\n', _FAILS_FIRST)
+    server = server_factory([repository], "--model-control-mode", "explicit",
+                            "--model-load-retry-count", str(retries))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    if loads:
+        client.load_model("flaky")
+        assert client.is_model_ready("flaky")
+    else:
+        with pytest.raises(InferenceServerException, match="attempt 2 fails"):
+            client.load_model("flaky")
+    assert (repository / "flaky" / "attempts").read_text() == str(retries + 1)
