@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pyserve import __version__, _core, logs, restricted, triton_flags
-from pyserve.options import CONTROL_MODES, FRONTENDS, GrpcTls, ServerOptions
+from pyserve.options import COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, GrpcTls, ServerOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +117,10 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                               "(default: false)")
     for flag, (_, what) in _GRPC_CHANNEL_FLAGS.items():
         net.add_argument(flag, type=int, default=None, metavar="N", help=f"gRPC: {what}")
+    net.add_argument("--grpc-infer-response-compression-level", type=_compression_level,
+                     default="none", metavar="LEVEL",
+                     help="gRPC: how inference responses are compressed: none, low, medium or "
+                          "high (default: none)")
     net.add_argument("--grpc-use-ssl", type=_boolean, default=False, metavar="BOOL",
                      help="gRPC over TLS with --grpc-server-cert and --grpc-server-key")
     net.add_argument("--grpc-use-ssl-mutual", type=_boolean, default=False, metavar="BOOL",
@@ -199,7 +203,8 @@ _NETWORK = ("host", "grpc_address", "http_address", "metrics_address", "grpc_por
             "http_port", "metrics_port", "reuse_grpc_port", "reuse_http_port", "allow_grpc",
             "allow_http", "allow_metrics", "grpc_frontend", "http_frontend",
             "http_thread_count", "http_max_input_size", "grpc_max_message_size",
-            "grpc_header_forward_pattern", "http_header_forward_pattern")
+            "grpc_header_forward_pattern", "http_header_forward_pattern",
+            "grpc_infer_response_compression_level")
 
 
 def _network_options(args: argparse.Namespace) -> dict:
@@ -234,6 +239,13 @@ def _restricted(args: argparse.Namespace) -> dict:
                                                     args.http_restricted_api)}
     except ValueError as e:
         raise SystemExit(f"pyserve: {e}") from None
+
+
+def _compression_level(text: str) -> str:
+    if text.lower() not in COMPRESSION_LEVELS:  # Triton's text
+        raise argparse.ArgumentTypeError(
+            "invalid argument for --grpc_infer_response_compression_level")
+    return text.lower()
 
 
 def _pattern(text: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 CONTROL_MODES = ("none", "poll", "explicit")
 FRONTENDS = ("auto", "native", "python")
+COMPRESSION_LEVELS = ("none", "low", "medium", "high")  # gRPC's grpc_compression_level
 
 
 @dataclass
@@ -47,6 +48,8 @@ class ServerOptions:
     # flags (argument name -> value); gRPC's defaults are Triton's.
     grpc_channel_args: dict[str, int] = field(default_factory=dict)
     grpc_tls: GrpcTls | None = None  # None: plaintext gRPC
+    # How ModelInfer and ModelStreamInfer responses are compressed (COMPRESSION_LEVELS).
+    grpc_infer_response_compression_level: str = "none"
     # Restricted APIs (--grpc-restricted-protocol, --http-restricted-api): group -> the header
     # key and value a request of that group must carry (pyserve.restricted names the groups).
     grpc_restricted: dict[str, tuple[str, str]] = field(default_factory=dict)

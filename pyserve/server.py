@@ -217,7 +217,8 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
             log.info("gRPC frontend: native (gRPC C++)")
             return grpc_native.create_native_grpc_server(
                 manager, address, options.grpc_max_message_size, channel_args, tls,
-                shared_memory, methods, options.grpc_header_forward_pattern)
+                shared_memory, methods, options.grpc_header_forward_pattern,
+                options.grpc_infer_response_compression_level)
         if options.grpc_frontend == "native":
             raise StartupError("--grpc-frontend=native: the native gRPC frontend is not "
                                f"available ({grpc_native.UNAVAILABLE_REASON})")
@@ -226,7 +227,8 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     else:
         log.info("gRPC frontend: python (grpc.aio)")
     return create_grpc_server(manager, address, options.grpc_max_message_size, channel_args,
-                              tls, shared_memory, methods, options.grpc_header_forward_pattern)
+                              tls, shared_memory, methods, options.grpc_header_forward_pattern,
+                              options.grpc_infer_response_compression_level)
 
 
 async def _close(runner, timeout: float) -> None:

@@ -31,7 +31,6 @@ UNSERVED = {
     "--cache-config": "the response cache is not implemented yet",
     "--cache-directory": "the response cache is not implemented yet",
     "--response-cache-byte-size": "the response cache is not implemented yet",
-    "--grpc-infer-response-compression-level": "response compression is not implemented yet",
     "--metrics-config": "metrics settings are not implemented yet",
     "--metrics-interval-ms": "metrics settings are not implemented yet",
     "--allow-cpu-metrics": "CPU metrics are not implemented yet",

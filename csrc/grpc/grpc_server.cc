@@ -126,6 +126,7 @@ class GrpcServer::Impl : public ResponseSink {
   ModelTable& table() { return *table_; }
   const Dispatch& dispatch() { return dispatch_; }
   const SharedMemoryRegistry* shared_memory() const { return options_.shared_memory.get(); }
+  int InferCompressionLevel() const { return options_.infer_compression_level; }
   grpc::AsyncGenericService& service() { return service_; }
   // Calls are counted twice: until finished (live) and until freed (allocated).
   void CallStarted() {
@@ -287,6 +288,10 @@ class Call : public std::enable_shared_from_this<Call> {
     Listen(server_, cq_);
     method_ = context_.method();
     streaming_ = method_ == kModelStreamInfer;
+    if (const int level = server_->InferCompressionLevel();
+        level != 0 && (streaming_ || method_ == kModelInfer)) {
+      context_.set_compression_level(static_cast<grpc_compression_level>(level));
+    }
     if (const std::string refusal = server_->Restriction(method_, context_); !refusal.empty()) {
       if (!answered_.exchange(true)) {
         stream_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, refusal), &finished_);

@@ -32,6 +32,9 @@ struct GrpcOptions {
   // --grpc-header-forward-pattern (ECMAScript): metadata whose key it finds become string
   // parameters of ModelInfer requests; empty = none.
   std::string header_forward_pattern;
+  // --grpc-infer-response-compression-level: gRPC's grpc_compression_level (0 none, 1 low,
+  // 2 medium, 3 high) for ModelInfer and ModelStreamInfer responses.
+  int infer_compression_level = 0;
   // The regions tensors in shared memory are resolved in (null: such tensors are refused).
   std::shared_ptr<const SharedMemoryRegistry> shared_memory;
 };

@@ -111,7 +111,7 @@ class PyGrpcServer {
                std::string server_cert, std::string server_key, std::string root_cert,
                bool mutual, std::map<std::string, std::pair<std::string, std::string>> restricted,
                std::string header_forward_pattern,
-               std::shared_ptr<SharedMemoryRegistry> shared_memory)
+               std::shared_ptr<SharedMemoryRegistry> shared_memory, int infer_compression_level)
       : shell_(std::make_shared<ShellQueue>(std::move(dispatch))) {
     GrpcOptions options;
     options.address = address;
@@ -125,6 +125,7 @@ class PyGrpcServer {
     options.restricted = std::move(restricted);
     options.header_forward_pattern = std::move(header_forward_pattern);
     options.shared_memory = std::move(shared_memory);
+    options.infer_compression_level = infer_compression_level;
     std::weak_ptr<ShellQueue> shell = shell_;
     Status status;
     {
@@ -183,7 +184,7 @@ PYBIND11_MODULE(_grpc_server, m) {
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, py::object, int, int,
                     std::map<std::string, int>, std::string, std::string, std::string, bool,
                     std::map<std::string, std::pair<std::string, std::string>>, std::string,
-                    std::shared_ptr<pyserve::SharedMemoryRegistry>>(),
+                    std::shared_ptr<pyserve::SharedMemoryRegistry>, int>(),
            py::arg("table"), py::arg("address"), py::arg("dispatch"), py::arg("threads") = 2,
            py::arg("max_message_bytes") = 0x7fffffff,
            py::arg("channel_args") = std::map<std::string, int>{},
@@ -191,7 +192,7 @@ PYBIND11_MODULE(_grpc_server, m) {
            py::arg("mutual") = false,
            py::arg("restricted") = std::map<std::string, std::pair<std::string, std::string>>{},
            py::arg("header_forward_pattern") = "",
-           py::arg("shared_memory") = nullptr)
+           py::arg("shared_memory") = nullptr, py::arg("infer_compression_level") = 0)
       .def_property_readonly("port", &PyGrpcServer::port)
       .def("stop", &PyGrpcServer::Stop, py::arg("grace_seconds") = 0.0);
 }

@@ -65,8 +65,12 @@ class InferenceServicer:
 
     def __init__(self, manager: ModelManager,
                  shared_memory: _core.SharedMemoryRegistry | None = None,
-                 header_pattern: str = "") -> None:
+                 header_pattern: str = "", infer_compression: str = "none") -> None:
         self._manager = manager
+        # gRPC C++ picks the algorithm for a level among those the client accepts, gzip for
+        # low and deflate above; grpc.aio takes the algorithm itself.
+        self._compression = {"low": grpc.Compression.Gzip, "medium": grpc.Compression.Deflate,
+                             "high": grpc.Compression.Deflate}.get(infer_compression)
         self._shared_memory = (shared_memory if shared_memory is not None
                                else _core.SharedMemoryRegistry())
         # --grpc-header-forward-pattern: metadata whose key it finds become request parameters.
@@ -188,6 +192,10 @@ class InferenceServicer:
 
     @_refusals
     async def ModelInfer(self, request: bytes, context) -> bytes:
+        if self._compression is not None:
+            context.set_compression(self._compression)
+            # grpc.aio applies a unary call's compression only with its initial metadata.
+            await context.send_initial_metadata(())
         return await self._infer(request, self._forwarded(context))
 
     def _forwarded(self, context) -> dict:
@@ -198,6 +206,8 @@ class InferenceServicer:
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context):
         """Each request runs as soon as it arrives; responses go back as they complete."""
+        if self._compression is not None:
+            context.set_compression(self._compression)
         forwarded = self._forwarded(context)
         responses: asyncio.Queue = asyncio.Queue()
 
@@ -366,12 +376,14 @@ def create_grpc_server(manager: ModelManager, address: str,
                        tls: dict | None = None,
                        shared_memory: _core.SharedMemoryRegistry | None = None,
                        restricted_methods: dict[str, tuple[str, str]] | None = None,
-                       header_pattern: str = "") -> tuple[grpc.aio.Server, int]:
+                       header_pattern: str = "",
+                       infer_compression: str = "none") -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server for the inference and health services; returns it and its bound port.
     `channel_args`: gRPC channel arguments (keepalive, "grpc.so_reuseport", ...); `tls`: PEM
     contents (server_cert, server_key, root_cert) and `mutual`, or None for plaintext;
     `restricted_methods`: {method path: (metadata key, value)} it must carry; `header_pattern`:
-    metadata whose key it finds become inference request parameters."""
+    metadata whose key it finds become inference request parameters; `infer_compression`:
+    how inference responses are compressed (pyserve.options.COMPRESSION_LEVELS)."""
     interceptors = [_Restricted(restricted_methods)] if restricted_methods else []
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_send_message_length", max_message_size),
@@ -379,7 +391,8 @@ def create_grpc_server(manager: ModelManager, address: str,
         *(channel_args or {}).items(),
     ])
     server.add_generic_rpc_handlers((
-        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory, header_pattern)),
+        _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory, header_pattern,
+                                                       infer_compression)),
         _handlers(HEALTH_SERVICE, HealthServicer(manager)),
     ))
     if tls is None:

@@ -18,6 +18,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from pyserve import _core
 from pyserve.errors import ServerError
+from pyserve.options import COMPRESSION_LEVELS
 from pyserve.frontends.grpc import GRPC_STATUS, HealthServicer, InferenceServicer
 from pyserve.lifecycle import ModelManager
 from pyserve.protocol import HEALTH_SERVICE, INFERENCE_SERVICE
@@ -63,7 +64,7 @@ class NativeGrpcServer:
                  tls: dict | None = None,
                  shared_memory: _core.SharedMemoryRegistry | None = None,
                  restricted_methods: dict[str, tuple[str, str]] | None = None,
-                 header_pattern: str = "") -> None:
+                 header_pattern: str = "", infer_compression: str = "none") -> None:
         self._loop = asyncio.get_running_loop()
         self._methods: dict[str, tuple[Callable, Callable, Callable]] = {}
         if shared_memory is None:
@@ -84,7 +85,9 @@ class NativeGrpcServer:
                                            max_message_size, channel_args or {},
                                            **(tls or {}), restricted=restricted_methods or {},
                                            header_forward_pattern=header_pattern,
-                                           shared_memory=shared_memory)
+                                           shared_memory=shared_memory,
+                                           infer_compression_level=COMPRESSION_LEVELS.index(
+                                               infer_compression))
         self.port = self._server.port
 
     async def start(self) -> None:
@@ -130,9 +133,11 @@ def create_native_grpc_server(manager: ModelManager, address: str,
                               tls: dict | None = None,
                               shared_memory: _core.SharedMemoryRegistry | None = None,
                               restricted_methods: dict[str, tuple[str, str]] | None = None,
-                              header_pattern: str = "") -> tuple[NativeGrpcServer, int]:
+                              header_pattern: str = "",
+                              infer_compression: str = "none") -> tuple[NativeGrpcServer, int]:
     server = NativeGrpcServer(manager, address, max_message_size=max_message_size,
                               channel_args=channel_args, tls=tls, shared_memory=shared_memory,
                               restricted_methods=restricted_methods,
-                              header_pattern=header_pattern)
+                              header_pattern=header_pattern,
+                              infer_compression=infer_compression)
     return server, server.port

@@ -29,7 +29,8 @@ SAMPLES = {"--model-repository": str(EXAMPLES), "--model-store": str(EXAMPLES),
            "--log-format": "ISO8601", "--backend-config": "default-max-batch-size=4",
            "--http-address": "127.0.0.1", "--grpc-address": "127.0.0.1",
            "--metrics-address": "127.0.0.1", "--id": "a", "--log-file": "/dev/null",
-           "--model-config-name": "a", "--disable-auto-complete-config": None}
+           "--model-config-name": "a", "--disable-auto-complete-config": None,
+           "--grpc-infer-response-compression-level": "HIGH"}
 
 
 @pytest.mark.parametrize("flag", FLAGS)
@@ -44,6 +45,14 @@ def test_every_tritonserver_flag_is_taken(flag, capsys):
                                      f"{triton_flags.UNSERVED[flag]}"
     else:
         triton_flags.check_flags(args)
+
+
+def test_a_bad_compression_level_is_refused_with_tritons_text(capsys):
+    argv = ["serve", "--grpc-infer-response-compression-level=fast"]
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(argv)
+    assert "invalid argument for --grpc_infer_response_compression_level" in \
+        capsys.readouterr().err
 
 
 def test_the_unserved_flags_are_tritonservers():
