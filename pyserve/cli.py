@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from pyserve import __version__, _core, logs, restricted, triton_flags
+from pyserve import __version__, _core, host_policy, logs, restricted, triton_flags
 from pyserve.options import COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, GrpcTls, ServerOptions
 
 
@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="backend settings; supported: default-max-batch-size=N")
     models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
                         help="models loaded in parallel (default: %(default)s)")
+    models.add_argument("--host-policy", type=_host_policy, action="append", default=[],
+                        metavar="NAME,SETTING=VALUE",
+                        help="settings of a host policy, which instance groups name "
+                             "(default names: cpu, gpu_<device>): cpu-cores=0-3,8 pins "
+                             "an instance's threads, numa-node=N binds their memory")
     models.add_argument("--model-load-retry-count", type=int, default=0, metavar="N",
                         help="times a version whose load failed is loaded again before the "
                              "load fails (default: %(default)s)")
@@ -241,6 +246,20 @@ def _restricted(args: argparse.Namespace) -> dict:
         raise SystemExit(f"pyserve: {e}") from None
 
 
+def _host_policy(text: str) -> tuple[str, str, str]:
+    try:
+        return host_policy.parse_flag(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _host_policies(flags: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    policies: dict[str, dict[str, str]] = {}
+    for name, key, value in flags:
+        policies.setdefault(name, {})[key] = value
+    return policies
+
+
 def _compression_level(text: str) -> str:
     if text.lower() not in COMPRESSION_LEVELS:  # Triton's text
         raise argparse.ArgumentTypeError(
@@ -381,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_batch_size=_default_max_batch_size(args.backend_config),
         model_load_thread_count=args.model_load_thread_count,
         model_load_retry_count=max(args.model_load_retry_count, 0),
+        host_policies=_host_policies(args.host_policy),
         exit_timeout_secs=args.exit_timeout_secs,
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyserve import _core
+from pyserve import _core, host_policy
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
@@ -305,14 +305,18 @@ class ModelManager:
         cls = backend_class(config.backend)
         context = ModelContext(config.name, version, config, version_dir)
         specs = instance_specs(config)
+        policies = [host_policy.resolve(self._options.host_policies.get(spec.host_policy, {}))
+                    for spec in specs]
         instances = []
         try:
-            for spec in specs:
-                instances.append(create_instance(cls, context, spec))
+            for spec, policy in zip(specs, policies):
+                with host_policy.applied(policy):
+                    instances.append(create_instance(cls, context, spec))
             devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
             return ModelRunner(config, version, instances, devices, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
-                               stop_timeout=self._options.model_unload_timeout_secs)
+                               stop_timeout=self._options.model_unload_timeout_secs,
+                               host_policies=policies)
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -515,5 +519,6 @@ def instance_specs(config: pb.ModelConfig) -> list[InstanceSpec]:
         for device in devices:
             for _ in range(group.count):
                 kind = "GPU" if group.kind == gpu_kind else "CPU"
-                specs.append(InstanceSpec(len(specs), kind, device))
+                policy = group.host_policy or host_policy.default_name(kind, device)
+                specs.append(InstanceSpec(len(specs), kind, device, policy))
     return specs

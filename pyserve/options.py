@@ -83,6 +83,8 @@ class ServerOptions:
     default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
     model_load_retry_count: int = 0  # a failed version load is tried again this many times
+    # --host-policy: policy name -> its settings (pyserve.host_policy).
+    host_policies: dict[str, dict[str, str]] = field(default_factory=dict)
     # Requests queued (accepted, not executing) per model version at most; more are refused
     # at once with UNAVAILABLE / 503. A config's max_queue_size bounds each priority level
     # too. 0 = unbounded, Triton's default.

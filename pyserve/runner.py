@@ -54,7 +54,8 @@ class ModelRunner:
     def __init__(self, config: pb.ModelConfig, version: int, instances: list[Backend],
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
                  labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
-                 stop_timeout: float = -1.0) -> None:
+                 stop_timeout: float = -1.0,
+                 host_policies: list[_core.HostPolicy] | None = None) -> None:
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -70,6 +71,8 @@ class ModelRunner:
         self._wake_pending = False
         options = scheduler_options(config, instance_devices, max_queue_size)
         options.device_inputs = any(backend.device_inputs for backend in instances)
+        if host_policies and any(p.cpus or p.numa_node >= 0 for p in host_policies):
+            options.instance_policies = host_policies
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
         self.model = _core.Model(spec, options, self._execute)

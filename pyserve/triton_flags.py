@@ -37,7 +37,6 @@ UNSERVED = {
     "--allow-gpu-metrics": "GPU metrics are not implemented yet",
     "--model-namespacing": "model namespacing is not implemented yet",
     "--model-load-gpu-limit": "GPU memory limits on loading are not implemented yet",
-    "--host-policy": "host policies (NUMA nodes, CPU cores) are not implemented yet",
 }
 
 # Accepted, with what they mean here.

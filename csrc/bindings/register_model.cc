@@ -564,7 +564,20 @@ void RegisterModel(py::module_& m) {
       .def_readwrite("max_pending", &SchedulerOptions::max_pending)
       .def_readwrite("dynamic_batching", &SchedulerOptions::dynamic_batching)
       .def_readwrite("batching", &SchedulerOptions::batching)
-      .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count);
+      .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count)
+      .def_readwrite("instance_policies", &SchedulerOptions::instance_policies);
+
+  py::class_<HostPolicy>(m, "HostPolicy")
+      .def(py::init([](std::vector<int> cpus, int numa_node) {
+             return HostPolicy{std::move(cpus), numa_node};
+           }),
+           py::arg("cpus") = std::vector<int>{}, py::arg("numa_node") = -1)
+      .def_readonly("cpus", &HostPolicy::cpus)
+      .def_readonly("numa_node", &HostPolicy::numa_node);
+  m.def("apply_host_policy", [](const HostPolicy& policy) { ThrowIfError(ApplyHostPolicy(policy)); },
+        "Applies a host policy to the calling thread.");
+  m.def("reset_numa_memory_policy", [] { ThrowIfError(ResetNumaMemoryPolicy()); },
+        "The system's default memory policy for the calling thread.");
 
   py::class_<ModelSpec>(m, "ModelSpec")
       .def(py::init([](const std::string& name, int64_t version, uint32_t max_batch_size,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "request_limits.h"
@@ -77,6 +78,14 @@ void Scheduler::Start() {
       // frameworks launch their kernels on the calling thread's current device.
       const CudaRuntime* cuda = CudaRuntime::Get();
       if (cuda != nullptr && instances_[i].device >= 0) cuda->SetDevice(instances_[i].device);
+      if (static_cast<size_t>(i) < options_.instance_policies.size()) {
+        // Checked when the model was loaded (the shell applied it to the loading thread).
+        Status applied = ApplyHostPolicy(options_.instance_policies[i]);
+        if (!applied.ok()) {
+          std::fprintf(stderr, "pyserve: model '%s' instance %d: %s\n",
+                       options_.model_name.c_str(), i, applied.message().c_str());
+        }
+      }
       if (batcher_) {
         WorkerLoop(i);
       } else {

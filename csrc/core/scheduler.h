@@ -24,6 +24,7 @@
 #include "dynamic_batcher.h"
 #include "executor.h"
 #include "host_memory.h"
+#include "host_policy.h"
 #include "mpmc_queue.h"
 #include "notifier.h"
 #include "request.h"
@@ -38,6 +39,8 @@ struct SchedulerOptions {
   // Per instance: the GPU it runs on, or -1 for the CPU. Empty = all CPU.
   std::vector<int> instance_devices;
   bool device_inputs = false;  // copy batch inputs to the instance's GPU before Execute
+  // Per instance: the host policy its worker thread runs under. Empty = none.
+  std::vector<HostPolicy> instance_policies;
   size_t queue_capacity = 4096;
   // Requests accepted and not yet executing, at most (0 = no bound but queue_capacity's);
   // past it Enqueue refuses at once with UNAVAILABLE "Exceeds maximum queue size".

@@ -30,6 +30,7 @@ class InstanceSpec:
     index: int  # position among all instances of the model version
     kind: str  # "CPU" or "GPU"
     device_id: int = 0
+    host_policy: str = ""  # the name of the host policy it runs under (pyserve.host_policy)
 
 
 # What execute() returns: every output of the batch by name (split per request by the

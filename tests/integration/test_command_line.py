@@ -30,7 +30,7 @@ SAMPLES = {"--model-repository": str(EXAMPLES), "--model-store": str(EXAMPLES),
            "--http-address": "127.0.0.1", "--grpc-address": "127.0.0.1",
            "--metrics-address": "127.0.0.1", "--id": "a", "--log-file": "/dev/null",
            "--model-config-name": "a", "--disable-auto-complete-config": None,
-           "--grpc-infer-response-compression-level": "HIGH"}
+           "--grpc-infer-response-compression-level": "HIGH", "--host-policy": "cpu,cpu-cores=0"}
 
 
 @pytest.mark.parametrize("flag", FLAGS)
@@ -52,6 +52,13 @@ def test_a_bad_compression_level_is_refused_with_tritons_text(capsys):
     with pytest.raises(SystemExit):
         cli._parser().parse_args(argv)
     assert "invalid argument for --grpc_infer_response_compression_level" in \
+        capsys.readouterr().err
+
+
+def test_a_host_policy_not_of_the_form_is_refused_with_tritons_text(capsys):
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["serve", "--host-policy=cpu"])
+    assert "--host-policy option format is '<policy name>,<setting>=<value>'. Got cpu" in \
         capsys.readouterr().err
 
 
