@@ -30,7 +30,8 @@ SAMPLES = {"--model-repository": str(EXAMPLES), "--model-store": str(EXAMPLES),
            "--http-address": "127.0.0.1", "--grpc-address": "127.0.0.1",
            "--metrics-address": "127.0.0.1", "--id": "a", "--log-file": "/dev/null",
            "--model-config-name": "a", "--disable-auto-complete-config": None,
-           "--grpc-infer-response-compression-level": "HIGH", "--host-policy": "cpu,cpu-cores=0"}
+           "--grpc-infer-response-compression-level": "HIGH", "--host-policy": "cpu,cpu-cores=0",
+           "--model-load-gpu-limit": "0:0.5"}
 
 
 @pytest.mark.parametrize("flag", FLAGS)
@@ -53,6 +54,12 @@ def test_a_bad_compression_level_is_refused_with_tritons_text(capsys):
         cli._parser().parse_args(argv)
     assert "invalid argument for --grpc_infer_response_compression_level" in \
         capsys.readouterr().err
+
+
+def test_a_gpu_limit_not_of_the_form_is_refused_with_tritons_text(capsys):
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["serve", "--model-load-gpu-limit=0.5"])
+    assert "argument requires format <first>:<second>. Found: 0.5" in capsys.readouterr().err
 
 
 def test_a_host_policy_not_of_the_form_is_refused_with_tritons_text(capsys):
