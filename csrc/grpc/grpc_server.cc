@@ -1,5 +1,6 @@
 #include "grpc_server.h"
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
@@ -7,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -116,7 +118,8 @@ struct PendingInfer {
 class GrpcServer::Impl : public ResponseSink {
  public:
   Impl(std::shared_ptr<ModelTable> table, const GrpcOptions& options, Dispatch dispatch)
-      : table_(std::move(table)), options_(options), dispatch_(std::move(dispatch)) {}
+      : table_(std::move(table)), options_(options), dispatch_(std::move(dispatch)),
+        response_delay_(ResponseDelay()) {}
   ~Impl() override { Stop(0); }
 
   Status Start();
@@ -174,6 +177,8 @@ class GrpcServer::Impl : public ResponseSink {
       request->parameters.push_back(std::move(parameter));
     }
   }
+  // How long answers to RPCs other than inference wait before they are written (0: none).
+  std::chrono::seconds response_delay() const { return response_delay_; }
   // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
   bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
@@ -198,6 +203,14 @@ class GrpcServer::Impl : public ResponseSink {
 
   void AbandonStarted();
 
+  // Triton's test builds delay the answers of every RPC but ModelInfer and ModelStreamInfer
+  // by this many seconds (qa/L0_client_timeout); read once, at start.
+  static std::chrono::seconds ResponseDelay() {
+    const char* seconds = std::getenv("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC");
+    return std::chrono::seconds(seconds == nullptr ? 0 : std::max(0, std::atoi(seconds)));
+  }
+
+  const std::chrono::seconds response_delay_;
   std::optional<std::regex> forward_;
   std::atomic<int> live_calls_{0}, allocated_calls_{0};
   std::mutex calls_mutex_;
@@ -375,6 +388,12 @@ class Call : public std::enable_shared_from_this<Call> {
     if (streaming_) {
       return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
     }
+    if (server_->response_delay().count() != 0 && method_ != kModelInfer && !delay_rang_) {
+      // Held on an alarm, which keeps the call alive until it rings (not a thread asleep).
+      delayed_ = [self = shared_from_this(), code, message, body] { self->Answer(code, message, body); };
+      alarm_.Set(cq_, std::chrono::system_clock::now() + server_->response_delay(), &delay_);
+      return;
+    }
     if (code != 0) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
     } else if (!answered_.exchange(true)) {
@@ -419,6 +438,13 @@ class Call : public std::enable_shared_from_this<Call> {
 
   void OnFinished(bool) { Unref(); }
 
+  void OnDelayed(bool) {
+    delay_rang_ = true;
+    auto answer = std::move(delayed_);
+    delayed_ = nullptr;  // which held this call
+    answer();  // answered_ keeps it from finishing a call Stop has answered
+  }
+
   void OnDone(bool) {
     if (context_.IsCancelled()) cancelled_.store(true, std::memory_order_relaxed);
     Unref();
@@ -445,6 +471,10 @@ class Call : public std::enable_shared_from_this<Call> {
   Op written_{this, &Call::OnWritten};
   Op finished_{this, &Call::OnFinished};
   Op done_{this, &Call::OnDone};
+  Op delay_{this, &Call::OnDelayed};
+  grpc::Alarm alarm_;
+  std::function<void()> delayed_;  // the answer the alarm holds
+  bool delay_rang_ = false;
   std::shared_ptr<Call> self_;
   std::atomic<int> started_refs_{2};
   std::atomic<bool> cancelled_{false};
