@@ -119,7 +119,8 @@ class GrpcServer::Impl : public ResponseSink {
  public:
   Impl(std::shared_ptr<ModelTable> table, const GrpcOptions& options, Dispatch dispatch)
       : table_(std::move(table)), options_(options), dispatch_(std::move(dispatch)),
-        response_delay_(ResponseDelay()) {}
+        response_delay_(std::chrono::seconds(EnvInt("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC"))),
+        process_delay_(std::chrono::milliseconds(EnvInt("TRITONSERVER_DELAY_GRPC_PROCESS"))) {}
   ~Impl() override { Stop(0); }
 
   Status Start();
@@ -177,8 +178,10 @@ class GrpcServer::Impl : public ResponseSink {
       request->parameters.push_back(std::move(parameter));
     }
   }
-  // How long answers to RPCs other than inference wait before they are written (0: none).
+  // Triton's test builds' delays (0: none): how long the answers of RPCs other than inference
+  // wait before they are written, and how long a ModelInfer call waits before it is taken.
   std::chrono::seconds response_delay() const { return response_delay_; }
+  std::chrono::milliseconds process_delay() const { return process_delay_; }
   // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
   bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
@@ -203,14 +206,15 @@ class GrpcServer::Impl : public ResponseSink {
 
   void AbandonStarted();
 
-  // Triton's test builds delay the answers of every RPC but ModelInfer and ModelStreamInfer
-  // by this many seconds (qa/L0_client_timeout); read once, at start.
-  static std::chrono::seconds ResponseDelay() {
-    const char* seconds = std::getenv("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC");
-    return std::chrono::seconds(seconds == nullptr ? 0 : std::max(0, std::atoi(seconds)));
+  // An environment variable of Triton's test builds (qa/L0_client_timeout,
+  // L0_request_cancellation), read as Triton reads it (atoi), once, at start.
+  static int EnvInt(const char* name) {
+    const char* value = std::getenv(name);
+    return value == nullptr ? 0 : std::max(0, std::atoi(value));
   }
 
   const std::chrono::seconds response_delay_;
+  const std::chrono::milliseconds process_delay_;
   std::optional<std::regex> forward_;
   std::atomic<int> live_calls_{0}, allocated_calls_{0};
   std::mutex calls_mutex_;
@@ -335,7 +339,12 @@ class Call : public std::enable_shared_from_this<Call> {
       Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request"));
       return;
     }
-    if (method_ == kModelInfer) return Infer(request_);
+    if (method_ == kModelInfer) {
+      if (server_->process_delay().count() != 0 && !delay_rang_) {  // a cancel meanwhile is seen
+        return After(server_->process_delay(), [self = shared_from_this()] { self->OnRead(true); });
+      }
+      return Infer(request_);
+    }
     std::string bytes = Bytes(request_);
     if (auto probe = ProbeResponse(method_, bytes, server_->table())) {
       Answer(0, "", *probe);
@@ -389,10 +398,8 @@ class Call : public std::enable_shared_from_this<Call> {
       return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
     }
     if (server_->response_delay().count() != 0 && method_ != kModelInfer && !delay_rang_) {
-      // Held on an alarm, which keeps the call alive until it rings (not a thread asleep).
-      delayed_ = [self = shared_from_this(), code, message, body] { self->Answer(code, message, body); };
-      alarm_.Set(cq_, std::chrono::system_clock::now() + server_->response_delay(), &delay_);
-      return;
+      return After(server_->response_delay(),
+                   [self = shared_from_this(), code, message, body] { self->Answer(code, message, body); });
     }
     if (code != 0) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
@@ -437,6 +444,14 @@ class Call : public std::enable_shared_from_this<Call> {
   }
 
   void OnFinished(bool) { Unref(); }
+
+  // `then` once `delay` has passed, held on an alarm that keeps the call alive until it rings
+  // (no thread asleep); once per call.
+  template <typename Delay>
+  void After(Delay delay, std::function<void()> then) {
+    delayed_ = std::move(then);
+    alarm_.Set(cq_, std::chrono::system_clock::now() + delay, &delay_);
+  }
 
   void OnDelayed(bool) {
     delay_rang_ = true;

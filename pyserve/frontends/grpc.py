@@ -348,7 +348,7 @@ class _DelayedContext:
         return getattr(self._context, name)
 
 
-def _delayed(behaviour, seconds: int):
+def _delayed(behaviour, seconds: float):
     """The answer written `seconds` after the call ran, refusals included, as Triton's test
     builds do (TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC, for qa/L0_client_timeout)."""
     async def handle(request, context):
@@ -358,14 +358,25 @@ def _delayed(behaviour, seconds: int):
     return handle
 
 
-def response_delay() -> int:
-    """TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC read as Triton reads it (atoi; 0: none)."""
-    number = re.match(r"\s*([+-]?[0-9]+)", os.environ.get("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC", ""))
+def _late(behaviour, seconds: float):
+    """The call taken `seconds` after it arrived (TRITONSERVER_DELAY_GRPC_PROCESS, for
+    qa/L0_request_cancellation): a client that cancels meanwhile has nothing computed."""
+    async def handle(request, context):
+        await asyncio.sleep(seconds)
+        return await behaviour(request, context)
+    return handle
+
+
+def _env_int(name: str) -> int:
+    """An environment variable of Triton's test builds, read as Triton reads it (atoi)."""
+    number = re.match(r"\s*([+-]?[0-9]+)", os.environ.get(name, ""))
     return max(0, int(number.group(1))) if number else 0
 
 
-def _handlers(service, servicer, delay: int = 0) -> grpc.GenericRpcHandler:
-    """`delay`: seconds every answer but inference ones waits (response_delay)."""
+def _handlers(service, servicer, delays: tuple[float, float] = (0, 0)) -> grpc.GenericRpcHandler:
+    """`delays`: Triton's test builds' (0: none), in seconds: how long every answer but
+    inference ones waits, and how long a ModelInfer call waits before it is taken."""
+    delay, process_delay = delays
     handlers = {}
     for method in service.methods:
         raw = method.name in _RAW
@@ -379,6 +390,8 @@ def _handlers(service, servicer, delay: int = 0) -> grpc.GenericRpcHandler:
                 behaviour = _parsed(behaviour, GetMessageClass(method.input_type))
             if delay and not raw:
                 behaviour = _delayed(behaviour, delay)
+            if process_delay and method.name == "ModelInfer":
+                behaviour = _late(behaviour, process_delay)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 behaviour, response_serializer=serialize)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -424,11 +437,13 @@ def create_grpc_server(manager: ModelManager, address: str,
         ("grpc.max_receive_message_length", max_message_size),
         *(channel_args or {}).items(),
     ])
-    delay = response_delay()  # read once: nothing to pay per call when unset
+    # Read once: nothing to pay per call when unset.
+    delays = (_env_int("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC"),
+              _env_int("TRITONSERVER_DELAY_GRPC_PROCESS") / 1000)
     server.add_generic_rpc_handlers((
         _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory, header_pattern,
-                                                       infer_compression), delay),
-        _handlers(HEALTH_SERVICE, HealthServicer(manager), delay),
+                                                       infer_compression), delays),
+        _handlers(HEALTH_SERVICE, HealthServicer(manager), delays),
     ))
     if tls is None:
         port = server.add_insecure_port(address)

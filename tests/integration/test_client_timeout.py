@@ -1,6 +1,8 @@
-"""Triton's test-build environment variables for client timeouts (qa/L0_client_timeout):
+"""Triton's test-build environment variables for client timeouts, on both frontends:
 TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC delays the answer of every gRPC call but
-inference, so that a client whose timeout is shorter gets DEADLINE_EXCEEDED; both frontends."""
+inference, so that a client whose timeout is shorter gets DEADLINE_EXCEEDED
+(qa/L0_client_timeout); TRITONSERVER_DELAY_GRPC_PROCESS delays taking a ModelInfer call
+(qa/L0_request_cancellation)."""
 
 from __future__ import annotations
 
@@ -68,4 +70,43 @@ def test_inference_is_not_delayed(server):
         inputs[-1].set_data_from_numpy(np.ones((1, 16), np.int32))
     result = client.infer("simple", inputs, client_timeout=DELAY_S / 2)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2))
+    client.close()
+
+
+PROCESS_DELAY_S = 2
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def late_server(request, tmp_path_factory):
+    if request.param == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    logs = tmp_path_factory.mktemp("process_delay")
+    process = start_server([EXAMPLES], logs / "server.log", "--model-control-mode", "explicit",
+                           "--load-model=simple", "--grpc-frontend", request.param,
+                           env={"TRITONSERVER_DELAY_GRPC_PROCESS": str(PROCESS_DELAY_S * 1000)})
+    yield process
+    assert process.stop() == 0
+
+
+def test_inference_taken_late_is_not_computed_for_a_client_gone(late_server):
+    """TRITONSERVER_DELAY_GRPC_PROCESS (qa/L0_request_cancellation): a ModelInfer call is taken
+    that many milliseconds after it arrives; one whose client gave up meanwhile is never run."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(late_server.grpc_url)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        inputs.append(grpcclient.InferInput(name, [1, 16], "INT32"))
+        inputs[-1].set_data_from_numpy(np.ones((1, 16), np.int32))
+    with pytest.raises(InferenceServerException, match="Deadline Exceeded"):
+        client.infer("simple", inputs, client_timeout=SHORT_S)
+    started = time.monotonic()
+    result = client.infer("simple", inputs, client_timeout=LONG_S)
+    assert time.monotonic() - started >= PROCESS_DELAY_S - 0.1
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2))
+    # The first call was taken (and dropped) before the second: only the second ran.
+    stats = client.get_inference_statistics("simple", as_json=True)["model_stats"][0]
+    assert int(stats["inference_stats"]["success"]["count"]) == 1
+    assert client.is_server_live(client_timeout=SHORT_S)  # other calls are not delayed
     client.close()
