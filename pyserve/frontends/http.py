@@ -191,14 +191,17 @@ class HttpFrontend:
     def _shm_register(self, kind: str):
         async def register(request: web.Request) -> web.Response:
             body, name = await _json_body(request), request.match_info["region"]
+            # Read in Triton's order, with its words.
             if kind == "system":
+                key = _field(body, "key", str, _no_field("key"))
+                offset = _field(body, "offset", int, 0)
                 self._shared_memory.register_system(
-                    name, _field(body, "key", str), _field(body, "offset", int),
-                    _field(body, "byte_size", int))
+                    name, key, offset, _field(body, "byte_size", int, _no_field("byte_size")))
             else:
-                self._shared_memory.register_cuda(
-                    name, _raw_handle(body), _field(body, "device_id", int),
-                    _field(body, "byte_size", int))
+                handle = _raw_handle(body)
+                byte_size = _field(body, "byte_size", int)
+                self._shared_memory.register_cuda(name, handle, _field(body, "device_id", int),
+                                                  byte_size)
             return web.Response(status=200)
         return register
 
@@ -234,8 +237,11 @@ class HttpFrontend:
 
         binary_default = bool(_parameters(header).get("binary_data_output", False))
         requested = _objects(header, "outputs")
-        if any(not isinstance(o.get("name"), str) for o in requested):
-            raise ServerError("each requested output must have a string 'name'")
+        for output in requested:  # Triton's JSON reader's words
+            if not isinstance(output.get("name"), str):
+                raise ServerError("Unable to parse 'name': " + (
+                    "attempt to access non-existing object member 'name'" if "name" not in output
+                    else "attempt to access JSON non-string as string"), ErrorCode.INTERNAL)
         classification = {o["name"]: _parameters(o)["classification"] for o in requested
                           if "classification" in _parameters(o)}
         in_shm = _output_refs(requested, classification)
@@ -256,7 +262,7 @@ class HttpFrontend:
         headers = ({"Content-Type": "application/json"} if not any(map(len, chunks)) else
                    {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"})
         body = b"".join([head, *chunks])
-        encoding = response_encoding(request.headers.get("Accept-Encoding", ""))
+        encoding = _response_encoding(request.headers.get("Accept-Encoding", ""))
         if encoding:
             body = _compress(body, encoding)
             headers["Content-Encoding"] = encoding
@@ -343,7 +349,7 @@ def _raw_input(model, name: str, body: bytes) -> InputTensor:
     return InputTensor(spec.name, datatype, shape, body)
 
 
-def response_encoding(accept_encoding: str) -> str:
+def _response_encoding(accept_encoding: str) -> str:
     """The encoding Triton answers an inference in: Accept-Encoding read as its
     CompressionTypeUsed reads it (compression.h says how); "" for identity."""
     chosen, chosen_weight = "", 0.0
@@ -379,6 +385,9 @@ def _compress(body: bytes, encoding: str) -> bytes:
 def _split_body(body: bytes, length: int) -> tuple[dict, memoryview]:
     view = memoryview(body)
     header = _parse_json(view[:length].tobytes() if length != len(body) else body)
+    if isinstance(header, dict) and not isinstance(header.get("parameters", {}), dict):
+        raise ServerError("failed to get request params.: attempt to get members for non-object",
+                          ErrorCode.INTERNAL)
     inputs = header.get("inputs") if isinstance(header, dict) else None
     if inputs is None or not isinstance(inputs, list):  # Triton's JSON reader's words
         raise ServerError("Unable to parse 'inputs': " + (
@@ -453,7 +462,9 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str,
         raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise ServerError(f"input for model '{model}': 'name' and 'datatype' must be strings")
-    parameters = _parameters(spec)
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, dict):  # Triton finds no member in what is no object
+        parameters = {}
     size = parameters.get("binary_data_size")
     given = [field for field, present in (("data", "data" in spec),
                                           ("binary_data_size", size is not None),
@@ -492,20 +503,41 @@ def _output_refs(requested: list[dict], classification: dict) -> dict[str, ShmRe
     return refs
 
 
-def _field(body: dict, key: str, kind: type):
-    value = body.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-        raise ServerError(f"Unable to parse '{key}'")
+_REQUIRED = object()
+
+
+def _no_field(key: str) -> ServerError:
+    return ServerError(f"Shared memory register request has no '{key}' field")
+
+
+def _field(body: dict, key: str, kind: type, missing=_REQUIRED):
+    """A string or unsigned integer member, read as Triton's JSON reader reads it (a value of
+    another type fails INTERNAL, in its words); when absent, `missing` is raised if it is an
+    error, returned otherwise, or the reader's own refusal given for _REQUIRED."""
+    if not isinstance(body, dict) or key not in body:
+        if missing is _REQUIRED:
+            raise ServerError(f"attempt to access non-existing object member '{key}'",
+                              ErrorCode.INTERNAL)
+        if isinstance(missing, ServerError):
+            raise missing
+        return missing
+    value = body[key]
+    if kind is str and not isinstance(value, str):
+        raise ServerError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ServerError("attempt to access JSON non-unsigned-integer as unsigned-integer",
+                          ErrorCode.INTERNAL)
     return value
 
 
 def _raw_handle(body: dict) -> bytes:
     """A CUDA IPC handle, sent as {"b64": "..."}."""
-    handle = body.get("raw_handle")
+    encoded = _field(_field(body, "raw_handle", object, _no_field("raw_handle")), "b64", str)
     try:
-        return base64.b64decode(handle["b64"], validate=True)
-    except (TypeError, KeyError, binascii.Error):
-        raise ServerError("Unable to parse 'raw_handle'") from None
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise ServerError("'raw_handle' must be a valid base64 encoded "
+                          "cudaIpcMemHandle_t") from None
 
 
 def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:

@@ -17,14 +17,20 @@ DELAY_S = 2
 SHORT_S, LONG_S = 0.2, 10  # client timeouts: L0_client_timeout's 0.1 s, with room on a busy host
 
 
+def _start(frontend: str, tmp_path_factory, variable: str, value: int):
+    """A server on `simple` with one of the variables set."""
+    if frontend == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    logs = tmp_path_factory.mktemp(variable.lower())
+    return start_server([EXAMPLES], logs / "server.log", "--model-control-mode", "explicit",
+                        "--load-model=simple", "--grpc-frontend", frontend,
+                        env={variable: str(value)})
+
+
 @pytest.fixture(scope="module", params=FRONTENDS)
 def server(request, tmp_path_factory):
-    if request.param == "native" and not native_frontends_built():
-        pytest.skip("pyserve was built without the native frontends")
-    logs = tmp_path_factory.mktemp("client_timeout")
-    process = start_server([EXAMPLES], logs / "server.log", "--model-control-mode", "explicit",
-                           "--load-model=simple", "--grpc-frontend", request.param,
-                           env={"TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC": str(DELAY_S)})
+    process = _start(request.param, tmp_path_factory,
+                     "TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC", DELAY_S)
     yield process
     assert process.stop() == 0
 
@@ -78,12 +84,8 @@ PROCESS_DELAY_S = 2
 
 @pytest.fixture(scope="module", params=FRONTENDS)
 def late_server(request, tmp_path_factory):
-    if request.param == "native" and not native_frontends_built():
-        pytest.skip("pyserve was built without the native frontends")
-    logs = tmp_path_factory.mktemp("process_delay")
-    process = start_server([EXAMPLES], logs / "server.log", "--model-control-mode", "explicit",
-                           "--load-model=simple", "--grpc-frontend", request.param,
-                           env={"TRITONSERVER_DELAY_GRPC_PROCESS": str(PROCESS_DELAY_S * 1000)})
+    process = _start(request.param, tmp_path_factory,
+                     "TRITONSERVER_DELAY_GRPC_PROCESS", PROCESS_DELAY_S * 1000)
     yield process
     assert process.stop() == 0
 
