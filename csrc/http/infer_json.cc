@@ -367,7 +367,8 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
 bool IsRawRequest(std::string_view body, bool has_header_length, std::string_view header_length) {
   if (!has_header_length) return body.empty();
   size_t i = 0;
-  while (i < header_length.size() && std::strchr(" \t\n\v\f\r", header_length[i]) != nullptr) ++i;
+  auto space = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };  // isspace, C locale
+  while (i < header_length.size() && space(header_length[i])) ++i;
   if (i < header_length.size() && (header_length[i] == '+' || header_length[i] == '-')) ++i;
   for (; i < header_length.size() && header_length[i] >= '0' && header_length[i] <= '9'; ++i) {
     if (header_length[i] != '0') return false;
