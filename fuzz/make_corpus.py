@@ -305,6 +305,10 @@ def http_seeds() -> list[bytes]:
         b"\n" + compact({"inputs": [{"name": "I", "datatype": "INT32", "shape": [3], "data": [1, 2]}]}),
         b"\n" + compact({"inputs": [{"name": "I", "datatype": "FP16", "shape": [1], "data": [1.0]}]}),
         b"3\n" + b'{"a',
+        # raw binary requests (header 0, or text atoi reads as 0): the body is the one input
+        b"0\n" + f32(1.0, 2.0, 3.0),
+        b"abc\nhello",
+        b"0\n" + i32(1, 2, 3),
     ]
 
 

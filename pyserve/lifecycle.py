@@ -385,7 +385,8 @@ class ModelManager:
         """The READY version a request names (empty = the latest ready one), or Triton's error."""
         model = self.models.get(name)
         if model is None:
-            raise ServerError(f"Request for unknown model: '{name}' is not found")
+            raise ServerError(f"Request for unknown model: '{name}' is not found",
+                              ErrorCode.NOT_FOUND)
         if not version:
             ready = model.ready_versions()
             if not ready:
@@ -443,9 +444,15 @@ class ModelManager:
         """Triton's ModelStatistics entries: every loaded version of every model when `name`
         is empty, of one model when `version` is empty."""
         if name and name not in self.models:
-            raise ServerError(f"Request for unknown model: '{name}' is not found")
+            raise ServerError(f"requested model '{name}' is not available")
         if name and version:
-            entries = [self.get(name, version)]
+            try:
+                entries = [self.get(name, version)]
+            except ServerError as e:
+                if not e.message.startswith("Request for unknown model"):
+                    raise
+                raise ServerError(
+                    f"requested model version is not available for model '{name}'") from None
         else:
             models = [self.models[name]] if name else self.models.values()
             entries = [v for m in models for v in m.ready_versions()]

@@ -1,5 +1,6 @@
 #include "grpc_server.h"
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
@@ -7,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -116,7 +118,9 @@ struct PendingInfer {
 class GrpcServer::Impl : public ResponseSink {
  public:
   Impl(std::shared_ptr<ModelTable> table, const GrpcOptions& options, Dispatch dispatch)
-      : table_(std::move(table)), options_(options), dispatch_(std::move(dispatch)) {}
+      : table_(std::move(table)), options_(options), dispatch_(std::move(dispatch)),
+        response_delay_(std::chrono::seconds(EnvInt("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC"))),
+        process_delay_(std::chrono::milliseconds(EnvInt("TRITONSERVER_DELAY_GRPC_PROCESS"))) {}
   ~Impl() override { Stop(0); }
 
   Status Start();
@@ -174,6 +178,10 @@ class GrpcServer::Impl : public ResponseSink {
       request->parameters.push_back(std::move(parameter));
     }
   }
+  // Triton's test builds' delays (0: none): how long the answers of RPCs other than inference
+  // wait before they are written, and how long a ModelInfer call waits before it is taken.
+  std::chrono::seconds response_delay() const { return response_delay_; }
+  std::chrono::milliseconds process_delay() const { return process_delay_; }
   // Calls not freed yet: those of requests an abandoned (hung) model instance still holds.
   bool CallsOutstanding() const { return allocated_calls_.load() != 0; }
   int port = 0;
@@ -198,6 +206,15 @@ class GrpcServer::Impl : public ResponseSink {
 
   void AbandonStarted();
 
+  // An environment variable of Triton's test builds (qa/L0_client_timeout,
+  // L0_request_cancellation), read as Triton reads it (atoi), once, at start.
+  static int EnvInt(const char* name) {
+    const char* value = std::getenv(name);
+    return value == nullptr ? 0 : std::max(0, std::atoi(value));
+  }
+
+  const std::chrono::seconds response_delay_;
+  const std::chrono::milliseconds process_delay_;
   std::optional<std::regex> forward_;
   std::atomic<int> live_calls_{0}, allocated_calls_{0};
   std::mutex calls_mutex_;
@@ -322,7 +339,12 @@ class Call : public std::enable_shared_from_this<Call> {
       Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request"));
       return;
     }
-    if (method_ == kModelInfer) return Infer(request_);
+    if (method_ == kModelInfer) {
+      if (server_->process_delay().count() != 0 && !delay_rang_) {  // a cancel meanwhile is seen
+        return After(server_->process_delay(), [self = shared_from_this()] { self->OnRead(true); });
+      }
+      return Infer(request_);
+    }
     std::string bytes = Bytes(request_);
     if (auto probe = ProbeResponse(method_, bytes, server_->table())) {
       Answer(0, "", *probe);
@@ -375,6 +397,10 @@ class Call : public std::enable_shared_from_this<Call> {
     if (streaming_) {
       return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
     }
+    if (server_->response_delay().count() != 0 && method_ != kModelInfer && !delay_rang_) {
+      return After(server_->response_delay(),
+                   [self = shared_from_this(), code, message, body] { self->Answer(code, message, body); });
+    }
     if (code != 0) {
       Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
     } else if (!answered_.exchange(true)) {
@@ -419,6 +445,21 @@ class Call : public std::enable_shared_from_this<Call> {
 
   void OnFinished(bool) { Unref(); }
 
+  // `then` once `delay` has passed, held on an alarm that keeps the call alive until it rings
+  // (no thread asleep); once per call.
+  template <typename Delay>
+  void After(Delay delay, std::function<void()> then) {
+    delayed_ = std::move(then);
+    alarm_.Set(cq_, std::chrono::system_clock::now() + delay, &delay_);
+  }
+
+  void OnDelayed(bool) {
+    delay_rang_ = true;
+    auto answer = std::move(delayed_);
+    delayed_ = nullptr;  // which held this call
+    answer();  // answered_ keeps it from finishing a call Stop has answered
+  }
+
   void OnDone(bool) {
     if (context_.IsCancelled()) cancelled_.store(true, std::memory_order_relaxed);
     Unref();
@@ -445,6 +486,10 @@ class Call : public std::enable_shared_from_this<Call> {
   Op written_{this, &Call::OnWritten};
   Op finished_{this, &Call::OnFinished};
   Op done_{this, &Call::OnDone};
+  Op delay_{this, &Call::OnDelayed};
+  grpc::Alarm alarm_;
+  std::function<void()> delayed_;  // the answer the alarm holds
+  bool delay_rang_ = false;
   std::shared_ptr<Call> self_;
   std::atomic<int> started_refs_{2};
   std::atomic<bool> cancelled_{false};

@@ -2,17 +2,40 @@
 
 #include <zlib.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 
 namespace pyserve::httpfront {
 
-const char* ResponseEncoding(std::string_view content_type, std::string_view accept_encoding) {
-  const bool compressible = content_type == "application/json" ||
-                            (content_type.substr(0, 5) == "text/" && content_type != "text/event-stream");
-  if (!compressible) return "";
-  if (accept_encoding.find("gzip") != std::string_view::npos) return "gzip";
-  if (accept_encoding.find("deflate") != std::string_view::npos) return "deflate";
-  return "";
+const char* ResponseEncoding(std::string_view accept_encoding) {
+  const char* chosen = "";  // identity
+  double chosen_weight = 0;
+  size_t begin = 0;
+  while (begin <= accept_encoding.size()) {
+    size_t end = accept_encoding.find(',', begin);
+    if (end == std::string_view::npos) end = accept_encoding.size();
+    const std::string_view entry = accept_encoding.substr(begin, end - begin);
+    begin = end + 1;
+    const size_t start = entry.find_first_not_of(' ');
+    const size_t q = entry.find(";q=");
+    if (start == std::string_view::npos || (q != std::string_view::npos && start >= q)) continue;
+    const std::string_view type = entry.substr(start, q == std::string_view::npos ? q : q - start);
+    double weight = 1;
+    if (q != std::string_view::npos) {  // read as std::stod reads it: a leading number
+      const std::string text(entry.substr(q + 3));
+      char* parsed = nullptr;
+      errno = 0;
+      weight = std::strtod(text.c_str(), &parsed);
+      if (parsed == text.c_str() || errno == ERANGE) continue;
+    }
+    const char* known = type == "gzip" ? "gzip" : type == "deflate" ? "deflate" : type == "identity" ? "" : nullptr;
+    if (known != nullptr && weight > chosen_weight) {
+      chosen = known;
+      chosen_weight = weight;
+    }
+  }
+  return chosen;
 }
 
 bool Compress(const char* encoding, std::string* body) {

@@ -1,5 +1,6 @@
-// Response compression as the server did it on cpp-httplib: gzip (or deflate, which Triton
-// also speaks) for JSON and text answers, when the client's Accept-Encoding names it.
+// Response compression as Triton's HTTP server does it: a successful inference answer (JSON or
+// binary) is gzip- or deflate-compressed when the request's Accept-Encoding asks for it; other
+// answers, errors included, never are.
 #pragma once
 
 #include <string>
@@ -7,12 +8,15 @@
 
 namespace pyserve::httpfront {
 
-// The encoding to answer in ("gzip", "deflate"), or "" for none: by the answer's content type
-// (error bodies, "application/json; charset=utf-8", are never compressed: Triton's are not,
-// and tritonclient's asyncio client reads them as they come) and the request's Accept-Encoding.
-const char* ResponseEncoding(std::string_view content_type, std::string_view accept_encoding);
+// The encoding to answer an inference in ("gzip", "deflate"), or "" for identity, read from
+// Accept-Encoding as Triton's CompressionTypeUsed reads it: comma-separated entries, each
+// "type" or "type;q=weight" after leading spaces; of gzip, deflate and identity, the one of
+// highest weight (the first of equal ones, identity at weight 0 when none is named) wins;
+// entries it cannot read are skipped.
+const char* ResponseEncoding(std::string_view accept_encoding);
 
-// `body` compressed in `encoding`; false (body untouched) when zlib fails.
+// `body` compressed in `encoding` (zlib's defaults, as Triton's); false (body untouched) when
+// zlib fails.
 bool Compress(const char* encoding, std::string* body);
 
 }  // namespace pyserve::httpfront

@@ -17,7 +17,6 @@
 #include <optional>
 #include <thread>
 
-#include "compression.h"
 #include "elastic_pool.h"
 #include "exchange.h"
 #include "relay.h"
@@ -116,10 +115,6 @@ class Session : public std::enable_shared_from_this<Session> {
   // that a late call for an earlier request is dropped.
   void Answer(uint64_t serial, HttpResponse response) {
     if (!Current(serial)) return;
-    if (!response.body.empty() && !response.Has("Content-Encoding")) {
-      const char* encoding = ResponseEncoding(response.content_type, accept_encoding_);
-      if (*encoding != '\0' && Compress(encoding, &response.body)) response.Set("Content-Encoding", encoding);
-    }
     auto res = std::make_shared<http::response<http::string_body>>();
     Fill(*res, response);
     res->body() = std::move(response.body);
@@ -236,7 +231,6 @@ class Session : public std::enable_shared_from_this<Session> {
   void Route() {
     reading_ = false;
     keep_alive_ = parser_->get().keep_alive();
-    accept_encoding_ = std::string(parser_->get()[http::field::accept_encoding]);
     NoDeadline();  // the core's own timeouts bound the wait
     ++serial_;
     awaiting_ = true;
@@ -283,7 +277,6 @@ class Session : public std::enable_shared_from_this<Session> {
     ++context_.in_progress;
     keep_alive_ = false;  // the rest of the request is not read: the connection ends here
     linger_ = true;
-    accept_encoding_.clear();
     HttpResponse response;
     response.status = status;
     response.content_type = kErrorType;
@@ -368,7 +361,6 @@ class Session : public std::enable_shared_from_this<Session> {
   std::deque<Out> out_;
   std::optional<net::steady_timer> timer_;
   std::function<void()> on_gone_;
-  std::string accept_encoding_;  // the current request's
   static constexpr size_t kScratchBytes = 16 << 10;
   std::unique_ptr<char[]> scratch_;  // where a refused request's rest is dropped
   uint64_t serial_ = 0;

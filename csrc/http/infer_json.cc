@@ -257,70 +257,68 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
   }
 
   const Value* inputs = Member(header, "inputs");
-  if (inputs != nullptr && !inputs->IsArray()) return false;
+  if (inputs == nullptr || !inputs->IsArray()) return false;  // Triton requires it
   size_t offset = 0;
-  if (inputs != nullptr) {
-    infer->converted.reserve(inputs->Size());
-    for (const Value& spec : inputs->GetArray()) {
-      if (!spec.IsObject()) return false;
-      const Value* name = Member(spec, "name");
-      const Value* datatype = Member(spec, "datatype");
-      const Value* shape = Member(spec, "shape");
-      if (!name || !name->IsString() || !datatype || !datatype->IsString() || !shape ||
-          !shape->IsArray()) {
+  infer->converted.reserve(inputs->Size());
+  for (const Value& spec : inputs->GetArray()) {
+    if (!spec.IsObject()) return false;
+    const Value* name = Member(spec, "name");
+    const Value* datatype = Member(spec, "datatype");
+    const Value* shape = Member(spec, "shape");
+    if (!name || !name->IsString() || !datatype || !datatype->IsString() || !shape ||
+        !shape->IsArray()) {
+      return false;
+    }
+    TensorView view;
+    view.name = name->GetString();
+    view.dtype = DataTypeFromWire(datatype->GetString());
+    if (view.dtype == DataType::kInvalid) return false;
+    int64_t elements = 1;
+    bool overflow = false;  // a declared shape beyond int64 (the core refuses it by its dims)
+    for (const Value& d : shape->GetArray()) {
+      if (!d.IsInt64()) return false;
+      view.shape.push_back(d.GetInt64());
+      overflow = overflow || __builtin_mul_overflow(elements, d.GetInt64(), &elements);
+    }
+    const Value* size = nullptr;
+    ShmParams shm;
+    if (const Value* p = Member(spec, "parameters")) {
+      if (!p->IsObject()) return false;
+      for (const auto& m : p->GetObject()) {
+        if (IsShmKey(m.name.GetString())) {
+          if (!ShmParam(m.name.GetString(), m.value, &shm)) return false;
+        } else if (std::string_view(m.name.GetString()) == "binary_data_size") {
+          size = &m.value;
+        } else {
+          return false;
+        }
+      }
+    }
+    const Value* data = Member(spec, "data");
+    if ((size != nullptr) + (data != nullptr) + (shm.region != nullptr) != 1) return false;
+    if (shm.region != nullptr) {
+      SharedMemoryBlock block;
+      if (!ResolveShm(shm, shared_memory, &block) || !ReadOnHost(block, &block).ok()) {
         return false;
       }
-      TensorView view;
-      view.name = name->GetString();
-      view.dtype = DataTypeFromWire(datatype->GetString());
-      if (view.dtype == DataType::kInvalid) return false;
-      int64_t elements = 1;
-      bool overflow = false;  // a declared shape beyond int64 (the core refuses it by its dims)
-      for (const Value& d : shape->GetArray()) {
-        if (!d.IsInt64()) return false;
-        view.shape.push_back(d.GetInt64());
-        overflow = overflow || __builtin_mul_overflow(elements, d.GetInt64(), &elements);
+      view.data = block.data;
+      view.byte_size = block.byte_size;
+      request->held.push_back(std::move(block.keep));
+    } else if (size != nullptr) {
+      if (!size->IsUint64() || size->GetUint64() > binary.size() - offset) return false;
+      view.data = reinterpret_cast<const uint8_t*>(binary.data() + offset);
+      view.byte_size = size->GetUint64();
+      offset += view.byte_size;
+    } else {
+      std::string& bytes = infer->converted.emplace_back();
+      int64_t count = 0;
+      if (overflow || !Flatten(*data, view.dtype, &bytes, &count) || count != elements) {
+        return false;
       }
-      const Value* size = nullptr;
-      ShmParams shm;
-      if (const Value* p = Member(spec, "parameters")) {
-        if (!p->IsObject()) return false;
-        for (const auto& m : p->GetObject()) {
-          if (IsShmKey(m.name.GetString())) {
-            if (!ShmParam(m.name.GetString(), m.value, &shm)) return false;
-          } else if (std::string_view(m.name.GetString()) == "binary_data_size") {
-            size = &m.value;
-          } else {
-            return false;
-          }
-        }
-      }
-      const Value* data = Member(spec, "data");
-      if ((size != nullptr) + (data != nullptr) + (shm.region != nullptr) != 1) return false;
-      if (shm.region != nullptr) {
-        SharedMemoryBlock block;
-        if (!ResolveShm(shm, shared_memory, &block) || !ReadOnHost(block, &block).ok()) {
-          return false;
-        }
-        view.data = block.data;
-        view.byte_size = block.byte_size;
-        request->held.push_back(std::move(block.keep));
-      } else if (size != nullptr) {
-        if (!size->IsUint64() || size->GetUint64() > binary.size() - offset) return false;
-        view.data = reinterpret_cast<const uint8_t*>(binary.data() + offset);
-        view.byte_size = size->GetUint64();
-        offset += view.byte_size;
-      } else {
-        std::string& bytes = infer->converted.emplace_back();
-        int64_t count = 0;
-        if (overflow || !Flatten(*data, view.dtype, &bytes, &count) || count != elements) {
-          return false;
-        }
-        view.data = reinterpret_cast<const uint8_t*>(bytes.data());
-        view.byte_size = bytes.size();
-      }
-      request->inputs.push_back(std::move(view));
+      view.data = reinterpret_cast<const uint8_t*>(bytes.data());
+      view.byte_size = bytes.size();
     }
+    request->inputs.push_back(std::move(view));
   }
   if (offset != binary.size()) return false;
 
@@ -364,6 +362,78 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
     }
   }
   return true;
+}
+
+bool IsRawRequest(std::string_view body, bool has_header_length, std::string_view header_length) {
+  if (!has_header_length) return body.empty();
+  size_t i = 0;
+  auto space = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };  // isspace, C locale
+  while (i < header_length.size() && space(header_length[i])) ++i;
+  if (i < header_length.size() && (header_length[i] == '+' || header_length[i] == '-')) ++i;
+  for (; i < header_length.size() && header_length[i] >= '0' && header_length[i] <= '9'; ++i) {
+    if (header_length[i] != '0') return false;
+  }
+  return true;
+}
+
+Status DecodeRawInfer(std::string_view body, const ModelSpec& spec, HttpInfer* infer,
+                      InferRequest* request) {
+  const std::string prefix = "[request id: <id_unknown>] ";  // a raw request has no id
+  if (spec.inputs.size() != 1) {
+    return Status(StatusCode::kInvalidArg,
+                  prefix + "Raw request must only have 1 input (found 1) to be deduced but got " +
+                      std::to_string(spec.inputs.size()) + " inputs in '" + spec.name +
+                      "' model configuration");
+  }
+  const TensorSpec& input = spec.inputs[0];
+  TensorView view;
+  view.name = input.name;
+  view.dtype = input.dtype;
+  if (spec.max_batch_size != 0) view.shape.push_back(1);
+  size_t variable = SIZE_MAX;  // the index of the one variable dimension
+  uint64_t elements = 1;
+  for (int64_t d : input.dims) {
+    if (d == -1) {
+      if (variable != SIZE_MAX) {
+        return Status(StatusCode::kInvalidArg,
+                      prefix + "The shape of the raw input '" + input.name +
+                          "' can not be deduced because there are more than one variable-sized dimension");
+      }
+      variable = view.shape.size();
+    } else {
+      elements *= static_cast<uint64_t>(d);  // the config's dims, checked at load
+    }
+    view.shape.push_back(d);
+  }
+  if (input.dtype == DataType::kBytes) {
+    if (variable != SIZE_MAX || elements != 1) {
+      return Status(StatusCode::kInvalidArg, prefix + "For BYTE datatype raw input '" + input.name +
+                                                 "', the model must have input shape [1]");
+    }
+    if (body.size() > UINT32_MAX) {
+      return Status(StatusCode::kInvalidArg, prefix + "raw input '" + input.name + "' is too large for one BYTES element");
+    }
+    std::string& bytes = infer->converted.emplace_back();  // Triton's length prefix, then the body
+    bytes.reserve(sizeof(uint32_t) + body.size());
+    Put<uint32_t>(&bytes, static_cast<uint32_t>(body.size()));
+    bytes.append(body);
+    view.data = reinterpret_cast<const uint8_t*>(bytes.data());
+    view.byte_size = bytes.size();
+  } else {
+    const uint64_t row = elements * ElementSize(input.dtype);
+    if (variable != SIZE_MAX) view.shape[variable] = row == 0 ? 0 : static_cast<int64_t>(body.size() / row);
+    const uint64_t expected = variable != SIZE_MAX ? row * static_cast<uint64_t>(view.shape[variable]) : row;
+    if (expected != body.size()) {  // worded as Triton words it: the input is still 'raw_input'
+      return Status(StatusCode::kInvalidArg,
+                    prefix + "input byte size mismatch for input 'raw_input' for model '" + spec.name +
+                        "'. Expected " + std::to_string(expected) + ", got " + std::to_string(body.size()));
+    }
+    view.data = reinterpret_cast<const uint8_t*>(body.data());
+    view.byte_size = body.size();
+  }
+  request->inputs.push_back(std::move(view));
+  infer->binary_default = true;
+  return Status::OK();
 }
 
 Status EncodeInfer(const std::string& model_name, const std::string& model_version,
@@ -424,7 +494,8 @@ Status EncodeInfer(const std::string& model_name, const std::string& model_versi
   body->clear();
   body->reserve(total);
   body->append(buffer.GetString(), buffer.GetSize());
-  *header_length = chunks.empty() ? 0 : buffer.GetSize();
+  // Binary outputs of no bytes leave the answer plain JSON, as in Triton.
+  *header_length = total == buffer.GetSize() ? 0 : buffer.GetSize();
   for (const OutputTensor* t : chunks) body->append(reinterpret_cast<const char*>(t->data), t->byte_size);
   return Status::OK();
 }

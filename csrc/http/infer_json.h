@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "model_spec.h"
 #include "request.h"
 #include "response.h"
 #include "shared_memory.h"
@@ -32,6 +33,17 @@ struct HttpInfer {
 bool DecodeInfer(std::string_view body, std::string_view header_length,
                  const SharedMemoryRegistry* shared_memory, HttpInfer* infer,
                  InferRequest* request);
+
+// Whether a request is a raw binary one, as Triton reads Inference-Header-Content-Length
+// (atoi: text that is no number reads 0): the header says 0, or it is absent and the body empty.
+bool IsRawRequest(std::string_view body, bool has_header_length, std::string_view header_length);
+
+// A raw binary request: `body` is the bytes of the model's one input, whose shape is deduced
+// from the config as Triton deduces it (the batch dimension 1, a variable dimension from the
+// size; a BYTES input is one element); every output is answered as binary. A body that cannot
+// be the input is refused with Triton's texts.
+Status DecodeRawInfer(std::string_view body, const ModelSpec& spec, HttpInfer* infer,
+                      InferRequest* request);
 
 // The response body; `header_length` is set when binary outputs follow the JSON (else 0). An
 // error (FP16 or BF16 asked for as JSON) is returned as a failed status.

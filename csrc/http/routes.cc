@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "compression.h"
 #include "http_server.h"
 #include "infer_json.h"
 
@@ -18,6 +19,7 @@ struct PendingInfer {
   HttpInfer infer;
   std::shared_ptr<Model> model;
   std::shared_ptr<Exchange> exchange;
+  const char* encoding = "";  // the answer's, from Accept-Encoding ("" for identity)
   std::atomic<bool> cancelled{false};  // the client left
 };
 
@@ -70,6 +72,9 @@ HttpResponse Encoded(PendingInfer& pending, const InferResponse& response) {
     status = Status(StatusCode::kInternal, std::string("failed to encode the response: ") + e.what());
   }
   if (!status.ok()) return Error(status);
+  if (*pending.encoding != '\0' && Compress(pending.encoding, &out.body)) {
+    out.Set("Content-Encoding", pending.encoding);
+  }
   if (json_length == 0) {
     out.content_type = "application/json";
   } else {
@@ -145,6 +150,10 @@ bool Routes::Health(const HttpRequest& request, const std::shared_ptr<Session>& 
     return false;
   }
   if (Refused("health", request, session, serial)) return true;
+  if (status != 200 && !name.empty()) {  // a model's answer says why, in Triton's words
+    MakeExchange(session, serial)->Answer(Error(Status(StatusCode::kInvalidArg, "Model version not ready")));
+    return true;
+  }
   MakeExchange(session, serial)->Answer(Empty(status));
   return true;
 }
@@ -158,12 +167,20 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
   auto pending = std::make_shared<PendingInfer>();
   pending->body.swap(request.body);
   auto infer = std::make_unique<InferRequest>();
-  if (!DecodeInfer(pending->body, request.Header("Inference-Header-Content-Length"), options_.shared_memory.get(),
-                   &pending->infer, infer.get())) {
+  static const char kHeaderLength[] = "Inference-Header-Content-Length";
+  const bool raw = IsRawRequest(pending->body, request.Has(kHeaderLength), request.Header(kHeaderLength));
+  if (raw) {
+    if (Status status = DecodeRawInfer(pending->body, model->spec(), &pending->infer, infer.get()); !status.ok()) {
+      MakeExchange(session, serial)->Answer(Error(status));
+      return true;
+    }
+  } else if (!DecodeInfer(pending->body, request.Header(kHeaderLength), options_.shared_memory.get(), &pending->infer,
+                          infer.get())) {
     request.body.swap(pending->body);  // the shell answers it, in its words
     return false;
   }
   ForwardHeaders(request, infer.get());
+  pending->encoding = ResponseEncoding(request.Header("Accept-Encoding"));
   pending->exchange = MakeExchange(session, serial);
   // A client that leaves first cancels the request (answered CANCELLED by the core instead
   // of computed, if it is still queued).

@@ -126,4 +126,4 @@ def output_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
     if datatype == "BYTES":
         return serialize_bytes(array)
     array = np.ascontiguousarray(array, dtype=NUMPY_DTYPE[datatype])
-    return memoryview(array).cast("B")
+    return memoryview(array).cast("B") if array.size else b""  # cast refuses empty shapes

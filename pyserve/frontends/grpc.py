@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
 from typing import AsyncIterator, Callable
 
@@ -333,7 +334,49 @@ def _parsed(behaviour, message_class):
     return handle
 
 
-def _handlers(service, servicer) -> grpc.GenericRpcHandler:
+class _DelayedContext:
+    """A call's context whose refusal (abort, which answers at once) waits `seconds` first."""
+
+    def __init__(self, context, seconds: int) -> None:
+        self._context, self._seconds = context, seconds
+
+    async def abort(self, code, details: str = ""):
+        await asyncio.sleep(self._seconds)
+        await self._context.abort(code, details)
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+
+def _delayed(behaviour, seconds: float):
+    """The answer written `seconds` after the call ran, refusals included, as Triton's test
+    builds do (TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC, for qa/L0_client_timeout)."""
+    async def handle(request, context):
+        response = await behaviour(request, _DelayedContext(context, seconds))
+        await asyncio.sleep(seconds)
+        return response
+    return handle
+
+
+def _late(behaviour, seconds: float):
+    """The call taken `seconds` after it arrived (TRITONSERVER_DELAY_GRPC_PROCESS, for
+    qa/L0_request_cancellation): a client that cancels meanwhile has nothing computed."""
+    async def handle(request, context):
+        await asyncio.sleep(seconds)
+        return await behaviour(request, context)
+    return handle
+
+
+def _env_int(name: str) -> int:
+    """An environment variable of Triton's test builds, read as Triton reads it (atoi)."""
+    number = re.match(r"\s*([+-]?[0-9]+)", os.environ.get(name, ""))
+    return max(0, int(number.group(1))) if number else 0
+
+
+def _handlers(service, servicer, delays: tuple[float, float] = (0, 0)) -> grpc.GenericRpcHandler:
+    """`delays`: Triton's test builds' (0: none), in seconds: how long every answer but
+    inference ones waits, and how long a ModelInfer call waits before it is taken."""
+    delay, process_delay = delays
     handlers = {}
     for method in service.methods:
         raw = method.name in _RAW
@@ -345,6 +388,10 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
         else:
             if not raw:
                 behaviour = _parsed(behaviour, GetMessageClass(method.input_type))
+            if delay and not raw:
+                behaviour = _delayed(behaviour, delay)
+            if process_delay and method.name == "ModelInfer":
+                behaviour = _late(behaviour, process_delay)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 behaviour, response_serializer=serialize)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -390,10 +437,13 @@ def create_grpc_server(manager: ModelManager, address: str,
         ("grpc.max_receive_message_length", max_message_size),
         *(channel_args or {}).items(),
     ])
+    # Read once: nothing to pay per call when unset.
+    delays = (_env_int("TRITONSERVER_SERVER_DELAY_GRPC_RESPONSE_SEC"),
+              _env_int("TRITONSERVER_DELAY_GRPC_PROCESS") / 1000)
     server.add_generic_rpc_handlers((
         _handlers(INFERENCE_SERVICE, InferenceServicer(manager, shared_memory, header_pattern,
-                                                       infer_compression)),
-        _handlers(HEALTH_SERVICE, HealthServicer(manager)),
+                                                       infer_compression), delays),
+        _handlers(HEALTH_SERVICE, HealthServicer(manager), delays),
     ))
     if tls is None:
         port = server.add_insecure_port(address)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
+import math
 import re
 import zlib
 
@@ -14,7 +16,7 @@ from aiohttp import web
 
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
-from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
+from pyserve.datatypes import ELEMENT_SIZE, NUMPY_DTYPE, serialize_bytes, wire_name
 from pyserve import logs, restricted
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
@@ -32,8 +34,16 @@ _MODEL = "/v2/models/{model}"
 _VERSION = "/v2/models/{model}/versions/{version:[0-9]+}"
 
 
+def _dumps(value) -> str:
+    """Compact, as Triton writes its JSON."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+_json_response = functools.partial(web.json_response, dumps=_dumps)
+
+
 def _error(message: str, status: int) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return _json_response({"error": message}, status=status)
 
 
 MAX_INPUT_SIZE = web.AppKey("max_input_size", int)
@@ -115,39 +125,37 @@ class HttpFrontend:
         return web.Response(status=200 if self._manager.all_ready() else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(
+        return _json_response(
             {"name": self._manager.server_id, "version": __version__, "extensions": SERVER_EXTENSIONS})
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
-        return web.Response(status=200 if self._manager.is_ready(name, version) else 400)
+        if not self._manager.is_ready(name, version):
+            return _error("Model version not ready", 400)
+        return web.Response(status=200)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model = self._manager.get(request.match_info["model"], request.match_info.get("version", ""))
         versions = [str(v.version) for v in self._manager.models[model.name].ready_versions()]
-        return web.json_response(model_metadata(model, versions))
+        return _json_response(model_metadata(model, versions))
 
     async def model_config(self, request: web.Request) -> web.Response:
         model = self._manager.get(request.match_info["model"], request.match_info.get("version", ""))
-        return web.json_response(config_to_json(model.config))
+        return _json_response(config_to_json(model.config))
 
     async def statistics(self, request: web.Request) -> web.Response:
         entries = self._manager.statistics(request.match_info.get("model", ""),
                                            request.match_info.get("version", ""))
-        return web.json_response({"model_stats": entries})
+        return _json_response({"model_stats": entries})
 
     async def log_settings(self, request: web.Request) -> web.Response:
         """The logging extension: GET reads the settings, POST changes the ones it names."""
         if request.method == "GET":
-            return web.json_response(logs.settings())
+            return _json_response(logs.settings())
         body = await _body(request)
+        changes = _parse_json(body) if body.strip() else {}
         try:
-            changes = json.loads(body) if body.strip() else {}
-        except ValueError as e:
-            raise ServerError(f"failed to parse the request JSON buffer: {e}",
-                              ErrorCode.INTERNAL) from None
-        try:
-            return web.json_response(logs.update(changes if isinstance(changes, dict) else {}))
+            return _json_response(logs.update(changes if isinstance(changes, dict) else {}))
         except ServerError as e:
             if e.code != ErrorCode.INVALID_ARG:
                 raise
@@ -157,7 +165,7 @@ class HttpFrontend:
 
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
-        return web.json_response(self._manager.index(ready_only=bool(body.get("ready", False))))
+        return _json_response(self._manager.index(ready_only=bool(body.get("ready", False))))
 
     async def load(self, request: web.Request) -> web.Response:
         self._manager.check_control_allowed()
@@ -176,21 +184,24 @@ class HttpFrontend:
 
     def _shm_status(self, kind: str):
         async def status(request: web.Request) -> web.Response:
-            return web.json_response(
+            return _json_response(
                 self._shared_memory.status(request.match_info.get("region", ""), kind))
         return status
 
     def _shm_register(self, kind: str):
         async def register(request: web.Request) -> web.Response:
             body, name = await _json_body(request), request.match_info["region"]
+            # Read in Triton's order, with its words.
             if kind == "system":
+                key = _field(body, "key", str, _no_field("key"))
+                offset = _field(body, "offset", int, 0)
                 self._shared_memory.register_system(
-                    name, _field(body, "key", str), _field(body, "offset", int),
-                    _field(body, "byte_size", int))
+                    name, key, offset, _field(body, "byte_size", int, _no_field("byte_size")))
             else:
-                self._shared_memory.register_cuda(
-                    name, _raw_handle(body), _field(body, "device_id", int),
-                    _field(body, "byte_size", int))
+                handle = _raw_handle(body)
+                byte_size = _field(body, "byte_size", int)
+                self._shared_memory.register_cuda(name, handle, _field(body, "device_id", int),
+                                                  byte_size)
             return web.Response(status=200)
         return register
 
@@ -208,20 +219,29 @@ class HttpFrontend:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], request.match_info.get("version", "")
+        model = self._manager.get(name, version)  # an unknown model is refused first, as in Triton
         body = await _body(request)
-        header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-        _check_declared(header)
-        inputs, offset = [], 0
-        for spec in _objects(header, "inputs"):
-            tensor, offset = _decode_input(spec, binary, offset, name, self._shared_memory)
-            inputs.append(tensor)
-        if offset != len(binary):
-            raise ServerError(f"unexpected additional input data for model '{name}'")
+        length = _header_length(request.headers.get(HEADER_LENGTH), len(body))
+        if length == 0:  # a raw binary request: the body is the model's one input
+            header = {"parameters": {"binary_data_output": True}}
+            inputs = [_raw_input(model, name, body)]
+        else:
+            header, binary = _split_body(body, length)
+            _check_declared(header)
+            inputs, offset = [], 0
+            for spec in _objects(header, "inputs"):
+                tensor, offset = _decode_input(spec, binary, offset, name, self._shared_memory)
+                inputs.append(tensor)
+            if offset != len(binary):
+                raise ServerError(f"unexpected additional input data for model '{name}'")
 
         binary_default = bool(_parameters(header).get("binary_data_output", False))
         requested = _objects(header, "outputs")
-        if any(not isinstance(o.get("name"), str) for o in requested):
-            raise ServerError("each requested output must have a string 'name'")
+        for output in requested:  # Triton's JSON reader's words
+            if not isinstance(output.get("name"), str):
+                raise ServerError("Unable to parse 'name': " + (
+                    "attempt to access non-existing object member 'name'" if "name" not in output
+                    else "attempt to access JSON non-string as string"), ErrorCode.INTERNAL)
         classification = {o["name"]: _parameters(o)["classification"] for o in requested
                           if "classification" in _parameters(o)}
         in_shm = _output_refs(requested, classification)
@@ -237,12 +257,16 @@ class HttpFrontend:
             response["id"] = header["id"]
         response["outputs"], chunks = _encode_outputs(
             outputs, lambda n: as_binary.get(n, binary_default), in_shm)
-        if not chunks:
-            return web.json_response(response)
-        head = json.dumps(response).encode()
-        return web.Response(body=b"".join([head, *chunks]),
-                            headers={HEADER_LENGTH: str(len(head)),
-                                     "Content-Type": "application/octet-stream"})
+        head = _dumps(response).encode()
+        # Binary outputs of no bytes leave the answer plain JSON, as in Triton.
+        headers = ({"Content-Type": "application/json"} if not any(map(len, chunks)) else
+                   {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"})
+        body = b"".join([head, *chunks])
+        encoding = _response_encoding(request.headers.get("Accept-Encoding", ""))
+        if encoding:
+            body = _compress(body, encoding)
+            headers["Content-Encoding"] = encoding
+        return web.Response(body=body, headers=headers)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -254,7 +278,9 @@ async def _body(request: web.Request) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise ServerError(f"unsupported Content-Encoding '{encoding}'", ErrorCode.UNSUPPORTED)
+        raise web.HTTPNotImplemented(  # Triton's answer, with the encodings it takes
+            text=_dumps({"error": "Unsupported compression type"}),
+            content_type="application/json", headers={"Accept-Encoding": "gzip, deflate"})
     limit = request.app[MAX_INPUT_SIZE]
     inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
     try:
@@ -273,45 +299,126 @@ async def _json_body(request: web.Request) -> dict:
     body = await _body(request)
     if not body.strip():
         return {}
-    try:
-        document = json.loads(body)
-    except ValueError as e:
-        raise ServerError(f"failed to parse the request JSON buffer: {e}") from None
+    document = _parse_json(body)
     if not isinstance(document, dict):
         raise ServerError("the request body must be a JSON object")
     return document
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+def _header_length(value: str | None, body_size: int) -> int:
+    """Inference-Header-Content-Length as Triton reads it, with atoi (text that is no number
+    reads 0: a raw request); absent, the whole body is the JSON header."""
+    if value is None:
+        return body_size
+    number = re.match(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", value)
+    length = int(number.group(1)) if number else 0
+    if length < 0 or length > body_size:
+        raise ServerError(f"inference header size should be in range (0, {body_size}), got: {value}")
+    return length
+
+
+def _raw_input(model, name: str, body: bytes) -> InputTensor:
+    """A raw request's body as the model's one input, its shape deduced from the config as
+    Triton deduces it (as the native decoder, infer_json.cc, does)."""
+    prefix = "[request id: <id_unknown>] "  # a raw request has no id
+    config = model.config
+    if len(config.input) != 1:
+        raise ServerError(f"{prefix}Raw request must only have 1 input (found 1) to be deduced but "
+                          f"got {len(config.input)} inputs in '{name}' model configuration")
+    spec = config.input[0]
+    datatype = wire_name(spec.data_type)
+    shape = [1] if config.max_batch_size else []
+    shape += list(spec.dims)
+    variable = [i for i, d in enumerate(shape) if d == -1]
+    if len(variable) > 1:
+        raise ServerError(f"{prefix}The shape of the raw input '{spec.name}' can not be deduced "
+                          "because there are more than one variable-sized dimension")
+    elements = int(np.prod([d for d in spec.dims if d != -1]))
+    if datatype == "BYTES":
+        if variable or elements != 1:
+            raise ServerError(f"{prefix}For BYTE datatype raw input '{spec.name}', the model must "
+                              "have input shape [1]")
+        return InputTensor(spec.name, datatype, shape, len(body).to_bytes(4, "little") + body)
+    row = elements * ELEMENT_SIZE[datatype]
+    if variable:
+        shape[variable[0]] = len(body) // row if row else 0
+    expected = row * (shape[variable[0]] if variable else 1)
+    if expected != len(body):  # worded as Triton words it: the input is still 'raw_input'
+        raise ServerError(f"{prefix}input byte size mismatch for input 'raw_input' for model "
+                          f"'{name}'. Expected {expected}, got {len(body)}")
+    return InputTensor(spec.name, datatype, shape, body)
+
+
+def _response_encoding(accept_encoding: str) -> str:
+    """The encoding Triton answers an inference in: Accept-Encoding read as its
+    CompressionTypeUsed reads it (compression.h says how); "" for identity."""
+    chosen, chosen_weight = "", 0.0
+    for entry in accept_encoding.split(","):
+        stripped = entry.lstrip(" ")
+        type_, q, weight_text = stripped.partition(";q=")
+        if not stripped or (q and not type_):
+            continue
+        weight = 1.0
+        if q:  # read as std::stod reads it: a leading number
+            number = _LEADING_NUMBER.match(weight_text)
+            if number is None:
+                continue
+            weight = float(number.group(0))
+            if math.isinf(weight) and "inf" not in number.group(0).lower():
+                continue  # out of a double's range: std::stod throws
+        if type_ in ("gzip", "deflate", "identity") and weight > chosen_weight:
+            chosen, chosen_weight = ("" if type_ == "identity" else type_), weight
+    return chosen
+
+
+_LEADING_NUMBER = re.compile(r"[ \t\n\v\f\r]*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                             r"|inf(?:inity)?|nan)", re.IGNORECASE)
+
+
+def _compress(body: bytes, encoding: str) -> bytes:
+    """zlib's defaults, as Triton's DataCompressor uses them (gzip: the 16 of wbits)."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED,
+                                  zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    return compressor.compress(body) + compressor.flush()
+
+
+def _split_body(body: bytes, length: int) -> tuple[dict, memoryview]:
     view = memoryview(body)
-    length = len(body)
-    if header_length is not None:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise ServerError(f"Unable to parse {HEADER_LENGTH}, got: {header_length}") from None
-        if length == 0:
-            raise ServerError("must specify valid 'Infer-Header-Content-Length' in request header "
-                              "and 'binary_data_size' when passing inputs in binary data format")
-        if length < 0 or length > len(body):
-            raise ServerError(f"inference header size should be in range (0, {len(body)}), "
-                              f"got: {header_length}")
-    try:
-        header = json.loads(view[:length].tobytes() if length != len(body) else body)
-    except json.JSONDecodeError as e:
-        raise ServerError(f"failed to parse the request JSON buffer: "
-                          f"{_RAPIDJSON_TEXT.get(e.msg, e.msg + '.')} at {e.pos}") from None
-    except ValueError as e:  # not UTF-8
-        raise ServerError(f"failed to parse the request JSON buffer: {e}") from None
-    if not isinstance(header, dict):
-        raise ServerError("failed to parse the request JSON buffer: expected a JSON object")
+    header = _parse_json(view[:length].tobytes() if length != len(body) else body)
+    if isinstance(header, dict) and not isinstance(header.get("parameters", {}), dict):
+        raise ServerError("failed to get request params.: attempt to get members for non-object",
+                          ErrorCode.INTERNAL)
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    if inputs is None or not isinstance(inputs, list):  # Triton's JSON reader's words
+        raise ServerError("Unable to parse 'inputs': " + (
+            "attempt to access non-existing object member 'inputs'" if inputs is None
+            else "attempt to access JSON non-array as array"), ErrorCode.INTERNAL)
     return header, view[length:]
 
 
-# Triton parses with RapidJSON; clients and scripts match its wording.
+def _parse_json(body: bytes):
+    """A request's JSON; what does not parse is refused as Triton refuses it (INTERNAL, 500),
+    in RapidJSON's words where Python's parser names the same fault."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        text = ("The document is empty." if not body.strip() else
+                _RAPIDJSON_TEXT.get(e.msg, e.msg + "."))
+        raise ServerError(f"failed to parse the request JSON buffer: {text} at {e.pos}",
+                          ErrorCode.INTERNAL) from None
+    except ValueError as e:  # not UTF-8
+        raise ServerError(f"failed to parse the request JSON buffer: {e}",
+                          ErrorCode.INTERNAL) from None
+
+
 _RAPIDJSON_TEXT = {
     "Expecting value": "Invalid value.",
     "Extra data": "The document root must not be followed by other values.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
 }
 
 
@@ -355,7 +462,9 @@ def _decode_input(spec: dict, binary: memoryview, offset: int, model: str,
         raise ServerError(f"input for model '{model}' is missing or has a bad field: {e}") from None
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise ServerError(f"input for model '{model}': 'name' and 'datatype' must be strings")
-    parameters = _parameters(spec)
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, dict):  # Triton finds no member in what is no object
+        parameters = {}
     size = parameters.get("binary_data_size")
     given = [field for field, present in (("data", "data" in spec),
                                           ("binary_data_size", size is not None),
@@ -394,20 +503,41 @@ def _output_refs(requested: list[dict], classification: dict) -> dict[str, ShmRe
     return refs
 
 
-def _field(body: dict, key: str, kind: type):
-    value = body.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-        raise ServerError(f"Unable to parse '{key}'")
+_REQUIRED = object()
+
+
+def _no_field(key: str) -> ServerError:
+    return ServerError(f"Shared memory register request has no '{key}' field")
+
+
+def _field(body: dict, key: str, kind: type, missing=_REQUIRED):
+    """A string or unsigned integer member, read as Triton's JSON reader reads it (a value of
+    another type fails INTERNAL, in its words); when absent, `missing` is raised if it is an
+    error, returned otherwise, or the reader's own refusal given for _REQUIRED."""
+    if not isinstance(body, dict) or key not in body:
+        if missing is _REQUIRED:
+            raise ServerError(f"attempt to access non-existing object member '{key}'",
+                              ErrorCode.INTERNAL)
+        if isinstance(missing, ServerError):
+            raise missing
+        return missing
+    value = body[key]
+    if kind is str and not isinstance(value, str):
+        raise ServerError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ServerError("attempt to access JSON non-unsigned-integer as unsigned-integer",
+                          ErrorCode.INTERNAL)
     return value
 
 
 def _raw_handle(body: dict) -> bytes:
     """A CUDA IPC handle, sent as {"b64": "..."}."""
-    handle = body.get("raw_handle")
+    encoded = _field(_field(body, "raw_handle", object, _no_field("raw_handle")), "b64", str)
     try:
-        return base64.b64decode(handle["b64"], validate=True)
-    except (TypeError, KeyError, binascii.Error):
-        raise ServerError("Unable to parse 'raw_handle'") from None
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise ServerError("'raw_handle' must be a valid base64 encoded "
+                          "cudaIpcMemHandle_t") from None
 
 
 def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
@@ -424,7 +554,8 @@ def _json_data(name: str, datatype: str, shape: list[int], data) -> bytes:
     except (ValueError, TypeError, OverflowError) as e:
         raise ServerError(f"Unable to parse 'data': {e}") from None
     if array.size != int(np.prod(shape)):
-        raise ServerError("Unable to parse 'data': Shape does not match true shape of 'data' field")
+        raise ServerError("Unable to parse 'data': Shape does not match true shape of 'data' field",
+                          ErrorCode.INTERNAL)  # Triton's JSON reader's code
     if datatype != "BYTES":
         return array.tobytes()
     try:

