@@ -99,7 +99,7 @@ HttpResponse Relay::Call(HttpRequest& request) {
   out.body() = std::move(request.body);  // compressed bodies included: the shell inflates them within its limit
   out.prepare_payload();
   // A kept connection the shell closed is found before it is used; one that fails anyway is
-  // tried again, afresh, only with a request that may be repeated.
+  // tried again, afresh, when the request did not reach the shell whole or may be repeated.
   if (!shell.Open()) shell.Reset();
   for (int attempt = 0; attempt < 2; ++attempt) {
     beast::error_code ec;
@@ -110,6 +110,7 @@ HttpResponse Relay::Call(HttpRequest& request) {
       if (!ec) shell.socket->set_option(tcp::no_delay(true), ec);
     }
     if (!ec) http::write(*shell.socket, out, ec);
+    const bool sent = !ec;
     http::response_parser<http::string_body> parser;
     parser.body_limit(boost::none);  // the shell's answers are its own to bound
     const bool head = out.method() == http::verb::head;
@@ -124,7 +125,7 @@ HttpResponse Relay::Call(HttpRequest& request) {
     }
     if (ec) {
       shell.Reset();
-      if (fresh || !Idempotent(out.method())) break;
+      if (fresh || (sent && !Idempotent(out.method()))) break;
       continue;
     }
     auto& answer = parser.get();
