@@ -29,7 +29,8 @@ class Tls:
     def server_context(self) -> ssl.SSLContext:
         """A server's SSL context for Python's servers (OSError or ssl.SSLError where the
         files cannot be used)."""
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # Not create_default_context: it would trust the system's CAs for client certificates.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.server_cert, self.server_key)
         if self.mutual:
             context.load_verify_locations(self.root_cert)
