@@ -12,13 +12,15 @@ What it measures
                     served by the native HTTP frontend, each worker an instance of the
                     core's scheduler running the handler once per batch.
     `hey` (Debian's package) posts the JSON body to POST /predictions/mlp for --duration
-    seconds at each concurrency; per run: requests/s, p50 and p99 latency, non-200 answers,
+    seconds at each concurrency, as the raw body and (--bodies) as the part named `data` of a
+    multipart/form-data body (what `requests.post(files=...)` and perf_analyzer's torchserve
+    service kind send); per run: requests/s, p50 and p99 latency, non-200 answers,
     and the server's CPU time per request (utime+stime of the server and all its
     descendants over the run, divided by the requests answered): far less noisy than
     throughput on a shared machine. perf_analyzer's torchserve service kind would do, but
     above concurrency 1 it fails every request ("Timer not set correctly").
 
-    Rounds are interleaved: each round runs every concurrency on both servers back to back,
+    Rounds are interleaved: each round runs every concurrency and body on both servers back to back,
     the order alternating by round. A figure is the median over rounds; a ratio is the median
     of the per-round ratios. Resident memory is read once both servers are warm: VmRSS summed
     over pyserve's process, and over TorchServe's Java frontend and its worker processes.
@@ -178,9 +180,26 @@ class Server:
                 self.process.wait()
 
 
-def hey(server: Server, body_file: Path, concurrency: int, duration: float) -> dict:
+BOUNDARY = "pyserve-bench-boundary"
+CONTENT_TYPES = {"raw": "application/json",
+                 "multipart": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def body_files(work: Path, body: bytes) -> dict[str, Path]:
+    """The request body of each kind, in a file for hey."""
+    multipart = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"data\"; "
+                 f"filename=\"input.json\"\r\nContent-Type: application/json\r\n\r\n"
+                 ).encode() + body + f"\r\n--{BOUNDARY}--\r\n".encode()
+    files = {"raw": work / "input.json", "multipart": work / "input.multipart"}
+    files["raw"].write_bytes(body)
+    files["multipart"].write_bytes(multipart)
+    return files
+
+
+def hey(server: Server, body_file: Path, concurrency: int, duration: float,
+        content_type: str = CONTENT_TYPES["raw"]) -> dict:
     command = ["hey", "-z", f"{duration}s", "-c", str(concurrency), "-m", "POST",
-               "-T", "application/json", "-D", str(body_file), server.url]
+               "-T", content_type, "-D", str(body_file), server.url]
     cpu_before = cpu_seconds(server.process.pid)
     output = subprocess.run(command, capture_output=True, text=True,
                             timeout=duration + 120).stdout
@@ -196,14 +215,14 @@ def hey(server: Server, body_file: Path, concurrency: int, duration: float) -> d
             "cpu_us_per_request": round(cpu / answered * 1e6, 1) if answered else None}
 
 
-def summarize(runs: list[dict], concurrencies: list[int]) -> list[dict]:
+def summarize(runs: list[dict], cells: list[tuple[str, int]]) -> list[dict]:
     rows = []
-    for c in concurrencies:
+    for body, c in cells:
         by_round: dict[int, dict] = {}
         for run in runs:
-            if run["concurrency"] == c and "error" not in run:
+            if (run["body"], run["concurrency"]) == (body, c) and "error" not in run:
                 by_round.setdefault(run["round"], {})[run["server"]] = run
-        row = {"concurrency": c}
+        row = {"body": body, "concurrency": c}
         for kind in SERVERS:
             for key in ("infer_per_s", "p50_ms", "p99_ms", "cpu_us_per_request"):
                 row[f"{kind}_{key}"] = _median([r[kind].get(key) for r in by_round.values()
@@ -222,12 +241,12 @@ def _fmt(value, digits: int = 0) -> str:
 
 
 def markdown(rows: list[dict], memory: dict) -> str:
-    lines = ["| c | pyserve infer/s | TorchServe infer/s | ratio | pyserve p50 / p99 ms | "
+    lines = ["| body | c | pyserve infer/s | TorchServe infer/s | ratio | pyserve p50 / p99 ms | "
              "TorchServe p50 / p99 ms | p99 ratio | CPU µs/req pyserve / TorchServe |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['concurrency']} | {_fmt(r['pyserve_infer_per_s'])} | "
+            f"| {r['body']} | {r['concurrency']} | {_fmt(r['pyserve_infer_per_s'])} | "
             f"{_fmt(r['torchserve_infer_per_s'])} | {_fmt(r['throughput_ratio'], 2)}x | "
             f"{_fmt(r['pyserve_p50_ms'], 1)} / {_fmt(r['pyserve_p99_ms'], 1)} | "
             f"{_fmt(r['torchserve_p50_ms'], 1)} / {_fmt(r['torchserve_p99_ms'], 1)} | "
@@ -249,12 +268,15 @@ def main() -> None:
                         help="comma-separated concurrencies (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds per hey run (default: %(default)s)")
+    parser.add_argument("--bodies", default="raw,multipart",
+                        help="request bodies: raw, multipart (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay", type=int, default=2, metavar="MS")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    cells = [(body, c) for c in concurrencies for body in args.bodies.split(",")]
     for tool, hint in (("hey", "apt-get install -y hey"), ("java", "apt-get install -y "
                        "openjdk-17-jre-headless"), ("torchserve", "pip install '.[torchserve]'")):
         if shutil.which(tool) is None:
@@ -265,15 +287,14 @@ def main() -> None:
     work.mkdir()
     make_store(root / "store", work, args.workers, args.batch_size, args.max_batch_delay)
     body = json.dumps([0.5] * 64).encode()
-    body_file = work / "input.json"
-    body_file.write_bytes(body)
+    files = body_files(work, body)
     servers = {}
     try:
         for kind in SERVERS:
             servers[kind] = Server(kind, root)
         for server in servers.values():
             server.wait_ready(body)
-            hey(server, body_file, 8, 2)  # warm-up
+            hey(server, files["raw"], 8, 2)  # warm-up
         memory = {"workers": args.workers}
         for kind, server in servers.items():
             memory[kind] = server.rss_mib()
@@ -281,17 +302,18 @@ def main() -> None:
         log(f"resident memory: {memory}")
         runs = []
         for round_index in range(args.rounds):
-            for c in concurrencies:
+            for body_kind, c in cells:
                 order = SERVERS if round_index % 2 == 0 else SERVERS[::-1]
                 for kind in order:
-                    run = hey(servers[kind], body_file, c, args.duration)
-                    run.update(server=kind, concurrency=c, round=round_index)
+                    run = hey(servers[kind], files[body_kind], c, args.duration,
+                              CONTENT_TYPES[body_kind])
+                    run.update(server=kind, body=body_kind, concurrency=c, round=round_index)
                     runs.append(run)
-                    log(f"round {round_index + 1} c={c} {kind}: {run}")
+                    log(f"round {round_index + 1} {body_kind} c={c} {kind}: {run}")
     finally:
         for server in servers.values():
             server.stop()
-    rows = summarize(runs, concurrencies)
+    rows = summarize(runs, cells)
     print(markdown(rows, memory))
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "summary": rows, "memory": memory},

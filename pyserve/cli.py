@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pyserve import __version__, _core, host_policy, logs, restricted, triton_flags
-from pyserve.options import COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, GrpcTls, ServerOptions
+from pyserve.options import COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, ServerOptions, Tls
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,11 +130,13 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                      default="none", metavar="LEVEL",
                      help="gRPC: how inference responses are compressed: none, low, medium or "
                           "high (default: none)")
-    net.add_argument("--grpc-use-ssl", type=_boolean, default=False, metavar="BOOL",
-                     help="gRPC over TLS with --grpc-server-cert and --grpc-server-key")
-    net.add_argument("--grpc-use-ssl-mutual", type=_boolean, default=False, metavar="BOOL",
-                     help="gRPC over TLS, clients' certificates required and verified "
-                          "against --grpc-root-cert")
+    for name, what in (("grpc", "gRPC"), ("http", "HTTP (and metrics)")):
+        net.add_argument(f"--{name}-use-ssl", type=_boolean, default=False, metavar="BOOL",
+                         help=f"{what} over TLS with --{name}-server-cert and "
+                              f"--{name}-server-key")
+        net.add_argument(f"--{name}-use-ssl-mutual", type=_boolean, default=False,
+                         metavar="BOOL", help=f"{what} over TLS, clients' certificates required "
+                                              f"and verified against --{name}-root-cert")
     for flag, header in (("--grpc-restricted-protocol", "triton-grpc-protocol-KEY"),
                          ("--http-restricted-api", "KEY")):
         net.add_argument(flag, action="append", default=[], metavar="GROUPS:KEY=VALUE",
@@ -148,8 +150,9 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                        ("server-key", "the server's private key"),
                        ("root-cert", "the CA certificate clients' certificates are verified "
                                      "against")):
-        net.add_argument(f"--grpc-{name}", type=Path, default=None, metavar="PEM",
-                         help=f"gRPC TLS: {what} (a PEM file)")
+        for service in ("grpc", "http"):
+            net.add_argument(f"--{service}-{name}", type=Path, default=None, metavar="PEM",
+                             help=f"{service} TLS: {what} (a PEM file)")
     net.add_argument("--grpc-port", type=int, default=8001,
                      help="gRPC port, 0 for any free one (default: %(default)s)")
     net.add_argument("--http-port", type=int, default=8000,
@@ -222,22 +225,28 @@ def _network_options(args: argparse.Namespace) -> dict:
                     for flag, (argument, _) in _GRPC_CHANNEL_FLAGS.items()}
     return {**{name: getattr(args, name) for name in _NETWORK},
             "grpc_channel_args": {k: v for k, v in channel_args.items() if v is not None},
-            "grpc_tls": _grpc_tls(args),
+            "grpc_tls": _tls(args, "grpc"),
+            "http_tls": _tls(args, "http"),
             **_restricted(args),
             "request_limits": dict(args.request_limits)}
 
 
-def _grpc_tls(args: argparse.Namespace) -> GrpcTls | None:
-    """TLS as tritonserver's flags ask: mutual preempts --grpc-use-ssl."""
-    if not (args.grpc_use_ssl or args.grpc_use_ssl_mutual):
+def _tls(args: argparse.Namespace, service: str) -> Tls | None:
+    """TLS as tritonserver's --grpc-use-ssl flags ask (pyserve's --http-use-ssl ones alike):
+    mutual preempts --SERVICE-use-ssl."""
+    def arg(name: str):
+        return getattr(args, f"{service}_{name}")
+
+    mutual = arg("use_ssl_mutual")
+    if not (arg("use_ssl") or mutual):
         return None
-    flag = "--grpc-use-ssl-mutual" if args.grpc_use_ssl_mutual else "--grpc-use-ssl"
-    if args.grpc_server_cert is None or args.grpc_server_key is None:
-        raise SystemExit(f"pyserve: {flag} needs --grpc-server-cert and --grpc-server-key")
-    if args.grpc_use_ssl_mutual and args.grpc_root_cert is None:
-        raise SystemExit("pyserve: --grpc-use-ssl-mutual needs --grpc-root-cert")
-    return GrpcTls(args.grpc_server_cert, args.grpc_server_key, args.grpc_root_cert,
-                   mutual=args.grpc_use_ssl_mutual)
+    flag = f"--{service}-use-ssl-mutual" if mutual else f"--{service}-use-ssl"
+    if arg("server_cert") is None or arg("server_key") is None:
+        raise SystemExit(f"pyserve: {flag} needs --{service}-server-cert and "
+                         f"--{service}-server-key")
+    if mutual and arg("root_cert") is None:
+        raise SystemExit(f"pyserve: {flag} needs --{service}-root-cert")
+    return Tls(arg("server_cert"), arg("server_key"), arg("root_cert"), mutual=mutual)
 
 
 def _restricted(args: argparse.Namespace) -> dict:

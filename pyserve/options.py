@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,9 +12,10 @@ COMPRESSION_LEVELS = ("none", "low", "medium", "high")  # gRPC's grpc_compressio
 
 
 @dataclass
-class GrpcTls:
-    """tritonserver's --grpc-use-ssl flags: PEM files; `mutual` requires clients' certificates,
-    verified against the root certificate."""
+class Tls:
+    """tritonserver's --grpc-use-ssl flags (and pyserve's --http-use-ssl ones, of the same
+    shape): PEM files; `mutual` requires clients' certificates, verified against the root
+    certificate."""
     server_cert: Path
     server_key: Path
     root_cert: Path | None = None
@@ -24,6 +26,17 @@ class GrpcTls:
         return {"server_cert": self.server_cert.read_text(),
                 "server_key": self.server_key.read_text(),
                 "root_cert": self.root_cert.read_text() if self.root_cert else ""}
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server's SSL context for Python's servers (OSError or ssl.SSLError where the
+        files cannot be used)."""
+        # Not create_default_context: it would trust the system's CAs for client certificates.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        if self.mutual:
+            context.load_verify_locations(self.root_cert)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
 
 @dataclass
@@ -47,7 +60,8 @@ class ServerOptions:
     # gRPC channel arguments from tritonserver's keepalive, HTTP/2 ping and connection-age
     # flags (argument name -> value); gRPC's defaults are Triton's.
     grpc_channel_args: dict[str, int] = field(default_factory=dict)
-    grpc_tls: GrpcTls | None = None  # None: plaintext gRPC
+    grpc_tls: Tls | None = None  # None: plaintext gRPC
+    http_tls: Tls | None = None  # None: plain HTTP (HTTPS serves the metrics endpoint too)
     # How ModelInfer and ModelStreamInfer responses are compressed (COMPRESSION_LEVELS).
     grpc_infer_response_compression_level: str = "none"
     # Restricted APIs (--grpc-restricted-protocol, --http-restricted-api): group -> the header

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 
 from pyserve import _core, restricted
 from pyserve.devices import gpu_count
@@ -15,7 +16,7 @@ from pyserve.frontends.http import start_http_server
 from pyserve.frontends.metrics import Metrics, start_metrics_server
 from pyserve.frontends.sockets import in_use
 from pyserve.lifecycle import ModelManager
-from pyserve.options import ServerOptions
+from pyserve.options import ServerOptions, Tls
 
 log = logging.getLogger("pyserve")
 
@@ -37,6 +38,7 @@ class Server:
         self.grpc_port = self.http_port = self.metrics_port = 0
         self._grpc = None
         self._http = None  # the native HTTP frontend, when it serves
+        self._https: ssl.SSLContext | None = None  # HTTP and metrics over TLS
         self._runners = []  # aiohttp AppRunners: HTTP and metrics
         self._should_exit = asyncio.Event()
         # Client shared-memory regions: one registry for every frontend, as Triton has one.
@@ -47,6 +49,8 @@ class Server:
         options = self.options
         _core.set_host_memory_pool_bytes(options.pinned_memory_pool_byte_size)
         _core.set_request_limits(options.request_limits)
+        # HTTPS (and metrics) as --http-use-ssl asks: its files checked before models load.
+        self._https = _https_context(options) if options.http_tls is not None else None
         try:
             self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
             failed = await self.manager.startup()
@@ -71,7 +75,8 @@ class Server:
         if metrics is not None:
             runner, self.metrics_port = await _service(
                 "Metrics", options.address("metrics"), options.metrics_port,
-                start_metrics_server(metrics, options.address("metrics"), options.metrics_port))
+                start_metrics_server(metrics, options.address("metrics"), options.metrics_port,
+                                     self._https))
             self._runners.append(runner)
             log.info("Started Metrics Service at %s:%d", options.address("metrics"),
                      self.metrics_port)
@@ -103,7 +108,7 @@ class Server:
             runner, port = await start_http_server(
                 self.manager, options.address("http"), options.http_port,
                 options.http_max_input_size, self.shared_memory, options.http_restricted,
-                options.http_header_forward_pattern, options.reuse_http_port)
+                options.http_header_forward_pattern, options.reuse_http_port, self._https)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
@@ -114,7 +119,7 @@ class Server:
             self.manager, options.address("http"), options.http_port, shell_port,
             options.http_thread_count, options.http_max_input_size, self.shared_memory,
             options.reuse_http_port, options.http_restricted,
-            options.http_header_forward_pattern)
+            options.http_header_forward_pattern, _native_tls(options.http_tls))
         log.info("HTTP frontend: native (Boost.Beast), other routes relayed to 127.0.0.1:%d",
                  shell_port)
         return self._http.port
@@ -229,6 +234,27 @@ def _grpc_frontend(options: ServerOptions, manager: ModelManager,
     return create_grpc_server(manager, address, options.grpc_max_message_size, channel_args,
                               tls, shared_memory, methods, options.grpc_header_forward_pattern,
                               options.grpc_infer_response_compression_level)
+
+
+def _https_context(options: ServerOptions) -> ssl.SSLContext:
+    """The SSL context of the HTTP and metrics services (--http-use-ssl...); it also checks,
+    before any service starts, that the files can be used."""
+    try:
+        return options.http_tls.server_context()
+    except ssl.SSLError as e:  # an OSError too
+        raise StartupError(f"failed to start HTTP service: TLS: {e}") from None
+    except OSError as e:
+        raise StartupError(f"failed to start HTTP service: cannot read {e.filename}: "
+                           f"{e.strerror}") from None
+
+
+def _native_tls(tls: Tls | None) -> dict | None:
+    """--http-use-ssl's files as the native HTTP frontend takes them (PEM text)."""
+    if tls is None:
+        return None
+    pem = tls.pem()
+    return {"certificate_chain": pem["server_cert"], "private_key": pem["server_key"],
+            "client_ca": pem["root_cert"] if tls.mutual else ""}
 
 
 async def _close(runner, timeout: float) -> None:

@@ -40,6 +40,12 @@ struct HttpResponse {
 // The answer to one request, written by its connection's loop. Every method may be called
 // from any thread, in the order Answer, or Head then Chunk... then End; calls after the
 // client has gone are dropped.
+//
+// Streams (chunked encoding) are Head, Chunk..., End. Server-sent events are such a stream:
+// Head with content type "text/event-stream" (and "Cache-Control: no-cache"), each event a
+// Chunk(SseEvent(...)), End when done; OnGone tells the producer that the client has gone
+// (it closed the connection, stopped reading past the write timeout, or the server stops),
+// after which it should stop producing. Streamed bodies are never compressed.
 class Exchange {
  public:
   virtual ~Exchange() = default;
@@ -59,5 +65,10 @@ class Exchange {
 };
 
 bool EqualsIgnoringCase(std::string_view a, std::string_view b);
+
+// One server-sent event as a Chunk carries it: a line "event: <event>" unless `event` is
+// empty, then each line of `data` (split at \n, \r\n or \r) as a "data: " line, then the
+// blank line that ends the event.
+std::string SseEvent(std::string_view data, std::string_view event = {});
 
 }  // namespace pyserve::httpfront

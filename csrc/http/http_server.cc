@@ -2,16 +2,21 @@
 // take accepted connections in turn; a connection reads one request at a time (bounded head,
 // body read as it arrives), routes it, and writes the answer handed to its loop with one post.
 // Timeouts are deadlines a connection moves with a store, which its loop's sweep (4 a second)
-// enforces: no timer is set or cancelled per request.
+// enforces: no timer is set or cancelled per request. With TLS, a connection's first step is
+// the handshake (within the idle timeout); everything else is the same on the TLS stream.
 // Beast's code lives in this file and relay.cc only: it compiles slowly.
 #include "http_server.h"
 
 #include <sys/socket.h>
 
 #include <atomic>
+#include <openssl/ssl.h>
+
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <chrono>
 #include <deque>
 #include <optional>
@@ -25,11 +30,13 @@
 namespace pyserve::httpfront {
 
 namespace net = boost::asio;
+namespace ssl = net::ssl;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
 using error_code = beast::error_code;
 using Clock = std::chrono::steady_clock;
+using TlsStream = beast::ssl_stream<tcp::socket&>;  // over the session's socket, which it keeps
 
 namespace {
 
@@ -85,24 +92,52 @@ struct Loop {
   net::steady_timer sweep{context};
 };
 
-// What the connections share: the routes, the relay and the count of requests in progress.
+// What the connections share: the routes, the relay, the count of requests in progress and,
+// for HTTPS, the TLS context.
 struct ServerContext {
   const HttpOptions& options;
   Routes& routes;
   Relay& relay;
   std::atomic<int>& in_progress;
+  ssl::context* tls = nullptr;
 };
+
+// The TLS context of `tls` (PEM), its security level set before the key is checked against it.
+Status MakeTlsContext(const TlsOptions& tls, std::optional<ssl::context>* out) {
+  auto& context = out->emplace(ssl::context::tls_server);
+  context.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3);
+  if (tls.security_level >= 0) SSL_CTX_set_security_level(context.native_handle(), tls.security_level);
+  error_code ec;
+  context.use_certificate_chain(net::buffer(tls.certificate_chain), ec);
+  if (ec) return Status(StatusCode::kInvalidArg, "HTTPS: the server certificate cannot be used: " + ec.message());
+  context.use_private_key(net::buffer(tls.private_key), ssl::context::pem, ec);
+  if (ec) return Status(StatusCode::kInvalidArg, "HTTPS: the server key cannot be used: " + ec.message());
+  if (!tls.client_ca.empty()) {
+    context.add_certificate_authority(net::buffer(tls.client_ca), ec);
+    if (ec) return Status(StatusCode::kInvalidArg, "HTTPS: the root certificate cannot be used: " + ec.message());
+    context.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  }
+  return Status::OK();
+}
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, ServerContext& context) : socket_(std::move(socket)), context_(context) {}
+  Session(tcp::socket socket, ServerContext& context) : socket_(std::move(socket)), context_(context) {
+    if (context.tls) tls_.emplace(socket_, *context.tls);
+  }
 
   // On the connection's loop.
   void Start(Loop& loop) {
     loop.sessions.push_back(weak_from_this());
     error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);  // small answers must not wait out delayed ACKs
-    ReadHead();
+    if (!tls_) return ReadHead();
+    // A client that does not complete it (plain HTTP included) is closed.
+    Deadline(context_.options.idle_timeout_s);
+    tls_->async_handshake(ssl::stream_base::server, [self = shared_from_this()](error_code ec) {
+      if (ec) return self->Close();
+      self->ReadHead();
+    });
   }
 
   // The loop's sweep: a connection past its deadline is closed (its pending reads and writes
@@ -120,8 +155,9 @@ class Session : public std::enable_shared_from_this<Session> {
     res->body() = std::move(response.body);
     if (!response.Has("Content-Length")) res->prepare_payload();  // else a HEAD's, relayed
     Finish();
-    Enqueue([res](Session& s, auto done) { http::async_write(s.socket_, *res, [res, done](error_code ec, size_t) { done(ec); }); },
-            !keep_alive_);
+    Enqueue([res](Session& s, auto done) {
+      s.Io([&](auto& stream) { http::async_write(stream, *res, [res, done](error_code ec, size_t) { done(ec); }); });
+    }, !keep_alive_);
   }
 
   void Head(uint64_t serial, HttpResponse head) {
@@ -131,7 +167,9 @@ class Session : public std::enable_shared_from_this<Session> {
     res->chunked(true);
     auto serializer = std::make_shared<http::response_serializer<http::empty_body>>(*res);
     Enqueue([res, serializer](Session& s, auto done) {
-      http::async_write_header(s.socket_, *serializer, [res, serializer, done](error_code ec, size_t) { done(ec); });
+      s.Io([&](auto& stream) {
+        http::async_write_header(stream, *serializer, [res, serializer, done](error_code ec, size_t) { done(ec); });
+      });
     });
   }
 
@@ -141,15 +179,13 @@ class Session : public std::enable_shared_from_this<Session> {
     char size[24];
     bytes->append(size, std::snprintf(size, sizeof(size), "%zx\r\n", data.size()));
     bytes->append(data).append("\r\n");
-    Enqueue([bytes](Session& s, auto done) { net::async_write(s.socket_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); });
+    Enqueue(WriteBytes(std::move(bytes)));
   }
 
   void End(uint64_t serial) {
     if (!Current(serial)) return;
     Finish();
-    auto bytes = std::make_shared<std::string>("0\r\n\r\n");
-    Enqueue([bytes](Session& s, auto done) { net::async_write(s.socket_, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); },
-            !keep_alive_);
+    Enqueue(WriteBytes(std::make_shared<std::string>("0\r\n\r\n")), !keep_alive_);
   }
 
   void OnGone(uint64_t serial, std::function<void()> gone) {
@@ -176,6 +212,22 @@ class Session : public std::enable_shared_from_this<Session> {
 
   bool Current(uint64_t serial) const { return serial == serial_ && awaiting_ && !closed_; }
 
+  // Runs `op` on the stream requests and answers travel on: the TLS stream or the socket.
+  template <class Op>
+  void Io(Op&& op) {
+    if (tls_) {
+      op(*tls_);
+    } else {
+      op(socket_);
+    }
+  }
+
+  static std::function<void(Session&, Done)> WriteBytes(std::shared_ptr<std::string> bytes) {
+    return [bytes = std::move(bytes)](Session& s, Done done) {
+      s.Io([&](auto& stream) { net::async_write(stream, net::buffer(*bytes), [bytes, done](error_code ec, size_t) { done(ec); }); });
+    };
+  }
+
   void Deadline(int seconds) { deadline_ = Clock::now() + std::chrono::seconds(seconds); }
   void NoDeadline() { deadline_ = Clock::time_point::max(); }
 
@@ -184,8 +236,9 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->header_limit(static_cast<std::uint32_t>(context_.options.max_header_bytes));
     parser_->body_limit(context_.options.max_body_bytes);
     Deadline(context_.options.idle_timeout_s);
-    http::async_read_header(socket_, buffer_, *parser_,
-                            [self = shared_from_this()](error_code ec, size_t) { self->OnHead(ec); });
+    Io([&](auto& stream) {
+      http::async_read_header(stream, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) { self->OnHead(ec); });
+    });
   }
 
   void OnHead(error_code ec) {
@@ -193,7 +246,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec == http::error::body_limit) return RefuseBody();  // its Content-Length
     if (ec) {
       // A stream that ends or stalls between requests is closed quietly; garbage is a 400.
-      if (closed_ || ec == http::error::end_of_stream || ec == net::error::eof ||
+      if (closed_ || ec == http::error::end_of_stream || ec == net::error::eof || ec == ssl::error::stream_truncated ||
           ec == net::error::connection_reset || ec == net::error::operation_aborted || buffer_.size() == 0) {
         return Close();
       }
@@ -207,11 +260,12 @@ class Session : public std::enable_shared_from_this<Session> {
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       // The client waits for this before it sends the body (curl, for bodies over 1 KiB).
       static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
-      return net::async_write(socket_, net::buffer(kContinue, sizeof(kContinue) - 1),
-                              [self = shared_from_this()](error_code ec, size_t) {
-                                if (ec) return self->Close();
-                                self->ReadBody();
-                              });
+      return Io([&](auto& stream) {
+        net::async_write(stream, net::buffer(kContinue, sizeof(kContinue) - 1), [self = shared_from_this()](error_code ec, size_t) {
+          if (ec) return self->Close();
+          self->ReadBody();
+        });
+      });
     }
     ReadBody();
   }
@@ -220,11 +274,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // long as bytes keep coming; the size limit bounds it).
   void ReadBody() {
     Deadline(context_.options.body_timeout_s);
-    http::async_read_some(socket_, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
-      if (ec == http::error::body_limit) return self->RefuseBody();
-      if (ec) return self->Close();
-      if (self->parser_->is_done()) return self->Route();
-      self->ReadBody();
+    Io([&](auto& stream) {
+      http::async_read_some(stream, buffer_, *parser_, [self = shared_from_this()](error_code ec, size_t) {
+        if (ec == http::error::body_limit) return self->RefuseBody();
+        if (ec) return self->Close();
+        if (self->parser_->is_done()) return self->Route();
+        self->ReadBody();
+      });
     });
   }
 
@@ -243,24 +299,20 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // The client's going, learned on the loop: the socket turns readable with nothing to read.
-  // (Bytes instead are a pipelined request, read after this answer: the watch ends.)
+  // (Bytes instead are a pipelined request, read after this answer: the watch ends. Over TLS
+  // the peek is on the socket, below the TLS stream: a client that sends close_notify before
+  // closing ends the watch the same way.)
   void Watch() {
     socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), serial = serial_](error_code ec) {
       if (ec || !self->Current(serial)) return;
       char c;
       const ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
       if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        self->Gone();
+        self->Close();  // which tells the request (OnGone)
       } else if (n < 0) {
         self->Watch();
       }
     });
-  }
-
-  void Gone() {
-    std::function<void()> gone = std::move(on_gone_);
-    Close();
-    if (gone) gone();
   }
 
   // The answer is complete (queued): nothing more for this request.
@@ -343,17 +395,22 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // A request still waiting for (the rest of) its answer learns it through its OnGone, however
+  // the connection ends: the client closed it, a write failed or timed out, the server stops.
   void Close() {
     if (closed_) return;
     closed_ = true;
+    std::function<void()> gone = std::move(on_gone_);
     if (awaiting_) Finish();
     out_.clear();
     error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
+    if (gone) gone();
   }
 
   tcp::socket socket_;
+  std::optional<TlsStream> tls_;  // HTTPS: over socket_
   Clock::time_point deadline_ = Clock::time_point::max();  // see Sweep
   ServerContext& context_;
   beast::flat_buffer buffer_;  // grows as needed; the parser's limits bound it
@@ -425,6 +482,11 @@ class HttpServer::Impl {
   }
 
   Status Start() {
+    if (!options_.tls.certificate_chain.empty()) {
+      Status status = MakeTlsContext(options_.tls, &tls_);
+      if (!status.ok()) return status;
+      context_.tls = &*tls_;
+    }
     error_code ec;
     const auto address = net::ip::make_address(options_.host, ec);
     if (!ec) {
@@ -523,6 +585,7 @@ class HttpServer::Impl {
   }
 
   HttpOptions options_;
+  std::optional<ssl::context> tls_;
   ElasticPool pool_{1024, std::chrono::seconds(30)};
   Routes routes_;
   Relay relay_;

@@ -19,6 +19,16 @@
 
 namespace pyserve::httpfront {
 
+// HTTPS: PEM text (never file names, so that callers may make it in memory). An empty
+// certificate chain serves plain HTTP.
+struct TlsOptions {
+  std::string certificate_chain;  // the server's certificate, then its intermediates
+  std::string private_key;
+  // Mutual TLS: clients must present a certificate these CAs signed; empty = none asked for.
+  std::string client_ca;
+  int security_level = -1;  // OpenSSL's (0-5) for this server only; -1 = OpenSSL's default
+};
+
 struct HttpOptions {
   std::string host = "0.0.0.0";
   int port = 8000;  // 0 = any free port
@@ -31,7 +41,9 @@ struct HttpOptions {
   int body_timeout_s = 60;   // a request body that stops arriving for this long
   int write_timeout_s = 60;  // writing one response part (a client that does not read)
   int shell_port = 0;  // the Python frontend, on 127.0.0.1
+  int relay_timeout_s = 600;  // waiting for the shell's answer to a relayed request (504 past it)
   bool reuse_port = false;  // SO_REUSEPORT (--reuse-http-port): otherwise a port in use fails
+  TlsOptions tls;
   // Restricted APIs (--http-restricted-api) of the routes the server answers itself, "health"
   // and "inference": the header a request must carry and its value (the shell checks the rest).
   std::map<std::string, std::pair<std::string, std::string>> restricted;

@@ -21,7 +21,7 @@ class PyHttpServer {
                std::vector<std::pair<std::string, std::string>> response_headers,
                py::object on_timeout, int backlog, bool reuse_port,
                std::map<std::string, std::pair<std::string, std::string>> restricted,
-               std::string header_forward_pattern) {
+               std::string header_forward_pattern, py::object tls) {
     pyserve::httpfront::HttpOptions options;
     if (predictions_table) {
       pyserve::httpfront::PredictionsOptions p;
@@ -55,6 +55,15 @@ class PyHttpServer {
     options.restricted = std::move(restricted);
     options.header_forward_pattern = std::move(header_forward_pattern);
     options.max_body_bytes = max_body_bytes;
+    if (!tls.is_none()) {  // {"certificate_chain", "private_key", "client_ca": PEM, "security_level"}
+      const auto d = tls.cast<py::dict>();
+      options.tls.certificate_chain = d["certificate_chain"].cast<std::string>();
+      options.tls.private_key = d["private_key"].cast<std::string>();
+      if (d.contains("client_ca")) options.tls.client_ca = d["client_ca"].cast<std::string>();
+      if (d.contains("security_level") && !d["security_level"].is_none()) {
+        options.tls.security_level = d["security_level"].cast<int>();
+      }
+    }
     options.shared_memory = std::move(shared_memory);
     pyserve::Status status;
     {
@@ -96,7 +105,7 @@ PYBIND11_MODULE(_http_server, m) {
       .def(py::init<std::shared_ptr<pyserve::ModelTable>, const std::string&, int, int, int, size_t,
                     std::shared_ptr<pyserve::SharedMemoryRegistry>, std::shared_ptr<pyserve::ModelTable>, size_t,
                     std::vector<std::pair<std::string, std::string>>, py::object, int, bool,
-                    std::map<std::string, std::pair<std::string, std::string>>, std::string>(),
+                    std::map<std::string, std::pair<std::string, std::string>>, std::string, py::object>(),
            py::arg("table"), py::arg("host"), py::arg("port"), py::arg("shell_port"),
            py::arg("threads") = 8, py::arg("max_body_bytes") = size_t(64) << 20,
            py::arg("shared_memory") = nullptr, py::arg("predictions_table") = nullptr,
@@ -105,7 +114,7 @@ PYBIND11_MODULE(_http_server, m) {
            py::arg("on_timeout") = py::none(), py::arg("backlog") = INT_MAX,
            py::arg("reuse_port") = false,
            py::arg("restricted") = std::map<std::string, std::pair<std::string, std::string>>(),
-           py::arg("header_forward_pattern") = "")
+           py::arg("header_forward_pattern") = "", py::arg("tls") = py::none())
       .def_property_readonly("port", &PyHttpServer::port)
       // TorchServe's inference API (a server made with a predictions_table):
       .def("set_inference_key", [](PyHttpServer& s, const std::string& key, int64_t expires) {
@@ -114,6 +123,7 @@ PYBIND11_MODULE(_http_server, m) {
       .def("set_response_timeout", [](PyHttpServer& s, const std::string& key, int seconds) {
         s.predictions().SetResponseTimeout(key, seconds);
       })
+      .def("set_healthy", [](PyHttpServer& s, bool healthy) { s.predictions().SetHealthy(healthy); })
       .def("push", [](PyHttpServer& s, uint64_t token, py::bytes frame) {
         std::string data = frame;
         py::gil_scoped_release nogil;

@@ -292,7 +292,22 @@ class CountingExchange : public Exchange {
 
 }  // namespace
 
+// TorchServe's `GET /ping`, from what the model store last published: probes never wait for
+// the shell.
+bool Predictions::Ping(const HttpRequest& req, std::shared_ptr<Exchange> exchange) {
+  if (!Authorized(req)) return false;  // the shell refuses it in TorchServe's words
+  const bool healthy = healthy_.load(std::memory_order_relaxed);
+  HttpResponse res;
+  res.status = healthy ? 200 : 500;
+  res.content_type = kJson;
+  res.body = healthy ? "{\n  \"status\": \"Healthy\"\n}" : "{\n  \"status\": \"Unhealthy\"\n}";
+  for (const auto& [name, value] : options_.response_headers) res.Set(name, value);
+  CountingExchange(std::move(exchange), status_classes_).Answer(std::move(res));
+  return true;
+}
+
 bool Predictions::Handle(HttpRequest& req, std::shared_ptr<Exchange> exchange) {
+  if (req.method == "GET" && req.path == "/ping") return Ping(req, std::move(exchange));
   if ((req.method != "POST" && req.method != "PUT") || req.Has("Content-Encoding")) return false;
   // multipart/form-data is split here; other form bodies are the shell's to parse.
   std::vector<FormPart> parts;

@@ -69,6 +69,8 @@ class Predictions : public ResponseSink {
   // The inference API's token ("" = no token authorization) and when it expires (unix s).
   void SetKey(const std::string& key, int64_t expires_unix_s);
   void SetResponseTimeout(const std::string& key, int seconds);
+  // What `GET /ping` answers ("Healthy" or "Unhealthy"), as the model store finds it.
+  void SetHealthy(bool healthy) { healthy_.store(healthy, std::memory_order_relaxed); }
   // An intermediate response for the request the shell knows by `token`; false when it is gone.
   bool Push(uint64_t token, std::string frame);
   // The handler started on these requests: their response timeout counts from now.
@@ -84,6 +86,7 @@ class Predictions : public ResponseSink {
 
  private:
   bool Authorized(const HttpRequest& req) const;
+  bool Ping(const HttpRequest& req, std::shared_ptr<Exchange> exchange);
   void ArmTimer(const std::shared_ptr<Pending>& pending);
   void TimedOut(const std::shared_ptr<Pending>& pending);
   void Finish(Pending& pending, const InferResponse& response);
@@ -102,6 +105,7 @@ class Predictions : public ResponseSink {
   mutable std::mutex pending_mutex_;
   std::unordered_map<uint64_t, std::weak_ptr<Pending>> pending_;
   std::atomic<uint64_t> next_token_{1};
+  std::atomic<bool> healthy_{true};
   mutable std::mutex counters_mutex_;
   std::map<std::string, PredictionCounters, std::less<>> counters_;
   std::shared_ptr<std::array<std::atomic<uint64_t>, 3>> status_classes_ =

@@ -1,9 +1,12 @@
 #include "relay.h"
 
+#include <sys/socket.h>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 #include <optional>
 
 #include "http_server.h"
@@ -34,7 +37,47 @@ struct ShellConnection {
   net::io_context io;
   std::optional<tcp::socket> socket;
   beast::flat_buffer buffer;
+
+  void Reset() {
+    socket.reset();
+    buffer.clear();
+  }
+
+  // Whether the kept connection is still open: the shell closes idle ones (its keep-alive
+  // timeout), which shows as an end of stream waiting to be read.
+  bool Open() {
+    if (!socket) return false;
+    char c;
+    const ssize_t n = ::recv(socket->native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  // Runs the operations started on `io` until they complete or `timeout` passes, then closes
+  // the connection (which ends them); false when the timeout passed.
+  bool RunFor(std::chrono::seconds timeout) {
+    io.restart();
+    io.run_for(timeout);
+    if (io.stopped()) return true;
+    Reset();
+    io.restart();
+    io.run();
+    return false;
+  }
 };
+
+// Requests whose repetition changes nothing: only these are sent again after a kept
+// connection fails, since the shell may have acted on the first (a POST that loaded a model).
+bool Idempotent(http::verb method) {
+  return method == http::verb::get || method == http::verb::head || method == http::verb::options;
+}
+
+HttpResponse ErrorAnswer(int status, const std::string& message) {
+  HttpResponse answer;
+  answer.status = status;
+  answer.content_type = "application/json; charset=utf-8";
+  answer.body = ErrorBody(message);
+  return answer;
+}
 
 }  // namespace
 
@@ -55,7 +98,9 @@ HttpResponse Relay::Call(HttpRequest& request) {
   out.keep_alive(true);
   out.body() = std::move(request.body);  // compressed bodies included: the shell inflates them within its limit
   out.prepare_payload();
-  // A kept connection the shell has closed meanwhile fails the first try: one more, afresh.
+  // A kept connection the shell closed is found before it is used; one that fails anyway is
+  // tried again, afresh, when the request did not reach the shell whole or may be repeated.
+  if (!shell.Open()) shell.Reset();
   for (int attempt = 0; attempt < 2; ++attempt) {
     beast::error_code ec;
     const bool fresh = !shell.socket;
@@ -65,22 +110,26 @@ HttpResponse Relay::Call(HttpRequest& request) {
       if (!ec) shell.socket->set_option(tcp::no_delay(true), ec);
     }
     if (!ec) http::write(*shell.socket, out, ec);
+    const bool sent = !ec;
     http::response_parser<http::string_body> parser;
     parser.body_limit(boost::none);  // the shell's answers are its own to bound
     const bool head = out.method() == http::verb::head;
     parser.skip(head);  // a HEAD's answer declares a length it does not send
-    if (!ec) http::read(*shell.socket, shell.buffer, parser, ec);
+    if (!ec) {
+      // Read with a deadline: a shell that never answers must not hold a thread for ever.
+      http::async_read(*shell.socket, shell.buffer, parser, [&ec](beast::error_code e, size_t) { ec = e; });
+      if (!shell.RunFor(std::chrono::seconds(options_.relay_timeout_s))) {
+        return ErrorAnswer(504, "the server's control plane did not answer within " +
+                                    std::to_string(options_.relay_timeout_s) + " s");
+      }
+    }
     if (ec) {
-      shell.socket.reset();
-      shell.buffer.clear();
-      if (fresh) break;
+      shell.Reset();
+      if (fresh || (sent && !Idempotent(out.method()))) break;
       continue;
     }
     auto& answer = parser.get();
-    if (!answer.keep_alive()) {
-      shell.socket.reset();
-      shell.buffer.clear();
-    }
+    if (!answer.keep_alive()) shell.Reset();
     HttpResponse response;
     response.status = static_cast<int>(answer.result_int());
     response.reason = std::string(answer.reason());
@@ -96,11 +145,7 @@ HttpResponse Relay::Call(HttpRequest& request) {
     response.body = std::move(answer.body());
     return response;
   }
-  HttpResponse unreachable;
-  unreachable.status = 503;
-  unreachable.content_type = "application/json; charset=utf-8";
-  unreachable.body = ErrorBody("the server's control plane is not reachable");
-  return unreachable;
+  return ErrorAnswer(503, "the server's control plane is not reachable");
 }
 
 }  // namespace pyserve::httpfront

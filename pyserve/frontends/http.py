@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import re
+import ssl
 import zlib
 
 import numpy as np
@@ -593,6 +594,7 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
                             shared_memory: _core.SharedMemoryRegistry | None = None,
                             restricted_groups: dict[str, tuple[str, str]] | None = None,
                             header_pattern: str = "", reuse_port: bool = False,
+                            ssl_context: ssl.SSLContext | None = None,
                             ) -> tuple[web.AppRunner, int]:
     middlewares = [_restrictions(restricted_groups)] if restricted_groups else []
     app = web.Application(middlewares=[*middlewares, _refusals], client_max_size=max_input_size)
@@ -604,5 +606,5 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
                            auto_decompress=False)
     await runner.setup()
     sock = listen(host, port, reuse_port)
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     return runner, sock.getsockname()[1]

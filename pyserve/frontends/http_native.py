@@ -30,14 +30,17 @@ class NativeHttpServer:
                  shared_memory: _core.SharedMemoryRegistry | None = None,
                  reuse_port: bool = False,
                  restricted_groups: dict[str, tuple[str, str]] | None = None,
-                 header_pattern: str = "") -> None:
+                 header_pattern: str = "", tls: dict | None = None) -> None:
         # `shared_memory` must be the registry of the shell frontend it relays to, which checks
         # the restricted groups of the routes it answers; the native server checks its own.
+        # `tls`: HTTPS, as _http_server.Server takes it (PEM text); the shell stays plain HTTP
+        # on its loopback port.
         own = {group: required for group, required in (restricted_groups or {}).items()
                if group in ("health", "inference")}
         self._server = _http_server.Server(manager.table, host, port, shell_port, threads,
                                            max_input_size, shared_memory, reuse_port=reuse_port,
-                                           restricted=own, header_forward_pattern=header_pattern)
+                                           restricted=own, header_forward_pattern=header_pattern,
+                                           tls=tls)
         self.port = self._server.port
 
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ already keeps (request outcomes, statistics, queue lengths), read at scrape time
 
 from __future__ import annotations
 
+import ssl
 from typing import Callable
 
 from aiohttp import web
@@ -100,11 +101,13 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
-async def start_metrics_server(metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_metrics_server(metrics: Metrics, host: str, port: int,
+                               ssl_context: ssl.SSLContext | None = None,
+                               ) -> tuple[web.AppRunner, int]:
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics.handle)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = listen(host, port)
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     return runner, sock.getsockname()[1]

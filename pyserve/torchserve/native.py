@@ -18,7 +18,8 @@ from pyserve.torchserve.api import cors_headers
 
 
 class NativeInferenceApi:
-    def __init__(self, apis, host: str, port: int, shell_port: int, threads: int) -> None:
+    def __init__(self, apis, host: str, port: int, shell_port: int, threads: int,
+                 tls: dict | None = None) -> None:
         from pyserve import _http_server
 
         options = apis.options
@@ -31,7 +32,8 @@ class NativeInferenceApi:
         self._server = _http_server.Server(
             self.table, host, port, shell_port, threads, options.max_request_size,
             predictions_table=self.table, max_response_bytes=options.max_response_size,
-            response_headers=list(cors_headers(options).items()), on_timeout=self._timed_out)
+            response_headers=list(cors_headers(options).items()), on_timeout=self._timed_out,
+            tls=tls)
         self.port = self._server.port
         ts_request.native_frontend = self._server
 
@@ -44,6 +46,10 @@ class NativeInferenceApi:
         for key in self._keys.get(name, set()) - versions.keys():
             self.table.publish(key, [])
         self._keys[name] = set(versions)
+
+    def set_healthy(self, healthy: bool) -> None:
+        """What GET /ping answers natively (TorchServeApis' ping rule, as the store finds it)."""
+        self._server.set_healthy(healthy)
 
     def set_inference_key(self, key: str, expires_unix_s: int) -> None:
         self._server.set_inference_key(key, expires_unix_s)

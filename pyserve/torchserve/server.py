@@ -23,7 +23,7 @@ from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.context import configure_metrics
 from pyserve.torchserve.metrics import FrontendMetrics
 from pyserve.torchserve.store import ApiError, ModelStore
-from pyserve.torchserve.tls import server_context
+from pyserve.torchserve.tls import server_tls
 
 log = logging.getLogger("pyserve")
 
@@ -80,44 +80,46 @@ class TorchServeServer:
                      ("Management", self.apis.management_app(), options.management_address)]
         if options.enable_metrics_api:
             sites.append(("Metrics", self.apis.metrics_app(), options.metrics_address))
-        context = None
+        tls = None
         if any(address.scheme == "https" for _, _, address in sites):
-            context = server_context(options)
+            tls = server_tls(options)
         for name, app, address in sites:
-            if name == "Inference" and self._native_inference(address):
-                port = await self._start_native_inference(app, address)
+            if name == "Inference" and self._native_inference():
+                port = await self._start_native_inference(app, address, tls)
             else:
-                runner, port = await start_site(app, address, context)
+                runner, port = await start_site(app, address, tls and tls.context)
                 self._runners.append(runner)
             self.ports[name.lower()] = port
             log.info("%s API bind to: %s://%s:%d", name, address.scheme, address.host, port)
         self.ports.setdefault("management", self.ports["inference"])
         log.info("Model server started.")
 
-    def _native_inference(self, address) -> bool:
+    def _native_inference(self) -> bool:
         """Whether predictions are served natively: the HTTP frontend choice of the KServe
-        options (auto: when the native frontend is built), over plain HTTP."""
+        options (auto: when the native frontend is built)."""
         choice = self.kserve.options.http_frontend if self.kserve is not None else "auto"
         if choice == "python":
             return False
         from pyserve.torchserve import native
 
-        if address.scheme != "http" or not native.available():
+        if not native.available():
             if choice == "native":
-                raise StartupError("--http-frontend=native: the native inference API needs "
-                                   "plain HTTP and the native HTTP frontend "
-                                   f"({native.UNAVAILABLE_REASON or 'TLS is configured'})")
+                raise StartupError("--http-frontend=native: the native HTTP frontend is not "
+                                   f"available ({native.UNAVAILABLE_REASON})")
             return False
         return True
 
-    async def _start_native_inference(self, app, address) -> int:
+    async def _start_native_inference(self, app, address, tls) -> int:
+        """Predictions on the native server (https with `tls`'s material), the rest relayed
+        to `app` on a loopback port, in plain HTTP."""
         from pyserve.torchserve.native import NativeInferenceApi
 
         runner, shell_port = await start_site(app, Address("http", "127.0.0.1", 0), None)
         self._runners.append(runner)
         threads = self.kserve.options.http_thread_count if self.kserve is not None else 8
-        self._native = NativeInferenceApi(self.apis, address.host, address.port, shell_port,
-                                          threads)
+        self._native = NativeInferenceApi(
+            self.apis, address.host, address.port, shell_port, threads,
+            tls.native() if tls is not None and address.scheme == "https" else None)
         self.apis.attach_native(self._native)
         if not self.metrics.served("Requests2XX"):  # log mode: a line per answer, each second
             self._native_answer_lines = ts_metrics.Periodic(

@@ -252,6 +252,7 @@ class ModelStore:
         lock = self._locks.setdefault(f"{name}/{entry.version}", asyncio.Lock())
         async with lock:
             entry.min_workers, entry.max_workers = min_workers, max(max_workers, min_workers)
+            self._publish_health()
             # TorchServe starts workers up to min_worker, or stops those past max_worker.
             count = len(entry.workers)
             count = min_workers if count < min_workers else max(min(count, max_workers), 0)
@@ -373,6 +374,13 @@ class ModelStore:
             served[name] = served[f"{name}/{default}"]
         self.native.publish(name, {key: (entry.runner.model, entry.response_timeout)
                                    for key, entry in served.items()})
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        """The native inference API's answer to /ping: healthy(), wherever it may change
+        (workers started or stopped, a minimum set, a default version or a model changed)."""
+        if self.native is not None:
+            self.native.set_healthy(self.healthy())
 
     def _next_worker_id(self) -> int:
         self._worker_ids += 1

@@ -14,6 +14,7 @@ import datetime
 import logging
 import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyserve.errors import ErrorCode, ServerError
@@ -23,8 +24,23 @@ log = logging.getLogger("pyserve")
 _NEEDS_EXTRA = "pip install 'pyserve[torchserve]'"
 
 
-def server_context(options) -> ssl.SSLContext:
-    """The SSL context of the https addresses of `options` (TorchServeOptions)."""
+@dataclass
+class ServerTls:
+    """The https addresses' material: the SSL context of Python's servers, and the same key,
+    chain and security level as PEM for the native HTTP frontend."""
+    context: ssl.SSLContext
+    key_pem: bytes
+    chain_pem: bytes
+    security_level: int | None  # None: OpenSSL's default
+
+    def native(self) -> dict:
+        """As pyserve._http_server.Server's `tls` takes it."""
+        return {"certificate_chain": self.chain_pem, "private_key": self.key_pem,
+                "security_level": self.security_level}
+
+
+def server_tls(options) -> ServerTls:
+    """The TLS material of the https addresses of `options` (TorchServeOptions)."""
     if options.keystore is not None:
         key_pem, chain_pem = _read_keystore(options.keystore, options.keystore_pass,
                                             options.keystore_type)
@@ -58,7 +74,7 @@ def server_context(options) -> ssl.SSLContext:
             log.warning("TLS: the key of %s is below OpenSSL's default security level; served "
                         "as TorchServe serves it (security level %d for TorchServe's APIs "
                         "only)", source, level)
-        return context
+        return ServerTls(context, key_pem, chain_pem, level)
     raise ServerError(f"TLS: cannot use {source}: {error}", ErrorCode.INVALID_ARG)
 
 

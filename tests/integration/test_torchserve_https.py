@@ -72,11 +72,11 @@ def _get(url: str, context: ssl.SSLContext, data: bytes | None = None) -> tuple[
         return reply.status, reply.read()
 
 
-# "auto": a build with the native HTTP frontend, whose native predictions need plain HTTP, so
-# the inference API is the Python one there too.
-@pytest.mark.parametrize("frontend", ["auto", "python"])
+@pytest.mark.parametrize("frontend", ["native", "python"])
 @pytest.mark.parametrize("kind", ["pem", "pkcs12", "jks"])
 def test_torchserve_https(tmp_path, kind, frontend):
+    if frontend == "native" and not _native_available():
+        pytest.skip("pyserve was built without the native HTTP frontend")
     settings = _settings(kind, tmp_path)
     make_mar(tmp_path / "store", "echo", {"echo.py": ECHO}, handler="echo.py",
              work=tmp_path / "src")
@@ -90,11 +90,14 @@ def test_torchserve_https(tmp_path, kind, frontend):
     try:
         log = process.log_path.read_text()
         assert "1024-bit RSA key" in log  # the warning names the key size
+        assert ("native predictions" in log) == (frontend == "native")
         context = _client(tmp_path)
         status, body = _get(process.url("inference", "/ping"), context)
         assert (status, json.loads(body)) == (200, {"status": "Healthy"})
-        status, body = _get(process.url("inference", "/predictions/echo"), context, b"secret")
-        assert status == 200 and json.loads(body)["echo"] == "secret"
+        for _ in range(2):  # the second on a new connection: each does its handshake
+            status, body = _get(process.url("inference", "/predictions/echo"), context,
+                                b"secret")
+            assert status == 200 and json.loads(body)["echo"] == "secret"
         status, body = _get(process.url("management", "/models"), context)
         assert status == 200 and json.loads(body)["models"][0]["modelName"] == "echo"
         status, body = _get(process.url("metrics", "/metrics"), context)
@@ -125,17 +128,3 @@ def test_torchserve_https_self_signed_without_certificate(tmp_path):
         assert status == 200 and "self-signed" in process.log_path.read_text()
     finally:
         process.stop()
-
-
-def test_torchserve_https_native_only_is_refused(tmp_path):
-    """--http-frontend native cannot serve an https inference address (native HTTPS is not
-    built): refused at start-up, saying so."""
-    if not _native_available():
-        pytest.skip("pyserve was built without the native HTTP frontend")
-    _settings("pem", tmp_path)
-    with pytest.raises(RuntimeError, match="plain HTTP"):
-        TorchServeProcess(tmp_path, "inference_address=https://127.0.0.1:0\n"
-                          "management_address=http://127.0.0.1:0\n"
-                          "metrics_address=http://127.0.0.1:0\n"
-                          "private_key_file=key.pem\ncertificate_file=certs.pem\n",
-                          "--disable-token-auth", "--http-frontend", "native")

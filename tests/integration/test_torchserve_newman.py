@@ -67,10 +67,13 @@ def test_torchserve_management_collection(tmp_path, frontend):
 
 
 @pytest.mark.skipif(NEWMAN is None, reason="needs newman (npm install -g newman)")
-def test_torchserve_https_collection(tmp_path):
+@pytest.mark.parametrize("frontend", ["native", "python"])
+def test_torchserve_https_collection(tmp_path, frontend):
     """api_utils.trigger_https_tests: TorchServe's test/resources/config.properties (its sample
     1024-bit key and certificate; without install_py_dep_per_model=true, which pyserve
     refuses), newman --insecure as TorchServe runs it."""
+    if frontend == "native" and not _native_available():
+        pytest.skip("pyserve was built without the native HTTP frontend")
     _stand_ins(tmp_path / "store", tmp_path / "src")
     resources = tmp_path / "resources"
     resources.mkdir()
@@ -84,7 +87,7 @@ def test_torchserve_https_collection(tmp_path):
         "management_address=https://127.0.0.1:0\nmetrics_address=https://127.0.0.1:0\n"
         "private_key_file=resources/key.pem\ncertificate_file=resources/certs.pem\n"
         "disable_token_authorization=true\nenable_model_api=true\nmodel_store=store\n",
-        scheme="https")
+        "--http-frontend", frontend, scheme="https")
     try:
         assert "1024-bit RSA key" in process.log_path.read_text()
         work = tmp_path / "work"  # the collection's file is ../examples/image_classifier/
@@ -101,13 +104,16 @@ def test_torchserve_https_collection(tmp_path):
 
 
 @pytest.mark.skipif(NEWMAN is None, reason="needs newman (npm install -g newman)")
+@pytest.mark.parametrize("frontend", ["native", "python"])
 @pytest.mark.parametrize("collection,envelope", [("kf_https_test_collection.json", "kserve"),
                                                  ("kfv2_https_test_collection.json",
                                                   "kservev2")])
-def test_torchserve_kserve_https_collections(tmp_path, collection, envelope):
+def test_torchserve_kserve_https_collections(tmp_path, collection, envelope, frontend):
     """api_utils.trigger_https_tests_kf and _kfv2: test/resources/config_kf(v2).properties,
     TorchServe's KServe MNIST requests through its envelopes, an MNIST-style archive (the
     collections check status codes)."""
+    if frontend == "native" and not _native_available():
+        pytest.skip("pyserve was built without the native HTTP frontend")
     envelopes = pytest.importorskip("test_torchserve_envelopes")
     import torch
 
@@ -128,7 +134,8 @@ def test_torchserve_kserve_https_collections(tmp_path, collection, envelope):
         "management_address=https://127.0.0.1:0\nmetrics_address=https://127.0.0.1:0\n"
         "private_key_file=resources/key.pem\ncertificate_file=resources/certs.pem\n"
         f"service_envelope={envelope}\ndisable_token_authorization=true\n"
-        "enable_model_api=true\nmodel_store=store\n", scheme="https")
+        "enable_model_api=true\nmodel_store=store\n", "--http-frontend", frontend,
+        scheme="https")
     try:
         cwd = tmp_path / "work"  # the requests are ../kubernetes/kserve/kf_request_json/...
         cwd.mkdir()
