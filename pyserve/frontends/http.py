@@ -15,7 +15,7 @@ from aiohttp import web
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
-from pyserve import logs, restricted
+from pyserve import logs, restricted, trace
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
@@ -80,6 +80,10 @@ class HttpFrontend:
             web.get("/v2/models/stats", self.statistics),
             web.get("/v2/logging", self.log_settings),
             web.post("/v2/logging", self.log_settings),
+            web.get("/v2/trace/setting", self.trace_settings),
+            web.post("/v2/trace/setting", self.trace_settings),
+            web.get(_MODEL + "/trace/setting", self.trace_settings),
+            web.post(_MODEL + "/trace/setting", self.trace_settings),
         ]
         for base in ("/v2/repository", "/v2/repository/{repository}"):
             routes += [
@@ -155,6 +159,27 @@ class HttpFrontend:
             raise ServerError(e.message.replace("for log_format", "for --log_format"),
                               ErrorCode.UNAVAILABLE) from None
 
+    async def trace_settings(self, request: web.Request) -> web.Response:
+        """The trace extension: GET reads, POST changes the settings it names (null clears
+        one); trace_level is a list of strings, the others strings."""
+        changes = {}
+        if request.method == "POST":
+            body = await _json_body(request)
+            for key, value in body.items():
+                if value is None:
+                    changes[key] = None
+                elif key == "trace_level":
+                    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                        raise ServerError("'trace_level' must be an array of strings")
+                    changes[key] = value
+                elif not isinstance(value, str):
+                    raise ServerError(f"'{key}' must be a string")
+                else:
+                    changes[key] = [value]
+        return web.json_response(trace.handle_settings(
+            request.match_info.get("model", ""), changes,
+            lambda name: self._manager.is_ready(name, "")))
+
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         return web.json_response(self._manager.index(ready_only=bool(body.get("ready", False))))
@@ -229,7 +254,8 @@ class HttpFrontend:
                                              [o["name"] for o in requested], str(header.get("id", "")),
                                              {**self._forwarded(request), **_parameters(header)},
                                              classification,
-                                             output_blocks(self._shared_memory, in_shm))
+                                             output_blocks(self._shared_memory, in_shm),
+                                             request.headers.get("traceparent", ""))
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}

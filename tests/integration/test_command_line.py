@@ -29,7 +29,9 @@ SAMPLES = {"--model-repository": str(EXAMPLES), "--model-store": str(EXAMPLES),
            "--log-format": "ISO8601", "--backend-config": "default-max-batch-size=4",
            "--http-address": "127.0.0.1", "--grpc-address": "127.0.0.1",
            "--metrics-address": "127.0.0.1", "--id": "a", "--log-file": "/dev/null",
-           "--model-config-name": "a", "--disable-auto-complete-config": None}
+           "--model-config-name": "a", "--disable-auto-complete-config": None,
+           "--trace-config": "level=TIMESTAMPS", "--trace-level": "TIMESTAMPS",
+           "--trace-file": "/dev/null"}
 
 
 @pytest.mark.parametrize("flag", FLAGS)
