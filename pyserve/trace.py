@@ -236,8 +236,9 @@ class TraceManager:
         self._keys = itertools.count(1)
         self._lock = threading.Lock()
         self.writer = TraceWriter()
-        values = dict(level=config.level, rate=config.rate, count=config.count,
-                      log_frequency=config.log_frequency, file=config.file, mode=config.mode,
+        # Unsigned in Triton: a negative rate or frequency wraps.
+        values = dict(level=config.level, rate=config.rate & _UINT32_MAX, count=config.count,
+                      log_frequency=config.log_frequency & _UINT32_MAX, file=config.file, mode=config.mode,
                       options=config.options)
         self._default = _Setting(**values)
         self._global = self._install("", _Setting(**values))
@@ -249,7 +250,7 @@ class TraceManager:
         self.writer.add(setting)
         _core.trace_configure(model, setting.key, setting.level != OFF and (
             setting.mode == OPENTELEMETRY or bool(setting.file)),
-            setting.rate & _UINT32_MAX, setting.count, setting.mode == OPENTELEMETRY)
+            setting.rate, setting.count, setting.mode == OPENTELEMETRY)
         return setting
 
     def _refresh_counts(self) -> None:
@@ -411,7 +412,7 @@ class _TraceFile:
 
 def _trace_items(record: tuple) -> list[str]:
     """One trace as Triton's JSON objects: the model's, then one per timestamp."""
-    trace_id, _, model, version, request_id, _, stamps = record
+    trace_id, _, model, version, request_id, _, stamps = record[:7]
     head = {"id": trace_id, "model_name": model, "model_version": version}
     if request_id:
         head["request_id"] = request_id
@@ -424,21 +425,34 @@ def _trace_items(record: tuple) -> list[str]:
     return items
 
 
+@dataclass
+class _Collected:
+    """A setting's traces not yet in a file (Triton's trace stream of a TraceSetting)."""
+    items: list[str] = field(default_factory=list)
+    in_stream: int = 0
+    collected: int = 0
+    last_sample: int = 0  # the sample that took the setting's last count; 0 = not yet
+
+
 class TraceWriter:
     """Drains the core's finished traces on its own thread and writes each to the output of
-    the setting that sampled it."""
+    the setting that sampled it. As Triton does: a setting without log_frequency or count
+    appends to its file; with log_frequency, every that many traces go to `<file>.<n>`; with
+    a count, its traces go to `<file>.<n>` once the count is spent and every sampled trace is
+    collected; what is left at exit goes to `<file>.<n>` (log_frequency) or to the file."""
 
     def __init__(self) -> None:
         self._settings: dict[int, _Setting] = {}
+        self._held: dict[int, bool] = {}  # setting key -> traces wait in _collected
         self._files: dict[str, _TraceFile] = {}
-        self._pending: dict[int, list[str]] = {}  # setting key -> items not yet in a file
-        self._in_stream: dict[int, int] = {}
+        self._collected: dict[int, _Collected] = {}
         self._otel = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add(self, setting: _Setting) -> None:
         self._settings[setting.key] = setting
+        self._held[setting.key] = setting.log_frequency != 0 or setting.count >= 0
         if setting.mode == TRITON and setting.file and setting.file not in self._files:
             self._files[setting.file] = _TraceFile(setting.file)
         if setting.mode == OPENTELEMETRY and self._otel is None and setting.level != OFF:
@@ -469,25 +483,33 @@ class TraceWriter:
     def _write_triton(self, setting: _Setting, record: tuple) -> None:
         items = _trace_items(record)
         trace_file = self._files[setting.file]
-        if setting.log_frequency == 0:
+        if not self._held[setting.key]:
             trace_file.append(items)
             return
-        pending = self._pending.setdefault(setting.key, [])
-        pending.extend(items)
-        self._in_stream[setting.key] = self._in_stream.get(setting.key, 0) + 1
-        if self._in_stream[setting.key] >= setting.log_frequency:
-            trace_file.write_indexed(pending)
-            self._pending[setting.key], self._in_stream[setting.key] = [], 0
+        sample, last = record[7], record[8]
+        state = self._collected.setdefault(setting.key, _Collected())
+        state.items.extend(items)
+        state.in_stream += 1
+        state.collected += 1
+        if last:
+            state.last_sample = sample
+        if ((state.last_sample and state.collected == state.last_sample)
+                or (setting.log_frequency and state.in_stream >= setting.log_frequency)):
+            trace_file.write_indexed(state.items)
+            state.items, state.in_stream = [], 0
 
     def close(self) -> None:
         """Write what is left (log_frequency's partial group to its own indexed file)."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
-        for key, items in self._pending.items():
-            if items:
-                self._files[self._settings[key].file].write_indexed(items)
-        self._pending.clear()
+        for key, state in self._collected.items():
+            setting = self._settings[key]
+            if state.items and setting.log_frequency:
+                self._files[setting.file].write_indexed(state.items)
+            elif state.items:
+                self._files[setting.file].append(state.items)
+        self._collected.clear()
         if self._otel is not None:
             self._otel.shutdown()
 

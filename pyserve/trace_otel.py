@@ -50,7 +50,7 @@ class OpenTelemetryExport:
         self._offset = time.time_ns() - time.monotonic_ns()
 
     def export(self, record: tuple) -> None:
-        trace_id, _, model, version, request_id, traceparent, stamps = record
+        trace_id, _, model, version, request_id, traceparent, stamps = record[:7]
         stamps = sorted(stamps, key=lambda s: s[1])
         if not stamps:
             return

@@ -36,12 +36,12 @@ void RegisterTrace(py::module_& m) {
       py::list stamps;
       for (const auto& [name, ns] : r->Timestamps()) stamps.append(py::make_tuple(name, ns));
       out.append(py::make_tuple(r->id, r->setting, r->model_name, r->model_version,
-                                r->request_id, r->traceparent, stamps));
+                                r->request_id, r->traceparent, stamps, r->sample, r->last));
     }
     return out;
   }, py::arg("timeout_ms"),
   "The finished traces as (id, setting, model, version, request_id, traceparent, "
-  "[(name, ns)]), waiting up to timeout_ms for the first.");
+  "[(name, ns)], sample, last), waiting up to timeout_ms for the first.");
 }
 
 }  // namespace pyserve::bindings

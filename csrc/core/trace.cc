@@ -39,25 +39,30 @@ std::shared_ptr<TraceRecord> Tracer::Sample(std::string_view model, int64_t vers
   std::shared_ptr<Setting> setting;
   {
     std::shared_lock<std::shared_mutex> lock(settings_mutex_);
-    auto it = models_.find(std::string(model));
+    auto it = models_.empty() ? models_.end() : models_.find(std::string(model));
     setting = it == models_.end() ? global_ : it->second;
   }
   const TraceSampling& s = setting->sampling;  // fixed once configured
   const bool forced = s.opentelemetry && s.enabled && ValidTraceparent(traceparent);
-  if (!Take(*setting, forced)) return nullptr;
+  uint64_t sample = 0;
+  bool last = false;
+  if (!Take(*setting, forced, &sample, &last)) return nullptr;
   auto record = std::shared_ptr<TraceRecord>(new TraceRecord(),
                                              [this](TraceRecord* r) { Finished(r); });
-  record->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  record->setting = s.setting;
-  record->model_name = model;
-  record->model_version = version;
-  record->request_id = request_id;
-  if (forced) record->traceparent = traceparent;
+  TraceRecord* r = record.get();
+  r->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  r->setting = s.setting;
+  r->model_name = model;
+  r->model_version = version;
+  r->request_id = request_id;
+  if (forced) r->traceparent = traceparent;
+  r->sample = sample;
+  r->last = last;
   return record;
 }
 
 // Triton's rule: every request counts towards the rate; a hit takes one of the count.
-bool Tracer::Take(Setting& setting, bool forced) {
+bool Tracer::Take(Setting& setting, bool forced, uint64_t* sample, bool* last) {
   const TraceSampling& s = setting.sampling;
   std::lock_guard<std::mutex> lock(setting.mutex);
   bool hit = false;
@@ -65,11 +70,12 @@ bool Tracer::Take(Setting& setting, bool forced) {
     if (!(s.enabled && setting.sampling.count != 0) && !forced) return false;
     hit = ++setting.sampled % s.rate == 0;
     if (hit && setting.sampling.count > 0) {
-      --setting.sampling.count;
+      *last = --setting.sampling.count == 0;
     } else if (hit && setting.sampling.count == 0) {
       hit = false;
     }
   }
+  *sample = setting.sampled;
   return hit || forced;
 }
 

@@ -31,6 +31,10 @@ struct TraceRecord {
   int64_t model_version = 0;
   std::string request_id;
   std::string traceparent;  // the W3C context the request carried (OpenTelemetry mode)
+  // The setting's count of requests seen when this one was sampled, and whether it took the
+  // setting's last trace (Triton then writes the setting's traces to an indexed file).
+  uint64_t sample = 0;
+  bool last = false;
 
   void Stamp(const char* name, uint64_t ns);
   // The core's part: QUEUE_START from `enqueue_ns`, COMPUTE_* from the batch, REQUEST_END.
@@ -79,7 +83,8 @@ class Tracer {
     uint64_t sampled = 0;
   };
   Tracer() = default;
-  bool Take(Setting& setting, bool forced);
+  // Whether this request is traced; `sample` and `last` as a TraceRecord has them.
+  bool Take(Setting& setting, bool forced, uint64_t* sample, bool* last);
   void Finished(TraceRecord* record);
   void UpdateActive();  // settings_mutex_ held
 

@@ -161,24 +161,32 @@ class HttpFrontend:
 
     async def trace_settings(self, request: web.Request) -> web.Response:
         """The trace extension: GET reads, POST changes the settings it names (null clears
-        one); trace_level is a list of strings, the others strings."""
-        changes = {}
+        one); trace_level is a list of strings, the others strings, as Triton reads them."""
+        model = request.match_info.get("model", "")
+        changes: dict[str, list[str] | None] = {}
         if request.method == "POST":
-            body = await _json_body(request)
-            for key, value in body.items():
-                if value is None:
+            body = await _body(request)
+            try:
+                settings = json.loads(body)
+            except ValueError as e:
+                raise ServerError(f"failed to parse the request JSON buffer: {e}",
+                                  ErrorCode.INTERNAL) from None
+            for key, value in (settings.items() if isinstance(settings, dict) else ()):
+                if value is None or key == "trace_file":
                     changes[key] = None
-                elif key == "trace_level":
-                    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                        raise ServerError("'trace_level' must be an array of strings")
-                    changes[key] = value
-                elif not isinstance(value, str):
-                    raise ServerError(f"'{key}' must be a string")
+                elif key != "trace_level":
+                    changes[key] = [_json_string(value)]
+                elif not isinstance(value, list):
+                    raise ServerError("attempt to access JSON non-array as array",
+                                      ErrorCode.INTERNAL)
                 else:
-                    changes[key] = [value]
-        return web.json_response(trace.handle_settings(
-            request.match_info.get("model", ""), changes,
-            lambda name: self._manager.is_ready(name, "")))
+                    changes[key] = [_json_string(v) for v in value]
+        try:
+            return web.json_response(trace.handle_settings(
+                model, changes, lambda name: self._manager.is_ready(name, "")))
+        except ServerError as e:  # Triton's HTTP frontend words this one without the space
+            raise ServerError(e.message.replace("Expecting value >= -1, got: ",
+                                                "Expecting value >= -1, got:"), e.code) from None
 
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -269,6 +277,12 @@ class HttpFrontend:
         return web.Response(body=b"".join([head, *chunks]),
                             headers={HEADER_LENGTH: str(len(head)),
                                      "Content-Type": "application/octet-stream"})
+
+
+def _json_string(value) -> str:
+    if not isinstance(value, str):
+        raise ServerError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+    return value
 
 
 async def _body(request: web.Request) -> bytes:

@@ -138,7 +138,7 @@ def test_model_settings_follow_the_global_ones_until_set(server, protocol):
     ({"trace_count": "-2"},
      ("StatusCode.INVALID_ARGUMENT", "Unable to parse 'trace_count'. Expecting value >= -1, "
                                      "got: -2"),
-     ("400", "Unable to parse 'trace_count'. Expecting value >= -1, got: -2")),
+     ("400", "Unable to parse 'trace_count'. Expecting value >= -1, got:-2")),
     ({"trace_rate": "0"},
      ("StatusCode.INVALID_ARGUMENT", "Attempting to set invalid trace setting :sample rate "
                                      "must be non-zero"),
@@ -151,6 +151,18 @@ def test_refusals_are_tritons(server, protocol, changes, grpc_answer, http_answe
     assert (refused.value.status(), refused.value.message()) == (
         grpc_answer if protocol == "grpc" else http_answer)
     assert settings(protocol, server)["trace_rate"] == "1"  # nothing changed
+
+
+@pytest.mark.parametrize("body, answer", [
+    (b'{"trace_rate": 5}', (500, "attempt to access JSON non-string as string")),
+    (b'{"trace_level": "TIMESTAMPS"}', (500, "attempt to access JSON non-array as array")),
+    (b'{"trace_level": [1]}', (500, "attempt to access JSON non-string as string")),
+    (b'[]', (200, None)),  # no settings named: a read
+])
+def test_json_types_are_tritons(server, body, answer):
+    response = requests.post(f"http://{server.http_url}/v2/trace/setting", data=body)
+    assert response.status_code == answer[0]
+    assert response.json().get("error") == answer[1]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -179,18 +191,31 @@ def test_trace_file_has_tritons_timestamps_in_order(server, protocol):
                 <= stamps["GRPC_SEND_END"]
 
 
-def test_count_and_rate_sample_as_tritons(server):
+def test_rate_samples_one_of_every_rate(server):
     try:
-        settings("http", server, {"trace_rate": "2", "trace_count": "2"}, "simple")
-        ids = [f"counted-{i}" for i in range(8)]
-        for request_id in ids:
-            infer("http", server, request_id)
-        # Every 2nd request, 2 of them; the count left is reported.
-        traced = traces_in(server.trace_file, {"counted-1", "counted-3"})
-        assert not {"counted-0", "counted-2", "counted-4", "counted-5"} & set(traced)
-        assert settings("http", server, model="simple")["trace_count"] == "0"
+        settings("http", server, {"trace_rate": "3"}, "simple")
+        for i in range(6):
+            infer("http", server, f"rated-{i}")
+        traced = traces_in(server.trace_file, {"rated-2", "rated-5"})
+        assert not {f"rated-{i}" for i in (0, 1, 3, 4)} & set(traced)
     finally:
-        settings("http", server, {"trace_rate": None, "trace_count": None}, "simple")
+        settings("http", server, {"trace_rate": None}, "simple")
+
+
+def test_a_spent_count_writes_an_indexed_file(server):
+    """As Triton's L0_trace: with trace_count N, the N traces go to `<file>.0` once taken."""
+    try:
+        settings("grpc", server, {"trace_count": "2"}, "simple")
+        for i in range(4):
+            infer("grpc", server, f"counted-{i}")
+        indexed = traces_in(Path(f"{server.trace_file}.0"), {"counted-0", "counted-1"})
+        assert len(indexed) == 2
+        assert settings("grpc", server, model="simple")["trace_count"] == "0"
+    finally:
+        settings("grpc", server, {"trace_count": None}, "simple")
+    infer("grpc", server, "after-count")  # traced again, by the global setting
+    traced = traces_in(server.trace_file, {"after-count"})
+    assert not {"counted-0", "counted-1", "counted-2", "counted-3"} & set(traced)
 
 
 def test_log_frequency_splits_the_file(tmp_path):
