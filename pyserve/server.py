@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 
-from pyserve import _core, restricted, trace
+from pyserve import _core, restricted, tracing
 from pyserve.devices import gpu_count
 from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
@@ -160,7 +160,7 @@ class Server:
             for task in work:
                 if task.exception() is not None:
                     log.error("shutdown step failed", exc_info=task.exception())
-        trace.close()  # the traces of the requests answered while draining, written
+        tracing.close()  # the traces of the requests answered while draining, written
         log.info("pyserve stopped")
 
     def request_exit(self) -> None:

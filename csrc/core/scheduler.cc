@@ -332,7 +332,7 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
   if (t.infer_end == 0) t.infer_end = now;
   if (t.output_end == 0) t.output_end = now;
   for (const auto& request : batch->requests) {
-    if (request->trace) request->trace->StampBatch(request->enqueue_ns, t);
+    if (request->trace) request->trace->StampBatch(*request, t);
   }
   stats_.RecordBatch(*batch, status.ok());
   batch.reset();  // frees the requests and gives the gathered buffers back to the pool

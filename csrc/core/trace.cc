@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "request.h"
+#include "response.h"
 
 namespace pyserve {
 
@@ -11,14 +12,37 @@ void TraceRecord::Stamp(const char* name, uint64_t ns) {
   timestamps_.emplace_back(name, ns);
 }
 
-void TraceRecord::StampBatch(uint64_t enqueue_ns, const BatchTimes& t) {
+void TraceRecord::StampBatch(const InferRequest& request, const BatchTimes& t) {
   std::lock_guard<std::mutex> lock(mutex_);
-  timestamps_.insert(timestamps_.end(), {{"QUEUE_START", enqueue_ns},
+  if (tensors) {  // the same bytes were queued and handed to the backend
+    for (const char* activity : {"TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_INPUT"}) {
+      for (const TensorView& input : request.inputs) {
+        tensors_.push_back({activity, input.name, input.dtype, input.shape,
+                            std::string(reinterpret_cast<const char*>(input.data), input.byte_size)});
+      }
+    }
+  }
+  timestamps_.insert(timestamps_.end(), {{"QUEUE_START", request.enqueue_ns},
                                          {"COMPUTE_START", t.input_start},
                                          {"COMPUTE_INPUT_END", t.infer_start},
                                          {"COMPUTE_OUTPUT_START", t.infer_end},
                                          {"COMPUTE_END", t.output_end},
                                          {"REQUEST_END", t.output_end}});
+}
+
+void TraceRecord::AddOutputs(const std::vector<OutputTensor>& outputs) {
+  if (!tensors) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const OutputTensor& output : outputs) {
+    if (output.shared_memory || output.data == nullptr) continue;
+    tensors_.push_back({"TENSOR_BACKEND_OUTPUT", output.name, output.dtype, output.shape,
+                        std::string(reinterpret_cast<const char*>(output.data), output.byte_size)});
+  }
+}
+
+std::vector<TracedTensor> TraceRecord::Tensors() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return tensors_;
 }
 
 std::vector<std::pair<const char*, uint64_t>> TraceRecord::Timestamps() const {
@@ -58,6 +82,7 @@ std::shared_ptr<TraceRecord> Tracer::Sample(std::string_view model, int64_t vers
   if (forced) r->traceparent = traceparent;
   r->sample = sample;
   r->last = last;
+  r->tensors = s.tensors;
   return record;
 }
 

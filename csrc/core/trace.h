@@ -21,6 +21,20 @@
 namespace pyserve {
 
 struct BatchTimes;
+struct InferRequest;
+struct OutputTensor;
+struct TensorView;
+enum class DataType : uint8_t;
+
+// A tensor of a trace at TENSORS level (Triton's TENSOR_QUEUE_INPUT, TENSOR_BACKEND_INPUT,
+// TENSOR_BACKEND_OUTPUT activities): a copy of its bytes.
+struct TracedTensor {
+  const char* activity;
+  std::string name;
+  DataType dtype;
+  std::vector<int64_t> shape;
+  std::string data;
+};
 
 // What one sampled request collects. Stamps come from the frontend's and the core's threads,
 // hence the lock (held by traced requests only).
@@ -35,15 +49,22 @@ struct TraceRecord {
   // setting's last trace (Triton then writes the setting's traces to an indexed file).
   uint64_t sample = 0;
   bool last = false;
+  bool tensors = false;  // TENSORS level: the request's tensors are copied in
+
+  // The core's part: QUEUE_START from the request's enqueue, COMPUTE_* from the batch,
+  // REQUEST_END; at TENSORS level, the request's inputs.
+  void StampBatch(const InferRequest& request, const BatchTimes& times);
+  // TENSORS level: the outputs of the request's response (those not in shared memory).
+  void AddOutputs(const std::vector<OutputTensor>& outputs);
+  std::vector<TracedTensor> Tensors() const;
 
   void Stamp(const char* name, uint64_t ns);
-  // The core's part: QUEUE_START from `enqueue_ns`, COMPUTE_* from the batch, REQUEST_END.
-  void StampBatch(uint64_t enqueue_ns, const BatchTimes& times);
   std::vector<std::pair<const char*, uint64_t>> Timestamps() const;
 
  private:
   mutable std::mutex mutex_;
   std::vector<std::pair<const char*, uint64_t>> timestamps_;
+  std::vector<TracedTensor> tensors_;
 };
 
 // The sampling half of one trace setting (Triton's TraceSetting::SampleTrace).
@@ -53,6 +74,7 @@ struct TraceSampling {
   uint32_t rate = 1000;      // 1 of every `rate` requests; 0 samples none
   int32_t count = -1;        // traces left; -1 = unlimited
   bool opentelemetry = false;  // a request's valid traceparent forces sampling
+  bool tensors = false;        // TENSORS level
 };
 
 class Tracer {

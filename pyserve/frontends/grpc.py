@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from pyserve import __version__, _core, logs, restricted, trace
+from pyserve import __version__, _core, logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
@@ -103,7 +103,7 @@ class InferenceServicer:
     async def TraceSetting(self, request, context):
         """The trace extension: an empty value list clears a setting (back to the global
         one, or the command line's)."""
-        settings = trace.handle_settings(
+        settings = tracing.handle_settings(
             request.model_name, {key: list(value.value) for key, value in request.settings.items()},
             lambda name: self._manager.is_ready(name, ""))
         response = pb.TraceSettingResponse()

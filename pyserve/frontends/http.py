@@ -15,7 +15,7 @@ from aiohttp import web
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
-from pyserve import logs, restricted, trace
+from pyserve import logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
@@ -182,7 +182,7 @@ class HttpFrontend:
                 else:
                     changes[key] = [_json_string(v) for v in value]
         try:
-            return web.json_response(trace.handle_settings(
+            return web.json_response(tracing.handle_settings(
                 model, changes, lambda name: self._manager.is_ready(name, "")))
         except ServerError as e:  # Triton's HTTP frontend words this one without the space
             raise ServerError(e.message.replace("Expecting value >= -1, got: ",

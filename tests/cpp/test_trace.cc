@@ -92,12 +92,15 @@ TEST_F(TracerTest, RecordsAreDrainedOnceReleased) {
 }
 
 TEST_F(TracerTest, TheSchedulerStampsTheBatchInOrder) {
-  Tracer::Get().Configure("", TraceSampling{7, true, 1, -1, false});
+  Tracer::Get().Configure("", TraceSampling{7, true, 1, -1, false, true});
   SchedulerOptions options;
   options.model_name = "m";
   std::unique_ptr<Scheduler> s;
   ASSERT_OK(Scheduler::Create(options, std::make_shared<NoopExecutor>(), &s));
+  const int32_t data[2] = {7, 8};
   auto request = std::make_unique<InferRequest>();
+  request->inputs.push_back({"INPUT0", DataType::kInt32, {1, 2},
+                             reinterpret_cast<const uint8_t*>(data), sizeof(data)});
   request->trace = Tracer::Get().Sample("m", 1, "");
   ASSERT_NE(request->trace, nullptr);
   request->trace->Stamp("REQUEST_START", SteadyNowNs());
@@ -116,6 +119,14 @@ TEST_F(TracerTest, TheSchedulerStampsTheBatchInOrder) {
   EXPECT_EQ(names, (std::vector<std::string>{"REQUEST_START", "QUEUE_START", "COMPUTE_START",
                                               "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START",
                                               "COMPUTE_END", "REQUEST_END"}));
+  // TENSORS level: the input as queued and as the backend got it, copied.
+  const auto tensors = drained[0]->Tensors();
+  ASSERT_EQ(tensors.size(), 2u);
+  EXPECT_STREQ(tensors[0].activity, "TENSOR_QUEUE_INPUT");
+  EXPECT_STREQ(tensors[1].activity, "TENSOR_BACKEND_INPUT");
+  EXPECT_EQ(tensors[1].name, "INPUT0");
+  EXPECT_EQ(tensors[1].shape, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(tensors[1].data, std::string(reinterpret_cast<const char*>(data), sizeof(data)));
 }
 
 TEST(Traceparent, W3CFormatOnly) {

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import EXAMPLES, FRONTENDS, native_frontends_built, start_server
-from pyserve import cli, trace
+from pyserve import cli, tracing
 
 WAIT_S = 30
 CORE_ORDER = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END",
@@ -91,9 +91,11 @@ def _parse(path: Path) -> dict[int, dict]:
         return {}
     traces: dict[int, dict] = {}
     for entry in entries:
-        t = traces.setdefault(entry["id"], {"timestamps": []})
+        t = traces.setdefault(entry["id"], {"timestamps": [], "tensors": []})
         if "model_name" in entry:
             t.update(entry)
+        if "activity" in entry:
+            t["tensors"].append((entry["activity"], entry["tensor"]))
         for stamp in entry.get("timestamps", []):
             t["timestamps"].append((stamp["name"], stamp["ns"]))
     return traces
@@ -189,6 +191,25 @@ def test_trace_file_has_tritons_timestamps_in_order(server, protocol):
                     <= stamps["REQUEST_START"])
             assert stamps["COMPUTE_OUTPUT_START"] <= stamps["GRPC_SEND_START"] \
                 <= stamps["GRPC_SEND_END"]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tensors_level_writes_tensors_as_triton(server, protocol):
+    try:
+        settings(protocol, server, {"trace_level": ["TIMESTAMPS", "TENSORS"]}, "simple")
+        infer(protocol, server, f"tensors-{protocol}")
+        t = traces_in(server.trace_file, {f"tensors-{protocol}"})[f"tensors-{protocol}"]
+    finally:
+        settings(protocol, server, {"trace_level": None}, "simple")
+    data = ",".join(str(i) for i in range(16))
+    doubled = ",".join(str(2 * i) for i in range(16))
+    tensors = {(activity, tensor["name"]): tensor for activity, tensor in t["tensors"]}
+    for activity in ("TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_INPUT"):
+        assert tensors[activity, "INPUT0"] == {"name": "INPUT0", "data": data,
+                                               "shape": "1,16", "dtype": "INT32"}
+    assert tensors["TENSOR_BACKEND_OUTPUT", "OUTPUT0"]["data"] == doubled
+    assert tensors["TENSOR_BACKEND_OUTPUT", "OUTPUT1"]["data"] == ",".join(["0"] * 16)
+    assert len(t["timestamps"]) >= len(CORE_ORDER)
 
 
 def test_rate_samples_one_of_every_rate(server):
@@ -351,7 +372,7 @@ def _spans_until(done) -> list:
 def test_bad_trace_flags_stop_start_up(argv, message):
     args = cli._parser().parse_args(["serve", "--model-repository", str(EXAMPLES), *argv])
     with pytest.raises(SystemExit) as refused:
-        trace.configure_from_args(args)
+        tracing.configure_from_args(args)
     assert str(refused.value) == f"pyserve: {message}"
 
 
@@ -360,9 +381,9 @@ def test_deprecated_flags_and_their_precedence(capsys):
                                      "--trace-file", "/tmp/a.json", "--trace-rate", "7",
                                      "--trace-level", "TIMESTAMPS", "--trace-count", "4",
                                      "--trace-log-frequency", "3", "--trace-config", "rate=9"])
-    config = trace.parse_flags(args.trace_config, args.trace_file, args.trace_level,
+    config = tracing.parse_flags(args.trace_config, args.trace_file, args.trace_level,
                                args.trace_rate, args.trace_count, args.trace_log_frequency)
     assert (config.level, config.rate, config.count, config.log_frequency, config.file) == (
-        trace.TIMESTAMPS, 9, 4, 3, "/tmp/a.json")
-    off = trace.parse_flags(["level=TIMESTAMPS"], levels=["OFF"])
-    assert off.level == trace.OFF  # an explicit OFF anywhere wins, as in tritonserver
+        tracing.TIMESTAMPS, 9, 4, 3, "/tmp/a.json")
+    off = tracing.parse_flags(["level=TIMESTAMPS"], levels=["OFF"])
+    assert off.level == tracing.OFF  # an explicit OFF anywhere wins, as in tritonserver

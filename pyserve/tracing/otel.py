@@ -49,25 +49,26 @@ class OpenTelemetryExport:
         # The core stamps with the steady clock (CLOCK_MONOTONIC); spans take wall time.
         self._offset = time.time_ns() - time.monotonic_ns()
 
-    def export(self, record: tuple) -> None:
-        trace_id, _, model, version, request_id, traceparent, stamps = record[:7]
-        stamps = sorted(stamps, key=lambda s: s[1])
+    def export(self, record) -> None:
+        """One finished trace (writer.Record) as spans."""
+        stamps = sorted(record.timestamps, key=lambda s: s[1])
         if not stamps:
             return
         wall = {name: ns + self._offset for name, ns in stamps}
-        parent = (self._propagator.extract({"traceparent": traceparent})
-                  if traceparent else None)
+        parent = (self._propagator.extract({"traceparent": record.traceparent})
+                  if record.traceparent else None)
         kind = otel_trace.SpanKind.SERVER
         root = self._tracer.start_span("InferRequest", context=parent, kind=kind,
                                        start_time=stamps[0][1] + self._offset)
         request = compute = None
         if "REQUEST_START" in wall:
-            attributes = {"triton.model_name": model, "triton.model_version": version,
-                          "triton.trace_id": trace_id, "triton.trace_parent_id": 0}
-            if request_id:
-                attributes["triton.request_id"] = request_id
+            attributes = {"triton.model_name": record.model,
+                          "triton.model_version": record.version,
+                          "triton.trace_id": record.id, "triton.trace_parent_id": 0}
+            if record.request_id:
+                attributes["triton.request_id"] = record.request_id
             request = self._tracer.start_span(
-                model, context=otel_trace.set_span_in_context(root), kind=kind,
+                record.model, context=otel_trace.set_span_in_context(root), kind=kind,
                 attributes=attributes, start_time=wall["REQUEST_START"])
         if request is not None and "COMPUTE_START" in wall:
             compute = self._tracer.start_span(
