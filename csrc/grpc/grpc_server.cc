@@ -235,6 +235,7 @@ class Call : public std::enable_shared_from_this<Call> {
 
   // A response for an inference request of this call (any thread).
   void Respond(PendingInfer& pending, const InferResponse& response) {
+    if (pending.trace) pending.trace->Stamp("INFER_RESPONSE_COMPLETE", SteadyNowNs());
     if (!response.status.ok()) return Fail(response.status);
     const ModelSpec& spec = pending.model->spec();
     std::string encoded = EncodeInferResponse(spec.name, std::to_string(spec.version),

@@ -189,8 +189,8 @@ def test_trace_file_has_tritons_timestamps_in_order(server, protocol):
         if protocol == "grpc" and server.frontend == "native":
             assert (stamps["GRPC_WAITREAD_START"] <= stamps["GRPC_WAITREAD_END"]
                     <= stamps["REQUEST_START"])
-            assert stamps["COMPUTE_OUTPUT_START"] <= stamps["GRPC_SEND_START"] \
-                <= stamps["GRPC_SEND_END"]
+            assert stamps["COMPUTE_OUTPUT_START"] <= stamps["INFER_RESPONSE_COMPLETE"] \
+                <= stamps["GRPC_SEND_START"] <= stamps["GRPC_SEND_END"]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
