@@ -387,3 +387,30 @@ def test_deprecated_flags_and_their_precedence(capsys):
         tracing.TIMESTAMPS, 9, 4, 3, "/tmp/a.json")
     off = tracing.parse_flags(["level=TIMESTAMPS"], levels=["OFF"])
     assert off.level == tracing.OFF  # an explicit OFF anywhere wins, as in tritonserver
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_defaults_and_the_restricted_trace_group(tmp_path, frontend):
+    """Without trace flags, Triton's defaults; tracing cannot be turned on without a file."""
+    server = _start(tmp_path, frontend, "--grpc-restricted-protocol", "trace:admin-key=yes",
+                    "--http-restricted-api", "trace:admin-key=yes")
+    try:
+        for path in ("/v2/trace/setting", "/v2/models/simple/trace/setting"):
+            url = f"http://{server.http_url}{path}"
+            assert requests.get(url).status_code == 403
+            assert requests.get(url, headers={"admin-key": "yes"}).json() == {
+                "trace_level": ["OFF"], "trace_rate": "1000", "trace_count": "-1",
+                "log_frequency": "0", "trace_file": "", "trace_mode": "triton"}
+        refused = requests.post(f"http://{server.http_url}/v2/trace/setting",
+                                json={"trace_level": ["TIMESTAMPS"]}, headers={"admin-key": "yes"})
+        assert (refused.status_code, refused.json()) == (400, {
+            "error": "Attempting to set invalid trace setting :trace file name is not given"})
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            with pytest.raises(InferenceServerException) as refused:
+                client.get_trace_settings()
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+            answer = client.get_trace_settings(headers={"triton-grpc-protocol-admin-key": "yes"},
+                                               as_json=True)
+            assert answer["settings"]["trace_level"]["value"] == ["OFF"]
+    finally:
+        assert server.stop() == 0
