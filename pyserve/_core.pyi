@@ -72,7 +72,7 @@ class Model:
                outputs: Sequence[tuple[str, int] | tuple[str, int, SharedMemoryBlock | None]] = ...,
                parameters: dict[str, Any] = ...,
                priority: int = 0, timeout_us: int = 0, cancel: CancelFlag | None = None,
-               ) -> None: ...
+               traceparent: str = "") -> None: ...
     def stop(self, timeout: float = -1.0) -> bool: ...
     def statistics(self) -> dict[str, Any]: ...
     def request_counts(self) -> dict[str, int]: ...
@@ -118,6 +118,18 @@ def request_limits() -> dict[str, int]:
     (of one tensor) and name_bytes."""
 def set_request_limits(limits: dict[str, int]) -> None:
     """Sets the limits named, the others to their defaults; before serving."""
+def trace_configure(model: str, setting: int, enabled: bool, rate: int, count: int,
+                    opentelemetry: bool, tensors: bool) -> None:
+    """Sets the global trace setting (model '') or a model's own (its sampling half)."""
+def trace_forget(model: str) -> None:
+    """Puts a model back on the global trace setting."""
+def trace_count(model: str) -> int:
+    """The traces the setting of a model may still sample (-1: unlimited)."""
+def trace_drain(timeout_ms: int) -> list[tuple[int, int, str, int, str, str,
+                                                 list[tuple[str, int]], int, bool,
+                                                 list[tuple[str, str, str, list[int], bytes]]]]:
+    """The finished traces (id, setting, model, version, request_id, traceparent, timestamps,
+    sample, last, tensors), waiting up to timeout_ms for the first."""
 
 class DeviceTensor:
     """A batch input the core copied to a GPU (valid during the execute call it is handed to);

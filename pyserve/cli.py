@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from pyserve import __version__, _core, host_policy, logs, restricted, triton_flags
+from pyserve import __version__, _core, host_policy, logs, restricted, tracing, triton_flags
 from pyserve.options import COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, ServerOptions, Tls
 
 
@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: %(default)s)")
     serve.add_argument("--id", dest="server_id", default="triton", metavar="NAME",
                        help="the server's name in its metadata (default: %(default)s)")
+    tracing.add_flags(serve)
     triton_flags.add_flags(serve)
     _torchserve_parser(commands)
     from pyserve.bench.cli import add_bench, add_tune
@@ -434,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_verbose, args.log_info, args.log_warning, args.log_error,
                    args.log_file, args.log_format)
     triton_flags.check_flags(args)
+    tracing.configure_from_args(args)
     from pyserve.server import run  # imported late: `pyserve --help` stays fast
 
     return run(options)

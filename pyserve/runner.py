@@ -80,11 +80,13 @@ class ModelRunner:
 
     async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),
                     request_id: str = "", parameters: dict | None = None, priority: int = 0,
-                    timeout_us: int = 0, objects: dict | None = None) -> list[OutputTensor]:
+                    timeout_us: int = 0, objects: dict | None = None,
+                    traceparent: str = "") -> list[OutputTensor]:
         """Run one request: the outputs asked for as (name, classification count or 0[, the
         _core.SharedMemoryBlock to write it into]), or every output of the config, in config
         order. `objects` join the request's parameters in the backend's RequestInfo without
-        passing through the core (any Python value)."""
+        passing through the core (any Python value); `traceparent` is the W3C trace context
+        the request carried (tracing)."""
         tag = next(self._tags)
         future = self._loop.create_future()
         self._in_flight[tag] = (future, inputs, objects)
@@ -93,7 +95,7 @@ class ModelRunner:
             self.model.submit(tag, self._sink,
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
                               request_id, list(outputs), parameters or {}, priority, timeout_us,
-                              cancel)
+                              cancel, traceparent)
         except (TypeError, RuntimeError):  # pybind11 could not convert a value the client sent
             del self._in_flight[tag]
             raise ServerError("invalid inference request: a tensor name, datatype, shape or "

@@ -8,7 +8,7 @@ import os
 import signal
 import ssl
 
-from pyserve import _core, restricted
+from pyserve import _core, restricted, tracing
 from pyserve.devices import gpu_count
 from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
@@ -165,6 +165,7 @@ class Server:
             for task in work:
                 if task.exception() is not None:
                     log.error("shutdown step failed", exc_info=task.exception())
+        tracing.close()  # the traces of the requests answered while draining, written
         log.info("pyserve stopped")
 
     def request_exit(self) -> None:

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   pyserve::bindings::RegisterDevice(m);
   pyserve::bindings::RegisterSharedMemory(m);
   pyserve::bindings::RegisterLimits(m);
+  pyserve::bindings::RegisterTrace(m);
 }

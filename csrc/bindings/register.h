@@ -24,5 +24,6 @@ void RegisterMemory(pybind11::module_& m);
 void RegisterDevice(pybind11::module_& m);
 void RegisterSharedMemory(pybind11::module_& m);
 void RegisterLimits(pybind11::module_& m);
+void RegisterTrace(pybind11::module_& m);
 
 }  // namespace pyserve::bindings

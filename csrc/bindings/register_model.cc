@@ -18,6 +18,7 @@
 #include "model_table.h"
 #include "register.h"
 #include "shared_memory.h"
+#include "trace.h"
 #include "bytes_tensor.h"
 
 namespace py = pybind11;
@@ -397,7 +398,7 @@ class PyModel {
   void Submit(uint64_t tag, PythonSink& sink, const py::sequence& inputs,
               const std::string& request_id, const py::sequence& outputs,
               const py::dict& parameters, uint64_t priority, uint64_t timeout_us,
-              std::shared_ptr<CancelFlag> cancel) {
+              std::shared_ptr<CancelFlag> cancel, const std::string& traceparent) {
     auto request = std::make_unique<InferRequest>();
     request->id = tag;
     if (cancel) request->cancelled = &cancel->value;
@@ -454,6 +455,11 @@ class PyModel {
         p.string_value = py::str(value);
       }
       request->parameters.push_back(std::move(p));
+    }
+    if (Tracer::Active()) {
+      request->trace = Tracer::Get().Sample(model_->spec().name, model_->spec().version,
+                                            request_id, traceparent);
+      if (request->trace) request->trace->Stamp("REQUEST_START", SteadyNowNs());
     }
     Status status;
     {
@@ -616,7 +622,7 @@ void RegisterModel(py::module_& m) {
       .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
            py::arg("request_id") = "", py::arg("outputs") = py::tuple(),
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
-           py::arg("cancel") = nullptr)
+           py::arg("cancel") = nullptr, py::arg("traceparent") = "")
       .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
       .def("statistics", &PyModel::Statistics)
       .def("request_counts", [](const PyModel& m) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "outputs.h"
+#include "trace.h"
 #include "validate.h"
 
 namespace pyserve {
@@ -137,6 +138,7 @@ struct Model::State : public Executor {
     for (size_t i = 0; i < requests.size(); ++i) {
       InferRequest& request = *requests[i];
       if (request.answered.exchange(true, std::memory_order_acq_rel)) continue;
+      if (request.trace) request.trace->AddOutputs(responses[i].outputs);
       if (responses[i].status.ok()) {
         success.fetch_add(1, std::memory_order_relaxed);
         success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);

@@ -50,6 +50,7 @@ struct TensorView {
 
 class ResponseSink;
 struct SharedMemoryBlock;
+struct TraceRecord;
 
 // An output the client asked for: by name, or the top `classification` classes of it; written
 // into a block of a registered shared-memory region when `shared_memory` is set.
@@ -113,6 +114,8 @@ struct InferRequest {
   uint64_t deadline_ns = 0;  // 0 = never times out
   uint32_t priority_level = 0;  // index into the batcher's per-level queues
   uint64_t sequence = 0;        // arrival order, for preserve_ordering (stamped by the model)
+  // Set by the frontend when the request is sampled for tracing (trace.h); null otherwise.
+  std::shared_ptr<TraceRecord> trace;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).

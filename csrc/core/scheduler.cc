@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "request_limits.h"
+#include "trace.h"
 
 namespace pyserve {
 
@@ -328,6 +329,9 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
   if (t.infer_start == 0) t.infer_start = t.input_start;
   if (t.infer_end == 0) t.infer_end = now;
   if (t.output_end == 0) t.output_end = now;
+  for (const auto& request : batch->requests) {
+    if (request->trace) request->trace->StampBatch(*request, t);
+  }
   stats_.RecordBatch(*batch, status.ok());
   batch.reset();  // frees the requests and gives the gathered buffers back to the pool
   executing_.fetch_sub(count, std::memory_order_acq_rel);

@@ -19,6 +19,7 @@
 
 #include "infer_codec.h"
 #include "probes.h"
+#include "trace.h"
 
 namespace pyserve::grpcfront {
 
@@ -111,6 +112,7 @@ struct PendingInfer {
   InferMessage message;  // views of `bytes`
   std::vector<std::string> converted;
   std::shared_ptr<Model> model;  // the version that took the request (set before it did)
+  std::shared_ptr<TraceRecord> trace;  // null unless sampled
 };
 
 }  // namespace
@@ -251,6 +253,7 @@ class Call : public std::enable_shared_from_this<Call> {
 
   // A response for an inference request of this call (any thread).
   void Respond(PendingInfer& pending, const InferResponse& response) {
+    if (pending.trace) pending.trace->Stamp("INFER_RESPONSE_COMPLETE", SteadyNowNs());
     if (!response.status.ok()) return Fail(response.status);
     const ModelSpec& spec = pending.model->spec();
     std::string encoded = EncodeInferResponse(spec.name, std::to_string(spec.version),
@@ -258,6 +261,10 @@ class Call : public std::enable_shared_from_this<Call> {
     if (streaming_) return StreamWrite(StreamResponse(std::move(encoded)));
     grpc::ByteBuffer buffer = Buffer(std::move(encoded));  // what may throw comes first
     if (answered_.exchange(true)) return;
+    if (pending.trace) {  // GRPC_SEND_END when the write completes (OnFinished)
+      pending.trace->Stamp("GRPC_SEND_START", SteadyNowNs());
+      send_trace_ = pending.trace;
+    }
     stream_.WriteAndFinish(buffer, grpc::WriteOptions(), grpc::Status::OK, &finished_);
   }
 
@@ -315,10 +322,12 @@ class Call : public std::enable_shared_from_this<Call> {
       }
       return;
     }
+    if (Tracer::Active()) read_start_ns_ = SteadyNowNs();
     stream_.Read(&request_, &read_);
   }
 
   void OnRead(bool ok) {
+    if (read_start_ns_ != 0) read_end_ns_ = SteadyNowNs();
     if (streaming_) {
       if (!ok) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -332,6 +341,7 @@ class Call : public std::enable_shared_from_this<Call> {
       }
       Infer(request_);
       request_.Clear();
+      if (Tracer::Active()) read_start_ns_ = SteadyNowNs();
       stream_.Read(&request_, &read_);
       return;
     }
@@ -381,8 +391,28 @@ class Call : public std::enable_shared_from_this<Call> {
                                 request.get());
     if (!status.ok()) return Fail(status);
     server_->ForwardHeaders(context_, request.get());
+    if (Tracer::Active()) StartTrace(*pending, request.get());
     status = server_->table().Submit(name, version, &pending->model, request);
     if (!status.ok()) return Fail(status);
+  }
+
+  // Samples the request; a traced one gets the read's and the request's start.
+  void StartTrace(PendingInfer& pending, InferRequest* request) {
+    std::string_view traceparent;
+    const auto& metadata = context_.client_metadata();
+    if (auto it = metadata.find("traceparent"); it != metadata.end()) {
+      traceparent = std::string_view(it->second.data(), it->second.size());
+    }
+    pending.trace = Tracer::Get().Sample(pending.message.model_name,
+                                         pending.model->spec().version, pending.message.id,
+                                         traceparent);
+    if (!pending.trace) return;
+    if (read_start_ns_ != 0) {
+      pending.trace->Stamp("GRPC_WAITREAD_START", read_start_ns_);
+      pending.trace->Stamp("GRPC_WAITREAD_END", read_end_ns_);
+    }
+    pending.trace->Stamp("REQUEST_START", SteadyNowNs());
+    request->trace = pending.trace;
   }
 
   void ToShell(const std::string& method, std::string bytes) {
@@ -443,7 +473,13 @@ class Call : public std::enable_shared_from_this<Call> {
     }
   }
 
-  void OnFinished(bool) { Unref(); }
+  void OnFinished(bool) {
+    if (send_trace_) {
+      send_trace_->Stamp("GRPC_SEND_END", SteadyNowNs());
+      send_trace_.reset();
+    }
+    Unref();
+  }
 
   // `then` once `delay` has passed, held on an alarm that keeps the call alive until it rings
   // (no thread asleep); once per call.
@@ -494,6 +530,10 @@ class Call : public std::enable_shared_from_this<Call> {
   std::atomic<int> started_refs_{2};
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> answered_{false};  // unary calls: Finish (or WriteAndFinish) was posted
+  // Tracing: the read of the message (taken only while tracing is on), and the unary
+  // answer's trace until its write completes.
+  uint64_t read_start_ns_ = 0, read_end_ns_ = 0;
+  std::shared_ptr<TraceRecord> send_trace_;
 
   // ModelStreamInfer only.
   std::mutex mutex_;

@@ -6,6 +6,7 @@
 #include "compression.h"
 #include "http_server.h"
 #include "infer_json.h"
+#include "trace.h"
 
 namespace pyserve::httpfront {
 
@@ -188,6 +189,11 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
   infer->sink = this;
   infer->owner = pending;
   infer->cancelled = &pending->cancelled;
+  if (Tracer::Active()) {
+    infer->trace = Tracer::Get().Sample(name, model->spec().version, infer->request_id,
+                                        request.Header("traceparent"));
+    if (infer->trace) infer->trace->Stamp("REQUEST_START", SteadyNowNs());
+  }
   Status status = table_->Submit(name, version, &model, infer);
   pending->model = std::move(model);
   if (!status.ok()) pending->exchange->Answer(Error(status));

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from pyserve import __version__, _core, logs, restricted
+from pyserve import __version__, _core, logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
@@ -46,7 +46,7 @@ GRPC_STATUS = {
 SERVER_EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)",
                      "model_configuration", "system_shared_memory", "cuda_shared_memory",
                      "binary_tensor_data", "parameters", "statistics", "schedule_policy",
-                     "logging"]
+                     "logging", "trace"]
 _INT32_MAX = 2**31 - 1
 
 
@@ -102,6 +102,18 @@ class InferenceServicer:
         response = pb.LogSettingsResponse()
         for key, value in logs.update(changes).items():
             setattr(response.settings[key], kinds[key], value)
+        return response
+
+    @_refusals
+    async def TraceSetting(self, request, context):
+        """The trace extension: an empty value list clears a setting (back to the global
+        one, or the command line's)."""
+        settings = tracing.handle_settings(
+            request.model_name, {key: list(value.value) for key, value in request.settings.items()},
+            lambda name: self._manager.is_ready(name, ""))
+        response = pb.TraceSettingResponse()
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
         return response
 
     @_refusals
@@ -197,7 +209,8 @@ class InferenceServicer:
             context.set_compression(self._compression)
             # grpc.aio applies a unary call's compression only with its initial metadata.
             await context.send_initial_metadata(())
-        return await self._infer(request, self._forwarded(context))
+        return await self._infer(request, self._forwarded(context),
+                                 _metadata(context, "traceparent"))
 
     def _forwarded(self, context) -> dict:
         if self._forward is None:
@@ -210,12 +223,13 @@ class InferenceServicer:
         if self._compression is not None:
             context.set_compression(self._compression)
         forwarded = self._forwarded(context)
+        traceparent = _metadata(context, "traceparent")
         responses: asyncio.Queue = asyncio.Queue()
 
         async def one(raw: bytes) -> None:
             try:
                 responses.put_nowait(codec.encode_stream_response(
-                    await self._infer(raw, forwarded)))
+                    await self._infer(raw, forwarded, traceparent)))
             except ServerError as e:
                 responses.put_nowait(pb.ModelStreamInferResponse(
                     error_message=e.message).SerializeToString())
@@ -245,7 +259,7 @@ class InferenceServicer:
             for task in set(running):
                 task.cancel()
 
-    async def _infer(self, raw: bytes, forwarded: dict) -> bytes:
+    async def _infer(self, raw: bytes, forwarded: dict, traceparent: str = "") -> bytes:
         request, raw_inputs = codec.split_infer_request(raw)
         check_declared(max(len(request.inputs), len(raw_inputs)), len(request.outputs),
                        len(request.parameters) + sum(len(t.parameters) for t in request.inputs)
@@ -263,7 +277,8 @@ class InferenceServicer:
                                              {**forwarded,
                                               **codec.parameters_dict(request.parameters)},
                                              classification,
-                                             output_blocks(self._shared_memory, in_shm))
+                                             output_blocks(self._shared_memory, in_shm),
+                                             traceparent)
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
         raw_outputs = []
@@ -313,6 +328,10 @@ class HealthServicer:
         status = health.HealthCheckResponse.ServingStatus
         serving = self._manager.all_ready()
         return health.HealthCheckResponse(status=status.Value("SERVING" if serving else "NOT_SERVING"))
+
+
+def _metadata(context, key: str) -> str:
+    return next((value for k, value in context.invocation_metadata() or () if k == key), "")
 
 
 async def _unimplemented(request, context):

@@ -18,7 +18,7 @@ from aiohttp import web
 from pyserve import __version__, _core
 from pyserve.config import config_to_json
 from pyserve.datatypes import ELEMENT_SIZE, NUMPY_DTYPE, serialize_bytes, wire_name
-from pyserve import logs, restricted
+from pyserve import logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
@@ -91,6 +91,10 @@ class HttpFrontend:
             web.get("/v2/models/stats", self.statistics),
             web.get("/v2/logging", self.log_settings),
             web.post("/v2/logging", self.log_settings),
+            web.get("/v2/trace/setting", self.trace_settings),
+            web.post("/v2/trace/setting", self.trace_settings),
+            web.get(_MODEL + "/trace/setting", self.trace_settings),
+            web.post(_MODEL + "/trace/setting", self.trace_settings),
         ]
         for base in ("/v2/repository", "/v2/repository/{repository}"):
             routes += [
@@ -163,6 +167,35 @@ class HttpFrontend:
             # Triton's HTTP frontend words and codes a bad format as its command line does.
             raise ServerError(e.message.replace("for log_format", "for --log_format"),
                               ErrorCode.UNAVAILABLE) from None
+
+    async def trace_settings(self, request: web.Request) -> web.Response:
+        """The trace extension: GET reads, POST changes the settings it names (null clears
+        one); trace_level is a list of strings, the others strings, as Triton reads them."""
+        model = request.match_info.get("model", "")
+        changes: dict[str, list[str] | None] = {}
+        if request.method == "POST":
+            body = await _body(request)
+            try:
+                settings = json.loads(body)
+            except ValueError as e:
+                raise ServerError(f"failed to parse the request JSON buffer: {e}",
+                                  ErrorCode.INTERNAL) from None
+            for key, value in (settings.items() if isinstance(settings, dict) else ()):
+                if value is None or key == "trace_file":
+                    changes[key] = None
+                elif key != "trace_level":
+                    changes[key] = [_json_string(value)]
+                elif not isinstance(value, list):
+                    raise ServerError("attempt to access JSON non-array as array",
+                                      ErrorCode.INTERNAL)
+                else:
+                    changes[key] = [_json_string(v) for v in value]
+        try:
+            return web.json_response(tracing.handle_settings(
+                model, changes, lambda name: self._manager.is_ready(name, "")))
+        except ServerError as e:  # Triton's HTTP frontend words this one without the space
+            raise ServerError(e.message.replace("Expecting value >= -1, got: ",
+                                                "Expecting value >= -1, got:"), e.code) from None
 
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -250,7 +283,8 @@ class HttpFrontend:
                                              [o["name"] for o in requested], str(header.get("id", "")),
                                              {**self._forwarded(request), **_parameters(header)},
                                              classification,
-                                             output_blocks(self._shared_memory, in_shm))
+                                             output_blocks(self._shared_memory, in_shm),
+                                             request.headers.get("traceparent", ""))
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}
@@ -268,6 +302,12 @@ class HttpFrontend:
             body = _compress(body, encoding)
             headers["Content-Encoding"] = encoding
         return web.Response(body=body, headers=headers)
+
+
+def _json_string(value) -> str:
+    if not isinstance(value, str):
+        raise ServerError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
+    return value
 
 
 async def _body(request: web.Request) -> bytes:

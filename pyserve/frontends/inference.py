@@ -25,7 +25,7 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
                         inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
                         request_id: str = "", parameters: dict | None = None,
                         classification: dict[str, int] | None = None,
-                        shared_memory: dict | None = None,
+                        shared_memory: dict | None = None, traceparent: str = "",
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
     """Outputs in the order requested, or every output of the config in config order.
     `parameters` are the request's (priority and timeout are read here); `classification`
@@ -43,7 +43,8 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     custom = {k: v for k, v in parameters.items() if k not in _SERVER_PARAMETERS}
     results = await model.runner.infer(inputs, outputs, request_id, custom,
                                        _unsigned(parameters, "priority"),
-                                       _unsigned(parameters, "timeout"))
+                                       _unsigned(parameters, "timeout"),
+                                       traceparent=traceparent)
     return model, results
 
 

@@ -214,7 +214,7 @@ def test_triton_stream(api):
 
 
 def test_triton_log_and_trace_settings(api):
-    """pyserve serves neither extension; Triton does, so the methods are checked here."""
+    """The logging and trace extensions through the client SDK, on pyserve as on Triton."""
     assert api.get_log_settings()["log_info"] in (True, False)
     assert api.update_log_settings({"log_verbose_level": 1})["log_verbose_level"] == 1
     assert api.update_log_settings({"log_verbose_level": 0})["log_verbose_level"] == 0
