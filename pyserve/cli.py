@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="backend settings; supported: default-max-batch-size=N")
     models.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
                         help="models loaded in parallel (default: %(default)s)")
+    models.add_argument("--model-load-gpu-limit", type=_gpu_limit, action="append", default=[],
+                        metavar="DEVICE:FRACTION",
+                        help="refuse to create instances on a GPU while more than this "
+                             "fraction of its memory is in use")
     models.add_argument("--host-policy", type=_host_policy, action="append", default=[],
                         metavar="NAME,SETTING=VALUE",
                         help="settings of a host policy, which instance groups name "
@@ -246,6 +250,18 @@ def _restricted(args: argparse.Namespace) -> dict:
         raise SystemExit(f"pyserve: {e}") from None
 
 
+def _gpu_limit(text: str) -> tuple[int, float]:
+    device, colon, fraction = text.partition(":")
+    if not colon:  # Triton's text
+        raise argparse.ArgumentTypeError(
+            "Cannot parse pair option due to incorrect number of inputs.--<pair option> "
+            f"argument requires format <first>:<second>. Found: {text}")
+    try:
+        return int(device), float(fraction)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value: {text}") from None
+
+
 def _host_policy(text: str) -> tuple[str, str, str]:
     try:
         return host_policy.parse_flag(text)
@@ -401,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         model_load_thread_count=args.model_load_thread_count,
         model_load_retry_count=max(args.model_load_retry_count, 0),
         host_policies=_host_policies(args.host_policy),
+        model_load_gpu_limits=dict(args.model_load_gpu_limit),
         exit_timeout_secs=args.exit_timeout_secs,
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,

@@ -15,8 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyserve import _core, host_policy
+from pyserve import _core, devices, host_policy
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
+from pyserve.backends.base import instance_name
 from pyserve.config import ConfigOptions, model_config
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
@@ -310,10 +311,13 @@ class ModelManager:
         instances = []
         try:
             for spec, policy in zip(specs, policies):
+                if spec.kind == "GPU":
+                    devices.check_load_limit(instance_name(config, spec), spec.device_id,
+                                             self._options.model_load_gpu_limits)
                 with host_policy.applied(policy):
                     instances.append(create_instance(cls, context, spec))
-            devices = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
-            return ModelRunner(config, version, instances, devices, self._loop, labels,
+            placement = [spec.device_id if spec.kind == "GPU" else -1 for spec in specs]
+            return ModelRunner(config, version, instances, placement, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
                                stop_timeout=self._options.model_unload_timeout_secs,
                                host_policies=policies)

@@ -83,6 +83,9 @@ class ServerOptions:
     default_max_batch_size: int = 4  # --backend-config=default-max-batch-size=N
     model_load_thread_count: int = 4
     model_load_retry_count: int = 0  # a failed version load is tried again this many times
+    # --model-load-gpu-limit: GPU -> the fraction of its memory in use past which no instance
+    # is created on it.
+    model_load_gpu_limits: dict[int, float] = field(default_factory=dict)
     # --host-policy: policy name -> its settings (pyserve.host_policy).
     host_policies: dict[str, dict[str, str]] = field(default_factory=dict)
     # Requests queued (accepted, not executing) per model version at most; more are refused

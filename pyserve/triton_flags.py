@@ -36,7 +36,6 @@ UNSERVED = {
     "--allow-cpu-metrics": "CPU metrics are not implemented yet",
     "--allow-gpu-metrics": "GPU metrics are not implemented yet",
     "--model-namespacing": "model namespacing is not implemented yet",
-    "--model-load-gpu-limit": "GPU memory limits on loading are not implemented yet",
 }
 
 # Accepted, with what they mean here.

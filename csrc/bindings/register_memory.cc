@@ -16,6 +16,15 @@ void RegisterMemory(py::module_& m) {
     const CudaRuntime* cuda = CudaRuntime::Get();
     return cuda == nullptr ? 0 : cuda->device_count();
   });
+  m.def("cuda_memory_info", [](int device) {
+        const CudaRuntime* cuda = CudaRuntime::Get();
+        size_t free = 0, total = 0;
+        if (cuda == nullptr || !cuda->MemoryInfo(device, &free, &total)) {
+          throw StatusError{Status(StatusCode::kInternal,
+                                   "cannot read the memory of GPU " + std::to_string(device))};
+        }
+        return py::make_tuple(free, total);
+      }, py::arg("device"), "(free, total) bytes of a GPU's memory (cudaMemGetInfo).");
   m.def("cuda_library", [] {
     const CudaRuntime* cuda = CudaRuntime::Get();
     return cuda == nullptr ? std::string() : cuda->library();

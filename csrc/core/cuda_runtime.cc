@@ -78,6 +78,7 @@ bool CudaRuntime::Load() {
             bind(stream_destroy_, "cudaStreamDestroy") &&
             bind(memcpy_async_, "cudaMemcpyAsync") &&
             bind(stream_synchronize_, "cudaStreamSynchronize") && bind(memcpy_, "cudaMemcpy") &&
+            bind(mem_get_info_, "cudaMemGetInfo") &&
             bind(ipc_open_, "cudaIpcOpenMemHandle") && bind(ipc_close_, "cudaIpcCloseMemHandle");
   int count = 0;
   if (!ok || get_device_count_(&count) != 0 || count <= 0) {
@@ -131,6 +132,10 @@ CudaStream CudaRuntime::CreateStream(int device) const {
 
 void CudaRuntime::DestroyStream(int device, CudaStream stream) const {
   OnDevice(device, [&] { return stream_destroy_(stream) == 0; });
+}
+
+bool CudaRuntime::MemoryInfo(int device, size_t* free, size_t* total) const {
+  return OnDevice(device, [&] { return mem_get_info_(free, total) == 0; });
 }
 
 bool CudaRuntime::CopyToDeviceAsync(void* dst, const void* src, size_t bytes,

@@ -35,6 +35,8 @@ class CudaRuntime {
   bool CopyToHostAsync(void* dst, const void* src, size_t bytes, CudaStream stream) const;
   bool Synchronize(CudaStream stream) const;
   bool Copy(void* dst, const void* src, size_t bytes) const;  // synchronous, either direction
+  // The device's free and total memory, bytes (cudaMemGetInfo).
+  bool MemoryInfo(int device, size_t* free, size_t* total) const;
 
   // CUDA IPC (the cuda_shared_memory extension): a cudaIpcMemHandle_t's bytes, opened on
   // `device` and closed there.
@@ -64,6 +66,7 @@ class CudaRuntime {
   Err (*memcpy_async_)(void*, const void*, size_t, int, CudaStream) = nullptr;
   Err (*stream_synchronize_)(CudaStream) = nullptr;
   Err (*memcpy_)(void*, const void*, size_t, int) = nullptr;
+  Err (*mem_get_info_)(size_t*, size_t*) = nullptr;
   struct IpcHandle {
     char reserved[kIpcHandleBytes];
   };

@@ -100,3 +100,14 @@ def int_parameter(config: pb.ModelConfig, key: str) -> int | None:
     if value < 0:
         raise ServerError(f"parameter '{key}' of model '{config.name}' must be non-negative")
     return value
+
+
+def instance_name(config: pb.ModelConfig, instance: InstanceSpec) -> str:
+    """Triton's instance name: the instance group's name, '_', the index within the group."""
+    start = 0
+    for group in config.instance_group:
+        size = group.count * (len(group.gpus) if group.kind == pb.ModelInstanceGroup.Kind.Value("KIND_GPU") and group.gpus else 1)
+        if instance.index < start + size:
+            return f"{group.name}_{instance.index - start}"
+        start += size
+    return f"{config.name}_{instance.index}"

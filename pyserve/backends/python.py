@@ -31,7 +31,8 @@ from types import ModuleType
 
 import numpy as np
 
-from pyserve.backends.base import Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo
+from pyserve.backends.base import (Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo,
+                                   instance_name)
 from pyserve.backends.isolation import auto_complete_in_child, process_isolated
 from pyserve.config import config_to_json, parse_config_json
 from pyserve.errors import ErrorCode, ServerError
@@ -43,7 +44,6 @@ log = logging.getLogger("pyserve")
 
 _MODULE_IDS = itertools.count()
 _IMPORT_LOCK = threading.Lock()  # sys.modules is process-wide
-_GPU = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
 _BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name[
     "TYPE_BF16"].number
 
@@ -198,17 +198,6 @@ class PythonBackend(Backend):
         except ServerError as e:
             raise ServerError(f"model '{config.name}': auto_complete_config produced an invalid "
                               f"configuration: {e.message}") from None
-
-
-def instance_name(config: pb.ModelConfig, instance: InstanceSpec) -> str:
-    """Triton's instance name: the instance group's name, '_', the index within the group."""
-    start = 0
-    for group in config.instance_group:
-        size = group.count * (len(group.gpus) if group.kind == _GPU and group.gpus else 1)
-        if instance.index < start + size:
-            return f"{group.name}_{instance.index - start}"
-        start += size
-    return f"{config.name}_{instance.index}"
 
 
 def _server_error(error) -> ServerError:

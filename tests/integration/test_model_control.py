@@ -20,6 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import EXAMPLES, start_server, write_python_model
+from pyserve import devices
 
 SIMPLE_ONNX = EXAMPLES / "simple" / "1" / "model.onnx"
 SIMPLE_CONFIG = (EXAMPLES / "simple" / "config.pbtxt").read_text()
@@ -384,3 +385,40 @@ def test_model_load_retry_count(server_factory, tmp_path, retries, loads):
         with pytest.raises(InferenceServerException, match="attempt 2 fails"):
             client.load_model("flaky")
     assert (repository / "flaky" / "attempts").read_text() == str(retries + 1)
+
+
+_IDENTITY = _FAILS_FIRST.replace("if count < 2:", "if False:")
+
+
+def _gpu_model(repository: Path) -> None:
+    write_python_model(repository, "on_gpu", 'input [ { name: "X" data_type: TYPE_INT32 '
+                       'dims: [ 1 ] } ]\noutput [ { name: "X" data_type: TYPE_INT32 '
+                       'dims: [ 1 ] } ]\ninstance_group [ { kind: KIND_GPU gpus: [ 0 ] } ]\n',
+                       _IDENTITY)
+
+
+def test_model_load_gpu_limit_leaves_cpu_instances_alone(server_factory, tmp_path):
+    make_repository(tmp_path / "repository", {"simple": [1]})
+    server = server_factory([tmp_path / "repository"], "--model-control-mode", "explicit",
+                            "--model-load-gpu-limit", "0:0.0")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.load_model("simple")
+    infer(client, "simple")
+
+
+@pytest.mark.skipif(not devices.gpu_count(), reason="needs a GPU")
+def test_model_load_gpu_limit_refuses_instances_past_it(server_factory, tmp_path):
+    _gpu_model(tmp_path / "repository")
+    server = server_factory([tmp_path / "repository"], "--model-control-mode", "explicit",
+                            "--model-load-gpu-limit", "0:0.0")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException,
+                       match="can not create model 'on_gpu_0_0': memory limit set for "
+                             "KIND_GPU 0 has exceeded, model loading is rejected."):
+        client.load_model("on_gpu")
+    client.unload_model("on_gpu")
+    server2 = server_factory([tmp_path / "repository"], "--model-control-mode", "explicit",
+                             "--model-load-gpu-limit", "0:1.0")
+    client2 = grpcclient.InferenceServerClient(server2.grpc_url)
+    client2.load_model("on_gpu")
+    assert client2.is_model_ready("on_gpu")
