@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "outputs.h"
+#include "response_cache.h"
 #include "validate.h"
 
 namespace pyserve {
@@ -89,6 +90,7 @@ void CollapseOutputs(std::vector<RequestedOutput>* outputs) {
 struct Model::State : public Executor {
   ModelSpec spec;
   std::shared_ptr<BatchCompute> compute;
+  std::unique_ptr<ModelCache> cache;  // null unless the config enables the response cache
   std::atomic<uint64_t> success{0}, success_ns{0};
   std::atomic<uint64_t> failure[static_cast<int>(FailureReason::kCount)] = {};
 
@@ -137,6 +139,7 @@ struct Model::State : public Executor {
     for (size_t i = 0; i < requests.size(); ++i) {
       InferRequest& request = *requests[i];
       if (request.answered.exchange(true, std::memory_order_acq_rel)) continue;
+      if (cache) cache->Store(request, responses[i]);  // a miss's response, for later hits
       if (responses[i].status.ok()) {
         success.fetch_add(1, std::memory_order_relaxed);
         success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);
@@ -158,6 +161,18 @@ struct Model::State : public Executor {
     // Delivered under the lock, so that a later batch cannot overtake this one at the sinks.
     std::lock_guard<std::mutex> lock(order_mutex);
     ReleaseInOrder();
+  }
+
+  // The response cache's hook at Submit: a hit is answered here, on the caller's thread,
+  // without scheduling. (An ensemble does the same at its top level.)
+  bool AnswerFromCache(InferRequest& request) {
+    const uint64_t start = SteadyNowNs();
+    std::vector<InferResponse> responses(1);
+    if (!cache->Lookup(request, &responses[0])) return false;
+    request.enqueue_ns = start;
+    Deliver({&request}, responses);
+    cache->Answered(SteadyNowNs() - start);
+    return true;
   }
 
   // A sequence number that will never be answered (its request was refused at the door).
@@ -222,6 +237,10 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
   const bool ordered = state_->spec.preserve_ordering;
   if (ordered) request->sequence = state_->issued.fetch_add(1);
   const uint64_t sequence = request->sequence;
+  if (state_->cache && state_->AnswerFromCache(*request)) {
+    request.reset();
+    return Status::OK();
+  }
   status = scheduler_->Enqueue(request);
   if (!status.ok()) {
     state_->Failed(ReasonOf(status));
@@ -243,6 +262,25 @@ RequestCounts Model::Counts() const {
     counts.failure[i] = state_->failure[i].load();
   }
   return counts;
+}
+
+void Model::EnableCache(std::shared_ptr<ResponseCache> cache) {
+  state_->cache = std::make_unique<ModelCache>(std::move(cache), state_->spec.name,
+                                               state_->spec.version);
+}
+
+ModelStats Model::Statistics() const {
+  ModelStats stats = scheduler_->Statistics();
+  if (!state_->cache) return stats;
+  const ModelCache::Counts c = state_->cache->counts();
+  stats.cache_hit = Duration{c.hits, c.hit_ns};
+  stats.cache_miss = Duration{c.misses, c.miss_ns};
+  // As Triton: a hit is a success that queued until its lookup; a miss's lookup and insertion
+  // add to its request's duration.
+  stats.success.count += c.hits;
+  stats.success.ns += c.hit_request_ns + c.miss_ns;
+  stats.queue.count += c.hits;
+  return stats;
 }
 
 const char* FailureReasonName(FailureReason reason) {

@@ -113,6 +113,11 @@ struct InferRequest {
   uint64_t deadline_ns = 0;  // 0 = never times out
   uint32_t priority_level = 0;  // index into the batcher's per-level queues
   uint64_t sequence = 0;        // arrival order, for preserve_ordering (stamped by the model)
+
+  // Set by the response cache (ModelCache::Lookup) when the request missed it: the key its
+  // response is stored under, and how long the lookup took.
+  std::string cache_key;
+  uint64_t cache_lookup_ns = 0;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).
