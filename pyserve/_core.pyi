@@ -86,7 +86,8 @@ class ResponseCache:
     """The server's response cache (`--cache-config local,size=N`), shared by the models
     whose config enables it; least recently used entries evicted within `byte_size`."""
     def __init__(self, byte_size: int) -> None: ...
-    def usage(self) -> dict[str, int]: ...  # capacity, used, entries, evictions
+    # capacity, used, entries, hits, misses, evictions, lookup_ns, insertion_ns
+    def usage(self) -> dict[str, int]: ...
 
 class ModelTable:
     """The READY versions of every model, for frontends that resolve requests natively."""

@@ -91,6 +91,9 @@ class ModelManager:
         # The READY versions and server readiness, for frontends that resolve requests and
         # answer probes in native code.
         self.table = _core.ModelTable()
+        # The response cache, shared by the versions whose config enables it.
+        self.response_cache = (_core.ResponseCache(options.response_cache_byte_size)
+                               if options.response_cache_byte_size is not None else None)
         self._draining = False
         self._readiness_changed()
 
@@ -320,7 +323,9 @@ class ModelManager:
             return ModelRunner(config, version, instances, placement, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
                                stop_timeout=self._options.model_unload_timeout_secs,
-                               host_policies=policies)
+                               host_policies=policies,
+                               cache=self.response_cache if config.response_cache.enable
+                               else None)
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -490,13 +495,9 @@ def contained(function, *args):
         raise ServerError(f"{type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
 
 
-_NO_DURATION = {"count": 0, "ns": 0}
-
-
 def statistics_entry(entry: ModelVersion) -> dict:
     """One ModelStatistics message as a dict (the HTTP JSON form; gRPC parses it)."""
     core = entry.runner.statistics()
-    core["inference_stats"].update(cache_hit=_NO_DURATION, cache_miss=_NO_DURATION)
     return {"name": entry.name, "version": str(entry.version), **core,
             "memory_usage": [], "response_stats": {}}
 

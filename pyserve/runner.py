@@ -55,7 +55,8 @@ class ModelRunner:
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
                  labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
                  stop_timeout: float = -1.0,
-                 host_policies: list[_core.HostPolicy] | None = None) -> None:
+                 host_policies: list[_core.HostPolicy] | None = None,
+                 cache: _core.ResponseCache | None = None) -> None:
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -76,6 +77,9 @@ class ModelRunner:
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
         self.model = _core.Model(spec, options, self._execute)
+        self.cached = cache is not None  # repeated requests answered from the cache
+        if cache is not None:
+            self.model.enable_cache(cache)
         self._sink = _core.PythonSink(self._hand_off)
 
     async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),

@@ -28,13 +28,6 @@ UNSERVED = {
     "--trace-rate": "tracing is not implemented yet",
     "--trace-count": "tracing is not implemented yet",
     "--trace-log-frequency": "tracing is not implemented yet",
-    "--cache-config": "the response cache is not implemented yet",
-    "--cache-directory": "the response cache is not implemented yet",
-    "--response-cache-byte-size": "the response cache is not implemented yet",
-    "--metrics-config": "metrics settings are not implemented yet",
-    "--metrics-interval-ms": "metrics settings are not implemented yet",
-    "--allow-cpu-metrics": "CPU metrics are not implemented yet",
-    "--allow-gpu-metrics": "GPU metrics are not implemented yet",
     "--model-namespacing": "model namespacing is not implemented yet",
 }
 

@@ -651,7 +651,11 @@ void RegisterModel(py::module_& m) {
         out["capacity"] = u.capacity;
         out["used"] = u.used;
         out["entries"] = u.entries;
+        out["hits"] = u.hits;
+        out["misses"] = u.misses;
         out["evictions"] = u.evictions;
+        out["lookup_ns"] = u.lookup_ns;
+        out["insertion_ns"] = u.insertion_ns;
         return out;
       });
 

@@ -59,16 +59,22 @@ std::string ResponseCache::Key(std::string_view model, int64_t version,
 }
 
 bool ResponseCache::Lookup(const std::string& key, std::vector<OutputTensor>* outputs) {
+  const uint64_t start = SteadyNowNs();
   std::lock_guard<std::mutex> lock(mutex_);
   auto found = index_.find(key);
-  if (found == index_.end()) return false;
-  lru_.splice(lru_.begin(), lru_, found->second);
-  *outputs = found->second->outputs;
-  return true;
+  const bool hit = found != index_.end();
+  if (hit) {
+    lru_.splice(lru_.begin(), lru_, found->second);
+    *outputs = found->second->outputs;
+  }
+  ++(hit ? hits_ : misses_);
+  lookup_ns_ += SteadyNowNs() - start;
+  return hit;
 }
 
 ResponseCache::Inserted ResponseCache::Insert(const std::string& key,
                                               const std::vector<OutputTensor>& outputs) {
+  const uint64_t start = SteadyNowNs();
   size_t data_bytes = 0;
   for (const OutputTensor& output : outputs) data_bytes += output.byte_size;
   const size_t bytes = key.size() + data_bytes;
@@ -100,12 +106,14 @@ ResponseCache::Inserted ResponseCache::Insert(const std::string& key,
   lru_.push_front(std::move(entry));
   index_.emplace(lru_.front().key, lru_.begin());
   used_ += bytes;
+  insertion_ns_ += SteadyNowNs() - start;
   return Inserted::kStored;
 }
 
 ResponseCache::Usage ResponseCache::usage() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return Usage{capacity_, used_, lru_.size(), evictions_};
+  return Usage{capacity_, used_, lru_.size(), hits_, misses_, evictions_, lookup_ns_,
+               insertion_ns_};
 }
 
 bool ModelCache::Lookup(InferRequest& request, InferResponse* response) {

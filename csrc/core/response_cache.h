@@ -40,9 +40,11 @@ class ResponseCache {
   enum class Inserted { kStored, kTooLarge, kAlreadyStored };
   Inserted Insert(const std::string& key, const std::vector<OutputTensor>& outputs);
 
+  // Triton's nv_cache_* gauges: the whole cache's figures, over every model.
   struct Usage {
     size_t capacity = 0, used = 0, entries = 0;
-    uint64_t evictions = 0;
+    uint64_t hits = 0, misses = 0, evictions = 0;
+    uint64_t lookup_ns = 0, insertion_ns = 0;
   };
   Usage usage() const;
 
@@ -57,7 +59,7 @@ class ResponseCache {
   std::list<Entry> lru_;  // most recently used first
   std::unordered_map<std::string_view, std::list<Entry>::iterator> index_;  // views Entry::key
   size_t used_ = 0;
-  uint64_t evictions_ = 0;
+  uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, lookup_ns_ = 0, insertion_ns_ = 0;
 };
 
 // One model version's use of the server's cache.

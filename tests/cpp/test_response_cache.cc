@@ -114,6 +114,8 @@ TEST(ResponseCache, EvictsTheLeastRecentlyUsedWithinItsSize) {
   EXPECT_EQ(usage.entries, 3u);
   EXPECT_EQ(usage.used, 300u);
   EXPECT_EQ(usage.evictions, 1u);
+  EXPECT_EQ(usage.hits, 4u);
+  EXPECT_EQ(usage.misses, 1u);
 }
 
 TEST(ResponseCache, RefusesAnEntryLargerThanItselfAndKeepsTheOthers) {
