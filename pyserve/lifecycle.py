@@ -256,6 +256,7 @@ class ModelManager:
                     continue
                 if old is not None and old.runner is not None:
                     retiring.append(old.runner)
+                    result.predecessor = old.runner
                 model.versions[version] = ModelVersion(name, version, config, result,
                                                        ModelState.READY, labels=labels)
                 log.info("successfully loaded '%s' version %d", name, version)
@@ -275,6 +276,9 @@ class ModelManager:
                 model.reason = "; ".join(f"version {v}: {m}" for v, m in failures.items())
             self._publish(model)
             await _retire(retiring)
+            for entry in model.versions.values():
+                if entry.runner is not None:
+                    entry.runner.inherit()
             if failures:
                 raise ServerError(f"failed to load '{name}': {model.reason}")
 
@@ -325,7 +329,8 @@ class ModelManager:
                                stop_timeout=self._options.model_unload_timeout_secs,
                                host_policies=policies,
                                cache=self.response_cache if config.response_cache.enable
-                               else None)
+                               else None,
+                               summaries=self._options.metrics.summary_latencies)
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -456,10 +461,16 @@ class ModelManager:
             entries = [v for m in models for v in m.ready_versions()]
         return [statistics_entry(entry) for entry in entries]
 
-    def request_counts(self) -> dict[tuple[str, str], dict]:
-        """The core's request outcome counts, per READY (model, version)."""
-        return {(m.name, str(v.version)): v.runner.request_counts()
-                for m in self.models.values() for v in m.ready_versions()}
+    def latency_summaries(self, quantiles: list[float]) -> list[tuple[str, str, bool, dict]]:
+        """(model, version, cached, the core's summaries of its latencies) per READY version."""
+        return [(m.name, str(v.version), v.runner.cached,
+                 v.runner.model.latency_summaries(quantiles))
+                for m in self.models.values() for v in m.ready_versions()]
+
+    def metric_counts(self) -> list[tuple[str, str, bool, dict[str, float]]]:
+        """(model, version, cached, its metrics' counters) per READY version."""
+        return [(m.name, str(v.version), v.runner.cached, v.runner.metric_counts())
+                for m in self.models.values() for v in m.ready_versions()]
 
     def inflight_count(self) -> int:
         """Requests accepted by the core and not yet answered, over every loaded version."""

@@ -17,6 +17,7 @@
 #include "model.h"
 #include "model_table.h"
 #include "register.h"
+#include "latency_summary.h"
 #include "response_cache.h"
 #include "shared_memory.h"
 #include "bytes_tensor.h"
@@ -624,6 +625,19 @@ void RegisterModel(py::module_& m) {
       .def("enable_cache", [](PyModel& m, std::shared_ptr<ResponseCache> cache) {
         m.model()->EnableCache(std::move(cache));
       }, py::arg("cache"))
+      .def("enable_summaries", [](PyModel& m) { m.model()->EnableSummaries(); })
+      .def("latency_summaries", [](const PyModel& m, const std::vector<double>& quantiles) {
+        py::dict out;  // phase -> (count, sum in us, the quantiles' values); empty when off
+        const LatencySummaries* summaries = m.model()->Summaries();
+        if (summaries == nullptr) return out;
+        const uint64_t now = SteadyNowNs();
+        for (int i = 0; i < static_cast<int>(LatencyPhase::kCount); ++i) {
+          const auto phase = static_cast<LatencyPhase>(i);
+          LatencySummaries::Summary s = summaries->Read(phase, quantiles, now);
+          out[LatencyPhaseName(phase)] = py::make_tuple(s.count, s.sum_us, s.values);
+        }
+        return out;
+      }, py::arg("quantiles"))
       .def("statistics", &PyModel::Statistics)
       .def("request_counts", [](const PyModel& m) {
         const RequestCounts c = m.model()->Counts();

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "latency_summary.h"
 #include "outputs.h"
 #include "response_cache.h"
 #include "validate.h"
@@ -91,6 +92,7 @@ struct Model::State : public Executor {
   ModelSpec spec;
   std::shared_ptr<BatchCompute> compute;
   std::unique_ptr<ModelCache> cache;  // null unless the config enables the response cache
+  std::unique_ptr<LatencySummaries> summaries;  // null unless summary metrics are on
   std::atomic<uint64_t> success{0}, success_ns{0};
   std::atomic<uint64_t> failure[static_cast<int>(FailureReason::kCount)] = {};
 
@@ -125,6 +127,7 @@ struct Model::State : public Executor {
     for (auto& r : batch.requests) requests.push_back(r.get());
     Deliver(requests, responses);
     batch.times.output_end = SteadyNowNs();
+    if (summaries && status.ok()) summaries->ObserveBatch(batch);
     return status;
   }
 
@@ -139,7 +142,10 @@ struct Model::State : public Executor {
     for (size_t i = 0; i < requests.size(); ++i) {
       InferRequest& request = *requests[i];
       if (request.answered.exchange(true, std::memory_order_acq_rel)) continue;
-      if (cache) cache->Store(request, responses[i]);  // a miss's response, for later hits
+      if (cache) {  // a miss's response, for later hits
+        const uint64_t miss_ns = cache->Store(request, responses[i]);
+        if (summaries && miss_ns) summaries->Observe(LatencyPhase::kCacheMiss, miss_ns / 1000, now);
+      }
       if (responses[i].status.ok()) {
         success.fetch_add(1, std::memory_order_relaxed);
         success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);
@@ -171,7 +177,12 @@ struct Model::State : public Executor {
     if (!cache->Lookup(request, &responses[0])) return false;
     request.enqueue_ns = start;
     Deliver({&request}, responses);
-    cache->Answered(SteadyNowNs() - start);
+    const uint64_t now = SteadyNowNs();
+    cache->Answered(now - start);
+    if (summaries) {  // as Triton: a hit queued for none of its time
+      summaries->Observe(LatencyPhase::kQueue, 0, now);
+      summaries->Observe(LatencyPhase::kCacheHit, request.cache_lookup_ns / 1000, now);
+    }
     return true;
   }
 
@@ -268,6 +279,10 @@ void Model::EnableCache(std::shared_ptr<ResponseCache> cache) {
   state_->cache = std::make_unique<ModelCache>(std::move(cache), state_->spec.name,
                                                state_->spec.version);
 }
+
+void Model::EnableSummaries() { state_->summaries = std::make_unique<LatencySummaries>(); }
+
+const LatencySummaries* Model::Summaries() const { return state_->summaries.get(); }
 
 ModelStats Model::Statistics() const {
   ModelStats stats = scheduler_->Statistics();

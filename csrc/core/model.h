@@ -17,6 +17,7 @@
 
 namespace pyserve {
 
+class LatencySummaries;
 class ResponseCache;
 
 class BatchCompute {
@@ -60,6 +61,9 @@ class Model {
   // The scheduler's statistics, with the cache's hits and misses (Triton counts a hit as a
   // successful request, with no execution).
   ModelStats Statistics() const;
+  // Keeps latency samples for Triton's summary metrics (before any Submit); null until then.
+  void EnableSummaries();
+  const LatencySummaries* Summaries() const;
 
   struct State;
 

@@ -125,6 +125,7 @@ bool ModelCache::Lookup(InferRequest& request, InferResponse* response) {
   std::vector<OutputTensor> outputs;
   const bool hit = cache_->Lookup(key, &outputs);
   const uint64_t took = SteadyNowNs() - start;
+  request.cache_lookup_ns = took;
   if (hit) {
     hits_.fetch_add(1, std::memory_order_relaxed);
     hit_ns_.fetch_add(took, std::memory_order_relaxed);
@@ -132,21 +133,23 @@ bool ModelCache::Lookup(InferRequest& request, InferResponse* response) {
     return true;
   }
   request.cache_key = std::move(key);
-  request.cache_lookup_ns = took;
   return false;
 }
 
-void ModelCache::Store(InferRequest& request, const InferResponse& response) {
-  if (request.cache_key.empty() || !response.status.ok()) return;
+uint64_t ModelCache::Store(InferRequest& request, const InferResponse& response) {
+  if (request.cache_key.empty() || !response.status.ok()) return 0;
   const uint64_t start = SteadyNowNs();
   const auto inserted = cache_->Insert(request.cache_key, response.outputs);
   const uint64_t took = SteadyNowNs() - start;
+  uint64_t miss_ns = 0;
   if (inserted != ResponseCache::Inserted::kAlreadyStored) {
+    miss_ns = request.cache_lookup_ns + took;
     misses_.fetch_add(1, std::memory_order_relaxed);
-    miss_ns_.fetch_add(request.cache_lookup_ns + took, std::memory_order_relaxed);
+    miss_ns_.fetch_add(miss_ns, std::memory_order_relaxed);
   }
   request.cache_key.clear();
   request.cache_key.shrink_to_fit();
+  return miss_ns;
 }
 
 ModelCache::Counts ModelCache::counts() const {

@@ -69,12 +69,14 @@ class ModelCache {
       : cache_(std::move(cache)), model_(std::move(model)), version_(version) {}
 
   // Before the request is scheduled. A hit fills `response` (the caller answers the request
-  // with it); a miss leaves the key in request.cache_key for Store. Requests that write
-  // outputs into client shared memory are not cached (nothing to answer from).
+  // with it); a miss leaves the key in request.cache_key for Store. Either way the lookup's
+  // duration is left in request.cache_lookup_ns. Requests that write outputs into client
+  // shared memory are not cached (nothing to answer from).
   bool Lookup(InferRequest& request, InferResponse* response);
   // When a response is delivered: stores it if its request missed and it succeeded. As in
   // Triton, a miss is counted then, unless another request stored the key meanwhile.
-  void Store(InferRequest& request, const InferResponse& response);
+  // Returns the miss's duration (lookup and insertion), 0 when none was counted.
+  uint64_t Store(InferRequest& request, const InferResponse& response);
   // A hit answered: its whole duration, from Lookup to delivery (Triton's request duration).
   void Answered(uint64_t request_ns) { hit_request_ns_.fetch_add(request_ns, std::memory_order_relaxed); }
 
