@@ -256,8 +256,9 @@ def exposition(families) -> bytes:
         documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         lines += [f"# HELP {family.name} {documentation}", f"# TYPE {family.name} {family.type}"]
         for sample in family.samples:
-            labels = ",".join(f'{key}="{_escape(str(value))}"'
-                              for key, value in sample.labels.items())
+            # Triton's order (prometheus-cpp's): labels by name, a summary's quantile last.
+            keys = sorted(sample.labels, key=lambda key: (key == "quantile", key))
+            labels = ",".join(f'{key}="{_escape(str(sample.labels[key]))}"' for key in keys)
             lines.append(f"{sample.name}{{{labels}}} {floatToGoString(sample.value)}" if labels
                          else f"{sample.name} {floatToGoString(sample.value)}")
     return "".join(line + "\n" for line in lines).encode()
