@@ -248,7 +248,7 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
   const bool ordered = state_->spec.preserve_ordering;
   if (ordered) request->sequence = state_->issued.fetch_add(1);
   const uint64_t sequence = request->sequence;
-  if (state_->cache && state_->AnswerFromCache(*request)) {
+  if (state_->cache && !scheduler_->Stopping() && state_->AnswerFromCache(*request)) {
     request.reset();
     return Status::OK();
   }

@@ -24,7 +24,7 @@ void AppendText(std::string& key, std::string_view text) {
 }  // namespace
 
 std::string ResponseCache::Key(std::string_view model, int64_t version,
-                               const InferRequest& request) {
+                               const InferRequest& request, uint64_t load) {
   // Length-prefixed fields, so that no two different requests make the same key.
   std::vector<const TensorView*> inputs;
   inputs.reserve(request.inputs.size());
@@ -41,6 +41,7 @@ std::string ResponseCache::Key(std::string_view model, int64_t version,
   key.reserve(size);
   AppendText(key, model);
   AppendValue<int64_t>(key, version);
+  AppendValue<uint64_t>(key, load);
   AppendValue<uint64_t>(key, inputs.size());
   for (const TensorView* input : inputs) {
     AppendText(key, input->name);
@@ -116,12 +117,18 @@ ResponseCache::Usage ResponseCache::usage() const {
                insertion_ns_};
 }
 
+ModelCache::ModelCache(std::shared_ptr<ResponseCache> cache, std::string model, int64_t version)
+    : cache_(std::move(cache)), model_(std::move(model)), version_(version) {
+  static std::atomic<uint64_t> loads{0};
+  load_ = loads.fetch_add(1) + 1;
+}
+
 bool ModelCache::Lookup(InferRequest& request, InferResponse* response) {
   for (const RequestedOutput& output : request.outputs) {
     if (output.shared_memory) return false;
   }
   const uint64_t start = SteadyNowNs();
-  std::string key = ResponseCache::Key(model_, version_, request);
+  std::string key = ResponseCache::Key(model_, version_, request, load_);
   std::vector<OutputTensor> outputs;
   const bool hit = cache_->Lookup(key, &outputs);
   const uint64_t took = SteadyNowNs() - start;

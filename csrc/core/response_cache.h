@@ -31,7 +31,10 @@ class ResponseCache {
   // A request's key: the model's name and version, each input (in name order) with its
   // datatype, shape and bytes, and the outputs it asked for (a response holds only those).
   // Request parameters are not part of it, as in Triton. Lookups compare keys in full.
-  static std::string Key(std::string_view model, int64_t version, const InferRequest& request);
+  // `load` tells loads of one version apart: a reloaded version (new code, same number) never
+  // answers with its predecessor's responses, which age out of the cache.
+  static std::string Key(std::string_view model, int64_t version, const InferRequest& request,
+                         uint64_t load = 0);
 
   // On a hit, the stored outputs (sharing the entry's memory, so they stay valid if the entry
   // is evicted), and the entry becomes the most recently used.
@@ -65,8 +68,7 @@ class ResponseCache {
 // One model version's use of the server's cache.
 class ModelCache {
  public:
-  ModelCache(std::shared_ptr<ResponseCache> cache, std::string model, int64_t version)
-      : cache_(std::move(cache)), model_(std::move(model)), version_(version) {}
+  ModelCache(std::shared_ptr<ResponseCache> cache, std::string model, int64_t version);
 
   // Before the request is scheduled. A hit fills `response` (the caller answers the request
   // with it); a miss leaves the key in request.cache_key for Store. Either way the lookup's
@@ -91,6 +93,7 @@ class ModelCache {
   std::shared_ptr<ResponseCache> cache_;
   std::string model_;
   int64_t version_;
+  uint64_t load_;  // this load's number, unique in the process
   std::atomic<uint64_t> hits_{0}, hit_ns_{0}, misses_{0}, miss_ns_{0}, hit_request_ns_{0};
 };
 

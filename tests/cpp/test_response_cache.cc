@@ -53,6 +53,7 @@ TEST(ResponseCacheKey, CoversModelVersionAndEveryInputsNameDatatypeShapeAndBytes
   EXPECT_EQ(key, ResponseCache::Key("m", 1, *Request(values)));
   EXPECT_NE(key, ResponseCache::Key("other", 1, *base));
   EXPECT_NE(key, ResponseCache::Key("m", 2, *base));
+  EXPECT_NE(key, ResponseCache::Key("m", 1, *base, 7));  // another load of the version
 
   auto renamed = Request(values);
   renamed->inputs[0].name = "z";

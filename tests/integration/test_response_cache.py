@@ -6,6 +6,7 @@ flags' forms, and the models that cannot be cached."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import urllib.request
 
@@ -250,5 +251,27 @@ def test_decoupled_and_sequence_models_cannot_be_cached(tmp_path, extra, text):
         with httpclient.InferenceServerClient(server.http_url) as c:
             assert not c.is_model_ready("bad")
         assert text in server.log()
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_reloaded_version_does_not_answer_with_its_predecessors_responses(repository,
+                                                                            tmp_path):
+    server = start_server([repository], tmp_path / "server.log", "--model-control-mode",
+                          "explicit", "--load-model", "counted", "--cache-config",
+                          "local,size=100000")
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            x = unique(7000)
+            before = runs(c, "counted", x)
+            assert runs(c, "counted", x) == before
+            config = c.get_model_config("counted", as_json=True)["config"]
+            config["parameters"] = {"reloaded": {"string_value": "yes"}}
+            c.load_model("counted", config=json.dumps(config))
+            assert cache_stats(c, "counted") == (0, 0, 0)  # the new load's statistics
+            after = runs(c, "counted", x)
+            assert cache_stats(c, "counted") == (0, 1, 1)  # it ran the request again
+            assert runs(c, "counted", x) == after
+            assert cache_stats(c, "counted") == (1, 1, 1)
     finally:
         assert server.stop() == 0
