@@ -260,8 +260,10 @@ def _metrics_settings(args: argparse.Namespace) -> MetricsSettings:
         if not equals or "," in key:
             raise SystemExit(f"pyserve: --metrics-config option format is <setting>=<value>. "
                              f"Got {text}")
-        if key in ("counter_latencies", "summary_latencies"):
-            setattr(settings, key, value == "true")
+        if key == "counter_latencies":  # as Triton reads them: only "false" turns off,
+            settings.counter_latencies = value != "false"
+        elif key == "summary_latencies":  # only "true" turns on
+            settings.summary_latencies = value == "true"
         elif key == "summary_quantiles":
             try:
                 pairs = tuple(tuple(float(x) for x in pair.split(":", 1))

@@ -28,6 +28,10 @@ LatencySummaries::LatencySummaries(uint64_t window_ns, size_t capacity)
 
 void LatencySummaries::Observe(LatencyPhase phase, uint64_t us, uint64_t now_ns) {
   std::lock_guard<std::mutex> lock(mutex_);
+  ObserveLocked(phase, us, now_ns);
+}
+
+void LatencySummaries::ObserveLocked(LatencyPhase phase, uint64_t us, uint64_t now_ns) {
   Ring& ring = rings_[static_cast<int>(phase)];
   if (ring.samples.size() < capacity_) {
     ring.samples.emplace_back(now_ns, us);
@@ -43,13 +47,14 @@ void LatencySummaries::ObserveBatch(const Batch& batch) {
   const BatchTimes& t = batch.times;
   const uint64_t infer_start = t.infer_start ? t.infer_start : t.input_start;
   const uint64_t infer_end = t.infer_end ? t.infer_end : infer_start;
-  const uint64_t output_end = t.output_end ? t.output_end : SteadyNowNs();
+  const uint64_t end = t.output_end ? t.output_end : SteadyNowNs();
+  std::lock_guard<std::mutex> lock(mutex_);  // once per batch
   for (const auto& request : batch.requests) {
-    Observe(LatencyPhase::kRequest, Span(request->enqueue_ns, output_end) / 1000, output_end);
-    Observe(LatencyPhase::kQueue, Span(request->enqueue_ns, t.input_start) / 1000, output_end);
-    Observe(LatencyPhase::kComputeInput, Span(t.input_start, infer_start) / 1000, output_end);
-    Observe(LatencyPhase::kComputeInfer, Span(infer_start, infer_end) / 1000, output_end);
-    Observe(LatencyPhase::kComputeOutput, Span(infer_end, output_end) / 1000, output_end);
+    ObserveLocked(LatencyPhase::kRequest, Span(request->enqueue_ns, end) / 1000, end);
+    ObserveLocked(LatencyPhase::kQueue, Span(request->enqueue_ns, t.input_start) / 1000, end);
+    ObserveLocked(LatencyPhase::kComputeInput, Span(t.input_start, infer_start) / 1000, end);
+    ObserveLocked(LatencyPhase::kComputeInfer, Span(infer_start, infer_end) / 1000, end);
+    ObserveLocked(LatencyPhase::kComputeOutput, Span(infer_end, end) / 1000, end);
   }
 }
 

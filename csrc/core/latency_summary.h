@@ -37,6 +37,8 @@ class LatencySummaries {
   Summary Read(LatencyPhase phase, const std::vector<double>& quantiles, uint64_t now_ns) const;
 
  private:
+  void ObserveLocked(LatencyPhase phase, uint64_t us, uint64_t now_ns);  // mutex_ held
+
   struct Ring {
     std::vector<std::pair<uint64_t, uint64_t>> samples;  // (when, us), oldest overwritten
     size_t next = 0;

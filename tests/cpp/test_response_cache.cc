@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model.h"
@@ -127,6 +128,34 @@ TEST(ResponseCache, RefusesAnEntryLargerThanItselfAndKeepsTheOthers) {
   EXPECT_TRUE(cache.Lookup("a", &found));
   EXPECT_EQ(ResponseCache::Inserted::kAlreadyStored, cache.Insert("a", Outputs(10, 3)));
   EXPECT_EQ(cache.usage().entries, 1u);
+}
+
+// Threads looking up and storing overlapping keys in a cache that holds a few of them: the
+// size bound holds, and every hit gives back what was stored under its key.
+TEST(ResponseCache, ConcurrentLookupsAndInsertsKeepTheBound) {
+  ResponseCache cache(4 * 101);
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<OutputTensor> found;
+      for (int i = 0; i < 2000; ++i) {
+        const uint8_t k = static_cast<uint8_t>((i * 7 + t) % 10);
+        const std::string key(1, static_cast<char>('a' + k));
+        if (cache.Lookup(key, &found)) {
+          if (found.at(0).data[99] != k) wrong.fetch_add(1);
+        } else {
+          cache.Insert(key, Outputs(100, k));
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+  const ResponseCache::Usage usage = cache.usage();
+  EXPECT_LE(usage.used, usage.capacity);
+  EXPECT_EQ(usage.entries, 4u);
+  EXPECT_EQ(usage.hits + usage.misses, 8000u);
 }
 
 // Echoes input "x" as output "y" (FP32), counting its runs.
