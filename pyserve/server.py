@@ -124,7 +124,8 @@ class Server:
         if settings.allow_cpu or settings.allow_gpu:
             self._sampler = SystemSampler(settings.interval_ms, settings.allow_cpu,
                                           settings.allow_gpu)
-            self._sampler.start()
+            if self._sampler.cpu or self._sampler.gpu:
+                self._sampler.start()
         return Metrics(self.manager.metric_counts, self.manager.pending_counts, settings,
                        self.manager.response_cache, self._sampler,
                        self.options.pinned_memory_pool_byte_size, self.manager.latency_summaries)

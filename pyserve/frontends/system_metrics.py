@@ -8,9 +8,10 @@ DCGM), only where the library loads and finds a device."""
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pyserve.periodic import Periodic
 
 log = logging.getLogger("pyserve")
 
@@ -106,43 +107,26 @@ class _Nvml:
         self._nvml.nvmlShutdown()
 
 
-class SystemSampler:
+class SystemSampler(Periodic):
     """Samples what is allowed every `interval_ms`; `latest` is what the scrape reports."""
 
     def __init__(self, interval_ms: float, cpu: bool = True, gpu: bool = True) -> None:
+        super().__init__(self._sample, interval_ms / 1000, "ps-metrics-poll")
         self.cpu = cpu
-        self._interval = interval_ms / 1000
         self._nvml = _Nvml.open() if gpu else None
         self.latest = Sample()
         self._previous_cpu: tuple[int, int] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ps-metrics-poll", daemon=True)
 
     @property
     def gpu(self) -> bool:
         return self._nvml is not None
 
-    def start(self) -> None:
-        if self.cpu or self.gpu:
-            self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        super().stop()
         if self._nvml is not None:
             self._nvml.close()
 
-    def _run(self) -> None:
-        while True:
-            try:
-                self.latest = self._sample()
-            except Exception:  # noqa: BLE001 - one failed sample must not stop the next
-                log.exception("sampling CPU/GPU metrics failed")
-            if self._stop.wait(self._interval):
-                return
-
-    def _sample(self) -> Sample:
+    def _sample(self) -> None:
         sample = Sample()
         if self.cpu:
             busy, total = _cpu_times()
@@ -153,4 +137,4 @@ class SystemSampler:
             sample.memory_total, sample.memory_used = _memory()
         if self._nvml is not None:
             sample.gpus = self._nvml.sample()
-        return sample
+        self.latest = sample
