@@ -19,22 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import start_server, write_python_model  # noqa: E402
+from conftest import start_server, write_double_model  # noqa: E402
 from pyserve.bench import BenchOptions, run as bench_run  # noqa: E402
 
-DOUBLE = """
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-                    "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() * 2)])
-                for r in requests]
-"""
-TENSORS = """
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"""
 MODELS = ("double", "double_cached")
 
 
@@ -57,9 +44,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp) / "repo"
         repository.mkdir()
-        write_python_model(repository, "double", TENSORS, DOUBLE)
-        write_python_model(repository, "double_cached",
-                           TENSORS + "response_cache { enable: true }\n", DOUBLE)
+        write_double_model(repository, dims="16")
+        write_double_model(repository, "double_cached", dims="16",
+                           extra_config="response_cache { enable: true }\n")
         server = start_server([repository], Path(tmp) / "server.log",
                               "--cache-config", "local,size=1048576")
         try:

@@ -216,6 +216,9 @@ def _cache_and_metrics_flags(parser: argparse.ArgumentParser) -> None:
 def _cache_byte_size(args: argparse.Namespace) -> int | None:
     """The local cache's size from --cache-config or --response-cache-byte-size, with
     tritonserver's texts; None when neither is given."""
+    if args.cache_directory is not None:
+        logging.getLogger("pyserve").info(
+            "--cache-directory accepted without effect: the local cache is built in")
     if args.cache_config and args.response_cache_byte_size is not None:
         raise SystemExit("pyserve: Incompatible flags --response-cache-byte-size and "
                          "--cache-config both provided. Please provide one or the other.")
@@ -495,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         return _torchserve(args)
     if args.command != "serve":  # bench, tune: clients of a running server
         return args.func(args)
+    logs.configure(args.log_verbose, args.log_info, args.log_warning, args.log_error,
+                   args.log_file, args.log_format)  # first: what the flags' parsing logs
     options = ServerOptions(
         **_network_options(args),
         server_id=args.server_id,
@@ -521,8 +526,6 @@ def main(argv: list[str] | None = None) -> int:
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,
     )
-    logs.configure(args.log_verbose, args.log_info, args.log_warning, args.log_error,
-                   args.log_file, args.log_format)
     triton_flags.check_flags(args)
     from pyserve.server import run  # imported late: `pyserve --help` stays fast
 

@@ -176,9 +176,6 @@ class ModelRunner:
     def statistics(self) -> dict:
         return self.model.statistics()
 
-    def request_counts(self) -> dict:
-        return self.model.request_counts()
-
     def metric_counts(self) -> dict[str, float]:
         """The counters Triton's metrics report for this version, over its reloads."""
         counts = _metric_counts(self.model.request_counts(), self.model.statistics())

@@ -17,21 +17,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FRONTENDS, OUTSIDE, PYSERVE, start_server, write_python_model
+from conftest import FRONTENDS, OUTSIDE, PYSERVE, start_server, write_double_model
 
-DOUBLE = """
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-                    "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() * 2)])
-                for r in requests]
-"""
-TENSORS = """
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-"""
 MODEL = {"model": "double", "version": "1"}
 PER_MODEL_COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure",
                       "nv_inference_count", "nv_inference_exec_count")
@@ -47,7 +34,7 @@ SUMMARIES = ("nv_inference_request_summary_us", "nv_inference_queue_summary_us",
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     repo = tmp_path_factory.mktemp("metrics_repo")
-    write_python_model(repo, "double", TENSORS, DOUBLE)
+    write_double_model(repo)
     return repo
 
 

@@ -7,6 +7,7 @@ flags' forms, and the models that cannot be cached."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import urllib.request
 
@@ -275,3 +276,23 @@ def test_a_reloaded_version_does_not_answer_with_its_predecessors_responses(repo
             assert cache_stats(c, "counted") == (1, 1, 1)
     finally:
         assert server.stop() == 0
+
+
+def test_stream_messages_are_answered_from_the_cache(server):
+    x = unique(8000)
+    answers = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        first = runs(c, "counted", x)
+        tensor = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        c.start_stream(callback=lambda result, error: answers.put((result, error)))
+        asked = [grpcclient.InferRequestedOutput(name) for name in ("OUTPUT0", "RUNS")]
+        for i in range(3):  # the same outputs asked for as by runs(): the same key
+            c.async_stream_infer("counted", [tensor], outputs=asked, request_id=str(i))
+        got = [answers.get(timeout=30) for _ in range(3)]
+        c.stop_stream()
+    for result, error in got:
+        assert error is None
+        assert int(result.as_numpy("RUNS")[0]) == first
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x * 2)
+    assert sorted(r.get_response().id for r, _ in got) == ["0", "1", "2"]
