@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
 
 from pyserve import __version__, _core, host_policy, logs, restricted, tracing, triton_flags
-from pyserve.options import COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, ServerOptions, Tls
+from pyserve.options import (COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, MetricsSettings,
+                             ServerOptions, Tls)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="where remote repositories are mirrored, kept across restarts "
                             "(default: a temporary folder, or TRITON_AWS/GCS/AZURE_MOUNT_DIRECTORY)")
     _network_flags(serve, "0.0.0.0")
+    _cache_and_metrics_flags(serve)
     models = serve.add_argument_group("models")
     models.add_argument("--model-control-mode", choices=CONTROL_MODES, default="none",
                         type=str.lower,
@@ -187,6 +190,103 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                           "allocated for it; repeatable. NAME is one of "
                           + ", ".join(f"{k} ({v:,})" for k, v in _core.request_limits().items())
                           + " (the defaults)")
+
+
+def _cache_and_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    cache = parser.add_argument_group("response cache")
+    cache.add_argument("--cache-config", action="append", default=[], metavar="local,size=BYTES",
+                       help="the response cache, used by models whose config enables "
+                            "response_cache: Triton's 'local' cache of BYTES, least recently "
+                            "used entries evicted")
+    cache.add_argument("--response-cache-byte-size", type=int, default=None, metavar="BYTES",
+                       help="deprecated: --cache-config local,size=BYTES")
+    cache.add_argument("--cache-directory", default=None, metavar="DIR",
+                       help="where tritonserver looks for cache libraries; accepted, the local "
+                            "cache is built in")
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument("--metrics-config", action="append", default=[], metavar="KEY=VALUE",
+                         help="counter_latencies=false drops the *_duration_us counters; "
+                              "summary_latencies=true adds the *_summary_us summaries, of "
+                              "summary_quantiles=Q:E[,Q:E...] (default: "
+                              + ",".join(f"{q}:{e}" for q, e in MetricsSettings.summary_quantiles)
+                              + "); repeatable")
+    metrics.add_argument("--metrics-interval-ms", type=float, default=2000.0, metavar="MS",
+                         help="how often CPU and GPU figures are sampled (default: %(default)s)")
+    for kind in ("cpu", "gpu"):
+        metrics.add_argument(f"--allow-{kind}-metrics", type=_boolean, default=True,
+                             metavar="BOOL", help=f"serve {kind.upper()} metrics (default: true)")
+
+
+def _cache_byte_size(args: argparse.Namespace) -> int | None:
+    """The local cache's size from --cache-config or --response-cache-byte-size, with
+    tritonserver's texts; None when neither is given."""
+    if args.cache_directory is not None:
+        logging.getLogger("pyserve").info(
+            "--cache-directory accepted without effect: the local cache is built in")
+    if args.cache_config and args.response_cache_byte_size is not None:
+        raise SystemExit("pyserve: Incompatible flags --response-cache-byte-size and "
+                         "--cache-config both provided. Please provide one or the other.")
+    if args.response_cache_byte_size is not None:
+        logging.getLogger("pyserve").warning(
+            "'--response-cache-byte-size' has been deprecated! This will default to the "
+            "'local' cache implementation with the provided byte size for its config. Please "
+            "use '--cache-config' instead. The equivalent --cache-config CLI args would be: "
+            "'--cache-config=local,size=%d'", args.response_cache_byte_size)
+        settings = {"size": str(args.response_cache_byte_size)}
+    elif args.cache_config:
+        settings = {}
+        for text in args.cache_config:
+            name, comma, setting = text.partition(",")
+            key, equals, value = setting.partition("=")
+            if not comma or not name:
+                raise SystemExit("pyserve: No cache specified. --cache-config option format is "
+                                 f"<cache name>,<setting>=<value>. Got {text}")
+            if not (equals and key and value):
+                raise SystemExit("pyserve: --cache-config option format is '<cache name>,"
+                                 f"<setting>=<value>'. Got {text}")
+            if name != "local":
+                raise SystemExit(f"pyserve: --cache-config: the '{name}' cache is not "
+                                 "supported; pyserve has Triton's 'local' cache")
+            settings[key] = value
+    else:
+        return None
+    unknown = set(settings) - {"size"}
+    size = settings.get("size", "")
+    if unknown or not size.isdigit():
+        raise SystemExit("pyserve: the local cache takes one setting, size=BYTES (a whole "
+                         f"number), got {', '.join(f'{k}={v}' for k, v in settings.items())}")
+    return int(size)
+
+
+def _metrics_settings(args: argparse.Namespace) -> MetricsSettings:
+    """--metrics-config's KEY=VALUE settings (Triton 2.51's keys) and the sampling flags."""
+    settings = MetricsSettings(interval_ms=args.metrics_interval_ms,
+                               allow_cpu=args.allow_cpu_metrics, allow_gpu=args.allow_gpu_metrics)
+    for text in args.metrics_config:
+        key, equals, value = text.partition("=")
+        if not equals or "," in key:
+            raise SystemExit(f"pyserve: --metrics-config option format is <setting>=<value>. "
+                             f"Got {text}")
+        if key == "counter_latencies":  # as Triton reads them: only "false" turns off,
+            settings.counter_latencies = value != "false"
+        elif key == "summary_latencies":  # only "true" turns on
+            settings.summary_latencies = value == "true"
+        elif key == "summary_quantiles":
+            try:
+                pairs = tuple(tuple(float(x) for x in pair.split(":", 1))
+                              for pair in value.split(","))
+            except ValueError:
+                pairs = ()
+            if not pairs or any(len(p) != 2 or not 0 <= p[0] <= 1 for p in pairs):
+                raise SystemExit("pyserve: --metrics-config summary_quantiles: expected "
+                                 f"<quantile>:<error>[,...] with quantiles in [0, 1], got {value}")
+            settings.summary_quantiles = pairs
+        else:
+            raise SystemExit(f"pyserve: --metrics-config: unknown setting '{key}' (served: "
+                             "counter_latencies, summary_latencies, summary_quantiles)")
+    if settings.interval_ms <= 0:
+        raise SystemExit("pyserve: --metrics-interval-ms must be positive")
+    return settings
 
 
 # tritonserver's keepalive, HTTP/2 ping and connection-age flags: the gRPC channel argument
@@ -408,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         return _torchserve(args)
     if args.command != "serve":  # bench, tune: clients of a running server
         return args.func(args)
+    logs.configure(args.log_verbose, args.log_info, args.log_warning, args.log_error,
+                   args.log_file, args.log_format)  # first: what the flags' parsing logs
     options = ServerOptions(
         **_network_options(args),
         server_id=args.server_id,
@@ -416,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         default_max_queue_size=args.default_max_queue_size,
         pinned_memory_pool_byte_size=args.pinned_memory_pool_byte_size,
         model_unload_timeout_secs=args.model_unload_timeout_secs,
+        response_cache_byte_size=_cache_byte_size(args),
+        metrics=_metrics_settings(args),
         model_control_mode=args.model_control_mode,
         load_models=args.load_models,
         repository_poll_secs=args.repository_poll_secs,
@@ -432,8 +536,6 @@ def main(argv: list[str] | None = None) -> int:
         drain_grace_secs=args.drain_grace_secs,
         log_verbose=args.log_verbose,
     )
-    logs.configure(args.log_verbose, args.log_info, args.log_warning, args.log_error,
-                   args.log_file, args.log_format)
     triton_flags.check_flags(args)
     tracing.configure_from_args(args)
     from pyserve.server import run  # imported late: `pyserve --help` stays fast

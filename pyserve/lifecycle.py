@@ -91,6 +91,9 @@ class ModelManager:
         # The READY versions and server readiness, for frontends that resolve requests and
         # answer probes in native code.
         self.table = _core.ModelTable()
+        # The response cache, shared by the versions whose config enables it.
+        self.response_cache = (_core.ResponseCache(options.response_cache_byte_size)
+                               if options.response_cache_byte_size is not None else None)
         self._draining = False
         self._readiness_changed()
 
@@ -253,6 +256,7 @@ class ModelManager:
                     continue
                 if old is not None and old.runner is not None:
                     retiring.append(old.runner)
+                    result.predecessor = old.runner
                 model.versions[version] = ModelVersion(name, version, config, result,
                                                        ModelState.READY, labels=labels)
                 log.info("successfully loaded '%s' version %d", name, version)
@@ -272,6 +276,9 @@ class ModelManager:
                 model.reason = "; ".join(f"version {v}: {m}" for v, m in failures.items())
             self._publish(model)
             await _retire(retiring)
+            for entry in model.versions.values():
+                if entry.runner is not None:
+                    entry.runner.inherit()
             if failures:
                 raise ServerError(f"failed to load '{name}': {model.reason}")
 
@@ -320,7 +327,10 @@ class ModelManager:
             return ModelRunner(config, version, instances, placement, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
                                stop_timeout=self._options.model_unload_timeout_secs,
-                               host_policies=policies)
+                               host_policies=policies,
+                               cache=self.response_cache if config.response_cache.enable
+                               else None,
+                               summaries=self._options.metrics.summary_latencies)
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -458,10 +468,16 @@ class ModelManager:
             entries = [v for m in models for v in m.ready_versions()]
         return [statistics_entry(entry) for entry in entries]
 
-    def request_counts(self) -> dict[tuple[str, str], dict]:
-        """The core's request outcome counts, per READY (model, version)."""
-        return {(m.name, str(v.version)): v.runner.request_counts()
-                for m in self.models.values() for v in m.ready_versions()}
+    def latency_summaries(self, quantiles: list[float]) -> list[tuple[str, str, bool, dict]]:
+        """(model, version, cached, the core's summaries of its latencies) per READY version."""
+        return [(m.name, str(v.version), v.runner.cached,
+                 v.runner.model.latency_summaries(quantiles))
+                for m in self.models.values() for v in m.ready_versions()]
+
+    def metric_counts(self) -> list[tuple[str, str, bool, dict[str, float]]]:
+        """(model, version, cached, its metrics' counters) per READY version."""
+        return [(m.name, str(v.version), v.runner.cached, v.runner.metric_counts())
+                for m in self.models.values() for v in m.ready_versions()]
 
     def inflight_count(self) -> int:
         """Requests accepted by the core and not yet answered, over every loaded version."""
@@ -497,13 +513,9 @@ def contained(function, *args):
         raise ServerError(f"{type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
 
 
-_NO_DURATION = {"count": 0, "ns": 0}
-
-
 def statistics_entry(entry: ModelVersion) -> dict:
     """One ModelStatistics message as a dict (the HTTP JSON form; gRPC parses it)."""
     core = entry.runner.statistics()
-    core["inference_stats"].update(cache_hit=_NO_DURATION, cache_miss=_NO_DURATION)
     return {"name": entry.name, "version": str(entry.version), **core,
             "memory_usage": [], "response_stats": {}}
 

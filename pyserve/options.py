@@ -39,6 +39,22 @@ class Tls:
         return context
 
 
+# Triton's default summary quantiles: (quantile, allowed error) pairs.
+DEFAULT_QUANTILES = ((0.5, 0.05), (0.9, 0.01), (0.95, 0.001), (0.99, 0.001), (0.999, 0.001))
+
+
+@dataclass
+class MetricsSettings:
+    """tritonserver's --metrics-config keys (2.51), --metrics-interval-ms and
+    --allow-cpu-metrics / --allow-gpu-metrics."""
+    counter_latencies: bool = True  # the *_duration_us counters
+    summary_latencies: bool = False  # the *_summary_us summaries
+    summary_quantiles: tuple[tuple[float, float], ...] = DEFAULT_QUANTILES
+    interval_ms: float = 2000.0  # how often CPU and GPU figures are sampled
+    allow_cpu: bool = True
+    allow_gpu: bool = True
+
+
 @dataclass
 class ServerOptions:
     # Local folders, or s3:// gs:// as:// URLs (str) of repositories in object storage.
@@ -76,6 +92,7 @@ class ServerOptions:
     allow_grpc: bool = True
     allow_http: bool = True
     allow_metrics: bool = True
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     http_max_input_size: int = 64 * 1024 * 1024  # bytes; larger bodies get 413
     grpc_max_message_size: int = 2**31 - 1  # bytes; larger gRPC messages: RESOURCE_EXHAUSTED
     # What one inference message may declare (_core.request_limits() names them and has the
@@ -110,6 +127,10 @@ class ServerOptions:
     # An unloading version answers what it accepted; past this, what still waits is refused
     # and instances still executing (hung) are abandoned. < 0 = wait for ever.
     model_unload_timeout_secs: float = 60.0
+    # The response cache (--cache-config local,size=N): its size in bytes, shared by the
+    # models whose config enables response_cache. None = no cache; such models then run
+    # every request, as in Triton.
+    response_cache_byte_size: int | None = None
 
     exit_timeout_secs: float = 30.0  # the whole drain on shutdown is bounded by this
     drain_grace_secs: float = 0.0  # on shutdown: not ready, but still accepting, this long

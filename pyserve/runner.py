@@ -55,7 +55,8 @@ class ModelRunner:
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
                  labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
                  stop_timeout: float = -1.0,
-                 host_policies: list[_core.HostPolicy] | None = None) -> None:
+                 host_policies: list[_core.HostPolicy] | None = None,
+                 cache: _core.ResponseCache | None = None, summaries: bool = False) -> None:
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -76,6 +77,15 @@ class ModelRunner:
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
         self.model = _core.Model(spec, options, self._execute)
+        self.cached = cache is not None  # repeated requests answered from the cache
+        if cache is not None:
+            self.model.enable_cache(cache)
+        if summaries:  # latency samples for the summary metrics
+            self.model.enable_summaries()
+        # Metrics' counters go on across reloads of this version, as Triton's do: the runner
+        # this one replaced is read while it stops, then its final counts are carried.
+        self.predecessor: ModelRunner | None = None
+        self._carried: dict[str, float] = {}
         self._sink = _core.PythonSink(self._hand_off)
 
     async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),
@@ -168,8 +178,17 @@ class ModelRunner:
     def statistics(self) -> dict:
         return self.model.statistics()
 
-    def request_counts(self) -> dict:
-        return self.model.request_counts()
+    def metric_counts(self) -> dict[str, float]:
+        """The counters Triton's metrics report for this version, over its reloads."""
+        counts = _metric_counts(self.model.request_counts(), self.model.statistics())
+        earlier = self.predecessor.metric_counts() if self.predecessor else self._carried
+        return {key: value + earlier.get(key, 0) for key, value in counts.items()}
+
+    def inherit(self) -> None:
+        """The predecessor has stopped: keep its final counts, let it go."""
+        if self.predecessor is not None:
+            self._carried = self.predecessor.metric_counts()
+            self.predecessor = None
 
     def stop(self) -> None:
         """Refuse new requests and run every accepted one; then release the instances. Past
@@ -186,6 +205,19 @@ class ModelRunner:
         self._sink.close()
         for backend in self._instances:
             backend.close()
+
+
+def _metric_counts(requests: dict, statistics: dict) -> dict[str, float]:
+    inference = statistics["inference_stats"]
+    counts = {"success": requests["success"], "success_ns": requests["success_ns"],
+              **{f"failure.{reason}": n for reason, n in requests["failures"].items()},
+              "inference_count": statistics["inference_count"],
+              "execution_count": statistics["execution_count"]}
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                  "cache_miss"):
+        counts[f"{phase}.count"] = inference[phase]["count"]
+        counts[f"{phase}.ns"] = inference[phase]["ns"]
+    return counts
 
 
 def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]],

@@ -14,6 +14,7 @@ from pyserve.errors import ServerError
 from pyserve.frontends.grpc import create_grpc_server
 from pyserve.frontends.http import start_http_server
 from pyserve.frontends.metrics import Metrics, start_metrics_server
+from pyserve.frontends.system_metrics import SystemSampler
 from pyserve.frontends.sockets import in_use
 from pyserve.lifecycle import ModelManager
 from pyserve.options import ServerOptions, Tls
@@ -40,6 +41,7 @@ class Server:
         self._http = None  # the native HTTP frontend, when it serves
         self._https: ssl.SSLContext | None = None  # HTTP and metrics over TLS
         self._runners = []  # aiohttp AppRunners: HTTP and metrics
+        self._sampler: SystemSampler | None = None  # CPU and GPU figures for metrics
         self._should_exit = asyncio.Event()
         # Client shared-memory regions: one registry for every frontend, as Triton has one.
         self.shared_memory = _core.SharedMemoryRegistry()
@@ -60,9 +62,7 @@ class Server:
             await self.manager.shutdown()
             raise StartupError(f"failed to load {', '.join(repr(n) for n in failed)}; exiting "
                                "(--exit-on-error=false serves the models that did load)")
-        metrics = (Metrics(self.manager.statistics, self.manager.pending_counts,
-                           self.manager.request_counts)
-                   if options.allow_metrics else None)
+        metrics = self._metrics() if options.allow_metrics else None
         if options.allow_grpc:
             self.grpc_port = await _service("GRPC", options.address("grpc"), options.grpc_port,
                                             self._start_grpc())
@@ -124,6 +124,17 @@ class Server:
                  shell_port)
         return self._http.port
 
+    def _metrics(self) -> Metrics:
+        settings = self.options.metrics
+        if settings.allow_cpu or settings.allow_gpu:
+            self._sampler = SystemSampler(settings.interval_ms, settings.allow_cpu,
+                                          settings.allow_gpu)
+            if self._sampler.cpu or self._sampler.gpu:
+                self._sampler.start()
+        return Metrics(self.manager.metric_counts, self.manager.pending_counts, settings,
+                       self.manager.response_cache, self._sampler,
+                       self.options.pinned_memory_pool_byte_size, self.manager.latency_summaries)
+
     async def stop(self) -> None:
         """Drain, all within exit_timeout_secs: report not ready at once; keep serving for
         drain_grace_secs; then refuse new connections and requests on every frontend, answer
@@ -135,6 +146,8 @@ class Server:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.exit_timeout_secs
+        if self._sampler is not None:
+            self._sampler.stop()
         if self.manager is not None:
             self.manager.draining = True
         grace = min(self.options.drain_grace_secs, self.options.exit_timeout_secs)

@@ -22,13 +22,6 @@ UNSERVED = {
     "--vertex-ai-default-model": "Vertex AI's API is not served",
     "--rate-limit": "the rate limiter is not implemented yet",
     "--rate-limit-resource": "the rate limiter is not implemented yet",
-    "--cache-config": "the response cache is not implemented yet",
-    "--cache-directory": "the response cache is not implemented yet",
-    "--response-cache-byte-size": "the response cache is not implemented yet",
-    "--metrics-config": "metrics settings are not implemented yet",
-    "--metrics-interval-ms": "metrics settings are not implemented yet",
-    "--allow-cpu-metrics": "CPU metrics are not implemented yet",
-    "--allow-gpu-metrics": "GPU metrics are not implemented yet",
     "--model-namespacing": "model namespacing is not implemented yet",
 }
 

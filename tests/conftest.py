@@ -189,6 +189,26 @@ def write_echo_bytes_model(repository: Path, dims: str = "-1") -> None:
                        _ECHO_BYTES_MODEL, max_batch_size=8)
 
 
+_DOUBLE_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+                    "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() * 2)])
+                for r in requests]
+"""
+
+
+def write_double_model(repository: Path, name: str = "double", dims: str = "-1",
+                       extra_config: str = "") -> None:
+    """`double`: a Python model answering OUTPUT0 = 2 * INPUT0 (FP32 [dims])."""
+    write_python_model(repository, name,
+                       f'input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+                       f'output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+                       + extra_config, _DOUBLE_MODEL)
+
+
 def batch_counts(stats) -> dict[int, int]:
     """batch size -> executions, from a ModelStatistics message."""
     return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}

@@ -17,6 +17,8 @@
 #include "model.h"
 #include "model_table.h"
 #include "register.h"
+#include "latency_summary.h"
+#include "response_cache.h"
 #include "shared_memory.h"
 #include "trace.h"
 #include "bytes_tensor.h"
@@ -498,7 +500,7 @@ py::dict DurationDict(const Duration& d) {
 }
 
 py::dict PyModel::Statistics() const {
-  const ModelStats s = model_->scheduler().Statistics();
+  const ModelStats s = model_->Statistics();
   py::dict inference;
   inference["success"] = DurationDict(s.success);
   inference["fail"] = DurationDict(s.fail);
@@ -506,6 +508,8 @@ py::dict PyModel::Statistics() const {
   inference["compute_input"] = DurationDict(s.compute_input);
   inference["compute_infer"] = DurationDict(s.compute_infer);
   inference["compute_output"] = DurationDict(s.compute_output);
+  inference["cache_hit"] = DurationDict(s.cache_hit);
+  inference["cache_miss"] = DurationDict(s.cache_miss);
   py::list batches;
   for (const auto& [size, b] : s.batch_stats) {
     py::dict entry;
@@ -624,6 +628,22 @@ void RegisterModel(py::module_& m) {
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
            py::arg("cancel") = nullptr, py::arg("traceparent") = "")
       .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
+      .def("enable_cache", [](PyModel& m, std::shared_ptr<ResponseCache> cache) {
+        m.model()->EnableCache(std::move(cache));
+      }, py::arg("cache"))
+      .def("enable_summaries", [](PyModel& m) { m.model()->EnableSummaries(); })
+      .def("latency_summaries", [](const PyModel& m, const std::vector<double>& quantiles) {
+        py::dict out;  // phase -> (count, sum in us, the quantiles' values); empty when off
+        const LatencySummaries* summaries = m.model()->Summaries();
+        if (summaries == nullptr) return out;
+        const uint64_t now = SteadyNowNs();
+        for (int i = 0; i < static_cast<int>(LatencyPhase::kCount); ++i) {
+          const auto phase = static_cast<LatencyPhase>(i);
+          LatencySummaries::Summary s = summaries->Read(phase, quantiles, now);
+          out[LatencyPhaseName(phase)] = py::make_tuple(s.count, s.sum_us, s.values);
+        }
+        return out;
+      }, py::arg("quantiles"))
       .def("statistics", &PyModel::Statistics)
       .def("request_counts", [](const PyModel& m) {
         const RequestCounts c = m.model()->Counts();
@@ -642,6 +662,22 @@ void RegisterModel(py::module_& m) {
       })
       .def_property_readonly("inflight_count", [](const PyModel& m) { return m.model()->scheduler().InflightCount(); })
       .def_property_readonly("pending_count", [](const PyModel& m) { return m.model()->scheduler().PendingCount(); });
+
+  py::class_<ResponseCache, std::shared_ptr<ResponseCache>>(m, "ResponseCache")
+      .def(py::init<size_t>(), py::arg("byte_size"))
+      .def("usage", [](const ResponseCache& cache) {
+        const ResponseCache::Usage u = cache.usage();
+        py::dict out;
+        out["capacity"] = u.capacity;
+        out["used"] = u.used;
+        out["entries"] = u.entries;
+        out["hits"] = u.hits;
+        out["misses"] = u.misses;
+        out["evictions"] = u.evictions;
+        out["lookup_ns"] = u.lookup_ns;
+        out["insertion_ns"] = u.insertion_ns;
+        return out;
+      });
 
   py::class_<ModelTable, std::shared_ptr<ModelTable>>(m, "ModelTable")
       .def(py::init<>())

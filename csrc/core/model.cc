@@ -10,7 +10,9 @@
 #include <utility>
 #include <vector>
 
+#include "latency_summary.h"
 #include "outputs.h"
+#include "response_cache.h"
 #include "trace.h"
 #include "validate.h"
 
@@ -90,6 +92,8 @@ void CollapseOutputs(std::vector<RequestedOutput>* outputs) {
 struct Model::State : public Executor {
   ModelSpec spec;
   std::shared_ptr<BatchCompute> compute;
+  std::unique_ptr<ModelCache> cache;  // null unless the config enables the response cache
+  std::unique_ptr<LatencySummaries> summaries;  // null unless summary metrics are on
   std::atomic<uint64_t> success{0}, success_ns{0};
   std::atomic<uint64_t> failure[static_cast<int>(FailureReason::kCount)] = {};
 
@@ -124,6 +128,7 @@ struct Model::State : public Executor {
     for (auto& r : batch.requests) requests.push_back(r.get());
     Deliver(requests, responses);
     batch.times.output_end = SteadyNowNs();
+    if (summaries && status.ok()) summaries->ObserveBatch(batch);
     return status;
   }
 
@@ -139,6 +144,10 @@ struct Model::State : public Executor {
       InferRequest& request = *requests[i];
       if (request.answered.exchange(true, std::memory_order_acq_rel)) continue;
       if (request.trace) request.trace->AddOutputs(responses[i].outputs);
+      if (cache) {  // a miss's response, for later hits
+        const uint64_t miss_ns = cache->Store(request, responses[i]);
+        if (summaries && miss_ns) summaries->Observe(LatencyPhase::kCacheMiss, miss_ns / 1000, now);
+      }
       if (responses[i].status.ok()) {
         success.fetch_add(1, std::memory_order_relaxed);
         success_ns.fetch_add(now - request.enqueue_ns, std::memory_order_relaxed);
@@ -160,6 +169,23 @@ struct Model::State : public Executor {
     // Delivered under the lock, so that a later batch cannot overtake this one at the sinks.
     std::lock_guard<std::mutex> lock(order_mutex);
     ReleaseInOrder();
+  }
+
+  // The response cache's hook at Submit: a hit is answered here, on the caller's thread,
+  // without scheduling. (An ensemble does the same at its top level.)
+  bool AnswerFromCache(InferRequest& request) {
+    const uint64_t start = SteadyNowNs();
+    std::vector<InferResponse> responses(1);
+    if (!cache->Lookup(request, &responses[0])) return false;
+    request.enqueue_ns = start;
+    Deliver({&request}, responses);
+    const uint64_t now = SteadyNowNs();
+    cache->Answered(now - start);
+    if (summaries) {  // as Triton: a hit queued for none of its time
+      summaries->Observe(LatencyPhase::kQueue, 0, now);
+      summaries->Observe(LatencyPhase::kCacheHit, request.cache_lookup_ns / 1000, now);
+    }
+    return true;
   }
 
   // A sequence number that will never be answered (its request was refused at the door).
@@ -224,6 +250,10 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
   const bool ordered = state_->spec.preserve_ordering;
   if (ordered) request->sequence = state_->issued.fetch_add(1);
   const uint64_t sequence = request->sequence;
+  if (state_->cache && !scheduler_->Stopping() && state_->AnswerFromCache(*request)) {
+    request.reset();
+    return Status::OK();
+  }
   status = scheduler_->Enqueue(request);
   if (!status.ok()) {
     state_->Failed(ReasonOf(status));
@@ -245,6 +275,29 @@ RequestCounts Model::Counts() const {
     counts.failure[i] = state_->failure[i].load();
   }
   return counts;
+}
+
+void Model::EnableCache(std::shared_ptr<ResponseCache> cache) {
+  state_->cache = std::make_unique<ModelCache>(std::move(cache), state_->spec.name,
+                                               state_->spec.version);
+}
+
+void Model::EnableSummaries() { state_->summaries = std::make_unique<LatencySummaries>(); }
+
+const LatencySummaries* Model::Summaries() const { return state_->summaries.get(); }
+
+ModelStats Model::Statistics() const {
+  ModelStats stats = scheduler_->Statistics();
+  if (!state_->cache) return stats;
+  const ModelCache::Counts c = state_->cache->counts();
+  stats.cache_hit = Duration{c.hits, c.hit_ns};
+  stats.cache_miss = Duration{c.misses, c.miss_ns};
+  // As Triton: a hit is a success that queued until its lookup; a miss's lookup and insertion
+  // add to its request's duration.
+  stats.success.count += c.hits;
+  stats.success.ns += c.hit_request_ns + c.miss_ns;
+  stats.queue.count += c.hits;
+  return stats;
 }
 
 const char* FailureReasonName(FailureReason reason) {

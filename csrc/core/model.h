@@ -12,9 +12,13 @@
 #include "request.h"
 #include "response.h"
 #include "scheduler.h"
+#include "stats.h"
 #include "status.h"
 
 namespace pyserve {
+
+class LatencySummaries;
+class ResponseCache;
 
 class BatchCompute {
  public:
@@ -50,6 +54,16 @@ class Model {
 
   const RequestScheduler& scheduler() const { return *scheduler_; }
   RequestCounts Counts() const;
+
+  // Answers repeated requests from the server's response cache and stores this version's
+  // responses in it (config `response_cache { enable: true }`). Called before any Submit.
+  void EnableCache(std::shared_ptr<ResponseCache> cache);
+  // The scheduler's statistics, with the cache's hits and misses (Triton counts a hit as a
+  // successful request, with no execution).
+  ModelStats Statistics() const;
+  // Keeps latency samples for Triton's summary metrics (before any Submit); null until then.
+  void EnableSummaries();
+  const LatencySummaries* Summaries() const;
 
   struct State;
 

@@ -116,6 +116,11 @@ struct InferRequest {
   uint64_t sequence = 0;        // arrival order, for preserve_ordering (stamped by the model)
   // Set by the frontend when the request is sampled for tracing (trace.h); null otherwise.
   std::shared_ptr<TraceRecord> trace;
+
+  // Set by the response cache (ModelCache::Lookup) when the request missed it: the key its
+  // response is stored under, and how long the lookup took.
+  std::string cache_key;
+  uint64_t cache_lookup_ns = 0;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).

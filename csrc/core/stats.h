@@ -26,6 +26,7 @@ struct BatchStats {
 
 struct ModelStats {
   Duration success, fail, queue, compute_input, compute_infer, compute_output;
+  Duration cache_hit, cache_miss;  // kept by the model's ModelCache (see Model::Statistics)
   uint64_t inference_count = 0;  // requests' batch sizes summed
   uint64_t execution_count = 0;  // batches run
   uint64_t last_inference_ms = 0;  // wall clock, ms since the epoch

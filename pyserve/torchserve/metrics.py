@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyserve.errors import ServerError
+from pyserve.periodic import Periodic
 
 log = logging.getLogger("pyserve")
 ts_metrics_log = logging.getLogger("TS_METRICS")
@@ -350,36 +351,6 @@ def configure_log_files(directory: Path) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-class Periodic:
-    """Calls `work` every `interval_s` seconds, the first time at start and the last at stop,
-    on a thread of its own."""
-
-    def __init__(self, work, interval_s: float, name: str) -> None:
-        self._work = work
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            stopped = self._stop.is_set()
-            try:
-                self._work()
-            except Exception:  # noqa: BLE001 - a failed round must not stop the next
-                log.exception("%s failed", self._thread.name)
-            if stopped:
-                return
-            self._stop.wait(self._interval)
 
 
 class SystemMetrics(Periodic):
