@@ -113,6 +113,9 @@ struct InferRequest {
   uint64_t deadline_ns = 0;  // 0 = never times out
   uint32_t priority_level = 0;  // index into the batcher's per-level queues
   uint64_t sequence = 0;        // arrival order, for preserve_ordering (stamped by the model)
+  // Made by the sequence batcher for an empty slot of a batch (READY false): computed, never
+  // answered or counted.
+  bool padding = false;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).
