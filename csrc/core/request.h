@@ -75,6 +75,8 @@ enum RequestFlag : uint32_t { kSequenceStart = 1, kSequenceEnd = 2 };
 
 // A sequence's correlation ID: an unsigned integer or a string, as the client sent it
 // (Triton's `sequence_id` parameter). Zero or empty: the request belongs to no sequence.
+constexpr size_t kMaxCorrelationIdLength = 128;  // characters of a string ID, as Triton
+
 struct CorrelationId {
   uint64_t number = 0;
   std::string text;

@@ -21,8 +21,8 @@ from google.protobuf.message_factory import GetMessageClass
 from pyserve import __version__, _core, logs, restricted
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
-from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
-                                         run_inference)
+from pyserve.frontends.inference import (check_declared, grpc_sequence, load_parameters,
+                                         model_metadata, run_inference)
 from pyserve.frontends.shared_memory import (grpc_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.lifecycle import ModelManager
@@ -252,7 +252,8 @@ class InferenceServicer:
                                              {**forwarded,
                                               **codec.parameters_dict(request.parameters)},
                                              classification,
-                                             output_blocks(self._shared_memory, in_shm))
+                                             output_blocks(self._shared_memory, in_shm),
+                                             grpc_sequence(request.parameters))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
         raw_outputs = []
