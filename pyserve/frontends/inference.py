@@ -79,20 +79,21 @@ def grpc_sequence(parameters) -> tuple[int | str, int]:
 
 
 def http_sequence(parameters: dict) -> tuple[int | str, int]:
-    """The correlation ID and flags of a JSON request's parameters, in Triton's words."""
+    """The correlation ID and flags of a JSON request's parameters, in Triton's words (and its
+    code: its JSON reader fails INTERNAL)."""
     correlation_id = parameters.get("sequence_id", 0)
     if isinstance(correlation_id, str):
         correlation_id = _text_id(correlation_id)
     elif isinstance(correlation_id, bool) or not isinstance(correlation_id, int) or not (
             0 <= correlation_id < 2**64):
         raise ServerError("Unable to parse 'sequence_id': attempt to access JSON non-string as "
-                          "string")
+                          "string", ErrorCode.INTERNAL)
     flags = 0
     for key, flag in (("sequence_start", SEQUENCE_START), ("sequence_end", SEQUENCE_END)):
         value = parameters.get(key, False)
         if not isinstance(value, bool):
             raise ServerError(f"Unable to parse '{key}': attempt to access JSON non-boolean as "
-                              "boolean")
+                              "boolean", ErrorCode.INTERNAL)
         flags |= flag if value else 0
     return correlation_id, flags
 

@@ -287,3 +287,21 @@ def test_statistics_count_filled_slots(server):
             time.sleep(0.01)
     assert after.inference_count - before.inference_count == 4
     assert after.execution_count - before.execution_count == 4
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_pyserve_client_sequences(server, protocol):
+    from pyserve.client import Client
+
+    url = server.grpc_url if protocol == "grpc" else f"http://{server.http_url}"
+    with Client(url) as client:
+        first = client.infer("acc_bool", {"INPUT": np.array([[3]], dtype=np.int32)},
+                             sequence_id="client-1", sequence_start=True)
+        last = client.infer("acc_bool", {"INPUT": np.array([[4]], dtype=np.int32)},
+                            sequence_id="client-1", sequence_end=True)
+        assert first["OUTPUT"].tolist() == [[3]] and last["OUTPUT"].tolist() == [[7]]
+        # A stream with a sequence ID: the first request starts it, the last ends it.
+        sums = [r["OUTPUT"].tolist() for r in client.stream(
+            "acc_int32", [{"INPUT": np.array([[v]], dtype=np.int32)} for v in (1, 2, 3)],
+            sequence_id=1001)]
+    assert sums == [[[1]], [[3]], [[6]]]
