@@ -21,6 +21,21 @@ class BatchingOptions:
     equal_input_sets: bool
     def __init__(self) -> None: ...
 
+class SequenceControl:
+    def __init__(self, name: str, kind: int, dtype: str, false_value: float = 0.0,
+                 true_value: float = 1.0) -> None: ...
+
+class SequenceBatchingOptions:
+    oldest: bool
+    max_batch_size: int
+    max_candidate_sequences: int
+    preferred_batch_sizes: list[int]
+    max_queue_delay_us: int
+    minimum_slot_utilization: float
+    max_sequence_idle_us: int
+    controls: list[SequenceControl]
+    def __init__(self) -> None: ...
+
 class SchedulerOptions:
     model_name: str
     instance_count: int
@@ -30,6 +45,8 @@ class SchedulerOptions:
     max_pending: int
     dynamic_batching: bool
     batching: BatchingOptions
+    sequence_batching: bool
+    sequence: SequenceBatchingOptions
     delay_scheduler_count: int
     def __init__(self) -> None: ...
 
@@ -72,7 +89,8 @@ class Model:
                outputs: Sequence[tuple[str, int] | tuple[str, int, SharedMemoryBlock | None]] = ...,
                parameters: dict[str, Any] = ...,
                priority: int = 0, timeout_us: int = 0, cancel: CancelFlag | None = None,
-               traceparent: str = "") -> None: ...
+               traceparent: str = "", correlation_id: int | str = 0, flags: int = 0,
+               ) -> None: ...
     def stop(self, timeout: float = -1.0) -> bool: ...
     def enable_cache(self, cache: ResponseCache) -> None: ...
     def enable_summaries(self) -> None: ...

@@ -91,12 +91,14 @@ class ModelRunner:
     async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),
                     request_id: str = "", parameters: dict | None = None, priority: int = 0,
                     timeout_us: int = 0, objects: dict | None = None,
-                    traceparent: str = "") -> list[OutputTensor]:
+                    traceparent: str = "",
+                    sequence: tuple[int | str, int] = (0, 0)) -> list[OutputTensor]:
         """Run one request: the outputs asked for as (name, classification count or 0[, the
         _core.SharedMemoryBlock to write it into]), or every output of the config, in config
         order. `objects` join the request's parameters in the backend's RequestInfo without
         passing through the core (any Python value); `traceparent` is the W3C trace context
-        the request carried (tracing)."""
+        the request carried (tracing); `sequence`: the correlation ID (an integer or a string;
+        0 = none) and the sequence flags."""
         tag = next(self._tags)
         future = self._loop.create_future()
         self._in_flight[tag] = (future, inputs, objects)
@@ -105,7 +107,7 @@ class ModelRunner:
             self.model.submit(tag, self._sink,
                               [(t.name, t.datatype, t.shape, t.data) for t in inputs],
                               request_id, list(outputs), parameters or {}, priority, timeout_us,
-                              cancel, traceparent)
+                              cancel, traceparent, *sequence)
         except (TypeError, RuntimeError):  # pybind11 could not convert a value the client sent
             del self._in_flight[tag]
             raise ServerError("invalid inference request: a tensor name, datatype, shape or "
@@ -229,8 +231,11 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
                 reshape)
     ordered = (config.HasField("dynamic_batching")
                and config.dynamic_batching.preserve_ordering)
+    # The sequence batcher fills the control inputs: clients never send them.
+    controls = {c.name for c in config.sequence_batching.control_input}
     return _core.ModelSpec(config.name, version, config.max_batch_size,
-                           [tensor(i) for i in config.input], [tensor(o) for o in config.output],
+                           [tensor(i) for i in config.input if i.name not in controls],
+                           [tensor(o) for o in config.output],
                            labels, ordered, request_info)
 
 
@@ -258,9 +263,42 @@ def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],
                                    for level, policy in dynamic.priority_queue_policy.items()}
         batching.equal_shape_inputs = [i.name for i in config.input if not i.allow_ragged_batch]
         batching.equal_input_sets = any(i.optional for i in config.input)
+    if config.HasField("sequence_batching"):
+        options.sequence_batching = True
+        options.sequence = _sequence_options(config)
     # Triton's switch for deterministic batching tests: hold until N requests are queued.
     options.delay_scheduler_count = int(os.environ.get("TRITONSERVER_DELAY_SCHEDULER") or 0)
     return options
+
+
+def _sequence_options(config: pb.ModelConfig) -> _core.SequenceBatchingOptions:
+    batcher = config.sequence_batching
+    out = _core.SequenceBatchingOptions()
+    out.max_batch_size = config.max_batch_size
+    out.max_sequence_idle_us = batcher.max_sequence_idle_microseconds
+    if batcher.HasField("oldest"):
+        out.oldest = True
+        out.max_candidate_sequences = batcher.oldest.max_candidate_sequences
+        out.preferred_batch_sizes = list(batcher.oldest.preferred_batch_size)
+        out.max_queue_delay_us = batcher.oldest.max_queue_delay_microseconds
+    else:
+        out.max_queue_delay_us = batcher.direct.max_queue_delay_microseconds
+        out.minimum_slot_utilization = batcher.direct.minimum_slot_utilization
+    out.controls = [_sequence_control(i.name, c) for i in batcher.control_input
+                    for c in i.control]
+    return out
+
+
+def _sequence_control(name: str, control) -> _core.SequenceControl:
+    """One control input (validated by the config's loader): its false/true values, or the
+    CORRID's data type."""
+    for field, dtype in (("int32_false_true", "INT32"), ("fp32_false_true", "FP32"),
+                         ("bool_false_true", "BOOL")):
+        values = list(getattr(control, field))
+        if values:
+            return _core.SequenceControl(name, control.kind, dtype, float(values[0]),
+                                         float(values[1]))
+    return _core.SequenceControl(name, control.kind, wire_name(control.data_type))
 
 
 def _queue_policy(policy: pb.ModelQueuePolicy) -> _core.QueuePolicy:

@@ -400,7 +400,8 @@ class PyModel {
   void Submit(uint64_t tag, PythonSink& sink, const py::sequence& inputs,
               const std::string& request_id, const py::sequence& outputs,
               const py::dict& parameters, uint64_t priority, uint64_t timeout_us,
-              std::shared_ptr<CancelFlag> cancel, const std::string& traceparent) {
+              std::shared_ptr<CancelFlag> cancel, const std::string& traceparent,
+              const py::object& correlation_id, uint32_t flags) {
     auto request = std::make_unique<InferRequest>();
     request->id = tag;
     if (cancel) request->cancelled = &cancel->value;
@@ -409,6 +410,13 @@ class PyModel {
     request->request_id = request_id;
     request->priority = priority;
     request->timeout_us = timeout_us;
+    if (py::isinstance<py::str>(correlation_id)) {
+      request->correlation_id.text = correlation_id.cast<std::string>();
+      request->correlation_id.is_text = true;
+    } else if (!correlation_id.is_none()) {
+      request->correlation_id.number = correlation_id.cast<uint64_t>();
+    }
+    request->flags = flags;
     for (const py::handle item : outputs) {
       auto output = item.cast<py::tuple>();
       RequestedOutput requested{output[0].cast<std::string>(), output[1].cast<uint32_t>(),
@@ -564,6 +572,35 @@ void RegisterModel(py::module_& m) {
       .def_readwrite("equal_shape_inputs", &BatchingOptions::equal_shape_inputs)
       .def_readwrite("equal_input_sets", &BatchingOptions::equal_input_sets);
 
+  // kind: model_config.proto's Control.Kind number (START 0, READY 1, END 2, CORRID 3);
+  // dtype: the protocol's type name.
+  py::class_<SequenceControl>(m, "SequenceControl")
+      .def(py::init([](const std::string& name, int kind, const std::string& dtype,
+                       double false_value, double true_value) {
+             if (kind < 0 || kind > 3) throw py::value_error("unknown sequence control kind");
+             SequenceControl control;
+             control.name = name;
+             control.kind = static_cast<SequenceControl::Kind>(kind);
+             control.dtype = DataTypeFromWire(dtype);
+             control.false_value = false_value;
+             control.true_value = true_value;
+             return control;
+           }),
+           py::arg("name"), py::arg("kind"), py::arg("dtype"), py::arg("false_value") = 0.0,
+           py::arg("true_value") = 1.0);
+
+  py::class_<SequenceBatchingOptions>(m, "SequenceBatchingOptions")
+      .def(py::init<>())
+      .def_readwrite("oldest", &SequenceBatchingOptions::oldest)
+      .def_readwrite("max_batch_size", &SequenceBatchingOptions::max_batch_size)
+      .def_readwrite("max_candidate_sequences", &SequenceBatchingOptions::max_candidate_sequences)
+      .def_readwrite("preferred_batch_sizes", &SequenceBatchingOptions::preferred_batch_sizes)
+      .def_readwrite("max_queue_delay_us", &SequenceBatchingOptions::max_queue_delay_us)
+      .def_readwrite("minimum_slot_utilization",
+                     &SequenceBatchingOptions::minimum_slot_utilization)
+      .def_readwrite("max_sequence_idle_us", &SequenceBatchingOptions::max_sequence_idle_us)
+      .def_readwrite("controls", &SequenceBatchingOptions::controls);
+
   py::class_<SchedulerOptions>(m, "SchedulerOptions")
       .def(py::init<>())
       .def_readwrite("model_name", &SchedulerOptions::model_name)
@@ -574,6 +611,8 @@ void RegisterModel(py::module_& m) {
       .def_readwrite("max_pending", &SchedulerOptions::max_pending)
       .def_readwrite("dynamic_batching", &SchedulerOptions::dynamic_batching)
       .def_readwrite("batching", &SchedulerOptions::batching)
+      .def_readwrite("sequence_batching", &SchedulerOptions::sequence_batching)
+      .def_readwrite("sequence", &SchedulerOptions::sequence)
       .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count)
       .def_readwrite("instance_policies", &SchedulerOptions::instance_policies);
 
@@ -626,7 +665,8 @@ void RegisterModel(py::module_& m) {
       .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
            py::arg("request_id") = "", py::arg("outputs") = py::tuple(),
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
-           py::arg("cancel") = nullptr, py::arg("traceparent") = "")
+           py::arg("cancel") = nullptr, py::arg("traceparent") = "",
+           py::arg("correlation_id") = 0, py::arg("flags") = 0)
       .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
       .def("enable_cache", [](PyModel& m, std::shared_ptr<ResponseCache> cache) {
         m.model()->EnableCache(std::move(cache));

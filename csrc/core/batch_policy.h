@@ -17,7 +17,8 @@ namespace pyserve {
 class BatchPolicy {
  public:
   struct Decision {
-    std::vector<InferRequest*> batch;  // send now, to whichever instance is idle, in this order
+    std::vector<InferRequest*> batch;  // send now, in this order, to `instance`
+    int instance = -1;  // -1: whichever instance is idle (policies that do not bind instances)
     std::vector<InferRequest*> rejected;   // timed out under REJECT
     std::vector<InferRequest*> cancelled;  // the client went away while they waited
     // Refused with a status of their own (e.g. a sequence that timed out while queued).
@@ -48,6 +49,12 @@ class BatchPolicy {
   virtual void Purge(uint64_t now_ns, Decision* decision) = 0;
   // Takes every queued request out (a scheduler that gives up on its instances).
   virtual void TakeAll(std::vector<InferRequest*>* requests) = 0;
+
+  // A policy that binds requests to instances (the sequence batcher) names the instance of
+  // each batch, sends one only to an instance it knows to be idle, and is told on the batcher
+  // thread when an instance has finished the batch it was sent.
+  virtual bool BindsInstances() const { return false; }
+  virtual void InstanceDone(int /*instance*/) {}
 };
 
 }  // namespace pyserve

@@ -76,6 +76,8 @@ enum RequestFlag : uint32_t { kSequenceStart = 1, kSequenceEnd = 2 };
 
 // A sequence's correlation ID: an unsigned integer or a string, as the client sent it
 // (Triton's `sequence_id` parameter). Zero or empty: the request belongs to no sequence.
+constexpr size_t kMaxCorrelationIdLength = 128;  // characters of a string ID, as Triton
+
 struct CorrelationId {
   uint64_t number = 0;
   std::string text;
@@ -121,6 +123,9 @@ struct InferRequest {
   // response is stored under, and how long the lookup took.
   std::string cache_key;
   uint64_t cache_lookup_ns = 0;
+  // Made by the sequence batcher for an empty slot of a batch (READY false): computed, never
+  // answered or counted.
+  bool padding = false;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).

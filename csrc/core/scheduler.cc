@@ -25,6 +25,12 @@ const TensorView* FindInput(const InferRequest& request, const std::string& name
 
 Status CancelledStatus() { return Status(StatusCode::kCancelled, "Request was cancelled"); }
 
+// Requests of a batch that get answers (a sequence batch's padding rows get none).
+uint64_t AnsweredCount(const Batch& batch) {
+  uint64_t count = 0;
+  for (const auto& r : batch.requests) count += r->padding ? 0 : 1;
+  return count;
+}
 
 }  // namespace
 
@@ -57,7 +63,8 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
       pool_(HostMemoryPool::Global()),
       instances_(options.instance_count),
       ingress_(options.queue_capacity),
-      ready_(std::max<size_t>(2, 2 * options.instance_count)) {
+      ready_(std::max<size_t>(2, 2 * options.instance_count)),
+      done_(std::max<size_t>(2, 2 * options.instance_count)) {
   const CudaRuntime* cuda = CudaRuntime::Get();
   for (size_t i = 0; i < instances_.size(); ++i) {
     Instance& instance = instances_[i];
@@ -66,7 +73,14 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
       instance.stream = cuda->CreateStream(instance.device);
     }
   }
-  if (options_.dynamic_batching) batcher_ = std::make_unique<DynamicBatcher>(options_.batching);
+  if (options_.dynamic_batching) {
+    batcher_ = std::make_unique<DynamicBatcher>(options_.batching);
+  } else if (options_.sequence_batching) {
+    SequenceBatchingOptions sequence = options_.sequence;
+    sequence.instance_count = options_.instance_count;
+    batcher_ = std::make_unique<SequenceBatcher>(options_.model_name, std::move(sequence));
+  }
+  binds_ = batcher_ && batcher_->BindsInstances();
 }
 
 void Scheduler::Start() {
@@ -169,6 +183,7 @@ void Scheduler::BatcherLoop() {
       batcher_->Add(request);
       in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
     }
+    for (int done = 0; binds_ && done_.TryPop(done);) batcher_->InstanceDone(done);
     if (abandoning_.load(std::memory_order_seq_cst)) {
       ingress_ready_.CancelWait();
       std::vector<InferRequest*> queued;
@@ -208,8 +223,13 @@ void Scheduler::BatcherLoop() {
       for (InferRequest* r : decision.batch) batch->requests.emplace_back(r);
       idle_instances_.fetch_sub(1, std::memory_order_acq_rel);
       Batch* raw = batch.release();
-      ready_.TryPush(raw);  // never full: at most one batch per idle instance is out
-      batch_ready_.NotifyOne();
+      if (decision.instance >= 0) {  // the policy knows this instance to be idle
+        instances_[decision.instance].bound.store(raw, std::memory_order_release);
+        batch_ready_.NotifyAll();
+      } else {
+        ready_.TryPush(raw);  // never full: at most one batch per idle instance is out
+        batch_ready_.NotifyOne();
+      }
     }
     if (!decision.Empty()) {
       ingress_ready_.CancelWait();
@@ -234,28 +254,36 @@ void Scheduler::WorkerLoop(int instance) {
     } else {
       Run(std::unique_ptr<Batch>(batch));
     }
+    if (binds_) done_.TryPush(instance);  // never full: one entry per instance at most
     idle_instances_.fetch_add(1, std::memory_order_acq_rel);
     ingress_ready_.NotifyOne();  // the batcher may form the next batch now
   };
   for (;;) {
-    if (ready_.TryPop(batch) || SpinBriefly([&] { return ready_.TryPop(batch); })) {
+    if (TakeBatch(instance, batch) || SpinBriefly([&] { return TakeBatch(instance, batch); })) {
       run();
       continue;
     }
     const uint64_t key = batch_ready_.PrepareWait();
-    if (ready_.TryPop(batch)) {
+    if (TakeBatch(instance, batch)) {
       batch_ready_.CancelWait();
       run();
     } else if (batcher_done_.load(std::memory_order_seq_cst)) {
       batch_ready_.CancelWait();
       // The batcher's last batch may have been pushed between the pop above and this load
       // (it sets batcher_done_ after that push): take it, or it is never answered.
-      if (!ready_.TryPop(batch)) return;
+      if (!TakeBatch(instance, batch)) return;
       run();
     } else {
       batch_ready_.Wait(key);
     }
   }
+}
+
+bool Scheduler::TakeBatch(int instance, Batch*& batch) {
+  if (ready_.TryPop(batch)) return true;
+  if (!binds_) return false;
+  batch = instances_[instance].bound.exchange(nullptr, std::memory_order_acq_rel);
+  return batch != nullptr;
 }
 
 void Scheduler::DirectWorkerLoop(int instance) {
@@ -288,10 +316,10 @@ void Scheduler::DirectWorkerLoop(int instance) {
 
 void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
-  const uint64_t count = batch->requests.size();
+  const uint64_t count = binds_ ? AnsweredCount(*batch) : batch->requests.size();
   executing_.fetch_add(count, std::memory_order_acq_rel);
   RejectCancelled(*batch);
-  if (batch->requests.empty()) {
+  if (batch->requests.empty() || (binds_ && AnsweredCount(*batch) == 0)) {
     executing_.fetch_sub(count, std::memory_order_acq_rel);
     Release(count);
     return;
@@ -473,6 +501,10 @@ void Scheduler::Abandon() {
   }
   Batch* batch = nullptr;
   while (ready_.TryPop(batch)) RejectBatch(std::unique_ptr<Batch>(batch), AbandonedStatus());
+  for (Instance& instance : instances_) {
+    batch = instance.bound.exchange(nullptr);
+    if (batch != nullptr) RejectBatch(std::unique_ptr<Batch>(batch), AbandonedStatus());
+  }
   // The hung batches' requests are answered now; their late results will not be.
   for (Instance& instance : instances_) {
     std::lock_guard<std::mutex> lock(instance.running_mutex);
@@ -498,6 +530,7 @@ void Scheduler::RejectBatch(std::unique_ptr<Batch> batch, const Status& status) 
   const uint64_t now = SteadyNowNs();
   std::vector<InferRequest*> requests;
   for (auto& r : batch->requests) {
+    if (r->padding) continue;
     stats_.RecordRejected(*r, now);
     requests.push_back(r.get());
   }

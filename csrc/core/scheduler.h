@@ -28,6 +28,7 @@
 #include "mpmc_queue.h"
 #include "notifier.h"
 #include "request.h"
+#include "sequence_batcher.h"
 #include "stats.h"
 #include "status.h"
 
@@ -48,6 +49,8 @@ struct SchedulerOptions {
   bool dynamic_batching = false;
   BatchingOptions batching;
   uint32_t delay_scheduler_count = 0;  // hold batching until this many requests are queued
+  bool sequence_batching = false;  // Triton's sequence batcher (instead of dynamic_batching)
+  SequenceBatchingOptions sequence;  // its instance_count is the scheduler's
 };
 
 class RequestScheduler {
@@ -100,6 +103,7 @@ class Scheduler : public RequestScheduler {
     int device = -1;
     CudaStream stream = nullptr;
     std::vector<std::pair<void*, size_t>> device_buffers;  // per input: pointer, capacity
+    std::atomic<Batch*> bound{nullptr};  // a batch for this instance only (binds_)
   };
 
   Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> executor);
@@ -112,10 +116,12 @@ class Scheduler : public RequestScheduler {
   void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns, const Status& status);
   void RejectCancelled(Batch& batch);
   void Release(uint64_t count);
+  bool TakeBatch(int instance, Batch*& batch);
 
   SchedulerOptions options_;
   std::shared_ptr<Executor> executor_;
   std::unique_ptr<BatchPolicy> batcher_;  // null: each request is its own batch
+  bool binds_ = false;  // the policy sends each batch to an instance of its choice
   HostMemoryPool& pool_;
   StatsRecorder stats_;
   std::vector<Instance> instances_;
@@ -125,6 +131,7 @@ class Scheduler : public RequestScheduler {
   MpmcQueue<Batch*> ready_;
   Notifier batch_ready_;    // wakes workers when ready_ gets a batch
   std::atomic<int> idle_instances_{0};
+  MpmcQueue<int> done_;  // binds_: instances that finished their batch, for the policy
 
   void Abandon();
   void RejectBatch(std::unique_ptr<Batch> batch, const Status& status);

@@ -21,7 +21,12 @@ void StatsRecorder::RecordBatch(const Batch& batch, bool ok) {
   const uint64_t now_ms = WallNowMs();
 
   std::lock_guard<std::mutex> lock(mutex_);
+  uint32_t padding = 0;  // a sequence batch's empty slots: computed, not inferences
   for (const auto& request : batch.requests) {
+    if (request->padding) {
+      ++padding;
+      continue;
+    }
     const uint64_t total_ns = Span(request->enqueue_ns, t.output_end);
     if (!ok) {
       stats_.fail.Add(total_ns);
@@ -36,7 +41,7 @@ void StatsRecorder::RecordBatch(const Batch& batch, bool ok) {
   }
   if (!ok) return;
   const uint32_t size = batch.Size();
-  stats_.inference_count += size;
+  stats_.inference_count += size - padding;
   stats_.execution_count += 1;
   stats_.last_inference_ms = now_ms;
   BatchStats& by_size = stats_.batch_stats[size];

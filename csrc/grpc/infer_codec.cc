@@ -197,6 +197,25 @@ Status Unsigned(const InferParam& p, const std::string& key, uint64_t* value) {
   return Invalid("parameter '" + key + "' must be a non-negative integer, got " + Repr(p));
 }
 
+// The `sequence_id` parameter (Triton's texts): an integer or a string of 128 characters at most.
+Status SequenceId(const InferParam& p, CorrelationId* id) {
+  if (p.kind == InferParam::kInt64) {
+    id->number = static_cast<uint64_t>(p.int_value);
+    return Status::OK();
+  }
+  if (p.kind != InferParam::kString) {
+    return Invalid("invalid value type for 'sequence_id' parameter, expected int64_param or "
+                   "string_param.");
+  }
+  if (p.string_value.size() > kMaxCorrelationIdLength) {
+    return Status(StatusCode::kUnsupported,
+                  "string correlation ID cannot be longer than 128 characters");
+  }
+  id->text = std::string(p.string_value);
+  id->is_text = true;
+  return Status::OK();
+}
+
 // A tensor's shared_memory_* parameters, checked as Triton checks them; `block` is left empty
 // when the tensor is not in shared memory.
 Status SharedMemoryTensor(const ParamMap& parameters, const std::string& tensor,
@@ -475,6 +494,15 @@ Status DecodeInferRequest(const InferMessage& message, const SharedMemoryRegistr
       Status status = Unsigned(value, std::string(key),
                                key == "priority" ? &request->priority : &request->timeout_us);
       if (!status.ok()) return status;
+    } else if (key == "sequence_id") {
+      Status status = SequenceId(value, &request->correlation_id);
+      if (!status.ok()) return status;
+    } else if (key == "sequence_start" || key == "sequence_end") {
+      if (value.kind != InferParam::kBool) {
+        return Invalid("invalid value type for '" + std::string(key) +
+                       "' parameter, expected bool_param.");
+      }
+      if (value.bool_value) request->flags |= key == "sequence_start" ? kSequenceStart : kSequenceEnd;
     } else if (key != "binary_data_output") {
       request->parameters.push_back(ModelParameter(key, value));
     }

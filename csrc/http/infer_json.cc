@@ -245,6 +245,19 @@ bool DecodeInfer(std::string_view body, std::string_view header_length,
         if (!NonNegative(m.value, &request->priority)) return false;
       } else if (key == "timeout") {
         if (!NonNegative(m.value, &request->timeout_us)) return false;
+      } else if (key == "sequence_id") {  // refusals are the Python frontend's to word
+        CorrelationId& id = request->correlation_id;
+        if (m.value.IsUint64()) {
+          id.number = m.value.GetUint64();
+        } else if (m.value.IsString() && m.value.GetStringLength() <= kMaxCorrelationIdLength) {
+          id.text = m.value.GetString();
+          id.is_text = true;
+        } else {
+          return false;
+        }
+      } else if (key == "sequence_start" || key == "sequence_end") {
+        if (!m.value.IsBool()) return false;
+        if (m.value.GetBool()) request->flags |= key == "sequence_start" ? kSequenceStart : kSequenceEnd;
       } else if (key == "binary_data_output") {
         if (!m.value.IsBool()) return false;
         infer->binary_default = m.value.GetBool();

@@ -22,8 +22,8 @@ from google.protobuf.message_factory import GetMessageClass
 from pyserve import __version__, _core, logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
-from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
-                                         run_inference)
+from pyserve.frontends.inference import (check_declared, grpc_sequence, load_parameters,
+                                         model_metadata, run_inference)
 from pyserve.frontends.shared_memory import (grpc_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.lifecycle import ModelManager
@@ -278,7 +278,7 @@ class InferenceServicer:
                                               **codec.parameters_dict(request.parameters)},
                                              classification,
                                              output_blocks(self._shared_memory, in_shm),
-                                             traceparent)
+                                             traceparent, grpc_sequence(request.parameters))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
         raw_outputs = []

@@ -18,7 +18,12 @@ from pyserve.runner import InputTensor, OutputTensor
 log = logging.getLogger("pyserve")
 
 # Request parameters the server itself acts on; the rest are the model's.
-_SERVER_PARAMETERS = {"priority", "timeout", "binary_data_output"}
+_SERVER_PARAMETERS = {"priority", "timeout", "binary_data_output", "sequence_id",
+                      "sequence_start", "sequence_end"}
+_MAX_CORRELATION_ID_LENGTH = 128  # characters of a string ID, as Triton
+
+# TRITONSERVER_RequestFlag
+SEQUENCE_START, SEQUENCE_END = 1, 2
 
 
 async def run_inference(manager: ModelManager, model_name: str, version: str,
@@ -26,11 +31,13 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
                         request_id: str = "", parameters: dict | None = None,
                         classification: dict[str, int] | None = None,
                         shared_memory: dict | None = None, traceparent: str = "",
+                        sequence: tuple[int | str, int] = (0, 0),
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
     """Outputs in the order requested, or every output of the config in config order.
     `parameters` are the request's (priority and timeout are read here); `classification`
     asks for the top k classes of some outputs instead of their values; `shared_memory` maps
-    outputs to the _core.SharedMemoryBlock the core writes them into."""
+    outputs to the _core.SharedMemoryBlock the core writes them into; `sequence` is the
+    correlation ID and flags (grpc_sequence, http_sequence)."""
     model = manager.get(model_name, version)
     parameters = parameters or {}
     classification = classification or {}
@@ -44,8 +51,59 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     results = await model.runner.infer(inputs, outputs, request_id, custom,
                                        _unsigned(parameters, "priority"),
                                        _unsigned(parameters, "timeout"),
-                                       traceparent=traceparent)
+                                       traceparent=traceparent, sequence=sequence)
     return model, results
+
+
+def grpc_sequence(parameters) -> tuple[int | str, int]:
+    """The correlation ID and flags of a ModelInferRequest's parameters, in Triton's words."""
+    correlation_id: int | str = 0
+    flags = 0
+    if "sequence_id" in parameters:
+        value = parameters["sequence_id"]
+        kind = value.WhichOneof("parameter_choice")
+        if kind == "int64_param":
+            correlation_id = value.int64_param % 2**64  # as Triton: the bits, unsigned
+        elif kind == "string_param":
+            correlation_id = _text_id(value.string_param)
+        else:
+            raise ServerError("invalid value type for 'sequence_id' parameter, expected "
+                              "int64_param or string_param.")
+    for key, flag in (("sequence_start", SEQUENCE_START), ("sequence_end", SEQUENCE_END)):
+        if key in parameters:
+            value = parameters[key]
+            if value.WhichOneof("parameter_choice") != "bool_param":
+                raise ServerError(f"invalid value type for '{key}' parameter, expected "
+                                  "bool_param.")
+            flags |= flag if value.bool_param else 0
+    return correlation_id, flags
+
+
+def http_sequence(parameters: dict) -> tuple[int | str, int]:
+    """The correlation ID and flags of a JSON request's parameters, in Triton's words (and its
+    code: its JSON reader fails INTERNAL)."""
+    correlation_id = parameters.get("sequence_id", 0)
+    if isinstance(correlation_id, str):
+        correlation_id = _text_id(correlation_id)
+    elif isinstance(correlation_id, bool) or not isinstance(correlation_id, int) or not (
+            0 <= correlation_id < 2**64):
+        raise ServerError("Unable to parse 'sequence_id': attempt to access JSON non-string as "
+                          "string", ErrorCode.INTERNAL)
+    flags = 0
+    for key, flag in (("sequence_start", SEQUENCE_START), ("sequence_end", SEQUENCE_END)):
+        value = parameters.get(key, False)
+        if not isinstance(value, bool):
+            raise ServerError(f"Unable to parse '{key}': attempt to access JSON non-boolean as "
+                              "boolean", ErrorCode.INTERNAL)
+        flags |= flag if value else 0
+    return correlation_id, flags
+
+
+def _text_id(text: str) -> str:
+    if len(text) > _MAX_CORRELATION_ID_LENGTH:
+        raise ServerError("string correlation ID cannot be longer than 128 characters",
+                          ErrorCode.UNSUPPORTED)
+    return text
 
 
 def check_declared(inputs: int, outputs: int, parameters: int, shapes: Iterable) -> None:

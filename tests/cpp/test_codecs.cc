@@ -165,6 +165,71 @@ TEST(GrpcCodec, RepeatedParameterKeysKeepTheLast) {
   }
 }
 
+// sequence_id (int64 or string), sequence_start and sequence_end are the server's, in Triton's
+// words when their types are wrong; they do not reach the model's parameters.
+TEST(GrpcCodec, SequenceParametersSetTheCorrelationIdAndFlags) {
+  auto parameter = [](std::string_view key, const std::string& value) {
+    return Field(4, Field(1, key) + Field(2, value));
+  };
+  const std::string yes = Key(1, wire::kVarint) + Varint(1);
+  auto decode = [](const std::string& bytes, InferRequest* request) {
+    grpcfront::InferMessage message;
+    Status status = Parse(bytes, &message);
+    std::vector<std::string> converted;
+    return status.ok() ? grpcfront::DecodeInferRequest(message, nullptr, &converted, request)
+                       : status;
+  };
+  InferRequest numbered;
+  ASSERT_OK(decode(Field(4, IntParameter("sequence_id", 42)) + parameter("sequence_start", yes),
+                   &numbered));
+  EXPECT_EQ(numbered.correlation_id.number, 42u);
+  EXPECT_FALSE(numbered.correlation_id.is_text);
+  EXPECT_EQ(numbered.flags, uint32_t{kSequenceStart});
+  EXPECT_TRUE(numbered.parameters.empty());
+
+  InferRequest text;
+  ASSERT_OK(decode(parameter("sequence_id", Field(3, "abc")) + parameter("sequence_end", yes),
+                   &text));
+  EXPECT_EQ(text.correlation_id.text, "abc");
+  EXPECT_TRUE(text.correlation_id.is_text);
+  EXPECT_EQ(text.flags, uint32_t{kSequenceEnd});
+
+  InferRequest refused;
+  Status status = decode(parameter("sequence_id", Key(5, wire::kVarint) + Varint(3)), &refused);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArg);
+  EXPECT_EQ(status.message(),
+            "invalid value type for 'sequence_id' parameter, expected int64_param or "
+            "string_param.");
+  status = decode(Field(4, IntParameter("sequence_end", 1)), &refused);
+  EXPECT_EQ(status.message(), "invalid value type for 'sequence_end' parameter, expected bool_param.");
+  status = decode(parameter("sequence_id", Field(3, std::string(129, 'x'))), &refused);
+  EXPECT_EQ(status.code(), StatusCode::kUnsupported);
+  EXPECT_EQ(status.message(), "string correlation ID cannot be longer than 128 characters");
+}
+
+TEST(JsonCodec, SequenceParametersSetTheCorrelationIdAndFlags) {
+  auto decode = [](const std::string& parameters, InferRequest* request) {
+    httpfront::HttpInfer infer;
+    return httpfront::DecodeInfer("{\"parameters\":" + parameters + "}", "", nullptr, &infer, request);
+  };
+  InferRequest numbered;
+  ASSERT_TRUE(decode(R"({"sequence_id":18446744073709551615,"sequence_start":true})", &numbered));
+  EXPECT_EQ(numbered.correlation_id.number, 18446744073709551615u);
+  EXPECT_EQ(numbered.flags, uint32_t{kSequenceStart});
+  EXPECT_TRUE(numbered.parameters.empty());
+  InferRequest text;
+  ASSERT_TRUE(decode(R"({"sequence_id":"abc","sequence_end":true,"sequence_start":false})", &text));
+  EXPECT_EQ(text.correlation_id.text, "abc");
+  EXPECT_EQ(text.flags, uint32_t{kSequenceEnd});
+  // What Triton refuses is left to the Python frontend, which words it.
+  InferRequest other;
+  for (const char* refused : {R"({"sequence_id":-1})", R"({"sequence_id":1.5})",
+                              R"({"sequence_start":1})"}) {
+    EXPECT_FALSE(decode(refused, &other)) << refused;
+  }
+  EXPECT_FALSE(decode("{\"sequence_id\":\"" + std::string(129, 'x') + "\"}", &other));
+}
+
 // ------------------------------------------------------------------------------ validation
 
 namespace {

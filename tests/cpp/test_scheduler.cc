@@ -482,3 +482,46 @@ TEST(Scheduler, StopTimeoutAbandonsAHungInstance) {
     EXPECT_EQ(s->InflightCount(), 0u);
   }
 }
+
+TEST(Scheduler, SequenceBatchingPadsEmptySlotsAndCountsFilledOnes) {
+  auto executor = std::make_shared<BatchRecorder>();
+  SchedulerOptions options;
+  options.model_name = "m";
+  options.sequence_batching = true;
+  options.sequence.max_batch_size = 2;
+  SequenceControl ready;
+  ready.name = "READY";
+  ready.kind = SequenceControl::Kind::kReady;
+  options.sequence.controls = {ready};
+  std::unique_ptr<Scheduler> s;
+  ASSERT_OK(Scheduler::Create(options, executor, &s));
+  OpenAtExit open{executor->gate};
+  std::vector<std::vector<int32_t>> data = {{1, 1, 1, 1}, {2, 2, 2, 2}, {3, 3, 3, 3}};
+  auto enqueue = [&](uint64_t id, uint64_t corrid, uint32_t flags) {
+    auto r = MakeRequest(id, data[id].data());
+    r->correlation_id.number = corrid;
+    r->flags = flags;
+    return s->Enqueue(r);
+  };
+  ASSERT_OK(enqueue(0, 1, kSequenceStart));  // sequence 1: slot 0, runs alone
+  ASSERT_NO_FATAL_FAILURE(WaitUntilExecuting(executor->first_started, *s));
+  ASSERT_OK(enqueue(1, 2, kSequenceStart));  // sequence 2: slot 1
+  ASSERT_OK(enqueue(2, 2, kSequenceEnd));
+  auto none = MakeRequest(9, data[0].data());
+  EXPECT_EQ(s->Enqueue(none).code(), StatusCode::kInvalidArg);  // no correlation ID
+  executor->gate.Set();
+  s->Stop();
+  ASSERT_EQ(executor->batches_.size(), 3u);
+  EXPECT_EQ(executor->batches_[0].values, (std::vector<int32_t>{1, 1, 1, 1}));
+  for (int i : {1, 2}) {  // slot 0 padded with zeros below sequence 2's slot
+    EXPECT_EQ(executor->batches_[i].requests, 2u);
+    EXPECT_EQ(executor->batches_[i].shape, (std::vector<int64_t>{2, 4}));
+    EXPECT_EQ(executor->batches_[i].values,
+              (std::vector<int32_t>{0, 0, 0, 0, i + 1, i + 1, i + 1, i + 1}));
+  }
+  ModelStats stats = s->Statistics();
+  EXPECT_EQ(stats.execution_count, 3u);
+  EXPECT_EQ(stats.inference_count, 3u);  // the filled slots only
+  EXPECT_EQ(stats.success.count, 3u);
+  EXPECT_EQ(s->InflightCount(), 0u);
+}
