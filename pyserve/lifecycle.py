@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pyserve import _core
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
-from pyserve.config import ConfigOptions, model_config
+from pyserve.config import ConfigOptions, config_path, model_config, read_config_file
+from pyserve.config.ensemble import composing_models, is_ensemble, validate_composition
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
 from pyserve.protocol import pb
@@ -118,10 +119,13 @@ class ModelManager:
                 names = list(find_models(self._repositories))
         else:
             names = list(find_models(self._repositories))
-        results = await asyncio.gather(*(self.load(name, refresh=False) for name in names),
-                                       return_exceptions=True)
+        ordered, results = [], []
+        for wave in self._load_waves(list(names)):  # ensembles after the models they compose
+            results += await asyncio.gather(*(self.load(name, refresh=False) for name in wave),
+                                            return_exceptions=True)
+            ordered += wave
         failed = []
-        for name, result in zip(names, results):
+        for name, result in zip(ordered, results):
             if isinstance(result, BaseException):
                 failed.append(name)
                 if not isinstance(result, ServerError):  # a bug, not a bad model: show it
@@ -209,6 +213,8 @@ class ModelManager:
                     model_dir, stamp = dirs[0], fingerprint(dirs)
                 config = await asyncio.to_thread(contained, model_config, model_dir,
                                                  self._config_options, config_override)
+                if is_ensemble(config):
+                    await self._load_composing(config)
                 labels = read_labels(model_dir, config)
                 available = version_dirs(model_dir)
                 chosen = select_versions(config.version_policy, list(available))
@@ -288,6 +294,10 @@ class ModelManager:
 
     def _create_runner(self, config: pb.ModelConfig, version: int, version_dir: Path,
                        labels: dict[str, list[str]]) -> ModelRunner:
+        if is_ensemble(config):
+            return ModelRunner(config, version, [], [], self._loop, labels,
+                               stop_timeout=self._options.model_unload_timeout_secs,
+                               models=self.table)
         cls = backend_class(config.backend)
         context = ModelContext(config.name, version, config, version_dir)
         specs = instance_specs(config)
@@ -305,11 +315,17 @@ class ModelManager:
             raise
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Stop serving every version of `name`; requests in flight finish first."""
+        """Stop serving every version of `name`; requests in flight finish first. With
+        `unload_dependents`, an ensemble's composing models are unloaded after it (Triton's
+        UnloadModelAndDependents)."""
         self._check_not_external(name)
         model = self.models.get(name)
         if model is None:
             return
+        composing = []
+        if unload_dependents:
+            composing = [c for v in model.versions.values() if v.config is not None
+                         and is_ensemble(v.config) for c in composing_models(v.config)]
         async with model.lock:
             model.wanted = False
             retiring = []
@@ -326,6 +342,95 @@ class ModelManager:
             model.fingerprint = ()
             if retiring:
                 log.info("successfully unloaded '%s'", name)
+        for dependent in dict.fromkeys(composing):
+            if dependent != name and dependent in self.models:
+                await self.unload(dependent, unload_dependents=True)
+
+    # --- ensembles --------------------------------------------------------------------------
+
+    def _static_composing(self, name: str) -> list[str]:
+        """The models `name` composes, from its config file as it is on disk ([] for a model
+        that is not an ensemble or whose config does not read)."""
+        for repository in self._repositories:
+            model_dir = repository / name
+            if model_dir.is_dir():
+                try:
+                    config = read_config_file(config_path(model_dir, self._options.model_config_name))
+                except ServerError:
+                    return []
+                return composing_models(config) if is_ensemble(config) else []
+        model = self.models.get(name)
+        configs = [v.config for v in model.versions.values() if v.config] if model else []
+        return composing_models(configs[-1]) if configs and is_ensemble(configs[-1]) else []
+
+    def _load_waves(self, names: list[str]) -> list[list[str]]:
+        """`names` in waves, each after the models it composes; what a cycle holds comes
+        last (and fails with Triton's text)."""
+        pending = {name: set(self._static_composing(name)) & set(names) for name in names}
+        waves: list[list[str]] = []
+        while pending:
+            wave = [n for n, deps in pending.items() if not deps & pending.keys()]
+            if not wave:
+                waves.append(list(pending))
+                break
+            waves.append(wave)
+            for n in wave:
+                del pending[n]
+        return waves
+
+    def _cycle(self, name: str) -> str | None:
+        """Triton's circular dependency text when `name`'s ensembles lead back to it."""
+        seen: set[str] = set()
+
+        def walk(current: str) -> str | None:
+            for upstream in self._static_composing(current):
+                if upstream == name:
+                    return (f"circular dependency between ensembles: {name} -> ... -> "
+                            f"{current} -> {name}")
+                if upstream not in seen:
+                    seen.add(upstream)
+                    found = walk(upstream)
+                    if found:
+                        return found
+            return None
+
+        return walk(name)
+
+    async def _load_composing(self, config: pb.ModelConfig) -> None:
+        """Loads the composing models not loaded yet (an ensemble loaded by the API brings
+        them, as Triton's does), then checks the ensemble against their configs."""
+        name = config.name
+        cycle = self._cycle(name)
+        if cycle:
+            raise ServerError(cycle, ErrorCode.INVALID_ARG)
+        steps = composing_models(config)
+        missing = sorted(m for m in steps if m not in self.models and not any(
+            (repo / m).is_dir() for repo in self._repositories))
+        if missing:
+            raise ServerError(f"ensemble {name} contains models that are not available or "
+                              f"ambiguous: {', '.join(missing)}", ErrorCode.INVALID_ARG)
+        for step in steps:
+            if step not in self.models:
+                try:
+                    await self.load(step, refresh=False)
+                except ServerError:
+                    pass  # its reason is reported below
+        composing = {}
+        for step in config.ensemble_scheduling.step:
+            model = self.models[step.model_name]
+            ready = model.ready_versions()
+            if not ready:
+                text = (f"ensemble '{name}' depends on '{step.model_name}' which has no loaded "
+                        "version.")
+                if model.reason:
+                    text += f" Model '{step.model_name}' loading failed with error: {model.reason}"
+                raise ServerError(text, ErrorCode.INVALID_ARG)
+            if step.model_version > 0 and all(v.version != step.model_version for v in ready):
+                raise ServerError(f"ensemble '{name}' depends on '{step.model_name}' whose "
+                                  f"required version {step.model_version} is not loaded.",
+                                  ErrorCode.INVALID_ARG)
+            composing[step.model_name] = ready[-1].config
+        validate_composition(config, composing)
 
     def _check_not_external(self, name: str) -> None:
         model = self.models.get(name)

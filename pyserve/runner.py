@@ -22,6 +22,7 @@ import numpy as np
 from pyserve import _core, devices  # noqa: F401 - devices sets up CUDA discovery first
 from pyserve.backends import Backend
 from pyserve.backends.base import RequestInfo
+from pyserve.config.ensemble import core_steps
 from pyserve.datatypes import wire_name
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -54,7 +55,8 @@ class ModelRunner:
     def __init__(self, config: pb.ModelConfig, version: int, instances: list[Backend],
                  instance_devices: list[int], loop: asyncio.AbstractEventLoop,
                  labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
-                 stop_timeout: float = -1.0) -> None:
+                 stop_timeout: float = -1.0, models: _core.ModelTable | None = None) -> None:
+        """An ensemble (no instances) runs its steps on the models `models` serves."""
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -68,11 +70,14 @@ class ModelRunner:
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
         self._handed_off: collections.deque = collections.deque()
         self._wake_pending = False
-        options = scheduler_options(config, instance_devices, max_queue_size)
-        options.device_inputs = any(backend.device_inputs for backend in instances)
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
-        self.model = _core.Model(spec, options, self._execute)
+        if config.HasField("ensemble_scheduling"):
+            self.model = _core.Model.ensemble(spec, core_steps(config), models)
+        else:
+            options = scheduler_options(config, instance_devices, max_queue_size)
+            options.device_inputs = any(backend.device_inputs for backend in instances)
+            self.model = _core.Model(spec, options, self._execute)
         self._sink = _core.PythonSink(self._hand_off)
 
     async def infer(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),

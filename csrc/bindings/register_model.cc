@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "device.h"
+#include "ensemble.h"
 #include "host_memory.h"
 #include "model.h"
 #include "model_table.h"
@@ -385,6 +386,18 @@ class PyModel {
     ThrowIfError(Model::Create(spec, options, compute_, &model_));
   }
 
+  // An ensemble: its steps run on the models `table` serves (no compute of its own).
+  PyModel(const ModelSpec& spec, std::vector<EnsembleStep> steps, std::shared_ptr<ModelTable> table) {
+    std::weak_ptr<const ModelTable> models = table;
+    ThrowIfError(Model::Create(
+        spec,
+        [&](std::shared_ptr<ModelResponder> responder, std::unique_ptr<RequestScheduler>* scheduler) {
+          return EnsembleScheduler::Create(spec, std::move(steps), models, std::move(responder),
+                                           scheduler);
+        },
+        &model_));
+  }
+
   ~PyModel() {
     if (stopped_) return;  // nothing left to wait for (and it may be finalizing)
     py::gil_scoped_release nogil;
@@ -397,7 +410,8 @@ class PyModel {
   void Submit(uint64_t tag, PythonSink& sink, const py::sequence& inputs,
               const std::string& request_id, const py::sequence& outputs,
               const py::dict& parameters, uint64_t priority, uint64_t timeout_us,
-              std::shared_ptr<CancelFlag> cancel) {
+              std::shared_ptr<CancelFlag> cancel, const py::object& correlation_id,
+              uint32_t flags) {
     auto request = std::make_unique<InferRequest>();
     request->id = tag;
     if (cancel) request->cancelled = &cancel->value;
@@ -406,6 +420,13 @@ class PyModel {
     request->request_id = request_id;
     request->priority = priority;
     request->timeout_us = timeout_us;
+    if (py::isinstance<py::str>(correlation_id)) {  // a sequence's ID: int or str
+      request->correlation_id.is_text = true;
+      request->correlation_id.text = correlation_id.cast<std::string>();
+    } else if (!correlation_id.is_none()) {
+      request->correlation_id.number = correlation_id.cast<uint64_t>();
+    }
+    request->flags = flags;
     for (const py::handle item : outputs) {
       auto output = item.cast<py::tuple>();
       RequestedOutput requested{output[0].cast<std::string>(), output[1].cast<uint32_t>(),
@@ -470,7 +491,7 @@ class PyModel {
       py::gil_scoped_release nogil;
       stopped = model_->Stop(timeout_seconds);
     }
-    if (stopped) compute_->Release();  // an abandoned instance may still be calling it
+    if (stopped && compute_) compute_->Release();  // an abandoned instance may still be calling it
     stopped_ = true;
     return stopped;
   }
@@ -600,10 +621,26 @@ void RegisterModel(py::module_& m) {
   py::class_<PyModel>(m, "Model")
       .def(py::init<const ModelSpec&, const SchedulerOptions&, py::object>(), py::arg("spec"),
            py::arg("options"), py::arg("execute"))
+      .def_static("ensemble", [](const ModelSpec& spec, const std::vector<py::tuple>& steps,
+                                 std::shared_ptr<ModelTable> table) {
+        // steps: (model_name, model_version or -1, input_map, output_map) each, the maps as
+        // {model tensor: ensemble tensor}
+        std::vector<EnsembleStep> plan;
+        for (const py::tuple& s : steps) {
+          EnsembleStep step;
+          step.model_name = s[0].cast<std::string>();
+          step.model_version = s[1].cast<int64_t>();
+          for (const auto& [k, v] : s[2].cast<py::dict>()) step.input_map.emplace_back(py::str(k), py::str(v));
+          for (const auto& [k, v] : s[3].cast<py::dict>()) step.output_map.emplace_back(py::str(k), py::str(v));
+          plan.push_back(std::move(step));
+        }
+        return std::make_unique<PyModel>(spec, std::move(plan), std::move(table));
+      }, py::arg("spec"), py::arg("steps"), py::arg("table"))
       .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
            py::arg("request_id") = "", py::arg("outputs") = py::tuple(),
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
-           py::arg("cancel") = nullptr)
+           py::arg("cancel") = nullptr, py::arg("correlation_id") = py::none(),
+           py::arg("flags") = 0)
       .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
       .def("statistics", &PyModel::Statistics)
       .def("request_counts", [](const PyModel& m) {
