@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyserve import _core
+from pyserve import _core, bls
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.config import ConfigOptions, config_path, model_config, read_config_file
 from pyserve.config.ensemble import composing_models, is_ensemble, validate_composition
@@ -91,6 +91,7 @@ class ModelManager:
         # The READY versions and server readiness, for frontends that resolve requests and
         # answer probes in native code.
         self.table = _core.ModelTable()
+        bls.attach(self)  # Python models' BLS calls reach these models
         self._draining = False
         self._readiness_changed()
 
