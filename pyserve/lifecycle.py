@@ -122,8 +122,8 @@ class ModelManager:
             names = list(find_models(self._repositories))
         ordered, results = [], []
         for wave in self._load_waves(list(names)):  # ensembles after the models they compose
-            results += await asyncio.gather(*(self.load(name, refresh=False) for name in wave),
-                                            return_exceptions=True)
+            results += await asyncio.gather(*(self.load(name, refresh=False, with_composing=False)
+                                              for name in wave), return_exceptions=True)
             ordered += wave
         failed = []
         for name, result in zip(ordered, results):
@@ -181,10 +181,13 @@ class ModelManager:
             raise ServerError(NOT_ALLOWED, ErrorCode.UNAVAILABLE)
 
     async def load(self, name: str, config_override: pb.ModelConfig | None = None,
-                   files: dict[str, bytes] | None = None, refresh: bool = True) -> None:
+                   files: dict[str, bytes] | None = None, refresh: bool = True,
+                   with_composing: bool = True) -> None:
         """Load or reload `name`. The versions it serves now keep serving until their
         replacements are READY; a failure leaves them serving and raises ServerError.
-        `refresh` first fetches the model's changed objects from remote repositories."""
+        `refresh` first fetches the model's changed objects from remote repositories;
+        `with_composing` loads an ensemble's models that are not loaded (startup has loaded
+        them already, or failed to)."""
         check_model_name(name)
         self._check_not_external(name)
         if refresh and not files:
@@ -215,7 +218,7 @@ class ModelManager:
                 config = await asyncio.to_thread(contained, model_config, model_dir,
                                                  self._config_options, config_override)
                 if is_ensemble(config):
-                    await self._load_composing(config)
+                    await self._load_composing(config, with_composing)
                 labels = read_labels(model_dir, config)
                 available = version_dirs(model_dir)
                 chosen = select_versions(config.version_policy, list(available))
@@ -397,9 +400,9 @@ class ModelManager:
 
         return walk(name)
 
-    async def _load_composing(self, config: pb.ModelConfig) -> None:
-        """Loads the composing models not loaded yet (an ensemble loaded by the API brings
-        them, as Triton's does), then checks the ensemble against their configs."""
+    async def _load_composing(self, config: pb.ModelConfig, load: bool) -> None:
+        """Loads (with `load`) the composing models not loaded (an ensemble loaded by the API
+        brings them, as Triton's does), then checks the ensemble against their configs."""
         name = config.name
         cycle = self._cycle(name)
         if cycle:
@@ -411,7 +414,7 @@ class ModelManager:
             raise ServerError(f"ensemble {name} contains models that are not available or "
                               f"ambiguous: {', '.join(missing)}", ErrorCode.INVALID_ARG)
         for step in steps:
-            if step not in self.models:
+            if load and not (step in self.models and self.models[step].ready_versions()):
                 try:
                     await self.load(step, refresh=False)
                 except ServerError:

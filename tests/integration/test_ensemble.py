@@ -228,3 +228,78 @@ def test_ensemble_metadata_and_config(server):
         config = c.get_model_config("pipeline")
         assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == [
             "add_sub", "scale"]
+
+
+# --- loading: dependencies, Triton's refusals (explicit model control) ----------------------
+
+BROKEN = """class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("broken on purpose")
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def build_lifecycle_repository(repository: Path) -> None:
+    build_repository(repository)
+    write_python_model(repository, "broken", f'input [ {{ name: "X" {FP32} }} ]\n'
+                       f'output [ {{ name: "Y" {FP32} }} ]\n', BROKEN, max_batch_size=8)
+    io = PIPELINE.split("ensemble_scheduling")[0]
+    write_ensemble(repository, "cycle_a", io + "ensemble_scheduling { step [ "
+                   + step("cycle_b", {"A": "A", "B": "B"}, {"DOUBLED": "DOUBLED", "DIFF": "DIFF"})
+                   + " ] }\n")
+    write_ensemble(repository, "cycle_b", io + "ensemble_scheduling { step [ "
+                   + step("cycle_a", {"A": "A", "B": "B"}, {"DOUBLED": "DOUBLED", "DIFF": "DIFF"})
+                   + " ] }\n")
+    write_ensemble(repository, "unknown_step", PIPELINE.replace('"scale"', '"ghost_model"'))
+    write_ensemble(repository, "bad_mapping", PIPELINE.replace('key: "INPUT1"', 'key: "NOPE"'))
+    write_ensemble(repository, "broken_step", PIPELINE.replace('"scale"', '"broken"'))
+    write_ensemble(repository, "too_wide", PIPELINE, max_batch_size=16)
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def explicit_server(request, tmp_path_factory):
+    if request.param == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    repository = tmp_path_factory.mktemp("explicit")
+    build_lifecycle_repository(repository)
+    server = start_server([repository], tmp_path_factory.mktemp("logs") / "server.log",
+                          "--model-control-mode", "explicit",
+                          "--grpc-frontend", request.param, "--http-frontend", request.param)
+    yield server
+    server.stop()
+
+
+def test_loading_an_ensemble_loads_its_models_and_unload_dependents_unloads_them(explicit_server):
+    with grpcclient.InferenceServerClient(explicit_server.grpc_url) as c:
+        c.load_model("pipeline")
+        assert all(c.is_model_ready(m) for m in ("pipeline", "add_sub", "scale"))
+        a = np.ones((1, VECTOR), dtype=np.float32)
+        np.testing.assert_array_equal(infer(grpcclient, c, "pipeline", a, a).as_numpy("DOUBLED"),
+                                      a * 4)
+        c.unload_model("pipeline")  # alone: its models stay
+        assert not c.is_model_ready("pipeline")
+        assert c.is_model_ready("add_sub") and c.is_model_ready("scale")
+        c.load_model("pipeline")
+        c.unload_model("pipeline", unload_dependents=True)
+        assert not any(c.is_model_ready(m) for m in ("pipeline", "add_sub", "scale"))
+
+
+@pytest.mark.parametrize("model, text", [
+    ("cycle_a", "circular dependency between ensembles: cycle_a -> ... -> cycle_b -> cycle_a"),
+    ("unknown_step", "ensemble unknown_step contains models that are not available or "
+                     "ambiguous: ghost_model"),
+    ("bad_mapping", "in ensemble bad_mapping, ensemble tensor B is mapping to non-existing input "
+                    "NOPE in model add_sub"),
+    ("broken_step", "ensemble 'broken_step' depends on 'broken' which has no loaded version. "
+                    "Model 'broken' loading failed with error: "),
+    ("too_wide", "ensemble too_wide allows maximum batch size 16, but it contains model add_sub "
+                 "which only allows maximum batch size to be 8"),
+])
+def test_invalid_ensembles_are_refused_with_tritons_text(explicit_server, model, text):
+    with httpclient.InferenceServerClient(explicit_server.http_url) as c:
+        with pytest.raises(InferenceServerException) as failed:
+            c.load_model(model)
+        assert text in failed.value.message()
+        assert not c.is_model_ready(model)
