@@ -120,11 +120,7 @@ class ModelManager:
                 names = list(find_models(self._repositories))
         else:
             names = list(find_models(self._repositories))
-        ordered, results = [], []
-        for wave in self._load_waves(list(names)):  # ensembles after the models they compose
-            results += await asyncio.gather(*(self.load(name, refresh=False, with_composing=False)
-                                              for name in wave), return_exceptions=True)
-            ordered += wave
+        ordered, results = await self._load_in_waves(list(names))
         failed = []
         for name, result in zip(ordered, results):
             if isinstance(result, BaseException):
@@ -147,15 +143,16 @@ class ModelManager:
         """Load added and changed models, unload removed ones (poll mode)."""
         await self._sync_remote()
         found = find_models(self._repositories)
-        changes = []
-        for name, dirs in found.items():
-            model = self.models.get(name)
-            if model is None or model.fingerprint != fingerprint(dirs):
-                changes.append(self.load(name, refresh=False))
-        for name, model in self.models.items():
-            if name not in found and model.wanted and not model.external:
-                changes.append(self.unload(name))
-        results = await asyncio.gather(*changes, return_exceptions=True)
+        loads = [name for name, dirs in found.items()
+                 if name not in self.models or self.models[name].fingerprint != fingerprint(dirs)]
+        # An ensemble that failed for want of a model is retried when that model changes.
+        loads += [name for name, model in self.models.items()
+                  if name in found and name not in loads and model.reason
+                  and set(self._static_composing(name)) & set(loads)]
+        unloads = [self.unload(name) for name, model in self.models.items()
+                   if name not in found and model.wanted and not model.external]
+        results = await asyncio.gather(*unloads, return_exceptions=True)
+        results += (await self._load_in_waves(loads))[1]
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, ServerError):
                 raise result
@@ -366,6 +363,16 @@ class ModelManager:
         model = self.models.get(name)
         configs = [v.config for v in model.versions.values() if v.config] if model else []
         return composing_models(configs[-1]) if configs and is_ensemble(configs[-1]) else []
+
+    async def _load_in_waves(self, names: list[str]) -> tuple[list[str], list]:
+        """Loads `names`, ensembles after the models they compose: the names in the order
+        loaded, and each one's result (None or its exception)."""
+        ordered, results = [], []
+        for wave in self._load_waves(names):
+            results += await asyncio.gather(*(self.load(name, refresh=False, with_composing=False)
+                                              for name in wave), return_exceptions=True)
+            ordered += wave
+        return ordered, results
 
     def _load_waves(self, names: list[str]) -> list[list[str]]:
         """`names` in waves, each after the models it composes; what a cycle holds comes

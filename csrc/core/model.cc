@@ -152,7 +152,10 @@ struct Model::State : public ModelResponder {
       } else {
         Failed(ReasonOf(responses[i].status));
       }
-      Completion completion{request.id, request.owner, std::move(responses[i])};
+      Completion completion;
+      completion.tag = request.id;
+      completion.owner = request.owner;
+      completion.response = std::move(responses[i]);
       if (times != nullptr) completion.times = *times;
       if (!spec.preserve_ordering) {
         AddTo(groups, request.sink, std::move(completion));

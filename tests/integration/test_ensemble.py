@@ -303,3 +303,34 @@ def test_invalid_ensembles_are_refused_with_tritons_text(explicit_server, model,
             c.load_model(model)
         assert text in failed.value.message()
         assert not c.is_model_ready(model)
+
+
+def test_polling_loads_a_new_ensemble_after_its_new_models(tmp_path):
+    """An ensemble and the model it composes appear together: the model loads once, and the
+    ensemble is served (retried, should a poll see it before its model)."""
+    import shutil
+    import time
+
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    write_python_model(repository, "scale", f'input [ {{ name: "X" {FP32} }} ]\n'
+                       f'output [ {{ name: "Y" {FP32} }} ]\n', SCALE, max_batch_size=8)
+    server = start_server([repository], tmp_path / "server.log", "--model-control-mode", "poll",
+                          "--repository-poll-secs", "0.5")
+    try:
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        write_add_sub(staging, "add_sub")
+        write_ensemble(staging, "pipeline", PIPELINE)
+        for name in ("pipeline", "add_sub"):
+            shutil.move(staging / name, repository / name)
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            deadline = time.monotonic() + 30
+            while not c.is_model_ready("pipeline") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            a = np.ones((1, VECTOR), dtype=np.float32)
+            np.testing.assert_array_equal(infer(grpcclient, c, "pipeline", a, a).as_numpy("DIFF"),
+                                          np.zeros_like(a))
+        assert server.log().count("successfully loaded 'add_sub'") == 1
+    finally:
+        server.stop()
