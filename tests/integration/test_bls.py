@@ -8,9 +8,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import (FRONTENDS, native_frontends_built, settled_statistics, start_server, tensor,
-                      write_python_model)
-from test_ensemble import VECTOR, write_add_sub
+from conftest import FRONTENDS, settled_statistics, tensor, write_python_model
+from test_ensemble import VECTOR, serve, write_add_sub
 
 FP32 = "data_type: TYPE_FP32 dims: [ 4 ]"
 IO = (f'input [ {{ name: "A" {FP32} }}, {{ name: "B" {FP32} }} ]\n'
@@ -90,20 +89,17 @@ class TritonPythonModel:
 """
 
 
-@pytest.fixture(scope="module", params=FRONTENDS)
-def server(request, tmp_path_factory):
-    if request.param == "native" and not native_frontends_built():
-        pytest.skip("pyserve was built without the native frontends")
-    repository = tmp_path_factory.mktemp("bls")
+def build_repository(repository) -> None:
     write_add_sub(repository, "add_sub")
     for name, source in (("caller", CALLER), ("async_caller", ASYNC_CALLER),
                          ("self_caller", SELF_CALLER)):
         write_python_model(repository, name, IO + "instance_group [ { count: 1 kind: KIND_CPU } ]\n",
                            source, max_batch_size=8)
-    server = start_server([repository], tmp_path_factory.mktemp("logs") / "server.log",
-                          "--grpc-frontend", request.param, "--http-frontend", request.param)
-    yield server
-    server.stop()
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, tmp_path_factory):
+    yield from serve(request, tmp_path_factory, build_repository)
 
 
 def call(client, module, model: str, a: np.ndarray, b: np.ndarray):
@@ -151,8 +147,7 @@ def test_a_model_calling_itself_is_answered_not_deadlocked(client):
                      "a BLS call")
 
 
-def test_bls_to_an_ensemble_member_and_back_through_grpc_errors(server):
-    """A client sees a failed inner call only as the model chose to answer it."""
+def test_a_bls_callers_own_requests_are_checked_as_any(server):
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
         with pytest.raises(InferenceServerException) as failed:
             c.infer("caller", [tensor(grpcclient, "A", np.zeros((1, 3), np.float32), "FP32"),

@@ -106,16 +106,22 @@ def build_repository(repository: Path) -> None:
                    + " ] }\n")
 
 
-@pytest.fixture(scope="module", params=FRONTENDS)
-def server(request, tmp_path_factory):
+def serve(request, tmp_path_factory, build, *extra: str):
+    """A server on a repository `build` writes, with the frontends `request.param` names
+    (the module fixtures' body, for the ensemble and BLS tests)."""
     if request.param == "native" and not native_frontends_built():
         pytest.skip("pyserve was built without the native frontends")
-    repository = tmp_path_factory.mktemp("ensembles")
-    build_repository(repository)
-    server = start_server([repository], tmp_path_factory.mktemp("logs") / "server.log",
+    repository = tmp_path_factory.mktemp("repository")
+    build(repository)
+    server = start_server([repository], tmp_path_factory.mktemp("logs") / "server.log", *extra,
                           "--grpc-frontend", request.param, "--http-frontend", request.param)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, tmp_path_factory):
+    yield from serve(request, tmp_path_factory, build_repository)
 
 
 def infer(module, client, model: str, a: np.ndarray, b: np.ndarray, outputs=None):
@@ -260,15 +266,8 @@ def build_lifecycle_repository(repository: Path) -> None:
 
 @pytest.fixture(scope="module", params=FRONTENDS)
 def explicit_server(request, tmp_path_factory):
-    if request.param == "native" and not native_frontends_built():
-        pytest.skip("pyserve was built without the native frontends")
-    repository = tmp_path_factory.mktemp("explicit")
-    build_lifecycle_repository(repository)
-    server = start_server([repository], tmp_path_factory.mktemp("logs") / "server.log",
-                          "--model-control-mode", "explicit",
-                          "--grpc-frontend", request.param, "--http-frontend", request.param)
-    yield server
-    server.stop()
+    yield from serve(request, tmp_path_factory, build_lifecycle_repository,
+                     "--model-control-mode", "explicit")
 
 
 def test_loading_an_ensemble_loads_its_models_and_unload_dependents_unloads_them(explicit_server):

@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import FRONTENDS, native_frontends_built, start_server, tensor, write_python_model
+from conftest import FRONTENDS, tensor, write_python_model
+from test_ensemble import serve
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -118,14 +119,7 @@ def write_images(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module", params=FRONTENDS)
 def server(request, tmp_path_factory):
-    if request.param == "native" and not native_frontends_built():
-        pytest.skip("pyserve was built without the native frontends")
-    repository = tmp_path_factory.mktemp("image_pipeline")
-    build_repository(repository)
-    server = start_server([repository], tmp_path_factory.mktemp("logs") / "server.log",
-                          "--grpc-frontend", request.param, "--http-frontend", request.param)
-    yield server
-    server.stop()
+    yield from serve(request, tmp_path_factory, build_repository)
 
 
 @pytest.fixture(scope="module")
