@@ -209,6 +209,14 @@ void EnsembleScheduler::Deliver(std::vector<Completion>& completions) {
 
 std::vector<size_t> EnsembleScheduler::StepDone(Context& context, size_t step,
                                                 Completion* completion, const Status& refusal) {
+  if (completion != nullptr && !completion->final) {  // a decoupled step's responses
+    if (context.status.ok()) {
+      context.status = Status(StatusCode::kUnsupported,
+                              "model '" + steps_[step].model_name +
+                                  "' is decoupled: pyserve's ensembles take one response per step");
+    }
+    return {};  // its final completion ends the step
+  }
   --context.running;
   const Status& status = completion != nullptr ? completion->response.status : refusal;
   if (!status.ok() && context.status.ok()) context.status = status;
