@@ -88,11 +88,38 @@ class TritonPythonModel:
         return responses
 """
 
+# ping calls pong, which calls ping back: a cycle whose every instance waits.
+PING_PONG = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_name"]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "A")
+            b = pb_utils.get_input_tensor_by_name(request, "B")
+            other = "pong" if self.name == "ping" else "ping"
+            answer = pb_utils.InferenceRequest(model_name=other, inputs=[a, b],
+                                               requested_output_names=["ERROR"]).exec()
+            if answer.has_error():
+                error = answer.error().message()
+            else:
+                error = pb_utils.get_output_tensor_by_name(answer, "ERROR").as_numpy()[0]
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("SUM", a.as_numpy()),
+                pb_utils.Tensor("ERROR", np.array([error], object))]))
+        return responses
+"""
+
 
 def build_repository(repository) -> None:
     write_add_sub(repository, "add_sub")
     for name, source in (("caller", CALLER), ("async_caller", ASYNC_CALLER),
-                         ("self_caller", SELF_CALLER)):
+                         ("self_caller", SELF_CALLER), ("ping", PING_PONG), ("pong", PING_PONG)):
         write_python_model(repository, name, IO + "instance_group [ { count: 1 kind: KIND_CPU } ]\n",
                            source, max_batch_size=8)
 
@@ -145,6 +172,15 @@ def test_a_model_calling_itself_is_answered_not_deadlocked(client):
     assert error == ("BLS request from model 'self_caller' to model 'self_caller' would wait "
                      "forever: every instance on the cycle self_caller -> self_caller waits on "
                      "a BLS call")
+
+
+def test_a_cycle_of_models_is_answered_where_it_closes(client):
+    """ping waits on pong; pong's call back to ping finds ping's only instance waiting on it."""
+    module, c = client
+    a = np.ones((1, VECTOR), dtype=np.float32)
+    _, error = call(c, module, "ping", a, a)
+    assert error == ("BLS request from model 'pong' to model 'ping' would wait forever: every "
+                     "instance on the cycle pong -> ping -> pong waits on a BLS call")
 
 
 def test_a_bls_callers_own_requests_are_checked_as_any(server):
