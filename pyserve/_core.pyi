@@ -84,13 +84,18 @@ class Model:
     def __init__(self, spec: ModelSpec, options: SchedulerOptions,
                  execute: Callable[[int, list[int], dict[str, Any], list[tuple] | None], Any],
                  ) -> None: ...
+    @staticmethod
+    def ensemble(spec: ModelSpec, steps: Sequence[tuple[str, int, dict[str, str], dict[str, str]]],
+                 table: ModelTable) -> Model:
+        """An ensemble version: each step, (model name, version or -1, {model input: ensemble
+        tensor}, {model output: ensemble tensor}), runs on the model `table` serves."""
     def submit(self, tag: int, sink: PythonSink,
                inputs: Sequence[tuple[str, str, Sequence[int], Any]], request_id: str = "",
                outputs: Sequence[tuple[str, int] | tuple[str, int, SharedMemoryBlock | None]] = ...,
                parameters: dict[str, Any] = ...,
                priority: int = 0, timeout_us: int = 0, cancel: CancelFlag | None = None,
-               traceparent: str = "", correlation_id: int | str = 0, flags: int = 0,
-               ) -> None: ...
+               traceparent: str = "", correlation_id: int | str | None = None,
+               flags: int = 0) -> None: ...
     def stop(self, timeout: float = -1.0) -> bool: ...
     def enable_cache(self, cache: ResponseCache) -> None: ...
     def enable_summaries(self) -> None: ...

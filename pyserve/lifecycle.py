@@ -15,10 +15,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyserve import _core, devices, host_policy
+from pyserve import _core, bls, devices, host_policy
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.backends.base import instance_name
-from pyserve.config import ConfigOptions, model_config
+from pyserve.config import ConfigOptions, config_path, model_config, read_config_file
+from pyserve.config.ensemble import composing_models, is_ensemble, validate_composition
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.options import ServerOptions
 from pyserve.protocol import pb
@@ -94,6 +95,7 @@ class ModelManager:
         # The response cache, shared by the versions whose config enables it.
         self.response_cache = (_core.ResponseCache(options.response_cache_byte_size)
                                if options.response_cache_byte_size is not None else None)
+        bls.attach(self)  # Python models' BLS calls reach these models
         self._draining = False
         self._readiness_changed()
 
@@ -122,10 +124,9 @@ class ModelManager:
                 names = list(find_models(self._repositories))
         else:
             names = list(find_models(self._repositories))
-        results = await asyncio.gather(*(self.load(name, refresh=False) for name in names),
-                                       return_exceptions=True)
+        ordered, results = await self._load_in_waves(list(names))
         failed = []
-        for name, result in zip(names, results):
+        for name, result in zip(ordered, results):
             if isinstance(result, BaseException):
                 failed.append(name)
                 if not isinstance(result, ServerError):  # a bug, not a bad model: show it
@@ -146,15 +147,16 @@ class ModelManager:
         """Load added and changed models, unload removed ones (poll mode)."""
         await self._sync_remote()
         found = find_models(self._repositories)
-        changes = []
-        for name, dirs in found.items():
-            model = self.models.get(name)
-            if model is None or model.fingerprint != fingerprint(dirs):
-                changes.append(self.load(name, refresh=False))
-        for name, model in self.models.items():
-            if name not in found and model.wanted and not model.external:
-                changes.append(self.unload(name))
-        results = await asyncio.gather(*changes, return_exceptions=True)
+        loads = [name for name, dirs in found.items()
+                 if name not in self.models or self.models[name].fingerprint != fingerprint(dirs)]
+        # An ensemble that failed for want of a model is retried when that model changes.
+        loads += [name for name, model in self.models.items()
+                  if name in found and name not in loads and model.reason
+                  and set(self._static_composing(name)) & set(loads)]
+        unloads = [self.unload(name) for name, model in self.models.items()
+                   if name not in found and model.wanted and not model.external]
+        results = await asyncio.gather(*unloads, return_exceptions=True)
+        results += (await self._load_in_waves(loads))[1]
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, ServerError):
                 raise result
@@ -180,10 +182,13 @@ class ModelManager:
             raise ServerError(NOT_ALLOWED, ErrorCode.UNAVAILABLE)
 
     async def load(self, name: str, config_override: pb.ModelConfig | None = None,
-                   files: dict[str, bytes] | None = None, refresh: bool = True) -> None:
+                   files: dict[str, bytes] | None = None, refresh: bool = True,
+                   with_composing: bool = True) -> None:
         """Load or reload `name`. The versions it serves now keep serving until their
         replacements are READY; a failure leaves them serving and raises ServerError.
-        `refresh` first fetches the model's changed objects from remote repositories."""
+        `refresh` first fetches the model's changed objects from remote repositories;
+        `with_composing` loads an ensemble's models that are not loaded (startup has loaded
+        them already, or failed to)."""
         check_model_name(name)
         self._check_not_external(name)
         if refresh and not files:
@@ -213,6 +218,8 @@ class ModelManager:
                     model_dir, stamp = dirs[0], fingerprint(dirs)
                 config = await asyncio.to_thread(contained, model_config, model_dir,
                                                  self._config_options, config_override)
+                if is_ensemble(config):
+                    await self._load_composing(config, with_composing)
                 labels = read_labels(model_dir, config)
                 available = version_dirs(model_dir)
                 chosen = select_versions(config.version_policy, list(available))
@@ -310,6 +317,12 @@ class ModelManager:
 
     def _create_runner(self, config: pb.ModelConfig, version: int, version_dir: Path,
                        labels: dict[str, list[str]]) -> ModelRunner:
+        cache = self.response_cache if config.response_cache.enable else None
+        summaries = self._options.metrics.summary_latencies
+        if is_ensemble(config):  # cached at its top level, as in Triton
+            return ModelRunner(config, version, [], [], self._loop, labels,
+                               stop_timeout=self._options.model_unload_timeout_secs,
+                               cache=cache, summaries=summaries, models=self.table)
         cls = backend_class(config.backend)
         context = ModelContext(config.name, version, config, version_dir)
         specs = instance_specs(config)
@@ -327,21 +340,24 @@ class ModelManager:
             return ModelRunner(config, version, instances, placement, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
                                stop_timeout=self._options.model_unload_timeout_secs,
-                               host_policies=policies,
-                               cache=self.response_cache if config.response_cache.enable
-                               else None,
-                               summaries=self._options.metrics.summary_latencies)
+                               host_policies=policies, cache=cache, summaries=summaries)
         except BaseException:
             for backend in instances:
                 backend.close()
             raise
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Stop serving every version of `name`; requests in flight finish first."""
+        """Stop serving every version of `name`; requests in flight finish first. With
+        `unload_dependents`, an ensemble's composing models are unloaded after it (Triton's
+        UnloadModelAndDependents)."""
         self._check_not_external(name)
         model = self.models.get(name)
         if model is None:
             return
+        composing = []
+        if unload_dependents:
+            composing = [c for v in model.versions.values() if v.config is not None
+                         and is_ensemble(v.config) for c in composing_models(v.config)]
         async with model.lock:
             model.wanted = False
             retiring = []
@@ -358,6 +374,105 @@ class ModelManager:
             model.fingerprint = ()
             if retiring:
                 log.info("successfully unloaded '%s'", name)
+        for dependent in dict.fromkeys(composing):
+            if dependent != name and dependent in self.models:
+                await self.unload(dependent, unload_dependents=True)
+
+    # --- ensembles --------------------------------------------------------------------------
+
+    def _static_composing(self, name: str) -> list[str]:
+        """The models `name` composes, from its config file as it is on disk ([] for a model
+        that is not an ensemble or whose config does not read)."""
+        for repository in self._repositories:
+            model_dir = repository / name
+            if model_dir.is_dir():
+                try:
+                    config = read_config_file(config_path(model_dir, self._options.model_config_name))
+                except ServerError:
+                    return []
+                return composing_models(config) if is_ensemble(config) else []
+        model = self.models.get(name)
+        configs = [v.config for v in model.versions.values() if v.config] if model else []
+        return composing_models(configs[-1]) if configs and is_ensemble(configs[-1]) else []
+
+    async def _load_in_waves(self, names: list[str]) -> tuple[list[str], list]:
+        """Loads `names`, ensembles after the models they compose: the names in the order
+        loaded, and each one's result (None or its exception)."""
+        ordered, results = [], []
+        for wave in self._load_waves(names):
+            results += await asyncio.gather(*(self.load(name, refresh=False, with_composing=False)
+                                              for name in wave), return_exceptions=True)
+            ordered += wave
+        return ordered, results
+
+    def _load_waves(self, names: list[str]) -> list[list[str]]:
+        """`names` in waves, each after the models it composes; what a cycle holds comes
+        last (and fails with Triton's text)."""
+        pending = {name: set(self._static_composing(name)) & set(names) for name in names}
+        waves: list[list[str]] = []
+        while pending:
+            wave = [n for n, deps in pending.items() if not deps & pending.keys()]
+            if not wave:
+                waves.append(list(pending))
+                break
+            waves.append(wave)
+            for n in wave:
+                del pending[n]
+        return waves
+
+    def _cycle(self, name: str) -> str | None:
+        """Triton's circular dependency text when `name`'s ensembles lead back to it."""
+        seen: set[str] = set()
+
+        def walk(current: str) -> str | None:
+            for upstream in self._static_composing(current):
+                if upstream == name:
+                    return (f"circular dependency between ensembles: {name} -> ... -> "
+                            f"{current} -> {name}")
+                if upstream not in seen:
+                    seen.add(upstream)
+                    found = walk(upstream)
+                    if found:
+                        return found
+            return None
+
+        return walk(name)
+
+    async def _load_composing(self, config: pb.ModelConfig, load: bool) -> None:
+        """Loads (with `load`) the composing models not loaded (an ensemble loaded by the API
+        brings them, as Triton's does), then checks the ensemble against their configs."""
+        name = config.name
+        cycle = self._cycle(name)
+        if cycle:
+            raise ServerError(cycle, ErrorCode.INVALID_ARG)
+        steps = composing_models(config)
+        missing = sorted(m for m in steps if m not in self.models and not any(
+            (repo / m).is_dir() for repo in self._repositories))
+        if missing:
+            raise ServerError(f"ensemble {name} contains models that are not available or "
+                              f"ambiguous: {', '.join(missing)}", ErrorCode.INVALID_ARG)
+        for step in steps:
+            if load and not (step in self.models and self.models[step].ready_versions()):
+                try:
+                    await self.load(step, refresh=False)
+                except ServerError:
+                    pass  # its reason is reported below
+        composing = {}
+        for step in config.ensemble_scheduling.step:
+            model = self.models[step.model_name]
+            ready = model.ready_versions()
+            if not ready:
+                text = (f"ensemble '{name}' depends on '{step.model_name}' which has no loaded "
+                        "version.")
+                if model.reason:
+                    text += f" Model '{step.model_name}' loading failed with error: {model.reason}"
+                raise ServerError(text, ErrorCode.INVALID_ARG)
+            if step.model_version > 0 and all(v.version != step.model_version for v in ready):
+                raise ServerError(f"ensemble '{name}' depends on '{step.model_name}' whose "
+                                  f"required version {step.model_version} is not loaded.",
+                                  ErrorCode.INVALID_ARG)
+            composing[step.model_name] = ready[-1].config
+        validate_composition(config, composing)
 
     def _check_not_external(self, name: str) -> None:
         model = self.models.get(name)

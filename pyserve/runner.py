@@ -22,6 +22,7 @@ import numpy as np
 from pyserve import _core, devices  # noqa: F401 - devices sets up CUDA discovery first
 from pyserve.backends import Backend
 from pyserve.backends.base import RequestInfo
+from pyserve.config.ensemble import core_steps
 from pyserve.datatypes import wire_name
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -56,7 +57,9 @@ class ModelRunner:
                  labels: dict[str, list[str]] | None = None, max_queue_size: int = 0,
                  stop_timeout: float = -1.0,
                  host_policies: list[_core.HostPolicy] | None = None,
-                 cache: _core.ResponseCache | None = None, summaries: bool = False) -> None:
+                 cache: _core.ResponseCache | None = None, summaries: bool = False,
+                 models: _core.ModelTable | None = None) -> None:
+        """An ensemble (no instances) runs its steps on the models `models` serves."""
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -70,13 +73,16 @@ class ModelRunner:
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
         self._handed_off: collections.deque = collections.deque()
         self._wake_pending = False
-        options = scheduler_options(config, instance_devices, max_queue_size)
-        options.device_inputs = any(backend.device_inputs for backend in instances)
-        if host_policies and any(p.cpus or p.numa_node >= 0 for p in host_policies):
-            options.instance_policies = host_policies
         spec = model_spec(config, version, labels or {},
                           request_info=any(backend.request_info for backend in instances))
-        self.model = _core.Model(spec, options, self._execute)
+        if config.HasField("ensemble_scheduling"):
+            self.model = _core.Model.ensemble(spec, core_steps(config), models)
+        else:
+            options = scheduler_options(config, instance_devices, max_queue_size)
+            options.device_inputs = any(backend.device_inputs for backend in instances)
+            if host_policies and any(p.cpus or p.numa_node >= 0 for p in host_policies):
+                options.instance_policies = host_policies
+            self.model = _core.Model(spec, options, self._execute)
         self.cached = cache is not None  # repeated requests answered from the cache
         if cache is not None:
             self.model.enable_cache(cache)

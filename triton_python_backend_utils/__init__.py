@@ -285,10 +285,8 @@ def _torch_from_numpy(array: np.ndarray):
 
 
 class InferenceRequest:
-    """One request of the batch handed to `TritonPythonModel.execute`.
-
-    Models receive these; creating one to send to another model (Triton's BLS) is not
-    supported: `exec()` raises NotImplementedError."""
+    """One request of the batch handed to `TritonPythonModel.execute`, or one a model makes
+    to call another model (Triton's BLS: `exec`, `async_exec`)."""
 
     def __init__(self, model_name: str = "", inputs: list[Tensor] | None = None,
                  requested_output_names: list[str] | None = None, request_id: str = "",
@@ -354,13 +352,23 @@ class InferenceRequest:
             "decoupled models (InferenceRequest.get_response_sender) are not supported by "
             "pyserve's Python backend: return one InferenceResponse per request from execute")
 
-    def exec(self, *args: Any, **kwargs: Any):
-        raise NotImplementedError(
-            "business logic scripting (InferenceRequest.exec) is not supported by pyserve")
+    # --- BLS: this request sent to `model_name` (pyserve/bls.py) ---------------------------
 
-    async def async_exec(self, *args: Any, **kwargs: Any):
-        raise NotImplementedError(
-            "business logic scripting (InferenceRequest.async_exec) is not supported by pyserve")
+    def exec(self, decoupled: bool = False):
+        """The target model's response (its error set when the call failed)."""
+        from pyserve import bls
+
+        if decoupled:
+            return bls.execute_decoupled(self)
+        return bls.execute(self)
+
+    def async_exec(self, decoupled: bool = False):
+        """An awaitable of the response, for `async def execute`."""
+        from pyserve import bls
+
+        if decoupled:
+            return bls.execute_decoupled_async(self)
+        return bls.execute_async(self)
 
 
 class InferenceResponse:

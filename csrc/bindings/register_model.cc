@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "device.h"
+#include "ensemble.h"
 #include "host_memory.h"
 #include "model.h"
 #include "model_table.h"
@@ -388,6 +389,18 @@ class PyModel {
     ThrowIfError(Model::Create(spec, options, compute_, &model_));
   }
 
+  // An ensemble: its steps run on the models `table` serves (no compute of its own).
+  PyModel(const ModelSpec& spec, std::vector<EnsembleStep> steps, std::shared_ptr<ModelTable> table) {
+    std::weak_ptr<const ModelTable> models = table;
+    ThrowIfError(Model::Create(
+        spec,
+        [&](std::shared_ptr<ModelResponder> responder, std::unique_ptr<RequestScheduler>* scheduler) {
+          return EnsembleScheduler::Create(spec, std::move(steps), models, std::move(responder),
+                                           scheduler);
+        },
+        &model_));
+  }
+
   ~PyModel() {
     if (stopped_) return;  // nothing left to wait for (and it may be finalizing)
     py::gil_scoped_release nogil;
@@ -486,7 +499,7 @@ class PyModel {
       py::gil_scoped_release nogil;
       stopped = model_->Stop(timeout_seconds);
     }
-    if (stopped) compute_->Release();  // an abandoned instance may still be calling it
+    if (stopped && compute_) compute_->Release();  // an abandoned instance may still be calling it
     stopped_ = true;
     return stopped;
   }
@@ -662,11 +675,26 @@ void RegisterModel(py::module_& m) {
   py::class_<PyModel>(m, "Model")
       .def(py::init<const ModelSpec&, const SchedulerOptions&, py::object>(), py::arg("spec"),
            py::arg("options"), py::arg("execute"))
+      .def_static("ensemble", [](const ModelSpec& spec, const std::vector<py::tuple>& steps,
+                                 std::shared_ptr<ModelTable> table) {
+        // steps: (model_name, model_version or -1, input_map, output_map) each, the maps as
+        // {model tensor: ensemble tensor}
+        std::vector<EnsembleStep> plan;
+        for (const py::tuple& s : steps) {
+          EnsembleStep step;
+          step.model_name = s[0].cast<std::string>();
+          step.model_version = s[1].cast<int64_t>();
+          for (const auto& [k, v] : s[2].cast<py::dict>()) step.input_map.emplace_back(py::str(k), py::str(v));
+          for (const auto& [k, v] : s[3].cast<py::dict>()) step.output_map.emplace_back(py::str(k), py::str(v));
+          plan.push_back(std::move(step));
+        }
+        return std::make_unique<PyModel>(spec, std::move(plan), std::move(table));
+      }, py::arg("spec"), py::arg("steps"), py::arg("table"))
       .def("submit", &PyModel::Submit, py::arg("tag"), py::arg("sink"), py::arg("inputs"),
            py::arg("request_id") = "", py::arg("outputs") = py::tuple(),
            py::arg("parameters") = py::dict(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
            py::arg("cancel") = nullptr, py::arg("traceparent") = "",
-           py::arg("correlation_id") = 0, py::arg("flags") = 0)
+           py::arg("correlation_id") = py::none(), py::arg("flags") = 0)
       .def("stop", &PyModel::Stop, py::arg("timeout") = -1.0)
       .def("enable_cache", [](PyModel& m, std::shared_ptr<ResponseCache> cache) {
         m.model()->EnableCache(std::move(cache));

@@ -89,7 +89,7 @@ void CollapseOutputs(std::vector<RequestedOutput>* outputs) {
 
 }  // namespace
 
-struct Model::State : public Executor {
+struct Model::State : public ModelResponder {
   ModelSpec spec;
   std::shared_ptr<BatchCompute> compute;
   std::unique_ptr<ModelCache> cache;  // null unless the config enables the response cache
@@ -118,6 +118,14 @@ struct Model::State : public Executor {
       status = Status(StatusCode::kInternal, "backend failed with an unknown exception");
     }
     if (batch.times.infer_end == 0) batch.times.infer_end = SteadyNowNs();
+    return Answer(batch, outputs, status);
+  }
+
+  void Respond(Batch& batch, const BatchOutputs& outputs) override {
+    Answer(batch, outputs, Status::OK());
+  }
+
+  Status Answer(Batch& batch, const BatchOutputs& outputs, Status status) {
     std::vector<InferResponse> responses;
     if (status.ok()) {
       status = SplitOutputs(spec, batch, outputs, &responses);
@@ -126,7 +134,7 @@ struct Model::State : public Executor {
     }
     std::vector<InferRequest*> requests;
     for (auto& r : batch.requests) requests.push_back(r.get());
-    Deliver(requests, responses);
+    Deliver(requests, responses, &batch.times);
     batch.times.output_end = SteadyNowNs();
     if (summaries && status.ok()) summaries->ObserveBatch(batch);
     return status;
@@ -137,7 +145,8 @@ struct Model::State : public Executor {
     Deliver(requests, responses);
   }
 
-  void Deliver(const std::vector<InferRequest*>& requests, std::vector<InferResponse>& responses) {
+  void Deliver(const std::vector<InferRequest*>& requests, std::vector<InferResponse>& responses,
+               const BatchTimes* times = nullptr) {
     const uint64_t now = SteadyNowNs();
     std::vector<SinkBatch> groups;
     for (size_t i = 0; i < requests.size(); ++i) {
@@ -154,7 +163,11 @@ struct Model::State : public Executor {
       } else {
         Failed(ReasonOf(responses[i].status));
       }
-      Completion completion{request.id, request.owner, std::move(responses[i])};
+      Completion completion;
+      completion.tag = request.id;
+      completion.owner = request.owner;
+      completion.response = std::move(responses[i]);
+      if (times != nullptr) completion.times = *times;
       if (!spec.preserve_ordering) {
         AddTo(groups, request.sink, std::move(completion));
         continue;
@@ -219,6 +232,18 @@ Status Model::Create(const ModelSpec& spec, const SchedulerOptions& options,
   Status status = Scheduler::Create(options, state, &scheduler);
   if (!status.ok()) return status;
   created->scheduler_ = std::move(scheduler);
+  *model = std::move(created);
+  return Status::OK();
+}
+
+Status Model::Create(const ModelSpec& spec, const SchedulerFactory& make_scheduler,
+                     std::shared_ptr<Model>* model) {
+  auto state = std::make_shared<State>();
+  state->spec = spec;
+  std::shared_ptr<Model> created(new Model());
+  created->state_ = state;
+  Status status = make_scheduler(state, &created->scheduler_);
+  if (!status.ok()) return status;
   *model = std::move(created);
   return Status::OK();
 }

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "model_spec.h"
@@ -27,6 +28,18 @@ class BatchCompute {
   virtual Status Compute(Batch& batch, BatchOutputs* outputs) = 0;
 };
 
+// How a scheduler other than the instance scheduler (an ensemble's) answers the model's
+// requests: Respond takes outputs computed elsewhere through the model's own delivery
+// (requested outputs, classification, shared memory, ordering, counts), as a batch's would.
+class ModelResponder : public Executor {
+ public:
+  virtual void Respond(Batch& batch, const BatchOutputs& outputs) = 0;
+};
+
+// Makes a version's RequestScheduler, which answers through `responder`.
+using SchedulerFactory = std::function<Status(std::shared_ptr<ModelResponder> responder,
+                                              std::unique_ptr<RequestScheduler>* scheduler)>;
+
 // Why a request failed: the `reason` label of Triton's nv_inference_request_failure.
 enum class FailureReason : uint8_t { kRejected, kCanceled, kBackend, kOther, kCount };
 const char* FailureReasonName(FailureReason reason);
@@ -42,6 +55,9 @@ class Model {
  public:
   static Status Create(const ModelSpec& spec, const SchedulerOptions& options,
                        std::shared_ptr<BatchCompute> compute, std::shared_ptr<Model>* model);
+  // A version whose requests another scheduler runs (an ensemble's steps), not instances.
+  static Status Create(const ModelSpec& spec, const SchedulerFactory& make_scheduler,
+                       std::shared_ptr<Model>* model);
   ~Model();
 
   const ModelSpec& spec() const;

@@ -49,6 +49,9 @@ struct Completion {
   // The request's last response. A sink gets exactly one final completion per accepted
   // request; a decoupled model may send any number of non-final ones before it.
   bool final = true;
+  // The phases of the batch that answered (zero for a refusal): what an ensemble sums into
+  // its own compute statistics, as Triton does.
+  BatchTimes times;
 };
 
 // A frontend's receiver of responses. Deliver is called on a core thread, without the GIL,

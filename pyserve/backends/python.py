@@ -19,8 +19,10 @@ raises, BaseException included, fails only its load or its batch.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import inspect
 import itertools
 import json
 import logging
@@ -31,6 +33,7 @@ from types import ModuleType
 
 import numpy as np
 
+from pyserve import bls
 from pyserve.backends.base import (Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo,
                                    instance_name)
 from pyserve.backends.isolation import auto_complete_in_child, process_isolated
@@ -65,6 +68,8 @@ class PythonBackend(Backend):
         self._bf16_inputs = {i.name for i in config.input if i.data_type == _BF16}
         self._model = None
         self._function = None
+        self._caller = (model.name, model.version)  # BLS calls made by this instance's execute
+        self._loop: asyncio.AbstractEventLoop | None = None  # runs `async def execute`
         module = _import_model(model.model_path, model.name, model.version_dir)
         model_class = getattr(module, "TritonPythonModel", None)
         if model_class is not None:
@@ -100,7 +105,10 @@ class PythonBackend(Backend):
         requests = self._requests(inputs, batch_sizes,
                                   requests or [RequestInfo() for _ in batch_sizes])
         try:
-            responses = self._execute_model(requests)
+            with bls.calling_from(self._caller):
+                responses = self._execute_model(requests)
+                if inspect.iscoroutine(responses):  # `async def execute`
+                    responses = self._event_loop().run_until_complete(responses)
         except BaseException as e:  # noqa: BLE001 - even SystemExit fails only its batch
             raise ServerError(
                 f"Failed to process the request(s) for model instance '{self._instance_name}', "
@@ -162,7 +170,14 @@ class PythonBackend(Backend):
                             for tensor in response.output_tensors()})
         return results
 
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
     def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
         model, self._model = self._model, None
         finalize = getattr(model, "finalize", None)
         if finalize is not None:

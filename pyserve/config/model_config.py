@@ -371,8 +371,8 @@ def _check_control(batcher, name: str, kind_name: str, boolean: bool) -> int | N
 
 
 def _validate_ensemble(config: pb.ModelConfig) -> None:
-    """The static part of ValidateEnsembleSchedulingConfig (the data-flow graph is checked when
-    the ensemble's composing models are known)."""
+    """ValidateEnsembleSchedulingConfig (what the composing models' configs must agree with
+    is checked when they are loaded: config/ensemble.py)."""
     name = config.name
     if config.platform != ENSEMBLE_PLATFORM:
         raise ConfigError(
@@ -386,11 +386,9 @@ def _validate_ensemble(config: pb.ModelConfig) -> None:
         raise ConfigError(f"model_warmup can not be specified for ensemble '{name}'")
     if not config.ensemble_scheduling.step:
         raise ConfigError(f"must specify 'step' for ensemble '{name}'")
-    for index, step in enumerate(config.ensemble_scheduling.step):
-        for field in ("model_name", "input_map", "output_map"):
-            if not getattr(step, field):
-                raise ConfigError(
-                    f"must specify '{field}' in step {index} of ensemble '{name}'")
+    from pyserve.config.ensemble import validate_data_flow  # it imports this module
+
+    validate_data_flow(config)
 
 
 def validate_instance_group(config: pb.ModelConfig, gpu_count: int) -> None:
