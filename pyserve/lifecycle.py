@@ -475,8 +475,7 @@ def statistics_entry(entry: ModelVersion) -> dict:
     """One ModelStatistics message as a dict (the HTTP JSON form; gRPC parses it)."""
     core = entry.runner.statistics()
     core["inference_stats"].update(cache_hit=_NO_DURATION, cache_miss=_NO_DURATION)
-    return {"name": entry.name, "version": str(entry.version), **core,
-            "memory_usage": [], "response_stats": {}}
+    return {"name": entry.name, "version": str(entry.version), **core, "memory_usage": []}
 
 
 def parse_version(version: str) -> int:

@@ -3,8 +3,9 @@
 An existing Triton `model.py` does `import triton_python_backend_utils as pb_utils` and runs
 unchanged: pyserve runs it in-process (no stub process, no shared-memory copies), so the
 tensors a model sees are numpy views of the request bytes. Names and semantics follow
-Triton's python_backend; what pyserve does not support (decoupled responses, BLS, GPU DLPack
-tensors, custom metrics) raises NotImplementedError with the reason.
+Triton's python_backend; what pyserve does not support (BLS, GPU DLPack tensors, custom
+metrics) raises NotImplementedError with the reason. Decoupled models answer through
+`request.get_response_sender()` (_response_sender.py).
 
 BF16 follows Triton: numpy has no bfloat16, so `as_numpy()` refuses a BF16 tensor and
 `to_dlpack()` / `from_dlpack()` carry it to and from torch (which must be installed for it).
@@ -306,6 +307,7 @@ class InferenceRequest:
         if parameters is None:
             parameters = "{}"
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters)
+        self._response_sender = None  # set by the backend for a decoupled model's requests
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -344,12 +346,15 @@ class InferenceRequest:
         return self._parameters
 
     def is_cancelled(self) -> bool:
-        return False
+        sender = self._response_sender
+        return sender is not None and sender.is_cancelled()
 
     def set_release_flags(self, flags: int) -> None:
         raise NotImplementedError("request rescheduling is not supported by pyserve")
 
     def get_response_sender(self):
+        if self._response_sender is not None:
+            return self._response_sender
         raise NotImplementedError(
             "decoupled models (InferenceRequest.get_response_sender) are not supported by "
             "pyserve's Python backend: return one InferenceResponse per request from execute")

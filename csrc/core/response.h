@@ -49,6 +49,9 @@ struct Completion {
   // The request's last response. A sink gets exactly one final completion per accepted
   // request; a decoupled model may send any number of non-final ones before it.
   bool final = true;
+  // A decoupled model's final flag without a response: there is nothing to send for it but
+  // the end of the request (Triton's empty final response, sent only when asked for).
+  bool empty = false;
 };
 
 // A frontend's receiver of responses. Deliver is called on a core thread, without the GIL,

@@ -155,6 +155,12 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
   if (Refused("inference", request, session, serial)) return true;
   std::shared_ptr<Model> model = table_->Find(name, version);
   if (!model) return false;
+  if (model->spec().decoupled) {  // one response per request only (Triton's refusal)
+    MakeExchange(session, serial)->Answer(Error(Status(
+        StatusCode::kUnsupported,
+        "HTTP end point doesn't support models with decoupled transaction policy")));
+    return true;
+  }
   auto pending = std::make_shared<PendingInfer>();
   pending->body.swap(request.body);
   auto infer = std::make_unique<InferRequest>();

@@ -55,10 +55,13 @@ class PythonBackend(Backend):
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
         config = model.config
-        if config.model_transaction_policy.decoupled:
+        # Decoupled: each request is answered through its response sender (any number of
+        # responses, from any thread, during or after execute), and execute returns None.
+        self._decoupled = config.model_transaction_policy.decoupled
+        if self._decoupled and process_isolated(config):
             raise ServerError(
-                f"model '{model.name}': decoupled Python models are not supported by pyserve "
-                "(model_transaction_policy { decoupled: true })", ErrorCode.UNSUPPORTED)
+                f"model '{model.name}': decoupled models cannot run with the parameter "
+                "isolation: process", ErrorCode.UNSUPPORTED)
         self._batching = config.max_batch_size > 0
         self._instance_name = instance_name(config, instance)
         self._outputs = [output.name for output in config.output]
@@ -105,6 +108,12 @@ class PythonBackend(Backend):
             raise ServerError(
                 f"Failed to process the request(s) for model instance '{self._instance_name}', "
                 f"message: {type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
+        if self._decoupled:
+            if responses is not None:
+                raise ServerError(
+                    f"Python model '{self._instance_name}' is using the decoupled mode and the "
+                    "execute function must return None.", ErrorCode.INTERNAL)
+            return None
         return self._results(responses, len(requests))
 
     def _requests(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
@@ -115,11 +124,15 @@ class PythonBackend(Backend):
         name, version = self.model.name, self.model.version
 
         bf16 = self._bf16_inputs
+        sender = _response_sender_class() if self._decoupled else None
 
         def request(tensors, info: RequestInfo):
-            return Request(name, tensors, info.requested_outputs or self._outputs,
+            made = Request(name, tensors, info.requested_outputs or self._outputs,
                            request_id=info.id, model_version=version,
                            parameters=info.parameters)
+            if sender is not None and info.response_sender is not None:
+                made._response_sender = sender(info.response_sender)
+            return made
 
         def wrap(key: str, value: np.ndarray):
             return Tensor._wrap(key, value, _BF16 if key in bf16 else None)
@@ -198,6 +211,12 @@ class PythonBackend(Backend):
         except ServerError as e:
             raise ServerError(f"model '{config.name}': auto_complete_config produced an invalid "
                               f"configuration: {e.message}") from None
+
+
+def _response_sender_class():
+    from triton_python_backend_utils._response_sender import InferenceResponseSender
+
+    return InferenceResponseSender
 
 
 def instance_name(config: pb.ModelConfig, instance: InstanceSpec) -> str:

@@ -19,8 +19,8 @@ from pyserve import logs, restricted
 from pyserve.errors import ErrorCode, ServerError, http_status
 from pyserve.frontends import codec
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
-from pyserve.frontends.inference import (check_declared, load_parameters, model_metadata,
-                                         run_inference)
+from pyserve.frontends.inference import (DECOUPLED_HTTP, check_declared, load_parameters,
+                                         model_metadata, run_inference)
 from pyserve.frontends.shared_memory import (ShmRef, http_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.frontends.sockets import listen
@@ -229,7 +229,8 @@ class HttpFrontend:
                                              [o["name"] for o in requested], str(header.get("id", "")),
                                              {**self._forwarded(request), **_parameters(header)},
                                              classification,
-                                             output_blocks(self._shared_memory, in_shm))
+                                             output_blocks(self._shared_memory, in_shm),
+                                             DECOUPLED_HTTP)
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}
