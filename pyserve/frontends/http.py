@@ -17,10 +17,10 @@ from pyserve.config import config_to_json
 from pyserve.datatypes import NUMPY_DTYPE, serialize_bytes
 from pyserve import logs, restricted
 from pyserve.errors import ErrorCode, ServerError, http_status
-from pyserve.frontends import codec
+from pyserve.frontends import codec, generate
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
 from pyserve.frontends.inference import (DECOUPLED_HTTP, check_declared, load_parameters,
-                                         model_metadata, run_inference)
+                                         model_metadata, run_inference, stream_inference)
 from pyserve.frontends.shared_memory import (ShmRef, http_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.frontends.sockets import listen
@@ -105,6 +105,8 @@ class HttpFrontend:
                 web.get(base + "/config", self.model_config),
                 web.get(base + "/stats", self.statistics),
                 web.post(base + "/infer", self.infer),
+                web.post(base + "/generate", self.generate),
+                web.post(base + "/generate_stream", self.generate),
             ]
         return routes
 
@@ -244,6 +246,47 @@ class HttpFrontend:
         return web.Response(body=b"".join([head, *chunks]),
                             headers={HEADER_LENGTH: str(len(head)),
                                      "Content-Type": "application/octet-stream"})
+
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        """Triton's generate extension (pyserve/frontends/generate.py): /generate answers the
+        model's one response as JSON; /generate_stream sends each response as a server-sent
+        event. The status is that of the first response, as Triton's."""
+        streaming = request.path.endswith("_stream")
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        model = self._manager.get(name, version)
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise generate.unsupported_encoding()
+        inputs, parameters, request_id = generate.generate_request(model, await _json_body(request))
+        model, answers = stream_inference(self._manager, name, version, inputs, [], request_id,
+                                          {**self._forwarded(request), **parameters})
+        documents, status = [], 0
+        stream: web.StreamResponse | None = None
+        async for outputs, error, _ in answers:  # leaving it early cancels the request
+            if status == 0:
+                status = 200 if error is None else http_status(error.code)
+            if error is not None:
+                documents.append(generate.error_document(error))
+            elif outputs is not None:
+                documents.append(generate.generate_response(model, request_id, outputs))
+            if streaming and documents:
+                stream = stream or await _event_stream(request, status)
+                await stream.write(generate.encode(documents.pop(), True))
+        if streaming:
+            stream = stream or await _event_stream(request, status)
+            await stream.write_eof()
+            return stream
+        if len(documents) != 1:
+            documents = [{"error": generate.ONE_RESPONSE}]
+        return web.Response(status=status, body=generate.encode(documents[0], False),
+                            content_type="application/json")
+
+
+async def _event_stream(request: web.Request, status: int) -> web.StreamResponse:
+    stream = web.StreamResponse(status=status,
+                                headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await stream.prepare(request)
+    return stream
 
 
 async def _body(request: web.Request) -> bytes:
