@@ -16,6 +16,7 @@ from pyserve.frontends.metrics import Metrics, start_metrics_server
 from pyserve.frontends.sockets import in_use
 from pyserve.lifecycle import ModelManager
 from pyserve.options import ServerOptions
+from triton_python_backend_utils import _model_control as model_control
 
 log = logging.getLogger("pyserve")
 
@@ -49,6 +50,8 @@ class Server:
         _core.set_request_limits(options.request_limits)
         try:
             self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
+            # pb_utils.load_model/unload_model/is_model_ready act on this server's models.
+            model_control.attach(self.manager, asyncio.get_running_loop())
             failed = await self.manager.startup()
         except ServerError as e:
             raise StartupError(e.message) from None

@@ -3,9 +3,10 @@
 An existing Triton `model.py` does `import triton_python_backend_utils as pb_utils` and runs
 unchanged: pyserve runs it in-process (no stub process, no shared-memory copies), so the
 tensors a model sees are numpy views of the request bytes. Names and semantics follow
-Triton's python_backend; what pyserve does not support (BLS, GPU DLPack tensors, custom
-metrics) raises NotImplementedError with the reason. Decoupled models answer through
-`request.get_response_sender()` (_response_sender.py).
+Triton's python_backend; what pyserve does not support (BLS, GPU DLPack tensors) raises
+NotImplementedError with the reason. Decoupled models answer through
+`request.get_response_sender()` (_response_sender.py); custom metrics (_metrics.py) and model
+control (_model_control.py) have modules of their own.
 
 BF16 follows Triton: numpy has no bfloat16, so `as_numpy()` refuses a BF16 tensor and
 `to_dlpack()` / `from_dlpack()` carry it to and from torch (which must be installed for it).
@@ -558,24 +559,11 @@ class Logger:
         _log.debug("%s", message, stacklevel=2)
 
 
-# --- not supported ------------------------------------------------------------------------
+# --- custom metrics, model control (their own modules) ---------------------------------
 
-class _Unsupported:
-    _what = ""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"{self._what} is not supported by pyserve's Python backend")
-
-
-class MetricFamily(_Unsupported):
-    _what = "pb_utils.MetricFamily (custom metrics)"
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
-
-
-class Metric(_Unsupported):
-    _what = "pb_utils.Metric (custom metrics)"
+from triton_python_backend_utils._metrics import Metric, MetricFamily  # noqa: E402
+from triton_python_backend_utils._model_control import (  # noqa: E402
+    is_model_ready, load_model, unload_model)
 
 
 __all__ = [
@@ -583,6 +571,6 @@ __all__ = [
     "ModelConfig", "Tensor", "TritonError", "TritonModelException",
     "TRITON_STRING_TO_NUMPY", "deserialize_bytes_tensor", "get_input_config_by_name",
     "get_input_tensor_by_name", "get_output_config_by_name", "get_output_tensor_by_name",
-    "numpy_to_triton_type", "serialize_byte_tensor", "triton_string_to_numpy",
+    "is_model_ready", "load_model", "numpy_to_triton_type", "unload_model", "serialize_byte_tensor", "triton_string_to_numpy",
     "triton_to_numpy_type", "using_decoupled_model_transaction_policy",
 ]

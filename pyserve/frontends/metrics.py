@@ -75,6 +75,10 @@ class Metrics:
             for (model, version), count in sorted(self._pending().items()):
                 metric.add_sample(name, {"model": model, "version": version}, count)
             yield metric
+        # Python models' own families (pb_utils.MetricFamily).
+        from triton_python_backend_utils._metrics import collect
+
+        yield from collect()
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(body=exposition(self.collect()),
