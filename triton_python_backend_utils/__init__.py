@@ -173,13 +173,16 @@ class Tensor:
 
     def __init__(self, name: str, numpy_array: Any, triton_dtype: int | None = None) -> None:
         array = numpy_array if isinstance(numpy_array, np.ndarray) else np.asarray(numpy_array)
-        if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
-            array, triton_dtype = array.view(np.uint16), _BF16
-        if array.dtype.kind == "U" or array.dtype.kind == "V":
+        kind = array.dtype.kind  # cheap, unlike dtype.name: this runs once per output
+        if kind == "V" and array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
+            array, triton_dtype, kind = array.view(np.uint16), _BF16, "u"
+        if kind == "U" or kind == "V":
             raise TritonModelException(
                 "Tensor dtype used for numpy_array is not support by Python backend. "
                 "Please use np.object_ instead.")
-        if triton_dtype == _BF16:
+        if triton_dtype is None:
+            pass  # found from the array when asked for (triton_dtype())
+        elif triton_dtype == _BF16:
             if array.dtype.itemsize != 2:
                 raise TritonModelException(
                     f"a BF16 tensor needs 2-byte elements (raw bfloat16 bits), got {array.dtype}")
@@ -188,8 +191,6 @@ class Tensor:
             wanted = triton_to_numpy_type(triton_dtype)
             if wanted is not None and array.dtype != wanted:
                 array = array.view(wanted)  # reinterpret, as Triton does
-        else:
-            triton_dtype = numpy_to_triton_type(array.dtype)
         self._name = name
         self._array = array
         self._triton_dtype = triton_dtype
@@ -305,10 +306,28 @@ class InferenceRequest:
         self._flags = flags
         self._timeout = timeout
         self._model_version = model_version
-        if parameters is None:
-            parameters = "{}"
-        self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters)
+        # A dict is written as JSON when parameters() asks (most models never do).
+        self._parameters = "{}" if parameters is None else parameters
         self._response_sender = None  # set by the backend for a decoupled model's requests
+
+    @classmethod
+    def _received(cls, model_name: str, inputs: list, requested_output_names: list,
+                  request_id: str, model_version: int, parameters: dict,
+                  response_sender=None) -> "InferenceRequest":
+        """The backend's fast path for the requests of a batch: the lists are the request's
+        own (not copied)."""
+        request = cls.__new__(cls)
+        request._model_name = model_name
+        request._inputs = inputs
+        request._requested_output_names = requested_output_names
+        request._request_id = request_id
+        request._correlation_id = 0
+        request._flags = 0
+        request._timeout = 0
+        request._model_version = model_version
+        request._parameters = parameters
+        request._response_sender = response_sender
+        return request
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -344,6 +363,8 @@ class InferenceRequest:
 
     def parameters(self) -> str:
         """The request's parameters as a JSON object string."""
+        if not isinstance(self._parameters, str):
+            self._parameters = json.dumps(self._parameters)
         return self._parameters
 
     def is_cancelled(self) -> bool:

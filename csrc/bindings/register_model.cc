@@ -186,7 +186,18 @@ Status Tensors(const ModelSpec& model, const py::handle& outputs,
     OutputTensor t;
     t.name = spec.name;
     t.dtype = spec.dtype;
-    py::array array = ascontiguousarray(outputs[key], NumpyDtype(spec.dtype));
+    py::object value = outputs[key];
+    const py::dtype dtype = NumpyDtype(spec.dtype);
+    // A C-contiguous array of the type is copied out as it is (no call); ascontiguousarray
+    // also makes a 0-d array 1-d, so those still take the call.
+    bool as_is = false;
+    if (py::isinstance<py::array>(value)) {
+      const auto given = py::reinterpret_borrow<py::array>(value);
+      as_is = given.ndim() > 0 && (given.flags() & py::array::c_style) &&
+              py::detail::npy_api::get().PyArray_EquivTypes_(given.dtype().ptr(), dtype.ptr());
+    }
+    py::array array = as_is ? py::reinterpret_borrow<py::array>(value)
+                            : py::array(ascontiguousarray(value, dtype));
     t.shape.assign(array.shape(), array.shape() + array.ndim());
     if (spec.dtype == DataType::kBytes) {
       auto bytes = std::make_shared<std::string>();
