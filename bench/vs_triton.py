@@ -61,6 +61,8 @@ How to run (one command; a full default run, 120 perf_analyzer runs, takes at le
     python bench/vs_triton.py --models double --protocols grpc --concurrency 1,8 --rounds 3
     python bench/vs_triton.py --rounds 1 --concurrency 1 --measurement-interval 1000  # smoke
     python bench/vs_triton.py --pyserve-args "--grpc-frontend python" --json out.json
+    python bench/vs_triton.py --models double --same-model-py --servers pyserve,triton \
+        --protocols grpc --concurrency 1,8     # the same model.py on both (Python backends)
     python bench/vs_triton.py --tools-dir /work/.bench-venvs   # reuse venvs made elsewhere
 
 perf_analyzer runs with --stability-percentage 25 (client and servers share the cores) and
@@ -309,12 +311,15 @@ def _place(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def make_repositories(name: str, onnx_path: Path, cache: Path) -> dict[str, Path]:
-    """One repository per server kind, holding only this model (rewritten each run, model hard-linked)."""
+def make_repositories(name: str, onnx_path: Path, cache: Path,
+                      same_model_py: bool = False) -> dict[str, Path]:
+    """One repository per server kind, holding only this model (rewritten each run, model
+    hard-linked). `same_model_py`: pyserve serves Triton's model.py too (its Python backend)."""
     spec = MODELS[name]
     tensors = lambda items: ",\n".join(TENSOR.format(n, t, d) for n, t, d in items)  # noqa: E731
     repos = {}
-    for kind, platform_line in (("pyserve", 'platform: "onnxruntime_onnx"'), ("triton", 'backend: "python"')):
+    pyserve_line = 'backend: "python"' if same_model_py else 'platform: "onnxruntime_onnx"'
+    for kind, platform_line in (("pyserve", pyserve_line), ("triton", 'backend: "python"')):
         repo = cache / "repos" / f"{kind}-{name}"
         model_dir = repo / name
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
@@ -322,7 +327,7 @@ def make_repositories(name: str, onnx_path: Path, cache: Path) -> dict[str, Path
             name=name, platform=platform_line, max_batch=spec["max_batch"],
             inputs=tensors(spec["inputs"]), outputs=tensors(spec["outputs"])))
         _place(onnx_path, model_dir / "1" / "model.onnx")
-        if kind == "triton":
+        if kind == "triton" or same_model_py:
             shutil.copy2(HERE / "triton_model.py", model_dir / "1" / "model.py")
         repos[kind] = repo
     return repos
@@ -681,6 +686,9 @@ def main() -> None:
                         help='extra `pyserve serve` flags, e.g. "--grpc-frontend python" (with a space, '
                              'or as --pyserve-args=--grpc-frontend=python)')
     parser.add_argument("--triton-args", default="", help="extra tritonserver flags")
+    parser.add_argument("--same-model-py", action="store_true",
+                        help="pyserve serves Triton's model.py (bench/vs_triton/triton_model.py) "
+                             "too, through its Python backend: the Python-model path compared")
     parser.add_argument("--measurement-interval", type=int, default=None,
                         help="perf_analyzer window in ms (default: 3000 for double, 6000 for minilm)")
     parser.add_argument("--stability-percentage", type=int, default=25,
@@ -720,7 +728,7 @@ def main() -> None:
     for model in args.models:
         interval = args.measurement_interval or MODELS[model]["interval"]
         onnx_path, data = model_files(model, cache, tools)
-        repos = make_repositories(model, onnx_path, cache)
+        repos = make_repositories(model, onnx_path, cache, args.same_model_py)
         running: dict[str, Server] = {}
         try:
             for kind in servers:

@@ -631,8 +631,7 @@ def contained(function, *args):
 def statistics_entry(entry: ModelVersion) -> dict:
     """One ModelStatistics message as a dict (the HTTP JSON form; gRPC parses it)."""
     core = entry.runner.statistics()
-    return {"name": entry.name, "version": str(entry.version), **core,
-            "memory_usage": [], "response_stats": {}}
+    return {"name": entry.name, "version": str(entry.version), **core, "memory_usage": []}
 
 
 def parse_version(version: str) -> int:

@@ -65,9 +65,12 @@ class ModelRunner:
         self._instances = instances
         self._stop_timeout = stop_timeout
         self._loop = loop
-        # tag -> (future, inputs, objects): the inputs keep the viewed bytes alive until the
-        # response; objects are Python-only request parameters for the backend.
-        self._in_flight: dict[int, tuple[asyncio.Future, Sequence[InputTensor], dict | None]] = {}
+        # tag -> (receiver, inputs, objects): the receiver is the future of the response, or a
+        # decoupled model's queue of responses; the inputs keep the viewed bytes alive until
+        # the (final) response; objects are Python-only request parameters for the backend.
+        self._in_flight: dict[int, tuple[asyncio.Future | asyncio.Queue, Sequence[InputTensor],
+                                         dict | None]] = {}
+        self.decoupled = config.model_transaction_policy.decoupled
         self._errors: dict[int, ServerError] = {}  # per-request errors a backend returned
         self._tags = itertools.count(1)
         # Completions waiting for the loop; one wake-up of the loop serves all of them.
@@ -105,9 +108,41 @@ class ModelRunner:
         passing through the core (any Python value); `traceparent` is the W3C trace context
         the request carried (tracing); `sequence`: the correlation ID (an integer or a string;
         0 = none) and the sequence flags."""
-        tag = next(self._tags)
         future = self._loop.create_future()
-        self._in_flight[tag] = (future, inputs, objects)
+        cancel = self._submit(future, inputs, outputs, request_id, parameters, priority,
+                              timeout_us, objects, traceparent, sequence)
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client went away: not computed if still queued
+            cancel.set()
+            raise
+
+    async def infer_decoupled(self, inputs: Sequence[InputTensor], outputs: Sequence[tuple] = (),
+                              request_id: str = "", parameters: dict | None = None,
+                              priority: int = 0, timeout_us: int = 0, traceparent: str = "",
+                              sequence: tuple[int | str, int] = (0, 0)):
+        """Run one request of a decoupled model (any model works: it sends one response):
+        yields (outputs or None, ServerError or None, final) per response as it comes, the
+        final one last (its outputs are None when the model sent only the final flag).
+        Closing the generator early cancels the request (the model sees is_cancelled())."""
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = self._submit(queue, inputs, outputs, request_id, parameters, priority,
+                              timeout_us, None, traceparent, sequence)
+        final = False
+        try:
+            while not final:
+                item = await queue.get()
+                final = item[2]
+                yield item
+        finally:
+            if not final:
+                cancel.set()
+
+    def _submit(self, receiver, inputs, outputs, request_id, parameters, priority, timeout_us,
+                objects, traceparent: str = "",
+                sequence: tuple[int | str, int] = (0, 0)) -> _core.CancelFlag:
+        tag = next(self._tags)
+        self._in_flight[tag] = (receiver, inputs, objects)
         cancel = _core.CancelFlag()
         try:
             self.model.submit(tag, self._sink,
@@ -121,11 +156,7 @@ class ModelRunner:
         except BaseException:
             del self._in_flight[tag]
             raise
-        try:
-            return await future
-        except asyncio.CancelledError:  # the client went away: not computed if still queued
-            cancel.set()
-            raise
+        return cancel
 
     def _execute(self, instance: int, batch_sizes: list[int], inputs: dict,
                  requests: list[tuple] | None):
@@ -147,11 +178,11 @@ class ModelRunner:
         return result
 
     def _request_info(self, tag: int, request_id: str, parameters: dict,
-                      outputs: list[str]) -> RequestInfo:
+                      outputs: list[str], sender=None) -> RequestInfo:
         pending = self._in_flight.get(tag)  # None for requests native frontends submitted
         objects = pending[2] if pending is not None else None
         return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
-                           outputs)
+                           outputs, sender)
 
     def _hand_off(self, results: list) -> None:
         """Worker thread, GIL held. Wakes the loop only if no wake-up is already on its way,
@@ -164,15 +195,19 @@ class ModelRunner:
     def _drain(self) -> None:
         self._wake_pending = False  # first: a hand-off during the drain schedules another
         while self._handed_off:
-            for tag, outputs, error in self._handed_off.popleft():
-                future, _, _ = self._in_flight.pop(tag)
-                own_error = self._errors.pop(tag, None)
-                if future.done():  # the caller went away
+            for tag, outputs, error, final in self._handed_off.popleft():
+                receiver = (self._in_flight.pop(tag) if final else self._in_flight[tag])[0]
+                own_error = self._errors.pop(tag, None) if final else None
+                if isinstance(receiver, asyncio.Queue):
+                    receiver.put_nowait((
+                        None if outputs is None else [OutputTensor(*o) for o in outputs],
+                        None if error is None else ServerError(error[1], error[0]), final))
+                elif receiver.done():  # the caller went away
                     continue
-                if error is None:
-                    future.set_result([OutputTensor(*o) for o in outputs])
+                elif error is None:
+                    receiver.set_result([OutputTensor(*o) for o in outputs or ()])
                 else:
-                    future.set_exception(own_error or ServerError(error[1], error[0]))
+                    receiver.set_exception(own_error or ServerError(error[1], error[0]))
 
     @property
     def inflight_count(self) -> int:
@@ -242,7 +277,8 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
     return _core.ModelSpec(config.name, version, config.max_batch_size,
                            [tensor(i) for i in config.input if i.name not in controls],
                            [tensor(o) for o in config.output],
-                           labels, ordered, request_info)
+                           labels, ordered, request_info,
+                           config.model_transaction_policy.decoupled)
 
 
 def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],

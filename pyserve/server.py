@@ -18,6 +18,7 @@ from pyserve.frontends.system_metrics import SystemSampler
 from pyserve.frontends.sockets import in_use
 from pyserve.lifecycle import ModelManager
 from pyserve.options import ServerOptions, Tls
+from triton_python_backend_utils import _model_control as model_control
 
 log = logging.getLogger("pyserve")
 
@@ -55,6 +56,8 @@ class Server:
         self._https = _https_context(options) if options.http_tls is not None else None
         try:
             self.manager = ModelManager(options, asyncio.get_running_loop(), gpu_count())
+            # pb_utils.load_model/unload_model/is_model_ready act on this server's models.
+            model_control.attach(self.manager, asyncio.get_running_loop())
             failed = await self.manager.startup()
         except ServerError as e:
             raise StartupError(e.message) from None

@@ -3,8 +3,10 @@
 An existing Triton `model.py` does `import triton_python_backend_utils as pb_utils` and runs
 unchanged: pyserve runs it in-process (no stub process, no shared-memory copies), so the
 tensors a model sees are numpy views of the request bytes. Names and semantics follow
-Triton's python_backend; what pyserve does not support (decoupled responses, BLS, GPU DLPack
-tensors, custom metrics) raises NotImplementedError with the reason.
+Triton's python_backend; what pyserve does not support (BLS, GPU DLPack tensors) raises
+NotImplementedError with the reason. Decoupled models answer through
+`request.get_response_sender()` (_response_sender.py); custom metrics (_metrics.py) and model
+control (_model_control.py) have modules of their own.
 
 BF16 follows Triton: numpy has no bfloat16, so `as_numpy()` refuses a BF16 tensor and
 `to_dlpack()` / `from_dlpack()` carry it to and from torch (which must be installed for it).
@@ -171,13 +173,16 @@ class Tensor:
 
     def __init__(self, name: str, numpy_array: Any, triton_dtype: int | None = None) -> None:
         array = numpy_array if isinstance(numpy_array, np.ndarray) else np.asarray(numpy_array)
-        if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
-            array, triton_dtype = array.view(np.uint16), _BF16
-        if array.dtype.kind == "U" or array.dtype.kind == "V":
+        kind = array.dtype.kind  # cheap, unlike dtype.name: this runs once per output
+        if kind == "V" and array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
+            array, triton_dtype, kind = array.view(np.uint16), _BF16, "u"
+        if kind == "U" or kind == "V":
             raise TritonModelException(
                 "Tensor dtype used for numpy_array is not support by Python backend. "
                 "Please use np.object_ instead.")
-        if triton_dtype == _BF16:
+        if triton_dtype is None:
+            pass  # found from the array when asked for (triton_dtype())
+        elif triton_dtype == _BF16:
             if array.dtype.itemsize != 2:
                 raise TritonModelException(
                     f"a BF16 tensor needs 2-byte elements (raw bfloat16 bits), got {array.dtype}")
@@ -186,8 +191,6 @@ class Tensor:
             wanted = triton_to_numpy_type(triton_dtype)
             if wanted is not None and array.dtype != wanted:
                 array = array.view(wanted)  # reinterpret, as Triton does
-        else:
-            triton_dtype = numpy_to_triton_type(array.dtype)
         self._name = name
         self._array = array
         self._triton_dtype = triton_dtype
@@ -301,9 +304,28 @@ class InferenceRequest:
         self._flags = flags
         self._timeout = timeout
         self._model_version = model_version
-        if parameters is None:
-            parameters = "{}"
-        self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters)
+        # A dict is written as JSON when parameters() asks (most models never do).
+        self._parameters = "{}" if parameters is None else parameters
+        self._response_sender = None  # set by the backend for a decoupled model's requests
+
+    @classmethod
+    def _received(cls, model_name: str, inputs: list, requested_output_names: list,
+                  request_id: str, model_version: int, parameters: dict,
+                  response_sender=None) -> "InferenceRequest":
+        """The backend's fast path for the requests of a batch: the lists are the request's
+        own (not copied)."""
+        request = cls.__new__(cls)
+        request._model_name = model_name
+        request._inputs = inputs
+        request._requested_output_names = requested_output_names
+        request._request_id = request_id
+        request._correlation_id = 0
+        request._flags = 0
+        request._timeout = 0
+        request._model_version = model_version
+        request._parameters = parameters
+        request._response_sender = response_sender
+        return request
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -339,15 +361,20 @@ class InferenceRequest:
 
     def parameters(self) -> str:
         """The request's parameters as a JSON object string."""
+        if not isinstance(self._parameters, str):
+            self._parameters = json.dumps(self._parameters)
         return self._parameters
 
     def is_cancelled(self) -> bool:
-        return False
+        sender = self._response_sender
+        return sender is not None and sender.is_cancelled()
 
     def set_release_flags(self, flags: int) -> None:
         raise NotImplementedError("request rescheduling is not supported by pyserve")
 
     def get_response_sender(self):
+        if self._response_sender is not None:
+            return self._response_sender
         raise NotImplementedError(
             "decoupled models (InferenceRequest.get_response_sender) are not supported by "
             "pyserve's Python backend: return one InferenceResponse per request from execute")
@@ -561,24 +588,11 @@ class Logger:
         _log.debug("%s", message, stacklevel=2)
 
 
-# --- not supported ------------------------------------------------------------------------
+# --- custom metrics, model control (their own modules) ---------------------------------
 
-class _Unsupported:
-    _what = ""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"{self._what} is not supported by pyserve's Python backend")
-
-
-class MetricFamily(_Unsupported):
-    _what = "pb_utils.MetricFamily (custom metrics)"
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
-
-
-class Metric(_Unsupported):
-    _what = "pb_utils.Metric (custom metrics)"
+from triton_python_backend_utils._metrics import Metric, MetricFamily  # noqa: E402
+from triton_python_backend_utils._model_control import (  # noqa: E402
+    is_model_ready, load_model, unload_model)
 
 
 __all__ = [
@@ -586,6 +600,6 @@ __all__ = [
     "ModelConfig", "Tensor", "TritonError", "TritonModelException",
     "TRITON_STRING_TO_NUMPY", "deserialize_bytes_tensor", "get_input_config_by_name",
     "get_input_tensor_by_name", "get_output_config_by_name", "get_output_tensor_by_name",
-    "numpy_to_triton_type", "serialize_byte_tensor", "triton_string_to_numpy",
+    "is_model_ready", "load_model", "numpy_to_triton_type", "unload_model", "serialize_byte_tensor", "triton_string_to_numpy",
     "triton_to_numpy_type", "using_decoupled_model_transaction_policy",
 ]

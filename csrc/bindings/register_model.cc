@@ -20,6 +20,7 @@
 #include "register.h"
 #include "latency_summary.h"
 #include "response_cache.h"
+#include "response_sender.h"
 #include "shared_memory.h"
 #include "trace.h"
 #include "bytes_tensor.h"
@@ -157,10 +158,76 @@ Status StatusOf(const py::handle& error) {
   return Status(StatusCode::kInternal, py::str(error).cast<std::string>());
 }
 
+// BYTES as Triton sends them: a 4-byte little-endian length, then the bytes (str as UTF-8).
+Status SerializeStrings(const py::array& array, std::string* out) {
+  auto* const* items = static_cast<PyObject* const*>(array.data());
+  for (py::ssize_t i = 0; i < array.size(); ++i) {
+    py::object item = py::reinterpret_borrow<py::object>(items[i]);
+    if (!PyBytes_Check(item.ptr())) {
+      item = PyUnicode_Check(item.ptr()) ? py::object(item.attr("encode")("utf-8"))
+                                         : py::object(py::bytes(item));
+    }
+    char* data = nullptr;
+    Py_ssize_t length = 0;
+    if (PyBytes_AsStringAndSize(item.ptr(), &data, &length) != 0) throw py::error_already_set();
+    const uint32_t prefix = static_cast<uint32_t>(length);
+    out->append(reinterpret_cast<const char*>(&prefix), 4);
+    out->append(data, static_cast<size_t>(length));
+  }
+  return Status::OK();
+}
+
+// The config's outputs among `outputs`, in native memory.
+Status Tensors(const ModelSpec& model, const py::handle& outputs,
+               const std::vector<std::string>& wanted, std::vector<OutputTensor>* tensors) {
+  // Leaked on purpose: a static py::object would be released after the interpreter is gone.
+  static py::handle ascontiguousarray =
+      py::object(py::module_::import("numpy").attr("ascontiguousarray")).release();
+  for (const TensorSpec& spec : model.outputs) {
+    py::str key(spec.name);
+    if (!outputs.contains(key)) continue;
+    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), spec.name) == wanted.end()) continue;
+    OutputTensor t;
+    t.name = spec.name;
+    t.dtype = spec.dtype;
+    py::object value = outputs[key];
+    const py::dtype dtype = NumpyDtype(spec.dtype);
+    // A C-contiguous array of the type is copied out as it is (no call); ascontiguousarray
+    // also makes a 0-d array 1-d, so those still take the call.
+    bool as_is = false;
+    if (py::isinstance<py::array>(value)) {
+      const auto given = py::reinterpret_borrow<py::array>(value);
+      as_is = given.ndim() > 0 && (given.flags() & py::array::c_style) &&
+              py::detail::npy_api::get().PyArray_EquivTypes_(given.dtype().ptr(), dtype.ptr());
+    }
+    py::array array = as_is ? py::reinterpret_borrow<py::array>(value)
+                            : py::array(ascontiguousarray(value, dtype));
+    t.shape.assign(array.shape(), array.shape() + array.ndim());
+    if (spec.dtype == DataType::kBytes) {
+      auto bytes = std::make_shared<std::string>();
+      Status status = SerializeStrings(array, bytes.get());
+      if (!status.ok()) return status;
+      t.data = reinterpret_cast<const uint8_t*>(bytes->data());
+      t.byte_size = bytes->size();
+      t.memory = std::move(bytes);
+    } else {
+      t.byte_size = static_cast<size_t>(array.nbytes());
+      std::shared_ptr<uint8_t> memory = HostMemoryPool::Global().Acquire(std::max<size_t>(t.byte_size, 1));
+      if (!memory) return Status(StatusCode::kInternal, "out of host memory for outputs of model '" + model.name + "'");
+      if (t.byte_size != 0) std::memcpy(memory.get(), array.data(), t.byte_size);
+      t.data = memory.get();
+      t.memory = std::move(memory);
+    }
+    tensors->push_back(std::move(t));
+  }
+  return Status::OK();
+}
+
 // The backend's compute, with the GIL taken once per batch:
 //   result = execute(instance, batch_sizes, inputs, requests)
 // `requests` is None unless the spec asks for request_info: then one (tag, id, parameters,
-// requested output names) tuple per request. `result` is a dict of batch outputs or a list
+// requested output names, ResponseSender or None) tuple per request; a decoupled model's
+// answers go through the senders, and its `result` is None. `result` is a dict of batch outputs or a list
 // with one dict (or exception) per request; outputs are copied into native memory here.
 class PyCompute : public BatchCompute {
  public:
@@ -197,7 +264,8 @@ class PyCompute : public BatchCompute {
   py::object RequestInfos(const Batch& batch) const {
     if (!spec_.request_info) return py::none();
     py::list infos;
-    for (const auto& r : batch.requests) {
+    for (size_t i = 0; i < batch.requests.size(); ++i) {
+      const auto& r = batch.requests[i];
       py::dict parameters;
       for (const Parameter& p : r->parameters) {
         switch (p.kind) {
@@ -209,7 +277,8 @@ class PyCompute : public BatchCompute {
       }
       py::list outputs;
       for (const RequestedOutput& o : r->outputs) outputs.append(py::str(o.name));
-      infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs));
+      py::object sender = i < batch.senders.size() ? py::cast(batch.senders[i]) : py::none();
+      infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs, sender));
     }
     return infos;
   }
@@ -230,7 +299,8 @@ class PyCompute : public BatchCompute {
   }
 
   Status Convert(const Batch& batch, const py::object& result, BatchOutputs* out) const {
-    if (py::isinstance<py::dict>(result)) return Tensors(result, Wanted(batch), &out->batch);
+    if (spec_.decoupled && result.is_none()) return Status::OK();  // answered by the senders
+    if (py::isinstance<py::dict>(result)) return Tensors(spec_, result, Wanted(batch), &out->batch);
     if (!py::isinstance<py::list>(result)) {
       return Status(StatusCode::kInternal, "model '" + spec_.name + "' returned " +
                                                py::str(py::type::of(result).attr("__name__")).cast<std::string>() +
@@ -249,7 +319,7 @@ class PyCompute : public BatchCompute {
     for (size_t i = 0; i < items.size(); ++i) {
       py::handle item = items[i];
       if (py::isinstance<py::dict>(item)) {
-        out->request_status[i] = Tensors(item, {}, &out->requests[i]);
+        out->request_status[i] = Tensors(spec_, item, {}, &out->requests[i]);
       } else if (py::isinstance(item, exception)) {
         out->request_status[i] = StatusOf(item);
       } else {
@@ -272,67 +342,14 @@ class PyCompute : public BatchCompute {
     return names;
   }
 
-  // The config's outputs among `outputs`, in native memory.
-  Status Tensors(const py::handle& outputs, const std::vector<std::string>& wanted,
-                 std::vector<OutputTensor>* tensors) const {
-    // Leaked on purpose: a static py::object would be released after the interpreter is gone.
-    static py::handle ascontiguousarray =
-        py::object(py::module_::import("numpy").attr("ascontiguousarray")).release();
-    for (const TensorSpec& spec : spec_.outputs) {
-      py::str key(spec.name);
-      if (!outputs.contains(key)) continue;
-      if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), spec.name) == wanted.end()) continue;
-      OutputTensor t;
-      t.name = spec.name;
-      t.dtype = spec.dtype;
-      py::array array = ascontiguousarray(outputs[key], NumpyDtype(spec.dtype));
-      t.shape.assign(array.shape(), array.shape() + array.ndim());
-      if (spec.dtype == DataType::kBytes) {
-        auto bytes = std::make_shared<std::string>();
-        Status status = SerializeStrings(array, bytes.get());
-        if (!status.ok()) return status;
-        t.data = reinterpret_cast<const uint8_t*>(bytes->data());
-        t.byte_size = bytes->size();
-        t.memory = std::move(bytes);
-      } else {
-        t.byte_size = static_cast<size_t>(array.nbytes());
-        std::shared_ptr<uint8_t> memory = HostMemoryPool::Global().Acquire(std::max<size_t>(t.byte_size, 1));
-        if (!memory) return Status(StatusCode::kInternal, "out of host memory for outputs of model '" + spec_.name + "'");
-        if (t.byte_size != 0) std::memcpy(memory.get(), array.data(), t.byte_size);
-        t.data = memory.get();
-        t.memory = std::move(memory);
-      }
-      tensors->push_back(std::move(t));
-    }
-    return Status::OK();
-  }
-
-  // BYTES as Triton sends them: a 4-byte little-endian length, then the bytes (str as UTF-8).
-  static Status SerializeStrings(const py::array& array, std::string* out) {
-    auto* const* items = static_cast<PyObject* const*>(array.data());
-    for (py::ssize_t i = 0; i < array.size(); ++i) {
-      py::object item = py::reinterpret_borrow<py::object>(items[i]);
-      if (!PyBytes_Check(item.ptr())) {
-        item = PyUnicode_Check(item.ptr()) ? py::object(item.attr("encode")("utf-8"))
-                                           : py::object(py::bytes(item));
-      }
-      char* data = nullptr;
-      Py_ssize_t length = 0;
-      if (PyBytes_AsStringAndSize(item.ptr(), &data, &length) != 0) throw py::error_already_set();
-      const uint32_t prefix = static_cast<uint32_t>(length);
-      out->append(reinterpret_cast<const char*>(&prefix), 4);
-      out->append(data, static_cast<size_t>(length));
-    }
-    return Status::OK();
-  }
-
   py::object execute_;
   const ModelSpec spec_;
 };
 
 // Responses for requests submitted from Python: the batch's completions go to `callback` in
-// one call, as a list of (tag, outputs, error): outputs a list of (name, datatype, array) or
-// None, error None or (code name, message).
+// one call, as a list of (tag, outputs, error, final): outputs a list of (name, datatype,
+// array), or None for an error or a decoupled model's bare final flag; error None or (code
+// name, message); final False for a decoupled model's responses before its last.
 class PythonSink : public ResponseSink {
  public:
   explicit PythonSink(py::object callback) : callback_(std::move(callback)) {}
@@ -354,14 +371,19 @@ class PythonSink : public ResponseSink {
         const InferResponse& r = c.response;
         if (!r.status.ok()) {
           results.append(py::make_tuple(c.tag, py::none(),
-                                        py::make_tuple(CodeName(r.status.code()), r.status.message())));
+                                        py::make_tuple(CodeName(r.status.code()), r.status.message()),
+                                        c.final));
+          continue;
+        }
+        if (c.empty) {
+          results.append(py::make_tuple(c.tag, py::none(), py::none(), c.final));
           continue;
         }
         py::list outputs;
         for (const OutputTensor& t : r.outputs) {
           outputs.append(py::make_tuple(t.name, WireName(t.dtype), OutputArray(t)));
         }
-        results.append(py::make_tuple(c.tag, outputs, py::none()));
+        results.append(py::make_tuple(c.tag, outputs, py::none(), c.final));
       }
       callback_(results);
     } catch (py::error_already_set& e) {
@@ -546,6 +568,18 @@ py::dict PyModel::Statistics() const {
   out["execution_count"] = s.execution_count;
   out["inference_stats"] = inference;
   out["batch_stats"] = batches;
+  py::dict responses;  // Triton's response_stats, keyed by the response's index
+  for (const auto& [index, r] : model_->ResponseStatistics()) {
+    py::dict entry;
+    entry["compute_infer"] = DurationDict(r.compute_infer);
+    entry["compute_output"] = DurationDict(r.compute_output);
+    entry["success"] = DurationDict(r.success);
+    entry["fail"] = DurationDict(r.fail);
+    entry["empty_response"] = DurationDict(r.empty_response);
+    entry["cancel"] = DurationDict(r.cancel);
+    responses[py::str(std::to_string(index))] = entry;
+  }
+  out["response_stats"] = responses;
   return out;
 }
 
@@ -645,7 +679,7 @@ void RegisterModel(py::module_& m) {
       .def(py::init([](const std::string& name, int64_t version, uint32_t max_batch_size,
                        const std::vector<py::tuple>& inputs, const std::vector<py::tuple>& outputs,
                        std::map<std::string, std::vector<std::string>> labels,
-                       bool preserve_ordering, bool request_info) {
+                       bool preserve_ordering, bool request_info, bool decoupled) {
              ModelSpec spec;
              spec.name = name;
              spec.version = version;
@@ -655,11 +689,13 @@ void RegisterModel(py::module_& m) {
              spec.labels = std::move(labels);
              spec.preserve_ordering = preserve_ordering;
              spec.request_info = request_info;
+             spec.decoupled = decoupled;
              return spec;
            }),
            py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"),
            py::arg("outputs"), py::arg("labels") = std::map<std::string, std::vector<std::string>>{},
-           py::arg("preserve_ordering") = false, py::arg("request_info") = false)
+           py::arg("preserve_ordering") = false, py::arg("request_info") = false,
+           py::arg("decoupled") = false)
       .def_property_readonly("name", [](const ModelSpec& s) { return s.name; })
       .def_property_readonly("version", [](const ModelSpec& s) { return s.version; });
 
@@ -667,6 +703,30 @@ void RegisterModel(py::module_& m) {
       .def(py::init<>())
       .def("set", [](CancelFlag& f) { f.value.store(true); })
       .def_property_readonly("is_set", [](const CancelFlag& f) { return f.value.load(); });
+
+  // A decoupled model's sender for one request (the Python backend's response sender wraps
+  // it): send(outputs dict or None, error (code name, message) or None, final).
+  py::class_<ResponseSender, std::shared_ptr<ResponseSender>>(m, "ResponseSender")
+      .def("send", [](ResponseSender& sender, const py::object& outputs, const py::object& error,
+                      bool final) {
+        std::vector<OutputTensor> tensors;
+        Status failure;
+        if (!error.is_none()) {
+          auto pair = error.cast<py::tuple>();
+          failure = Status(CodeOf(pair[0].cast<std::string>()), pair[1].cast<std::string>());
+        } else if (!outputs.is_none()) {
+          ThrowIfError(Tensors(sender.spec(), outputs, {}, &tensors));
+        }
+        Status status;
+        {
+          py::gil_scoped_release nogil;
+          status = sender.Send(error.is_none() && !outputs.is_none() ? &tensors : nullptr,
+                               failure, final);
+        }
+        ThrowIfError(status);
+      }, py::arg("outputs"), py::arg("error"), py::arg("final"))
+      .def("is_cancelled", &ResponseSender::Cancelled)
+      .def_property_readonly("closed", &ResponseSender::IsClosed);
 
   py::class_<PythonSink>(m, "PythonSink")
       .def(py::init<py::object>(), py::arg("callback"))
@@ -728,7 +788,7 @@ void RegisterModel(py::module_& m) {
         out["success_ns"] = c.success_ns;
         return out;
       })
-      .def_property_readonly("inflight_count", [](const PyModel& m) { return m.model()->scheduler().InflightCount(); })
+      .def_property_readonly("inflight_count", [](const PyModel& m) { return m.model()->InflightCount(); })
       .def_property_readonly("pending_count", [](const PyModel& m) { return m.model()->scheduler().PendingCount(); });
 
   py::class_<ResponseCache, std::shared_ptr<ResponseCache>>(m, "ResponseCache")

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -13,6 +15,7 @@
 #include "latency_summary.h"
 #include "outputs.h"
 #include "response_cache.h"
+#include "response_sender.h"
 #include "trace.h"
 #include "validate.h"
 
@@ -89,7 +92,9 @@ void CollapseOutputs(std::vector<RequestedOutput>* outputs) {
 
 }  // namespace
 
-struct Model::State : public ModelResponder {
+struct Model::State : public ModelResponder,
+                      public ResponseSender::Host,
+                      public std::enable_shared_from_this<Model::State> {
   ModelSpec spec;
   std::shared_ptr<BatchCompute> compute;
   std::unique_ptr<ModelCache> cache;  // null unless the config enables the response cache
@@ -107,16 +112,106 @@ struct Model::State : public ModelResponder {
   uint64_t next_release = 0;
   std::map<uint64_t, std::optional<std::pair<ResponseSink*, Completion>>> held;
 
-  Status Execute(Batch& batch) override {
-    BatchOutputs outputs;
-    Status status;
-    try {
-      status = compute->Compute(batch, &outputs);
-    } catch (const std::exception& e) {
-      status = Status(StatusCode::kInternal, std::string("backend failed: ") + e.what());
-    } catch (...) {
-      status = Status(StatusCode::kInternal, "backend failed with an unknown exception");
+  // Decoupled models: requests whose sender has not sent its final response yet.
+  std::mutex senders_mutex;
+  std::condition_variable senders_closed;
+  std::unordered_map<ResponseSender*, std::weak_ptr<ResponseSender>> open_senders;
+  std::map<uint64_t, ResponseStats> response_stats;  // guarded by senders_mutex
+
+  const ModelSpec& Spec() const override { return spec; }
+
+  void Closed(ResponseSender& sender, const Status& final_status) override {
+    if (final_status.ok()) {
+      success.fetch_add(1, std::memory_order_relaxed);
+      success_ns.fetch_add(SteadyNowNs() - sender.enqueue_ns(), std::memory_order_relaxed);
+    } else {
+      Failed(ReasonOf(final_status));
     }
+    std::lock_guard<std::mutex> lock(senders_mutex);
+    open_senders.erase(&sender);
+    if (open_senders.empty()) senders_closed.notify_all();
+  }
+
+  void Responded(uint64_t index, const Status& status, bool empty, uint64_t start_ns,
+                 uint64_t output_ns, uint64_t end_ns) override {
+    std::lock_guard<std::mutex> lock(senders_mutex);
+    ResponseStats& stats = response_stats[index];
+    if (status.code() == StatusCode::kCancelled) {
+      stats.cancel.Add(end_ns - start_ns);
+    } else if (empty) {
+      stats.empty_response.Add(end_ns - start_ns);
+    } else {
+      if (output_ns != 0) {
+        stats.compute_infer.Add(output_ns - start_ns);
+        stats.compute_output.Add(end_ns - output_ns);
+      }
+      (status.ok() ? stats.success : stats.fail).Add(end_ns - start_ns);
+    }
+  }
+
+  uint64_t OpenSenders() {
+    std::lock_guard<std::mutex> lock(senders_mutex);
+    return open_senders.size();
+  }
+
+  // Waits until every sender has sent its final response, at most until `deadline` (none:
+  // for ever); past it, the requests still open are answered with UNAVAILABLE.
+  void CloseSenders(std::optional<std::chrono::steady_clock::time_point> deadline) {
+    std::vector<std::shared_ptr<ResponseSender>> late;
+    {
+      std::unique_lock<std::mutex> lock(senders_mutex);
+      auto done = [this] { return open_senders.empty(); };
+      if (!deadline) {
+        senders_closed.wait(lock, done);
+      } else if (!senders_closed.wait_until(lock, *deadline, done)) {
+        for (auto& [_, weak] : open_senders) {
+          if (auto sender = weak.lock()) late.push_back(std::move(sender));
+        }
+      }
+    }
+    const Status status(StatusCode::kUnavailable,
+                        "model '" + spec.name + "' was unloaded before it sent the final response");
+    for (auto& sender : late) sender->Close(status);
+  }
+
+  // The backend answers each request through its sender; what Compute returns only says
+  // whether execute failed, which ends the requests it has not ended.
+  Status ExecuteDecoupled(Batch& batch) {
+    auto self = shared_from_this();
+    for (auto& request : batch.requests) {
+      request->answered.store(true, std::memory_order_release);  // the sender answers it
+      auto sender = std::make_shared<ResponseSender>(self, *request);
+      {
+        std::lock_guard<std::mutex> lock(senders_mutex);
+        open_senders.emplace(sender.get(), sender);
+      }
+      batch.senders.push_back(std::move(sender));
+    }
+    BatchOutputs outputs;
+    Status status = Compute(batch, &outputs);
+    if (batch.times.infer_end == 0) batch.times.infer_end = SteadyNowNs();
+    if (!status.ok()) {
+      for (auto& sender : batch.senders) sender->Close(status);
+    }
+    batch.senders.clear();  // the backend holds the senders it still answers through
+    batch.times.output_end = SteadyNowNs();
+    return status;
+  }
+
+  Status Compute(Batch& batch, BatchOutputs* outputs) {
+    try {
+      return compute->Compute(batch, outputs);
+    } catch (const std::exception& e) {
+      return Status(StatusCode::kInternal, std::string("backend failed: ") + e.what());
+    } catch (...) {
+      return Status(StatusCode::kInternal, "backend failed with an unknown exception");
+    }
+  }
+
+  Status Execute(Batch& batch) override {
+    if (spec.decoupled) return ExecuteDecoupled(batch);
+    BatchOutputs outputs;
+    Status status = Compute(batch, &outputs);
     if (batch.times.infer_end == 0) batch.times.infer_end = SteadyNowNs();
     return Answer(batch, outputs, status);
   }
@@ -225,6 +320,8 @@ Status Model::Create(const ModelSpec& spec, const SchedulerOptions& options,
   if (!compute) return Status(StatusCode::kInvalidArg, "model needs a compute");
   auto state = std::make_shared<State>();
   state->spec = spec;
+  // A decoupled model's responses go out as they are sent, request by request.
+  if (spec.decoupled) state->spec.preserve_ordering = false;
   state->compute = std::move(compute);
   std::shared_ptr<Model> created(new Model());
   created->state_ = state;
@@ -288,8 +385,23 @@ Status Model::Submit(std::unique_ptr<InferRequest>& request) {
 }
 
 bool Model::Stop(double timeout_seconds) {
+  const auto start = std::chrono::steady_clock::now();
   if (!scheduler_->Stop(timeout_seconds)) abandoned_ = true;
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout_seconds >= 0) {
+    deadline = start + std::chrono::microseconds(static_cast<int64_t>(timeout_seconds * 1e6));
+  }
+  state_->CloseSenders(deadline);
   return !abandoned_;
+}
+
+std::map<uint64_t, ResponseStats> Model::ResponseStatistics() const {
+  std::lock_guard<std::mutex> lock(state_->senders_mutex);
+  return state_->response_stats;
+}
+
+uint64_t Model::InflightCount() const {
+  return scheduler_->InflightCount() + state_->OpenSenders();
 }
 
 RequestCounts Model::Counts() const {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 
 #include "model_spec.h"
@@ -61,12 +62,20 @@ class Model {
   ~Model();
 
   const ModelSpec& spec() const;
-  // On success the model owns the request and its sink will get exactly one response; on
-  // failure the request stays with the caller and nothing is delivered.
+  // On success the model owns the request and its sink will get exactly one final completion
+  // (a decoupled model may send non-final ones before it); on failure the request stays with
+  // the caller and nothing is delivered.
   Status Submit(std::unique_ptr<InferRequest>& request);
-  // Refuses new requests and answers every accepted one; with a timeout, see Scheduler::Stop
-  // (false: an instance was abandoned, and the scheduler is kept alive for it).
+  // Refuses new requests and answers every accepted one (a decoupled model's: until their
+  // final responses); with a timeout, see Scheduler::Stop (false: an instance was abandoned,
+  // and the scheduler is kept alive for it); requests a decoupled model has not ended by
+  // then are answered UNAVAILABLE.
   bool Stop(double timeout_seconds = -1);
+  // Requests accepted and not yet ended: the scheduler's, and a decoupled model's requests
+  // whose final response is still to come.
+  uint64_t InflightCount() const;
+  // A decoupled model's responses by their index within their request.
+  std::map<uint64_t, ResponseStats> ResponseStatistics() const;
 
   const RequestScheduler& scheduler() const { return *scheduler_; }
   RequestCounts Counts() const;

@@ -29,6 +29,9 @@ struct ModelSpec {
   std::map<std::string, std::vector<std::string>> labels;  // per output, for classification
   bool preserve_ordering = false;
   bool request_info = false;  // the backend reads each request's id, parameters and outputs
+  // model_transaction_policy { decoupled: true }: the backend answers each request through a
+  // ResponseSender (any number of responses, then a final one), not from the batch's outputs.
+  bool decoupled = false;
 
   const TensorSpec* FindInput(const std::string& input) const;
   const TensorSpec* FindOutput(const std::string& output) const;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <string>
 
@@ -192,11 +193,86 @@ Status Classify(const OutputTensor& values, uint32_t k, const std::vector<std::s
   return Status::OK();
 }
 
+namespace {
+
+// The outputs one request asked for (all of the model's, in config order, when it asked for
+// none), out of what the model produced for it: `slice` cuts the request's rows out of a batch
+// output (null: the tensors are the request's own). Fails only when a batch output cannot be
+// split; a request's own faults go into its response.
+Status Fill(const ModelSpec& spec, const std::vector<RequestedOutput>& requested,
+            const std::vector<OutputTensor>& produced,
+            const std::function<Status(const OutputTensor&, OutputTensor*)>& slice,
+            InferResponse* response) {
+  const bool batching = spec.max_batch_size > 0;
+  std::vector<RequestedOutput> all;
+  if (requested.empty()) {
+    for (const TensorSpec& o : spec.outputs) all.push_back({o.name, 0, nullptr});
+  }
+  const std::vector<RequestedOutput>& wanted = requested.empty() ? all : requested;
+  std::vector<std::string> missing;
+  for (const RequestedOutput& w : wanted) {
+    if (FindTensor(produced, w.name) == nullptr) missing.push_back(w.name);
+  }
+  if (!missing.empty()) {
+    response->status = Status(StatusCode::kInternal, "model '" + spec.name +
+                                                         "' did not produce output(s) " +
+                                                         PyList(missing));
+    return Status::OK();
+  }
+  for (const RequestedOutput& w : wanted) {
+    const OutputTensor& whole = *FindTensor(produced, w.name);
+    OutputTensor tensor;
+    if (!slice) {
+      tensor = whole;
+    } else {
+      Status status = slice(whole, &tensor);
+      if (!status.ok()) return status;
+    }
+    const TensorSpec* output = spec.FindOutput(w.name);
+    Status checked = CheckOutputShape(spec, output, tensor, batching);
+    if (!checked.ok()) {
+      *response = InferResponse{checked, {}};
+      return Status::OK();
+    }
+    if (output != nullptr && output->has_reshape &&
+        tensor.shape.size() == output->reshape.size() + (batching ? 1 : 0)) {
+      tensor.shape = Reshaped(tensor.shape, output->reshape, output->dims, batching);
+    }
+    if (w.classification > 0) {
+      auto labels = spec.labels.find(w.name);
+      OutputTensor classes;
+      Status status = Classify(tensor, w.classification,
+                               labels == spec.labels.end() ? nullptr : &labels->second,
+                               batching, &classes);
+      if (!status.ok()) {
+        *response = InferResponse{status, {}};
+        return Status::OK();
+      }
+      tensor = std::move(classes);
+    }
+    if (w.shared_memory) {
+      Status status = IntoSharedMemory(*w.shared_memory, &tensor);
+      if (!status.ok()) {
+        *response = InferResponse{status, {}};
+        return Status::OK();
+      }
+    }
+    response->outputs.push_back(std::move(tensor));
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+void RespondWith(const ModelSpec& spec, const std::vector<RequestedOutput>& requested,
+                 const std::vector<OutputTensor>& produced, InferResponse* response) {
+  (void)Fill(spec, requested, produced, nullptr, response);
+}
+
 Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutputs& outputs,
                     std::vector<InferResponse>* responses) {
   const size_t count = batch.requests.size();
   responses->assign(count, InferResponse{});
-  const bool batching = spec.max_batch_size > 0;
   int64_t total = 0;
   for (const auto& r : batch.requests) total += r->batch_size;
 
@@ -214,63 +290,16 @@ Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutput
         continue;
       }
     }
-    std::vector<RequestedOutput> wanted = request.outputs;
-    if (wanted.empty()) {
-      for (const TensorSpec& o : spec.outputs) wanted.push_back({o.name, 0, nullptr});
+    std::function<Status(const OutputTensor&, OutputTensor*)> slice;
+    if (!outputs.per_request && count > 1) {
+      slice = [&](const OutputTensor& whole, OutputTensor* out) {
+        return Slice(spec, whole, total, first_row, rows, out);
+      };
     }
-    std::vector<std::string> missing;
-    for (const RequestedOutput& w : wanted) {
-      if (FindTensor(*produced, w.name) == nullptr) missing.push_back(w.name);
-    }
-    if (!missing.empty()) {
-      response.status = Status(StatusCode::kInternal, "model '" + spec.name +
-                                                          "' did not produce output(s) " +
-                                                          PyList(missing));
-      first_row += rows;
-      continue;
-    }
-    for (const RequestedOutput& w : wanted) {
-      const OutputTensor& whole = *FindTensor(*produced, w.name);
-      OutputTensor tensor;
-      if (outputs.per_request || count == 1) {
-        tensor = whole;
-      } else {
-        Status status = Slice(spec, whole, total, first_row, rows, &tensor);
-        if (!status.ok()) {
-          for (InferResponse& r : *responses) r = InferResponse{status, {}};
-          return status;
-        }
-      }
-      const TensorSpec* output = spec.FindOutput(w.name);
-      Status checked = CheckOutputShape(spec, output, tensor, batching);
-      if (!checked.ok()) {
-        response = InferResponse{checked, {}};
-        break;
-      }
-      if (output != nullptr && output->has_reshape &&
-          tensor.shape.size() == output->reshape.size() + (batching ? 1 : 0)) {
-        tensor.shape = Reshaped(tensor.shape, output->reshape, output->dims, batching);
-      }
-      if (w.classification > 0) {
-        auto labels = spec.labels.find(w.name);
-        OutputTensor classes;
-        Status status = Classify(tensor, w.classification,
-                                 labels == spec.labels.end() ? nullptr : &labels->second,
-                                 batching, &classes);
-        if (!status.ok()) {
-          response = InferResponse{status, {}};
-          break;
-        }
-        tensor = std::move(classes);
-      }
-      if (w.shared_memory) {
-        Status status = IntoSharedMemory(*w.shared_memory, &tensor);
-        if (!status.ok()) {
-          response = InferResponse{status, {}};
-          break;
-        }
-      }
-      response.outputs.push_back(std::move(tensor));
+    Status status = Fill(spec, request.outputs, *produced, slice, &response);
+    if (!status.ok()) {
+      for (InferResponse& r : *responses) r = InferResponse{status, {}};
+      return status;
     }
     first_row += rows;
   }

@@ -16,6 +16,11 @@ namespace pyserve {
 Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutputs& outputs,
                     std::vector<InferResponse>* responses);
 
+// One request's response from outputs that are its own (a decoupled model's response): what
+// SplitOutputs does for each request of a batch, without the split.
+void RespondWith(const ModelSpec& spec, const std::vector<RequestedOutput>& requested,
+                 const std::vector<OutputTensor>& produced, InferResponse* response);
+
 // The top `k` classes of each batch item as "value:index[:label]" BYTES elements.
 Status Classify(const OutputTensor& values, uint32_t k, const std::vector<std::string>* labels,
                 bool batching, OutputTensor* out);

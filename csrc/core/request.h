@@ -48,6 +48,7 @@ struct TensorView {
   size_t byte_size = 0;
 };
 
+class ResponseSender;
 class ResponseSink;
 struct SharedMemoryBlock;
 struct TraceRecord;
@@ -150,6 +151,9 @@ struct Batch {
   int device = -1;
   void* stream = nullptr;
   std::vector<TensorView> device_inputs;
+  // A decoupled model's batch: one sender per request, in order, through which the backend
+  // answers (it keeps the ones it still needs).
+  std::vector<std::shared_ptr<ResponseSender>> senders;
 
   uint32_t Size() const {
     uint32_t total = 0;

@@ -52,6 +52,9 @@ struct Completion {
   // The phases of the batch that answered (zero for a refusal): what an ensemble sums into
   // its own compute statistics, as Triton does.
   BatchTimes times;
+  // A decoupled model's final flag without a response: there is nothing to send for it but
+  // the end of the request (Triton's empty final response, sent only when asked for).
+  bool empty = false;
 };
 
 // A frontend's receiver of responses. Deliver is called on a core thread, without the GIL,

@@ -24,6 +24,12 @@ struct BatchStats {
   Duration compute_input, compute_infer, compute_output;
 };
 
+// A decoupled model's responses, by their index within their request (Triton's
+// response_stats: the first responses of all requests under "0", and so on).
+struct ResponseStats {
+  Duration compute_infer, compute_output, success, fail, empty_response, cancel;
+};
+
 struct ModelStats {
   Duration success, fail, queue, compute_input, compute_infer, compute_output;
   Duration cache_hit, cache_miss;  // kept by the model's ModelCache (see Model::Statistics)

@@ -113,7 +113,11 @@ struct PendingInfer {
   std::vector<std::string> converted;
   std::shared_ptr<Model> model;  // the version that took the request (set before it did)
   std::shared_ptr<TraceRecord> trace;  // null unless sampled
+  bool empty_final = false;      // triton_enable_empty_final_response (streams)
 };
+
+const char kDecoupledInfer[] =
+    "ModelInfer RPC doesn't support models with decoupled transaction policy";
 
 }  // namespace
 
@@ -251,14 +255,28 @@ class Call : public std::enable_shared_from_this<Call> {
     server->service().RequestCall(&call->context_, &call->stream_, cq, cq, &call->started_);
   }
 
-  // A response for an inference request of this call (any thread).
-  void Respond(PendingInfer& pending, const InferResponse& response) {
+  // A response for an inference request of this call (any thread). On a stream, every
+  // response carries `triton_final_response`; a decoupled model's bare final flag is sent
+  // (as an empty response) only when the request asked for it.
+  void Respond(PendingInfer& pending, const Completion& completion) {
     if (pending.trace) pending.trace->Stamp("INFER_RESPONSE_COMPLETE", SteadyNowNs());
-    if (!response.status.ok()) return Fail(response.status);
+    const InferResponse& response = completion.response;
+    if (!streaming_ && !response.status.ok()) return Fail(response.status);
     const ModelSpec& spec = pending.model->spec();
-    std::string encoded = EncodeInferResponse(spec.name, std::to_string(spec.version),
-                                              pending.message.id, response);
-    if (streaming_) return StreamWrite(StreamResponse(std::move(encoded)));
+    const std::string version = std::to_string(spec.version);
+    if (streaming_) {
+      const bool final = completion.final;
+      if (!response.status.ok()) {
+        return StreamFail(response.status, StreamError(response.status.message(), spec.name,
+                                                        version, pending.message.id, final),
+                          final);
+      }
+      if (completion.empty && !pending.empty_final) return StreamWrite(std::nullopt, final);
+      return StreamWrite(StreamResponse(EncodeInferResponse(spec.name, version,
+                                                            pending.message.id, response, final)),
+                         final);
+    }
+    std::string encoded = EncodeInferResponse(spec.name, version, pending.message.id, response);
     grpc::ByteBuffer buffer = Buffer(std::move(encoded));  // what may throw comes first
     if (answered_.exchange(true)) return;
     if (pending.trace) {  // GRPC_SEND_END when the write completes (OnFinished)
@@ -268,8 +286,8 @@ class Call : public std::enable_shared_from_this<Call> {
     stream_.WriteAndFinish(buffer, grpc::WriteOptions(), grpc::Status::OK, &finished_);
   }
 
-  void Fail(const Status& status) {
-    if (streaming_) return StreamWrite(Buffer(StreamError(status.message())));
+  void Fail(const Status& status, bool final = true) {
+    if (streaming_) return StreamFail(status, StreamError(status.message()), final);
     Finish(grpc::Status(GrpcCode(status.code()), status.message()));
   }
 
@@ -316,6 +334,11 @@ class Call : public std::enable_shared_from_this<Call> {
         level != 0 && (streaming_ || method_ == kModelInfer)) {
       context_.set_compression_level(static_cast<grpc_compression_level>(level));
     }
+    if (streaming_) {  // Triton's opt-in: the first error ends the stream with its status
+      const auto& metadata = context_.client_metadata();
+      auto found = metadata.find("triton_grpc_error");
+      grpc_error_ = found != metadata.end() && found->second == "true";
+    }
     if (const std::string refusal = server_->Restriction(method_, context_); !refusal.empty()) {
       if (!answered_.exchange(true)) {
         stream_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, refusal), &finished_);
@@ -337,12 +360,14 @@ class Call : public std::enable_shared_from_this<Call> {
       }
       {
         std::lock_guard<std::mutex> lock(mutex_);
+        if (finishing_) return;  // ended by an error (triton_grpc_error): read no more
         ++outstanding_;
       }
       Infer(request_);
       request_.Clear();
       if (Tracer::Active()) read_start_ns_ = SteadyNowNs();
-      stream_.Read(&request_, &read_);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!finishing_) stream_.Read(&request_, &read_);
       return;
     }
     if (!ok) {
@@ -382,6 +407,13 @@ class Call : public std::enable_shared_from_this<Call> {
     pending->model = server_->table().Find(name, version);
     if (!pending->model) {  // the shell words the refusal
       return ToShell(kModelInfer, pending->bytes.Take());
+    }
+    if (pending->model->spec().decoupled && !streaming_) {
+      return Fail(Status(StatusCode::kUnsupported, kDecoupledInfer));
+    }
+    if (streaming_) {
+      status = EmptyFinalParameter(pending->message, &pending->empty_final);
+      if (!status.ok()) return Fail(status);
     }
     auto request = std::make_unique<InferRequest>();
     request->sink = server_;
@@ -423,9 +455,24 @@ class Call : public std::enable_shared_from_this<Call> {
                         });
   }
 
+  // Triton's triton_enable_empty_final_response request parameter (a bool).
+  static Status EmptyFinalParameter(const InferMessage& message, bool* enabled) {
+    for (const auto& [key, value] : message.parameters) {
+      if (key != "triton_enable_empty_final_response") continue;
+      if (value.kind != InferParam::kBool) {
+        return Status(StatusCode::kInvalidArg,
+                      "invalid value type for 'triton_enable_empty_final_response' parameter, "
+                      "expected bool_param.");
+      }
+      *enabled = value.bool_value;
+    }
+    return Status::OK();
+  }
+
   void Answer(int code, const std::string& message, const std::string& body) {
     if (streaming_) {
-      return StreamWrite(code == 0 ? StreamResponse(body) : Buffer(StreamError(message)));
+      if (code == 0) return StreamWrite(StreamResponse(body), true);
+      return StreamFail(Status(StatusCode::kInternal, message), StreamError(message), true);
     }
     if (server_->response_delay().count() != 0 && method_ != kModelInfer && !delay_rang_) {
       return After(server_->response_delay(),
@@ -438,16 +485,31 @@ class Call : public std::enable_shared_from_this<Call> {
     }
   }
 
-  // Queues the answer to one message of the stream.
-  void StreamWrite(grpc::ByteBuffer response) {
+  // Queues a response to one message of the stream (none: only the message's end); `final`
+  // when the message is answered.
+  void StreamWrite(std::optional<grpc::ByteBuffer> response, bool final) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (abandoned_) return;
-    --outstanding_;
-    if (!write_failed_) writes_.push_back(std::move(response));
+    if (final) --outstanding_;
+    if (response && !write_failed_ && !finishing_) writes_.push_back(std::move(*response));
     if (!writing_ && !writes_.empty()) {
       writing_ = true;
       stream_.Write(writes_.front(), &written_);
     }
+    MaybeFinish();
+  }
+
+  // An error for one message: a response with its text, or, when the client asked for
+  // triton_grpc_error, the end of the stream with its status (later responses are dropped
+  // and the stream's requests cancelled, as Triton does).
+  void StreamFail(const Status& status, std::string response, bool final) {
+    if (!grpc_error_) return StreamWrite(Buffer(std::move(response)), final);
+    cancelled_.store(true, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (abandoned_) return;
+    if (final) --outstanding_;
+    if (!error_) error_ = grpc::Status(GrpcCode(status.code()), status.message());
+    if (writes_.size() > 1) writes_.erase(writes_.begin() + 1, writes_.end());
     MaybeFinish();
   }
 
@@ -467,7 +529,11 @@ class Call : public std::enable_shared_from_this<Call> {
   }
 
   void MaybeFinish() {  // mutex_ held
-    if (reads_done_ && outstanding_ == 0 && !writing_ && !finishing_) {
+    if (finishing_ || writing_) return;
+    if (error_) {
+      finishing_ = true;
+      stream_.Finish(*error_, &finished_);
+    } else if (reads_done_ && outstanding_ == 0) {
       finishing_ = true;
       stream_.Finish(grpc::Status::OK, &finished_);
     }
@@ -541,6 +607,8 @@ class Call : public std::enable_shared_from_this<Call> {
   int outstanding_ = 0;  // messages read and not yet answered
   bool writing_ = false, reads_done_ = false, finishing_ = false, write_failed_ = false;
   bool abandoned_ = false;  // Stop answered the stream: later responses are dropped
+  bool grpc_error_ = false;  // the client sent triton_grpc_error: true
+  std::optional<grpc::Status> error_;  // the status that ends the stream (grpc_error_)
 };
 
 }  // namespace
@@ -600,10 +668,11 @@ void GrpcServer::Impl::Deliver(std::vector<Completion>& completions) {
   for (Completion& c : completions) {
     auto* pending = static_cast<PendingInfer*>(c.owner.get());
     try {  // a response too large to encode fails alone; the batch's others are answered
-      pending->call->Respond(*pending, c.response);
+      pending->call->Respond(*pending, c);
     } catch (const std::exception& e) {
       pending->call->Fail(Status(StatusCode::kInternal,
-                                 std::string("failed to encode the response: ") + e.what()));
+                                 std::string("failed to encode the response: ") + e.what()),
+                          c.final);
     }
   }
 }

@@ -510,8 +510,24 @@ Status DecodeInferRequest(const InferMessage& message, const SharedMemoryRegistr
   return Status::OK();
 }
 
+namespace {
+
+// ModelInferResponse.parameters["triton_final_response"] (a map entry: key 1, value 2, an
+// InferParameter whose bool_param is field 1).
+void PutFinalResponse(std::string* out, bool final_response) {
+  std::string value, entry;
+  wire::PutVarint(&value, (1 << 3) | wire::kVarint);
+  wire::PutVarint(&value, final_response ? 1 : 0);
+  wire::PutString(&entry, 1, "triton_final_response");
+  wire::PutBytes(&entry, 2, value);
+  wire::PutBytes(out, 4, entry);
+}
+
+}  // namespace
+
 std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
-                                std::string_view id, const InferResponse& response) {
+                                std::string_view id, const InferResponse& response,
+                                std::optional<bool> final_response) {
   size_t reserve = 64 + model_name.size() + model_version.size() + id.size();
   for (const OutputTensor& t : response.outputs) {
     reserve += (t.shared_memory ? 0 : t.byte_size) + t.name.size() + 48;
@@ -521,6 +537,7 @@ std::string EncodeInferResponse(std::string_view model_name, std::string_view mo
   wire::PutString(&out, 1, model_name);
   wire::PutString(&out, 2, model_version);
   wire::PutString(&out, 3, id);
+  if (final_response) PutFinalResponse(&out, *final_response);
   std::string tensor, shape;
   for (const OutputTensor& t : response.outputs) {  // InferOutputTensor
     tensor.clear();
@@ -548,6 +565,13 @@ std::string StreamResponseHead(size_t infer_response_size) {
 std::string StreamError(std::string_view message) {
   std::string out;
   wire::PutBytes(&out, 1, message);
+  return out;
+}
+
+std::string StreamError(std::string_view message, std::string_view model_name,
+                        std::string_view model_version, std::string_view id, bool final_response) {
+  std::string out = StreamError(message);
+  wire::PutBytes(&out, 2, EncodeInferResponse(model_name, model_version, id, {}, final_response));
   return out;
 }
 

@@ -4,6 +4,7 @@
 // straight from the core's output memory.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -59,13 +60,18 @@ Status DecodeInferRequest(const InferMessage& message, const SharedMemoryRegistr
 
 // A serialized ModelInferResponse (outputs written into shared memory carry no data: an empty
 // raw_output_contents entry each, as Triton sends).
+// On a stream, `final_response` adds Triton's `triton_final_response` parameter.
 std::string EncodeInferResponse(std::string_view model_name, std::string_view model_version,
-                                std::string_view id, const InferResponse& response);
+                                std::string_view id, const InferResponse& response,
+                                std::optional<bool> final_response = std::nullopt);
 
 // What precedes a serialized ModelInferResponse of that size to make it a serialized
 // ModelStreamInferResponse (sent as two slices: the response is not copied again).
 std::string StreamResponseHead(size_t infer_response_size);
-// A serialized ModelStreamInferResponse carrying an error.
+// A serialized ModelStreamInferResponse carrying an error; a request's error also carries the
+// request's id, model and version and `triton_final_response`, as Triton's do.
 std::string StreamError(std::string_view message);
+std::string StreamError(std::string_view message, std::string_view model_name,
+                        std::string_view model_version, std::string_view id, bool final_response);
 
 }  // namespace pyserve::grpcfront

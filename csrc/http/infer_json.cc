@@ -211,6 +211,21 @@ void WriteData(Writer& w, const OutputTensor& t) {
 
 }  // namespace
 
+bool JsonToTensor(const rapidjson::Value& value, DataType dtype, std::string* out, int64_t* count) {
+  return Flatten(value, dtype, out, count);
+}
+
+bool JsonToParameter(const char* key, const rapidjson::Value& value, Parameter* parameter) {
+  return ModelParameter(key, value, parameter);
+}
+
+std::string OutputJson(const OutputTensor& tensor) {
+  rapidjson::StringBuffer buffer;
+  Writer writer(buffer);
+  WriteData(writer, tensor);
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
 bool DecodeInfer(std::string_view body, std::string_view header_length,
                  const SharedMemoryRegistry* shared_memory, HttpInfer* infer,
                  InferRequest* request) {

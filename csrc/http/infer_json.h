@@ -51,6 +51,15 @@ Status EncodeInfer(const std::string& model_name, const std::string& model_versi
                    const HttpInfer& infer, const InferResponse& response, std::string* body,
                    size_t* header_length);
 
+// Shared with the generate route (generate.cc).
+// A JSON value, or an array of them, as tensor bytes of `dtype` appended to `out`, counting
+// the elements; false for what the Python frontend must judge.
+bool JsonToTensor(const rapidjson::Value& value, DataType dtype, std::string* out, int64_t* count);
+// A request parameter from a JSON value; false for a type the core does not carry.
+bool JsonToParameter(const char* key, const rapidjson::Value& value, Parameter* parameter);
+// An output's elements as a JSON array.
+std::string OutputJson(const OutputTensor& tensor);
+
 // {"error": message}
 std::string ErrorBody(const std::string& message);
 

@@ -101,7 +101,8 @@ std::string Routes::ErrorText(int status, const std::string& message) const {
 bool Routes::Serve(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
   if (options_.predictions) return options_.predictions->Handle(request, MakeExchange(session, serial));
   if (request.method == "GET" && Health(request, session, serial)) return true;
-  return request.method == "POST" && !request.Has("Content-Encoding") && Infer(request, session, serial);
+  return request.method == "POST" && !request.Has("Content-Encoding") &&
+         (Infer(request, session, serial) || Generate(request, session, serial));
 }
 
 bool Routes::Refused(const char* group, const HttpRequest& request, const std::shared_ptr<Session>& session,
@@ -165,6 +166,12 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
   if (Refused("inference", request, session, serial)) return true;
   std::shared_ptr<Model> model = table_->Find(name, version);
   if (!model) return false;
+  if (model->spec().decoupled) {  // one response per request only (Triton's refusal)
+    MakeExchange(session, serial)->Answer(Error(Status(
+        StatusCode::kUnsupported,
+        "HTTP end point doesn't support models with decoupled transaction policy")));
+    return true;
+  }
   auto pending = std::make_shared<PendingInfer>();
   pending->body.swap(request.body);
   auto infer = std::make_unique<InferRequest>();
@@ -196,6 +203,33 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
   }
   Status status = table_->Submit(name, version, &model, infer);
   pending->model = std::move(model);
+  if (!status.ok()) pending->exchange->Answer(Error(status));
+  return true;
+}
+
+bool Routes::Generate(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial) {
+  std::string name, version;
+  const bool streaming = ModelPath(request.path, "/generate_stream", &name, &version);
+  if (!streaming && !ModelPath(request.path, "/generate", &name, &version)) return false;
+  if (Refused("inference", request, session, serial)) return true;
+  std::shared_ptr<Model> model = table_->Find(name, version);
+  if (!model) return false;
+  auto pending = std::make_shared<PendingGenerate>();
+  pending->streaming = streaming;
+  pending->body.swap(request.body);
+  auto infer = std::make_unique<InferRequest>();
+  if (!DecodeGenerate(model->spec(), pending.get(), infer.get())) {
+    request.body.swap(pending->body);  // the shell answers it, in its words
+    return false;
+  }
+  ForwardHeaders(request, infer.get());
+  pending->exchange = MakeExchange(session, serial);
+  pending->exchange->OnGone([pending] { pending->cancelled.store(true, std::memory_order_relaxed); });
+  infer->sink = &generate_sink_;
+  infer->owner = pending;
+  infer->cancelled = &pending->cancelled;
+  pending->model = model;  // before Submit: a response may come before it returns
+  Status status = table_->Submit(name, version, &model, infer);
   if (!status.ok()) pending->exchange->Answer(Error(status));
   return true;
 }

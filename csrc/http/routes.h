@@ -10,6 +10,7 @@
 #include <string>
 
 #include "exchange.h"
+#include "generate.h"
 #include "model_table.h"
 #include "request.h"
 #include "response.h"
@@ -43,10 +44,12 @@ class Routes : public ResponseSink {
   void ForwardHeaders(const HttpRequest& request, InferRequest* infer) const;
   bool Health(const HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial);
   bool Infer(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial);
+  bool Generate(HttpRequest& request, const std::shared_ptr<Session>& session, uint64_t serial);
 
   std::shared_ptr<ModelTable> table_;
   const HttpOptions& options_;
   std::optional<std::regex> forward_;  // options_.header_forward_pattern, compiled
+  GenerateSink generate_sink_;
 };
 
 }  // namespace pyserve::httpfront

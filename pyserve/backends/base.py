@@ -45,6 +45,8 @@ class RequestInfo:
     id: str = ""
     parameters: dict = field(default_factory=dict)  # the request's own (custom) parameters
     requested_outputs: list[str] = field(default_factory=list)  # empty = all
+    # A decoupled model's way to answer this request (_core.ResponseSender); None otherwise.
+    response_sender: object = None
 
 
 class Backend(abc.ABC):

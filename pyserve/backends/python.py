@@ -58,10 +58,13 @@ class PythonBackend(Backend):
     def __init__(self, model: ModelContext, instance: InstanceSpec) -> None:
         super().__init__(model, instance)
         config = model.config
-        if config.model_transaction_policy.decoupled:
+        # Decoupled: each request is answered through its response sender (any number of
+        # responses, from any thread, during or after execute), and execute returns None.
+        self._decoupled = config.model_transaction_policy.decoupled
+        if self._decoupled and process_isolated(config):
             raise ServerError(
-                f"model '{model.name}': decoupled Python models are not supported by pyserve "
-                "(model_transaction_policy { decoupled: true })", ErrorCode.UNSUPPORTED)
+                f"model '{model.name}': decoupled models cannot run with the parameter "
+                "isolation: process", ErrorCode.UNSUPPORTED)
         self._batching = config.max_batch_size > 0
         self._instance_name = instance_name(config, instance)
         self._outputs = [output.name for output in config.output]
@@ -113,24 +116,32 @@ class PythonBackend(Backend):
             raise ServerError(
                 f"Failed to process the request(s) for model instance '{self._instance_name}', "
                 f"message: {type(e).__name__}: {e}", ErrorCode.INTERNAL) from None
+        if self._decoupled:
+            if responses is not None:
+                raise ServerError(
+                    f"Python model '{self._instance_name}' is using the decoupled mode and the "
+                    "execute function must return None.", ErrorCode.INTERNAL)
+            return None
         return self._results(responses, len(requests))
 
+    # Per request of every batch: objects made through pb_utils' fast paths (no checks, no
+    # copies, no JSON until the model asks for it), as this is the backend's cost per request.
     def _requests(self, inputs: dict[str, np.ndarray], batch_sizes: list[int],
                   infos: list[RequestInfo]) -> list:
-        import triton_python_backend_utils as pb_utils
-
-        Tensor, Request = pb_utils.Tensor, pb_utils.InferenceRequest
-        name, version = self.model.name, self.model.version
-
+        pb_utils = _pb_utils()
+        wrap_tensor, received = pb_utils.Tensor._wrap, pb_utils.InferenceRequest._received
+        name, version, outputs = self.model.name, self.model.version, self._outputs
         bf16 = self._bf16_inputs
+        sender = _response_sender_class() if self._decoupled else None
 
         def request(tensors, info: RequestInfo):
-            return Request(name, tensors, info.requested_outputs or self._outputs,
-                           request_id=info.id, model_version=version,
-                           parameters=info.parameters)
+            own = info.response_sender
+            return received(name, tensors, info.requested_outputs or list(outputs), info.id,
+                            version, info.parameters,
+                            sender(own) if sender is not None and own is not None else None)
 
         def wrap(key: str, value: np.ndarray):
-            return Tensor._wrap(key, value, _BF16 if key in bf16 else None)
+            return wrap_tensor(key, value, _BF16 if key in bf16 else None)
 
         if not self._batching or len(batch_sizes) == 1:
             return [request([wrap(k, v) for k, v in inputs.items()], infos[0])]
@@ -143,8 +154,7 @@ class PythonBackend(Backend):
         return requests
 
     def _results(self, responses, count: int) -> list:
-        import triton_python_backend_utils as pb_utils
-
+        response_class = _pb_utils().InferenceResponse
         if not isinstance(responses, (list, tuple)):
             raise ServerError(
                 f"model '{self.model.name}': execute must return a list of InferenceResponse "
@@ -156,18 +166,16 @@ class PythonBackend(Backend):
                 f"InferenceResponse(s) size is:{len(responses)}", ErrorCode.INTERNAL)
         results: list = []
         for response in responses:
-            if not isinstance(response, pb_utils.InferenceResponse):
+            if not isinstance(response, response_class):
                 results.append(ServerError(
                     f"model '{self.model.name}': execute returned {type(response).__name__} "
                     "where an InferenceResponse was expected", ErrorCode.INTERNAL))
                 continue
-            error = response.error()
-            if error is not None:
-                results.append(_server_error(error))
+            if response._error is not None:
+                results.append(_server_error(response._error))
                 continue
             # The raw arrays: BF16 outputs are uint16 bits, which as_numpy() would refuse.
-            results.append({tensor.name(): tensor._array
-                            for tensor in response.output_tensors()})
+            results.append({tensor._name: tensor._array for tensor in response._output_tensors})
         return results
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -213,6 +221,18 @@ class PythonBackend(Backend):
         except ServerError as e:
             raise ServerError(f"model '{config.name}': auto_complete_config produced an invalid "
                               f"configuration: {e.message}") from None
+
+
+def _pb_utils() -> ModuleType:
+    """triton_python_backend_utils, imported on first use (it imports numpy only)."""
+    return sys.modules.get("triton_python_backend_utils") or importlib.import_module(
+        "triton_python_backend_utils")
+
+
+def _response_sender_class():
+    from triton_python_backend_utils._response_sender import InferenceResponseSender
+
+    return InferenceResponseSender
 
 
 def _server_error(error) -> ServerError:

@@ -23,7 +23,7 @@ from pyserve import __version__, _core, logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.frontends import codec
 from pyserve.frontends.inference import (check_declared, grpc_sequence, load_parameters,
-                                         model_metadata, run_inference)
+                                         model_metadata, run_inference, stream_inference)
 from pyserve.frontends.shared_memory import (grpc_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.lifecycle import ModelManager
@@ -219,24 +219,44 @@ class InferenceServicer:
                 if isinstance(value, str) and self._forward.search(key)}
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context):
-        """Each request runs as soon as it arrives; responses go back as they complete."""
+        """Each request runs as soon as it arrives; its responses (a decoupled model's, any
+        number) go back as they come, each with `triton_final_response`. With the
+        `triton_grpc_error: true` metadata, the first error ends the stream with its status."""
         if self._compression is not None:
             context.set_compression(self._compression)
         forwarded = self._forwarded(context)
         traceparent = _metadata(context, "traceparent")
+        grpc_error = ("triton_grpc_error", "true") in (context.invocation_metadata() or ())
         responses: asyncio.Queue = asyncio.Queue()
+
+        def failed(message: str, code: ErrorCode, request=None, final: bool = True) -> None:
+            if grpc_error:
+                responses.put_nowait(ServerError(message, code))
+                return
+            response = pb.ModelStreamInferResponse(error_message=message)
+            if request is not None:  # a request's own error names it, as Triton's do
+                infer = response.infer_response
+                infer.model_name, infer.model_version, infer.id = request
+                infer.parameters["triton_final_response"].bool_param = final
+            responses.put_nowait(response.SerializeToString())
 
         async def one(raw: bytes) -> None:
             try:
-                responses.put_nowait(codec.encode_stream_response(
-                    await self._infer(raw, forwarded, traceparent)))
+                request, in_shm, arguments = self._decoded(raw, forwarded, traceparent)
+                empty_final = _empty_final_response(request)
+                model, answers = stream_inference(self._manager, *arguments)
+                named = (model.name, str(model.version), request.id)
+                async for outputs, error, final in answers:
+                    if error is not None:
+                        failed(error.message, error.code, named, final)
+                    elif outputs is not None or empty_final:
+                        responses.put_nowait(codec.encode_stream_response(self._encoded(
+                            request, model, outputs or [], in_shm, final)))
             except ServerError as e:
-                responses.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=e.message).SerializeToString())
+                failed(e.message, e.code)
             except Exception as e:  # noqa: BLE001 - an answer for every message, or the stream hangs
                 log.exception("ModelStreamInfer failed a request")
-                responses.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=f"{type(e).__name__}: {e}").SerializeToString())
+                failed(f"{type(e).__name__}: {e}", ErrorCode.INTERNAL)
 
         # Only the messages still running are kept: a long stream holds nothing per message.
         running: set[asyncio.Task] = set()
@@ -253,13 +273,22 @@ class InferenceServicer:
         reader = asyncio.ensure_future(read())
         try:
             while (response := await responses.get()) is not None:
+                if isinstance(response, ServerError):
+                    await context.abort(GRPC_STATUS[response.code], response.message)
                 yield response
-        finally:  # the client went away: what is still queued is not computed
+        finally:  # the client went away (or an error ended the stream): queued work is dropped
             reader.cancel()
             for task in set(running):
                 task.cancel()
 
     async def _infer(self, raw: bytes, forwarded: dict, traceparent: str = "") -> bytes:
+        request, in_shm, arguments = self._decoded(raw, forwarded, traceparent)
+        model, outputs = await run_inference(self._manager, *arguments)
+        return self._encoded(request, model, outputs, in_shm)
+
+    def _decoded(self, raw: bytes, forwarded: dict, traceparent: str) -> tuple:
+        """The request message, its outputs in shared memory, and the arguments of
+        run_inference (or stream_inference) for it."""
         request, raw_inputs = codec.split_infer_request(raw)
         check_declared(max(len(request.inputs), len(raw_inputs)), len(request.outputs),
                        len(request.parameters) + sum(len(t.parameters) for t in request.inputs)
@@ -272,15 +301,19 @@ class InferenceServicer:
         in_shm = {o.name: ref for o in request.outputs if (ref := grpc_ref(o)) is not None}
         no_classification(in_shm, classification,
                           "output can't set both 'shared_memory_region' and 'classification'")
-        model, outputs = await run_inference(self._manager, request.model_name,
-                                             request.model_version, inputs, requested, request.id,
-                                             {**forwarded,
-                                              **codec.parameters_dict(request.parameters)},
-                                             classification,
-                                             output_blocks(self._shared_memory, in_shm),
-                                             traceparent, grpc_sequence(request.parameters))
+        arguments = (request.model_name, request.model_version, inputs, requested, request.id,
+                     {**forwarded, **codec.parameters_dict(request.parameters)},
+                     classification, output_blocks(self._shared_memory, in_shm), traceparent,
+                     grpc_sequence(request.parameters))
+        return request, in_shm, arguments
+
+    @staticmethod
+    def _encoded(request, model, outputs, in_shm: dict, final: bool | None = None) -> bytes:
+        """A serialized ModelInferResponse; on a stream, with `triton_final_response`."""
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=request.id)
+        if final is not None:
+            response.parameters["triton_final_response"].bool_param = final
         raw_outputs = []
         for output in outputs:
             response.outputs.add(name=output.name, datatype=output.datatype,
@@ -289,6 +322,17 @@ class InferenceServicer:
             raw_outputs.append(b"" if output.name in in_shm
                                else codec.output_bytes(output.array, output.datatype))
         return codec.encode_infer_response(response, raw_outputs)
+
+
+def _empty_final_response(request) -> bool:
+    """Triton's triton_enable_empty_final_response request parameter (a bool)."""
+    if "triton_enable_empty_final_response" not in request.parameters:
+        return False
+    value = request.parameters["triton_enable_empty_final_response"]
+    if value.WhichOneof("parameter_choice") != "bool_param":
+        raise ServerError("invalid value type for 'triton_enable_empty_final_response' "
+                          "parameter, expected bool_param.")
+    return value.bool_param
 
 
 def _decode_inputs(request, raw_inputs: list, shared_memory: _core.SharedMemoryRegistry

@@ -20,10 +20,11 @@ from pyserve.config import config_to_json
 from pyserve.datatypes import ELEMENT_SIZE, NUMPY_DTYPE, serialize_bytes, wire_name
 from pyserve import logs, restricted, tracing
 from pyserve.errors import ErrorCode, ServerError, http_status
-from pyserve.frontends import codec
+from pyserve.frontends import codec, generate
 from pyserve.frontends.grpc import SERVER_EXTENSIONS
-from pyserve.frontends.inference import (check_declared, http_sequence, load_parameters,
-                                         model_metadata, run_inference)
+from pyserve.frontends.inference import (DECOUPLED_HTTP, check_declared, http_sequence,
+                                         load_parameters, model_metadata, run_inference,
+                                         stream_inference)
 from pyserve.frontends.shared_memory import (ShmRef, http_ref, input_block, no_classification,
                                              output_blocks)
 from pyserve.frontends.sockets import listen
@@ -120,6 +121,8 @@ class HttpFrontend:
                 web.get(base + "/config", self.model_config),
                 web.get(base + "/stats", self.statistics),
                 web.post(base + "/infer", self.infer),
+                web.post(base + "/generate", self.generate),
+                web.post(base + "/generate_stream", self.generate),
             ]
         return routes
 
@@ -285,7 +288,7 @@ class HttpFrontend:
                                              classification,
                                              output_blocks(self._shared_memory, in_shm),
                                              request.headers.get("traceparent", ""),
-                                             http_sequence(_parameters(header)))
+                                             http_sequence(_parameters(header)), DECOUPLED_HTTP)
         as_binary = {o["name"]: bool(_parameters(o).get("binary_data", binary_default))
                      for o in requested}
         response = {"model_name": model.name, "model_version": str(model.version)}
@@ -304,11 +307,51 @@ class HttpFrontend:
             headers["Content-Encoding"] = encoding
         return web.Response(body=body, headers=headers)
 
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        """Triton's generate extension (pyserve/frontends/generate.py): /generate answers the
+        model's one response as JSON; /generate_stream sends each response as a server-sent
+        event. The status is that of the first response, as Triton's."""
+        streaming = request.path.endswith("_stream")
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        model = self._manager.get(name, version)
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise generate.unsupported_encoding()
+        inputs, parameters, request_id = generate.generate_request(model, await _json_body(request))
+        model, answers = stream_inference(self._manager, name, version, inputs, [], request_id,
+                                          {**self._forwarded(request), **parameters})
+        documents, status = [], 0
+        stream: web.StreamResponse | None = None
+        async for outputs, error, _ in answers:  # leaving it early cancels the request
+            if status == 0:
+                status = 200 if error is None else http_status(error.code)
+            if error is not None:
+                documents.append(generate.error_document(error))
+            elif outputs is not None:
+                documents.append(generate.generate_response(model, request_id, outputs))
+            if streaming and documents:
+                stream = stream or await _event_stream(request, status)
+                await stream.write(generate.encode(documents.pop(), True))
+        if streaming:
+            stream = stream or await _event_stream(request, status)
+            await stream.write_eof()
+            return stream
+        if len(documents) != 1:
+            documents = [{"error": generate.ONE_RESPONSE}]
+        return web.Response(status=status, body=generate.encode(documents[0], False),
+                            content_type="application/json")
+
 
 def _json_string(value) -> str:
     if not isinstance(value, str):
         raise ServerError("attempt to access JSON non-string as string", ErrorCode.INTERNAL)
     return value
+
+
+async def _event_stream(request: web.Request, status: int) -> web.StreamResponse:
+    stream = web.StreamResponse(status=status,
+                                headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await stream.prepare(request)
+    return stream
 
 
 async def _body(request: web.Request) -> bytes:

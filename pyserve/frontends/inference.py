@@ -25,20 +25,50 @@ _MAX_CORRELATION_ID_LENGTH = 128  # characters of a string ID, as Triton
 # TRITONSERVER_RequestFlag
 SEQUENCE_START, SEQUENCE_END = 1, 2
 
+# Triton's refusals of decoupled models on the one-response endpoints.
+DECOUPLED_GRPC = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+DECOUPLED_HTTP = "HTTP end point doesn't support models with decoupled transaction policy"
+
 
 async def run_inference(manager: ModelManager, model_name: str, version: str,
                         inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
                         request_id: str = "", parameters: dict | None = None,
                         classification: dict[str, int] | None = None,
                         shared_memory: dict | None = None, traceparent: str = "",
-                        sequence: tuple[int | str, int] = (0, 0),
+                        sequence: tuple[int | str, int] = (0, 0), decoupled_refusal: str = "",
                         ) -> tuple[ModelVersion, list[OutputTensor]]:
     """Outputs in the order requested, or every output of the config in config order.
     `parameters` are the request's (priority and timeout are read here); `classification`
     asks for the top k classes of some outputs instead of their values; `shared_memory` maps
-    outputs to the _core.SharedMemoryBlock the core writes them into; `sequence` is the
-    correlation ID and flags (grpc_sequence, http_sequence)."""
+    outputs to the _core.SharedMemoryBlock the core writes them into; `traceparent` is the
+    request's W3C trace context; `sequence` is the correlation ID and flags (grpc_sequence,
+    http_sequence). A decoupled model is refused with `decoupled_refusal` (UNSUPPORTED)."""
     model = manager.get(model_name, version)
+    if model.runner.decoupled:
+        raise ServerError(decoupled_refusal or DECOUPLED_GRPC, ErrorCode.UNSUPPORTED)
+    model, outputs, custom, priority, timeout = _request(
+        model, requested_outputs, parameters, classification, shared_memory)
+    results = await model.runner.infer(inputs, outputs, request_id, custom, priority, timeout,
+                                       traceparent=traceparent, sequence=sequence)
+    return model, results
+
+
+def stream_inference(manager: ModelManager, model_name: str, version: str,
+                     inputs: Sequence[InputTensor], requested_outputs: Sequence[str],
+                     request_id: str = "", parameters: dict | None = None,
+                     classification: dict[str, int] | None = None,
+                     shared_memory: dict | None = None, traceparent: str = "",
+                     sequence: tuple[int | str, int] = (0, 0)):
+    """As run_inference, for any model, decoupled or not: (model, an async iterator of
+    (outputs or None, ServerError or None, final) per response, the final one last)."""
+    model = manager.get(model_name, version)
+    model, outputs, custom, priority, timeout = _request(
+        model, requested_outputs, parameters, classification, shared_memory)
+    return model, model.runner.infer_decoupled(inputs, outputs, request_id, custom, priority,
+                                               timeout, traceparent, sequence)
+
+
+def _request(model: ModelVersion, requested_outputs, parameters, classification, shared_memory):
     parameters = parameters or {}
     classification = classification or {}
     for k in classification.values():
@@ -48,11 +78,8 @@ async def run_inference(manager: ModelManager, model_name: str, version: str,
     outputs = [(name, classification.get(name, 0), shared_memory.get(name))
                for name in requested_outputs]
     custom = {k: v for k, v in parameters.items() if k not in _SERVER_PARAMETERS}
-    results = await model.runner.infer(inputs, outputs, request_id, custom,
-                                       _unsigned(parameters, "priority"),
-                                       _unsigned(parameters, "timeout"),
-                                       traceparent=traceparent, sequence=sequence)
-    return model, results
+    return (model, outputs, custom, _unsigned(parameters, "priority"),
+            _unsigned(parameters, "timeout"))
 
 
 def grpc_sequence(parameters) -> tuple[int | str, int]:

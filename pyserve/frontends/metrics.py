@@ -150,6 +150,9 @@ class Metrics:
         families = [*self._per_model(), *self._server()]
         if self._settings.summary_latencies and self._summaries is not None:
             families += self._summary_families()
+        from triton_python_backend_utils._metrics import collect as python_models_families
+
+        families += python_models_families()  # pb_utils.MetricFamily
         return (family for family in families if family.samples)
 
     def _per_model(self) -> list[Metric]:

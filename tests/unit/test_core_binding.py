@@ -33,7 +33,8 @@ class Recorder:
         return {"Y": x}
 
     def deliver(self, results):
-        for tag, outputs, error in results:
+        for tag, outputs, error, final in results:
+            assert final  # a model that is not decoupled answers each request once
             self.delivered.append((tag, outputs, error))
             self.done.release()
 
@@ -216,7 +217,7 @@ def test_request_info_reaches_backends_that_ask():
     model.stop()
     assert payload is not None
     assert recorder.executed[0]["requests"] == [
-        (5, "abc", {"flag": True, "n": 3, "s": "x", "f": 0.5}, ["Y"])]
+        (5, "abc", {"flag": True, "n": 3, "s": "x", "f": 0.5}, ["Y"], None)]  # no sender
 
 
 def test_backend_errors_fail_the_batch_and_count_as_failures():

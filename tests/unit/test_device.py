@@ -66,7 +66,7 @@ def test_gpu_instance_gets_the_batch_on_its_device():
         return {"Y": x.host}
 
     def deliver(results):
-        for _, _, error in results:
+        for _, _, error, _ in results:
             assert error is None, error
             done.release()
 
