@@ -117,20 +117,21 @@ def make_repositories(cache: Path) -> dict[str, Path]:
 
 
 def client_load(url: str, concurrency: int, seconds: float, chain: bool) -> float:
-    """Requests per second of `concurrency` threads, each sending one request at a time."""
+    """Requests per second of `concurrency` threads, each sending one request at a time, over
+    `seconds` after a warm-up second."""
     import tritonclient.grpc as grpcclient
 
     raw = np.random.default_rng(1).integers(0, 256, (1, 3, SIDE, SIDE), dtype=np.uint8)
     counts = [0] * concurrency
-    start = threading.Barrier(concurrency + 1)
-    deadline: list[float] = []
+    ready = threading.Barrier(concurrency + 1)
+    stop = threading.Event()
 
     def worker(index: int) -> None:
         with grpcclient.InferenceServerClient(url) as client:
             first = grpcclient.InferInput("RAW", list(raw.shape), "UINT8")
             first.set_data_from_numpy(raw)
-            start.wait()
-            while time.monotonic() < deadline[0]:
+            ready.wait()
+            while not stop.is_set():
                 if chain:
                     pixels = client.infer("preprocess", [first]).as_numpy("PIXELS")
                     second = grpcclient.InferInput("PIXELS", list(pixels.shape), "FP32")
@@ -143,15 +144,15 @@ def client_load(url: str, concurrency: int, seconds: float, chain: bool) -> floa
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
-    deadline.append(time.monotonic() + 1.0)  # warm-up second, not counted
-    start.wait()
-    time.sleep(1.0)
-    before = sum(counts)
-    deadline[0] = time.monotonic() + seconds
-    begun = time.monotonic()
+    ready.wait()
+    time.sleep(1.0)  # warm-up, not counted
+    before, begun = sum(counts), time.monotonic()
+    time.sleep(seconds)
+    done, elapsed = sum(counts), time.monotonic() - begun
+    stop.set()
     for thread in threads:
         thread.join()
-    return (sum(counts) - before) / (time.monotonic() - begun)
+    return (done - before) / elapsed
 
 
 def main() -> None:

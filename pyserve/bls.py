@@ -1,5 +1,6 @@
 """BLS (Triton's business logic scripting): a `model.py` calls another model in-process with
-`pb_utils.InferenceRequest(...).exec()` or `await ....async_exec()`.
+`pb_utils.InferenceRequest(...).exec()` or `await ....async_exec()`; a decoupled model with
+`decoupled=True` (an iterator of its responses, or a future of their list).
 
 The request goes to the target version's core model like any other (checked, batched with the
 rest of its traffic); its response comes back through one PythonSink, which wakes the calling
@@ -21,7 +22,9 @@ import asyncio
 import collections
 import itertools
 import json
+import queue
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -113,7 +116,8 @@ class _Calls:
         self._tags = itertools.count(1)
 
     def submit(self, runner, request, done) -> _core.CancelFlag:
-        """Submits `request` to `runner`'s core model; `done(response)` on a core thread."""
+        """Submits `request` to `runner`'s core model; `done(response, final)` on a core thread,
+        once per response (a decoupled model may send several before its final one)."""
         tag = next(self._tags)
         cancel = _core.CancelFlag()
         self._pending[tag] = done
@@ -121,7 +125,7 @@ class _Calls:
             runner.model.submit(
                 tag, self._sink, [_input(t) for t in request.inputs()], request.request_id(),
                 [(name, 0) for name in request.requested_output_names()],
-                _parameters(request.parameters()), 0, int(request.timeout() or 0), cancel,
+                _parameters(request.parameters()), 0, int(request.timeout() or 0), cancel, "",
                 _correlation(request.correlation_id()), int(request.flags() or 0))
         except BaseException:
             del self._pending[tag]
@@ -129,30 +133,29 @@ class _Calls:
         return cancel
 
     def _deliver(self, results: list) -> None:  # a core thread, GIL held
-        for tag, outputs, error in results:
-            done = self._pending.pop(tag, None)
+        for tag, outputs, error, final in results:
+            done = self._pending.pop(tag, None) if final else self._pending.get(tag)
             if done is not None:
-                done(_response(outputs, error))
+                done(_response(outputs, error), final)
 
 
-_CALLS: _Calls | None = None
+_CALLS = _Calls()  # lives as long as the process: the core holds its sink
 
 
-def _calls() -> _Calls:
-    global _CALLS
-    if _CALLS is None:
-        _CALLS = _Calls()
-    return _CALLS
-
-
-def _target(request):
+def _target(request, decoupled: bool):
     """The (name, version) and runner the request names, or Triton's refusal as a
-    ServerError."""
+    ServerError (a decoupled model called without `decoupled=True` included)."""
     if _manager is None:
         raise ServerError("BLS requests are served only inside a running pyserve server",
                           ErrorCode.UNAVAILABLE)
     version = request.model_version()
     entry = _manager.get(request.model_name(), str(version) if version > 0 else "")
+    if entry.runner.decoupled and not decoupled:
+        raise ServerError(
+            f"Model {entry.name} is using the decoupled. The current BLS request call doesn't "
+            "support models using the decoupled transaction policy. Please use "
+            "'decoupled=True' argument to the 'exec' or 'async_exec' calls for decoupled "
+            "models.'", ErrorCode.INVALID_ARG)
     return (entry.name, entry.version), entry.runner
 
 
@@ -170,7 +173,7 @@ def execute(request):
     """InferenceRequest.exec(): the response (its error set when the call failed)."""
     caller = getattr(_local, "caller", None)
     try:
-        target, runner = _target(request)
+        target, runner = _target(request, decoupled=False)
     except ServerError as e:
         return _error_response(e.message, e.code)
     refused = _refusal(caller, target)
@@ -179,13 +182,13 @@ def execute(request):
     finished = threading.Event()
     box = []
 
-    def done(response):
+    def done(response, final):
         box.append(response)
         finished.set()
 
     _WAITS.wait(caller, target)
     try:
-        cancel = _calls().submit(runner, request, done)
+        cancel = _CALLS.submit(runner, request, done)
         timeout_us = int(request.timeout() or 0)
         if not finished.wait(timeout_us / 1e6 if timeout_us else None):
             cancel.set()
@@ -197,14 +200,14 @@ def execute(request):
     return box[0]
 
 
-def execute_async(request) -> asyncio.Future:
-    """InferenceRequest.async_exec(): a future of the response, on the running event loop
-    (an `async def execute`'s)."""
+def execute_async(request, decoupled: bool = False) -> asyncio.Future:
+    """InferenceRequest.async_exec(): a future of the response (with `decoupled`, of the list
+    of responses), on the running event loop (an `async def execute`'s)."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     caller = getattr(_local, "caller", None)
     try:
-        target, runner = _target(request)
+        target, runner = _target(request, decoupled)
     except ServerError as e:
         future.set_result(_error_response(e.message, e.code))
         return future
@@ -212,18 +215,21 @@ def execute_async(request) -> asyncio.Future:
     if refused is not None:
         future.set_result(refused)
         return future
+    responses = []
 
-    def resolve(response):
+    def resolve(result):
         if not future.done():
-            future.set_result(response)
+            future.set_result(result)
 
-    def done(response):  # a core thread
-        _WAITS.done(caller, target)
-        loop.call_soon_threadsafe(resolve, response)
+    def done(response, final):  # a core thread
+        responses.append(response)
+        if final:
+            _WAITS.done(caller, target)
+            loop.call_soon_threadsafe(resolve, responses if decoupled else response)
 
     _WAITS.wait(caller, target)
     try:
-        cancel = _calls().submit(runner, request, done)
+        cancel = _CALLS.submit(runner, request, done)
     except ServerError as e:
         _WAITS.done(caller, target)
         future.set_result(_error_response(e.message, e.code))
@@ -240,14 +246,48 @@ def execute_async(request) -> asyncio.Future:
 
 
 def execute_decoupled(request):
-    """exec(decoupled=True): the responses of a decoupled model, as an iterator."""
-    raise NotImplementedError("BLS calls to decoupled models (exec(decoupled=True)) are not "
-                              "supported by pyserve yet")
+    """exec(decoupled=True): an iterator of the target's responses as they arrive; the last
+    may be empty (a final flag sent on its own), as in Triton."""
+    caller = getattr(_local, "caller", None)
+    try:
+        target, runner = _target(request, decoupled=True)
+    except ServerError as e:
+        return iter([_error_response(e.message, e.code)])
+    refused = _refusal(caller, target)
+    if refused is not None:
+        return iter([refused])
+    arrived: queue.SimpleQueue = queue.SimpleQueue()
+    _WAITS.wait(caller, target)
+    try:
+        cancel = _CALLS.submit(runner, request, lambda *answer: arrived.put(answer))
+    except ServerError as e:
+        _WAITS.done(caller, target)
+        return iter([_error_response(e.message, e.code)])
+
+    def responses():
+        timeout_us = int(request.timeout() or 0)
+        deadline = time.monotonic() + timeout_us / 1e6 if timeout_us else None
+        try:
+            while True:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                try:
+                    response, final = arrived.get(timeout=left)
+                except queue.Empty:
+                    cancel.set()
+                    yield _error_response("Request timeout expired", ErrorCode.UNAVAILABLE)
+                    return
+                yield response
+                if final:
+                    return
+        finally:
+            _WAITS.done(caller, target)
+
+    return responses()
 
 
-def execute_decoupled_async(request):
-    raise NotImplementedError("BLS calls to decoupled models (async_exec(decoupled=True)) are "
-                              "not supported by pyserve yet")
+def execute_decoupled_async(request) -> asyncio.Future:
+    """async_exec(decoupled=True): a future of the list of the target's responses."""
+    return execute_async(request, decoupled=True)
 
 
 # --- conversions --------------------------------------------------------------------------
@@ -275,6 +315,8 @@ def _response(outputs, error):
 
     if error is not None:
         return _error_response(error[1], ErrorCode(error[0]))
+    if outputs is None:  # a decoupled model's final flag, sent on its own
+        return pb_utils.InferenceResponse()
     return pb_utils.InferenceResponse(
         [pb_utils.Tensor._wrap(name, array, config_type(datatype))
          for name, datatype, array in outputs])

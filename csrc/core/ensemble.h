@@ -48,9 +48,8 @@ class EnsembleScheduler : public RequestScheduler, private ResponseSink {
   bool Stop(double timeout_seconds = -1) override;
   bool Stopping() const override { return stopping_.load(std::memory_order_seq_cst); }
 
-  struct Context;
-
  private:
+  struct Context;
   struct Plan {  // a step, resolved to tensor indices
     std::string model_name;
     std::string version;  // "" = the latest

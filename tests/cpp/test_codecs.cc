@@ -210,7 +210,8 @@ TEST(GrpcCodec, SequenceParametersSetTheCorrelationIdAndFlags) {
 TEST(JsonCodec, SequenceParametersSetTheCorrelationIdAndFlags) {
   auto decode = [](const std::string& parameters, InferRequest* request) {
     httpfront::HttpInfer infer;
-    return httpfront::DecodeInfer("{\"parameters\":" + parameters + "}", "", nullptr, &infer, request);
+    return httpfront::DecodeInfer("{\"inputs\":[],\"parameters\":" + parameters + "}", "", nullptr,
+                                  &infer, request);
   };
   InferRequest numbered;
   ASSERT_TRUE(decode(R"({"sequence_id":18446744073709551615,"sequence_start":true})", &numbered));

@@ -115,13 +115,71 @@ class TritonPythonModel:
         return responses
 """
 
+# A decoupled model: A[0, 0] responses, the i-th SUM = A + B * i, then the final flag alone.
+COUNTER = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "A").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "B").as_numpy()
+            sender = request.get_response_sender()
+            for i in range(int(a[0, 0])):
+                sender.send(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("SUM", a + b * i),
+                    pb_utils.Tensor("ERROR", np.array([""], object))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+# Calls counter with exec(decoupled=True) (B[0, 0] > 0), async_exec(decoupled=True) (B[0, 0]
+# < 0) or plain exec() (B[0, 0] == 0, refused as Triton refuses it): SUM is the responses'
+# SUMs added, ERROR names how many responses came and how many of them were empty.
+STREAM_CALLER = """import asyncio
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "A")
+            b = pb_utils.get_input_tensor_by_name(request, "B")
+            call = pb_utils.InferenceRequest(model_name="counter", inputs=[a, b],
+                                             requested_output_names=["SUM", "ERROR"])
+            mode = b.as_numpy()[0, 0]
+            if mode > 0:
+                answers = list(call.exec(decoupled=True))
+            elif mode < 0:
+                answers = await call.async_exec(decoupled=True)
+            else:
+                answers = [call.exec()]
+            if answers[0].has_error():
+                error = answers[0].error().message()
+            else:
+                empty = sum(not r.output_tensors() for r in answers)
+                error = f"{len(answers)} responses, {empty} empty"
+            total = sum((pb_utils.get_output_tensor_by_name(r, "SUM").as_numpy()
+                         for r in answers if r.output_tensors()), np.zeros_like(a.as_numpy()))
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("SUM", total), pb_utils.Tensor("ERROR", np.array([error], object))]))
+        return responses
+"""
+
 
 def build_repository(repository) -> None:
     write_add_sub(repository, "add_sub")
+    one_instance = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
     for name, source in (("caller", CALLER), ("async_caller", ASYNC_CALLER),
-                         ("self_caller", SELF_CALLER), ("ping", PING_PONG), ("pong", PING_PONG)):
-        write_python_model(repository, name, IO + "instance_group [ { count: 1 kind: KIND_CPU } ]\n",
-                           source, max_batch_size=8)
+                         ("self_caller", SELF_CALLER), ("ping", PING_PONG), ("pong", PING_PONG),
+                         ("stream_caller", STREAM_CALLER)):
+        write_python_model(repository, name, IO + one_instance, source, max_batch_size=8)
+    write_python_model(repository, "counter",
+                       IO + one_instance + "model_transaction_policy { decoupled: true }\n",
+                       COUNTER, max_batch_size=8)
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -172,6 +230,26 @@ def test_a_model_calling_itself_is_answered_not_deadlocked(client):
     assert error == ("BLS request from model 'self_caller' to model 'self_caller' would wait "
                      "forever: every instance on the cycle self_caller -> self_caller waits on "
                      "a BLS call")
+
+
+@pytest.mark.parametrize("mode", [1, -1], ids=["exec", "async_exec"])
+def test_a_decoupled_model_is_called_with_decoupled_true(client, mode):
+    module, c = client
+    a = np.full((1, VECTOR), 3, dtype=np.float32)
+    b = np.full((1, VECTOR), mode, dtype=np.float32)
+    total, error = call(c, module, "stream_caller", a, b)
+    assert error == "4 responses, 1 empty"  # three sent, then the final flag on its own
+    np.testing.assert_array_equal(total, a * 3 + b * 3)  # (a) + (a + b) + (a + 2b)
+
+
+def test_a_decoupled_model_called_without_decoupled_is_refused(client):
+    module, c = client
+    a = np.ones((1, VECTOR), dtype=np.float32)
+    _, error = call(c, module, "stream_caller", a, np.zeros_like(a))
+    assert error == ("Model counter is using the decoupled. The current BLS request call doesn't "
+                     "support models using the decoupled transaction policy. Please use "
+                     "'decoupled=True' argument to the 'exec' or 'async_exec' calls for "
+                     "decoupled models.'")
 
 
 def test_a_cycle_of_models_is_answered_where_it_closes(client):
