@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from pyserve import __version__, _core, host_policy, logs, restricted, tracing, triton_flags
-from pyserve.options import (COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, MetricsSettings,
-                             ServerOptions, Tls)
+from pyserve.options import (COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, LISTEN_BACKLOG,
+                             MetricsSettings, ServerOptions, Tls)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -175,6 +175,10 @@ def _network_flags(parser: argparse.ArgumentParser, host: str) -> None:
                           "in Python), "
                           "python: aiohttp serves everything, auto: native when built "
                           "(default: %(default)s)")
+    net.add_argument("--http-backlog", type=_positive, default=LISTEN_BACKLOG, metavar="N",
+                     help="HTTP: connections queued before they are accepted, for bursts of "
+                          "new ones; the kernel caps it at net.core.somaxconn "
+                          "(default: %(default)s)")
     net.add_argument("--http-thread-count", type=int, default=8, metavar="N",
                      help="native HTTP: event-loop threads serving the connections, which "
                           "they share, however many (default: %(default)s)")
@@ -315,7 +319,7 @@ _GRPC_CHANNEL_FLAGS = {
 _NETWORK = ("host", "grpc_address", "http_address", "metrics_address", "grpc_port",
             "http_port", "metrics_port", "reuse_grpc_port", "reuse_http_port", "allow_grpc",
             "allow_http", "allow_metrics", "grpc_frontend", "http_frontend",
-            "http_thread_count", "http_max_input_size", "grpc_max_message_size",
+            "http_backlog", "http_thread_count", "http_max_input_size", "grpc_max_message_size",
             "grpc_header_forward_pattern", "http_header_forward_pattern",
             "grpc_infer_response_compression_level")
 
@@ -391,6 +395,12 @@ def _compression_level(text: str) -> str:
         raise argparse.ArgumentTypeError(
             "invalid argument for --grpc_infer_response_compression_level")
     return text.lower()
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return int(text)
 
 
 def _pattern(text: str) -> str:

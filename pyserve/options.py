@@ -9,6 +9,9 @@ from pathlib import Path
 CONTROL_MODES = ("none", "poll", "explicit")
 FRONTENDS = ("auto", "native", "python")
 COMPRESSION_LEVELS = ("none", "low", "medium", "high")  # gRPC's grpc_compression_level
+# A listener's queue of connections not yet accepted: a burst past it waits on SYN retries (1 s
+# and more). As large as the system allows: the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 65535
 
 
 @dataclass
@@ -101,6 +104,7 @@ class ServerOptions:
     # gRPC and HTTP in native code (auto = when pyserve was built with it) or in Python.
     grpc_frontend: str = "auto"
     http_frontend: str = "auto"
+    http_backlog: int = LISTEN_BACKLOG  # pending connections per HTTP listener
     http_thread_count: int = 8  # native HTTP: event-loop threads (Triton's meaning and default)
 
     # Models, with tritonserver's meanings and defaults.

@@ -111,7 +111,8 @@ class Server:
             runner, port = await start_http_server(
                 self.manager, options.address("http"), options.http_port,
                 options.http_max_input_size, self.shared_memory, options.http_restricted,
-                options.http_header_forward_pattern, options.reuse_http_port, self._https)
+                options.http_header_forward_pattern, options.reuse_http_port, self._https,
+                options.http_backlog)
             self._runners.append(runner)
             return port
         runner, shell_port = await start_http_server(
@@ -122,7 +123,7 @@ class Server:
             self.manager, options.address("http"), options.http_port, shell_port,
             options.http_thread_count, options.http_max_input_size, self.shared_memory,
             options.reuse_http_port, options.http_restricted,
-            options.http_header_forward_pattern, _native_tls(options.http_tls))
+            options.http_header_forward_pattern, _native_tls(options.http_tls), options.http_backlog)
         log.info("HTTP frontend: native (Boost.Beast), other routes relayed to 127.0.0.1:%d",
                  shell_port)
         return self._http.port

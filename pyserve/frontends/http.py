@@ -29,6 +29,7 @@ from pyserve.frontends.shared_memory import (ShmRef, http_ref, input_block, no_c
                                              output_blocks)
 from pyserve.frontends.sockets import listen
 from pyserve.lifecycle import ModelManager
+from pyserve.options import LISTEN_BACKLOG
 from pyserve.runner import InputTensor, OutputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -679,7 +680,7 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
                             restricted_groups: dict[str, tuple[str, str]] | None = None,
                             header_pattern: str = "", reuse_port: bool = False,
                             ssl_context: ssl.SSLContext | None = None,
-                            ) -> tuple[web.AppRunner, int]:
+                            backlog: int = LISTEN_BACKLOG) -> tuple[web.AppRunner, int]:
     middlewares = [_restrictions(restricted_groups)] if restricted_groups else []
     app = web.Application(middlewares=[*middlewares, _refusals], client_max_size=max_input_size)
     app[MAX_INPUT_SIZE] = max_input_size
@@ -689,6 +690,7 @@ async def start_http_server(manager: ModelManager, host: str, port: int, max_inp
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            auto_decompress=False)
     await runner.setup()
-    sock = listen(host, port, reuse_port)
-    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+    sock = listen(host, port, reuse_port, backlog)
+    # The site listens again, with its own backlog.
+    await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=backlog).start()
     return runner, sock.getsockname()[1]

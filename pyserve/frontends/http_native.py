@@ -10,6 +10,7 @@ import asyncio
 
 from pyserve import _core
 from pyserve.lifecycle import ModelManager
+from pyserve.options import LISTEN_BACKLOG
 
 try:
     from pyserve import _http_server
@@ -30,7 +31,8 @@ class NativeHttpServer:
                  shared_memory: _core.SharedMemoryRegistry | None = None,
                  reuse_port: bool = False,
                  restricted_groups: dict[str, tuple[str, str]] | None = None,
-                 header_pattern: str = "", tls: dict | None = None) -> None:
+                 header_pattern: str = "", tls: dict | None = None,
+                 backlog: int = LISTEN_BACKLOG) -> None:
         # `shared_memory` must be the registry of the shell frontend it relays to, which checks
         # the restricted groups of the routes it answers; the native server checks its own.
         # `tls`: HTTPS, as _http_server.Server takes it (PEM text); the shell stays plain HTTP
@@ -40,7 +42,7 @@ class NativeHttpServer:
         self._server = _http_server.Server(manager.table, host, port, shell_port, threads,
                                            max_input_size, shared_memory, reuse_port=reuse_port,
                                            restricted=own, header_forward_pattern=header_pattern,
-                                           tls=tls)
+                                           tls=tls, backlog=backlog)
         self.port = self._server.port
 
     async def stop(self) -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import errno
 import socket
 
+from pyserve.options import LISTEN_BACKLOG
 
-def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+
+def listen(host: str, port: int, reuse_port: bool = False,
+           backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A listening TCP socket; port 0 picks a free one. `reuse_port`: other sockets that ask
-    too may listen on the port (SO_REUSEPORT)."""
+    too may listen on the port (SO_REUSEPORT); `backlog`: connections queued before accept."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pyserve.errors import ServerError
+from pyserve.options import LISTEN_BACKLOG
 from pyserve.torchserve.config import Address, TorchServeOptions
 from pyserve.torchserve.metrics import FrontendMetrics
 from pyserve.torchserve.request import (REQUEST_KEY, TorchServeError, TorchServeRequest,
@@ -825,7 +826,7 @@ async def start_site(app: web.Application, address: Address,
     await runner.setup()
     site = web.TCPSite(runner, address.host, address.port,
                        ssl_context=ssl_context if address.scheme == "https" else None,
-                       reuse_address=True)
+                       reuse_address=True, backlog=LISTEN_BACKLOG)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
     return runner, port

@@ -293,3 +293,26 @@ def test_expect_100_continue_and_head(native_server):
     connection.request("GET", "/v2/health/live")  # the connection goes on
     assert connection.getresponse().status == 200
     connection.close()
+
+
+def listen_backlog(port: int) -> int:
+    """The accept queue's length of the socket listening on `port` (ss: Send-Q)."""
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    return int(listing[2])
+
+
+@pytest.mark.skipif(subprocess.run(["which", "ss"], capture_output=True).returncode != 0,
+                    reason="needs ss (iproute2)")
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_the_listen_backlog_is_the_systems_largest_unless_asked(tmp_path, frontend):
+    if frontend == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    system = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    for extra, expected in (((), system), (("--http-backlog", "7"), 7)):
+        process = start_server([EXAMPLES], tmp_path / "server.log", "--model-control-mode",
+                               "explicit", "--http-frontend", frontend, *extra)
+        try:
+            assert listen_backlog(process.http_port) == expected
+        finally:
+            assert process.stop() == 0
