@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 
 #include "model_table.h"
 
@@ -41,23 +42,29 @@ std::string RequestLabel(const InferRequest& request) {  // Triton's LogRequest(
 
 }  // namespace
 
-// One ensemble request in flight.
+// One ensemble request in flight. A tensor holds one value per iteration: the request's
+// inputs and what steps run for them are iteration 0; each response of a decoupled step starts
+// a new iteration of its outputs, and the steps that read them run once per iteration (Triton's
+// rule, checked at load: a step reads tensors of one decoupled lineage only).
+struct EnsembleScheduler::Value {
+  bool present = false;  // false: an optional input left out, or an output a response lacked
+  TensorView view;
+  std::shared_ptr<const void> memory;  // a step output's memory; null for request inputs
+  uint32_t batch_size = 0;             // 0: the tensor has no batch dimension
+};
+
 struct EnsembleScheduler::Context {
-  struct Tensor {
-    bool ready = false;
-    bool present = false;  // an optional ensemble input the request left out is ready, absent
-    TensorView view;
-    std::shared_ptr<const void> memory;  // a step output's memory; null for request inputs
-    uint32_t batch_size = 0;             // 0: the tensor has no batch dimension
-  };
+  using Values = std::map<uint64_t, Value>;  // by iteration
 
   std::unique_ptr<InferRequest> request;
-  std::mutex mutex;  // guards what follows; tensors are written once, before their readers run
-  std::vector<Tensor> tensors;
-  std::vector<uint32_t> waiting;  // per step: inputs not yet ready
-  std::vector<uint8_t> batching;  // per step: its model batches (set before it is submitted)
-  uint32_t running = 0;           // steps submitted and not yet answered
-  Status status;                  // the first step error
+  std::shared_ptr<ResponseSender> sender;  // a decoupled ensemble's way to its client
+  std::mutex mutex;  // guards what follows; a value is written once, before its readers run
+  std::vector<Values> tensors;
+  std::vector<uint64_t> iterations;  // per tensor: the next iteration a decoupled step starts
+  std::vector<uint8_t> batching;     // per step: its model batches (set before it is submitted)
+  std::vector<uint8_t> decoupled;    // per step: its model is decoupled (likewise)
+  uint32_t running = 0;              // steps submitted and not yet finally answered
+  Status status;                     // the first step error
   bool answered = false;
   uint64_t input_ns = 0, infer_ns = 0, output_ns = 0;  // the steps' compute, summed
 };
@@ -84,7 +91,8 @@ Status EnsembleScheduler::Create(const ModelSpec& spec, std::vector<EnsembleStep
     for (const auto& [input, tensor] : step.input_map) {
       const size_t t = created->TensorIndex(tensor);
       plan.inputs.emplace_back(input, t);
-      created->consumers_[t].push_back(index);
+      std::vector<size_t>& consumers = created->consumers_[t];
+      if (consumers.empty() || consumers.back() != index) consumers.push_back(index);
     }
     for (const auto& [output, tensor] : step.output_map) {
       plan.outputs.emplace_back(output, created->TensorIndex(tensor));
@@ -111,48 +119,45 @@ Status EnsembleScheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
   }
   auto context = std::make_shared<Context>();
   context->tensors.resize(tensor_names_.size());
+  context->iterations.resize(tensor_names_.size());
   context->batching.resize(steps_.size());
-  for (const Plan& plan : steps_) context->waiting.push_back(static_cast<uint32_t>(plan.inputs.size()));
+  context->decoupled.resize(steps_.size());
   request->enqueue_ns = SteadyNowNs();
   const uint32_t batch_size = spec_.max_batch_size > 0 ? request->batch_size : 0;
+  std::vector<Value> inputs(inputs_.size());  // absent unless the request has it
   for (const TensorView& input : request->inputs) {  // the model checked the names
-    for (size_t index : inputs_) {
-      if (tensor_names_[index] != input.name) continue;
-      Context::Tensor& tensor = context->tensors[index];
-      tensor.present = true;
-      tensor.view = input;
-      tensor.batch_size = batch_size;
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      if (tensor_names_[inputs_[i]] == input.name) inputs[i] = {true, input, nullptr, batch_size};
     }
   }
-  std::vector<size_t> ready;
-  for (size_t index : inputs_) {
-    context->tensors[index].ready = true;
-    for (size_t step : consumers_[index]) {
-      if (--context->waiting[step] == 0) ready.push_back(step);
-    }
-  }
+  if (spec_.decoupled) context->sender = responder_->OpenSender(*request);
   inflight_.fetch_add(1, std::memory_order_acq_rel);
   context->request = std::move(request);
-  context->running = static_cast<uint32_t>(ready.size());
+  Steps ready;
+  {
+    std::lock_guard<std::mutex> lock(context->mutex);
+    for (size_t i = 0; i < inputs_.size(); ++i) Store(*context, inputs_[i], 0, inputs[i], &ready);
+    context->running = static_cast<uint32_t>(ready.size());
+  }
   Launch(context, ready);
   FinishIfDone(context);
   return Status::OK();
 }
 
-void EnsembleScheduler::Launch(const std::shared_ptr<Context>& context,
-                               const std::vector<size_t>& steps) {
-  for (size_t step : steps) {
-    Status status = Submit(context, step);
+void EnsembleScheduler::Launch(const std::shared_ptr<Context>& context, const Steps& steps) {
+  for (const auto& [step, iteration] : steps) {
+    Status status = Submit(context, step, iteration);
     if (status.ok()) continue;
     {
       std::lock_guard<std::mutex> lock(context->mutex);
-      StepDone(*context, step, nullptr, status);
+      StepDone(*context, step, iteration, nullptr, status);
     }
     FinishIfDone(context);
   }
 }
 
-Status EnsembleScheduler::Submit(const std::shared_ptr<Context>& context, size_t step) {
+Status EnsembleScheduler::Submit(const std::shared_ptr<Context>& context, size_t step,
+                                 uint64_t iteration) {
   const Plan& plan = steps_[step];
   std::shared_ptr<const ModelTable> table = table_.lock();
   std::shared_ptr<Model> model = table ? table->Find(plan.model_name, plan.version) : nullptr;
@@ -164,29 +169,35 @@ Status EnsembleScheduler::Submit(const std::shared_ptr<Context>& context, size_t
   }
   const ModelSpec& spec = model->spec();
   const bool batching = spec.max_batch_size > 0;
-  context->batching[step] = batching;
-  const InferRequest& original = *context->request;  // kept until every step has answered
   auto request = std::make_unique<InferRequest>();
-  request->id = step;
-  request->sink = this;
-  request->owner = context;
-  request->request_id = original.request_id;
-  request->parameters = original.parameters;
-  request->priority = original.priority;
-  request->timeout_us = original.timeout_us;
-  request->correlation_id = original.correlation_id;
-  request->flags = original.flags;
-  request->cancelled = original.cancelled;
-  for (const auto& [input, index] : plan.inputs) {
-    const Context::Tensor& tensor = context->tensors[index];
-    if (!tensor.present) continue;  // an optional input left out: the step's is optional too
-    TensorView view = tensor.view;
-    view.name = input;
-    if (const TensorSpec* config = spec.FindInput(input)) {
-      view.shape = StepShape(config->dims, batching, tensor.batch_size, view.shape);
+  {
+    // Other iterations' values may be stored meanwhile: the tensors are read under the lock,
+    // the request submitted without it (a refusal comes straight back through Deliver).
+    std::lock_guard<std::mutex> lock(context->mutex);
+    context->batching[step] = batching;
+    context->decoupled[step] = spec.decoupled;
+    const InferRequest& original = *context->request;  // kept until every step has answered
+    request->id = iteration * steps_.size() + step;
+    request->sink = this;
+    request->owner = context;
+    request->request_id = original.request_id;
+    request->parameters = original.parameters;
+    request->priority = original.priority;
+    request->timeout_us = original.timeout_us;
+    request->correlation_id = original.correlation_id;
+    request->flags = original.flags;
+    request->cancelled = original.cancelled;
+    for (const auto& [input, index] : plan.inputs) {
+      const Value& tensor = context->tensors[index].at(iteration);
+      if (!tensor.present) continue;  // left out or not answered: the step's input is optional
+      TensorView view = tensor.view;
+      view.name = input;
+      if (const TensorSpec* config = spec.FindInput(input)) {
+        view.shape = StepShape(config->dims, batching, tensor.batch_size, view.shape);
+      }
+      request->inputs.push_back(std::move(view));
+      if (tensor.memory) request->held.push_back(tensor.memory);
     }
-    request->inputs.push_back(std::move(view));
-    if (tensor.memory) request->held.push_back(tensor.memory);
   }
   for (const auto& [output, index] : plan.outputs) {
     request->outputs.push_back(RequestedOutput{output, 0, nullptr});
@@ -197,52 +208,84 @@ Status EnsembleScheduler::Submit(const std::shared_ptr<Context>& context, size_t
 void EnsembleScheduler::Deliver(std::vector<Completion>& completions) {
   for (Completion& completion : completions) {
     auto context = std::static_pointer_cast<Context>(completion.owner);
-    std::vector<size_t> ready;
+    Steps ready;
     {
       std::lock_guard<std::mutex> lock(context->mutex);
-      ready = StepDone(*context, completion.tag, &completion, Status::OK());
+      ready = StepDone(*context, completion.tag % steps_.size(), completion.tag / steps_.size(),
+                       &completion, Status::OK());
     }
     Launch(context, ready);
     FinishIfDone(context);
   }
 }
 
-std::vector<size_t> EnsembleScheduler::StepDone(Context& context, size_t step,
-                                                Completion* completion, const Status& refusal) {
-  if (completion != nullptr && !completion->final) {  // a decoupled step's responses
-    if (context.status.ok()) {
-      context.status = Status(StatusCode::kUnsupported,
-                              "model '" + steps_[step].model_name +
-                                  "' is decoupled: pyserve's ensembles take one response per step");
-    }
-    return {};  // its final completion ends the step
-  }
-  --context.running;
+EnsembleScheduler::Steps EnsembleScheduler::StepDone(Context& context, size_t step,
+                                                     uint64_t iteration, Completion* completion,
+                                                     const Status& refusal) {
+  if (completion == nullptr || completion->final) --context.running;
   const Status& status = completion != nullptr ? completion->response.status : refusal;
   if (!status.ok() && context.status.ok()) context.status = status;
-  if (!context.status.ok()) return {};  // failed: no further steps
+  // Failed: no further steps. A decoupled step's bare final flag carries nothing.
+  if (!context.status.ok() || completion == nullptr || completion->empty) return {};
   const BatchTimes& times = completion->times;
   context.input_ns += Span(times.input_start, times.infer_start);
   context.infer_ns += Span(times.infer_start, times.infer_end);
   context.output_ns += Span(times.infer_end, SteadyNowNs());
-  std::vector<size_t> ready;
-  for (OutputTensor& output : completion->response.outputs) {
-    for (const auto& [name, index] : steps_[step].outputs) {
-      if (name != output.name) continue;
-      Context::Tensor& tensor = context.tensors[index];
-      if (tensor.ready) continue;
-      tensor.ready = tensor.present = true;
-      tensor.view = TensorView{"", output.dtype, output.shape, output.data, output.byte_size};
-      tensor.memory = output.memory;
-      tensor.batch_size =
+  const bool decoupled = context.decoupled[step];
+  Steps ready;
+  for (const auto& [name, index] : steps_[step].outputs) {
+    Value value;
+    for (const OutputTensor& output : completion->response.outputs) {
+      if (output.name != name) continue;
+      const uint32_t batch_size =
           context.batching[step] ? static_cast<uint32_t>(output.shape.empty() ? 1 : output.shape[0]) : 0;
-      for (size_t next : consumers_[index]) {
-        if (--context.waiting[next] == 0) ready.push_back(next);
-      }
+      value = {true, TensorView{"", output.dtype, output.shape, output.data, output.byte_size},
+               output.memory, batch_size};
     }
+    // A response's outputs share an iteration, so a decoupled step's missing ones are stored
+    // absent; another step's leave their readers waiting (the ensemble then fails, as Triton).
+    if (!value.present && !decoupled) continue;
+    Store(context, index, decoupled ? context.iterations[index]++ : iteration, value, &ready);
   }
   context.running += static_cast<uint32_t>(ready.size());
   return ready;
+}
+
+void EnsembleScheduler::Store(Context& context, size_t tensor, uint64_t iteration,
+                              const Value& value, Steps* ready) {
+  context.tensors[tensor].emplace(iteration, value);
+  for (size_t step : consumers_[tensor]) {
+    const auto& inputs = steps_[step].inputs;
+    if (std::all_of(inputs.begin(), inputs.end(), [&](const auto& input) {
+          return context.tensors[input.second].count(iteration) != 0;
+        })) {
+      ready->emplace_back(step, iteration);
+    }
+  }
+  if (context.sender && context.status.ok() &&
+      std::find(outputs_.begin(), outputs_.end(), tensor) != outputs_.end()) {
+    Respond(context, iteration);
+  }
+}
+
+bool EnsembleScheduler::CollectOutputs(const Context& context, uint64_t iteration,
+                                       std::vector<OutputTensor>* outputs) const {
+  for (size_t index : outputs_) {
+    auto found = context.tensors[index].find(iteration);
+    if (found == context.tensors[index].end()) return false;
+    const Value& tensor = found->second;
+    if (!tensor.present) return false;
+    outputs->push_back(OutputTensor{tensor_names_[index], tensor.view.dtype, tensor.view.shape,
+                                    tensor.memory, tensor.view.data, tensor.view.byte_size,
+                                    false});
+  }
+  return true;
+}
+
+void EnsembleScheduler::Respond(Context& context, uint64_t iteration) {
+  std::vector<OutputTensor> outputs;
+  // Sent under the context's lock: responses go out one at a time, the final one last.
+  if (CollectOutputs(context, iteration, &outputs)) context.sender->Send(&outputs, Status::OK(), false);
 }
 
 void EnsembleScheduler::FinishIfDone(const std::shared_ptr<Context>& context) {
@@ -260,20 +303,16 @@ void EnsembleScheduler::FinishIfDone(const std::shared_ptr<Context>& context) {
     input_ns = context->input_ns;
     infer_ns = context->infer_ns;
     output_ns = context->output_ns;
-    for (size_t index : outputs_) {
-      const Context::Tensor& tensor = context->tensors[index];
-      if (!tensor.present) {
-        if (status.ok()) {
-          status = Status(StatusCode::kInvalidArg,
-                          RequestLabel(*request) +
-                              "unexpected deadlock, at least one output is not set while no "
-                              "more ensemble steps can be made");
-        }
-        break;
-      }
-      outputs.batch.push_back(OutputTensor{tensor_names_[index], tensor.view.dtype,
-                                           tensor.view.shape, tensor.memory, tensor.view.data,
-                                           tensor.view.byte_size, false});
+    if (!status.ok()) {
+      status = Status(status.code(), "in ensemble '" + name_ + "', " + status.message());
+    }
+    if (context->sender) {  // decoupled: its responses went out as they were ready
+      context->sender->Send(nullptr, status, true);
+    } else if (status.ok() && !CollectOutputs(*context, 0, &outputs.batch)) {
+      status = Status(StatusCode::kInvalidArg,
+                      "in ensemble '" + name_ + "', " + RequestLabel(*request) +
+                          "unexpected deadlock, at least one output is not set while no more "
+                          "ensemble steps can be made");
     }
   }
   const uint64_t now = SteadyNowNs();
@@ -300,14 +339,15 @@ void EnsembleScheduler::FinishIfDone(const std::shared_ptr<Context>& context) {
       stats_.fail.Add(total_ns);
     }
   }
-  if (status.ok()) {
-    Batch batch;
-    batch.requests.push_back(std::move(request));
-    batch.times.input_start = batch.times.infer_start = batch.times.infer_end = now;
-    responder_->Respond(batch, outputs);
-  } else {
-    responder_->Reject({request.get()},
-                       Status(status.code(), "in ensemble '" + name_ + "', " + status.message()));
+  if (!context->sender) {  // a decoupled ensemble has answered through it
+    if (status.ok()) {
+      Batch batch;
+      batch.requests.push_back(std::move(request));
+      batch.times.input_start = batch.times.infer_start = batch.times.infer_end = now;
+      responder_->Respond(batch, outputs);
+    } else {
+      responder_->Reject({request.get()}, status);
+    }
   }
   Finished();
 }

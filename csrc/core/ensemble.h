@@ -49,6 +49,7 @@ class EnsembleScheduler : public RequestScheduler, private ResponseSink {
   bool Stopping() const override { return stopping_.load(std::memory_order_seq_cst); }
 
  private:
+  struct Value;  // a tensor's value in one iteration
   struct Context;
   struct Plan {  // a step, resolved to tensor indices
     std::string model_name;
@@ -57,18 +58,28 @@ class EnsembleScheduler : public RequestScheduler, private ResponseSink {
     std::vector<std::pair<std::string, size_t>> outputs;
   };
 
+  using Steps = std::vector<std::pair<size_t, uint64_t>>;  // (step, iteration) to run
+
   EnsembleScheduler() = default;
   size_t TensorIndex(const std::string& name);
   // Submits the steps (their inputs are ready); a step refused at the door fails the ensemble.
-  void Launch(const std::shared_ptr<Context>& context, const std::vector<size_t>& steps);
-  Status Submit(const std::shared_ptr<Context>& context, size_t step);
+  void Launch(const std::shared_ptr<Context>& context, const Steps& steps);
+  Status Submit(const std::shared_ptr<Context>& context, size_t step, uint64_t iteration);
   // Step completions (the step models' threads).
   void Deliver(std::vector<Completion>& completions) override;
-  // A step ended (its response, or its refusal): returns the steps it made ready. With the
-  // context's lock held.
-  std::vector<size_t> StepDone(Context& context, size_t step, Completion* completion,
-                               const Status& refusal);
-  // Answers the ensemble request when its outputs are in or its steps are done.
+  // The methods below run with the context's lock held.
+  // A step answered (a response, its final one, or its refusal): returns the steps it made
+  // ready.
+  Steps StepDone(Context& context, size_t step, uint64_t iteration, Completion* completion,
+                 const Status& refusal);
+  // Stores a tensor's value of an iteration, adding the steps it makes ready; a decoupled
+  // ensemble answers each iteration whose outputs are all in.
+  void Store(Context& context, size_t tensor, uint64_t iteration,
+             const Value& value, Steps* ready);
+  bool CollectOutputs(const Context& context, uint64_t iteration,
+                      std::vector<OutputTensor>* outputs) const;
+  void Respond(Context& context, uint64_t iteration);
+  // Answers the ensemble request once its steps are done (a decoupled one: its final flag).
   void FinishIfDone(const std::shared_ptr<Context>& context);
   void Finished();
 

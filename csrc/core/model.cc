@@ -176,17 +176,16 @@ struct Model::State : public ModelResponder,
 
   // The backend answers each request through its sender; what Compute returns only says
   // whether execute failed, which ends the requests it has not ended.
+  std::shared_ptr<ResponseSender> OpenSender(InferRequest& request) override {
+    request.answered.store(true, std::memory_order_release);  // the sender answers it
+    auto sender = std::make_shared<ResponseSender>(shared_from_this(), request);
+    std::lock_guard<std::mutex> lock(senders_mutex);
+    open_senders.emplace(sender.get(), sender);
+    return sender;
+  }
+
   Status ExecuteDecoupled(Batch& batch) {
-    auto self = shared_from_this();
-    for (auto& request : batch.requests) {
-      request->answered.store(true, std::memory_order_release);  // the sender answers it
-      auto sender = std::make_shared<ResponseSender>(self, *request);
-      {
-        std::lock_guard<std::mutex> lock(senders_mutex);
-        open_senders.emplace(sender.get(), sender);
-      }
-      batch.senders.push_back(std::move(sender));
-    }
+    for (auto& request : batch.requests) batch.senders.push_back(OpenSender(*request));
     BatchOutputs outputs;
     Status status = Compute(batch, &outputs);
     if (batch.times.infer_end == 0) batch.times.infer_end = SteadyNowNs();

@@ -13,6 +13,7 @@
 #include "model_spec.h"
 #include "request.h"
 #include "response.h"
+#include "response_sender.h"
 #include "scheduler.h"
 #include "stats.h"
 #include "status.h"
@@ -35,6 +36,9 @@ class BatchCompute {
 class ModelResponder : public Executor {
  public:
   virtual void Respond(Batch& batch, const BatchOutputs& outputs) = 0;
+  // A decoupled version's way to answer `request` any number of times (an ensemble with a
+  // decoupled step): the request is in flight until the sender's final response.
+  virtual std::shared_ptr<ResponseSender> OpenSender(InferRequest& request) = 0;
 };
 
 // Makes a version's RequestScheduler, which answers through `responder`.

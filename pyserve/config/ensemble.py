@@ -3,7 +3,9 @@
 `validate_data_flow` is ValidateEnsembleSchedulingConfig's graph part (every tensor produced
 once, every output written, nothing unused), made when the config is read;
 `validate_composition` is ValidateEnsembleConfig, made once the composing models are loaded
-(every step's tensors exist in its model, every input mapped once, types and shapes agree).
+(every step's tensors exist in its model, every input mapped once, types and shapes agree, a
+step reads tensors of one decoupled lineage only); an ensemble with a decoupled step becomes
+decoupled itself, as in Triton.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def _consistent(known: _Node, new: _Node, prefix: str) -> None:
 
 
 def validate_composition(config: pb.ModelConfig, composing: dict[str, pb.ModelConfig]) -> None:
-    """Triton's ValidateEnsembleConfig: `composing` holds each step model's served config."""
+    """Triton's ValidateEnsembleConfig: `composing` holds each step model's served config.
+    Marks `config` decoupled when one of its steps is."""
     name = config.name
     batching = config.max_batch_size > 0
     tensors: dict[str, _Node] = {}
@@ -170,6 +173,31 @@ def validate_composition(config: pb.ModelConfig, composing: dict[str, pb.ModelCo
                 f"contains model {step.model_name} which only allows maximum batch size to be "
                 f"{model.max_batch_size}")
         _validate_mapping(name, step, model, tensors)
+    if _decoupled_flow(config, composing):
+        config.model_transaction_policy.decoupled = True
+
+
+def _decoupled_flow(config: pb.ModelConfig, composing: dict[str, pb.ModelConfig]) -> bool:
+    """Whether a step is decoupled. Each response of a decoupled step runs the steps after it
+    once, so a step may read only tensors of one lineage: the ensemble's inputs, or what one
+    decoupled step's responses led to (Triton's labels, with its text)."""
+    lineage = {model_input.name: 0 for model_input in config.input}
+    lineages = 0
+    pending = list(config.ensemble_scheduling.step)
+    while step := next((s for s in pending if all(t in lineage for t in s.input_map.values())),
+                       None):
+        pending.remove(step)
+        origins = {lineage[t] for t in step.input_map.values()}
+        if len(origins) > 1:
+            raise ConfigError(f"in ensemble {config.name}, step of model '{step.model_name}' "
+                              "receives inputs originated from different decoupled models")
+        if composing[step.model_name].model_transaction_policy.decoupled:
+            lineages += 1
+            origins = {lineages}
+        own = origins.pop() if origins else 0
+        for tensor in step.output_map.values():
+            lineage[tensor] = own
+    return lineages > 0
 
 
 def _validate_mapping(ensemble: str, step, model: pb.ModelConfig,

@@ -3,11 +3,13 @@
 // step errors with Triton's prefix, and statistics.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "ensemble.h"
@@ -219,4 +221,119 @@ TEST(Ensemble, StatisticsCountEnsembleRequestsAndSumTheirSteps) {
   EXPECT_EQ(f.ensemble->Counts().success, 3u);
   EXPECT_TRUE(f.ensemble->Stop());
   EXPECT_EQ(f.ensemble->scheduler().InflightCount(), 0u);
+}
+
+namespace {
+
+// A decoupled step: three responses per request, Y = X + 10 i, sent from a thread of its own
+// after execute has returned, then the final flag alone.
+class FanOut : public BatchCompute {
+ public:
+  Status Compute(Batch& batch, BatchOutputs*) override {
+    for (size_t r = 0; r < batch.requests.size(); ++r) {
+      const float* x = reinterpret_cast<const float*>(batch.requests[r]->inputs[0].data);
+      std::vector<float> base(x, x + 4);
+      threads.emplace_back([sender = batch.senders[r], base] {
+        for (int i = 0; i < 3; ++i) {
+          auto memory = std::shared_ptr<float>(new float[4], std::default_delete<float[]>());
+          for (int k = 0; k < 4; ++k) memory.get()[k] = base[k] + 10 * i;
+          OutputTensor y{"Y", DataType::kFp32, {4}, memory,
+                         reinterpret_cast<const uint8_t*>(memory.get()), 16, false};
+          std::vector<OutputTensor> outputs{y};
+          EXPECT_OK(sender->Send(&outputs, Status::OK(), false));
+        }
+        EXPECT_OK(sender->Send(nullptr, Status::OK(), true));
+      });
+    }
+    return Status::OK();
+  }
+  ~FanOut() override {
+    for (auto& t : threads) t.join();
+  }
+  std::vector<std::thread> threads;
+};
+
+class CompletionSink : public ResponseSink {
+ public:
+  void Deliver(std::vector<Completion>& completions) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Completion& c : completions) completions_.push_back(std::move(c));
+    cv_.notify_all();
+  }
+  std::vector<Completion> UntilFinal() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] {
+      return !completions_.empty() && completions_.back().final;
+    });
+    return std::move(completions_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<Completion> completions_;
+};
+
+}  // namespace
+
+TEST(Ensemble, ADecoupledStepsResponsesEachRunTheStepsAfterIt) {
+  auto table = std::make_shared<ModelTable>();
+  std::shared_ptr<Model> fan, add_one, ensemble;
+  ModelSpec fan_spec;
+  fan_spec.name = "fan";
+  fan_spec.version = 1;
+  fan_spec.inputs = {Fp32("X")};
+  fan_spec.outputs = {Fp32("Y")};
+  fan_spec.decoupled = true;
+  SchedulerOptions options;
+  options.model_name = "fan";
+  auto fan_compute = std::make_shared<FanOut>();
+  ASSERT_OK(Model::Create(fan_spec, options, fan_compute, &fan));
+  ModelSpec add_spec = fan_spec;
+  add_spec.name = options.model_name = "add_one";
+  add_spec.decoupled = false;
+  ASSERT_OK(Model::Create(add_spec, options, std::make_shared<AddOne>(), &add_one));
+  table->Publish("fan", {fan});
+  table->Publish("add_one", {add_one});
+  ModelSpec spec;
+  spec.name = "fan_then_add";
+  spec.version = 1;
+  spec.inputs = {Fp32("IN")};
+  spec.outputs = {Fp32("OUT")};
+  spec.decoupled = true;  // as the shell marks an ensemble with a decoupled step
+  std::vector<EnsembleStep> steps = {{"fan", -1, {{"X", "IN"}}, {{"Y", "mid"}}},
+                                     {"add_one", -1, {{"X", "mid"}}, {{"Y", "OUT"}}}};
+  std::weak_ptr<const ModelTable> models = table;
+  ASSERT_OK(Model::Create(
+      spec,
+      [&](std::shared_ptr<ModelResponder> responder, std::unique_ptr<RequestScheduler>* out) {
+        return EnsembleScheduler::Create(spec, steps, models, responder, out);
+      },
+      &ensemble));
+
+  CompletionSink sink;
+  const float values[4] = {1, 2, 3, 4};
+  auto request = std::make_unique<InferRequest>();
+  request->sink = &sink;
+  request->inputs.push_back(TensorView{"IN", DataType::kFp32, {4},
+                                       reinterpret_cast<const uint8_t*>(values), 16});
+  ASSERT_OK(ensemble->Submit(request));
+  std::vector<Completion> completions = sink.UntilFinal();
+  ASSERT_EQ(completions.size(), 4u);  // one response per fanned-out value, then the final flag
+  std::vector<float> firsts;
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_OK(completions[i].response.status);
+    EXPECT_FALSE(completions[i].final);
+    ASSERT_EQ(completions[i].response.outputs.size(), 1u);
+    const float* out = reinterpret_cast<const float*>(completions[i].response.outputs[0].data);
+    EXPECT_EQ(out[3] - out[0], 3);
+    firsts.push_back(out[0]);
+  }
+  std::sort(firsts.begin(), firsts.end());
+  EXPECT_EQ(firsts, (std::vector<float>{2, 12, 22}));  // X + 10 i + 1
+  EXPECT_TRUE(completions[3].final && completions[3].empty);
+  ensemble->Stop();
+  fan->Stop();
+  add_one->Stop();
+  EXPECT_EQ(ensemble->Counts().success, 1u);
 }

@@ -131,6 +131,7 @@ TEST(ResponseSender, ResponsesFromAnotherThreadThenOneFinal) {
     EXPECT_EQ(ValueOf(completions[i].response.outputs[0]), i);
   }
   EXPECT_TRUE(completions[3].final && completions[3].empty);
+  EXPECT_TRUE(model->Stop(5));  // the batch's execute may still be returning
   EXPECT_EQ(model->InflightCount(), 0u);
   EXPECT_EQ(model->Counts().success, 1u);
   // Closed: nothing more goes out.

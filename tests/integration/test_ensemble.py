@@ -88,8 +88,34 @@ PIPELINE = (f'input [ {{ name: "A" {FP32} }}, {{ name: "B" {FP32} }} ]\n'
             + ", " + step("scale", {"X": "sum"}, {"Y": "DOUBLED"}) + " ] }\n")
 
 
+# A decoupled model: X[0, 0] responses, the i-th Y = X + 10 i, then the final flag alone.
+FAN = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            sender = request.get_response_sender()
+            for i in range(int(x[0, 0])):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 10 * i)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+# fanned: A -> fan (decoupled) -> each response -> scale -> OUT: decoupled itself.
+FANNED = (f'input [ {{ name: "A" {FP32} }} ]\noutput [ {{ name: "OUT" {FP32} }} ]\n'
+          "ensemble_scheduling { step [ " + step("fan", {"X": "A"}, {"Y": "fanned"}) + ", "
+          + step("scale", {"X": "fanned"}, {"Y": "OUT"}) + " ] }\n")
+
+
 def build_repository(repository: Path) -> None:
     write_add_sub(repository, "add_sub")
+    write_python_model(repository, "fan", f'input [ {{ name: "X" {FP32} }} ]\n'
+                       f'output [ {{ name: "Y" {FP32} }} ]\n'
+                       "model_transaction_policy { decoupled: true }\n", FAN, max_batch_size=8)
+    write_ensemble(repository, "fanned", FANNED)
     # Batches of 4 form at once; fewer wait 5 s: the batching test's four requests meet.
     write_add_sub(repository, "add_sub_batched",
                   "dynamic_batching { preferred_batch_size: [ 4 ] "
@@ -226,6 +252,35 @@ def test_failed_ensemble_is_counted_as_a_failure(server):
         assert after == before + 1
 
 
+def test_a_decoupled_steps_responses_each_run_the_steps_after_it(server):
+    """fanned's first step answers three times: scale runs once per response, and the ensemble,
+    decoupled as its step is, streams one response each, then the final flag."""
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        assert c.get_model_config("fanned").config.model_transaction_policy.decoupled
+        results: queue.Queue = queue.Queue()
+        c.start_stream(lambda result, error: results.put((result, error)))
+        a = np.full((1, VECTOR), 3, dtype=np.float32)
+        c.async_stream_infer("fanned", [tensor(grpcclient, "A", a, "FP32")], request_id="f",
+                             enable_empty_final_response=True)
+        outs = []
+        while True:
+            result, error = results.get(timeout=30)
+            assert error is None
+            response = result.get_response()
+            assert response.id == "f" and response.model_name == "fanned"
+            if response.parameters["triton_final_response"].bool_param:
+                assert response.outputs == []
+                break
+            outs.append(result.as_numpy("OUT"))
+        c.stop_stream()
+        # The responses may arrive in any order: each is (X + 10 i) * 2.
+        assert sorted(float(o[0, 0]) for o in outs) == [6, 26, 46]
+        with pytest.raises(InferenceServerException) as refused:
+            c.infer("fanned", [tensor(grpcclient, "A", a, "FP32")])
+        assert refused.value.message() == ("ModelInfer RPC doesn't support models with decoupled "
+                                           "transaction policy")
+
+
 def test_ensemble_metadata_and_config(server):
     with httpclient.InferenceServerClient(server.http_url) as c:
         metadata = c.get_model_metadata("pipeline")
@@ -262,6 +317,13 @@ def build_lifecycle_repository(repository: Path) -> None:
     write_ensemble(repository, "bad_mapping", PIPELINE.replace('key: "INPUT1"', 'key: "NOPE"'))
     write_ensemble(repository, "broken_step", PIPELINE.replace('"scale"', '"broken"'))
     write_ensemble(repository, "too_wide", PIPELINE, max_batch_size=16)
+    # add_sub reads A (the request's lineage) and a decoupled step's output.
+    write_ensemble(repository, "mixed_lineage",
+                   f'input [ {{ name: "A" {FP32} }} ]\n'
+                   f'output [ {{ name: "SUM" {FP32} }}, {{ name: "DIFF" {FP32} }} ]\n'
+                   "ensemble_scheduling { step [ " + step("fan", {"X": "A"}, {"Y": "fanned"})
+                   + ", " + step("add_sub", {"INPUT0": "A", "INPUT1": "fanned"},
+                                 {"OUTPUT0": "SUM", "OUTPUT1": "DIFF"}) + " ] }\n")
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -295,6 +357,8 @@ def test_loading_an_ensemble_loads_its_models_and_unload_dependents_unloads_them
                     "Model 'broken' loading failed with error: "),
     ("too_wide", "ensemble too_wide allows maximum batch size 16, but it contains model add_sub "
                  "which only allows maximum batch size to be 8"),
+    ("mixed_lineage", "in ensemble mixed_lineage, step of model 'add_sub' receives inputs "
+                      "originated from different decoupled models"),
 ])
 def test_invalid_ensembles_are_refused_with_tritons_text(explicit_server, model, text):
     with httpclient.InferenceServerClient(explicit_server.http_url) as c:
