@@ -25,6 +25,9 @@ class SequenceControl:
     def __init__(self, name: str, kind: int, dtype: str, false_value: float = 0.0,
                  true_value: float = 1.0) -> None: ...
 
+# What a backend returns for a request released with RESCHEDULE (iterative sequences).
+RESCHEDULE: object
+
 class SequenceBatchingOptions:
     oldest: bool
     max_batch_size: int
@@ -33,6 +36,7 @@ class SequenceBatchingOptions:
     max_queue_delay_us: int
     minimum_slot_utilization: float
     max_sequence_idle_us: int
+    iterative: bool
     controls: list[SequenceControl]
     def __init__(self) -> None: ...
 

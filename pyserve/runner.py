@@ -318,6 +318,7 @@ def _sequence_options(config: pb.ModelConfig) -> _core.SequenceBatchingOptions:
     out = _core.SequenceBatchingOptions()
     out.max_batch_size = config.max_batch_size
     out.max_sequence_idle_us = batcher.max_sequence_idle_microseconds
+    out.iterative = batcher.iterative_sequence
     if batcher.HasField("oldest"):
         out.oldest = True
         out.max_candidate_sequences = batcher.oldest.max_candidate_sequences

@@ -307,6 +307,7 @@ class InferenceRequest:
         # A dict is written as JSON when parameters() asks (most models never do).
         self._parameters = "{}" if parameters is None else parameters
         self._response_sender = None  # set by the backend for a decoupled model's requests
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     @classmethod
     def _received(cls, model_name: str, inputs: list, requested_output_names: list,
@@ -325,6 +326,7 @@ class InferenceRequest:
         request._model_version = model_version
         request._parameters = parameters
         request._response_sender = response_sender
+        request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -370,7 +372,9 @@ class InferenceRequest:
         return sender is not None and sender.is_cancelled()
 
     def set_release_flags(self, flags: int) -> None:
-        raise NotImplementedError("request rescheduling is not supported by pyserve")
+        """TRITONSERVER_REQUEST_RELEASE_RESCHEDULE: run this request again (a model with
+        sequence_batching { iterative_sequence: true }); execute returns None for it."""
+        self._release_flags = flags
 
     def get_response_sender(self):
         if self._response_sender is not None:

@@ -223,12 +223,21 @@ Status Tensors(const ModelSpec& model, const py::handle& outputs,
   return Status::OK();
 }
 
+// What a backend returns for a request it released with RESCHEDULE (iterative sequences):
+// the request is queued again instead of answered.
+py::handle Reschedule() {
+  static py::handle sentinel = py::module_::import("builtins").attr("object")().release();
+  return sentinel;
+}
+
 // The backend's compute, with the GIL taken once per batch:
 //   result = execute(instance, batch_sizes, inputs, requests)
 // `requests` is None unless the spec asks for request_info: then one (tag, id, parameters,
 // requested output names, ResponseSender or None) tuple per request; a decoupled model's
-// answers go through the senders, and its `result` is None. `result` is a dict of batch outputs or a list
-// with one dict (or exception) per request; outputs are copied into native memory here.
+// answers go through the senders, and its `result` is None. `result` is a dict of batch
+// outputs or a list with one dict (or exception) per request; outputs are copied into native
+// memory here. A list item may be RESCHEDULE (iterative sequences; for a decoupled model the
+// list has RESCHEDULE or None per request).
 class PyCompute : public BatchCompute {
  public:
   PyCompute(py::object execute, const ModelSpec& spec) : execute_(std::move(execute)), spec_(spec) {}
@@ -298,7 +307,7 @@ class PyCompute : public BatchCompute {
     return out;
   }
 
-  Status Convert(const Batch& batch, const py::object& result, BatchOutputs* out) const {
+  Status Convert(Batch& batch, const py::object& result, BatchOutputs* out) const {
     if (spec_.decoupled && result.is_none()) return Status::OK();  // answered by the senders
     if (py::isinstance<py::dict>(result)) return Tensors(spec_, result, Wanted(batch), &out->batch);
     if (!py::isinstance<py::list>(result)) {
@@ -318,7 +327,12 @@ class PyCompute : public BatchCompute {
     static py::handle exception = py::reinterpret_borrow<py::object>(PyExc_Exception).release();
     for (size_t i = 0; i < items.size(); ++i) {
       py::handle item = items[i];
-      if (py::isinstance<py::dict>(item)) {
+      if (item.is(Reschedule())) {
+        batch.reschedule.resize(items.size());
+        batch.reschedule[i] = 1;
+      } else if (spec_.decoupled) {
+        continue;  // answered by its sender
+      } else if (py::isinstance<py::dict>(item)) {
         out->request_status[i] = Tensors(spec_, item, {}, &out->requests[i]);
       } else if (py::isinstance(item, exception)) {
         out->request_status[i] = StatusOf(item);
@@ -600,6 +614,7 @@ TensorSpec MakeTensorSpec(const py::tuple& t) {
 }  // namespace
 
 void RegisterModel(py::module_& m) {
+  m.attr("RESCHEDULE") = Reschedule();
   py::class_<QueuePolicy>(m, "QueuePolicy")
       .def(py::init<>())
       .def_readwrite("delay_on_timeout", &QueuePolicy::delay_on_timeout)
@@ -646,6 +661,7 @@ void RegisterModel(py::module_& m) {
       .def_readwrite("minimum_slot_utilization",
                      &SequenceBatchingOptions::minimum_slot_utilization)
       .def_readwrite("max_sequence_idle_us", &SequenceBatchingOptions::max_sequence_idle_us)
+      .def_readwrite("iterative", &SequenceBatchingOptions::iterative)
       .def_readwrite("controls", &SequenceBatchingOptions::controls);
 
   py::class_<SchedulerOptions>(m, "SchedulerOptions")

@@ -55,6 +55,12 @@ class BatchPolicy {
   // thread when an instance has finished the batch it was sent.
   virtual bool BindsInstances() const { return false; }
   virtual void InstanceDone(int /*instance*/) {}
+
+  // Iterative sequences (the sequence batcher's iterative_sequence): a request the backend
+  // releases with RESCHEDULE is added again; the sequence of one released otherwise has ended
+  // (SequenceEnded, on the batcher thread).
+  virtual bool Iterative() const { return false; }
+  virtual void SequenceEnded(const CorrelationId& /*id*/, uint64_t /*now_ns*/) {}
 };
 
 }  // namespace pyserve

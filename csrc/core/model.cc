@@ -185,12 +185,19 @@ struct Model::State : public ModelResponder,
   }
 
   Status ExecuteDecoupled(Batch& batch) {
-    for (auto& request : batch.requests) batch.senders.push_back(OpenSender(*request));
+    for (auto& request : batch.requests) {  // a rescheduled request answers on through its own
+      batch.senders.push_back(request->sender ? std::move(request->sender) : OpenSender(*request));
+    }
     BatchOutputs outputs;
     Status status = Compute(batch, &outputs);
     if (batch.times.infer_end == 0) batch.times.infer_end = SteadyNowNs();
     if (!status.ok()) {
+      batch.reschedule.clear();
       for (auto& sender : batch.senders) sender->Close(status);
+    } else {
+      for (size_t i = 0; i < batch.reschedule.size(); ++i) {
+        if (batch.reschedule[i]) batch.requests[i]->sender = batch.senders[i];
+      }
     }
     batch.senders.clear();  // the backend holds the senders it still answers through
     batch.times.output_end = SteadyNowNs();
@@ -226,8 +233,15 @@ struct Model::State : public ModelResponder,
     } else {
       responses.assign(batch.requests.size(), InferResponse{status, {}});
     }
+    if (!status.ok()) batch.reschedule.clear();  // a failed batch answers every request
     std::vector<InferRequest*> requests;
-    for (auto& r : batch.requests) requests.push_back(r.get());
+    for (size_t i = 0; i < batch.requests.size(); ++i) {
+      if (i < batch.reschedule.size() && batch.reschedule[i]) {
+        responses.erase(responses.begin() + static_cast<std::ptrdiff_t>(requests.size()));
+        continue;  // answered by a later iteration
+      }
+      requests.push_back(batch.requests[i].get());
+    }
     Deliver(requests, responses, &batch.times);
     batch.times.output_end = SteadyNowNs();
     if (summaries && status.ok()) summaries->ObserveBatch(batch);

@@ -282,6 +282,10 @@ Status SplitOutputs(const ModelSpec& spec, const Batch& batch, const BatchOutput
     InferResponse& response = (*responses)[i];
     const int64_t rows = request.batch_size;
     const std::vector<OutputTensor>* produced = &outputs.batch;
+    if (i < batch.reschedule.size() && batch.reschedule[i]) {  // no answer this iteration
+      first_row += rows;
+      continue;
+    }
     if (outputs.per_request) {
       produced = &outputs.requests[i];
       if (!outputs.request_status[i].ok()) {

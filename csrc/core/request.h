@@ -127,6 +127,11 @@ struct InferRequest {
   // Made by the sequence batcher for an empty slot of a batch (READY false): computed, never
   // answered or counted.
   bool padding = false;
+  // Iterative sequences: the backend released the request with RESCHEDULE, and it is queued
+  // again to run its next iteration (its control inputs are made anew); a decoupled one keeps
+  // its sender, through which every iteration answers.
+  bool rescheduled = false;
+  std::shared_ptr<ResponseSender> sender;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).
@@ -154,6 +159,9 @@ struct Batch {
   // A decoupled model's batch: one sender per request, in order, through which the backend
   // answers (it keeps the ones it still needs).
   std::vector<std::shared_ptr<ResponseSender>> senders;
+  // Per request (empty: none): the backend released it with RESCHEDULE (iterative sequences):
+  // it is not answered, but queued again.
+  std::vector<uint8_t> reschedule;
 
   uint32_t Size() const {
     uint32_t total = 0;

@@ -81,6 +81,7 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
     batcher_ = std::make_unique<SequenceBatcher>(options_.model_name, std::move(sequence));
   }
   binds_ = batcher_ && batcher_->BindsInstances();
+  iterative_ = batcher_ && batcher_->Iterative();
 }
 
 void Scheduler::Start() {
@@ -182,6 +183,14 @@ void Scheduler::BatcherLoop() {
     while (ingress_.TryPop(request)) {
       batcher_->Add(request);
       in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    if (iterative_) {
+      std::vector<CorrelationId> ended;
+      {
+        std::lock_guard<std::mutex> lock(ended_mutex_);
+        ended.swap(ended_);
+      }
+      for (const CorrelationId& id : ended) batcher_->SequenceEnded(id, SteadyNowNs());
     }
     for (int done = 0; binds_ && done_.TryPop(done);) batcher_->InstanceDone(done);
     if (abandoning_.load(std::memory_order_seq_cst)) {
@@ -361,6 +370,7 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
     if (request->trace) request->trace->StampBatch(*request, t);
   }
   stats_.RecordBatch(*batch, status.ok());
+  if (iterative_) Reschedule(*batch);
   batch.reset();  // frees the requests and gives the gathered buffers back to the pool
   executing_.fetch_sub(count, std::memory_order_acq_rel);
   Release(count);
@@ -450,6 +460,30 @@ void Scheduler::RejectRequests(std::vector<InferRequest*>& requests, uint64_t no
 }
 
 // Requests whose clients went away after the batch was formed are answered, not computed.
+void Scheduler::Reschedule(Batch& batch) {
+  for (size_t i = 0; i < batch.requests.size(); ++i) {
+    std::unique_ptr<InferRequest>& request = batch.requests[i];
+    if (request->padding) continue;
+    if (i >= batch.reschedule.size() || !batch.reschedule[i]) {
+      NoteEnded(*request);
+      continue;
+    }
+    request->flags = 0;  // the same sequence, neither starting nor ending
+    request->rescheduled = true;
+    Status status = Enqueue(request);  // on success the queue owns it
+    if (!status.ok()) {
+      executor_->Reject({request.get()}, status);
+      NoteEnded(*request);
+    }
+  }
+}
+
+void Scheduler::NoteEnded(const InferRequest& request) {
+  if ((request.flags & kSequenceEnd) != 0) return;  // its END released the slot
+  std::lock_guard<std::mutex> lock(ended_mutex_);
+  ended_.push_back(request.correlation_id);
+}
+
 void Scheduler::RejectCancelled(Batch& batch) {
   auto& requests = batch.requests;
   auto cancelled = std::stable_partition(requests.begin(), requests.end(),
@@ -460,6 +494,7 @@ void Scheduler::RejectCancelled(Batch& batch) {
   for (auto it = cancelled; it != requests.end(); ++it) {
     stats_.RecordRejected(**it, now);
     refused.push_back(it->get());
+    if (iterative_) NoteEnded(**it);
   }
   executor_->Reject(refused, CancelledStatus());
   requests.erase(cancelled, requests.end());

@@ -115,6 +115,10 @@ class Scheduler : public RequestScheduler {
   bool CopyToDevice(Batch& batch, Instance& instance);
   void RejectRequests(std::vector<InferRequest*>& requests, uint64_t now_ns, const Status& status);
   void RejectCancelled(Batch& batch);
+  // Iterative sequences, after a batch: requests released with RESCHEDULE are queued again;
+  // the others' sequences have ended, which the batcher thread hears next.
+  void Reschedule(Batch& batch);
+  void NoteEnded(const InferRequest& request);
   void Release(uint64_t count);
   bool TakeBatch(int instance, Batch*& batch);
 
@@ -132,6 +136,9 @@ class Scheduler : public RequestScheduler {
   Notifier batch_ready_;    // wakes workers when ready_ gets a batch
   std::atomic<int> idle_instances_{0};
   MpmcQueue<int> done_;  // binds_: instances that finished their batch, for the policy
+  bool iterative_ = false;  // the policy runs iterative sequences
+  std::mutex ended_mutex_;
+  std::vector<CorrelationId> ended_;  // guarded by ended_mutex_: for the policy
 
   void Abandon();
   void RejectBatch(std::unique_ptr<Batch> batch, const Status& status);

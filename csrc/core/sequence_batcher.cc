@@ -50,6 +50,11 @@ SequenceBatcher::Key SequenceBatcher::KeyOf(const InferRequest& request) {
 }
 
 Status SequenceBatcher::Admit(InferRequest& request, uint64_t /*now_ns*/) {
+  if (options_.iterative && !request.correlation_id.Present()) {  // as Triton's IterativeSequencer
+    request.correlation_id = CorrelationId{};
+    request.correlation_id.number = next_iterative_id_.fetch_add(1, std::memory_order_relaxed);
+    request.flags = kSequenceStart;
+  }
   Status status = CheckCorrelationIdType(options_.controls, model_name_, request);
   if (!status.ok()) return status;
   if (request.batch_size > 1) {
@@ -66,6 +71,9 @@ Status SequenceBatcher::Admit(InferRequest& request, uint64_t /*now_ns*/) {
 }
 
 void SequenceBatcher::Add(InferRequest* request) {
+  if (request->rescheduled) {  // its next iteration gets control inputs of its own
+    request->inputs.resize(request->inputs.size() - options_.controls.size());
+  }
   const Key key = KeyOf(*request);
   const bool start = (request->flags & kSequenceStart) != 0;
   const bool end = (request->flags & kSequenceEnd) != 0;
@@ -350,6 +358,17 @@ void SequenceBatcher::TakeAll(std::vector<InferRequest*>* requests) {
   backlog_.clear();
   backlogged_.clear();
   queued_ = 0;
+}
+
+// The backend released the sequence's request without RESCHEDULE: its slot is free, unless
+// the client has sent the sequence more requests meanwhile.
+void SequenceBatcher::SequenceEnded(const CorrelationId& id, uint64_t now_ns) {
+  const Key key = id.is_text ? Key{0, id.text, true} : Key{id.number, {}, false};
+  auto held = sequences_.find(key);
+  if (held == sequences_.end() || !At(held->second).queue.empty()) return;
+  const SlotRef ref = held->second;
+  sequences_.erase(held);
+  Release(ref, now_ns);
 }
 
 }  // namespace pyserve

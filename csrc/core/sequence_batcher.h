@@ -15,6 +15,7 @@
 // added to each request of a batch as the model's config asks.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -37,6 +38,9 @@ struct SequenceBatchingOptions {
   uint64_t max_queue_delay_us = 0;
   float minimum_slot_utilization = 0;  // direct: 0 = send at once, whatever the delay
   uint64_t max_sequence_idle_us = 1000000;  // Triton's default (also for 0)
+  // iterative_sequence: a request without a correlation ID starts a sequence of its own, and
+  // the backend decides when it ends (it releases it without RESCHEDULE).
+  bool iterative = false;
   int instance_count = 1;
   std::vector<SequenceControl> controls;
 };
@@ -45,7 +49,8 @@ class SequenceBatcher : public BatchPolicy {
  public:
   SequenceBatcher(std::string model_name, SequenceBatchingOptions options);
 
-  // Refuses a request without a correlation ID or with a batch of more than one.
+  // Refuses a request without a correlation ID (an iterative model gives it one) or with a
+  // batch of more than one.
   Status Admit(InferRequest& request, uint64_t now_ns) override;
   void Withdraw(const InferRequest&) override {}
 
@@ -56,6 +61,8 @@ class SequenceBatcher : public BatchPolicy {
   void TakeAll(std::vector<InferRequest*>* requests) override;
   bool BindsInstances() const override { return true; }
   void InstanceDone(int instance) override;
+  bool Iterative() const override { return options_.iterative; }
+  void SequenceEnded(const CorrelationId& id, uint64_t now_ns) override;
 
   // For tests and statistics: sequences holding a slot, and waiting in the backlog.
   size_t ActiveCount() const { return sequences_.size(); }
@@ -124,6 +131,7 @@ class SequenceBatcher : public BatchPolicy {
   std::unordered_map<Key, Backlog*, KeyHash> backlogged_;  // open backlogs, by key
   std::vector<std::pair<InferRequest*, Status>> refused_;  // found out in Add, sent next
   size_t queued_ = 0;
+  std::atomic<uint64_t> next_iterative_id_{1};  // Admit runs on any thread
 };
 
 }  // namespace pyserve

@@ -33,7 +33,7 @@ from types import ModuleType
 
 import numpy as np
 
-from pyserve import bls
+from pyserve import _core, bls
 from pyserve.backends.base import (Backend, BatchResult, InstanceSpec, ModelContext, RequestInfo,
                                    instance_name)
 from pyserve.backends.isolation import auto_complete_in_child, process_isolated
@@ -47,6 +47,7 @@ log = logging.getLogger("pyserve")
 
 _MODULE_IDS = itertools.count()
 _IMPORT_LOCK = threading.Lock()  # sys.modules is process-wide
+_RESCHEDULE = 2  # pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
 _BF16 = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name[
     "TYPE_BF16"].number
 
@@ -66,6 +67,8 @@ class PythonBackend(Backend):
                 f"model '{model.name}': decoupled models cannot run with the parameter "
                 "isolation: process", ErrorCode.UNSUPPORTED)
         self._batching = config.max_batch_size > 0
+        # Iterative sequences: a request released with RESCHEDULE runs again.
+        self._iterative = config.sequence_batching.iterative_sequence
         self._instance_name = instance_name(config, instance)
         self._outputs = [output.name for output in config.output]
         self._bf16_inputs = {i.name for i in config.input if i.data_type == _BF16}
@@ -121,8 +124,11 @@ class PythonBackend(Backend):
                 raise ServerError(
                     f"Python model '{self._instance_name}' is using the decoupled mode and the "
                     "execute function must return None.", ErrorCode.INTERNAL)
-            return None
-        return self._results(responses, len(requests))
+            if all(r._release_flags != _RESCHEDULE for r in requests):
+                return None
+            return [self._rescheduled() if r._release_flags == _RESCHEDULE else None
+                    for r in requests]
+        return self._results(responses, requests)
 
     # Per request of every batch: objects made through pb_utils' fast paths (no checks, no
     # copies, no JSON until the model asks for it), as this is the backend's cost per request.
@@ -153,8 +159,9 @@ class PythonBackend(Backend):
             offset = end
         return requests
 
-    def _results(self, responses, count: int) -> list:
+    def _results(self, responses, requests: list) -> list:
         response_class = _pb_utils().InferenceResponse
+        count = len(requests)
         if not isinstance(responses, (list, tuple)):
             raise ServerError(
                 f"model '{self.model.name}': execute must return a list of InferenceResponse "
@@ -165,7 +172,14 @@ class PythonBackend(Backend):
                 f"InferenceRequest objects. InferenceRequest(s) size is:{count}, and "
                 f"InferenceResponse(s) size is:{len(responses)}", ErrorCode.INTERNAL)
         results: list = []
-        for response in responses:
+        for request, response in zip(requests, responses):
+            if request._release_flags == _RESCHEDULE:
+                if response is not None:  # Triton's text, its typo included
+                    raise ServerError(
+                        "Expected a None object in the execute function return list for "
+                        f"reschduled request, found type '{type(response)}'.", ErrorCode.INTERNAL)
+                results.append(self._rescheduled())
+                continue
             if not isinstance(response, response_class):
                 results.append(ServerError(
                     f"model '{self.model.name}': execute returned {type(response).__name__} "
@@ -177,6 +191,14 @@ class PythonBackend(Backend):
             # The raw arrays: BF16 outputs are uint16 bits, which as_numpy() would refuse.
             results.append({tensor._name: tensor._array for tensor in response._output_tensors})
         return results
+
+    def _rescheduled(self):
+        """The core's marker for a request to run again, where the model may reschedule."""
+        if self._iterative:
+            return _core.RESCHEDULE
+        return ServerError("Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, "
+                           "while the model is not configured to handle such a flag.",
+                           ErrorCode.INVALID_ARG)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:

@@ -358,6 +358,46 @@ TEST(SequenceBatcher, TakeAllEmptiesSlotsBacklogAndRefusals) {
   EXPECT_EQ(b.QueuedCount(), 0u);
 }
 
+TEST(SequenceBatcher, IterativeSequencesRunUntilTheBackendReleasesThem) {
+  SequenceBatchingOptions options = Direct(1);
+  options.iterative = true;
+  SequenceBatcher b("m", options);
+  Requests rq;
+  // No correlation ID: each request starts a sequence of its own, as Triton numbers them.
+  InferRequest* first = rq.Make(0, 0, 0);
+  InferRequest* second = rq.Make(0, 0, 0);
+  ASSERT_OK(b.Admit(*first, 0));
+  ASSERT_OK(b.Admit(*second, 0));
+  EXPECT_EQ(first->correlation_id.number, 1u);
+  EXPECT_EQ(second->correlation_id.number, 2u);
+  EXPECT_EQ(first->flags, uint32_t{kSequenceStart});
+  b.Add(first);
+  b.Add(second);  // one slot: waits in the backlog
+  auto d = Form(b, 1);
+  ASSERT_EQ(Rows(d), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(Int32(*d.batch[0], "START"), 1);
+  b.InstanceDone(0);
+  // Rescheduled: queued again in its slot, its control inputs made anew (START now false).
+  first->flags = 0;
+  first->rescheduled = true;
+  b.Add(first);
+  d = Form(b, 2);
+  ASSERT_EQ(Rows(d), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(first->inputs.size(), 1u + options.controls.size());
+  EXPECT_EQ(Int32(*d.batch[0], "START"), 0);
+  EXPECT_EQ(Int32(*d.batch[0], "READY"), 1);
+  b.InstanceDone(0);
+  EXPECT_EQ(b.BacklogCount(), 1u);
+  // Released without RESCHEDULE: its sequence ends and the backlog takes the slot.
+  b.SequenceEnded(first->correlation_id, 3);
+  EXPECT_EQ(b.BacklogCount(), 0u);
+  d = Form(b, 4);
+  ASSERT_EQ(Rows(d), (std::vector<uint64_t>{2}));
+  b.InstanceDone(0);
+  b.SequenceEnded(second->correlation_id, 5);
+  EXPECT_EQ(b.ActiveCount(), 0u);
+}
+
 TEST(SequenceControls, EveryKindIsEncodedAsConfigured) {
   std::vector<SequenceControl> controls = {
       Control("S", SequenceControl::Kind::kStart, DataType::kFp32, 0.5, 2.5),
