@@ -126,11 +126,12 @@ class ModelRunner:
         return result
 
     def _request_info(self, tag: int, request_id: str, parameters: dict,
-                      outputs: list[str]) -> RequestInfo:
+                      outputs: list[str], correlation_id: int | str = 0,
+                      flags: int = 0) -> RequestInfo:
         pending = self._in_flight.get(tag)  # None for requests native frontends submitted
         objects = pending[2] if pending is not None else None
         return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
-                           outputs)
+                           outputs, correlation_id, flags)
 
     def _hand_off(self, results: list) -> None:
         """Worker thread, GIL held. Wakes the loop only if no wake-up is already on its way,

@@ -156,7 +156,7 @@ Status StatusOf(const py::handle& error) {
 // The backend's compute, with the GIL taken once per batch:
 //   result = execute(instance, batch_sizes, inputs, requests)
 // `requests` is None unless the spec asks for request_info: then one (tag, id, parameters,
-// requested output names) tuple per request. `result` is a dict of batch outputs or a list
+// requested output names, correlation ID, sequence flags) tuple per request. `result` is a dict of batch outputs or a list
 // with one dict (or exception) per request; outputs are copied into native memory here.
 class PyCompute : public BatchCompute {
  public:
@@ -205,7 +205,11 @@ class PyCompute : public BatchCompute {
       }
       py::list outputs;
       for (const RequestedOutput& o : r->outputs) outputs.append(py::str(o.name));
-      infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs));
+      const CorrelationId& sequence = r->correlation_id;
+      py::object correlation_id = sequence.is_text ? py::object(py::str(sequence.text))
+                                                   : py::object(py::int_(sequence.number));
+      infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs,
+                                  correlation_id, r->flags));
     }
     return infos;
   }

@@ -118,7 +118,8 @@ class PythonBackend(Backend):
 
         def request(tensors, info: RequestInfo):
             return Request(name, tensors, info.requested_outputs or self._outputs,
-                           request_id=info.id, model_version=version,
+                           request_id=info.id, correlation_id=info.correlation_id,
+                           flags=info.flags, model_version=version,
                            parameters=info.parameters)
 
         def wrap(key: str, value: np.ndarray):
