@@ -178,11 +178,12 @@ class ModelRunner:
         return result
 
     def _request_info(self, tag: int, request_id: str, parameters: dict,
-                      outputs: list[str], sender=None) -> RequestInfo:
+                      outputs: list[str], correlation_id: int | str = 0, flags: int = 0,
+                      sender=None) -> RequestInfo:
         pending = self._in_flight.get(tag)  # None for requests native frontends submitted
         objects = pending[2] if pending is not None else None
         return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
-                           outputs, sender)
+                           outputs, correlation_id, flags, sender)
 
     def _hand_off(self, results: list) -> None:
         """Worker thread, GIL held. Wakes the loop only if no wake-up is already on its way,

@@ -312,6 +312,7 @@ class InferenceRequest:
     @classmethod
     def _received(cls, model_name: str, inputs: list, requested_output_names: list,
                   request_id: str, model_version: int, parameters: dict,
+                  correlation_id: int | str = 0, flags: int = 0,
                   response_sender=None) -> "InferenceRequest":
         """The backend's fast path for the requests of a batch: the lists are the request's
         own (not copied)."""
@@ -320,8 +321,8 @@ class InferenceRequest:
         request._inputs = inputs
         request._requested_output_names = requested_output_names
         request._request_id = request_id
-        request._correlation_id = 0
-        request._flags = 0
+        request._correlation_id = correlation_id
+        request._flags = flags
         request._timeout = 0
         request._model_version = model_version
         request._parameters = parameters

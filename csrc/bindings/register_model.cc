@@ -233,11 +233,11 @@ py::handle Reschedule() {
 // The backend's compute, with the GIL taken once per batch:
 //   result = execute(instance, batch_sizes, inputs, requests)
 // `requests` is None unless the spec asks for request_info: then one (tag, id, parameters,
-// requested output names, ResponseSender or None) tuple per request; a decoupled model's
-// answers go through the senders, and its `result` is None. `result` is a dict of batch
-// outputs or a list with one dict (or exception) per request; outputs are copied into native
-// memory here. A list item may be RESCHEDULE (iterative sequences; for a decoupled model the
-// list has RESCHEDULE or None per request).
+// requested output names, correlation ID, sequence flags, ResponseSender or None) tuple per
+// request; a decoupled model's answers go through the senders, and its `result` is None.
+// `result` is a dict of batch outputs or a list with one dict (or exception) per request;
+// outputs are copied into native memory here. A list item may be RESCHEDULE (iterative
+// sequences; for a decoupled model the list has RESCHEDULE or None per request).
 class PyCompute : public BatchCompute {
  public:
   PyCompute(py::object execute, const ModelSpec& spec) : execute_(std::move(execute)), spec_(spec) {}
@@ -286,8 +286,12 @@ class PyCompute : public BatchCompute {
       }
       py::list outputs;
       for (const RequestedOutput& o : r->outputs) outputs.append(py::str(o.name));
+      const CorrelationId& sequence = r->correlation_id;
+      py::object correlation_id = sequence.is_text ? py::object(py::str(sequence.text))
+                                                   : py::object(py::int_(sequence.number));
       py::object sender = i < batch.senders.size() ? py::cast(batch.senders[i]) : py::none();
-      infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs, sender));
+      infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs,
+                                  correlation_id, r->flags, sender));
     }
     return infos;
   }

@@ -36,6 +36,7 @@ SequenceBatcher::SequenceBatcher(std::string model_name, SequenceBatchingOptions
   std::sort(preferred_.begin(), preferred_.end());
 
   slots_.assign(options_.instance_count, std::vector<Slot>(slots_per_instance_));
+  active_.resize(options_.instance_count);
   busy_.assign(options_.instance_count, false);
   for (uint32_t slot = 0; slot < slots_per_instance_; ++slot) {
     for (int instance = 0; instance < options_.instance_count; ++instance) {
@@ -116,7 +117,7 @@ void SequenceBatcher::Add(InferRequest* request) {
     const SlotRef ref = free_.top();
     free_.pop();
     Slot& slot = At(ref);
-    slot.active = true;
+    Activate(ref);
     slot.key = key;
     slot.last_ns = request->enqueue_ns;
     slot.queue.push_back(request);
@@ -134,14 +135,13 @@ void SequenceBatcher::Add(InferRequest* request) {
 // The slot's sequence has ended (or was let go): the oldest backlogged sequence takes it over.
 void SequenceBatcher::Release(SlotRef ref, uint64_t now_ns) {
   Slot& slot = At(ref);
-  slot.active = false;
   if (backlog_.empty()) {
+    Deactivate(ref);
     free_.push(ref);
     return;
   }
   std::unique_ptr<Backlog> next = std::move(backlog_.front());
   backlog_.pop_front();
-  slot.active = true;
   slot.key = next->key;
   slot.last_ns = std::max(now_ns, next->queue.back()->enqueue_ns);
   slot.queue = std::move(next->queue);
@@ -149,6 +149,21 @@ void SequenceBatcher::Release(SlotRef ref, uint64_t now_ns) {
     backlogged_.erase(next->key);
     sequences_[next->key] = ref;
   }
+}
+
+void SequenceBatcher::Activate(SlotRef ref) {
+  Slot& slot = At(ref);
+  slot.position = static_cast<uint32_t>(active_[ref.instance].size());
+  active_[ref.instance].push_back(ref.slot);
+}
+
+void SequenceBatcher::Deactivate(SlotRef ref) {
+  Slot& slot = At(ref);
+  std::vector<uint32_t>& active = active_[ref.instance];
+  const uint32_t moved = active.back();  // takes the released one's place
+  active[slot.position] = moved;
+  slots_[ref.instance][moved].position = slot.position;
+  active.pop_back();
 }
 
 void SequenceBatcher::ReapIdle(uint64_t now_ns, bool flush, Decision* decision) {
@@ -168,10 +183,11 @@ void SequenceBatcher::ReapIdle(uint64_t now_ns, bool flush, Decision* decision) 
     it = backlog_.erase(it);
   }
   for (int instance = 0; instance < options_.instance_count; ++instance) {
-    for (uint32_t index = 0; index < slots_per_instance_; ++index) {
+    // Backwards: a release moves the last entry into its place, which has been seen already.
+    for (size_t k = active_[instance].size(); k-- > 0;) {
+      const uint32_t index = active_[instance][k];
       const SlotRef ref{instance, index};
       Slot& slot = At(ref);
-      if (!slot.active) continue;
       const bool cancelled =
           std::any_of(slot.queue.begin(), slot.queue.end(), [](auto* r) { return r->Cancelled(); });
       // Idle: nothing queued for max_sequence_idle_microseconds (or the scheduler is stopping,
@@ -194,9 +210,10 @@ void SequenceBatcher::ReapIdle(uint64_t now_ns, bool flush, Decision* decision) 
 
 uint64_t SequenceBatcher::NextIdleNs(uint64_t now_ns) const {
   uint64_t next = 0;
-  for (const auto& slots : slots_) {
-    for (const Slot& slot : slots) {
-      if (!slot.active || !slot.queue.empty()) continue;
+  for (int instance = 0; instance < options_.instance_count; ++instance) {
+    for (uint32_t index : active_[instance]) {
+      const Slot& slot = slots_[instance][index];
+      if (!slot.queue.empty()) continue;
       const uint64_t at = slot.last_ns + idle_ns_;
       const uint64_t wait = at > now_ns ? at - now_ns : 1;
       if (next == 0 || wait < next) next = wait;
@@ -280,18 +297,18 @@ InferRequest* SequenceBatcher::CopyOf(const InferRequest& padding) {
 void SequenceBatcher::FormDirect(int instance, uint64_t now_ns, bool flush, Decision* decision) {
   std::vector<Slot>& slots = slots_[instance];
   int highest = -1;
+  uint32_t lowest = slots_per_instance_;
   size_t ready = 0;
   uint64_t earliest = std::numeric_limits<uint64_t>::max();
-  const InferRequest* like = nullptr;
-  for (uint32_t i = 0; i < slots_per_instance_; ++i) {
+  for (uint32_t i : active_[instance]) {
     if (slots[i].queue.empty()) continue;
-    const InferRequest* front = slots[i].queue.front();
-    if (like == nullptr) like = front;
-    earliest = std::min(earliest, front->enqueue_ns);
-    highest = static_cast<int>(i);
+    earliest = std::min(earliest, slots[i].queue.front()->enqueue_ns);
+    highest = std::max(highest, static_cast<int>(i));
+    lowest = std::min(lowest, i);
     ++ready;
   }
   if (highest < 0) return;
+  const InferRequest* like = slots[lowest].queue.front();
   // With a delay and a minimum utilization, too few ready slots wait for the delay.
   if (delay_ns_ != 0 && options_.minimum_slot_utilization > 0 && !flush) {
     const uint64_t waited = now_ns - std::min(now_ns, earliest);
@@ -317,7 +334,7 @@ void SequenceBatcher::FormDirect(int instance, uint64_t now_ns, bool flush, Deci
 void SequenceBatcher::FormOldest(int instance, uint64_t now_ns, bool flush, Decision* decision) {
   std::vector<Slot>& slots = slots_[instance];
   std::vector<std::pair<uint64_t, uint32_t>> ready;  // (front's arrival, slot), oldest first
-  for (uint32_t i = 0; i < slots_per_instance_; ++i) {
+  for (uint32_t i : active_[instance]) {
     if (!slots[i].queue.empty()) ready.emplace_back(slots[i].queue.front()->enqueue_ns, i);
   }
   if (ready.empty()) return;

@@ -86,7 +86,7 @@ class SequenceBatcher : public BatchPolicy {
   static Key KeyOf(const InferRequest& request);
 
   struct Slot {
-    bool active = false;            // a sequence holds it
+    uint32_t position = 0;          // held by a sequence: its index in active_[instance]
     Key key;
     uint64_t last_ns = 0;           // when its sequence's latest request arrived
     std::deque<InferRequest*> queue;
@@ -105,6 +105,8 @@ class SequenceBatcher : public BatchPolicy {
   };
 
   Slot& At(SlotRef ref) { return slots_[ref.instance][ref.slot]; }
+  void Activate(SlotRef ref);
+  void Deactivate(SlotRef ref);
   void Bind(const Key& key, SlotRef ref, uint64_t now_ns);
   void Release(SlotRef ref, uint64_t now_ns);
   void ReapIdle(uint64_t now_ns, bool flush, Decision* decision);
@@ -124,6 +126,9 @@ class SequenceBatcher : public BatchPolicy {
   std::vector<uint32_t> preferred_;  // oldest, ascending
 
   std::vector<std::vector<Slot>> slots_;  // per instance
+  // Per instance, the slots a sequence holds (in no order): what the rules walk, however many
+  // slots there are.
+  std::vector<std::vector<uint32_t>> active_;
   std::vector<bool> busy_;                // per instance: running a batch of ours
   std::priority_queue<SlotRef, std::vector<SlotRef>, std::greater<SlotRef>> free_;
   std::unordered_map<Key, SlotRef, KeyHash> sequences_;  // sequences holding a slot

@@ -45,6 +45,8 @@ class RequestInfo:
     id: str = ""
     parameters: dict = field(default_factory=dict)  # the request's own (custom) parameters
     requested_outputs: list[str] = field(default_factory=list)  # empty = all
+    correlation_id: int | str = 0  # the request's sequence (0 = none)
+    flags: int = 0  # TRITONSERVER_RequestFlag: sequence start 1, end 2
     # A decoupled model's way to answer this request (_core.ResponseSender); None otherwise.
     response_sender: object = None
 

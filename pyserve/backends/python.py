@@ -143,7 +143,7 @@ class PythonBackend(Backend):
         def request(tensors, info: RequestInfo):
             own = info.response_sender
             return received(name, tensors, info.requested_outputs or list(outputs), info.id,
-                            version, info.parameters,
+                            version, info.parameters, info.correlation_id, info.flags,
                             sender(own) if sender is not None and own is not None else None)
 
         def wrap(key: str, value: np.ndarray):

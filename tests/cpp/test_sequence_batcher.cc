@@ -430,3 +430,22 @@ TEST(SequenceControls, EveryKindIsEncodedAsConfigured) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(t.inputs[0].data) + 4, 5), "seq-a");
   EXPECT_EQ(t.inputs[0].shape, (std::vector<int64_t>{1, 1}));
 }
+
+TEST(SequenceBatcher, FreedSlotsAreReusedLowestFirst) {
+  SequenceBatcher b("m", Direct(8));
+  Requests rq;
+  for (uint64_t id = 1; id <= 8; ++id) b.Add(rq.Make(id, kSequenceStart, 0));
+  EXPECT_EQ(Rows(Form(b, 1)), (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  b.InstanceDone(0);
+  for (uint64_t id : {2, 7, 5}) b.Add(rq.Make(id, kSequenceEnd, 2));
+  auto d = Form(b, 3);
+  EXPECT_EQ(Rows(d), (std::vector<uint64_t>{0, 2, 0, 0, 5, 0, 7}));
+  FreePadding(d);
+  b.InstanceDone(0);
+  EXPECT_EQ(b.ActiveCount(), 5u);
+  for (uint64_t id : {9, 10}) b.Add(rq.Make(id, kSequenceStart, 4));  // slots 1 and 4
+  b.Add(rq.Make(8, 0, 4));
+  d = Form(b, 5);
+  EXPECT_EQ(Rows(d), (std::vector<uint64_t>{0, 9, 0, 0, 10, 0, 0, 8}));
+  FreePadding(d);
+}

@@ -18,8 +18,8 @@ import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 # Sums INPUT over a sequence, keyed by the CORRID control; answers the sum and the controls it
-# saw (START, END, READY as floats, CORRID as text). Rows with READY false (empty slots of a
-# direct batch) hold no sequence and answer 0.
+# saw (START, END, READY as floats, CORRID as text), and the request's correlation_id() and
+# flags(). Rows with READY false (empty slots of a direct batch) hold no sequence and answer 0.
 ACCUMULATOR = """import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -52,6 +52,9 @@ class TritonPythonModel:
                                 .reshape(shape[:-1] + (3,))),
                 pb_utils.Tensor("CORRID_OUT",
                                 np.array([corrid.encode()], dtype=np.object_).reshape(shape)),
+                pb_utils.Tensor("SEQUENCE", np.array(
+                    [f"{request.correlation_id()}/{request.flags()}".encode()],
+                    dtype=np.object_).reshape(shape)),
             ]))
         return responses
 """
@@ -60,7 +63,8 @@ TENSORS = """input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
 output [
   { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] },
   { name: "CONTROLS" data_type: TYPE_FP32 dims: [ 3 ] },
-  { name: "CORRID_OUT" data_type: TYPE_STRING dims: [ 1 ] }
+  { name: "CORRID_OUT" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "SEQUENCE" data_type: TYPE_STRING dims: [ 1 ] }
 ]
 """
 
@@ -148,6 +152,9 @@ def test_interleaved_sequences_share_a_batch_and_keep_their_sums(server, protoco
                 controls = result.as_numpy("CONTROLS").reshape(-1).tolist()
                 assert controls == [float(step == 0), float(step == 3), 1.0]
                 assert result.as_numpy("CORRID_OUT").reshape(-1)[0] == str(sequence_id).encode()
+                flags = (step == 0) | (step == 3) << 1
+                assert result.as_numpy("SEQUENCE").reshape(-1)[0] == (
+                    f"{sequence_id}/{flags}".encode())
 
 
 @pytest.mark.parametrize("model, sequence_id, false, true", [
@@ -169,6 +176,7 @@ def test_every_control_kind_reaches_the_model(server, protocol, model, sequence_
     expected = sequence_id if isinstance(sequence_id, str) else (
         sequence_id % 2**32 if model == "acc_uint32" else sequence_id)
     assert last.as_numpy("CORRID_OUT").reshape(-1)[0] == str(expected).encode()
+    assert last.as_numpy("SEQUENCE").reshape(-1)[0] == f"{sequence_id}/2".encode()
 
 
 def test_async_and_stream_sequences(server):

@@ -217,7 +217,7 @@ def test_request_info_reaches_backends_that_ask():
     model.stop()
     assert payload is not None
     assert recorder.executed[0]["requests"] == [
-        (5, "abc", {"flag": True, "n": 3, "s": "x", "f": 0.5}, ["Y"], None)]  # no sender
+        (5, "abc", {"flag": True, "n": 3, "s": "x", "f": 0.5}, ["Y"], 0, 0, None)]  # no sender
 
 
 def test_backend_errors_fail_the_batch_and_count_as_failures():

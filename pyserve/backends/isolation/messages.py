@@ -47,7 +47,8 @@ def detach_requests(infos: list[RequestInfo] | None) -> list[RequestInfo] | None
     for info in infos:
         parameters = {key: value if isinstance(value, _PLAIN) else _without_callables(value)
                       for key, value in info.parameters.items()}
-        detached.append(RequestInfo(info.id, parameters, list(info.requested_outputs)))
+        detached.append(RequestInfo(info.id, parameters, list(info.requested_outputs),
+                                    info.correlation_id, info.flags))
     return detached
 
 
