@@ -106,7 +106,10 @@ size_t EnsembleScheduler::TensorIndex(const std::string& name) {
 }
 
 Status EnsembleScheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
+  // Counted before the check, so that a Stop that began sees it, or it sees the Stop.
+  inflight_.fetch_add(1, std::memory_order_seq_cst);
   if (stopping_.load(std::memory_order_seq_cst)) {
+    Finished();
     return Status(StatusCode::kUnavailable, "model '" + name_ + "' is not accepting requests");
   }
   auto context = std::make_shared<Context>();
@@ -131,7 +134,6 @@ Status EnsembleScheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
       if (--context->waiting[step] == 0) ready.push_back(step);
     }
   }
-  inflight_.fetch_add(1, std::memory_order_acq_rel);
   context->request = std::move(request);
   context->running = static_cast<uint32_t>(ready.size());
   Launch(context, ready);
@@ -325,7 +327,7 @@ ModelStats EnsembleScheduler::Statistics() const {
 bool EnsembleScheduler::Stop(double timeout_seconds) {
   stopping_.store(true, std::memory_order_seq_cst);
   std::unique_lock<std::mutex> lock(done_mutex_);
-  auto done = [&] { return inflight_.load(std::memory_order_acquire) == 0; };
+  auto done = [&] { return inflight_.load(std::memory_order_seq_cst) == 0; };
   if (timeout_seconds < 0) {
     all_done_.wait(lock, done);
     return true;
