@@ -5,10 +5,12 @@ What it measures
     perf_analyzer 2.51 (gRPC, batch 1, synchronous, concurrency 1) on three models of one server,
     interleaved over rounds: `double` (ONNX: OUTPUT0 = 2 INPUT0, FP32 [16]), `bls_double` (a
     Triton model.py whose execute calls `double` with pb_utils.InferenceRequest(...).exec() and
-    answers its output) and `py_double` (a model.py computing the same in numpy, no BLS). The
-    BLS overhead per call is the median over rounds of p50(bls_double) - p50(double): what a
-    client pays for going through a model.py that calls the ONNX model. p50(py_double) -
-    p50(double) shows the share of the Python backend itself (one model.py execute per request).
+    answers its output) and `py_double` (a model.py computing the same in numpy, no BLS). At
+    concurrency 1 a request's mean latency is 1 / throughput (which perf_analyzer reports even
+    for windows that are not stable on a shared machine). The BLS overhead per call is the
+    median over rounds of latency(bls_double) - latency(double): what a client pays for going
+    through a model.py that calls the ONNX model; latency(py_double) - latency(double) shows the
+    share of the Python backend itself (one model.py execute per request).
 
 How to run (the venvs and helpers of bench/vs_triton.py; ~2 minutes)
     python bench/bls.py [--rounds 3]
@@ -90,7 +92,7 @@ def main() -> None:
     scratch = cache / "runs"
     scratch.mkdir(parents=True, exist_ok=True)
     server = vs_triton.start_server("pyserve", "double", repos, Path("-"), cache, args, tools)
-    p50 = {m: [] for m in MODELS}
+    latency_us = {m: [] for m in MODELS}
     try:
         for model in MODELS:
             vs_triton.wait_ready(server, model)
@@ -98,18 +100,19 @@ def main() -> None:
             for model in MODELS:
                 record = vs_triton.run_cell(server, [], model, "grpc", 1, args.measurement_interval,
                                             None, pa, args, scratch)
-                p50[model].append(record.get("p50_ms"))
-            vs_triton.log(f"round {round_index + 1}: p50 ms " +
-                          ", ".join(f"{m} {p50[m][-1]}" for m in MODELS))
+                rate = record.get("infer_per_s")
+                latency_us[model].append(1e6 / rate if rate else None)
+            vs_triton.log(f"round {round_index + 1}: latency us " +
+                          ", ".join(f"{m} {latency_us[m][-1]}" for m in MODELS))
     finally:
         server.stop()
 
     def overhead(model: str) -> float:
-        return statistics.median((x - d) * 1000 for x, d in zip(p50[model], p50["double"])
+        return statistics.median(x - d for x, d in zip(latency_us[model], latency_us["double"])
                                  if x is not None and d is not None)
 
-    print(f"\np50 (ms, median of rounds): " +
-          ", ".join(f"{m} {statistics.median(v for v in p50[m] if v is not None):.3f}"
+    print("\nmean latency at c=1 (us, median of rounds): " +
+          ", ".join(f"{m} {statistics.median(v for v in latency_us[m] if v is not None):.0f}"
                     for m in MODELS))
     print(f"BLS overhead per call: {overhead('bls_double'):.0f} us "
           f"(a model.py without BLS: {overhead('py_double'):.0f} us)")

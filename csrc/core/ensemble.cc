@@ -114,7 +114,10 @@ size_t EnsembleScheduler::TensorIndex(const std::string& name) {
 }
 
 Status EnsembleScheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
+  // Counted before the check, so that a Stop that began sees it, or it sees the Stop.
+  inflight_.fetch_add(1, std::memory_order_seq_cst);
   if (stopping_.load(std::memory_order_seq_cst)) {
+    Finished();
     return Status(StatusCode::kUnavailable, "model '" + name_ + "' is not accepting requests");
   }
   auto context = std::make_shared<Context>();
@@ -131,7 +134,6 @@ Status EnsembleScheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
     }
   }
   if (spec_.decoupled) context->sender = responder_->OpenSender(*request);
-  inflight_.fetch_add(1, std::memory_order_acq_rel);
   context->request = std::move(request);
   Steps ready;
   {
@@ -365,7 +367,7 @@ ModelStats EnsembleScheduler::Statistics() const {
 bool EnsembleScheduler::Stop(double timeout_seconds) {
   stopping_.store(true, std::memory_order_seq_cst);
   std::unique_lock<std::mutex> lock(done_mutex_);
-  auto done = [&] { return inflight_.load(std::memory_order_acquire) == 0; };
+  auto done = [&] { return inflight_.load(std::memory_order_seq_cst) == 0; };
   if (timeout_seconds < 0) {
     all_done_.wait(lock, done);
     return true;

@@ -223,6 +223,17 @@ TEST(Ensemble, StatisticsCountEnsembleRequestsAndSumTheirSteps) {
   EXPECT_EQ(f.ensemble->scheduler().InflightCount(), 0u);
 }
 
+TEST(Ensemble, RefusesRequestsOnceStopped) {
+  Fixture f;
+  EXPECT_TRUE(f.ensemble->Stop());
+  WaitingSink sink;
+  const float values[4] = {1, 2, 3, 4};
+  const Status status = f.Send(sink, values);
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(status.message(), "model 'twice' is not accepting requests");
+  EXPECT_EQ(f.ensemble->scheduler().InflightCount(), 0u);
+}
+
 namespace {
 
 // A decoupled step: three responses per request, Y = X + 10 i, sent from a thread of its own
