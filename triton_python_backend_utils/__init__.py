@@ -309,11 +309,12 @@ class InferenceRequest:
         # A dict is written as JSON when parameters() asks (most models never do).
         self._parameters = "{}" if parameters is None else parameters
         self._response_sender = None  # set by the backend for a decoupled model's requests
+        self._cancellation = None  # (batch cancellation, index), set by the backend
 
     @classmethod
     def _received(cls, model_name: str, inputs: list, requested_output_names: list,
                   request_id: str, model_version: int, parameters: dict,
-                  response_sender=None) -> "InferenceRequest":
+                  response_sender=None, cancellation=None) -> "InferenceRequest":
         """The backend's fast path for the requests of a batch: the lists are the request's
         own (not copied)."""
         request = cls.__new__(cls)
@@ -327,6 +328,7 @@ class InferenceRequest:
         request._model_version = model_version
         request._parameters = parameters
         request._response_sender = response_sender
+        request._cancellation = cancellation
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -368,8 +370,13 @@ class InferenceRequest:
         return self._parameters
 
     def is_cancelled(self) -> bool:
-        sender = self._response_sender
-        return sender is not None and sender.is_cancelled()
+        """The client cancelled the request, or went away, while the model runs it."""
+        if self._response_sender is not None:
+            return self._response_sender.is_cancelled()
+        if self._cancellation is not None:
+            batch, index = self._cancellation
+            return batch.is_cancelled(index)
+        return False
 
     def set_release_flags(self, flags: int) -> None:
         raise NotImplementedError("request rescheduling is not supported by pyserve")

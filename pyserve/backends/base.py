@@ -46,6 +46,8 @@ class RequestInfo:
     requested_outputs: list[str] = field(default_factory=list)  # empty = all
     # A decoupled model's way to answer this request (_core.ResponseSender); None otherwise.
     response_sender: object = None
+    # Otherwise (_core.BatchCancellation, the request's index): whether its client went away.
+    cancellation: tuple | None = None
 
 
 class Backend(abc.ABC):
