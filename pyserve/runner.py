@@ -179,11 +179,11 @@ class ModelRunner:
 
     def _request_info(self, tag: int, request_id: str, parameters: dict,
                       outputs: list[str], correlation_id: int | str = 0, flags: int = 0,
-                      sender=None) -> RequestInfo:
+                      sender=None, cancellation=None) -> RequestInfo:
         pending = self._in_flight.get(tag)  # None for requests native frontends submitted
         objects = pending[2] if pending is not None else None
         return RequestInfo(request_id, {**parameters, **objects} if objects else parameters,
-                           outputs, correlation_id, flags, sender)
+                           outputs, correlation_id, flags, sender, cancellation)
 
     def _hand_off(self, results: list) -> None:
         """Worker thread, GIL held. Wakes the loop only if no wake-up is already on its way,
@@ -202,7 +202,8 @@ class ModelRunner:
                 if isinstance(receiver, asyncio.Queue):
                     receiver.put_nowait((
                         None if outputs is None else [OutputTensor(*o) for o in outputs],
-                        None if error is None else ServerError(error[1], error[0]), final))
+                        None if error is None else own_error or ServerError(error[1], error[0]),
+                        final))
                 elif receiver.done():  # the caller went away
                     continue
                 elif error is None:

@@ -309,11 +309,13 @@ class InferenceRequest:
         self._response_sender = None  # set by the backend for a decoupled model's requests
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
+        self._cancellation = None  # (batch cancellation, index), set by the backend
+
     @classmethod
     def _received(cls, model_name: str, inputs: list, requested_output_names: list,
                   request_id: str, model_version: int, parameters: dict,
                   correlation_id: int | str = 0, flags: int = 0,
-                  response_sender=None) -> "InferenceRequest":
+                  response_sender=None, cancellation=None) -> "InferenceRequest":
         """The backend's fast path for the requests of a batch: the lists are the request's
         own (not copied)."""
         request = cls.__new__(cls)
@@ -328,6 +330,8 @@ class InferenceRequest:
         request._parameters = parameters
         request._response_sender = response_sender
         request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+
+        request._cancellation = cancellation
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -369,8 +373,13 @@ class InferenceRequest:
         return self._parameters
 
     def is_cancelled(self) -> bool:
-        sender = self._response_sender
-        return sender is not None and sender.is_cancelled()
+        """The client cancelled the request, or went away, while the model runs it."""
+        if self._response_sender is not None:
+            return self._response_sender.is_cancelled()
+        if self._cancellation is not None:
+            batch, index = self._cancellation
+            return batch.is_cancelled(index)
+        return False
 
     def set_release_flags(self, flags: int) -> None:
         """TRITONSERVER_REQUEST_RELEASE_RESCHEDULE: run this request again (a model with

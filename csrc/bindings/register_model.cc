@@ -230,14 +230,36 @@ py::handle Reschedule() {
   return sentinel;
 }
 
+// Whether the clients of a batch's requests went away, for models that ask while they run
+// (pb_utils' request.is_cancelled()): one per batch, holding the requests' owners, in which
+// the flags live.
+class BatchCancellation {
+ public:
+  explicit BatchCancellation(const Batch& batch) {
+    for (const auto& r : batch.requests) {
+      owners_.push_back(r->owner);
+      flags_.push_back(r->cancelled);
+    }
+  }
+  bool IsCancelled(size_t index) const {
+    return index < flags_.size() && flags_[index] != nullptr &&
+           flags_[index]->load(std::memory_order_relaxed);
+  }
+
+ private:
+  std::vector<std::shared_ptr<void>> owners_;
+  std::vector<const std::atomic<bool>*> flags_;
+};
+
 // The backend's compute, with the GIL taken once per batch:
 //   result = execute(instance, batch_sizes, inputs, requests)
 // `requests` is None unless the spec asks for request_info: then one (tag, id, parameters,
-// requested output names, correlation ID, sequence flags, ResponseSender or None) tuple per
-// request; a decoupled model's answers go through the senders, and its `result` is None.
-// `result` is a dict of batch outputs or a list with one dict (or exception) per request;
-// outputs are copied into native memory here. A list item may be RESCHEDULE (iterative
-// sequences; for a decoupled model the list has RESCHEDULE or None per request).
+// requested output names, correlation ID, sequence flags, ResponseSender or None,
+// (BatchCancellation, index) or None) tuple per request; a decoupled model's answers go
+// through the senders (which also say whether the request is cancelled), and its `result` is
+// None. `result` is a dict of batch outputs or a list with one dict (or exception) per
+// request; outputs are copied into native memory here. A list item may be RESCHEDULE
+// (iterative sequences; for a decoupled model the list has RESCHEDULE or None per request).
 class PyCompute : public BatchCompute {
  public:
   PyCompute(py::object execute, const ModelSpec& spec) : execute_(std::move(execute)), spec_(spec) {}
@@ -273,6 +295,9 @@ class PyCompute : public BatchCompute {
   py::object RequestInfos(const Batch& batch) const {
     if (!spec_.request_info) return py::none();
     py::list infos;
+    py::object cancellation = batch.senders.empty()
+                                  ? py::cast(std::make_shared<BatchCancellation>(batch))
+                                  : py::none();
     for (size_t i = 0; i < batch.requests.size(); ++i) {
       const auto& r = batch.requests[i];
       py::dict parameters;
@@ -291,7 +316,9 @@ class PyCompute : public BatchCompute {
                                                    : py::object(py::int_(sequence.number));
       py::object sender = i < batch.senders.size() ? py::cast(batch.senders[i]) : py::none();
       infos.append(py::make_tuple(r->id, py::str(r->request_id), parameters, outputs,
-                                  correlation_id, r->flags, sender));
+                                  correlation_id, r->flags, sender,
+                                  sender.is_none() ? py::object(py::make_tuple(cancellation, i))
+                                                   : py::none()));
     }
     return infos;
   }
@@ -747,6 +774,9 @@ void RegisterModel(py::module_& m) {
       }, py::arg("outputs"), py::arg("error"), py::arg("final"))
       .def("is_cancelled", &ResponseSender::Cancelled)
       .def_property_readonly("closed", &ResponseSender::IsClosed);
+
+  py::class_<BatchCancellation, std::shared_ptr<BatchCancellation>>(m, "BatchCancellation")
+      .def("is_cancelled", &BatchCancellation::IsCancelled, py::arg("index"));
 
   py::class_<PythonSink>(m, "PythonSink")
       .def(py::init<py::object>(), py::arg("callback"))

@@ -41,6 +41,10 @@ grpc::StatusCode GrpcCode(StatusCode code) {
   }
 }
 
+grpc::Status GrpcStatus(const Status& status) {
+  return grpc::Status(GrpcCode(status.code()), status.message());
+}
+
 // A slice that takes the string without copying it.
 grpc::Slice OwnedSlice(std::string data) {
   auto* owned = new std::string(std::move(data));
@@ -267,8 +271,9 @@ class Call : public std::enable_shared_from_this<Call> {
     if (streaming_) {
       const bool final = completion.final;
       if (!response.status.ok()) {
-        return StreamFail(response.status, StreamError(response.status.message(), spec.name,
-                                                        version, pending.message.id, final),
+        return StreamFail(GrpcStatus(response.status),
+                          StreamError(response.status.message(), spec.name, version,
+                                      pending.message.id, final),
                           final);
       }
       if (completion.empty && !pending.empty_final) return StreamWrite(std::nullopt, final);
@@ -287,8 +292,8 @@ class Call : public std::enable_shared_from_this<Call> {
   }
 
   void Fail(const Status& status, bool final = true) {
-    if (streaming_) return StreamFail(status, StreamError(status.message()), final);
-    Finish(grpc::Status(GrpcCode(status.code()), status.message()));
+    if (streaming_) return StreamFail(GrpcStatus(status), StreamError(status.message()), final);
+    Finish(GrpcStatus(status));
   }
 
   // Stop gave up waiting for this call's requests: it is answered now (UNAVAILABLE, or the
@@ -472,7 +477,8 @@ class Call : public std::enable_shared_from_this<Call> {
   void Answer(int code, const std::string& message, const std::string& body) {
     if (streaming_) {
       if (code == 0) return StreamWrite(StreamResponse(body), true);
-      return StreamFail(Status(StatusCode::kInternal, message), StreamError(message), true);
+      return StreamFail(grpc::Status(static_cast<grpc::StatusCode>(code), message),
+                        StreamError(message), true);
     }
     if (server_->response_delay().count() != 0 && method_ != kModelInfer && !delay_rang_) {
       return After(server_->response_delay(),
@@ -502,13 +508,13 @@ class Call : public std::enable_shared_from_this<Call> {
   // An error for one message: a response with its text, or, when the client asked for
   // triton_grpc_error, the end of the stream with its status (later responses are dropped
   // and the stream's requests cancelled, as Triton does).
-  void StreamFail(const Status& status, std::string response, bool final) {
+  void StreamFail(const grpc::Status& status, std::string response, bool final) {
     if (!grpc_error_) return StreamWrite(Buffer(std::move(response)), final);
     cancelled_.store(true, std::memory_order_relaxed);
     std::lock_guard<std::mutex> lock(mutex_);
     if (abandoned_) return;
     if (final) --outstanding_;
-    if (!error_) error_ = grpc::Status(GrpcCode(status.code()), status.message());
+    if (!error_) error_ = status;
     if (writes_.size() > 1) writes_.erase(writes_.begin() + 1, writes_.end());
     MaybeFinish();
   }

@@ -49,6 +49,8 @@ class RequestInfo:
     flags: int = 0  # TRITONSERVER_RequestFlag: sequence start 1, end 2
     # A decoupled model's way to answer this request (_core.ResponseSender); None otherwise.
     response_sender: object = None
+    # Otherwise (_core.BatchCancellation, the request's index): whether its client went away.
+    cancellation: tuple | None = None
 
 
 class Backend(abc.ABC):

@@ -144,7 +144,8 @@ class PythonBackend(Backend):
             own = info.response_sender
             return received(name, tensors, info.requested_outputs or list(outputs), info.id,
                             version, info.parameters, info.correlation_id, info.flags,
-                            sender(own) if sender is not None and own is not None else None)
+                            sender(own) if sender is not None and own is not None else None,
+                            info.cancellation)
 
         def wrap(key: str, value: np.ndarray):
             return wrap_tensor(key, value, _BF16 if key in bf16 else None)

@@ -104,6 +104,16 @@ std::unique_ptr<InferRequest> Request(ResponseSink* sink, uint64_t tag,
   return request;
 }
 
+// Submits one request and takes the sender its batch got.
+std::shared_ptr<ResponseSender> SubmitOne(Model& model, KeepSenders& compute, ResponseSink* sink,
+                                          uint64_t tag) {
+  auto request = Request(sink, tag);
+  EXPECT_OK(model.Submit(request));
+  auto sender = compute.Take();
+  EXPECT_NE(sender, nullptr);
+  return sender;
+}
+
 }  // namespace
 
 TEST(ResponseSender, ResponsesFromAnotherThreadThenOneFinal) {
@@ -145,9 +155,7 @@ TEST(ResponseSender, TheRequestIsInFlightUntilItsFinalResponse) {
   auto compute = std::make_shared<KeepSenders>();
   auto model = Decoupled(compute);
   RecordingSink sink;
-  auto request = Request(&sink, 1);
-  ASSERT_OK(model->Submit(request));
-  auto sender = compute->Take();
+  auto sender = SubmitOne(*model, *compute, &sink, 1);
   ASSERT_NE(sender, nullptr);
   // 2 until the batch's execute returns: the scheduler and the open sender both count it.
   EXPECT_GE(model->InflightCount(), 1u);
@@ -165,9 +173,7 @@ TEST(ResponseSender, StopPastItsTimeoutEndsOpenRequests) {
   auto compute = std::make_shared<KeepSenders>();
   auto model = Decoupled(compute);
   RecordingSink sink;
-  auto request = Request(&sink, 1);
-  ASSERT_OK(model->Submit(request));
-  auto sender = compute->Take();
+  auto sender = SubmitOne(*model, *compute, &sink, 1);
   ASSERT_NE(sender, nullptr);
   EXPECT_TRUE(model->Stop(0.05));
   auto completions = sink.WaitFor(1);

@@ -4,10 +4,14 @@ is_model_ready) and Logger lines in the server's log."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from conftest import start_server, write_python_model
 
@@ -72,6 +76,24 @@ class TritonPythonModel:
         return responses
 '''
 
+# Runs until its client goes away (at most 30 s), then says whether it saw it go.
+WAIT_MODEL = '''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        (request,) = requests
+        deadline = time.monotonic() + 30
+        while not request.is_cancelled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pb_utils.Logger.log_info(f"saw cancellation: {request.is_cancelled()}")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.zeros(1, np.float32))])]
+'''
+
 X_TENSORS = """
 input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
 output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
@@ -88,8 +110,10 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("pb_utils_repo")
     write_python_model(root, "metrics", X_TENSORS, METRICS_MODEL)
     write_python_model(root, "control", CONTROL_TENSORS, CONTROL_MODEL)
+    write_python_model(root, "wait", X_TENSORS, WAIT_MODEL)
     process = start_server([root], tmp_path_factory.mktemp("logs") / "pb_utils.log",
-                           "--model-control-mode", "explicit", "--load-model", "control")
+                           "--model-control-mode", "explicit", "--load-model", "control",
+                           "--load-model", "wait")
     yield process
     process.stop()
 
@@ -137,3 +161,15 @@ def test_custom_metrics_on_the_metrics_endpoint(server):
     finally:
         client.unload_model("metrics")
 
+
+
+def test_request_is_cancelled_when_the_client_goes_away(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("X", [1], "FP32")
+    tensor.set_data_from_numpy(np.zeros(1, np.float32))
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        client.infer("wait", [tensor], client_timeout=0.5)
+    deadline = time.monotonic() + TIMEOUT_S
+    while "saw cancellation:" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "saw cancellation: True" in server.log()

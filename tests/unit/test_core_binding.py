@@ -216,8 +216,12 @@ def test_request_info_reaches_backends_that_ask():
     recorder.wait(1)
     model.stop()
     assert payload is not None
-    assert recorder.executed[0]["requests"] == [
-        (5, "abc", {"flag": True, "n": 3, "s": "x", "f": 0.5}, ["Y"], 0, 0, None)]  # no sender
+    ((*info, cancellation),) = recorder.executed[0]["requests"]
+    assert info == [5, "abc", {"flag": True, "n": 3, "s": "x", "f": 0.5}, ["Y"], 0, 0,
+                    None]  # no sequence, no sender
+    batch, index = cancellation  # whether the client went away, asked while the batch runs
+    assert isinstance(batch, _core.BatchCancellation) and index == 0
+    assert batch.is_cancelled(0) is False
 
 
 def test_backend_errors_fail_the_batch_and_count_as_failures():
