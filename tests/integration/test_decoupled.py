@@ -225,7 +225,14 @@ def test_responses_come_from_another_thread_in_order(server):
         assert seen == [(4, 0), (5, 1), (6, 2)]
     finally:
         stream.close()
-    stats = settled_statistics(grpcclient.InferenceServerClient(server.grpc_url), "repeat", 1)
+    # The final flag is counted just after the client has it: wait for the count to show it.
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        stats = settled_statistics(client, "repeat", 1)
+        if stats.response_stats["3"].empty_response.count >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert stats.inference_stats.success.count >= 1
     # Triton's response_stats: by each response's index within its request
     responses = stats.response_stats
