@@ -670,7 +670,9 @@ void RegisterModel(py::module_& m) {
   py::class_<RateLimiter, std::shared_ptr<RateLimiter>>(m, "RateLimiter")
       .def(py::init([](const std::vector<std::tuple<std::string, uint64_t, int>>& resources) {
              std::vector<ServerResource> server;
-             for (const auto& [name, count, device] : resources) server.push_back({name, count, device});
+             for (const auto& [name, count, device] : resources) {
+               server.push_back({name, count, device});
+             }
              return std::make_shared<RateLimiter>(server);
            }),
            py::arg("resources") = std::vector<std::tuple<std::string, uint64_t, int>>{})

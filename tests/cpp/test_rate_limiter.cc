@@ -108,6 +108,7 @@ class TimelineExecutor : public Executor {
     std::mutex mutex;
     std::condition_variable changed;
     int running = 0, most_running = 0;
+    size_t requests = 0;
     std::vector<char> order;  // the model of each execution, in start order
     bool Wait(const std::function<bool()>& done) {
       std::unique_lock<std::mutex> lock(mutex);
@@ -116,10 +117,11 @@ class TimelineExecutor : public Executor {
   };
   TimelineExecutor(char model, Timeline& timeline, std::function<void(char)> hold = {})
       : model_(model), timeline_(timeline), hold_(std::move(hold)) {}
-  Status Execute(Batch&) override {
+  Status Execute(Batch& batch) override {
     {
       std::lock_guard<std::mutex> lock(timeline_.mutex);
       timeline_.most_running = std::max(timeline_.most_running, ++timeline_.running);
+      timeline_.requests += batch.requests.size();
       timeline_.order.push_back(model_);
       timeline_.changed.notify_all();
     }
@@ -137,12 +139,19 @@ class TimelineExecutor : public Executor {
   std::function<void(char)> hold_;
 };
 
+// One instance, each request its own batch; or `instances` behind the dynamic batcher.
 std::unique_ptr<Scheduler> MakeScheduler(const std::string& name, std::shared_ptr<RateLimiter> limiter,
-                                         InstanceRateLimit asks, std::shared_ptr<Executor> executor) {
+                                         InstanceRateLimit asks, std::shared_ptr<Executor> executor,
+                                         int instances = 1) {
   SchedulerOptions options;
   options.model_name = name;
   options.rate_limiter = std::move(limiter);
-  options.instance_rate_limits = {std::move(asks)};
+  options.instance_count = instances;
+  options.instance_rate_limits.assign(instances, asks);
+  if (instances > 1) {
+    options.dynamic_batching = true;
+    options.batching.max_batch_size = 4;
+  }
   std::unique_ptr<Scheduler> scheduler;
   EXPECT_OK(Scheduler::Create(options, std::move(executor), &scheduler));
   return scheduler;
@@ -154,7 +163,8 @@ void Submit(Scheduler& scheduler, uint64_t id) {
   ASSERT_OK(scheduler.Enqueue(request));
 }
 
-// Two models whose instances each take the one unit of a resource: never run at once.
+// Two models whose instances each take the one unit of a resource (b: two instances behind
+// the dynamic batcher): never run at once.
 TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
   auto limiter = std::make_shared<RateLimiter>(std::vector<ServerResource>{});
   TimelineExecutor::Timeline timeline;
@@ -168,7 +178,7 @@ TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
   auto a = MakeScheduler("a", limiter, Asks({{"R", false, 1}}),
                          std::make_shared<TimelineExecutor>('a', timeline, hold_a));
   auto b = MakeScheduler("b", limiter, Asks({{"R", false, 1}}),
-                         std::make_shared<TimelineExecutor>('b', timeline));
+                         std::make_shared<TimelineExecutor>('b', timeline), 2);
   ASSERT_TRUE(a && b);
 
   Submit(*a, 1);
@@ -183,11 +193,12 @@ TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
     gate_cv.notify_all();
   }
   ASSERT_TRUE(timeline.Wait([&] { return timeline.order.size() == 2 && timeline.running == 0; }));
-  for (uint64_t i = 3; i < 40; ++i) Submit(i % 2 ? *a : *b, i);
+  for (uint64_t i = 3; i < 200; ++i) Submit(i % 2 ? *a : *b, i);
   a->Stop();
   b->Stop();
-  EXPECT_EQ(timeline.order.size(), 39u);
+  EXPECT_EQ(timeline.requests, 199u);
   EXPECT_EQ(timeline.most_running, 1);
+  EXPECT_EQ(limiter->WaitingCount(), 0u);
 }
 
 // With two units (--rate-limit-resource=R:2), both run at once: a holds until b has started.
