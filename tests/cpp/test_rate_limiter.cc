@@ -139,32 +139,40 @@ class TimelineExecutor : public Executor {
   std::function<void(char)> hold_;
 };
 
-// One instance, each request its own batch; or `instances` behind the dynamic batcher.
+enum class Policy { kNone, kDynamic, kSequence };
+
+// `instances` of a model under a batch policy (none: each request its own batch), each asking
+// `asks` of the limiter.
 std::unique_ptr<Scheduler> MakeScheduler(const std::string& name, std::shared_ptr<RateLimiter> limiter,
                                          InstanceRateLimit asks, std::shared_ptr<Executor> executor,
-                                         int instances = 1) {
+                                         Policy policy = Policy::kNone, int instances = 1) {
   SchedulerOptions options;
   options.model_name = name;
   options.rate_limiter = std::move(limiter);
   options.instance_count = instances;
   options.instance_rate_limits.assign(instances, asks);
-  if (instances > 1) {
-    options.dynamic_batching = true;
-    options.batching.max_batch_size = 4;
-  }
+  options.dynamic_batching = policy == Policy::kDynamic;
+  options.batching.max_batch_size = 4;
+  options.sequence_batching = policy == Policy::kSequence;
+  options.sequence.max_batch_size = 2;
   std::unique_ptr<Scheduler> scheduler;
   EXPECT_OK(Scheduler::Create(options, std::move(executor), &scheduler));
   return scheduler;
 }
 
-void Submit(Scheduler& scheduler, uint64_t id) {
+// `sequence`: the request is a sequence of its own (START and END), with `id` as its ID.
+void Submit(Scheduler& scheduler, uint64_t id, bool sequence = false) {
   auto request = std::make_unique<InferRequest>();
   request->id = id;
+  if (sequence) {
+    request->correlation_id.number = id;
+    request->flags = kSequenceStart | kSequenceEnd;
+  }
   ASSERT_OK(scheduler.Enqueue(request));
 }
 
-// Two models whose instances each take the one unit of a resource (b: two instances behind
-// the dynamic batcher): never run at once.
+// Models whose instances each take the one unit of a resource (b: two instances behind the
+// dynamic batcher; c: two behind the sequence batcher): never run at once.
 TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
   auto limiter = std::make_shared<RateLimiter>(std::vector<ServerResource>{});
   TimelineExecutor::Timeline timeline;
@@ -178,8 +186,10 @@ TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
   auto a = MakeScheduler("a", limiter, Asks({{"R", false, 1}}),
                          std::make_shared<TimelineExecutor>('a', timeline, hold_a));
   auto b = MakeScheduler("b", limiter, Asks({{"R", false, 1}}),
-                         std::make_shared<TimelineExecutor>('b', timeline), 2);
-  ASSERT_TRUE(a && b);
+                         std::make_shared<TimelineExecutor>('b', timeline), Policy::kDynamic, 2);
+  auto c = MakeScheduler("c", limiter, Asks({{"R", false, 1}}),
+                         std::make_shared<TimelineExecutor>('c', timeline), Policy::kSequence, 2);
+  ASSERT_TRUE(a && b && c);
 
   Submit(*a, 1);
   ASSERT_TRUE(timeline.Wait([&] { return timeline.running == 1; }));
@@ -193,10 +203,14 @@ TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
     gate_cv.notify_all();
   }
   ASSERT_TRUE(timeline.Wait([&] { return timeline.order.size() == 2 && timeline.running == 0; }));
-  for (uint64_t i = 3; i < 200; ++i) Submit(i % 2 ? *a : *b, i);
+  for (uint64_t i = 3; i < 300; ++i) {
+    Scheduler& model = i % 3 == 0 ? *a : i % 3 == 1 ? *b : *c;
+    Submit(model, i, &model == c.get());
+  }
   a->Stop();
   b->Stop();
-  EXPECT_EQ(timeline.requests, 199u);
+  c->Stop();
+  EXPECT_EQ(timeline.requests, 299u);
   EXPECT_EQ(timeline.most_running, 1);
   EXPECT_EQ(limiter->WaitingCount(), 0u);
 }
