@@ -1,5 +1,6 @@
-"""Triton's rate limiter (--rate-limit=execution_count): two Python models whose instances
-share a resource of count 1 never execute at once, and do with --rate-limit=off; bad
+"""Triton's rate limiter (--rate-limit=execution_count): two Python models (one without a
+batcher, one with the dynamic batcher) whose instances share a resource of count 1 never
+execute at once, and do with --rate-limit=off; bad
 --rate-limit and --rate-limit-resource values and configs whose resources cannot be served
 are refused with Triton's texts."""
 
@@ -38,21 +39,22 @@ class TritonPythonModel:
         self.other = "second" if self.name == "first" else "first"
 
     def execute(self, requests):
-        (MARKS / (self.name + ".started")).touch()
         other_done_before = (MARKS / (self.other + ".finished")).exists()
+        (MARKS / (self.name + ".started")).touch()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (MARKS / (self.name + ".release")).exists() \\
                 and not (MARKS / (self.other + ".started")).exists():
             time.sleep(0.001)
         overlapped = (MARKS / (self.other + ".started")).exists() and not other_done_before
         (MARKS / (self.name + ".finished")).touch()
-        return [pb_utils.InferenceResponse(
-                    [pb_utils.Tensor("OVERLAPPED", np.array([overlapped], dtype=bool))])
-                for _ in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OVERLAPPED", np.full(
+                    pb_utils.get_input_tensor_by_name(r, "X").as_numpy().shape, overlapped))])
+                for r in requests]
 '''
 
 CONFIG = '''name: "{name}"
 backend: "python"
+{batching}
 input [ {{ name: "X" data_type: TYPE_INT32 dims: [ 1 ] }} ]
 output [ {{ name: "OVERLAPPED" data_type: TYPE_BOOL dims: [ 1 ] }} ]
 instance_group [ {{ kind: KIND_CPU count: 1
@@ -61,11 +63,11 @@ instance_group [ {{ kind: KIND_CPU count: 1
 
 
 def _write(repository: Path, name: str, marks: Path, resources: str = '{ name: "R" count: 1 }',
-           priority: int = 1) -> None:
+           priority: int = 1, batching: str = "") -> None:
     (repository / name / "1").mkdir(parents=True)
     (repository / name / "1" / "model.py").write_text(MODEL.format(marks=str(marks)))
     (repository / name / "config.pbtxt").write_text(
-        CONFIG.format(name=name, resources=resources, priority=priority))
+        CONFIG.format(name=name, resources=resources, priority=priority, batching=batching))
 
 
 @pytest.fixture(scope="module", params=[(f, m) for f in FRONTENDS
@@ -78,8 +80,9 @@ def server(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("rate-limiter")
     marks = root / "marks"
     marks.mkdir()
-    for name, priority in (("first", 1), ("second", 2)):
-        _write(root / "models", name, marks, priority=priority)
+    _write(root / "models", "first", marks)
+    _write(root / "models", "second", marks, priority=2,
+           batching="max_batch_size: 4\ndynamic_batching { }")
     server = start_server([root / "models"], root / "server.log", "--rate-limit", mode,
                           "--grpc-frontend", frontend, "--http-frontend", frontend)
     server.marks, server.mode = marks, mode
@@ -103,9 +106,10 @@ def _pending(server, model: str) -> float:
 
 
 def _infer(module, url: str, model: str) -> bool:
+    shape = [1, 1] if model == "second" else [1]  # second batches
     with module.InferenceServerClient(url) as client:
-        result = client.infer(model, [tensor(module, "X", np.zeros(1, np.int32), "INT32")])
-        return bool(result.as_numpy("OVERLAPPED")[0])
+        result = client.infer(model, [tensor(module, "X", np.zeros(shape, np.int32), "INT32")])
+        return bool(result.as_numpy("OVERLAPPED").flat[0])
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
