@@ -4,9 +4,13 @@ tritonserver parses them, and what each instance of a config asks of the core's 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from pyserve import _core
+
+if TYPE_CHECKING:
+    from pyserve.backends import InstanceSpec
+    from pyserve.protocol import pb
 
 MODES = ("off", "execution_count")
 
@@ -45,8 +49,9 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def instance_limits(config, specs: Sequence) -> list[_core.InstanceRateLimit]:
-    """Per instance (a lifecycle InstanceSpec), what it asks of the limiter: its group's
+def instance_limits(config: pb.ModelConfig,
+                    specs: Sequence[InstanceSpec]) -> list[_core.InstanceRateLimit]:
+    """Per instance, what it asks of the limiter: its group's
     rate_limiter, on its device (the GPU; 0 for a CPU instance, as in Triton). Empty when no
     group declares resources."""
     groups = config.instance_group
