@@ -16,10 +16,9 @@ RateLimiter::RateLimiter(const std::vector<ServerResource>& server_resources) {
   }
 }
 
-Status RateLimiter::Capacities(const std::map<uint64_t, std::unique_ptr<Entry>>& entries,
-                               Counts* capacities) const {
+Status RateLimiter::Capacities(Counts* capacities) const {
   Counts counts;  // the largest ask of each resource
-  for (const auto& [id, entry] : entries) {
+  for (const auto& [id, entry] : entries_) {
     for (const auto& [key, count] : entry->asks) counts[key] = std::max(counts[key], count);
   }
   if (!explicit_.empty()) {  // the flags give every count; a resource they omit has none
@@ -76,7 +75,7 @@ Status RateLimiter::Register(const std::vector<InstanceRateLimit>& instances,
     entries_.emplace(next_id_++, std::move(entry));
   }
   Counts capacities;
-  Status status = Capacities(entries_, &capacities);
+  Status status = Capacities(&capacities);
   if (!status.ok()) {
     for (uint64_t id : added) entries_.erase(id);
     return status;
@@ -99,7 +98,7 @@ void RateLimiter::Unregister(const std::vector<uint64_t>& ids) {
   }
   Counts capacities;
   // Fewer instances never make the counts invalid; the largest asks may shrink.
-  if (Capacities(entries_, &capacities).ok()) capacities_ = std::move(capacities);
+  if (Capacities(&capacities).ok()) capacities_ = std::move(capacities);
   Serve();
 }
 

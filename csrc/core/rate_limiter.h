@@ -59,7 +59,7 @@ class RateLimiter {
   // global and per device. `ids` gets one id per instance, 0 for an instance that asks for
   // nothing (it never waits here).
   Status Register(const std::vector<InstanceRateLimit>& instances, std::vector<uint64_t>* ids);
-  // Removes instances (none of them may be waiting in or holding resources).
+  // Removes instances whose workers have stopped, giving back anything they were granted.
   void Unregister(const std::vector<uint64_t>& ids);
 
   // Blocks until the instance holds its resources.
@@ -70,7 +70,7 @@ class RateLimiter {
   // The instance has no work after all: out of the line, anything granted given back.
   void Withdraw(uint64_t id);
 
-  // Instances waiting in Acquire.
+  // Instances in line: waiting in Acquire, or staying in line after Release.
   size_t WaitingCount() const;
 
   // The count of a resource on a device (kGlobal for a global one): 0 when unknown.
@@ -91,9 +91,8 @@ class RateLimiter {
     std::condition_variable granted_cv;
   };
 
-  // The counts the server has with `entries` registered, or Triton's refusal.
-  Status Capacities(const std::map<uint64_t, std::unique_ptr<Entry>>& entries,
-                    Counts* capacities) const;
+  // Under mutex_: the counts the server has with entries_ registered, or Triton's refusal.
+  Status Capacities(Counts* capacities) const;
   bool Fits(const Entry& entry) const;
   void Line(uint64_t id, Entry& entry);  // under mutex_: into waiting_
   void GiveBack(Entry& entry);           // under mutex_
