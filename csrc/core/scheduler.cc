@@ -346,7 +346,14 @@ void Scheduler::LeaveRateLimiterLine(int instance) {
 void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
   // Waiting for the instance's resources is queue time (the requests are pending), as in Triton.
-  if (options_.rate_limiter) options_.rate_limiter->Acquire(instance.rate_limit_id);
+  if (options_.rate_limiter) {
+    options_.rate_limiter->Acquire(instance.rate_limit_id);
+    if (abandoning_.load(std::memory_order_seq_cst)) {  // Stop gave up while it waited
+      options_.rate_limiter->Release(instance.rate_limit_id);
+      RejectBatch(std::move(batch), AbandonedStatus());
+      return;
+    }
+  }
   const uint64_t count = binds_ ? AnsweredCount(*batch) : batch->requests.size();
   executing_.fetch_add(count, std::memory_order_acq_rel);
   RejectCancelled(*batch);

@@ -29,6 +29,24 @@ InstanceRateLimit Asks(std::vector<RateLimitResource> resources, uint32_t priori
   return InstanceRateLimit{std::move(resources), priority, device};
 }
 
+class Event {
+ public:
+  void Set() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    set_ = true;
+    cv_.notify_all();
+  }
+  bool Wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, kWaitLimit, [this] { return set_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
 // Waits until `done` holds, looking every 100 µs; false when the limit passed first.
 bool WaitFor(const std::function<bool()>& done) {
   const auto limit = std::chrono::steady_clock::now() + kWaitLimit;
@@ -109,6 +127,7 @@ class TimelineExecutor : public Executor {
     std::condition_variable changed;
     int running = 0, most_running = 0;
     size_t requests = 0;
+    std::vector<std::string> refusals;  // the status of each request answered unrun
     std::vector<char> order;  // the model of each execution, in start order
     bool Wait(const std::function<bool()>& done) {
       std::unique_lock<std::mutex> lock(mutex);
@@ -131,7 +150,11 @@ class TimelineExecutor : public Executor {
     timeline_.changed.notify_all();
     return Status::OK();
   }
-  void Reject(const std::vector<InferRequest*>&, const Status&) override {}
+  void Reject(const std::vector<InferRequest*>& requests, const Status& status) override {
+    std::lock_guard<std::mutex> lock(timeline_.mutex);
+    for (size_t i = 0; i < requests.size(); ++i) timeline_.refusals.push_back(status.message());
+    timeline_.changed.notify_all();
+  }
 
  private:
   char model_;
@@ -213,6 +236,33 @@ TEST(RateLimiterScheduler, InstancesOfTwoModelsSharingAResourceTakeTurns) {
   EXPECT_EQ(timeline.requests, 299u);
   EXPECT_EQ(timeline.most_running, 1);
   EXPECT_EQ(limiter->WaitingCount(), 0u);
+}
+
+// A model whose Stop timed out while its instance waited for resources answers that batch when
+// the resources come, without running it.
+TEST(RateLimiterScheduler, AnAbandonedModelAnswersTheBatchThatWaitedForResources) {
+  auto limiter = std::make_shared<RateLimiter>(std::vector<ServerResource>{});
+  TimelineExecutor::Timeline timeline;
+  Event gate;
+  auto a = MakeScheduler("a", limiter, Asks({{"R", false, 1}}),
+                         std::make_shared<TimelineExecutor>('a', timeline, [&](char) {
+                           EXPECT_TRUE(gate.Wait());
+                         }));
+  auto b = MakeScheduler("b", limiter, Asks({{"R", false, 1}}),
+                         std::make_shared<TimelineExecutor>('b', timeline));
+  ASSERT_TRUE(a && b);
+  Submit(*a, 1);
+  ASSERT_TRUE(timeline.Wait([&] { return timeline.running == 1; }));
+  Submit(*b, 2);
+  ASSERT_TRUE(WaitFor([&] { return limiter->WaitingCount() == 1; }));
+  EXPECT_FALSE(b->Stop(0.01));  // b's worker still waits: given up
+  gate.Set();
+  ASSERT_TRUE(timeline.Wait([&] { return timeline.refusals.size() == 1; }));
+  EXPECT_EQ(timeline.refusals[0],
+            "model 'b' was stopped while an instance was still executing (stop timeout)");
+  EXPECT_EQ(timeline.order, std::vector<char>{'a'});  // b's request never ran
+  a->Stop();
+  b.release();  // abandoned: its detached worker may still be returning
 }
 
 // With two units (--rate-limit-resource=R:2), both run at once: a holds until b has started.
