@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from pyserve import __version__, _core, host_policy, logs, restricted, tracing, triton_flags
+from pyserve import (__version__, _core, host_policy, logs, rate_limit, restricted, tracing,
+                     triton_flags)
 from pyserve.options import (COMPRESSION_LEVELS, CONTROL_MODES, FRONTENDS, LISTEN_BACKLOG,
                              MetricsSettings, ServerOptions, Tls)
 
@@ -83,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="settings of a host policy, which instance groups name "
                              "(default names: cpu, gpu_<device>): cpu-cores=0-3,8 pins "
                              "an instance's threads, numa-node=N binds their memory")
+    models.add_argument("--rate-limit", type=_rate_limit_mode, default="off",
+                        metavar="off|execution_count",
+                        help="execution_count: an instance whose group declares rate_limiter "
+                             "resources executes only while it holds them, instances of "
+                             "every model competing by priority; off (default): ignored")
+    models.add_argument("--rate-limit-resource", type=_rate_limit_resource, action="append",
+                        default=[], metavar="NAME:COUNT[:DEVICE]",
+                        help="a resource's count (per device, or on DEVICE only); default: "
+                             "the most any instance asks")
     models.add_argument("--model-load-retry-count", type=int, default=0, metavar="N",
                         help="times a version whose load failed is loaded again before the "
                              "load fails (default: %(default)s)")
@@ -383,6 +393,20 @@ def _host_policy(text: str) -> tuple[str, str, str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _rate_limit_mode(text: str) -> str:
+    try:
+        return rate_limit.parse_mode(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _rate_limit_resource(text: str) -> tuple[str, int, int]:
+    try:
+        return rate_limit.parse_resource(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _host_policies(flags: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
     policies: dict[str, dict[str, str]] = {}
     for name, key, value in flags:
@@ -541,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         model_load_thread_count=args.model_load_thread_count,
         model_load_retry_count=max(args.model_load_retry_count, 0),
         host_policies=_host_policies(args.host_policy),
+        rate_limit=args.rate_limit,
+        rate_limit_resources=args.rate_limit_resource,
         model_load_gpu_limits=dict(args.model_load_gpu_limit),
         exit_timeout_secs=args.exit_timeout_secs,
         drain_grace_secs=args.drain_grace_secs,

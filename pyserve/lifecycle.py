@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyserve import _core, bls, devices, host_policy
+from pyserve import _core, bls, devices, host_policy, rate_limit
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
 from pyserve.backends.base import instance_name
 from pyserve.config import ConfigOptions, config_path, model_config, read_config_file
@@ -95,6 +95,9 @@ class ModelManager:
         # The response cache, shared by the versions whose config enables it.
         self.response_cache = (_core.ResponseCache(options.response_cache_byte_size)
                                if options.response_cache_byte_size is not None else None)
+        # --rate-limit=execution_count: the limiter every model's instances share.
+        self.rate_limiter = (_core.RateLimiter(options.rate_limit_resources)
+                             if options.rate_limit == "execution_count" else None)
         bls.attach(self)  # Python models' BLS calls reach these models
         self._draining = False
         self._readiness_changed()
@@ -340,7 +343,9 @@ class ModelManager:
             return ModelRunner(config, version, instances, placement, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
                                stop_timeout=self._options.model_unload_timeout_secs,
-                               host_policies=policies, cache=cache, summaries=summaries)
+                               host_policies=policies, cache=cache, summaries=summaries,
+                               rate_limiter=self.rate_limiter,
+                               rate_limits=rate_limit.instance_limits(config, specs))
         except BaseException:
             for backend in instances:
                 backend.close()
@@ -651,11 +656,11 @@ def instance_specs(config: pb.ModelConfig) -> list[InstanceSpec]:
     """Triton's placement: `count` instances per group, on each listed GPU for GPU groups."""
     gpu_kind = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
     specs: list[InstanceSpec] = []
-    for group in config.instance_group:
+    for group_index, group in enumerate(config.instance_group):
         devices = list(group.gpus) if group.kind == gpu_kind else [0]
         for device in devices:
             for _ in range(group.count):
                 kind = "GPU" if group.kind == gpu_kind else "CPU"
                 policy = group.host_policy or host_policy.default_name(kind, device)
-                specs.append(InstanceSpec(len(specs), kind, device, policy))
+                specs.append(InstanceSpec(len(specs), kind, device, policy, group_index))
     return specs

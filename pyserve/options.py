@@ -123,6 +123,10 @@ class ServerOptions:
     model_load_gpu_limits: dict[int, float] = field(default_factory=dict)
     # --host-policy: policy name -> its settings (pyserve.host_policy).
     host_policies: dict[str, dict[str, str]] = field(default_factory=dict)
+    # --rate-limit: "off" (instance groups' rate_limiter ignored) or "execution_count";
+    # --rate-limit-resource: (name, count, device; -1 = every device) per flag.
+    rate_limit: str = "off"
+    rate_limit_resources: list[tuple[str, int, int]] = field(default_factory=list)
     # Requests queued (accepted, not executing) per model version at most; more are refused
     # at once with UNAVAILABLE / 503. A config's max_queue_size bounds each priority level
     # too. 0 = unbounded, Triton's default.

@@ -58,8 +58,11 @@ class ModelRunner:
                  stop_timeout: float = -1.0,
                  host_policies: list[_core.HostPolicy] | None = None,
                  cache: _core.ResponseCache | None = None, summaries: bool = False,
-                 models: _core.ModelTable | None = None) -> None:
-        """An ensemble (no instances) runs its steps on the models `models` serves."""
+                 models: _core.ModelTable | None = None,
+                 rate_limiter: _core.RateLimiter | None = None,
+                 rate_limits: list[_core.InstanceRateLimit] | None = None) -> None:
+        """An ensemble (no instances) runs its steps on the models `models` serves. With a
+        `rate_limiter`, an instance executes only while it holds what `rate_limits` asks."""
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -85,6 +88,9 @@ class ModelRunner:
             options.device_inputs = any(backend.device_inputs for backend in instances)
             if host_policies and any(p.cpus or p.numa_node >= 0 for p in host_policies):
                 options.instance_policies = host_policies
+            if rate_limiter is not None and rate_limits:
+                options.rate_limiter = rate_limiter
+                options.instance_rate_limits = rate_limits
             self.model = _core.Model(spec, options, self._execute)
         self.cached = cache is not None  # repeated requests answered from the cache
         if cache is not None:

@@ -20,8 +20,6 @@ UNSERVED = {
     "--vertex-ai-port": "Vertex AI's API is not served",
     "--vertex-ai-thread-count": "Vertex AI's API is not served",
     "--vertex-ai-default-model": "Vertex AI's API is not served",
-    "--rate-limit": "the rate limiter is not implemented yet",
-    "--rate-limit-resource": "the rate limiter is not implemented yet",
     "--model-namespacing": "model namespacing is not implemented yet",
 }
 

@@ -17,6 +17,7 @@
 #include "host_memory.h"
 #include "model.h"
 #include "model_table.h"
+#include "rate_limiter.h"
 #include "register.h"
 #include "latency_summary.h"
 #include "response_cache.h"
@@ -708,7 +709,36 @@ void RegisterModel(py::module_& m) {
       .def_readwrite("sequence_batching", &SchedulerOptions::sequence_batching)
       .def_readwrite("sequence", &SchedulerOptions::sequence)
       .def_readwrite("delay_scheduler_count", &SchedulerOptions::delay_scheduler_count)
-      .def_readwrite("instance_policies", &SchedulerOptions::instance_policies);
+      .def_readwrite("instance_policies", &SchedulerOptions::instance_policies)
+      .def_readwrite("rate_limiter", &SchedulerOptions::rate_limiter)
+      .def_readwrite("instance_rate_limits", &SchedulerOptions::instance_rate_limits);
+
+  // resources: --rate-limit-resource's (name, count, device; -1 = every device).
+  py::class_<RateLimiter, std::shared_ptr<RateLimiter>>(m, "RateLimiter")
+      .def(py::init([](const std::vector<std::tuple<std::string, uint64_t, int>>& resources) {
+             std::vector<ServerResource> server;
+             for (const auto& [name, count, device] : resources) {
+               server.push_back({name, count, device});
+             }
+             return std::make_shared<RateLimiter>(server);
+           }),
+           py::arg("resources") = std::vector<std::tuple<std::string, uint64_t, int>>{})
+      .def("capacity", &RateLimiter::Capacity, py::arg("name"), py::arg("device"),
+           "A resource's count on a device (-2: a global one), 0 when unknown.");
+
+  // resources: an instance group's rate_limiter resources as (name, global, count).
+  py::class_<InstanceRateLimit>(m, "InstanceRateLimit")
+      .def(py::init([](const std::vector<std::tuple<std::string, bool, uint64_t>>& resources,
+                       uint32_t priority, int device) {
+             InstanceRateLimit limit;
+             for (const auto& [name, global, count] : resources) {
+               limit.resources.push_back({name, global, count});
+             }
+             limit.priority = priority;
+             limit.device = device;
+             return limit;
+           }),
+           py::arg("resources"), py::arg("priority") = 0, py::arg("device") = 0);
 
   py::class_<HostPolicy>(m, "HostPolicy")
       .def(py::init([](std::vector<int> cpus, int numa_node) {

@@ -52,7 +52,14 @@ Status Scheduler::Create(const SchedulerOptions& options, std::shared_ptr<Execut
                     "GPU " + std::to_string(device) + " is not available for " + model);
     }
   }
-  scheduler->reset(new Scheduler(options, std::move(executor)));
+  if (!options.instance_rate_limits.empty() &&
+      options.instance_rate_limits.size() != static_cast<size_t>(options.instance_count)) {
+    return Status(StatusCode::kInvalidArg, "one rate limit per instance is needed for " + model);
+  }
+  std::unique_ptr<Scheduler> created(new Scheduler(options, std::move(executor)));
+  Status registered = created->RegisterRateLimits();
+  if (!registered.ok()) return registered;
+  *scheduler = std::move(created);
   (*scheduler)->Start();
   return Status::OK();
 }
@@ -84,6 +91,15 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
   iterative_ = batcher_ && batcher_->Iterative();
 }
 
+Status Scheduler::RegisterRateLimits() {
+  if (!options_.rate_limiter || options_.instance_rate_limits.empty()) return Status::OK();
+  std::vector<uint64_t> ids;
+  Status status = options_.rate_limiter->Register(options_.instance_rate_limits, &ids);
+  if (!status.ok()) return status;
+  for (size_t i = 0; i < ids.size(); ++i) instances_[i].rate_limit_id = ids[i];
+  return Status::OK();
+}
+
 void Scheduler::Start() {
   idle_instances_.store(options_.instance_count);
   running_threads_ = options_.instance_count + (batcher_ ? 1 : 0);
@@ -107,6 +123,7 @@ void Scheduler::Start() {
       } else {
         DirectWorkerLoop(i);
       }
+      LeaveRateLimiterLine(i);
       ThreadExited();
     });
   }
@@ -126,6 +143,11 @@ void Scheduler::ThreadExited() {
 
 Scheduler::~Scheduler() {
   Stop();
+  if (options_.rate_limiter) {  // no worker is left to wait for or hold resources
+    std::vector<uint64_t> ids;
+    for (const Instance& instance : instances_) ids.push_back(instance.rate_limit_id);
+    options_.rate_limiter->Unregister(ids);
+  }
   const CudaRuntime* cuda = CudaRuntime::Get();
   if (cuda == nullptr) return;
   for (Instance& instance : instances_) {
@@ -283,6 +305,7 @@ void Scheduler::WorkerLoop(int instance) {
       if (!TakeBatch(instance, batch)) return;
       run();
     } else {
+      LeaveRateLimiterLine(instance);
       batch_ready_.Wait(key);
     }
   }
@@ -318,17 +341,33 @@ void Scheduler::DirectWorkerLoop(int instance) {
       ingress_ready_.CancelWait();
       return;
     } else {
+      LeaveRateLimiterLine(instance);
       ingress_ready_.Wait(key);
     }
   }
 }
 
+// A worker about to sleep: it stayed in the limiter's line for work it did not get.
+void Scheduler::LeaveRateLimiterLine(int instance) {
+  if (options_.rate_limiter) options_.rate_limiter->Withdraw(instances_[instance].rate_limit_id);
+}
+
 void Scheduler::Run(std::unique_ptr<Batch> batch) {
   Instance& instance = instances_[batch->instance];
+  // Waiting for the instance's resources is queue time (the requests are pending), as in Triton.
+  if (options_.rate_limiter) {
+    options_.rate_limiter->Acquire(instance.rate_limit_id);
+    if (abandoning_.load(std::memory_order_seq_cst)) {  // Stop gave up while it waited
+      options_.rate_limiter->Release(instance.rate_limit_id);
+      RejectBatch(std::move(batch), AbandonedStatus());
+      return;
+    }
+  }
   const uint64_t count = binds_ ? AnsweredCount(*batch) : batch->requests.size();
   executing_.fetch_add(count, std::memory_order_acq_rel);
   RejectCancelled(*batch);
   if (batch->requests.empty() || (binds_ && AnsweredCount(*batch) == 0)) {
+    if (options_.rate_limiter) options_.rate_limiter->Release(instance.rate_limit_id);
     executing_.fetch_sub(count, std::memory_order_acq_rel);
     Release(count);
     return;
@@ -361,6 +400,10 @@ void Scheduler::Run(std::unique_ptr<Batch> batch) {
     executor_->Reject(requests, status);
   }
   if (batch->stream != nullptr) CudaRuntime::Get()->Synchronize(batch->stream);
+  // With more requests waiting, the instance stays in the limiter's line as Triton's does.
+  if (options_.rate_limiter) {
+    options_.rate_limiter->Release(instance.rate_limit_id, PendingCount() > 0);
+  }
   BatchTimes& t = batch->times;
   const uint64_t now = SteadyNowNs();
   if (t.infer_start == 0) t.infer_start = t.input_start;

@@ -27,6 +27,7 @@
 #include "host_policy.h"
 #include "mpmc_queue.h"
 #include "notifier.h"
+#include "rate_limiter.h"
 #include "request.h"
 #include "sequence_batcher.h"
 #include "stats.h"
@@ -42,6 +43,10 @@ struct SchedulerOptions {
   bool device_inputs = false;  // copy batch inputs to the instance's GPU before Execute
   // Per instance: the host policy its worker thread runs under. Empty = none.
   std::vector<HostPolicy> instance_policies;
+  // --rate-limit=execution_count: the server's limiter, and per instance what it asks of it
+  // (empty = nothing). Null: instances run whenever they have a batch.
+  std::shared_ptr<RateLimiter> rate_limiter;
+  std::vector<InstanceRateLimit> instance_rate_limits;
   size_t queue_capacity = 4096;
   // Requests accepted and not yet executing, at most (0 = no bound but queue_capacity's);
   // past it Enqueue refuses at once with UNAVAILABLE "Exceeds maximum queue size".
@@ -104,9 +109,11 @@ class Scheduler : public RequestScheduler {
     CudaStream stream = nullptr;
     std::vector<std::pair<void*, size_t>> device_buffers;  // per input: pointer, capacity
     std::atomic<Batch*> bound{nullptr};  // a batch for this instance only (binds_)
+    uint64_t rate_limit_id = 0;  // its resources in options_.rate_limiter (0: none)
   };
 
   Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> executor);
+  Status RegisterRateLimits();
   void Start();
   void BatcherLoop();
   void WorkerLoop(int instance);
@@ -121,6 +128,7 @@ class Scheduler : public RequestScheduler {
   void NoteEnded(const InferRequest& request);
   void Release(uint64_t count);
   bool TakeBatch(int instance, Batch*& batch);
+  void LeaveRateLimiterLine(int instance);
 
   SchedulerOptions options_;
   std::shared_ptr<Executor> executor_;

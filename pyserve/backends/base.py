@@ -31,6 +31,7 @@ class InstanceSpec:
     kind: str  # "CPU" or "GPU"
     device_id: int = 0
     host_policy: str = ""  # the name of the host policy it runs under (pyserve.host_policy)
+    group: int = 0  # its instance_group's position in the config
 
 
 # What execute() returns: every output of the batch by name (split per request by the

@@ -31,7 +31,8 @@ SAMPLES = {"--model-repository": str(EXAMPLES), "--model-store": str(EXAMPLES),
            "--metrics-address": "127.0.0.1", "--id": "a", "--log-file": "/dev/null",
            "--model-config-name": "a", "--disable-auto-complete-config": None,
            "--grpc-infer-response-compression-level": "HIGH", "--host-policy": "cpu,cpu-cores=0",
-           "--model-load-gpu-limit": "0:0.5",
+           "--model-load-gpu-limit": "0:0.5", "--rate-limit": "execution_count",
+           "--rate-limit-resource": "R:1",
            "--trace-config": "level=TIMESTAMPS", "--trace-level": "TIMESTAMPS",
            "--trace-file": "/dev/null"}
 
