@@ -340,7 +340,8 @@ class ModelManager:
             return ModelRunner(config, version, instances, placement, self._loop, labels,
                                max_queue_size=self._options.default_max_queue_size,
                                stop_timeout=self._options.model_unload_timeout_secs,
-                               host_policies=policies, cache=cache, summaries=summaries)
+                               host_policies=policies, cache=cache, summaries=summaries,
+                               model_dir=version_dir.parent)
         except BaseException:
             for backend in instances:
                 backend.close()

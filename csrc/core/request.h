@@ -50,6 +50,7 @@ struct TensorView {
 
 class ResponseSender;
 class ResponseSink;
+class SequenceState;
 struct SharedMemoryBlock;
 struct TraceRecord;
 
@@ -127,6 +128,9 @@ struct InferRequest {
   // Made by the sequence batcher for an empty slot of a batch (READY false): computed, never
   // answered or counted.
   bool padding = false;
+  // Set by the sequence batcher for a model with implicit state: the state of the request's
+  // sequence, which takes the request's state outputs after it has run (sequence_state.h).
+  std::shared_ptr<SequenceState> sequence_state;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).

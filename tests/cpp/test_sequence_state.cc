@@ -1,0 +1,260 @@
+// Implicit state (sequence_batching.state) as the sequence batcher keeps it: each request of a
+// sequence gets the state its previous request produced, START begins from the initial state,
+// and the state is dropped with the sequence's slot. Decided without threads or clocks: the
+// tests play the worker's part with UpdateSequenceStates.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sequence_batcher.h"
+#include "sequence_state.h"
+
+using namespace pyserve;
+
+namespace {
+
+constexpr uint64_t kMs = 1000 * 1000;
+
+struct Requests {
+  std::vector<std::unique_ptr<InferRequest>> owned;
+  int32_t value = 0;
+  InferRequest* Make(uint64_t corrid, uint32_t flags, uint64_t enqueue_ns = 0) {
+    auto r = std::make_unique<InferRequest>();
+    r->id = owned.size();
+    r->correlation_id.number = corrid;
+    r->flags = flags;
+    r->enqueue_ns = enqueue_ns;
+    TensorView t;
+    t.name = "INPUT";
+    t.dtype = DataType::kInt32;
+    t.shape = {1, 1};
+    t.data = reinterpret_cast<const uint8_t*>(&value);
+    t.byte_size = 4;
+    r->inputs.push_back(t);
+    owned.push_back(std::move(r));
+    return owned.back().get();
+  }
+};
+
+std::string Int32Bytes(std::vector<int32_t> values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+}
+
+// A model that batches (max_batch_size `slots`) with one INT32 state of one element, whose
+// initial value is `initial`.
+SequenceBatchingOptions WithState(uint32_t slots, int32_t initial = 0) {
+  SequenceBatchingOptions o;
+  o.max_batch_size = slots;
+  StateSpec state;
+  state.input_name = "INPUT_STATE";
+  state.output_name = "OUTPUT_STATE";
+  state.dtype = DataType::kInt32;
+  state.initial_shape = {1, 1};
+  state.initial = std::make_shared<const std::string>(Int32Bytes({initial}));
+  o.states.push_back(std::move(state));
+  return o;
+}
+
+const TensorView* Input(const InferRequest& r, const std::string& name) {
+  for (const auto& t : r.inputs) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+int32_t StateIn(const InferRequest& r) {
+  const TensorView* t = Input(r, "INPUT_STATE");
+  EXPECT_NE(t, nullptr);
+  if (t == nullptr || t->byte_size != 4) return -1;
+  int32_t v;
+  std::memcpy(&v, t->data, 4);
+  return v;
+}
+
+BatchPolicy::Decision Form(SequenceBatcher& b, uint64_t now_ns = 0) {
+  BatchPolicy::Decision d;
+  b.Form(now_ns, false, 1, &d);
+  return d;
+}
+
+// The worker's part: the model answered OUTPUT_STATE = `rows` for the batch `d` (one row per
+// request), and the instance is done.
+Status RunBatch(SequenceBatcher& b, BatchPolicy::Decision& d, const std::vector<int32_t>& rows,
+                bool per_request = false) {
+  Batch batch;
+  for (InferRequest* r : d.batch) batch.requests.emplace_back(r);
+  auto bytes = std::make_shared<std::string>(Int32Bytes(rows));
+  BatchOutputs outputs;
+  OutputTensor out;
+  out.name = "OUTPUT_STATE";
+  out.dtype = DataType::kInt32;
+  out.memory = bytes;
+  if (per_request) {
+    outputs.per_request = true;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      out.shape = {1, 1};
+      out.data = reinterpret_cast<const uint8_t*>(bytes->data()) + 4 * i;
+      out.byte_size = 4;
+      outputs.requests.push_back({out});
+      outputs.request_status.push_back(Status::OK());
+    }
+  } else if (!rows.empty()) {
+    out.shape = {static_cast<int64_t>(rows.size()), 1};
+    out.data = reinterpret_cast<const uint8_t*>(bytes->data());
+    out.byte_size = bytes->size();
+    outputs.batch.push_back(out);
+  }
+  Status status = UpdateSequenceStates("m", batch, outputs);
+  for (auto& r : batch.requests) {  // the requests stay with the test; padding goes
+    InferRequest* raw = r.release();
+    if (raw->padding) delete raw;
+  }
+  b.InstanceDone(0);
+  return status;
+}
+
+}  // namespace
+
+TEST(SequenceState, EachRequestGetsThePreviousOutputAndStartGetsTheInitialState) {
+  SequenceBatcher b("m", WithState(1, 7));
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  auto d = Form(b);
+  ASSERT_EQ(d.batch.size(), 1u);
+  EXPECT_EQ(StateIn(*d.batch[0]), 7);
+  const TensorView* state = Input(*d.batch[0], "INPUT_STATE");
+  EXPECT_EQ(state->shape, (std::vector<int64_t>{1, 1}));
+  EXPECT_NE(d.batch[0]->sequence_state, nullptr);
+  ASSERT_TRUE(RunBatch(b, d, {10}).ok());
+
+  b.Add(rq.Make(1, 0));
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 10);
+  ASSERT_TRUE(RunBatch(b, d, {25}).ok());
+
+  // A new START of the same correlation ID begins again from the initial state.
+  b.Add(rq.Make(1, kSequenceStart));
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 7);
+  ASSERT_TRUE(RunBatch(b, d, {3}).ok());
+  b.Add(rq.Make(1, kSequenceEnd));
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 3);
+  EXPECT_EQ(b.StateCount(), 0u);  // released with the slot at END
+  ASSERT_TRUE(RunBatch(b, d, {4}).ok());
+}
+
+TEST(SequenceState, InterleavedSequencesKeepTheirOwnStateAcrossBatchRows) {
+  SequenceBatcher b("m", WithState(2));
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  b.Add(rq.Make(2, kSequenceStart));
+  auto d = Form(b);
+  ASSERT_EQ(d.batch.size(), 2u);
+  ASSERT_TRUE(RunBatch(b, d, {100, 200}).ok());  // row i of the batch output is request i's
+  b.Add(rq.Make(2, 0));
+  b.Add(rq.Make(1, 0));
+  d = Form(b);
+  ASSERT_EQ(d.batch.size(), 2u);
+  EXPECT_EQ(d.batch[0]->correlation_id.number, 1u);
+  EXPECT_EQ(StateIn(*d.batch[0]), 100);
+  EXPECT_EQ(StateIn(*d.batch[1]), 200);
+  ASSERT_TRUE(RunBatch(b, d, {101, 201}, /*per_request=*/true).ok());
+  b.Add(rq.Make(1, 0));
+  b.Add(rq.Make(2, 0));
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 101);
+  EXPECT_EQ(StateIn(*d.batch[1]), 201);
+  EXPECT_EQ(b.StateCount(), 2u);
+  ASSERT_TRUE(RunBatch(b, d, {1, 2}).ok());
+}
+
+TEST(SequenceState, PaddingRowsGetTheInitialStateAndKeepNone) {
+  SequenceBatcher b("m", WithState(2, 5));
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  b.Add(rq.Make(2, kSequenceStart));
+  auto d = Form(b);
+  ASSERT_TRUE(RunBatch(b, d, {11, 22}).ok());
+  b.Add(rq.Make(2, 0));  // slot 0 has nothing: its row is padding
+  d = Form(b);
+  ASSERT_EQ(d.batch.size(), 2u);
+  ASSERT_TRUE(d.batch[0]->padding);
+  EXPECT_EQ(StateIn(*d.batch[0]), 5);
+  EXPECT_EQ(d.batch[0]->sequence_state, nullptr);
+  EXPECT_EQ(StateIn(*d.batch[1]), 22);
+  ASSERT_TRUE(RunBatch(b, d, {0, 23}).ok());
+  b.Add(rq.Make(1, 0));
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 11);  // the padding row's output did not touch it
+  ASSERT_TRUE(RunBatch(b, d, {12}).ok());
+}
+
+TEST(SequenceState, AStateTheModelDidNotProduceStaysAsItWas) {
+  SequenceBatcher b("m", WithState(1));
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  auto d = Form(b);
+  ASSERT_TRUE(RunBatch(b, d, {9}).ok());
+  b.Add(rq.Make(1, 0));
+  d = Form(b);
+  ASSERT_TRUE(RunBatch(b, d, {}).ok());
+  b.Add(rq.Make(1, 0));
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 9);
+  ASSERT_TRUE(RunBatch(b, d, {9}).ok());
+}
+
+TEST(SequenceState, ABatchOutputWithTheWrongRowsIsAnError) {
+  SequenceBatcher b("m", WithState(2));
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  b.Add(rq.Make(2, kSequenceStart));
+  auto d = Form(b);
+  Status status = RunBatch(b, d, {1, 2, 3});
+  EXPECT_EQ(status.code(), StatusCode::kInternal);
+  EXPECT_EQ(status.message(),
+            "model 'm' returned state output 'OUTPUT_STATE' that cannot be split into 2 requests");
+}
+
+TEST(SequenceState, IdleTimeoutAndStopDropTheState) {
+  SequenceBatchingOptions o = WithState(2);
+  o.max_sequence_idle_us = 1000;
+  SequenceBatcher b("m", o);
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  auto d = Form(b);
+  ASSERT_TRUE(RunBatch(b, d, {1}).ok());
+  EXPECT_EQ(b.StateCount(), 1u);
+  BatchPolicy::Decision purge;
+  b.Purge(2 * kMs, &purge);  // idle for longer than max_sequence_idle_microseconds
+  EXPECT_EQ(b.StateCount(), 0u);
+
+  b.Add(rq.Make(2, kSequenceStart, 3 * kMs));
+  d = Form(b, 3 * kMs);
+  ASSERT_TRUE(RunBatch(b, d, {1}).ok());
+  b.Add(rq.Make(2, 0, 3 * kMs));  // queued when the model stops
+  EXPECT_EQ(b.StateCount(), 1u);
+  std::vector<InferRequest*> left;
+  b.TakeAll(&left);
+  EXPECT_EQ(left.size(), 1u);
+  EXPECT_EQ(b.StateCount(), 0u);
+}
+
+TEST(SequenceState, AnInFlightRequestKeepsItsStateAfterTheSlotIsReleased) {
+  SequenceBatcher b("m", WithState(1, 1));
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart | kSequenceEnd));
+  auto d = Form(b);
+  std::shared_ptr<SequenceState> held = d.batch[0]->sequence_state;
+  ASSERT_NE(held, nullptr);
+  EXPECT_EQ(b.StateCount(), 0u);  // the slot let go at END; the request still holds it
+  b.Add(rq.Make(2, kSequenceStart));  // takes the slot while the first request runs
+  ASSERT_TRUE(RunBatch(b, d, {50}).ok());
+  d = Form(b);
+  EXPECT_EQ(StateIn(*d.batch[0]), 1);  // the new sequence starts fresh
+  ASSERT_TRUE(RunBatch(b, d, {2}).ok());
+}
