@@ -6,10 +6,13 @@ model doing the same through pb_utils; the core keeps each sequence's state betw
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
-from conftest import FRONTENDS, native_frontends_built, start_server, write_python_model
+from conftest import (FRONTENDS, batch_counts, native_frontends_built, settled_statistics,
+                      start_server, write_python_model)
 
 pytest.importorskip("tritonclient.grpc")
 onnx = pytest.importorskip("onnx")
@@ -56,20 +59,40 @@ def config(name: str, backend: str, max_batch: int, sequence: str, inputs="INPUT
             'instance_group [ { kind: KIND_CPU count: 1 } ]\n')
 
 
-def write_onnx(repository, name: str, max_batch: int, sequence: str, outputs=("OUTPUT",)):
-    dims = ["batch", 1] if max_batch else [1]
-    info = [helper.make_tensor_value_info(n, TensorProto.INT32, dims)
-            for n in ("INPUT", "INPUT_STATE", "OUTPUT", "OUTPUT_STATE")]
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["OUTPUT"]),
-         helper.make_node("Identity", ["OUTPUT"], ["OUTPUT_STATE"])],
-        "accumulator", info[:2], info[2:])
+def save_onnx(repository, name: str, nodes: list, inputs: list, outputs: list):
+    graph = helper.make_graph(nodes, name, inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     (repository / name / "1").mkdir(parents=True)
     onnx.save(model, str(repository / name / "1" / "model.onnx"))
+
+
+def write_onnx(repository, name: str, max_batch: int, sequence: str, outputs=("OUTPUT",),
+               state_input="INPUT_STATE"):
+    dims = ["batch", 1] if max_batch else [1]
+    info = [helper.make_tensor_value_info(n, TensorProto.INT32, dims)
+            for n in ("INPUT", state_input, "OUTPUT", "OUTPUT_STATE")]
+    save_onnx(repository, name,
+              [helper.make_node("Add", ["INPUT", state_input], ["OUTPUT"]),
+               helper.make_node("Identity", ["OUTPUT"], ["OUTPUT_STATE"])], info[:2], info[2:])
     (repository / name / "config.pbtxt").write_text(
         config(name, "onnxruntime", max_batch, sequence, outputs=outputs))
+
+
+def write_onnx_history(repository, name: str = "onnx_history"):
+    """A state of variable size: OUTPUT_STATE = INPUT_STATE with INPUT appended, answered as
+    OUTPUT (no batching, so that sequences of different lengths never share a batch)."""
+    info = [helper.make_tensor_value_info(n, TensorProto.INT32, [d])
+            for n, d in (("INPUT", 1), ("INPUT_STATE", "n"), ("OUTPUT", "m"),
+                         ("OUTPUT_STATE", "m"))]
+    save_onnx(repository, name,
+              [helper.make_node("Concat", ["INPUT_STATE", "INPUT"], ["OUTPUT"], axis=0),
+               helper.make_node("Identity", ["OUTPUT"], ["OUTPUT_STATE"])], info[:2], info[2:])
+    (repository / name / "config.pbtxt").write_text(
+        config(name, "onnxruntime", 0, 'state [ { input_name: "INPUT_STATE" output_name: '
+               '"OUTPUT_STATE" data_type: TYPE_INT32 dims: [ -1 ] } ]')
+        .replace('output { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }',
+                 'output { name: "OUTPUT" data_type: TYPE_INT32 dims: [ -1 ] }'))
 
 
 class TorchAccumulator(torch.nn.Module):
@@ -78,11 +101,12 @@ class TorchAccumulator(torch.nn.Module):
         return total, total
 
 
-def write_torch(repository, name: str, max_batch: int, sequence: str):
+def write_torch(repository, name: str, max_batch: int, sequence: str, inputs="INPUT__0",
+                outputs=("OUTPUT__0",)):
     (repository / name / "1").mkdir(parents=True)
     torch.jit.script(TorchAccumulator()).save(str(repository / name / "1" / "model.pt"))
     (repository / name / "config.pbtxt").write_text(
-        config(name, "pytorch", max_batch, sequence, inputs="INPUT__0", outputs=("OUTPUT__0",)))
+        config(name, "pytorch", max_batch, sequence, inputs=inputs, outputs=outputs))
 
 
 def write_models(repository):
@@ -93,6 +117,11 @@ def write_models(repository):
         np.array([100], np.int32).tobytes())
     write_onnx(repository, "onnx_visible", 4, state(initial=ZERO),
                outputs=("OUTPUT", "OUTPUT_STATE"))
+    # A batch forms only when all four slots have a request: sequences share every batch.
+    write_onnx(repository, "onnx_full_batches", 4,
+               "direct { max_queue_delay_microseconds: 10000000 minimum_slot_utilization: 1.0 }"
+               f"\n  {state()}")
+    write_onnx_history(repository)
     write_torch(repository, "torch_acc", 4, state("INPUT_STATE__1", "OUTPUT_STATE__1"))
     write_python_model(repository, "python_acc",
                        'input { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }\n'
@@ -122,7 +151,7 @@ def connect(server, protocol: str):
 
 
 def infer(module, client, model, value, sequence_id, start=False, end=False, outputs=None):
-    batching = model != "onnx_file"
+    batching = model not in ("onnx_file", "onnx_history")
     array = np.array([[value]] if batching else [value], dtype=np.int32)
     name = "INPUT__0" if model.startswith("torch") else "INPUT"
     tensor = module.InferInput(name, list(array.shape), "INT32")
@@ -196,6 +225,41 @@ def test_a_state_listed_as_output_may_be_requested(server, protocol):
         assert "unexpected inference output 'OUTPUT_STATE' for model" in str(error.value)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sequences_batched_together_keep_their_own_rows(server, protocol):
+    module, client = connect(server, protocol)
+    with client:
+        before = batch_counts(client.get_inference_statistics("onnx_full_batches")
+                              .model_stats[0]) if protocol == "grpc" else {}
+    ids = [51, 52, 53, 54]
+
+    def run(k: int) -> list[int]:
+        module, client = connect(server, protocol)
+        with client:
+            return [output(infer(module, client, "onnx_full_batches", (k + 1) * 100 + step,
+                                 ids[k], start=step == 0, end=step == 2), "onnx")
+                    for step in range(3)]
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        sums = list(pool.map(run, range(len(ids))))
+    assert sums == [[v, 2 * v + 1, 3 * v + 3] for v in (100, 200, 300, 400)]
+    if protocol == "grpc":
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            stats = settled_statistics(client, "onnx_full_batches", 12)
+            after = batch_counts(stats)
+        assert after.get(4, 0) - before.get(4, 0) == 3  # three batches of four sequences
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_variable_size_state_takes_the_shape_the_model_gave_it(server, protocol):
+    module, client = connect(server, protocol)
+    with client:
+        history = [infer(module, client, "onnx_history", v, 61, start=v == 1, end=v == 3)
+                   .as_numpy("OUTPUT").tolist() for v in (1, 2, 3)]
+        # The first state is one zero (a variable dimension starts at 1, as in Triton).
+        assert history == [[0, 1], [0, 1, 2], [0, 1, 2, 3]]
+
+
 # --- configurations Triton refuses ----------------------------------------------------------
 
 BAD = {
@@ -228,6 +292,19 @@ BAD = {
 }
 
 
+# Refused by the backends when they load the model.
+BAD_MODELS = {
+    "torch_unnamed_inputs": "PyTorch model 'torch_unnamed_inputs' is using sequence batching "
+                            "with state but not all inputs and outputs follow the "
+                            "<name>__<index> naming convention. ",
+    "torch_unnamed_state": "PyTorch model 'torch_unnamed_state' is using sequence batching with "
+                           "state but state 'INPUT_STATE' does not follow the <name>__<index> "
+                           "naming convention. ",
+    "onnx_no_state_input": "model 'onnx_no_state_input': configuration expects state inputs "
+                           "['INPUT_STATE'] that the ONNX model does not have",
+}
+
+
 @pytest.fixture(scope="module", params=FRONTENDS)
 def explicit_server(request, tmp_path_factory):
     if request.param == "native" and not native_frontends_built():
@@ -235,6 +312,10 @@ def explicit_server(request, tmp_path_factory):
     repository = tmp_path_factory.mktemp("bad_state_models")
     for name, (sequence, _) in BAD.items():
         write_onnx(repository, name, 4, sequence)
+    write_torch(repository, "torch_unnamed_inputs", 4, state("INPUT_STATE__1", "OUTPUT_STATE__1"),
+                inputs="INPUT", outputs=("OUTPUT",))
+    write_torch(repository, "torch_unnamed_state", 4, state())
+    write_onnx(repository, "onnx_no_state_input", 4, state(), state_input="PREVIOUS")
     (repository / "short_file" / "initial_state").mkdir()
     (repository / "short_file" / "initial_state" / "hundred").write_bytes(b"\0\0")
     server = start_server([repository], tmp_path_factory.mktemp("logs") / "bad.log",
@@ -253,3 +334,12 @@ def test_state_configs_triton_refuses(explicit_server, protocol, name):
             client.load_model(name)
         assert BAD[name][1] in str(error.value)
         assert not client.is_model_ready(name)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MODELS))
+def test_backends_refuse_state_they_cannot_serve(explicit_server, name):
+    _, client = connect(explicit_server, "grpc")
+    with client:
+        with pytest.raises(InferenceServerException) as error:
+            client.load_model(name)
+        assert BAD_MODELS[name] in str(error.value)
