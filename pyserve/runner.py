@@ -24,7 +24,7 @@ from pyserve import _core, devices  # noqa: F401 - devices sets up CUDA discover
 from pyserve.backends import Backend
 from pyserve.backends.base import RequestInfo
 from pyserve.config.ensemble import core_steps
-from pyserve.config.sequence_state import distinct_states, state_specs
+from pyserve.config.sequence_state import state_specs
 from pyserve.datatypes import wire_name
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -278,13 +278,13 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
     # The sequence batcher fills the control inputs: clients never send them.
     controls = {c.name for c in config.sequence_batching.control_input}
     # Implicit state: the core keeps each state output for the sequence's next request.
-    states = [(s.output_name, wire_name(s.data_type), list(s.dims), False, None)
-              for s in distinct_states(config)]
+    states = {s.output_name: (s.output_name, wire_name(s.data_type), list(s.dims), False, None)
+              for s in reversed(config.sequence_batching.state)}  # the first of a name counts
     return _core.ModelSpec(config.name, version, config.max_batch_size,
                            [tensor(i) for i in config.input if i.name not in controls],
                            [tensor(o) for o in config.output],
                            labels, ordered, request_info,
-                           config.model_transaction_policy.decoupled, states)
+                           config.model_transaction_policy.decoupled, list(states.values()))
 
 
 def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],

@@ -33,10 +33,10 @@ SequenceBatcher::SequenceBatcher(std::string model_name, SequenceBatchingOptions
     if (size >= 1 && size <= rows) preferred_.push_back(size);
   }
   if (preferred_.empty()) preferred_.push_back(rows);
+  std::sort(preferred_.begin(), preferred_.end());
   if (!options_.states.empty()) {
     states_ = std::make_shared<const std::vector<StateSpec>>(std::move(options_.states));
   }
-  std::sort(preferred_.begin(), preferred_.end());
 
   slots_.assign(options_.instance_count, std::vector<Slot>(slots_per_instance_));
   busy_.assign(options_.instance_count, false);

@@ -14,9 +14,8 @@ observable on the host (the state output is copied out of the batch either way);
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-
-import numpy as np
 
 from pyserve.config.model_config import ConfigError
 from pyserve.datatypes import ELEMENT_SIZE, wire_name
@@ -25,12 +24,13 @@ from pyserve.protocol import pb
 log = logging.getLogger("pyserve")
 
 INITIAL_STATE_FOLDER = "initial_state"
+MAX_STATE_BYTES = 1 << 31  # a sanity bound on the initial tensor, built once per model
 _TYPES = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name
 _STRING = _TYPES["TYPE_STRING"].number
 _INVALID = _TYPES["TYPE_INVALID"].number
 
 
-def distinct_states(config: pb.ModelConfig) -> list:
+def _distinct_states(config: pb.ModelConfig) -> list:
     """The config's states, later ones that repeat an input or output name left out with
     Triton's warnings."""
     states, inputs, outputs = [], set(), set()
@@ -56,6 +56,12 @@ def validate_states(config: pb.ModelConfig) -> None:
         name = state.input_name
         if state.data_type == _INVALID:
             raise ConfigError(f"state '{name}' of {config.name} must specify a data type")
+        for dims in [state.dims, *(initial.dims for initial in state.initial_state)]:
+            if any(d < -1 for d in dims):
+                raise ConfigError(f"state '{name}' of {config.name} has a dimension below -1")
+            if _byte_size(state.data_type, [max(d, 1) for d in dims]) > MAX_STATE_BYTES:
+                raise ConfigError(f"state '{name}' of {config.name} is larger than "
+                                  f"{MAX_STATE_BYTES} bytes")
         if state.use_growable_memory and not state.use_same_buffer_for_input_output:
             raise ConfigError(
                 "In order to 'use_growable_memory', you must also enable 'use_single_buffer' "
@@ -99,7 +105,7 @@ def state_specs(config: pb.ModelConfig, model_dir: Path) -> list:
     batch = [1] if config.max_batch_size > 0 else []
     return [_core.StateSpec(state.input_name, state.output_name, wire_name(state.data_type),
                             batch + dims, data)
-            for state in distinct_states(config)
+            for state in _distinct_states(config)
             for dims, data in [_initial(state, model_dir)]]
 
 
@@ -132,7 +138,7 @@ def _initial(state, model_dir: Path) -> tuple[list[int], bytes]:
 
 def _byte_size(data_type: int, dims: list[int]) -> int:
     """Bytes of a tensor of `dims` (a string element: its 4-byte length, zero)."""
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    count = math.prod(dims)
     if data_type == _STRING:
         return 4 * count
     return count * ELEMENT_SIZE[wire_name(data_type)]

@@ -286,6 +286,10 @@ BAD = {
     "short_file": (state(initial=FROM_FILE),
                    "initial_state setting expects 4 bytes, but the data provided from hundredonly "
                    "has 2 bytes."),
+    "huge": (state().replace("dims: [ 1 ]", "dims: [ 1099511627776 ]"),
+             "state 'INPUT_STATE' of huge is larger than 2147483648 bytes"),
+    "negative_dim": (state().replace("dims: [ 1 ]", "dims: [ -2 ]"),
+                     "state 'INPUT_STATE' of negative_dim has a dimension below -1"),
     "growable": (state(initial="use_growable_memory: true"),
                  "In order to 'use_growable_memory', you must also enable 'use_single_buffer' "
                  "for state input name 'INPUT_STATE'."),
