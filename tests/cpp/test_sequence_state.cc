@@ -5,12 +5,17 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "scheduler.h"
 #include "sequence_batcher.h"
 #include "sequence_state.h"
+#include "status_matchers.h"
 
 using namespace pyserve;
 
@@ -257,4 +262,97 @@ TEST(SequenceState, AnInFlightRequestKeepsItsStateAfterTheSlotIsReleased) {
   d = Form(b);
   EXPECT_EQ(StateIn(*d.batch[0]), 1);  // the new sequence starts fresh
   ASSERT_TRUE(RunBatch(b, d, {2}).ok());
+}
+
+namespace {
+
+// An accumulator run by a real scheduler's threads: OUTPUT_STATE = INPUT + INPUT_STATE per
+// row, taken back as the Model does; what each sequence's requests saw, in order.
+class Accumulator : public Executor {
+ public:
+  Status Execute(Batch& batch) override {
+    const TensorView* value = nullptr;
+    const TensorView* state = nullptr;
+    for (const TensorView& t : batch.inputs) {
+      if (t.name == "INPUT") value = &t;
+      if (t.name == "INPUT_STATE") state = &t;
+    }
+    if (value == nullptr || state == nullptr || value->byte_size != state->byte_size) {
+      return Status(StatusCode::kInternal, "missing or mismatched inputs");
+    }
+    const size_t rows = value->byte_size / 4;
+    std::vector<int32_t> sums(rows);
+    for (size_t i = 0; i < rows; ++i) {
+      int32_t a, b;
+      std::memcpy(&a, value->data + 4 * i, 4);
+      std::memcpy(&b, state->data + 4 * i, 4);
+      sums[i] = a + b;
+    }
+    auto bytes = std::make_shared<std::string>(Int32Bytes(sums));
+    BatchOutputs outputs;
+    OutputTensor out;
+    out.name = "OUTPUT_STATE";
+    out.dtype = DataType::kInt32;
+    out.shape = {static_cast<int64_t>(rows), 1};
+    out.memory = bytes;
+    out.data = reinterpret_cast<const uint8_t*>(bytes->data());
+    out.byte_size = bytes->size();
+    outputs.batch.push_back(out);
+    Status status = UpdateSequenceStates("m", batch, outputs);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < rows; ++i) {
+      const InferRequest& r = *batch.requests[i];
+      if (!r.padding) seen_[r.correlation_id.number].push_back(sums[i]);
+    }
+    return status;
+  }
+  void Reject(const std::vector<InferRequest*>& requests, const Status&) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rejected_ += requests.size();
+  }
+  std::mutex mutex_;
+  std::map<uint64_t, std::vector<int32_t>> seen_;
+  size_t rejected_ = 0;
+};
+
+}  // namespace
+
+TEST(SequenceState, SequencesOnTheSchedulersThreadsEachGetTheirRunningSum) {
+  auto executor = std::make_shared<Accumulator>();
+  SchedulerOptions options;
+  options.model_name = "m";
+  options.sequence_batching = true;
+  options.sequence = WithState(4);
+  std::unique_ptr<Scheduler> s;
+  ASSERT_OK(Scheduler::Create(options, executor, &s));
+  constexpr int kSequences = 6, kSteps = 40;  // more sequences than slots: some wait
+  std::vector<int32_t> values(kSequences * kSteps);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<int32_t>(i % 7 + 1);
+  std::vector<std::thread> clients;
+  for (int k = 0; k < kSequences; ++k) {
+    clients.emplace_back([&, k] {
+      for (int step = 0; step < kSteps; ++step) {
+        auto r = std::make_unique<InferRequest>();
+        r->correlation_id.number = k + 1;
+        r->flags = (step == 0 ? kSequenceStart : 0) | (step == kSteps - 1 ? kSequenceEnd : 0);
+        TensorView t;
+        t.name = "INPUT";
+        t.dtype = DataType::kInt32;
+        t.shape = {1, 1};
+        t.data = reinterpret_cast<const uint8_t*>(&values[k * kSteps + step]);
+        t.byte_size = 4;
+        r->inputs.push_back(t);
+        EXPECT_OK(s->Enqueue(r));
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  s->Stop();
+  EXPECT_EQ(executor->rejected_, 0u);
+  for (int k = 0; k < kSequences; ++k) {
+    std::vector<int32_t> expected;
+    int32_t sum = 0;
+    for (int step = 0; step < kSteps; ++step) expected.push_back(sum += values[k * kSteps + step]);
+    EXPECT_EQ(executor->seen_[k + 1], expected) << "sequence " << k + 1;
+  }
 }
