@@ -101,10 +101,18 @@ class TorchAccumulator(torch.nn.Module):
         return total, total
 
 
+class TorchStartAccumulator(torch.nn.Module):
+    """Reads the START control (an argument the core adds too) and ignores the state there."""
+
+    def forward(self, value, previous, start):
+        total = value + previous * (1 - start)
+        return total, total
+
+
 def write_torch(repository, name: str, max_batch: int, sequence: str, inputs="INPUT__0",
-                outputs=("OUTPUT__0",)):
+                outputs=("OUTPUT__0",), module=TorchAccumulator):
     (repository / name / "1").mkdir(parents=True)
-    torch.jit.script(TorchAccumulator()).save(str(repository / name / "1" / "model.pt"))
+    torch.jit.script(module()).save(str(repository / name / "1" / "model.pt"))
     (repository / name / "config.pbtxt").write_text(
         config(name, "pytorch", max_batch, sequence, inputs=inputs, outputs=outputs))
 
@@ -123,6 +131,13 @@ def write_models(repository):
                f"\n  {state()}")
     write_onnx_history(repository)
     write_torch(repository, "torch_acc", 4, state("INPUT_STATE__1", "OUTPUT_STATE__1"))
+    write_torch(repository, "torch_start", 4,
+                'control_input [ { name: "START__2" control [ { kind: CONTROL_SEQUENCE_START '
+                'int32_false_true: [ 0, 1 ] } ] } ]\n  '
+                + state("INPUT_STATE__1", "OUTPUT_STATE__1", FROM_FILE), module=TorchStartAccumulator)
+    (repository / "torch_start" / "initial_state").mkdir()
+    (repository / "torch_start" / "initial_state" / "hundred").write_bytes(
+        np.array([100], np.int32).tobytes())
     write_python_model(repository, "python_acc",
                        'input { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }\n'
                        'output { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }\n'
@@ -166,7 +181,7 @@ def output(result, model) -> int:
                .reshape(-1)[0])
 
 
-MODELS = ["onnx_acc", "torch_acc", "python_acc"]
+MODELS = ["onnx_acc", "torch_acc", "torch_start", "python_acc"]
 
 
 @pytest.mark.parametrize("model", MODELS)
