@@ -14,19 +14,19 @@ const OutputTensor* Find(const std::vector<OutputTensor>& tensors, const std::st
   return nullptr;
 }
 
-// Row `row` of `whole`, a batch output of `rows` rows, as a view.
+// Row `row` of `whole`, a batch output of `rows` rows, as a view. Every element takes a byte
+// at least, so a shape with more elements than the output has bytes is refused before walking.
 bool Row(const OutputTensor& whole, int64_t rows, int64_t row, OutputTensor* out) {
   if (whole.shape.empty() || whole.shape[0] != rows) return false;
   uint64_t per_row = 0;
-  if (!CountElements(whole.shape.data() + 1, whole.shape.size() - 1, INT64_MAX, &per_row)) {
+  if (!CountElements(whole.shape.data() + 1, whole.shape.size() - 1, whole.byte_size, &per_row) ||
+      per_row * rows > whole.byte_size) {
     return false;
   }
   size_t begin = 0, end = 0;
   if (whole.dtype == DataType::kBytes) {
     std::vector<size_t> offsets;
-    if (!StringOffsets(whole.data, whole.byte_size, rows * static_cast<int64_t>(per_row), &offsets)) {
-      return false;
-    }
+    if (!StringOffsets(whole.data, whole.byte_size, rows * per_row, &offsets)) return false;
     begin = offsets[row * per_row];
     end = offsets[(row + 1) * per_row];
   } else {
@@ -66,7 +66,9 @@ void SequenceState::AddInputs(InferRequest* request) const {
 }
 
 void SequenceState::AddInitialInputs(const std::vector<StateSpec>& specs, InferRequest* request) {
-  for (const StateSpec& spec : specs) Append(spec, Tensor{spec.initial_shape, spec.initial}, request);
+  for (const StateSpec& spec : specs) {
+    Append(spec, Tensor{spec.initial_shape, spec.initial}, request);
+  }
 }
 
 void SequenceState::Update(size_t index, const OutputTensor& produced) {
@@ -83,7 +85,8 @@ Status UpdateSequenceStates(const std::string& model_name, const Batch& batch,
     SequenceState* state = batch.requests[i]->sequence_state.get();
     if (state == nullptr) continue;
     if (outputs.per_request && !outputs.request_status[i].ok()) continue;
-    const std::vector<OutputTensor>& produced = outputs.per_request ? outputs.requests[i] : outputs.batch;
+    const std::vector<OutputTensor>& produced =
+        outputs.per_request ? outputs.requests[i] : outputs.batch;
     const std::vector<StateSpec>& specs = state->specs();
     for (size_t s = 0; s < specs.size(); ++s) {
       const OutputTensor* whole = Find(produced, specs[s].output_name);

@@ -295,8 +295,6 @@ def _validate_sequence_batching(config: pb.ModelConfig) -> None:
             f"Response Cache does not currently support model {name} with sequence batching "
             "scheduler. Please disable the response cache.")
     batcher = config.sequence_batching
-    from pyserve.config.sequence_state import validate_states  # it imports this module
-    validate_states(config)
     for kind in ("CONTROL_SEQUENCE_START", "CONTROL_SEQUENCE_END", "CONTROL_SEQUENCE_READY"):
         _check_control(batcher, name, kind, boolean=True)
     corrid_type = _check_control(batcher, name, "CONTROL_SEQUENCE_CORRID", boolean=False)

@@ -50,7 +50,8 @@ def _distinct_states(config: pb.ModelConfig) -> list:
 
 
 def validate_states(config: pb.ModelConfig) -> None:
-    """What Triton checks of each state when the model loads (the file is read later)."""
+    """What Triton checks of each state when the model loads (the file is read later), and
+    bounds on the initial tensor."""
     with_initial: set[str] = set()
     for state in config.sequence_batching.state:
         name = state.input_name
@@ -100,8 +101,10 @@ def validate_states(config: pb.ModelConfig) -> None:
 
 
 def state_specs(config: pb.ModelConfig, model_dir: Path) -> list:
-    """Each state as the core's StateSpec, with the tensor a sequence starts from."""
-    from pyserve import _core  # not needed by the config's checks
+    """Each state as the core's StateSpec, with the tensor a sequence starts from; checked
+    first, when the model loads (as Triton checks them when it makes the scheduler)."""
+    from pyserve import _core  # not needed by the checks
+    validate_states(config)
     batch = [1] if config.max_batch_size > 0 else []
     return [_core.StateSpec(state.input_name, state.output_name, wire_name(state.data_type),
                             batch + dims, data)

@@ -356,3 +356,45 @@ TEST(SequenceState, SequencesOnTheSchedulersThreadsEachGetTheirRunningSum) {
     EXPECT_EQ(executor->seen_[k + 1], expected) << "sequence " << k + 1;
   }
 }
+
+TEST(SequenceState, BytesStatesAreSplitByElement) {
+  auto specs = std::make_shared<std::vector<StateSpec>>(1);
+  (*specs)[0].input_name = "IN";
+  (*specs)[0].output_name = "OUT";
+  (*specs)[0].dtype = DataType::kBytes;
+  (*specs)[0].initial_shape = {1, 1};
+  (*specs)[0].initial = std::make_shared<const std::string>(4, '\0');  // one empty string
+  Batch batch;
+  for (int i = 0; i < 2; ++i) {
+    batch.requests.push_back(std::make_unique<InferRequest>());
+    batch.requests.back()->sequence_state = std::make_shared<SequenceState>(specs);
+  }
+  auto element = [](const std::string& text) {
+    const uint32_t length = static_cast<uint32_t>(text.size());
+    return std::string(reinterpret_cast<const char*>(&length), 4) + text;
+  };
+  auto bytes = std::make_shared<std::string>(element("ab") + element("cde"));
+  BatchOutputs outputs;
+  OutputTensor out;
+  out.name = "OUT";
+  out.dtype = DataType::kBytes;
+  out.shape = {2, 1};
+  out.memory = bytes;
+  out.data = reinterpret_cast<const uint8_t*>(bytes->data());
+  out.byte_size = bytes->size();
+  outputs.batch.push_back(out);
+  ASSERT_TRUE(UpdateSequenceStates("m", batch, outputs).ok());
+  const char* expected[] = {"ab", "cde"};
+  for (int i = 0; i < 2; ++i) {
+    InferRequest next;
+    batch.requests[i]->sequence_state->AddInputs(&next);
+    ASSERT_EQ(next.inputs.size(), 1u);
+    EXPECT_EQ(next.inputs[0].shape, (std::vector<int64_t>{1, 1}));
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(next.inputs[0].data),
+                          next.inputs[0].byte_size),
+              element(expected[i]));
+  }
+  out.shape = {2, 1000000};  // more elements than bytes: refused, not walked
+  outputs.batch = {out};
+  EXPECT_FALSE(UpdateSequenceStates("m", batch, outputs).ok());
+}

@@ -134,7 +134,8 @@ def write_models(repository):
     write_torch(repository, "torch_start", 4,
                 'control_input [ { name: "START__2" control [ { kind: CONTROL_SEQUENCE_START '
                 'int32_false_true: [ 0, 1 ] } ] } ]\n  '
-                + state("INPUT_STATE__1", "OUTPUT_STATE__1", FROM_FILE), module=TorchStartAccumulator)
+                + state("INPUT_STATE__1", "OUTPUT_STATE__1", FROM_FILE),
+                module=TorchStartAccumulator)
     (repository / "torch_start" / "initial_state").mkdir()
     (repository / "torch_start" / "initial_state" / "hundred").write_bytes(
         np.array([100], np.int32).tobytes())
