@@ -345,7 +345,8 @@ class ModelManager:
                                stop_timeout=self._options.model_unload_timeout_secs,
                                host_policies=policies, cache=cache, summaries=summaries,
                                rate_limiter=self.rate_limiter,
-                               rate_limits=rate_limit.instance_limits(config, specs))
+                               rate_limits=rate_limit.instance_limits(config, specs),
+                               model_dir=version_dir.parent)
         except BaseException:
             for backend in instances:
                 backend.close()

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from pyserve import _core, devices  # noqa: F401 - devices sets up CUDA discover
 from pyserve.backends import Backend
 from pyserve.backends.base import RequestInfo
 from pyserve.config.ensemble import core_steps
+from pyserve.config.sequence_state import state_specs
 from pyserve.datatypes import wire_name
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -60,9 +62,11 @@ class ModelRunner:
                  cache: _core.ResponseCache | None = None, summaries: bool = False,
                  models: _core.ModelTable | None = None,
                  rate_limiter: _core.RateLimiter | None = None,
-                 rate_limits: list[_core.InstanceRateLimit] | None = None) -> None:
+                 rate_limits: list[_core.InstanceRateLimit] | None = None,
+                 model_dir: Path | None = None) -> None:
         """An ensemble (no instances) runs its steps on the models `models` serves. With a
-        `rate_limiter`, an instance executes only while it holds what `rate_limits` asks."""
+        `rate_limiter`, an instance executes only while it holds what `rate_limits` asks;
+        `model_dir` holds the files a config names (implicit state's initial_state/)."""
         self.name = config.name
         self.version = version
         self._instances = instances
@@ -84,7 +88,7 @@ class ModelRunner:
         if config.HasField("ensemble_scheduling"):
             self.model = _core.Model.ensemble(spec, core_steps(config), models)
         else:
-            options = scheduler_options(config, instance_devices, max_queue_size)
+            options = scheduler_options(config, instance_devices, max_queue_size, model_dir)
             options.device_inputs = any(backend.device_inputs for backend in instances)
             if host_policies and any(p.cpus or p.numa_node >= 0 for p in host_policies):
                 options.instance_policies = host_policies
@@ -282,15 +286,19 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
                and config.dynamic_batching.preserve_ordering)
     # The sequence batcher fills the control inputs: clients never send them.
     controls = {c.name for c in config.sequence_batching.control_input}
+    # Implicit state: the core keeps each state output for the sequence's next request.
+    states = {s.output_name: (s.output_name, wire_name(s.data_type), list(s.dims), False, None)
+              for s in reversed(config.sequence_batching.state)}  # the first of a name counts
     return _core.ModelSpec(config.name, version, config.max_batch_size,
                            [tensor(i) for i in config.input if i.name not in controls],
                            [tensor(o) for o in config.output],
                            labels, ordered, request_info,
-                           config.model_transaction_policy.decoupled)
+                           config.model_transaction_policy.decoupled, list(states.values()))
 
 
 def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],
-                      max_queue_size: int = 0) -> _core.SchedulerOptions:
+                      max_queue_size: int = 0,
+                      model_dir: Path | None = None) -> _core.SchedulerOptions:
     """The core's scheduling options from a normalized model config; `max_queue_size` bounds
     the requests the version queues (0 = unbounded but for the queue's capacity)."""
     options = _core.SchedulerOptions()
@@ -315,13 +323,13 @@ def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],
         batching.equal_input_sets = any(i.optional for i in config.input)
     if config.HasField("sequence_batching"):
         options.sequence_batching = True
-        options.sequence = _sequence_options(config)
+        options.sequence = _sequence_options(config, model_dir or Path())
     # Triton's switch for deterministic batching tests: hold until N requests are queued.
     options.delay_scheduler_count = int(os.environ.get("TRITONSERVER_DELAY_SCHEDULER") or 0)
     return options
 
 
-def _sequence_options(config: pb.ModelConfig) -> _core.SequenceBatchingOptions:
+def _sequence_options(config: pb.ModelConfig, model_dir: Path) -> _core.SequenceBatchingOptions:
     batcher = config.sequence_batching
     out = _core.SequenceBatchingOptions()
     out.max_batch_size = config.max_batch_size
@@ -337,6 +345,7 @@ def _sequence_options(config: pb.ModelConfig) -> _core.SequenceBatchingOptions:
         out.minimum_slot_utilization = batcher.direct.minimum_slot_utilization
     out.controls = [_sequence_control(i.name, c) for i in batcher.control_input
                     for c in i.control]
+    out.states = state_specs(config, model_dir)
     return out
 
 

@@ -178,16 +178,24 @@ Status SerializeStrings(const py::array& array, std::string* out) {
   return Status::OK();
 }
 
-// The config's outputs among `outputs`, in native memory.
+// The config's outputs among `outputs` (and the model's state outputs), in native memory.
 Status Tensors(const ModelSpec& model, const py::handle& outputs,
                const std::vector<std::string>& wanted, std::vector<OutputTensor>* tensors) {
   // Leaked on purpose: a static py::object would be released after the interpreter is gone.
   static py::handle ascontiguousarray =
       py::object(py::module_::import("numpy").attr("ascontiguousarray")).release();
-  for (const TensorSpec& spec : model.outputs) {
+  const size_t declared = model.outputs.size();
+  for (size_t index = 0; index < declared + model.state_outputs.size(); ++index) {
+    const bool extra = index >= declared;
+    const TensorSpec& spec = extra ? model.state_outputs[index - declared] : model.outputs[index];
+    if (extra && model.FindOutput(spec.name) != nullptr) continue;  // taken as an output
     py::str key(spec.name);
     if (!outputs.contains(key)) continue;
-    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), spec.name) == wanted.end()) continue;
+    // A state output is kept for the sequence's state, whatever the clients ask for.
+    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), spec.name) == wanted.end() &&
+        !model.IsStateOutput(spec.name)) {
+      continue;
+    }
     OutputTensor t;
     t.name = spec.name;
     t.dtype = spec.dtype;
@@ -683,6 +691,25 @@ void RegisterModel(py::module_& m) {
            py::arg("name"), py::arg("kind"), py::arg("dtype"), py::arg("false_value") = 0.0,
            py::arg("true_value") = 1.0);
 
+  // One implicit state: its initial tensor (shape with the batch dimension where the model
+  // batches, and bytes) is what every sequence starts from.
+  py::class_<StateSpec>(m, "StateSpec")
+      .def(py::init([](const std::string& input_name, const std::string& output_name,
+                       const std::string& dtype, std::vector<int64_t> initial_shape,
+                       const py::bytes& initial) {
+             StateSpec spec;
+             spec.input_name = input_name;
+             spec.output_name = output_name;
+             spec.dtype = DataTypeFromWire(dtype);
+             spec.initial_shape = std::move(initial_shape);
+             spec.initial = std::make_shared<const std::string>(initial);
+             return spec;
+           }),
+           py::arg("input_name"), py::arg("output_name"), py::arg("dtype"),
+           py::arg("initial_shape"), py::arg("initial"))
+      .def_readonly("input_name", &StateSpec::input_name)
+      .def_readonly("initial_shape", &StateSpec::initial_shape);
+
   py::class_<SequenceBatchingOptions>(m, "SequenceBatchingOptions")
       .def(py::init<>())
       .def_readwrite("oldest", &SequenceBatchingOptions::oldest)
@@ -694,7 +721,8 @@ void RegisterModel(py::module_& m) {
                      &SequenceBatchingOptions::minimum_slot_utilization)
       .def_readwrite("max_sequence_idle_us", &SequenceBatchingOptions::max_sequence_idle_us)
       .def_readwrite("iterative", &SequenceBatchingOptions::iterative)
-      .def_readwrite("controls", &SequenceBatchingOptions::controls);
+      .def_readwrite("controls", &SequenceBatchingOptions::controls)
+      .def_readwrite("states", &SequenceBatchingOptions::states);
 
   py::class_<SchedulerOptions>(m, "SchedulerOptions")
       .def(py::init<>())
@@ -756,13 +784,15 @@ void RegisterModel(py::module_& m) {
       .def(py::init([](const std::string& name, int64_t version, uint32_t max_batch_size,
                        const std::vector<py::tuple>& inputs, const std::vector<py::tuple>& outputs,
                        std::map<std::string, std::vector<std::string>> labels,
-                       bool preserve_ordering, bool request_info, bool decoupled) {
+                       bool preserve_ordering, bool request_info, bool decoupled,
+                       const std::vector<py::tuple>& state_outputs) {
              ModelSpec spec;
              spec.name = name;
              spec.version = version;
              spec.max_batch_size = max_batch_size;
              for (const auto& t : inputs) spec.inputs.push_back(MakeTensorSpec(t));
              for (const auto& t : outputs) spec.outputs.push_back(MakeTensorSpec(t));
+             for (const auto& t : state_outputs) spec.state_outputs.push_back(MakeTensorSpec(t));
              spec.labels = std::move(labels);
              spec.preserve_ordering = preserve_ordering;
              spec.request_info = request_info;
@@ -772,7 +802,7 @@ void RegisterModel(py::module_& m) {
            py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"),
            py::arg("outputs"), py::arg("labels") = std::map<std::string, std::vector<std::string>>{},
            py::arg("preserve_ordering") = false, py::arg("request_info") = false,
-           py::arg("decoupled") = false)
+           py::arg("decoupled") = false, py::arg("state_outputs") = std::vector<py::tuple>{})
       .def_property_readonly("name", [](const ModelSpec& s) { return s.name; })
       .def_property_readonly("version", [](const ModelSpec& s) { return s.version; });
 

@@ -16,6 +16,7 @@
 #include "outputs.h"
 #include "response_cache.h"
 #include "response_sender.h"
+#include "sequence_state.h"
 #include "trace.h"
 #include "validate.h"
 
@@ -228,6 +229,9 @@ struct Model::State : public ModelResponder,
 
   Status Answer(Batch& batch, const BatchOutputs& outputs, Status status) {
     std::vector<InferResponse> responses;
+    if (status.ok() && !spec.state_outputs.empty()) {
+      status = UpdateSequenceStates(spec.name, batch, outputs);
+    }
     if (status.ok()) {
       status = SplitOutputs(spec, batch, outputs, &responses);
     } else {

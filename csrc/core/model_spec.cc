@@ -16,6 +16,10 @@ const TensorSpec* ModelSpec::FindOutput(const std::string& output) const {
   return Find(outputs, output);
 }
 
+bool ModelSpec::IsStateOutput(const std::string& output) const {
+  return Find(state_outputs, output) != nullptr;
+}
+
 std::vector<int64_t> Reshaped(const std::vector<int64_t>& shape,
                               const std::vector<int64_t>& source,
                               const std::vector<int64_t>& target, bool batching) {

@@ -26,6 +26,9 @@ struct ModelSpec {
   uint32_t max_batch_size = 0;  // 0 = the model does not batch
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
+  // sequence_batching.state outputs: always taken from the model for the core's implicit
+  // state; answered to clients only when the config lists them as outputs too.
+  std::vector<TensorSpec> state_outputs;
   std::map<std::string, std::vector<std::string>> labels;  // per output, for classification
   bool preserve_ordering = false;
   bool request_info = false;  // the backend reads each request's id, parameters and outputs
@@ -35,6 +38,7 @@ struct ModelSpec {
 
   const TensorSpec* FindInput(const std::string& input) const;
   const TensorSpec* FindOutput(const std::string& output) const;
+  bool IsStateOutput(const std::string& output) const;
 };
 
 // Triton's reshape of a shape that follows `source` into `target`: each -1 of `target` takes

@@ -50,6 +50,7 @@ struct TensorView {
 
 class ResponseSender;
 class ResponseSink;
+class SequenceState;
 struct SharedMemoryBlock;
 struct TraceRecord;
 
@@ -132,6 +133,9 @@ struct InferRequest {
   // its sender, through which every iteration answers.
   bool rescheduled = false;
   std::shared_ptr<ResponseSender> sender;
+  // Set by the sequence batcher for a model with implicit state: the state of the request's
+  // sequence, which takes the request's state outputs after it has run (sequence_state.h).
+  std::shared_ptr<SequenceState> sequence_state;
 };
 
 // Durations of one batch's phases, stamped as it runs (steady clock, ns).

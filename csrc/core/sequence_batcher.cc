@@ -34,6 +34,9 @@ SequenceBatcher::SequenceBatcher(std::string model_name, SequenceBatchingOptions
   }
   if (preferred_.empty()) preferred_.push_back(rows);
   std::sort(preferred_.begin(), preferred_.end());
+  if (!options_.states.empty()) {
+    states_ = std::make_shared<const std::vector<StateSpec>>(std::move(options_.states));
+  }
 
   slots_.assign(options_.instance_count, std::vector<Slot>(slots_per_instance_));
   active_.resize(options_.instance_count);
@@ -72,8 +75,9 @@ Status SequenceBatcher::Admit(InferRequest& request, uint64_t /*now_ns*/) {
 }
 
 void SequenceBatcher::Add(InferRequest* request) {
-  if (request->rescheduled) {  // its next iteration gets control inputs of its own
-    request->inputs.resize(request->inputs.size() - options_.controls.size());
+  if (request->rescheduled) {  // its next iteration gets control and state inputs anew
+    request->inputs.resize(request->inputs.size() - options_.controls.size() -
+                           (states_ ? states_->size() : 0));
   }
   const Key key = KeyOf(*request);
   const bool start = (request->flags & kSequenceStart) != 0;
@@ -135,6 +139,7 @@ void SequenceBatcher::Add(InferRequest* request) {
 // The slot's sequence has ended (or was let go): the oldest backlogged sequence takes it over.
 void SequenceBatcher::Release(SlotRef ref, uint64_t now_ns) {
   Slot& slot = At(ref);
+  slot.state.reset();  // a request still in flight holds it until it has run
   if (backlog_.empty()) {
     Deactivate(ref);
     free_.push(ref);
@@ -251,6 +256,14 @@ void SequenceBatcher::Form(uint64_t now_ns, bool flush, int /*idle_instances*/,
 
 void SequenceBatcher::InstanceDone(int instance) { busy_[instance] = false; }
 
+size_t SequenceBatcher::StateCount() const {
+  size_t count = 0;
+  for (const auto& slots : slots_) {
+    for (const Slot& slot : slots) count += slot.state != nullptr;
+  }
+  return count;
+}
+
 // The front request of a slot joins the batch, with its control inputs; its END frees the slot.
 void SequenceBatcher::Take(SlotRef ref, uint64_t now_ns, Decision* decision) {
   Slot& slot = At(ref);
@@ -258,6 +271,13 @@ void SequenceBatcher::Take(SlotRef ref, uint64_t now_ns, Decision* decision) {
   slot.queue.pop_front();
   --queued_;
   AddControlInputs(options_.controls, options_.max_batch_size > 0, request);
+  if (states_) {  // a START begins from the initial state, even where a sequence conflicted
+    if (!slot.state || (request->flags & kSequenceStart) != 0) {
+      slot.state = std::make_shared<SequenceState>(states_);
+    }
+    slot.state->AddInputs(request);
+    request->sequence_state = slot.state;
+  }
   decision->batch.push_back(request);
   if ((request->flags & kSequenceEnd) != 0) Release(ref, now_ns);
 }
@@ -281,6 +301,7 @@ std::unique_ptr<InferRequest> SequenceBatcher::Padding(const InferRequest& like,
   for (TensorView& view : padding->inputs) view.data = reinterpret_cast<const uint8_t*>(zeros->data());
   padding->held.push_back(std::move(zeros));
   AddControlInputs(options_.controls, options_.max_batch_size > 0, padding.get());
+  if (states_) SequenceState::AddInitialInputs(*states_, padding.get());
   return padding;
 }
 
@@ -367,6 +388,7 @@ void SequenceBatcher::TakeAll(std::vector<InferRequest*>* requests) {
     for (Slot& slot : slots) {
       requests->insert(requests->end(), slot.queue.begin(), slot.queue.end());
       slot.queue.clear();
+      slot.state.reset();
     }
   }
   for (auto& backlog : backlog_) {

@@ -12,7 +12,8 @@
 // Either way a batch goes to the instance that holds its sequences (Decision::instance), and
 // each sequence has at most one request in flight: only an idle instance gets a batch, which
 // the scheduler reports with InstanceDone. The control inputs (START, END, READY, CORRID) are
-// added to each request of a batch as the model's config asks.
+// added to each request of a batch as the model's config asks, and so are the sequence's
+// implicit states (sequence_state.h), kept with its slot from START to its release.
 #pragma once
 
 #include <atomic>
@@ -27,6 +28,7 @@
 #include "batch_policy.h"
 #include "request.h"
 #include "sequence_controls.h"
+#include "sequence_state.h"
 
 namespace pyserve {
 
@@ -43,6 +45,7 @@ struct SequenceBatchingOptions {
   bool iterative = false;
   int instance_count = 1;
   std::vector<SequenceControl> controls;
+  std::vector<StateSpec> states;  // sequence_batching.state
 };
 
 class SequenceBatcher : public BatchPolicy {
@@ -67,6 +70,8 @@ class SequenceBatcher : public BatchPolicy {
   // For tests and statistics: sequences holding a slot, and waiting in the backlog.
   size_t ActiveCount() const { return sequences_.size(); }
   size_t BacklogCount() const { return backlog_.size(); }
+  // Sequences whose implicit state the batcher holds.
+  size_t StateCount() const;
 
  private:
   // A correlation ID as a map key: the number, or the text (the two never equal).
@@ -90,6 +95,7 @@ class SequenceBatcher : public BatchPolicy {
     Key key;
     uint64_t last_ns = 0;           // when its sequence's latest request arrived
     std::deque<InferRequest*> queue;
+    std::shared_ptr<SequenceState> state;  // its implicit state (null until its first batch)
   };
   struct Backlog {
     Key key;
@@ -124,6 +130,7 @@ class SequenceBatcher : public BatchPolicy {
   uint64_t delay_ns_ = 0;
   uint64_t idle_ns_ = 0;
   std::vector<uint32_t> preferred_;  // oldest, ascending
+  std::shared_ptr<const std::vector<StateSpec>> states_;  // null: the model has none
 
   std::vector<std::vector<Slot>> slots_;  // per instance
   // Per instance, the slots a sequence holds (in no order): what the rules walk, however many

@@ -49,7 +49,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise ServerError(f"failed to load model '{model.name}': {e}",
                               ErrorCode.INVALID_ARG) from None
-        self._outputs = [output.name for output in model.config.output]
+        # Implicit state: the state outputs are computed too; the core keeps them.
+        states = model.config.sequence_batching.state
+        self._outputs = list(dict.fromkeys([output.name for output in model.config.output]
+                                           + [state.output_name for state in states]))
         bf16 = _DATA_TYPE.values_by_name["TYPE_BF16"].number
         self._bf16 = {t.name for t in (*model.config.input, *model.config.output)
                       if t.data_type == bf16}
@@ -63,6 +66,12 @@ class OnnxRuntimeBackend(Backend):
             raise ServerError(
                 f"model '{model.name}': configuration expects outputs {missing} that the ONNX "
                 f"model does not have (it has {sorted(session_outputs)})")
+        session_inputs = {i.name for i in self._session.get_inputs()}
+        missing = [state.input_name for state in states if state.input_name not in session_inputs]
+        if missing:
+            raise ServerError(
+                f"model '{model.name}': configuration expects state inputs {missing} that the "
+                f"ONNX model does not have (it has {sorted(session_inputs)})")
 
     def _providers(self) -> list:
         available = ort.get_available_providers()

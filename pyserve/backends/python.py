@@ -71,6 +71,10 @@ class PythonBackend(Backend):
         self._iterative = config.sequence_batching.iterative_sequence
         self._instance_name = instance_name(config, instance)
         self._outputs = [output.name for output in config.output]
+        # Implicit state (a pyserve extension): the state input arrives as an ordinary input,
+        # and each response returns the state output, which is always asked for.
+        self._state_outputs = [s.output_name for s in config.sequence_batching.state
+                               if s.output_name not in self._outputs]
         self._bf16_inputs = {i.name for i in config.input if i.data_type == _BF16}
         self._model = None
         self._function = None
@@ -137,12 +141,13 @@ class PythonBackend(Backend):
         pb_utils = _pb_utils()
         wrap_tensor, received = pb_utils.Tensor._wrap, pb_utils.InferenceRequest._received
         name, version, outputs = self.model.name, self.model.version, self._outputs
+        states = self._state_outputs
         bf16 = self._bf16_inputs
         sender = _response_sender_class() if self._decoupled else None
 
         def request(tensors, info: RequestInfo):
             own = info.response_sender
-            return received(name, tensors, info.requested_outputs or list(outputs), info.id,
+            return received(name, tensors, (info.requested_outputs or outputs) + states, info.id,
                             version, info.parameters, info.correlation_id, info.flags,
                             sender(own) if sender is not None and own is not None else None,
                             info.cancellation)

@@ -10,6 +10,11 @@ Input and output names follow Triton's pytorch_backend (libtorch.cc GetNamingCon
   AOTInductor packages carry no argument names, so only the last two rules apply there.
 - outputs: `<name>__<index>` gives the position in the returned tuple/list, else config order;
   a single tensor is output 0.
+- sequence models: the control inputs and implicit states (sequence_batching.state), which
+  the core fills in, are arguments too, placed by their forward() argument name or their
+  `__<index>`, else after the config's inputs; with implicit state every input, output and
+  state must follow `<name>__<index>` (Triton's rule), and the state outputs are taken from
+  their positions in the result.
 
 Config `parameters` as Triton reads them: INFERENCE_MODE, DISABLE_OPTIMIZED_EXECUTION,
 DISABLE_CUDNN, ENABLE_CACHE_CLEANING, ENABLE_WEIGHT_SHARING (instances on one device share one
@@ -180,6 +185,12 @@ class PyTorchBackend(Backend):
         self._core_stream: torch.cuda.ExternalStream | None = None
         self._input_types = {io.name: _type_name(io.data_type) for io in config.input}
         self._output_types = {io.name: _type_name(io.data_type) for io in config.output}
+        # Sequence models also take the control inputs and the implicit states, which the core
+        # fills in, and give back the state outputs (Triton's expected input count and names).
+        sequence = config.sequence_batching
+        self._states = list(sequence.state)
+        self._controls = [c.name for c in sequence.control_input]
+        self._state_types = {s.input_name: _type_name(s.data_type) for s in self._states}
         self._check_types()
         if self._aoti:
             self._module = self._load_aoti(path)
@@ -315,10 +326,11 @@ class PyTorchBackend(Backend):
                     f"An input of type '{argument.type}' was detected in the model. Only a "
                     "single input of type Dict(str, Tensor) or input(s) of type Tensor are "
                     "supported.", ErrorCode.INTERNAL)
-        if len(arguments) != len(self._input_types):
+        expected = len(self._input_types) + len(self._controls) + len(self._states)
+        if len(arguments) != expected:
             raise ServerError(
                 f"unable to load model '{self.model.name}', configuration expects "
-                f"{len(self._input_types)} inputs, model provides {len(arguments)}")
+                f"{expected} inputs, model provides {len(arguments)}")
         return [a.name for a in arguments], False
 
     def _map_inputs(self, argument_names: list[str]) -> dict[str, int]:
@@ -328,9 +340,15 @@ class PyTorchBackend(Backend):
                               "were specified.", ErrorCode.INTERNAL)
         if self._dict_input:
             return {name: i for i, name in enumerate(names)}
+        extra = self._controls + [s.input_name for s in self._states]
         if argument_names and all(name in argument_names for name in names):
-            return {name: argument_names.index(name) for name in names}
+            self._check_state_naming(False)  # Triton's forward-argument convention
+            return ({name: argument_names.index(name) for name in names}
+                    | self._extra_positions(extra, argument_names))
         positions = self._named_indices("input", names)
+        self._check_state_naming(all(_named_index(name) is not None for name in names))
+        positions |= self._extra_positions(extra, argument_names, start=len(names))
+        names = names + extra
         count = self._argument_count or len(names)  # AOTI: as many arguments as inputs
         if len(set(positions.values())) != len(names) or max(positions.values()) >= count:
             raise ServerError(
@@ -344,7 +362,44 @@ class PyTorchBackend(Backend):
         if not names:
             raise ServerError("model configuration must contain at least one output, none "
                               "were specified.", ErrorCode.INTERNAL)
-        return self._named_indices("output", names)
+        positions = self._named_indices("output", names)
+        if self._states:
+            self._check_state_naming(all(_named_index(name) is not None for name in names))
+            for state in self._states:
+                self._output_types.setdefault(state.output_name, _type_name(state.data_type))
+                positions.setdefault(state.output_name, _named_index(state.output_name))
+        return positions
+
+    def _check_state_naming(self, named_index: bool) -> None:
+        """With implicit state, Triton asks every input, output and state for the
+        `<name>__<index>` convention."""
+        if not self._states:
+            return
+        model = self.model.name
+        if not named_index:
+            raise ServerError(
+                f"PyTorch model '{model}' is using sequence batching with state but not all "
+                "inputs and outputs follow the <name>__<index> naming convention. ",
+                ErrorCode.INVALID_ARG)
+        for state in self._states:
+            for name in (state.input_name, state.output_name):
+                if _named_index(name) is None:
+                    raise ServerError(
+                        f"PyTorch model '{model}' is using sequence batching with state but "
+                        f"state '{name}' does not follow the <name>__<index> naming "
+                        "convention. ", ErrorCode.INVALID_ARG)
+
+    @staticmethod
+    def _extra_positions(names: list[str], argument_names: list[str],
+                         start: int = 0) -> dict[str, int]:
+        """Positions of the inputs the core adds (controls, states): their forward() argument,
+        else their `__<index>`, else after the config's inputs in order."""
+        positions = {}
+        for offset, name in enumerate(names):
+            index = _named_index(name)
+            positions[name] = (argument_names.index(name) if name in argument_names
+                               else index if index is not None else start + offset)
+        return positions
 
     @staticmethod
     def _named_indices(kind: str, names: list[str]) -> dict[str, int]:
@@ -402,7 +457,7 @@ class PyTorchBackend(Backend):
         return self._core_stream
 
     def _to_torch(self, name: str, value):
-        type_name = self._input_types.get(name)
+        type_name = self._input_types.get(name) or self._state_types.get(name)
         if isinstance(value, _core.DeviceTensor):
             if value.byte_size == 0:  # no device memory behind an empty tensor
                 value = value.host

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Test suites every build has (test_codecs' only where RapidJSON is found).
 SUITES = {"MpmcQueue", "Scheduler", "DynamicBatcher", "HostMemoryPool", "Cuda",
           "SharedMemoryRegistry", "ModelTable", "Ensemble", "RateLimiter",
-          "RateLimiterScheduler"}
+          "RateLimiterScheduler", "SequenceState"}
 CODEC_SUITES = {"GrpcCodec", "Validate", "CountElements"}
 
 
