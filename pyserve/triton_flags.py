@@ -22,7 +22,6 @@ UNSERVED = {
     "--vertex-ai-default-model": "Vertex AI's API is not served",
     "--rate-limit": "the rate limiter is not implemented yet",
     "--rate-limit-resource": "the rate limiter is not implemented yet",
-    "--model-namespacing": "model namespacing is not implemented yet",
 }
 
 # Accepted, with what they mean here.
