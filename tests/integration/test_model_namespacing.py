@@ -260,10 +260,14 @@ def test_metrics_carry_the_namespace_label(serve, tmp_path):
     carry its repository as `namespace`, so the two composing_model series differ."""
     clients = serve(build_duplication)
     clients.check({"simple_addsub": "addsub", "simple_subadd": "subadd"})
-    text = metrics_text(clients.server)
-    for repository in ("addsub_repo", "subadd_repo"):
-        assert (f'nv_inference_request_success{{model="composing_model",'
-                f'namespace="{tmp_path / repository}",version="1"}} 2') in text
+    samples = [f'nv_inference_request_success{{model="composing_model",'
+               f'namespace="{tmp_path / repository}",version="1"}} 2'
+               for repository in ("addsub_repo", "subadd_repo")]
+    # A batch is counted right after its responses are handed back: wait for the last one.
+    deadline = time.monotonic() + 30
+    while not all(sample in metrics_text(clients.server) for sample in samples):
+        assert time.monotonic() < deadline, metrics_text(clients.server)
+        time.sleep(0.05)
 
 
 def test_without_namespacing_nothing_changes(tmp_path):
