@@ -306,3 +306,16 @@ def test_unknown_and_unloaded_names_get_tritons_texts(serve):
             with pytest.raises(InferenceServerException) as refused:
                 clients.infer(module, client, model)
             assert (refused.value.message(), refused.value.status()) == (text, status)
+
+
+@pytest.mark.parametrize("mode", ["explicit"])
+def test_unloading_an_ensemble_with_dependents_unloads_the_models_it_used(serve):
+    """Triton's UnloadModelAndDependents: the models the ensemble's steps resolved to, not
+    the other repository's model of the same name, which its name then reaches."""
+    clients = serve(build_duplication)
+    for model in ("simple_addsub", "simple_subadd"):
+        clients.http.load_model(model)
+    clients.check_ambiguous("composing_model")
+    clients.grpc.unload_model("simple_addsub", unload_dependents=True)
+    assert not clients.http.is_model_ready("simple_addsub")
+    clients.check({"composing_model": "subadd", "simple_subadd": "subadd"})
