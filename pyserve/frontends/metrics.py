@@ -182,7 +182,7 @@ class Metrics:
             families.append(_gauge(
                 "nv_inference_pending_request_count",
                 "Instantaneous number of pending requests awaiting execution per-model.",
-                *self._pending()))
+                *sorted(self._pending(), key=lambda sample: sorted(sample[0].items()))))
         return families
 
     def _server(self) -> list[Metric]:
