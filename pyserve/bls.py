@@ -56,7 +56,7 @@ def calling_from(model: tuple[str, int]):
 
 
 def _instances(model: tuple[str, int]) -> int:
-    entry = _manager.models.get(model[0]) if _manager is not None else None
+    entry = _manager.find(model[0]) if _manager is not None else None
     version = entry.versions.get(model[1]) if entry is not None else None
     runner = version.runner if version is not None else None
     return max(len(runner._instances), 1) if runner is not None else 1

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                                              "repeat for several, '*' for all")
     models.add_argument("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
                         help="poll mode: seconds between repository scans (default: %(default)s)")
+    models.add_argument("--model-namespacing", type=_boolean, default=False, metavar="BOOL",
+                        help="each repository is a namespace: models of one name in several "
+                             "repositories load side by side; a request's name must be in one "
+                             "namespace only, an ensemble's steps resolve in its own repository "
+                             "first (default: false)")
     models.add_argument("--strict-readiness", type=_boolean, default=True, metavar="BOOL",
                         help="ready only when every model is ready (default: true)")
     models.add_argument("--exit-on-error", type=_boolean, default=True, metavar="BOOL",
@@ -557,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         model_control_mode=args.model_control_mode,
         load_models=args.load_models,
         repository_poll_secs=args.repository_poll_secs,
+        model_namespacing=args.model_namespacing,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
         auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),

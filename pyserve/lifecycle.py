@@ -5,6 +5,12 @@ Loading (sessions, weights) runs on worker threads; every change of what is serv
 the event loop, between requests. A reload builds the new runners while the old ones keep
 serving, swaps them in, then retires the old ones: a retiring runner refuses nothing it
 already accepted, and no request can reach it after the swap, so none is lost.
+
+With --model-namespacing, each repository is a namespace (Triton's ModelIdentifier): models
+of one name in several repositories load side by side, a request's name must be held by one
+namespace only (Triton's "ambiguity" error otherwise), and an ensemble's step resolves to the
+model of the ensemble's own repository first, else to the one namespace holding the name;
+ensembles are reloaded when what their steps resolve to changes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 from pyserve import _core, bls, devices, host_policy, rate_limit
 from pyserve.backends import InstanceSpec, ModelContext, backend_class, create_instance
@@ -32,6 +39,17 @@ from pyserve.warmup import warm_up
 log = logging.getLogger("pyserve")
 
 NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
+
+
+class ModelId(NamedTuple):
+    """A model as Triton identifies it: its namespace (the repository's location with
+    --model-namespacing; empty without it, and for models loaded from uploaded files) and
+    its name."""
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:  # Triton's ModelIdentifier::str()
+        return f"{self.namespace}::{self.name}" if self.namespace else self.name
 
 
 class ModelState(str, enum.Enum):
@@ -56,6 +74,7 @@ class ModelVersion:
 @dataclass
 class Model:
     name: str
+    namespace: str = ""  # see ModelId
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     reason: str = ""  # why the model as a whole failed to load, if it did
     wanted: bool = False  # asked to be loaded (and not unloaded since): counts for readiness
@@ -64,6 +83,10 @@ class Model:
     # Loaded and retired by another owner (the TorchServe model store), not by this manager.
     external: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def id(self) -> ModelId:
+        return ModelId(self.namespace, self.name)
 
     def ready_versions(self) -> list[ModelVersion]:
         return [v for _, v in sorted(self.versions.items()) if v.state == ModelState.READY]
@@ -81,6 +104,11 @@ class ModelManager:
         # Remote repositories (s3://, gs://, as://) are served from local mirrors.
         self._remotes, self._repositories = open_repositories(
             options.model_repositories, options.repository_cache_dir)
+        self._namespacing = options.model_namespacing
+        # Each repository's namespace: its location as given, with namespacing.
+        self._namespaces = {folder: str(location) if self._namespacing else ""
+                            for folder, location in zip(self._repositories,
+                                                        options.model_repositories)}
         self._loop = loop
         self._config_options = ConfigOptions(
             gpu_count=gpu_count, auto_complete=options.auto_complete_config,
@@ -88,7 +116,8 @@ class ModelManager:
             default_max_batch_size=options.default_max_batch_size)
         self._load_slots = asyncio.Semaphore(max(options.model_load_thread_count, 1))
         self._poller: asyncio.Task | None = None
-        self.models: dict[str, Model] = {}
+        # name -> namespace -> Model (without namespacing, the one namespace is "").
+        self.models: dict[str, dict[str, Model]] = {}
         # The READY versions and server readiness, for frontends that resolve requests and
         # answer probes in native code.
         self.table = _core.ModelTable()
@@ -124,16 +153,19 @@ class ModelManager:
                 if len(names) > 1:
                     raise ServerError("Wildcard model name '*' must be the ONLY startup model "
                                       "if specified at all.")
-                names = list(find_models(self._repositories))
+                ids = list(self._found())
+            else:
+                ids = [i for name in names for i in self._ids_of(name)]
         else:
-            names = list(find_models(self._repositories))
-        ordered, results = await self._load_in_waves(list(names))
+            ids = list(self._found())
+        ordered, results = await self._load_in_waves(ids)
+        await self._reresolve_ensembles()
         failed = []
-        for name, result in zip(ordered, results):
+        for model_id, result in zip(ordered, results):
             if isinstance(result, BaseException):
-                failed.append(name)
+                failed.append(str(model_id))
                 if not isinstance(result, ServerError):  # a bug, not a bad model: show it
-                    log.error("failed to load '%s'", name, exc_info=result)
+                    log.error("failed to load '%s'", model_id, exc_info=result)
         if mode == "poll" and self._options.repository_poll_secs > 0:
             self._poller = asyncio.ensure_future(self._poll_forever())
         return failed
@@ -149,17 +181,19 @@ class ModelManager:
     async def poll_once(self) -> None:
         """Load added and changed models, unload removed ones (poll mode)."""
         await self._sync_remote()
-        found = find_models(self._repositories)
-        loads = [name for name, dirs in found.items()
-                 if name not in self.models or self.models[name].fingerprint != fingerprint(dirs)]
+        found = self._found()
+        loads = [i for i, dirs in found.items()
+                 if self._model(i) is None or self._model(i).fingerprint != fingerprint(dirs)]
         # An ensemble that failed for want of a model is retried when that model changes.
-        loads += [name for name, model in self.models.items()
-                  if name in found and name not in loads and model.reason
-                  and set(self._static_composing(name)) & set(loads)]
-        unloads = [self.unload(name) for name, model in self.models.items()
-                   if name not in found and model.wanted and not model.external]
+        changed = {i.name for i in loads}
+        loads += [model.id for model in self._all_models()
+                  if model.id in found and model.id not in loads and model.reason
+                  and set(self._static_composing(model.id)) & changed]
+        unloads = [self._unload(model) for model in self._all_models()
+                   if model.id not in found and model.wanted and not model.external]
         results = await asyncio.gather(*unloads, return_exceptions=True)
         results += (await self._load_in_waves(loads))[1]
+        await self._reresolve_ensembles()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, ServerError):
                 raise result
@@ -168,7 +202,7 @@ class ModelManager:
         """Stop polling, then unload every model: each runner answers what it accepted."""
         if self._poller is not None:
             self._poller.cancel()
-        await asyncio.gather(*(self.unload(name) for name, model in list(self.models.items())
+        await asyncio.gather(*(self._unload(model) for model in list(self._all_models())
                                if not model.external), return_exceptions=True)
         for remote in self._remotes:
             remote.close()
@@ -177,6 +211,86 @@ class ModelManager:
         """Bring the mirrors of remote repositories in step with their stores."""
         for remote in self._remotes:
             await asyncio.to_thread(remote.sync, model)
+
+    # --- models and their namespaces --------------------------------------------------------
+
+    def _all_models(self) -> Iterator[Model]:
+        return (model for spaces in self.models.values() for model in spaces.values())
+
+    def _model(self, model_id: ModelId) -> Model | None:
+        return self.models.get(model_id.name, {}).get(model_id.namespace)
+
+    def _found(self) -> dict[ModelId, list[Path]]:
+        """Every model of the repositories and its folders (several: a name in two
+        repositories without namespacing, which refuses to load)."""
+        found: dict[ModelId, list[Path]] = {}
+        for name, dirs in find_models(self._repositories).items():
+            for model_dir in dirs:
+                model_id = ModelId(self._namespaces[model_dir.parent], name)
+                found.setdefault(model_id, []).append(model_dir)
+        return found
+
+    def _located(self, name: str) -> dict[str, list[Path]]:
+        """namespace -> the folders of `name` in the repositories of that namespace."""
+        located: dict[str, list[Path]] = {}
+        for repository in self._repositories:
+            if (repository / name).is_dir():
+                located.setdefault(self._namespaces[repository], []).append(repository / name)
+        return located
+
+    def _ids_of(self, name: str) -> list[ModelId]:
+        """What loading `name` loads: the model in each namespace holding it (Triton polls
+        them all), or the one known without files (which then fails to load)."""
+        return [ModelId(namespace, name) for namespace in self._located(name)] or [
+            ModelId(namespace, name) for namespace in self.models.get(name, {"": None})]
+
+    def _known(self, name: str) -> dict[str, Model]:
+        """namespace -> model, for the models of `name` that count (Triton's global map): with
+        namespacing, those asked to be loaded and not unloaded since."""
+        spaces = self.models.get(name, {})
+        if not self._namespacing:
+            return spaces
+        return {namespace: model for namespace, model in spaces.items() if model.wanted}
+
+    def find(self, name: str) -> Model | None:
+        """The model a request naming `name` reaches, or None."""
+        try:
+            return self._resolve(name)
+        except ServerError:
+            return None
+
+    def _resolve(self, name: str) -> Model:
+        """The model a request naming `name` reaches, or Triton's refusal."""
+        if not self._namespacing:
+            model = self.models.get(name, {}).get("")
+            if model is None:
+                raise ServerError(f"Request for unknown model: '{name}' is not found",
+                                  ErrorCode.NOT_FOUND)
+            return model
+        known = list(self._known(name).values())
+        if len(known) == 1:
+            return known[0]
+        if known:  # Triton's FindModelIdentifier
+            raise ServerError(f"There are {len(known)} identifiers of model '{name}' in global "
+                              "map, model namespace must be provided to resolve ambiguity.",
+                              ErrorCode.INVALID_ARG)
+        if name in self.models:  # known before, unloaded since
+            raise ServerError(f"Identifier of model '{name}' is not found in global map",
+                              ErrorCode.NOT_FOUND)
+        raise ServerError(f"Request for unknown model: '{name}' is not found",
+                          ErrorCode.INVALID_ARG)
+
+    def _step_namespace(self, ensemble: ModelId, step: str,
+                        holders: set[str] | None = None) -> str | None:
+        """The namespace of the model an ensemble's step names (Triton's FindNode with fuzzy
+        matching): the ensemble's own when it holds the name, else the one namespace that
+        does; None when none or several do. `holders`: the namespaces to consider (default:
+        the known models'). A model loaded from uploaded files (namespace "") is preferred by
+        no ensemble: found only when its name is unique."""
+        holders = set(self._known(step)) if holders is None else holders
+        if ensemble.namespace in holders and (ensemble.namespace or not self._namespacing):
+            return ensemble.namespace
+        return next(iter(holders)) if len(holders) == 1 else None
 
     # --- load / unload ----------------------------------------------------------------------
 
@@ -187,22 +301,36 @@ class ModelManager:
     async def load(self, name: str, config_override: pb.ModelConfig | None = None,
                    files: dict[str, bytes] | None = None, refresh: bool = True,
                    with_composing: bool = True) -> None:
-        """Load or reload `name`. The versions it serves now keep serving until their
-        replacements are READY; a failure leaves them serving and raises ServerError.
-        `refresh` first fetches the model's changed objects from remote repositories;
-        `with_composing` loads an ensemble's models that are not loaded (startup has loaded
-        them already, or failed to)."""
+        """Load or reload `name` (with namespacing, in every namespace holding it). The
+        versions it serves now keep serving until their replacements are READY; a failure
+        leaves them serving and raises ServerError. `refresh` first fetches the model's
+        changed objects from remote repositories; `with_composing` loads an ensemble's models
+        that are not loaded (startup has loaded them already, or failed to)."""
         check_model_name(name)
         self._check_not_external(name)
         if refresh and not files:
             await self._sync_remote(name)
-        if not files and name not in self.models and not any(
-                (repo / name).is_dir() for repo in self._repositories):
+        if not files and name not in self.models and not self._located(name):
             raise ServerError(f"failed to load '{name}', failed to poll from model repository")
-        model = self.models.setdefault(name, Model(name))
+        ids = [ModelId("", name)] if files else self._ids_of(name)
+        results = await asyncio.gather(*(
+            self._load(model_id, config_override, files, with_composing) for model_id in ids),
+            return_exceptions=True)
+        await self._reresolve_ensembles()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _load(self, model_id: ModelId, config_override: pb.ModelConfig | None = None,
+                    files: dict[str, bytes] | None = None, with_composing: bool = True) -> None:
+        name = model_id.name
+        check_model_name(name)  # names from --load-model and ensembles' steps too
+        self._check_not_external(name)
+        model = self.models.setdefault(name, {}).setdefault(
+            model_id.namespace, Model(name, model_id.namespace))
         async with model.lock:
             model.wanted = True
-            self._readiness_changed()
+            self._publish(model)  # with namespacing, the name's holders changed
             upload_dir = None
             try:
                 if files:
@@ -212,7 +340,7 @@ class ModelManager:
                     upload_dir = write_upload(name, files)
                     model_dir, stamp = upload_dir, ()
                 else:
-                    dirs = [repo / name for repo in self._repositories if (repo / name).is_dir()]
+                    dirs = self._located(name).get(model_id.namespace, [])
                     if not dirs:
                         raise ServerError(f"failed to load '{name}', failed to poll from model "
                                           "repository")
@@ -222,7 +350,7 @@ class ModelManager:
                 config = await asyncio.to_thread(contained, model_config, model_dir,
                                                  self._config_options, config_override)
                 if is_ensemble(config):
-                    await self._load_composing(config, with_composing)
+                    await self._load_composing(config, model_id, with_composing)
                 labels = read_labels(model_dir, config)
                 available = version_dirs(model_dir)
                 chosen = select_versions(config.version_policy, list(available))
@@ -353,17 +481,21 @@ class ModelManager:
             raise
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Stop serving every version of `name`; requests in flight finish first. With
-        `unload_dependents`, an ensemble's composing models are unloaded after it (Triton's
-        UnloadModelAndDependents)."""
+        """Stop serving every version of `name` (with namespacing, in every namespace);
+        requests in flight finish first. With `unload_dependents`, an ensemble's composing
+        models are unloaded after it (Triton's UnloadModelAndDependents)."""
         self._check_not_external(name)
-        model = self.models.get(name)
-        if model is None:
-            return
+        await asyncio.gather(*(self._unload(model, unload_dependents)
+                               for model in list(self.models.get(name, {}).values())))
+        await self._reresolve_ensembles()
+
+    async def _unload(self, model: Model, unload_dependents: bool = False) -> None:
         composing = []
-        if unload_dependents:
-            composing = [c for v in model.versions.values() if v.config is not None
-                         and is_ensemble(v.config) for c in composing_models(v.config)]
+        if unload_dependents:  # the models its steps were resolved to
+            composing = [ModelId(step.model_namespace, step.model_name)
+                         for v in model.versions.values()
+                         if v.config is not None and is_ensemble(v.config)
+                         for step in v.config.ensemble_scheduling.step]
         async with model.lock:
             model.wanted = False
             retiring = []
@@ -379,62 +511,71 @@ class ModelManager:
             model.upload_dir = None
             model.fingerprint = ()
             if retiring:
-                log.info("successfully unloaded '%s'", name)
+                log.info("successfully unloaded '%s'", model.id)
         for dependent in dict.fromkeys(composing):
-            if dependent != name and dependent in self.models:
-                await self.unload(dependent, unload_dependents=True)
+            upstream = self._model(dependent)
+            if upstream is not None and upstream is not model:
+                await self._unload(upstream, unload_dependents=True)
 
     # --- ensembles --------------------------------------------------------------------------
 
-    def _static_composing(self, name: str) -> list[str]:
-        """The models `name` composes, from its config file as it is on disk ([] for a model
-        that is not an ensemble or whose config does not read)."""
-        for repository in self._repositories:
-            model_dir = repository / name
-            if model_dir.is_dir():
-                try:
-                    config = read_config_file(config_path(model_dir, self._options.model_config_name))
-                except ServerError:
-                    return []
-                return composing_models(config) if is_ensemble(config) else []
-        model = self.models.get(name)
+    def _static_composing(self, model_id: ModelId) -> list[str]:
+        """The models `model_id` composes, from its config file as it is on disk ([] for a
+        model that is not an ensemble or whose config does not read)."""
+        for model_dir in self._located(model_id.name).get(model_id.namespace, [])[:1]:
+            try:
+                config = read_config_file(config_path(model_dir, self._options.model_config_name))
+            except ServerError:
+                return []
+            return composing_models(config) if is_ensemble(config) else []
+        model = self._model(model_id)
         configs = [v.config for v in model.versions.values() if v.config] if model else []
         return composing_models(configs[-1]) if configs and is_ensemble(configs[-1]) else []
 
-    async def _load_in_waves(self, names: list[str]) -> tuple[list[str], list]:
-        """Loads `names`, ensembles after the models they compose: the names in the order
+    async def _load_in_waves(self, ids: list[ModelId]) -> tuple[list[ModelId], list]:
+        """Loads `ids`, ensembles after the models they compose: the models in the order
         loaded, and each one's result (None or its exception)."""
         ordered, results = [], []
-        for wave in self._load_waves(names):
-            results += await asyncio.gather(*(self.load(name, refresh=False, with_composing=False)
-                                              for name in wave), return_exceptions=True)
+        for wave in self._load_waves(ids):
+            results += await asyncio.gather(*(self._load(model_id, with_composing=False)
+                                              for model_id in wave), return_exceptions=True)
             ordered += wave
         return ordered, results
 
-    def _load_waves(self, names: list[str]) -> list[list[str]]:
-        """`names` in waves, each after the models it composes; what a cycle holds comes
-        last (and fails with Triton's text)."""
-        pending = {name: set(self._static_composing(name)) & set(names) for name in names}
-        waves: list[list[str]] = []
+    def _load_waves(self, ids: list[ModelId]) -> list[list[ModelId]]:
+        """`ids` in waves, each after the models it composes; what a cycle holds comes last
+        (and fails with Triton's text)."""
+        holders: dict[str, set[str]] = {}
+        for model_id in ids:
+            holders.setdefault(model_id.name, set(self._known(model_id.name))).add(
+                model_id.namespace)
+        pending = {}
+        for model_id in ids:
+            steps = [ModelId(self._step_namespace(model_id, step, holders.get(step, set())),
+                             step) for step in self._static_composing(model_id)]
+            pending[model_id] = set(steps) & set(ids)
+        waves: list[list[ModelId]] = []
         while pending:
-            wave = [n for n, deps in pending.items() if not deps & pending.keys()]
+            wave = [i for i, deps in pending.items() if not deps & pending.keys()]
             if not wave:
                 waves.append(list(pending))
                 break
             waves.append(wave)
-            for n in wave:
-                del pending[n]
+            for i in wave:
+                del pending[i]
         return waves
 
-    def _cycle(self, name: str) -> str | None:
-        """Triton's circular dependency text when `name`'s ensembles lead back to it."""
-        seen: set[str] = set()
+    def _cycle(self, model_id: ModelId) -> str | None:
+        """Triton's circular dependency text when `model_id`'s ensembles lead back to it."""
+        seen: set[ModelId] = set()
 
-        def walk(current: str) -> str | None:
-            for upstream in self._static_composing(current):
-                if upstream == name:
-                    return (f"circular dependency between ensembles: {name} -> ... -> "
-                            f"{current} -> {name}")
+        def walk(current: ModelId) -> str | None:
+            for step in self._static_composing(current):
+                namespace = self._step_namespace(current, step)
+                upstream = ModelId(namespace if namespace is not None else "", step)
+                if upstream == model_id:
+                    return (f"circular dependency between ensembles: {model_id} -> ... -> "
+                            f"{current} -> {model_id}")
                 if upstream not in seen:
                     seen.add(upstream)
                     found = walk(upstream)
@@ -442,30 +583,38 @@ class ModelManager:
                         return found
             return None
 
-        return walk(name)
+        return walk(model_id)
 
-    async def _load_composing(self, config: pb.ModelConfig, load: bool) -> None:
+    async def _load_composing(self, config: pb.ModelConfig, model_id: ModelId,
+                              load: bool) -> None:
         """Loads (with `load`) the composing models not loaded (an ensemble loaded by the API
-        brings them, as Triton's does), then checks the ensemble against their configs."""
-        name = config.name
-        cycle = self._cycle(name)
+        brings them, as Triton's does), resolves each step to its model's namespace (set in
+        the config's steps, as Triton does) and checks the ensemble against their configs."""
+        cycle = self._cycle(model_id)
         if cycle:
             raise ServerError(cycle, ErrorCode.INVALID_ARG)
         steps = composing_models(config)
-        missing = sorted(m for m in steps if m not in self.models and not any(
-            (repo / m).is_dir() for repo in self._repositories))
+        missing = sorted(m for m in steps if not self._known(m) and not self._located(m))
         if missing:
-            raise ServerError(f"ensemble {name} contains models that are not available or "
+            raise ServerError(f"ensemble {model_id} contains models that are not available or "
                               f"ambiguous: {', '.join(missing)}", ErrorCode.INVALID_ARG)
         for step in steps:
-            if load and not (step in self.models and self.models[step].ready_versions()):
-                try:
-                    await self.load(step, refresh=False)
-                except ServerError:
-                    pass  # its reason is reported below
+            for step_id in self._ids_of(step):
+                upstream = self._model(step_id)
+                if upstream is None or (load and not upstream.ready_versions()):
+                    try:
+                        await self._load(step_id)
+                    except ServerError:
+                        pass  # its reason is reported below
+        unresolved = sorted(m for m in steps if self._step_namespace(model_id, m) is None)
+        if unresolved:
+            raise ServerError(f"ensemble {model_id} contains models that are not available or "
+                              f"ambiguous: {', '.join(unresolved)}", ErrorCode.INVALID_ARG)
         composing = {}
+        name = config.name
         for step in config.ensemble_scheduling.step:
-            model = self.models[step.model_name]
+            step.model_namespace = self._step_namespace(model_id, step.model_name)
+            model = self.models[step.model_name][step.model_namespace]
             ready = model.ready_versions()
             if not ready:
                 text = (f"ensemble '{name}' depends on '{step.model_name}' which has no loaded "
@@ -480,30 +629,67 @@ class ModelManager:
             composing[step.model_name] = ready[-1].config
         validate_composition(config, composing)
 
+    async def _reresolve_ensembles(self) -> None:
+        """With namespacing, reloads the loaded ensembles whose steps now resolve to a model
+        of another namespace (one of the ensemble's own repository appeared, or the one it
+        used went away), as Triton re-connects the ensembles a change of its models affects."""
+        if not self._namespacing:
+            return
+        reloaded: set[ModelId] = set()
+        while True:  # a round per level of ensembles of ensembles; each reloaded once
+            stale = [model.id for model in self._all_models()
+                     if model.wanted and not model.external and model.id not in reloaded
+                     and self._resolved_elsewhere(model)]
+            if not stale:
+                return
+            reloaded.update(stale)
+            await asyncio.gather(*(self._load(model_id, with_composing=False)
+                                   for model_id in stale), return_exceptions=True)
+
+    def _resolved_elsewhere(self, model: Model) -> bool:
+        """Whether a READY ensemble's steps resolve now to other models than it was loaded
+        with."""
+        ready = model.ready_versions()
+        if not ready or not is_ensemble(ready[-1].config):
+            return False
+        return any(self._step_namespace(model.id, step.model_name) != step.model_namespace
+                   for step in ready[-1].config.ensemble_scheduling.step)
+
     def _check_not_external(self, name: str) -> None:
-        model = self.models.get(name)
+        model = self.models.get(name, {}).get("")
         if model is not None and model.external:
             raise ServerError(f"model '{name}' is served from the TorchServe model store: "
                               "register and unregister it through TorchServe's management API",
                               ErrorCode.INVALID_ARG)
 
+    def from_repository(self, name: str) -> bool:
+        """Whether a model of the repositories (not another owner's) is called `name`."""
+        return any(not model.external for model in self.models.get(name, {}).values())
+
     def attach(self, name: str, versions: list[ModelVersion]) -> None:
         """Serve READY versions whose runners another owner loads and retires (the TorchServe
         model store) on every frontend; an empty list stops serving them."""
-        model = self.models.get(name)
-        if model is not None and not model.external:
+        if self.from_repository(name):
             raise ServerError(f"model '{name}' is already served from the model repository",
                               ErrorCode.ALREADY_EXISTS)
-        if model is None:
-            model = self.models[name] = Model(name, wanted=True, external=True)
+        model = self.models.setdefault(name, {}).setdefault(
+            "", Model(name, wanted=True, external=True))
         model.versions = {v.version: v for v in versions}
         self._publish(model)
         if not versions:
             del self.models[name]
 
     def _publish(self, model: Model) -> None:
-        """Tell the core's model table which versions of `model` serve now."""
-        self.table.publish(model.name, [v.runner.model for v in model.ready_versions()])
+        """Tell the core's model table which versions of `model` serve now: by name, and with
+        namespacing in its namespace, where ensembles' steps find it; requests reach a name
+        only while one namespace holds it."""
+        ready = [v.runner.model for v in model.ready_versions()]
+        if self._namespacing:
+            if model.namespace:
+                self.table.publish(model.name, ready, namespace=model.namespace)
+            reached = self.find(model.name)
+            ready = [v.runner.model for v in reached.ready_versions()] if reached else []
+        self.table.publish(model.name, ready)
         self._readiness_changed()
 
     def _readiness_changed(self) -> None:
@@ -514,10 +700,7 @@ class ModelManager:
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The READY version a request names (empty = the latest ready one), or Triton's error."""
-        model = self.models.get(name)
-        if model is None:
-            raise ServerError(f"Request for unknown model: '{name}' is not found",
-                              ErrorCode.NOT_FOUND)
+        model = self._resolve(name)
         if not version:
             ready = model.ready_versions()
             if not ready:
@@ -536,6 +719,10 @@ class ModelManager:
                 ErrorCode.UNAVAILABLE)
         return entry
 
+    def ready_versions(self, name: str) -> list[ModelVersion]:
+        """The READY versions of the model a request naming `name` reaches."""
+        return self._resolve(name).ready_versions()
+
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)
@@ -550,14 +737,15 @@ class ModelManager:
             return False
         if not self._options.strict_readiness:
             return True
-        return all(m.ready() for m in self.models.values() if m.wanted)
+        return all(m.ready() for m in self._all_models() if m.wanted)
 
     def index(self, ready_only: bool = False) -> list[dict]:
-        """RepositoryIndex: every model of the repositories and every version known."""
+        """RepositoryIndex: every model of the repositories and every version known (with
+        namespacing, a name once per namespace holding it)."""
         entries = []
-        names = sorted(set(find_models(self._repositories)) | set(self.models))
-        for name in names:
-            model = self.models.get(name)
+        known = {model.id: model for model in self._all_models()}
+        for model_id in sorted(set(self._found()) | set(known), key=lambda i: (i.name, i)):
+            name, model = model_id.name, known.get(model_id)
             if model is None or not model.versions:
                 if not ready_only:
                     state = ModelState.UNAVAILABLE.value if model and model.reason else ""
@@ -585,30 +773,38 @@ class ModelManager:
                 raise ServerError(
                     f"requested model version is not available for model '{name}'") from None
         else:
-            models = [self.models[name]] if name else self.models.values()
+            models = [self._resolve(name)] if name else self._all_models()
             entries = [v for m in models for v in m.ready_versions()]
         return [statistics_entry(entry) for entry in entries]
 
-    def latency_summaries(self, quantiles: list[float]) -> list[tuple[str, str, bool, dict]]:
-        """(model, version, cached, the core's summaries of its latencies) per READY version."""
-        return [(m.name, str(v.version), v.runner.cached,
-                 v.runner.model.latency_summaries(quantiles))
-                for m in self.models.values() for v in m.ready_versions()]
+    def _serving(self) -> Iterator[tuple[dict[str, str], ModelVersion]]:
+        """Each READY version with its metrics' labels (Triton's `namespace` label with
+        namespacing)."""
+        for model in self._all_models():
+            for entry in model.ready_versions():
+                labels = {"model": model.name, "version": str(entry.version)}
+                if model.namespace:
+                    labels["namespace"] = model.namespace
+                yield labels, entry
 
-    def metric_counts(self) -> list[tuple[str, str, bool, dict[str, float]]]:
-        """(model, version, cached, its metrics' counters) per READY version."""
-        return [(m.name, str(v.version), v.runner.cached, v.runner.metric_counts())
-                for m in self.models.values() for v in m.ready_versions()]
+    def latency_summaries(self, quantiles: list[float]) -> list[tuple[dict, bool, dict]]:
+        """(labels, cached, the core's summaries of its latencies) per READY version."""
+        return [(labels, v.runner.cached, v.runner.model.latency_summaries(quantiles))
+                for labels, v in self._serving()]
+
+    def metric_counts(self) -> list[tuple[dict, bool, dict[str, float]]]:
+        """(labels, cached, its metrics' counters) per READY version."""
+        return [(labels, v.runner.cached, v.runner.metric_counts())
+                for labels, v in self._serving()]
 
     def inflight_count(self) -> int:
         """Requests accepted by the core and not yet answered, over every loaded version."""
-        return sum(v.runner.inflight_count for m in self.models.values()
+        return sum(v.runner.inflight_count for m in self._all_models()
                    for v in m.versions.values() if v.runner)
 
-    def pending_counts(self) -> dict[tuple[str, str], int]:
-        """Requests queued and not yet executing, per READY (model, version)."""
-        return {(m.name, str(v.version)): v.runner.pending_count
-                for m in self.models.values() for v in m.ready_versions()}
+    def pending_counts(self) -> list[tuple[dict[str, str], int]]:
+        """(labels, requests queued and not yet executing) per READY version."""
+        return [(labels, v.runner.pending_count) for labels, v in self._serving()]
 
 
 async def _retire(runners: list[ModelRunner]) -> None:

@@ -111,6 +111,9 @@ class ServerOptions:
     model_control_mode: str = "none"  # none | poll | explicit
     load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all
     repository_poll_secs: float = 15.0
+    # Each repository a namespace: one model name in several repositories (Triton's
+    # --model-namespacing).
+    model_namespacing: bool = False
     strict_readiness: bool = True  # ready only when every model asked for is ready
     exit_on_error: bool = True  # exit when a model fails to load at startup
     auto_complete_config: bool = True

@@ -20,7 +20,6 @@ UNSERVED = {
     "--vertex-ai-port": "Vertex AI's API is not served",
     "--vertex-ai-thread-count": "Vertex AI's API is not served",
     "--vertex-ai-default-model": "Vertex AI's API is not served",
-    "--model-namespacing": "model namespacing is not implemented yet",
 }
 
 # Accepted, with what they mean here.

@@ -847,8 +847,8 @@ void RegisterModel(py::module_& m) {
            py::arg("options"), py::arg("execute"))
       .def_static("ensemble", [](const ModelSpec& spec, const std::vector<py::tuple>& steps,
                                  std::shared_ptr<ModelTable> table) {
-        // steps: (model_name, model_version or -1, input_map, output_map) each, the maps as
-        // {model tensor: ensemble tensor}
+        // steps: (model_name, model_version or -1, input_map, output_map, model_namespace)
+        // each, the maps as {model tensor: ensemble tensor}
         std::vector<EnsembleStep> plan;
         for (const py::tuple& s : steps) {
           EnsembleStep step;
@@ -856,6 +856,7 @@ void RegisterModel(py::module_& m) {
           step.model_version = s[1].cast<int64_t>();
           for (const auto& [k, v] : s[2].cast<py::dict>()) step.input_map.emplace_back(py::str(k), py::str(v));
           for (const auto& [k, v] : s[3].cast<py::dict>()) step.output_map.emplace_back(py::str(k), py::str(v));
+          step.model_namespace = s[4].cast<std::string>();
           plan.push_back(std::move(step));
         }
         return std::make_unique<PyModel>(spec, std::move(plan), std::move(table));
@@ -919,11 +920,14 @@ void RegisterModel(py::module_& m) {
 
   py::class_<ModelTable, std::shared_ptr<ModelTable>>(m, "ModelTable")
       .def(py::init<>())
-      .def("publish", [](ModelTable& table, const std::string& name, const std::vector<PyModel*>& versions) {
+      // With `namespace`, the versions of `name` in that namespace (what ensembles' steps
+      // resolve to with --model-namespacing); without, what requests naming `name` reach.
+      .def("publish", [](ModelTable& table, const std::string& name, const std::vector<PyModel*>& versions,
+                         const std::string& model_namespace) {
         std::vector<std::shared_ptr<Model>> models;
         for (PyModel* v : versions) models.push_back(v->model());
-        table.Publish(name, std::move(models));
-      }, py::arg("name"), py::arg("versions"))
+        table.PublishIn(model_namespace, name, std::move(models));
+      }, py::arg("name"), py::arg("versions"), py::arg("namespace") = "")
       .def_property("server_ready", &ModelTable::ServerReady, &ModelTable::SetServerReady);
 }
 

@@ -85,6 +85,7 @@ Status EnsembleScheduler::Create(const ModelSpec& spec, std::vector<EnsembleStep
   for (const TensorSpec& output : spec.outputs) created->outputs_.push_back(created->TensorIndex(output.name));
   for (const EnsembleStep& step : steps) {
     Plan plan;
+    plan.model_namespace = step.model_namespace;
     plan.model_name = step.model_name;
     if (step.model_version > 0) plan.version = std::to_string(step.model_version);
     const size_t index = created->steps_.size();
@@ -162,7 +163,8 @@ Status EnsembleScheduler::Submit(const std::shared_ptr<Context>& context, size_t
                                  uint64_t iteration) {
   const Plan& plan = steps_[step];
   std::shared_ptr<const ModelTable> table = table_.lock();
-  std::shared_ptr<Model> model = table ? table->Find(plan.model_name, plan.version) : nullptr;
+  std::shared_ptr<Model> model =
+      table ? table->FindIn(plan.model_namespace, plan.model_name, plan.version) : nullptr;
   if (!model) {
     return Status(StatusCode::kUnavailable,
                   "Request for unknown model: '" + plan.model_name + "' " +
@@ -204,7 +206,7 @@ Status EnsembleScheduler::Submit(const std::shared_ptr<Context>& context, size_t
   for (const auto& [output, index] : plan.outputs) {
     request->outputs.push_back(RequestedOutput{output, 0, nullptr});
   }
-  return table->Submit(plan.model_name, plan.version, &model, request);
+  return table->SubmitIn(plan.model_namespace, plan.model_name, plan.version, &model, request);
 }
 
 void EnsembleScheduler::Deliver(std::vector<Completion>& completions) {

@@ -29,6 +29,9 @@ struct EnsembleStep {
   int64_t model_version = -1;  // -1 (or 0, unset): the latest ready version
   std::vector<std::pair<std::string, std::string>> input_map;   // model input -> ensemble tensor
   std::vector<std::pair<std::string, std::string>> output_map;  // model output -> ensemble tensor
+  // With --model-namespacing, where the shell resolved the step (Triton's step
+  // `model_namespace`); empty: the model requests reach by `model_name`.
+  std::string model_namespace;
 };
 
 class EnsembleScheduler : public RequestScheduler, private ResponseSink {
@@ -52,6 +55,7 @@ class EnsembleScheduler : public RequestScheduler, private ResponseSink {
   struct Value;  // a tensor's value in one iteration
   struct Context;
   struct Plan {  // a step, resolved to tensor indices
+    std::string model_namespace;
     std::string model_name;
     std::string version;  // "" = the latest
     std::vector<std::pair<std::string, size_t>> inputs;

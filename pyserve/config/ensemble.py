@@ -28,10 +28,12 @@ def composing_models(config: pb.ModelConfig) -> list[str]:
     return list(dict.fromkeys(step.model_name for step in config.ensemble_scheduling.step))
 
 
-def core_steps(config: pb.ModelConfig) -> list[tuple[str, int, dict[str, str], dict[str, str]]]:
-    """The steps as the core's EnsembleScheduler takes them."""
-    return [(step.model_name, step.model_version, dict(step.input_map), dict(step.output_map))
-            for step in config.ensemble_scheduling.step]
+def core_steps(config: pb.ModelConfig) -> list[tuple[str, int, dict[str, str], dict[str, str],
+                                                     str]]:
+    """The steps as the core's EnsembleScheduler takes them (the namespace each step was
+    resolved in with --model-namespacing, else empty)."""
+    return [(step.model_name, step.model_version, dict(step.input_map), dict(step.output_map),
+             step.model_namespace) for step in config.ensemble_scheduling.step]
 
 
 @dataclass(eq=False)

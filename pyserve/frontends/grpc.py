@@ -119,7 +119,7 @@ class InferenceServicer:
     @_refusals
     async def ModelMetadata(self, request, context):
         model = self._manager.get(request.name, request.version)
-        versions = [str(v.version) for v in self._manager.models[model.name].ready_versions()]
+        versions = [str(v.version) for v in self._manager.ready_versions(request.name)]
         response = pb.ModelMetadataResponse()
         metadata = model_metadata(model, versions)
         response.name, response.platform = metadata["name"], metadata["platform"]

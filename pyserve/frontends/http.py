@@ -145,7 +145,7 @@ class HttpFrontend:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model = self._manager.get(request.match_info["model"], request.match_info.get("version", ""))
-        versions = [str(v.version) for v in self._manager.models[model.name].ready_versions()]
+        versions = [str(v.version) for v in self._manager.ready_versions(request.match_info["model"])]
         return _json_response(model_metadata(model, versions))
 
     async def model_config(self, request: web.Request) -> web.Response:

@@ -25,11 +25,13 @@ from pyserve.frontends.sockets import listen
 from pyserve.frontends.system_metrics import SystemSampler
 from pyserve.options import MetricsSettings
 
-# (model, version, cached, counters) per READY version: ModelManager.metric_counts
-Counts = Callable[[], list[tuple[str, str, bool, dict[str, float]]]]
-# quantiles -> (model, version, cached, {phase: (count, sum_us, [quantile values])}) per
-# READY version: ModelManager.latency_summaries
-Summaries = Callable[[list[float]], list[tuple[str, str, bool, dict[str, tuple[int, int, list[float]]]]]]
+# A version's labels: model, version, and namespace with --model-namespacing (Triton's).
+Labels = dict[str, str]
+# (labels, cached, counters) per READY version: ModelManager.metric_counts
+Counts = Callable[[], list[tuple[Labels, bool, dict[str, float]]]]
+# quantiles -> (labels, cached, {phase: (count, sum_us, [quantile values])}) per READY
+# version: ModelManager.latency_summaries
+Summaries = Callable[[list[float]], list[tuple[Labels, bool, dict[str, tuple[int, int, list[float]]]]]]
 
 _FAILURE_REASONS = ("OTHER", "BACKEND", "CANCELED", "REJECTED")  # Triton's order
 
@@ -133,7 +135,7 @@ def _gauge(name: str, documentation: str, *samples: tuple[dict, float]) -> Metri
 
 class Metrics:
     def __init__(self, counts: Counts | None = None,
-                 pending: Callable[[], dict[tuple[str, str], int]] | None = None,
+                 pending: Callable[[], list[tuple[Labels, int]]] | None = None,
                  settings: MetricsSettings | None = None,
                  cache: _core.ResponseCache | None = None,
                  sampler: SystemSampler | None = None, pinned_pool_bytes: int = 0,
@@ -164,26 +166,23 @@ class Metrics:
         for table in tables:
             for name, (documentation, read) in table.items():
                 metric = Metric(name, documentation, "counter")
-                for model, version, _, counts in versions:
+                for version, _, counts in versions:
                     for labels, value in read(counts):
-                        metric.add_sample(name, {"model": model, "version": version, **labels},
-                                          value)
+                        metric.add_sample(name, {**version, **labels}, value)
                 families.append(metric)
         if self._settings.counter_latencies:  # Triton's cache counters are latency counters
             for name, (documentation, read) in _CACHE_PER_MODEL.items():
                 metric = Metric(name, documentation, "counter")
-                for model, version, cached, counts in versions:
+                for version, cached, counts in versions:
                     if cached:
                         for labels, value in read(counts):
-                            metric.add_sample(name, {"model": model, "version": version,
-                                                     **labels}, value)
+                            metric.add_sample(name, {**version, **labels}, value)
                 families.append(metric)
         if self._pending is not None:
             families.append(_gauge(
                 "nv_inference_pending_request_count",
                 "Instantaneous number of pending requests awaiting execution per-model.",
-                *(({"model": model, "version": version}, count)
-                  for (model, version), count in sorted(self._pending().items()))))
+                *sorted(self._pending(), key=lambda sample: sorted(sample[0].items()))))
         return families
 
     def _server(self) -> list[Metric]:
@@ -234,8 +233,7 @@ class Metrics:
         quantiles = [q for q, _ in self._settings.summary_quantiles]
         families = {phase: Metric(name, documentation, "summary")
                     for phase, (name, documentation) in _SUMMARIES.items()}
-        for model, version, cached, phases in self._summaries(quantiles):
-            labels = {"model": model, "version": version}
+        for labels, cached, phases in self._summaries(quantiles):
             for phase, (count, total_us, values) in phases.items():
                 if (phase == "request" and cached) or (phase.startswith("cache") and not cached):
                     continue  # as Triton: no request summary with the cache (DLIS-4762)

@@ -189,8 +189,7 @@ class ModelStore:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-.]*", name):
                 raise ApiError(400, "ModelException", f"Invalid model name: {name}")
             version = archive.manifest.version
-            if self._manager is not None and name in self._manager.models and \
-                    not self._manager.models[name].external:
+            if self._manager is not None and self._manager.from_repository(name):
                 raise ApiError(409, "ConflictStatusException",
                                f"Model {name} is already served from the model repository")
             if archive.manifest.runtime.lower() not in ("python", "python3") and not runtime:

@@ -97,7 +97,9 @@ struct Fixture {
   std::shared_ptr<AddOne> compute = std::make_shared<AddOne>();
   std::shared_ptr<Model> step_model, ensemble;
 
-  Fixture() {
+  // `model_namespace`: the step model is published in that namespace only (as with
+  // --model-namespacing, its name held by several), and the steps are resolved there.
+  explicit Fixture(const std::string& model_namespace = "") {
     ModelSpec spec;
     spec.name = "add_one";
     spec.version = 1;
@@ -106,15 +108,16 @@ struct Fixture {
     SchedulerOptions options;
     options.model_name = spec.name;
     EXPECT_OK(Model::Create(spec, options, compute, &step_model));
-    table->Publish("add_one", {step_model});
+    table->PublishIn(model_namespace, "add_one", {step_model});
 
     ModelSpec ensemble_spec;
     ensemble_spec.name = "twice";
     ensemble_spec.version = 1;
     ensemble_spec.inputs = {Fp32("IN")};
     ensemble_spec.outputs = {Fp32("OUT")};
-    std::vector<EnsembleStep> steps = {{"add_one", -1, {{"X", "IN"}}, {{"Y", "mid"}}},
-                                       {"add_one", 1, {{"X", "mid"}}, {{"Y", "OUT"}}}};
+    std::vector<EnsembleStep> steps = {
+        {"add_one", -1, {{"X", "IN"}}, {{"Y", "mid"}}, model_namespace},
+        {"add_one", 1, {{"X", "mid"}}, {{"Y", "OUT"}}, model_namespace}};
     std::weak_ptr<const ModelTable> models = table;
     EXPECT_OK(Model::Create(
         ensemble_spec,
@@ -170,6 +173,24 @@ TEST(Ensemble, RunsItsStepsAndPassesOutputsOnWithoutCopies) {
   EXPECT_EQ(f.compute->correlation_ids, (std::vector<std::string>{"seq-7", "seq-7"}));
   EXPECT_EQ(f.compute->flags, (std::vector<uint32_t>{3, 3}));
   EXPECT_EQ(f.compute->parameters, (std::vector<std::string>{"kept", "kept"}));
+}
+
+// --model-namespacing: steps resolved in a namespace find their model there, though requests
+// by its bare name would not.
+TEST(Ensemble, StepsResolvedInANamespaceFindTheirModelThere) {
+  Fixture f("/repo/a");
+  ASSERT_EQ(f.table->Find("add_one", ""), nullptr);
+  WaitingSink sink;
+  const float values[4] = {1, 2, 3, 4};
+  ASSERT_OK(f.Send(sink, values));
+  InferResponse response = sink.Next();
+  ASSERT_OK(response.status);
+  const float* out = reinterpret_cast<const float*>(response.outputs[0].data);
+  EXPECT_EQ(std::vector<float>(out, out + 4), (std::vector<float>{3, 4, 5, 6}));
+
+  f.table->PublishIn("/repo/a", "add_one", {});  // unloaded there: the step fails
+  ASSERT_OK(f.Send(sink, values));
+  EXPECT_EQ(sink.Next().status.code(), StatusCode::kUnavailable);
 }
 
 TEST(Ensemble, StepErrorsCarryTheEnsemblesName) {

@@ -73,9 +73,54 @@ TEST(ModelTable, FindsPublishedVersions) {
   EXPECT_EQ(table.Find("m", "1"), one);
   EXPECT_EQ(table.Find("m", "3"), nullptr);
   EXPECT_EQ(table.Find("m", "x"), nullptr);
+  EXPECT_EQ(table.Find("m", "0"), nullptr);  // not a version (the shell words the refusal)
   EXPECT_EQ(table.Find("other", ""), nullptr);
   table.Publish("m", {});
   EXPECT_EQ(table.Find("m", ""), nullptr);
+}
+
+// --model-namespacing: a namespace's models are found within it only, never by a request's
+// bare name (the shell publishes that only while one namespace holds the name); the empty
+// namespace is the bare name's.
+TEST(ModelTable, NamespacesAreSeparateFromRequestNames) {
+  ModelTable table;
+  auto in_a = Version(1), in_b = Version(1), bare = Version(2);
+  table.PublishIn("/repo/a", "m", {in_a});
+  table.PublishIn("/repo/b", "m", {in_b});
+  EXPECT_EQ(table.Find("m", ""), nullptr);
+  EXPECT_EQ(table.FindIn("/repo/a", "m", ""), in_a);
+  EXPECT_EQ(table.FindIn("/repo/b", "m", "1"), in_b);
+  EXPECT_EQ(table.FindIn("/repo/c", "m", ""), nullptr);
+  EXPECT_EQ(table.FindIn("/repo/a", "other", ""), nullptr);
+
+  table.PublishIn("", "m", {bare});
+  EXPECT_EQ(table.Find("m", ""), bare);
+  EXPECT_EQ(table.FindIn("", "m", ""), bare);
+  EXPECT_EQ(table.FindIn("/repo/a", "m", ""), in_a);
+
+  table.PublishIn("/repo/a", "m", {});
+  EXPECT_EQ(table.FindIn("/repo/a", "m", ""), nullptr);
+  EXPECT_EQ(table.FindIn("/repo/b", "m", ""), in_b);
+}
+
+// An ensemble's step resolved in a namespace follows a reload of its model there.
+TEST(ModelTable, SubmitInHandsARetiredVersionsRequestToItsSuccessorInItsNamespace) {
+  ModelTable table;
+  CountingSink sink;
+  auto old_version = Version(1), new_version = Version(1), other = Version(1);
+  table.PublishIn("/repo/a", "m", {old_version});
+  table.PublishIn("/repo/b", "m", {other});
+  std::shared_ptr<Model> found = table.FindIn("/repo/a", "m", "");
+  ASSERT_EQ(found, old_version);
+
+  table.PublishIn("/repo/a", "m", {new_version});
+  old_version->Stop();
+  auto request = Request(&sink);
+  EXPECT_OK(table.SubmitIn("/repo/a", "m", "", &found, request));
+  EXPECT_EQ(found, new_version);
+  EXPECT_TRUE(sink.WaitForOk(1));
+  EXPECT_EQ(new_version->Counts().success, 1u);
+  EXPECT_EQ(other->Counts().success, 0u);
 }
 
 // A frontend found version 1; a reload then published version 2 and stopped version 1 before

@@ -40,8 +40,9 @@ def test_a_valid_chain_passes_and_becomes_core_steps():
     normalize_model_config(config)
     validate_model_config(config)
     validate_composition(config, {"m1": model("m1"), "m2": model("m2")})
-    assert core_steps(config) == [("m1", -1, {"x": "A"}, {"y": "mid"}),
-                                  ("m2", -1, {"x": "mid"}, {"y": "OUT"})]
+    config.ensemble_scheduling.step[1].model_namespace = "/repo"  # resolved by the shell
+    assert core_steps(config) == [("m1", -1, {"x": "A"}, {"y": "mid"}, ""),
+                                  ("m2", -1, {"x": "mid"}, {"y": "OUT"}, "/repo")]
 
 
 @pytest.mark.parametrize("steps, io, text", [

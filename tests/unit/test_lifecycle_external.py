@@ -16,11 +16,11 @@ def test_external_models_are_not_loaded_unloaded_or_polled_away(tmp_path):
     async def scenario() -> None:
         manager = ModelManager(ServerOptions(model_repositories=[tmp_path]),
                                asyncio.get_running_loop())
-        manager.models["archive"] = Model("archive", wanted=True, external=True)
+        manager.models["archive"] = {"": Model("archive", wanted=True, external=True)}
         for call in (manager.load("archive"), manager.unload("archive")):
             with pytest.raises(ServerError, match="TorchServe's management API"):
                 await call
         await manager.poll_once()  # not in the repository, yet not the repository's to drop
-        assert manager.models["archive"].wanted
+        assert manager.models["archive"][""].wanted
 
     asyncio.run(scenario())
