@@ -521,7 +521,8 @@ def warm_up(server: Server, model: str, data: Path | None, count: int = 20) -> N
 
 def run_cell(server: Server, others: list[Server], model: str, protocol: str, concurrency: int,
              interval: int, data: Path | None, pa: tuple[Path, dict], args: argparse.Namespace,
-             scratch: Path) -> dict:
+             scratch: Path, extra: list[str] = ()) -> dict:
+    """One perf_analyzer run on `server` (`extra`: more perf_analyzer flags)."""
     binary, env = pa
     out_csv = scratch / f"{model}-{protocol}-c{concurrency}-{server.kind}.csv"
     out_csv.unlink(missing_ok=True)
@@ -531,6 +532,7 @@ def run_cell(server: Server, others: list[Server], model: str, protocol: str, co
                "--max-trials", str(args.max_trials), "-f", str(out_csv), "-v"]
     if data is not None:
         command += ["--input-data", str(data)]
+    command += extra
     record = {"server": server.kind, "model": model, "protocol": protocol, "concurrency": concurrency}
     before_count = server.success_count(model)
     before_cpu = server.cpu()

@@ -282,8 +282,9 @@ def model_spec(config: pb.ModelConfig, version: int, labels: dict[str, list[str]
         reshape = list(t.reshape.shape) if t.HasField("reshape") else None
         return (t.name, wire_name(t.data_type), list(t.dims), getattr(t, "optional", False),
                 reshape)
-    ordered = (config.HasField("dynamic_batching")
-               and config.dynamic_batching.preserve_ordering)
+    sequence = config.sequence_batching
+    ordered = ((config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering)
+               or (sequence.HasField("oldest") and sequence.oldest.preserve_ordering))
     # The sequence batcher fills the control inputs: clients never send them.
     controls = {c.name for c in config.sequence_batching.control_input}
     # Implicit state: the core keeps each state output for the sequence's next request.

@@ -69,6 +69,32 @@ output [
 """
 
 
+# Sleeps INPUT ms, then answers it: two instances, one sequence slot each. A request that
+# sleeps first creates the file `started` beside the model's directory.
+SLOW = """import os
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.started = os.path.join(args["model_repository"], "..", "started")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            if value.reshape(-1)[0] > 0:
+                open(self.started, "w").close()
+            time.sleep(int(value.reshape(-1)[0]) / 1000)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", value)]))
+        return responses
+"""
+SLOW_TENSORS = """input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+
 def sequence_batching(kind: str, false: str, true: str, corrid_type: str, strategy: str = "",
                       idle_us: int = 0) -> str:
     def flag(name, control):
@@ -108,8 +134,14 @@ def server(request, tmp_path_factory):
                            TENSORS + sequence_batching(kind, false, true, corrid, strategy, idle)
                            + 'instance_group [ { kind: KIND_CPU count: 1 } ]\n',
                            ACCUMULATOR.replace("TRUE", repr(true_value)), max_batch_size=max_batch)
+    for name, ordered in (("slow_ordered", "true"), ("slow_unordered", "false")):
+        write_python_model(repository, name, SLOW_TENSORS + "sequence_batching {\n"
+                           "  oldest { max_candidate_sequences: 1 preserve_ordering: "
+                           f"{ordered} }}\n}}\n" + 'instance_group [ { kind: KIND_CPU count: 2 } ]\n',
+                           SLOW, max_batch_size=1)
     server = start_server([repository], tmp_path_factory.mktemp("logs") / "sequence.log",
                           "--grpc-frontend", request.param, "--http-frontend", request.param)
+    server.repository = repository
     yield server
     server.stop()
 
@@ -209,6 +241,32 @@ def test_oldest_batches_across_sequences(server, protocol):
             assert total(infer(module, client, "acc_oldest", 1, sequence_id, start=True)) == 1
         for sequence_id in (601, 602, 603):
             assert total(infer(module, client, "acc_oldest", 2, sequence_id, end=True)) == 3
+
+
+@pytest.mark.parametrize("model, first, sequences", [("slow_ordered", 300, (701, 702)),
+                                                     ("slow_unordered", 0, (703, 704))])
+def test_oldest_preserve_ordering_answers_in_arrival_order(server, model, first, sequences):
+    """A slow request of one sequence (which keeps its slot: it does not end), then a quick one
+    of another on the second instance: with preserve_ordering the quick one waits for the slow
+    one; without, it comes back first."""
+    results: queue.Queue = queue.Queue()
+    started = server.repository / "started"
+    started.unlink(missing_ok=True)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        for sequence_id, value in zip(sequences, (300, 0)):
+            client.async_infer(model, inputs(grpcclient, value),
+                               lambda result, error: results.put((result, error)),
+                               sequence_id=sequence_id, sequence_start=True,
+                               sequence_end=value == 0)
+            deadline = time.monotonic() + 30
+            while value and not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)  # the slow request runs before the quick one is sent
+        answered = []
+        for _ in range(2):
+            result, error = results.get(timeout=30)
+            assert error is None
+            answered.append(total(result))
+    assert answered[0] == first
 
 
 def test_a_backlogged_sequence_waits_for_a_slot(server):
