@@ -171,33 +171,7 @@ def _refusal(caller, target):
 
 def execute(request):
     """InferenceRequest.exec(): the response (its error set when the call failed)."""
-    caller = getattr(_local, "caller", None)
-    try:
-        target, runner = _target(request, decoupled=False)
-    except ServerError as e:
-        return _error_response(e.message, e.code)
-    refused = _refusal(caller, target)
-    if refused is not None:
-        return refused
-    finished = threading.Event()
-    box = []
-
-    def done(response, final):
-        box.append(response)
-        finished.set()
-
-    _WAITS.wait(caller, target)
-    try:
-        cancel = _CALLS.submit(runner, request, done)
-        timeout_us = int(request.timeout() or 0)
-        if not finished.wait(timeout_us / 1e6 if timeout_us else None):
-            cancel.set()
-            return _error_response("Request timeout expired", ErrorCode.UNAVAILABLE)
-    except ServerError as e:
-        return _error_response(e.message, e.code)
-    finally:
-        _WAITS.done(caller, target)
-    return box[0]
+    return list(_call(request, decoupled=False))[-1]  # a model not decoupled answers once
 
 
 def execute_async(request, decoupled: bool = False) -> asyncio.Future:
@@ -248,9 +222,15 @@ def execute_async(request, decoupled: bool = False) -> asyncio.Future:
 def execute_decoupled(request):
     """exec(decoupled=True): an iterator of the target's responses as they arrive; the last
     may be empty (a final flag sent on its own), as in Triton."""
+    return _call(request, decoupled=True)
+
+
+def _call(request, decoupled: bool):
+    """Submits `request` at once; an iterator of its responses, ending with the final one
+    (or with the refusal or the timeout's error)."""
     caller = getattr(_local, "caller", None)
     try:
-        target, runner = _target(request, decoupled=True)
+        target, runner = _target(request, decoupled)
     except ServerError as e:
         return iter([_error_response(e.message, e.code)])
     refused = _refusal(caller, target)
