@@ -6,6 +6,11 @@ instance's CUDA stream; the engine is enqueued on that same stream with those de
 bound in place, outputs are written to device buffers the instance owns and copied to the
 host once, and the instance waits for the stream only then.
 
+Sequence models: the control inputs and implicit state inputs (sequence_batching.state) are
+engine inputs like any other, which the core fills in for each request; the state outputs
+are copied back with the config's outputs, and the core keeps them per sequence (Triton's
+InitializeSequenceControlInputBindings and InitializeSequenceState*Bindings).
+
 Dynamic shapes come from the engine's optimization profiles: an instance uses the first
 profile its instance group lists (`profile: [ "1" ]`), else profile 0, and a batch's input
 shapes must fall inside that profile. Shape-tensor inputs and outputs whose shape depends on
@@ -24,7 +29,8 @@ import tensorrt as trt
 from pyserve import _core
 from pyserve.backends.base import Backend, InstanceSpec, ModelContext
 from pyserve.backends.tensorrt_config import (EngineInfo, EngineTensor, auto_complete,
-                                              check_config, check_profile, instance_profile)
+                                              check_config, check_profile, instance_profile,
+                                              returned_outputs)
 from pyserve.datatypes import NUMPY_DTYPE
 from pyserve.errors import ErrorCode, ServerError
 from pyserve.protocol import pb
@@ -130,7 +136,7 @@ class TensorRTBackend(Backend):
                 raise ServerError(f"model '{model.name}': TensorRT refused optimization profile "
                                   f"{self._profile}", ErrorCode.INVALID_ARG)
             _core.cuda_synchronize(0)
-        self._requested = {o.name for o in config.output}
+        self._returned = returned_outputs(config)
         # numpy dtype of each output's bytes (BF16 as raw uint16 bits)
         self._dtypes = {t.name: NUMPY_DTYPE[t.type_name[len("TYPE_"):]] for t in self._outputs}
         self._staging: dict[str, _core.DeviceBuffer] = {}  # inputs that arrive on the host
@@ -180,7 +186,7 @@ class TensorRTBackend(Backend):
                               ErrorCode.INTERNAL)
         outputs = {}
         for tensor in self._outputs:
-            if tensor.name in self._requested:
+            if tensor.name in self._returned:
                 host = np.empty(shapes[tensor.name], self._dtypes[tensor.name])
                 self._results[tensor.name].copy_to_host(host, stream, wait=False)
                 outputs[tensor.name] = host

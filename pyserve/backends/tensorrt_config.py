@@ -11,6 +11,9 @@ from pyserve.protocol import pb
 
 _DATA_TYPE = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type
 _GPU = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
+# A boolean control's false/true field -> the data type of its tensor.
+_CONTROL_TYPES = (("int32_false_true", "TYPE_INT32"), ("fp32_false_true", "TYPE_FP32"),
+                  ("bool_false_true", "TYPE_BOOL"))
 
 
 @dataclass(frozen=True)
@@ -48,37 +51,88 @@ def batching_dims(config: pb.ModelConfig, tensor: EngineTensor) -> list[int]:
     return list(tensor.shape[1:] if config.max_batch_size > 0 else tensor.shape)
 
 
+@dataclass(frozen=True)
+class ConfigTensor:
+    """A tensor the engine must have as the config describes it: a config input or output,
+    or one the sequence batcher adds (a control input, an implicit state's input or output)."""
+    kind: str  # how errors name it: "input", "output", "control input", "state input", ...
+    name: str
+    type_name: str
+    dims: list[int]
+    is_input: bool
+
+
+def sequence_tensors(config: pb.ModelConfig) -> list[ConfigTensor]:
+    """The engine bindings the sequence batcher feeds and takes back: each control input
+    (dims [1], as Triton's InitializeSequenceControlInputBindings), each state's input and
+    output (its data_type and dims, as InitializeSequenceState*Bindings)."""
+    if not config.HasField("sequence_batching"):
+        return []
+    batcher = config.sequence_batching
+    tensors = []
+    for control_input in batcher.control_input:
+        for control in control_input.control:
+            type_name = next((type_name for field, type_name in _CONTROL_TYPES
+                              if getattr(control, field)),
+                             _DATA_TYPE.values_by_number[control.data_type].name)
+            tensors.append(ConfigTensor("control input", control_input.name, type_name, [1],
+                                        True))
+    for state in batcher.state:
+        type_name = _DATA_TYPE.values_by_number[state.data_type].name
+        tensors.append(ConfigTensor("state input", state.input_name, type_name,
+                                    list(state.dims), True))
+        tensors.append(ConfigTensor("state output", state.output_name, type_name,
+                                    list(state.dims), False))
+    return tensors
+
+
+def returned_outputs(config: pb.ModelConfig) -> list[str]:
+    """The engine outputs an execution hands back: the config's outputs and the state
+    outputs, which the core keeps for each sequence's next request whatever the client asked."""
+    return list(dict.fromkeys([o.name for o in config.output]
+                              + [s.output_name for s in config.sequence_batching.state]))
+
+
 def check_config(config: pb.ModelConfig, info: EngineInfo) -> None:
-    """Every config input and output must be an engine tensor of the same kind, type and
-    (compatible) dims, and every engine input must be fed."""
-    tensors = info.by_name
-    for kind, ios, want_input in (("input", config.input, True), ("output", config.output, False)):
-        for io in ios:
-            tensor = tensors.get(io.name)
-            if tensor is None or tensor.is_input != want_input:
-                names = sorted(t.name for t in tensors.values() if t.is_input == want_input)
-                raise ServerError(f"model '{config.name}': configuration {kind} '{io.name}' is "
-                                  f"not an {kind} of the engine (it has {names})")
-            type_name = _DATA_TYPE.values_by_number[io.data_type].name
-            if type_name != tensor.type_name:
-                raise ServerError(f"model '{config.name}': {kind} '{io.name}' is {type_name} in "
-                                  f"the configuration but {tensor.type_name} in the engine")
-            if config.max_batch_size > 0 and (not tensor.shape or tensor.shape[0] != -1):
-                raise ServerError(
-                    f"model '{config.name}': max_batch_size is {config.max_batch_size} but the "
-                    f"engine's {kind} '{io.name}' has no dynamic batch dimension (shape "
-                    f"{tensor.shape}); set max_batch_size: 0 and give the full dims")
-            dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
-            engine_dims = batching_dims(config, tensor)
-            if len(dims) != len(engine_dims) or any(
-                    e != -1 and d != -1 and d != e for d, e in zip(dims, engine_dims)):
-                raise ServerError(f"model '{config.name}': {kind} '{io.name}' has dims {dims} "
-                                  f"in the configuration but {engine_dims} in the engine")
-    unfed = sorted(t.name for t in tensors.values()
-                   if t.is_input and t.name not in {io.name for io in config.input})
+    """Every config input and output, and every tensor the sequence batcher feeds or takes
+    back, must be an engine tensor of the same kind, type and (compatible) dims, and every
+    engine input must be fed."""
+    listed = [ConfigTensor(kind, io.name, _DATA_TYPE.values_by_number[io.data_type].name,
+                           list(io.reshape.shape) if io.HasField("reshape") else list(io.dims),
+                           kind == "input")
+              for kind, ios in (("input", config.input), ("output", config.output))
+              for io in ios]
+    for wanted in listed + sequence_tensors(config):
+        _check_tensor(config, info, wanted)
+    fed = {t.name for t in listed + sequence_tensors(config) if t.is_input}
+    unfed = sorted(t.name for t in info.tensors if t.is_input and t.name not in fed)
     if unfed:
         raise ServerError(f"model '{config.name}': the engine's inputs {unfed} are missing from "
                           "the configuration")
+
+
+def _check_tensor(config: pb.ModelConfig, info: EngineInfo, wanted: ConfigTensor) -> None:
+    kind = wanted.kind
+    tensor = info.by_name.get(wanted.name)
+    if tensor is None or tensor.is_input != wanted.is_input:
+        names = sorted(t.name for t in info.tensors if t.is_input == wanted.is_input)
+        side = "input" if wanted.is_input else "output"
+        raise ServerError(f"model '{config.name}': configuration {kind} '{wanted.name}' is "
+                          f"not an {side} of the engine (it has {names})")
+    if wanted.type_name != tensor.type_name:
+        raise ServerError(f"model '{config.name}': {kind} '{wanted.name}' is "
+                          f"{wanted.type_name} in the configuration but {tensor.type_name} in "
+                          "the engine")
+    if config.max_batch_size > 0 and (not tensor.shape or tensor.shape[0] != -1):
+        raise ServerError(
+            f"model '{config.name}': max_batch_size is {config.max_batch_size} but the "
+            f"engine's {kind} '{wanted.name}' has no dynamic batch dimension (shape "
+            f"{tensor.shape}); set max_batch_size: 0 and give the full dims")
+    dims, engine_dims = wanted.dims, batching_dims(config, tensor)
+    if len(dims) != len(engine_dims) or any(
+            e != -1 and d != -1 and d != e for d, e in zip(dims, engine_dims)):
+        raise ServerError(f"model '{config.name}': {kind} '{wanted.name}' has dims {dims} "
+                          f"in the configuration but {engine_dims} in the engine")
 
 
 def instance_profile(config: pb.ModelConfig, instance_index: int, count: int) -> int:
@@ -139,10 +193,12 @@ def auto_complete(config: pb.ModelConfig, info: EngineInfo) -> pb.ModelConfig:
             and not out.HasField("sequence_batching")):
         out.dynamic_batching.SetInParent()
 
+    # The control and state tensors are the sequence batcher's, not the client's.
+    batcher_fed = {t.name for t in sequence_tensors(config)}
     for target, want_input in ((out.input, True), (out.output, False)):
         if not target:
             for tensor in tensors.values():
-                if tensor.is_input == want_input:
+                if tensor.is_input == want_input and tensor.name not in batcher_fed:
                     target.add().name = tensor.name
         for io in target:
             tensor = tensors.get(io.name)

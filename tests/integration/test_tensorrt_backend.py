@@ -4,19 +4,24 @@ Everywhere: a tensorrt_plan model that cannot run here (no tensorrt package, no 
 file that is not an engine) fails its own load with a clear reason and the server keeps
 serving the rest. Where tensorrt and a GPU are present: an engine built by the test (dynamic
 batch through an optimization profile) serves results equal to numpy, batched by the dynamic
-batcher, with its config auto-completed from the engine.
+batcher, with its config auto-completed from the engine; an accumulator engine with implicit
+state (sequence_batching.state and a START control as engine bindings) keeps a running sum
+per sequence, on both frontends, over gRPC and HTTP.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
-from conftest import EXAMPLES, batch_counts, send_concurrently, settled_statistics, start_server, tensor
+from conftest import (EXAMPLES, FRONTENDS, batch_counts, native_frontends_built,
+                      send_concurrently, settled_statistics, start_server, tensor)
 from pyserve.devices import gpu_count
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -148,3 +153,109 @@ def test_max_batch_size_beyond_the_engine_fails_that_load(trt_server):
         assert state == "UNAVAILABLE"
         assert "configuration specified max-batch 16 but TensorRT engine only supports " \
                "max-batch 8" in reason
+
+
+def build_accumulator_engine(path, max_batch: int = 4) -> None:
+    """INPUT, START and INPUT_STATE FP32 [-1, 1] -> OUTPUT = INPUT + INPUT_STATE * (1 - START),
+    OUTPUT_STATE the same: a running sum whose state the server keeps."""
+    import tensorrt as trt
+
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    value, start, state = (network.add_input(name, trt.float32, (-1, 1))
+                           for name in ("INPUT", "START", "INPUT_STATE"))
+    ones = np.ones((1, 1), np.float32)  # TensorRT reads the weights when it builds: kept alive
+    one = network.add_constant((1, 1), trt.Weights(ones)).get_output(0)
+    elementwise = trt.ElementWiseOperation
+    kept = network.add_elementwise(one, start, elementwise.SUB).get_output(0)
+    kept = network.add_elementwise(state, kept, elementwise.PROD).get_output(0)
+    total = network.add_elementwise(value, kept, elementwise.SUM).get_output(0)
+    total.name = "OUTPUT"
+    network.mark_output(total)
+    new_state = network.add_identity(total).get_output(0)
+    new_state.name = "OUTPUT_STATE"
+    network.mark_output(new_state)
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for name in ("INPUT", "START", "INPUT_STATE"):
+        profile.set_shape(name, (1, 1), (max_batch, 1), (max_batch, 1))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    assert engine is not None, "TensorRT could not build the accumulator engine"
+    path.write_bytes(bytes(engine))
+
+
+ACCUMULATOR_CONFIG = """name: "{name}"
+platform: "tensorrt_plan"
+max_batch_size: 4
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+output [ {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+sequence_batching {{
+  max_sequence_idle_microseconds: 60000000
+  control_input [ {{ name: "START"
+                    control [ {{ kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] }} ] }} ]
+  state [ {{ input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_FP32
+            dims: [ 1 ] {flags} }} ]
+}}
+instance_group [ {{ kind: KIND_GPU count: 1 }} ]
+"""
+# use_growable_memory (with the single buffer Triton asks for it): accepted on GPU instances.
+ACCUMULATORS = {"trt_acc": "",
+                "trt_growable": "use_same_buffer_for_input_output: true use_growable_memory: true"}
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def state_server(request, tmp_path_factory):
+    if request.param == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    repository = tmp_path_factory.mktemp("trt_state_models")
+    for name, flags in ACCUMULATORS.items():
+        (repository / name / "1").mkdir(parents=True)
+        build_accumulator_engine(repository / name / "1" / "model.plan")
+        (repository / name / "config.pbtxt").write_text(
+            ACCUMULATOR_CONFIG.format(name=name, flags=flags))
+    server = start_server([repository], tmp_path_factory.mktemp("logs") / "trt_state.log",
+                          "--grpc-frontend", request.param, "--http-frontend", request.param)
+    yield server
+    server.stop()
+
+
+def _accumulate(server, protocol: str, model: str, sequence_id: int, values: list[float]) -> list:
+    """Sends one sequence (START on the first value, END on the last); the OUTPUT of each."""
+    module = grpcclient if protocol == "grpc" else httpclient
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    sums = []
+    with module.InferenceServerClient(url) as client:
+        for i, value in enumerate(values):
+            result = client.infer(model, [tensor(module, "INPUT", np.array([[value]], np.float32),
+                                                 "FP32")],
+                                  sequence_id=sequence_id, sequence_start=i == 0,
+                                  sequence_end=i == len(values) - 1)
+            assert result.as_numpy("OUTPUT_STATE") is None  # the state stays in the server
+            sums.append(float(result.as_numpy("OUTPUT").reshape(-1)[0]))
+    return sums
+
+
+@needs_tensorrt_gpu
+@pytest.mark.parametrize("model", sorted(ACCUMULATORS))
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_engine_with_implicit_state_keeps_a_running_sum(state_server, protocol, model):
+    assert _accumulate(state_server, protocol, model, 11, [3, 4, 5, 6]) == [3, 7, 12, 18]
+    # A new sequence of the same ID starts again from the initial state (zeros).
+    assert _accumulate(state_server, protocol, model, 11, [2, 2]) == [2, 4]
+
+
+@needs_tensorrt_gpu
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_concurrent_sequences_keep_their_own_state_rows(state_server, protocol):
+    """Four sequences at once share the engine's batches (one slot each); each row's state
+    goes back to its own sequence."""
+    def run(k: int) -> list:
+        return _accumulate(state_server, protocol, "trt_acc", 100 + k,
+                           [float((k + 1) * 10 + step) for step in range(5)])
+
+    with ThreadPoolExecutor(4) as pool:
+        sums = list(pool.map(run, range(4)))
+    for k, got in enumerate(sums):
+        values = [(k + 1) * 10 + step for step in range(5)]
+        assert got == [float(sum(values[:n + 1])) for n in range(5)]

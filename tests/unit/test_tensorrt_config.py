@@ -11,7 +11,8 @@ import re
 import pytest
 
 from pyserve.backends.tensorrt_config import (EngineInfo, EngineTensor, auto_complete,
-                                              check_config, check_profile, instance_profile)
+                                              check_config, check_profile, instance_profile,
+                                              returned_outputs)
 from pyserve.config import parse_config
 from pyserve.errors import ServerError
 from pyserve.protocol import pb
@@ -146,3 +147,76 @@ def test_each_instance_uses_the_first_profile_of_its_group():
     with pytest.raises(ServerError, match="max_batch_size 4 is larger than optimization profile 1 "
                                           r"allows \(2\)"):
         check_profile(config("max_batch_size: 4"), engine, 1)
+
+
+def accumulator_engine(state_type: str = "TYPE_FP32") -> EngineInfo:
+    """The engine tests/integration/test_tensorrt_backend.py builds: INPUT, START (a control)
+    and INPUT_STATE [-1, 1] -> OUTPUT and OUTPUT_STATE [-1, 1]."""
+    largest = ((4, 1),)
+    return EngineInfo((
+        EngineTensor("INPUT", True, "TYPE_FP32", (-1, 1), profile_max=largest),
+        EngineTensor("START", True, "TYPE_FP32", (-1, 1), profile_max=largest),
+        EngineTensor("INPUT_STATE", True, state_type, (-1, 1), profile_max=largest),
+        EngineTensor("OUTPUT", False, "TYPE_FP32", (-1, 1)),
+        EngineTensor("OUTPUT_STATE", False, state_type, (-1, 1)),
+    ))
+
+
+SEQUENCE = """max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+sequence_batching {
+  control_input [ { name: "START"
+                    control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ]
+  %s
+}
+"""
+STATE = ('state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" '
+         'data_type: TYPE_FP32 dims: [ 1 ] } ]')
+
+
+def test_control_and_state_tensors_are_engine_bindings_the_core_feeds():
+    engine = accumulator_engine()
+    sequence = config(SEQUENCE % STATE)
+    check_config(sequence, engine)  # START and INPUT_STATE are fed by the sequence batcher
+    # The state output comes back from every execution, though clients never asked for it.
+    assert returned_outputs(sequence) == ["OUTPUT", "OUTPUT_STATE"]
+    # An engine state input the config does not declare as a state is fed by no one.
+    with pytest.raises(ServerError, match=r"the engine's inputs \['INPUT_STATE'\] are missing"):
+        check_config(config(SEQUENCE % ""), engine)
+
+
+def test_auto_complete_leaves_the_sequence_batchers_tensors_out_of_the_client_io():
+    unlisted = "\n".join(line for line in (SEQUENCE % STATE).splitlines()
+                          if not line.startswith(("input", "output")))
+    out = auto_complete(config(unlisted), accumulator_engine())
+    assert io(out.input) == [("INPUT", "TYPE_FP32", [1])]
+    assert io(out.output) == [("OUTPUT", "TYPE_FP32", [1])]
+    assert not out.HasField("dynamic_batching")  # the sequence batcher batches
+
+
+@pytest.mark.parametrize("state,message", [
+    ('state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_INT32 '
+     'dims: [ 1 ] } ]',
+     "state input 'INPUT_STATE' is TYPE_INT32 in the configuration but TYPE_FP32 in the engine"),
+    ('state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_FP32 '
+     'dims: [ 2 ] } ]',
+     "state input 'INPUT_STATE' has dims [2] in the configuration but [1] in the engine"),
+    ('state [ { input_name: "INPUT_STATE" output_name: "NEW_STATE" data_type: TYPE_FP32 '
+     'dims: [ 1 ] } ]',
+     "configuration state output 'NEW_STATE' is not an output of the engine (it has "
+     "['OUTPUT', 'OUTPUT_STATE'])"),
+    ('state [ { input_name: "INPUT_STATE" output_name: "INPUT" data_type: TYPE_FP32 '
+     'dims: [ 1 ] } ]',
+     "configuration state output 'INPUT' is not an output of the engine"),
+])
+def test_state_bindings_must_match_the_engine(state, message):
+    with pytest.raises(ServerError, match=re.escape(message)):
+        check_config(config(SEQUENCE % state), accumulator_engine())
+
+
+def test_control_bindings_must_match_the_engine():
+    int_start = config((SEQUENCE % STATE).replace("fp32_false_true", "int32_false_true"))
+    with pytest.raises(ServerError, match=re.escape(
+            "control input 'START' is TYPE_INT32 in the configuration but TYPE_FP32")):
+        check_config(int_start, accumulator_engine())
