@@ -7,8 +7,15 @@ The initial tensor is the config's `initial_state`: zeros (`zero_data`, set or n
 reads the oneof) or the row-major bytes of a file in the model directory's `initial_state/`
 folder. Without one, Triton leaves the first input state uninitialized; here it is zeros, with
 every variable dimension 1 as in Triton. `use_same_buffer_for_input_output` changes nothing
-observable on the host (the state output is copied out of the batch either way);
-`use_growable_memory` is a GPU memory optimization and is accepted without effect.
+observable on the host (the state output is copied out of the batch either way).
+
+`use_growable_memory` gets Triton's checks (the single buffer, GPU instances only) and nothing
+more: in Triton it keeps each sequence's state in a CUDA virtual-memory buffer that grows in
+place as the state grows. Here a sequence's state lives in host memory between its requests;
+on a GPU instance it crosses to the device as one of the batch's inputs, into the instance's
+device buffers, and comes back as one of the outputs, from the backend's device buffers
+(TensorRT's). Both are reused from batch to batch and grow by doubling, so a state that grows
+from request to request is not reallocated per request, with the flag or without it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ MAX_STATE_BYTES = 1 << 31  # a sanity bound on the initial tensor, built once pe
 _TYPES = pb.ModelInput.DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_name
 _STRING = _TYPES["TYPE_STRING"].number
 _INVALID = _TYPES["TYPE_INVALID"].number
+_KIND_GPU = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
 
 
 def _distinct_states(config: pb.ModelConfig) -> list:
@@ -67,6 +75,12 @@ def validate_states(config: pb.ModelConfig) -> None:
             raise ConfigError(
                 "In order to 'use_growable_memory', you must also enable 'use_single_buffer' "
                 f"for state input name '{name}'.")
+        if state.use_growable_memory and any(group.kind != _KIND_GPU
+                                             for group in config.instance_group):
+            raise ConfigError(
+                "'use_growable_memory' can only work with KIND_GPU model instances right now. "
+                "Please either change the instance type to KIND_GPU or set "
+                f"'use_growable_memory' to false for state input '{name}'.")
         if len(state.initial_state) > 1:
             raise ConfigError(
                 f"initial_state field for state input '{name}' must contain exactly one or "

@@ -309,6 +309,11 @@ BAD = {
     "growable": (state(initial="use_growable_memory: true"),
                  "In order to 'use_growable_memory', you must also enable 'use_single_buffer' "
                  "for state input name 'INPUT_STATE'."),
+    "growable_cpu": (state(initial="use_same_buffer_for_input_output: true "
+                                   "use_growable_memory: true"),
+                     "'use_growable_memory' can only work with KIND_GPU model instances right "
+                     "now. Please either change the instance type to KIND_GPU or set "
+                     "'use_growable_memory' to false for state input 'INPUT_STATE'."),
 }
 
 
