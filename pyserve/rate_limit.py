@@ -51,11 +51,12 @@ def _non_negative_int(text: str) -> int:
 
 def instance_limits(config: pb.ModelConfig,
                     specs: Sequence[InstanceSpec]) -> list[_core.InstanceRateLimit]:
-    """Per instance, what it asks of the limiter: its group's
-    rate_limiter, on its device (the GPU; 0 for a CPU instance, as in Triton). Empty when no
-    group declares resources."""
+    """Per instance, what it asks of the limiter: its group's rate_limiter (resources and
+    priority), on its device (the GPU; 0 for a CPU instance, as in Triton). Empty when no
+    group has a rate_limiter; a group with only a priority asks for nothing, but its
+    instances still take a model's work by priority."""
     groups = config.instance_group
-    if not any(group.rate_limiter.resources for group in groups):
+    if not any(group.HasField("rate_limiter") for group in groups):
         return []
     return [_core.InstanceRateLimit(
                 [(r.name, getattr(r, "global"), r.count)

@@ -80,14 +80,21 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
       instance.stream = cuda->CreateStream(instance.device);
     }
   }
+  // Rate-limited instances of one model take turns by priority, which needs a batcher thread
+  // to choose: a model that does not batch gets one forming batches of one request.
+  ranks_ = options_.rate_limiter && options_.instance_count > 1 &&
+           !options_.instance_rate_limits.empty() && !options_.sequence_batching;
   if (options_.dynamic_batching) {
     batcher_ = std::make_unique<DynamicBatcher>(options_.batching);
   } else if (options_.sequence_batching) {
     SequenceBatchingOptions sequence = options_.sequence;
     sequence.instance_count = options_.instance_count;
     batcher_ = std::make_unique<SequenceBatcher>(options_.model_name, std::move(sequence));
+  } else if (ranks_) {
+    batcher_ = std::make_unique<DynamicBatcher>(BatchingOptions{});
   }
   binds_ = batcher_ && batcher_->BindsInstances();
+  dispatches_ = binds_ || ranks_;
   iterative_ = batcher_ && batcher_->Iterative();
 }
 
@@ -215,6 +222,7 @@ void Scheduler::BatcherLoop() {
       for (const CorrelationId& id : ended) batcher_->SequenceEnded(id, SteadyNowNs());
     }
     for (int done = 0; binds_ && done_.TryPop(done);) batcher_->InstanceDone(done);
+    for (int done = 0; ranks_ && done_.TryPop(done);) instances_[done].idle = true;
     if (abandoning_.load(std::memory_order_seq_cst)) {
       ingress_ready_.CancelWait();
       std::vector<InferRequest*> queued;
@@ -254,6 +262,7 @@ void Scheduler::BatcherLoop() {
       for (InferRequest* r : decision.batch) batch->requests.emplace_back(r);
       idle_instances_.fetch_sub(1, std::memory_order_acq_rel);
       Batch* raw = batch.release();
+      if (ranks_) decision.instance = PreferredIdleInstance();
       if (decision.instance >= 0) {  // the policy knows this instance to be idle
         instances_[decision.instance].bound.store(raw, std::memory_order_release);
         batch_ready_.NotifyAll();
@@ -276,6 +285,27 @@ void Scheduler::BatcherLoop() {
   batch_ready_.NotifyAll();
 }
 
+// Of the instances without a batch, the one Triton's limiter would stage: lowest executions
+// times priority (at least 1), the first on a tie; -1 when none is known to be idle yet.
+int Scheduler::PreferredIdleInstance() {
+  // An instance counted idle pushed to done_ before it was counted: its entry is there now.
+  for (int done = 0; done_.TryPop(done);) instances_[done].idle = true;
+  int preferred = -1;
+  uint64_t lowest = 0;
+  for (int i = 0; i < options_.instance_count; ++i) {
+    Instance& instance = instances_[i];
+    if (!instance.idle) continue;
+    const uint64_t priority = std::max<uint32_t>(options_.instance_rate_limits[i].priority, 1);
+    const uint64_t scaled = instance.executions.load(std::memory_order_acquire) * priority;
+    if (preferred < 0 || scaled < lowest) {
+      preferred = i;
+      lowest = scaled;
+    }
+  }
+  if (preferred >= 0) instances_[preferred].idle = false;
+  return preferred;
+}
+
 void Scheduler::WorkerLoop(int instance) {
   Batch* batch = nullptr;
   auto run = [&] {
@@ -285,7 +315,8 @@ void Scheduler::WorkerLoop(int instance) {
     } else {
       Run(std::unique_ptr<Batch>(batch));
     }
-    if (binds_) done_.TryPush(instance);  // never full: one entry per instance at most
+    instances_[instance].executions.fetch_add(1, std::memory_order_acq_rel);
+    if (dispatches_) done_.TryPush(instance);  // never full: one entry per instance at most
     idle_instances_.fetch_add(1, std::memory_order_acq_rel);
     ingress_ready_.NotifyOne();  // the batcher may form the next batch now
   };
@@ -313,7 +344,7 @@ void Scheduler::WorkerLoop(int instance) {
 
 bool Scheduler::TakeBatch(int instance, Batch*& batch) {
   if (ready_.TryPop(batch)) return true;
-  if (!binds_) return false;
+  if (!dispatches_) return false;
   batch = instances_[instance].bound.exchange(nullptr, std::memory_order_acq_rel);
   return batch != nullptr;
 }

@@ -98,6 +98,9 @@ class Scheduler : public RequestScheduler {
     return inflight > executing ? inflight - executing : 0;
   }
   ModelStats Statistics() const override { return stats_.Snapshot(); }
+  // Instances with no batch to run (tests wait on it: an instance counted here has finished
+  // its batch, and the batcher hears so before it forms the next).
+  int IdleInstanceCount() const { return idle_instances_.load(std::memory_order_acquire); }
   bool Stop(double timeout_seconds = -1) override;
   bool Stopping() const override { return stopping_.load(std::memory_order_seq_cst); }
 
@@ -108,8 +111,10 @@ class Scheduler : public RequestScheduler {
     int device = -1;
     CudaStream stream = nullptr;
     std::vector<std::pair<void*, size_t>> device_buffers;  // per input: pointer, capacity
-    std::atomic<Batch*> bound{nullptr};  // a batch for this instance only (binds_)
+    std::atomic<Batch*> bound{nullptr};  // a batch for this instance only (dispatches_)
     uint64_t rate_limit_id = 0;  // its resources in options_.rate_limiter (0: none)
+    std::atomic<uint64_t> executions{0};  // batches it was handed (ranks_: its turn)
+    bool idle = true;                     // ranks_, batcher thread only: has no batch
   };
 
   Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> executor);
@@ -129,11 +134,16 @@ class Scheduler : public RequestScheduler {
   void Release(uint64_t count);
   bool TakeBatch(int instance, Batch*& batch);
   void LeaveRateLimiterLine(int instance);
+  int PreferredIdleInstance();
 
   SchedulerOptions options_;
   std::shared_ptr<Executor> executor_;
   std::unique_ptr<BatchPolicy> batcher_;  // null: each request is its own batch
   bool binds_ = false;  // the policy sends each batch to an instance of its choice
+  // With the rate limiter, each batch goes to the idle instance of lowest executions times
+  // priority, as Triton's limiter picks among a model's available instances.
+  bool ranks_ = false;
+  bool dispatches_ = false;  // binds_ or ranks_: batches go to a named instance
   HostMemoryPool& pool_;
   StatsRecorder stats_;
   std::vector<Instance> instances_;
@@ -143,7 +153,7 @@ class Scheduler : public RequestScheduler {
   MpmcQueue<Batch*> ready_;
   Notifier batch_ready_;    // wakes workers when ready_ gets a batch
   std::atomic<int> idle_instances_{0};
-  MpmcQueue<int> done_;  // binds_: instances that finished their batch, for the policy
+  MpmcQueue<int> done_;  // dispatches_: instances that finished their batch, for the batcher
   bool iterative_ = false;  // the policy runs iterative sequences
   std::mutex ended_mutex_;
   std::vector<CorrelationId> ended_;  // guarded by ended_mutex_: for the policy

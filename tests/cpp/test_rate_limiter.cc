@@ -1,5 +1,6 @@
-// Triton's rate limiter: resource counts and their checks, and schedulers of two models
-// sharing a limiter (resource exclusion, priority).
+// Triton's rate limiter: resource counts and their checks, schedulers of two models sharing a
+// limiter (resource exclusion, priority), and the instances of one model taking turns by
+// priority.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -320,5 +321,66 @@ TEST(RateLimiterScheduler, LowerPriorityValueRunsMore) {
   EXPECT_EQ(std::count(first.begin(), first.end(), 'a'), 20);
   EXPECT_EQ(timeline.most_running, 1);
 }
+
+// Records which instance ran each batch.
+class InstanceRecorder : public Executor {
+ public:
+  Status Execute(Batch& batch) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    order_.push_back(batch.instance);
+    changed_.notify_all();
+    return Status::OK();
+  }
+  void Reject(const std::vector<InferRequest*>&, const Status&) override {}
+  // Waits until `count` batches have run; their instances in order.
+  std::vector<int> WaitFor(size_t count) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait_for(lock, kWaitLimit, [&] { return order_.size() >= count; });
+    return order_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<int> order_;
+};
+
+// A model's idle instances take work by executions times priority, as Triton's limiter stages
+// the available instance of lowest scaled priority: with requests one at a time (both
+// instances idle at each), instance 1 (priority 1) runs twice for each run of instance 0
+// (priority 2), whether the model batches or not, and whether the instances ask for
+// resources or only give a priority.
+class RateLimiterRanking : public ::testing::TestWithParam<std::tuple<Policy, bool>> {};
+
+TEST_P(RateLimiterRanking, IdleInstancesOfOneModelTakeTurnsByPriority) {
+  const auto [policy, with_resources] = GetParam();
+  auto limiter = std::make_shared<RateLimiter>(std::vector<ServerResource>{});
+  auto recorder = std::make_shared<InstanceRecorder>();
+  SchedulerOptions options;
+  options.model_name = "ranked";
+  options.rate_limiter = limiter;
+  options.instance_count = 2;
+  std::vector<RateLimitResource> resources;
+  if (with_resources) resources.push_back({"R", false, 1});
+  options.instance_rate_limits = {Asks(resources, 2), Asks(resources, 1)};
+  options.dynamic_batching = policy == Policy::kDynamic;
+  options.batching.max_batch_size = 4;
+  std::unique_ptr<Scheduler> scheduler;
+  ASSERT_OK(Scheduler::Create(options, recorder, &scheduler));
+  for (uint64_t i = 0; i < 9; ++i) {
+    // Both instances idle, and the batcher hears so before it forms the next batch.
+    ASSERT_TRUE(WaitFor([&] { return scheduler->IdleInstanceCount() == 2; }));
+    Submit(*scheduler, i);
+    ASSERT_EQ(recorder->WaitFor(i + 1).size(), i + 1);
+  }
+  ASSERT_TRUE(WaitFor([&] { return scheduler->IdleInstanceCount() == 2; }));
+  scheduler->Stop();
+  // executions x priority: 0|0 (tie: the first), 2|0, 2|1, 2|2 (tie), 4|2, 4|3, 4|4, ...
+  EXPECT_EQ(recorder->WaitFor(9), (std::vector<int>{0, 1, 1, 0, 1, 1, 0, 1, 1}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, RateLimiterRanking,
+                         ::testing::Combine(::testing::Values(Policy::kNone, Policy::kDynamic),
+                                            ::testing::Bool()));
 
 }  // namespace

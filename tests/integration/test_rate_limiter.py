@@ -1,6 +1,7 @@
 """Triton's rate limiter (--rate-limit=execution_count): two Python models (one without a
 batcher, one with the dynamic batcher) whose instances share a resource of count 1 never
-execute at once, and do with --rate-limit=off; bad
+execute at once, and do with --rate-limit=off; two models of priority 1 and 2 sharing it,
+both with work queued, execute two to one; bad
 --rate-limit and --rate-limit-resource values and configs whose resources cannot be served
 are refused with Triton's texts."""
 
@@ -63,9 +64,9 @@ instance_group [ {{ kind: KIND_CPU count: 1
 
 
 def _write(repository: Path, name: str, marks: Path, resources: str = '{ name: "R" count: 1 }',
-           priority: int = 1, batching: str = "") -> None:
+           priority: int = 1, batching: str = "", model: str = MODEL) -> None:
     (repository / name / "1").mkdir(parents=True)
-    (repository / name / "1" / "model.py").write_text(MODEL.format(marks=str(marks)))
+    (repository / name / "1" / "model.py").write_text(model.format(marks=str(marks)))
     (repository / name / "config.pbtxt").write_text(
         CONFIG.format(name=name, resources=resources, priority=priority, batching=batching))
 
@@ -133,6 +134,86 @@ def test_models_sharing_a_resource_never_execute_at_once(server, protocol):
         assert not second.result(timeout=60)
     assert (server.marks / "second.started").stat().st_mtime_ns >= \
         (server.marks / "first.finished").stat().st_mtime_ns
+
+
+# The first execution holds the resource until the test opens the gate (every request queued
+# by then); each execution appends its model's name to the order file.
+ORDERED_MODEL = '''
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+MARKS = Path({marks!r})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = args["model_name"]
+
+    def execute(self, requests):
+        gate = MARKS / "gate"
+        if not gate.exists():
+            (MARKS / "started").touch()
+            deadline = time.monotonic() + 60
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        with open(MARKS / "order", "a") as order:
+            order.write(self.name + "\\n")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OVERLAPPED", np.zeros([1], bool))])
+                for _ in requests]
+'''
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def priority_server(request, tmp_path_factory):
+    if request.param == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    root = tmp_path_factory.mktemp("rate-limiter-priority")
+    marks = root / "marks"
+    marks.mkdir()
+    # A pair per protocol: executions count from the model's load, as in Triton.
+    for protocol in ("grpc", "http"):
+        for name, priority in (("often", 1), ("seldom", 2)):
+            _write(root / "models", f"{name}_{protocol}", marks, priority=priority,
+                   model=ORDERED_MODEL)
+    server = start_server([root / "models"], root / "server.log", "--rate-limit=execution_count",
+                          "--grpc-frontend", request.param, "--http-frontend", request.param)
+    server.marks = marks
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_priority_two_runs_half_as_often_while_both_have_work(priority_server, protocol):
+    """often (priority 1) and seldom (priority 2) share R (count 1). With all their requests
+    queued before the first execution ends, the limiter serves the lowest executions times
+    priority first: when seldom starts its last execution (its N-th), often has run 2N-2 or
+    2N-1 times. (Which of the two the limiter saw waiting first may shift that by a turn, so
+    one more is allowed either side; ignoring priority would give about N.)"""
+    server = priority_server
+    module = grpcclient if protocol == "grpc" else httpclient
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    for mark in server.marks.iterdir():
+        mark.unlink()
+    high, low = f"often_{protocol}", f"seldom_{protocol}"
+    seldom = 8
+    often = 3 * seldom  # often never runs out of work before seldom's last execution
+    with ThreadPoolExecutor(often + seldom + 1) as pool:
+        first = pool.submit(_infer, module, url, high)
+        _wait_until((server.marks / "started").exists, "the first execution to hold R")
+        rest = [pool.submit(_infer, module, url, model)
+                for model in [high] * often + [low] * seldom]
+        _wait_until(lambda: (_pending(server, high), _pending(server, low)) == (often, seldom),
+                    "every request to queue")
+        (server.marks / "gate").touch()
+        for future in [first, *rest]:
+            future.result(timeout=60)
+    order = (server.marks / "order").read_text().split()
+    assert order.count(high) == often + 1 and order.count(low) == seldom
+    last_seldom = len(order) - 1 - order[::-1].index(low)
+    assert 2 * seldom - 3 <= order[:last_seldom].count(high) <= 2 * seldom, order
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
