@@ -4,7 +4,9 @@
 // (Acquire, blocking), runs, and gives them back (Release). Waiting instances are served in
 // the order of their scaled priority, executions so far times `priority` (at least 1), so
 // that an instance of priority 1 runs about twice as often as one of priority 2; the first in
-// that order is served first, the others wait behind it (as in Triton).
+// that order is served first, the others wait behind it (as in Triton). Which of a model's
+// idle instances takes a batch is the scheduler's choice, by the same executions times
+// priority (Scheduler::PreferredIdleInstance).
 //
 // A resource is per device (each device has its own count) unless `global`. Its count on the
 // server is the largest any registered instance asks, unless --rate-limit-resource gives it
