@@ -227,7 +227,7 @@ void Scheduler::BatcherLoop() {
       ingress_ready_.CancelWait();
       break;
     }
-    if (hold > 0 && !stopping && batcher_->QueuedCount() < hold) {
+    if (hold > 0 && !stopping && batcher_->Holding(hold)) {
       ingress_ready_.Wait(key);  // TRITONSERVER_DELAY_SCHEDULER: hold until enough are queued
       continue;
     }

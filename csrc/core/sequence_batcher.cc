@@ -410,4 +410,10 @@ void SequenceBatcher::SequenceEnded(const CorrelationId& id, uint64_t now_ns) {
   Release(ref, now_ns);
 }
 
+bool SequenceBatcher::Holding(size_t delay_count) const {
+  size_t backlogged = 0;
+  for (const auto& backlog : backlog_) backlogged += backlog->queue.size();
+  return queued_ - backlogged < delay_count || backlogged < options_.backlog_delay_count;
+}
+
 }  // namespace pyserve

@@ -43,6 +43,9 @@ struct SequenceBatchingOptions {
   // iterative_sequence: a request without a correlation ID starts a sequence of its own, and
   // the backend decides when it ends (it releases it without RESCHEDULE).
   bool iterative = false;
+  // TRITONSERVER_BACKLOG_DELAY_SCHEDULER: while TRITONSERVER_DELAY_SCHEDULER holds batching,
+  // hold it also until the backlog has this many requests (Triton's test hook).
+  uint32_t backlog_delay_count = 0;
   int instance_count = 1;
   std::vector<SequenceControl> controls;
   std::vector<StateSpec> states;  // sequence_batching.state
@@ -59,6 +62,8 @@ class SequenceBatcher : public BatchPolicy {
 
   void Add(InferRequest* request) override;
   size_t QueuedCount() const override { return queued_ + refused_.size(); }
+  // As Triton's: requests queued in slots (the backlog not counted) and in the backlog.
+  bool Holding(size_t delay_count) const override;
   void Form(uint64_t now_ns, bool flush, int idle_instances, Decision* decision) override;
   void Purge(uint64_t now_ns, Decision* decision) override;
   void TakeAll(std::vector<InferRequest*>* requests) override;

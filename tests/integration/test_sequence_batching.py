@@ -371,3 +371,32 @@ def test_pyserve_client_sequences(server, protocol):
             "acc_int32", [{"INPUT": np.array([[v]], dtype=np.int32)} for v in (1, 2, 3)],
             sequence_id=1001)]
     assert sums == [[[1]], [[3]], [[6]]]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_backlog_delay_scheduler_holds_until_the_backlog_fills(tmp_path, frontend):
+    """Triton's test hooks: TRITONSERVER_DELAY_SCHEDULER=1 with
+    TRITONSERVER_BACKLOG_DELAY_SCHEDULER=1 holds batching until a request waits in a slot and
+    another in the backlog."""
+    if frontend == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    write_python_model(tmp_path / "models", "acc", TENSORS + sequence_batching(
+        "int32_false_true", "0", "1", "TYPE_UINT64") + 'instance_group [ { kind: KIND_CPU } ]\n',
+        ACCUMULATOR.replace("TRUE", "1.0"), max_batch_size=1)
+    server = start_server([tmp_path / "models"], tmp_path / "server.log", "--grpc-frontend",
+                          frontend, env={"TRITONSERVER_DELAY_SCHEDULER": "1",
+                                         "TRITONSERVER_BACKLOG_DELAY_SCHEDULER": "1"})
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            # Alone in its slot, with nothing in the backlog: held (DELAY_SCHEDULER alone would
+            # have let it run).
+            with pytest.raises(InferenceServerException) as held:
+                client.infer("acc", inputs(grpcclient, 5), sequence_id=11, sequence_start=True,
+                             client_timeout=1)
+            assert "Deadline Exceeded" in held.value.message()
+            # A second sequence waits in the backlog: batching starts, and it is answered.
+            result = client.infer("acc", inputs(grpcclient, 7), sequence_id=12,
+                                  sequence_start=True, sequence_end=True)
+            assert total(result) == 7
+    finally:
+        assert server.stop() == 0
