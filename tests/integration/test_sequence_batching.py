@@ -400,3 +400,61 @@ def test_backlog_delay_scheduler_holds_until_the_backlog_fills(tmp_path, fronten
             assert total(result) == 7
     finally:
         assert server.stop() == 0
+
+
+# A decoupled sequence model: per request, the running sum and then its double, as two
+# responses, then the final flag alone.
+DECOUPLED_ACCUMULATOR = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        for request in requests:
+            def get(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+            corrid = int(get("CORRID"))
+            if get("START"):
+                self.sums[corrid] = 0
+            self.sums[corrid] += int(get("INPUT"))
+            sender = request.get_response_sender()
+            for factor in (1, 2):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor(
+                    "OUTPUT", np.array([[self.sums[corrid] * factor]], np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_decoupled_sequence_model_streams_each_requests_responses(tmp_path, frontend):
+    if frontend == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    write_python_model(tmp_path / "models", "acc_stream",
+                       SLOW_TENSORS + sequence_batching("int32_false_true", "0", "1",
+                                                        "TYPE_UINT64")
+                       + "model_transaction_policy { decoupled: true }\n"
+                       + 'instance_group [ { kind: KIND_CPU } ]\n',
+                       DECOUPLED_ACCUMULATOR, max_batch_size=1)
+    server = start_server([tmp_path / "models"], tmp_path / "server.log", "--grpc-frontend",
+                          frontend)
+    results: queue.Queue = queue.Queue()
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.start_stream(lambda result, error: results.put((result, error)))
+            for value, start, end in ((3, True, False), (4, False, True)):
+                client.async_stream_infer("acc_stream", inputs(grpcclient, value),
+                                          sequence_id=21, sequence_start=start,
+                                          sequence_end=end)
+            answered = []
+            for _ in range(4):
+                result, error = results.get(timeout=30)
+                assert error is None
+                answered.append(total(result))
+            client.stop_stream()
+        assert answered == [3, 6, 7, 14]
+    finally:
+        assert server.stop() == 0
