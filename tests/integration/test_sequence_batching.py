@@ -426,9 +426,9 @@ def test_backlog_delay_scheduler_holds_until_the_backlog_fills(tmp_path, fronten
                 int(result.as_numpy("BATCHED").reshape(-1)[0]))
 
     try:
-        # The server read the hook (a server without it would run the lone request at once).
-        assert ("Delaying scheduler until 1 backlog queued requests" in server.log()) == bool(
-            backlog_delay)
+        read = "Delaying scheduler until 1 backlog queued requests" in server.log()
+        assert read == bool(backlog_delay), "the server did not read the hook: is the pyserve " \
+            "it runs (the installed one) built from this tree?"
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             client.start_stream(lambda result, error: results.put((result, error)))
 
