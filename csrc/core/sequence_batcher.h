@@ -53,7 +53,10 @@ struct SequenceBatchingOptions {
 
 class SequenceBatcher : public BatchPolicy {
  public:
-  SequenceBatcher(std::string model_name, SequenceBatchingOptions options);
+  // `waker` (may be null) wakes the batcher thread when a decoupled model's request settles
+  // its sequence's state (its final response), so that the sequence's next request can run.
+  SequenceBatcher(std::string model_name, SequenceBatchingOptions options,
+                  std::shared_ptr<StateWaker> waker = nullptr);
 
   // Refuses a request without a correlation ID (an iterative model gives it one) or with a
   // batch of more than one.
@@ -116,6 +119,9 @@ class SequenceBatcher : public BatchPolicy {
   };
 
   Slot& At(SlotRef ref) { return slots_[ref.instance][ref.slot]; }
+  // Whether the slot's front request may join a batch: it has one, and the request before it
+  // has settled the state (a START begins a state of its own).
+  static bool Ready(const Slot& slot);
   void Activate(SlotRef ref);
   void Deactivate(SlotRef ref);
   void Bind(const Key& key, SlotRef ref, uint64_t now_ns);
@@ -136,6 +142,7 @@ class SequenceBatcher : public BatchPolicy {
   uint64_t idle_ns_ = 0;
   std::vector<uint32_t> preferred_;  // oldest, ascending
   std::shared_ptr<const std::vector<StateSpec>> states_;  // null: the model has none
+  std::shared_ptr<StateWaker> waker_;
 
   std::vector<std::vector<Slot>> slots_;  // per instance
   // Per instance, the slots a sequence holds (in no order): what the rules walk, however many
