@@ -9,11 +9,13 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "model.h"
 #include "response_sender.h"
+#include "sequence_state.h"
 #include "status_matchers.h"
 
 using namespace pyserve;
@@ -206,4 +208,96 @@ TEST(ResponseSender, AFailedExecuteOrADroppedSenderEndsTheRequest) {
   EXPECT_TRUE(completions[1].final);
   EXPECT_EQ(completions[1].response.status.code(), StatusCode::kInternal);
   EXPECT_EQ(model->Counts().success, 0u);
+}
+
+namespace {
+
+// Keeps each request's sender with the INT32 state the request came with.
+class KeepStatefulSenders : public BatchCompute {
+ public:
+  Status Compute(Batch& batch, BatchOutputs*) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < batch.requests.size(); ++i) {
+      for (const TensorView& t : batch.requests[i]->inputs) {
+        if (t.name == "INPUT_STATE" && t.byte_size == 4) {
+          int32_t v;
+          std::memcpy(&v, t.data, 4);
+          seen_.push_back(v);
+        }
+      }
+      senders_.push_back(batch.senders[i]);
+    }
+    cv_.notify_all();
+    return Status::OK();
+  }
+  std::shared_ptr<ResponseSender> Take() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return !senders_.empty(); });
+    if (senders_.empty()) return nullptr;
+    auto sender = senders_.front();
+    senders_.erase(senders_.begin());
+    return sender;
+  }
+  std::vector<int32_t> Seen() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return seen_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<ResponseSender>> senders_;
+  std::vector<int32_t> seen_;
+};
+
+}  // namespace
+
+// Implicit state on a decoupled model: the responses, sent from another thread after the
+// batch, carry the state; each request of the sequence, all queued at once, sees what the
+// last state-carrying response of the one before it left, sent before its final response.
+TEST(ResponseSender, ADecoupledSequenceGoesOnWithTheStateItsResponsesSent) {
+  ModelSpec spec;
+  spec.name = "d";
+  spec.version = 1;
+  spec.decoupled = true;
+  spec.outputs = {{"A", DataType::kInt32, {1}}};
+  spec.state_outputs = {{"OUTPUT_STATE", DataType::kInt32, {1}}};
+  SchedulerOptions options;
+  options.model_name = "d";
+  options.sequence_batching = true;
+  StateSpec state;
+  state.input_name = "INPUT_STATE";
+  state.output_name = "OUTPUT_STATE";
+  state.dtype = DataType::kInt32;
+  state.initial_shape = {1};
+  state.initial = std::make_shared<const std::string>(4, '\0');
+  options.sequence.states.push_back(state);
+  auto compute = std::make_shared<KeepStatefulSenders>();
+  std::shared_ptr<Model> model;
+  ASSERT_OK(Model::Create(spec, options, compute, &model));
+  RecordingSink sink;
+  constexpr int kSteps = 4;
+  for (int step = 0; step < kSteps; ++step) {
+    auto request = Request(&sink, step);
+    request->correlation_id.number = 9;
+    request->flags = (step == 0 ? kSequenceStart : 0) | (step == kSteps - 1 ? kSequenceEnd : 0);
+    ASSERT_OK(model->Submit(request));
+  }
+  std::thread answering([&] {
+    for (int step = 0; step < kSteps; ++step) {
+      auto sender = compute->Take();
+      ASSERT_NE(sender, nullptr);
+      // A stale state first, then the one that counts, then the final flag alone.
+      std::vector<OutputTensor> stale{Int32("A", step), Int32("OUTPUT_STATE", -1)};
+      EXPECT_OK(sender->Send(&stale, Status::OK(), false));
+      std::vector<OutputTensor> next{Int32("A", step), Int32("OUTPUT_STATE", 10 * (step + 1))};
+      EXPECT_OK(sender->Send(&next, Status::OK(), false));
+      EXPECT_OK(sender->Send(nullptr, Status::OK(), true));
+    }
+  });
+  answering.join();
+  EXPECT_EQ(sink.WaitFor(3 * kSteps).size(), 3u * kSteps);
+  EXPECT_EQ(compute->Seen(), (std::vector<int32_t>{0, 10, 20, 30}));
+  EXPECT_TRUE(model->Stop(5));
+  EXPECT_EQ(model->Counts().success, static_cast<uint64_t>(kSteps));
 }
