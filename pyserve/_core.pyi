@@ -37,6 +37,7 @@ class SequenceBatchingOptions:
     minimum_slot_utilization: float
     max_sequence_idle_us: int
     iterative: bool
+    backlog_delay_count: int
     controls: list[SequenceControl]
     def __init__(self) -> None: ...
 

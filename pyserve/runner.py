@@ -336,6 +336,11 @@ def _sequence_options(config: pb.ModelConfig, model_dir: Path) -> _core.Sequence
     out.max_batch_size = config.max_batch_size
     out.max_sequence_idle_us = batcher.max_sequence_idle_microseconds
     out.iterative = batcher.iterative_sequence
+    # Triton's test hook, with TRITONSERVER_DELAY_SCHEDULER: hold until the backlog has N.
+    out.backlog_delay_count = int(os.environ.get("TRITONSERVER_BACKLOG_DELAY_SCHEDULER") or 0)
+    if out.backlog_delay_count:
+        log.info("Delaying scheduler until %d backlog queued requests...",
+                 out.backlog_delay_count)
     if batcher.HasField("oldest"):
         out.oldest = True
         out.max_candidate_sequences = batcher.oldest.max_candidate_sequences

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,23 @@ def send_concurrently(client, model: str, inputs: list[list]) -> list[tuple]:
                            lambda result, error, index=index: done.put((index, (result, error))))
     results = dict(done.get(timeout=60) for _ in inputs)
     return [results[i] for i in range(len(inputs))]
+
+
+def wait_until(done, what: str, timeout: float = 30) -> None:
+    """Polls `done()` until it holds; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def pending_requests(server: ServerProcess, model: str) -> float:
+    """The model's nv_inference_pending_request_count: accepted and not yet executing."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    for line in urllib.request.urlopen(url).read().decode().splitlines():
+        if line.startswith("nv_inference_pending_request_count{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def settled_statistics(client, model: str, settled: int, timeout: float = 30):

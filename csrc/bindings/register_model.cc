@@ -721,6 +721,7 @@ void RegisterModel(py::module_& m) {
                      &SequenceBatchingOptions::minimum_slot_utilization)
       .def_readwrite("max_sequence_idle_us", &SequenceBatchingOptions::max_sequence_idle_us)
       .def_readwrite("iterative", &SequenceBatchingOptions::iterative)
+      .def_readwrite("backlog_delay_count", &SequenceBatchingOptions::backlog_delay_count)
       .def_readwrite("controls", &SequenceBatchingOptions::controls)
       .def_readwrite("states", &SequenceBatchingOptions::states);
 

@@ -42,6 +42,9 @@ class BatchPolicy {
   // Decision, or through TakeAll.
   virtual void Add(InferRequest* request) = 0;
   virtual size_t QueuedCount() const = 0;
+  // TRITONSERVER_DELAY_SCHEDULER, Triton's test hook: whether batching is still held for want
+  // of `delay_count` queued requests.
+  virtual bool Holding(size_t delay_count) const { return QueuedCount() < delay_count; }
   // `idle_instances`: how many instances can take a batch now (at least one). `flush` sends
   // what is queued without waiting for a delay (the scheduler is stopping).
   virtual void Form(uint64_t now_ns, bool flush, int idle_instances, Decision* decision) = 0;

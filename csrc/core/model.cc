@@ -188,6 +188,10 @@ struct Model::State : public ModelResponder,
   Status ExecuteDecoupled(Batch& batch) {
     for (auto& request : batch.requests) {  // a rescheduled request answers on through its own
       batch.senders.push_back(request->sender ? std::move(request->sender) : OpenSender(*request));
+      // Its responses carry the sequence's next state (taken before the model can send).
+      if (request->sequence_state && !spec.state_outputs.empty()) {
+        batch.senders.back()->KeepState(request->sequence_state);
+      }
     }
     BatchOutputs outputs;
     Status status = Compute(batch, &outputs);
@@ -197,7 +201,9 @@ struct Model::State : public ModelResponder,
       for (auto& sender : batch.senders) sender->Close(status);
     } else {
       for (size_t i = 0; i < batch.reschedule.size(); ++i) {
-        if (batch.reschedule[i]) batch.requests[i]->sender = batch.senders[i];
+        if (!batch.reschedule[i]) continue;
+        batch.senders[i]->ReleaseState();  // its next iteration gets the state sent so far
+        batch.requests[i]->sender = batch.senders[i];
       }
     }
     batch.senders.clear();  // the backend holds the senders it still answers through

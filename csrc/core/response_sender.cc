@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "outputs.h"
+#include "sequence_state.h"
 
 namespace pyserve {
 
@@ -41,6 +42,7 @@ Status ResponseSender::Send(const std::vector<OutputTensor>* outputs, const Stat
   if (!error.ok()) {
     response.status = error;
   } else if (outputs != nullptr) {
+    if (state_) state_->UpdateFrom(*outputs);
     RespondWith(host_->Spec(), outputs_, *outputs, &response);
   }
   const bool empty = outputs == nullptr && error.ok();
@@ -52,6 +54,19 @@ void ResponseSender::Close(const Status& status) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (closed_.load(std::memory_order_acquire)) return;
   Deliver(InferResponse{status, {}}, true, false, 0);
+}
+
+void ResponseSender::KeepState(std::shared_ptr<SequenceState> state) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (closed_.load(std::memory_order_acquire)) return;
+  state->Await();
+  state_ = std::move(state);
+}
+
+void ResponseSender::ReleaseState() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (state_) state_->Settle();
+  state_.reset();
 }
 
 void ResponseSender::Deliver(InferResponse response, bool final, bool empty, uint64_t output_ns) {
@@ -66,6 +81,10 @@ void ResponseSender::Deliver(InferResponse response, bool final, bool empty, uin
     sink_->Deliver(completions);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pyserve: a response sink failed: %s\n", e.what());
+  }
+  if (final && state_) {  // after the final response: the next request's answers follow it
+    state_->Settle();
+    state_.reset();
   }
   const uint64_t end_ns = SteadyNowNs();
   host_->Responded(index_++, status, empty, last_ns_, output_ns, end_ns);

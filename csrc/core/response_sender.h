@@ -46,6 +46,12 @@ class ResponseSender {
   // Ends the request with `status` unless it has ended (a failed execute, Stop's timeout).
   void Close(const Status& status);
 
+  // Implicit state of a decoupled model's request: each response's state outputs go into
+  // `state` (Await'ed here) until the final response settles it; ReleaseState settles it
+  // earlier, when the backend releases the request for RESCHEDULE.
+  void KeepState(std::shared_ptr<SequenceState> state);
+  void ReleaseState();
+
   const ModelSpec& spec() const { return host_->Spec(); }
   bool Cancelled() const { return cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed); }
   bool IsClosed() const { return closed_.load(std::memory_order_acquire); }
@@ -62,6 +68,7 @@ class ResponseSender {
   std::shared_ptr<void> owner_;
   std::vector<std::shared_ptr<const void>> held_;
   std::vector<RequestedOutput> outputs_;
+  std::shared_ptr<SequenceState> state_;  // guarded by mutex_
   const std::atomic<bool>* cancelled_;  // lives in owner_
   uint64_t enqueue_ns_;
   std::mutex mutex_;  // one response at a time, in the order they are sent

@@ -89,7 +89,10 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
   } else if (options_.sequence_batching) {
     SequenceBatchingOptions sequence = options_.sequence;
     sequence.instance_count = options_.instance_count;
-    batcher_ = std::make_unique<SequenceBatcher>(options_.model_name, std::move(sequence));
+    if (!sequence.states.empty()) {
+      waker_ = std::make_shared<StateWaker>([this] { ingress_ready_.NotifyOne(); });
+    }
+    batcher_ = std::make_unique<SequenceBatcher>(options_.model_name, std::move(sequence), waker_);
   } else if (ranks_) {
     batcher_ = std::make_unique<DynamicBatcher>(BatchingOptions{});
   }
@@ -150,6 +153,7 @@ void Scheduler::ThreadExited() {
 
 Scheduler::~Scheduler() {
   Stop();
+  if (waker_) waker_->Cut();  // a decoupled model may settle a state later
   if (options_.rate_limiter) {  // no worker is left to wait for or hold resources
     std::vector<uint64_t> ids;
     for (const Instance& instance : instances_) ids.push_back(instance.rate_limit_id);
@@ -235,7 +239,7 @@ void Scheduler::BatcherLoop() {
       ingress_ready_.CancelWait();
       break;
     }
-    if (hold > 0 && !stopping && batcher_->QueuedCount() < hold) {
+    if (hold > 0 && !stopping && batcher_->Holding(hold)) {
       ingress_ready_.Wait(key);  // TRITONSERVER_DELAY_SCHEDULER: hold until enough are queued
       continue;
     }

@@ -139,6 +139,7 @@ class Scheduler : public RequestScheduler {
   SchedulerOptions options_;
   std::shared_ptr<Executor> executor_;
   std::unique_ptr<BatchPolicy> batcher_;  // null: each request is its own batch
+  std::shared_ptr<StateWaker> waker_;  // implicit state: a settled state wakes the batcher
   bool binds_ = false;  // the policy sends each batch to an instance of its choice
   // With the rate limiter, each batch goes to the idle instance of lowest executions times
   // priority, as Triton's limiter picks among a model's available instances.

@@ -20,8 +20,9 @@ uint64_t ElementCount(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-SequenceBatcher::SequenceBatcher(std::string model_name, SequenceBatchingOptions options)
-    : model_name_(std::move(model_name)), options_(std::move(options)) {
+SequenceBatcher::SequenceBatcher(std::string model_name, SequenceBatchingOptions options,
+                                 std::shared_ptr<StateWaker> waker)
+    : model_name_(std::move(model_name)), options_(std::move(options)), waker_(std::move(waker)) {
   options_.instance_count = std::max(options_.instance_count, 1);
   const uint32_t rows = std::max<uint32_t>(options_.max_batch_size, 1);
   slots_per_instance_ = options_.oldest && options_.max_candidate_sequences > 0
@@ -264,6 +265,11 @@ size_t SequenceBatcher::StateCount() const {
   return count;
 }
 
+bool SequenceBatcher::Ready(const Slot& slot) {
+  return !slot.queue.empty() && (!slot.state || slot.state->Settled() ||
+                                 (slot.queue.front()->flags & kSequenceStart) != 0);
+}
+
 // The front request of a slot joins the batch, with its control inputs; its END frees the slot.
 void SequenceBatcher::Take(SlotRef ref, uint64_t now_ns, Decision* decision) {
   Slot& slot = At(ref);
@@ -273,7 +279,7 @@ void SequenceBatcher::Take(SlotRef ref, uint64_t now_ns, Decision* decision) {
   AddControlInputs(options_.controls, options_.max_batch_size > 0, request);
   if (states_) {  // a START begins from the initial state, even where a sequence conflicted
     if (!slot.state || (request->flags & kSequenceStart) != 0) {
-      slot.state = std::make_shared<SequenceState>(states_);
+      slot.state = std::make_shared<SequenceState>(states_, waker_);
     }
     slot.state->AddInputs(request);
     request->sequence_state = slot.state;
@@ -322,7 +328,7 @@ void SequenceBatcher::FormDirect(int instance, uint64_t now_ns, bool flush, Deci
   size_t ready = 0;
   uint64_t earliest = std::numeric_limits<uint64_t>::max();
   for (uint32_t i : active_[instance]) {
-    if (slots[i].queue.empty()) continue;
+    if (!Ready(slots[i])) continue;
     earliest = std::min(earliest, slots[i].queue.front()->enqueue_ns);
     highest = std::max(highest, static_cast<int>(i));
     lowest = std::min(lowest, i);
@@ -343,7 +349,7 @@ void SequenceBatcher::FormDirect(int instance, uint64_t now_ns, bool flush, Deci
   const size_t like_inputs = like->inputs.size();
   std::unique_ptr<InferRequest> padding;
   for (int i = 0; i <= highest; ++i) {
-    if (slots[i].queue.empty()) {
+    if (!Ready(slots[i])) {
       if (!padding) padding = Padding(*like, like_inputs);
       decision->batch.push_back(CopyOf(*padding));
     } else {
@@ -356,7 +362,7 @@ void SequenceBatcher::FormOldest(int instance, uint64_t now_ns, bool flush, Deci
   std::vector<Slot>& slots = slots_[instance];
   std::vector<std::pair<uint64_t, uint32_t>> ready;  // (front's arrival, slot), oldest first
   for (uint32_t i : active_[instance]) {
-    if (!slots[i].queue.empty()) ready.emplace_back(slots[i].queue.front()->enqueue_ns, i);
+    if (Ready(slots[i])) ready.emplace_back(slots[i].queue.front()->enqueue_ns, i);
   }
   if (ready.empty()) return;
   std::sort(ready.begin(), ready.end());
@@ -408,6 +414,12 @@ void SequenceBatcher::SequenceEnded(const CorrelationId& id, uint64_t now_ns) {
   const SlotRef ref = held->second;
   sequences_.erase(held);
   Release(ref, now_ns);
+}
+
+bool SequenceBatcher::Holding(size_t delay_count) const {
+  size_t backlogged = 0;
+  for (const auto& backlog : backlog_) backlogged += backlog->queue.size();
+  return queued_ - backlogged < delay_count || backlogged < options_.backlog_delay_count;
 }
 
 }  // namespace pyserve

@@ -43,6 +43,9 @@ struct SequenceBatchingOptions {
   // iterative_sequence: a request without a correlation ID starts a sequence of its own, and
   // the backend decides when it ends (it releases it without RESCHEDULE).
   bool iterative = false;
+  // TRITONSERVER_BACKLOG_DELAY_SCHEDULER: while TRITONSERVER_DELAY_SCHEDULER holds batching,
+  // hold it also until the backlog has this many requests (Triton's test hook).
+  uint32_t backlog_delay_count = 0;
   int instance_count = 1;
   std::vector<SequenceControl> controls;
   std::vector<StateSpec> states;  // sequence_batching.state
@@ -50,7 +53,10 @@ struct SequenceBatchingOptions {
 
 class SequenceBatcher : public BatchPolicy {
  public:
-  SequenceBatcher(std::string model_name, SequenceBatchingOptions options);
+  // `waker` (may be null) wakes the batcher thread when a decoupled model's request settles
+  // its sequence's state (its final response), so that the sequence's next request can run.
+  SequenceBatcher(std::string model_name, SequenceBatchingOptions options,
+                  std::shared_ptr<StateWaker> waker = nullptr);
 
   // Refuses a request without a correlation ID (an iterative model gives it one) or with a
   // batch of more than one.
@@ -59,6 +65,8 @@ class SequenceBatcher : public BatchPolicy {
 
   void Add(InferRequest* request) override;
   size_t QueuedCount() const override { return queued_ + refused_.size(); }
+  // As Triton's: requests queued in slots (the backlog not counted) and in the backlog.
+  bool Holding(size_t delay_count) const override;
   void Form(uint64_t now_ns, bool flush, int idle_instances, Decision* decision) override;
   void Purge(uint64_t now_ns, Decision* decision) override;
   void TakeAll(std::vector<InferRequest*>* requests) override;
@@ -111,6 +119,9 @@ class SequenceBatcher : public BatchPolicy {
   };
 
   Slot& At(SlotRef ref) { return slots_[ref.instance][ref.slot]; }
+  // Whether the slot's front request may join a batch: it has one, and the request before it
+  // has settled the state (a START begins a state of its own).
+  static bool Ready(const Slot& slot);
   void Activate(SlotRef ref);
   void Deactivate(SlotRef ref);
   void Bind(const Key& key, SlotRef ref, uint64_t now_ns);
@@ -131,6 +142,7 @@ class SequenceBatcher : public BatchPolicy {
   uint64_t idle_ns_ = 0;
   std::vector<uint32_t> preferred_;  // oldest, ascending
   std::shared_ptr<const std::vector<StateSpec>> states_;  // null: the model has none
+  std::shared_ptr<StateWaker> waker_;
 
   std::vector<std::vector<Slot>> slots_;  // per instance
   // Per instance, the slots a sequence holds (in no order): what the rules walk, however many

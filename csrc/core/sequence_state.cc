@@ -44,8 +44,9 @@ bool Row(const OutputTensor& whole, int64_t rows, int64_t row, OutputTensor* out
 
 }  // namespace
 
-SequenceState::SequenceState(std::shared_ptr<const std::vector<StateSpec>> specs)
-    : specs_(std::move(specs)) {
+SequenceState::SequenceState(std::shared_ptr<const std::vector<StateSpec>> specs,
+                             std::shared_ptr<StateWaker> waker)
+    : specs_(std::move(specs)), waker_(std::move(waker)) {
   tensors_.reserve(specs_->size());
   for (const StateSpec& spec : *specs_) tensors_.push_back({spec.initial_shape, spec.initial});
 }
@@ -78,6 +79,18 @@ void SequenceState::Update(size_t index, const OutputTensor& produced) {
       reinterpret_cast<const char*>(produced.data), produced.byte_size);
 }
 
+void SequenceState::UpdateFrom(const std::vector<OutputTensor>& produced) {
+  for (size_t s = 0; s < specs_->size(); ++s) {
+    const OutputTensor* own = Find(produced, (*specs_)[s].output_name);
+    if (own != nullptr) Update(s, *own);
+  }
+}
+
+void SequenceState::Settle() {
+  settled_.store(true, std::memory_order_release);
+  if (waker_) waker_->Wake();
+}
+
 Status UpdateSequenceStates(const std::string& model_name, const Batch& batch,
                             const BatchOutputs& outputs) {
   const int64_t rows = static_cast<int64_t>(batch.requests.size());  // one row per request
@@ -85,14 +98,16 @@ Status UpdateSequenceStates(const std::string& model_name, const Batch& batch,
     SequenceState* state = batch.requests[i]->sequence_state.get();
     if (state == nullptr) continue;
     if (outputs.per_request && !outputs.request_status[i].ok()) continue;
-    const std::vector<OutputTensor>& produced =
-        outputs.per_request ? outputs.requests[i] : outputs.batch;
+    if (outputs.per_request || rows == 1) {
+      state->UpdateFrom(outputs.per_request ? outputs.requests[i] : outputs.batch);
+      continue;
+    }
     const std::vector<StateSpec>& specs = state->specs();
     for (size_t s = 0; s < specs.size(); ++s) {
-      const OutputTensor* whole = Find(produced, specs[s].output_name);
+      const OutputTensor* whole = Find(outputs.batch, specs[s].output_name);
       if (whole == nullptr) continue;
       OutputTensor own = *whole;
-      if (!outputs.per_request && rows > 1 && !Row(*whole, rows, i, &own)) {
+      if (!Row(*whole, rows, i, &own)) {
         return Status(StatusCode::kInternal, "model '" + model_name + "' returned state output '" +
                                                  whole->name + "' that cannot be split into " +
                                                  std::to_string(rows) + " requests");

@@ -9,11 +9,13 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "model.h"
 #include "response_sender.h"
+#include "sequence_state.h"
 #include "status_matchers.h"
 
 using namespace pyserve;
@@ -206,4 +208,137 @@ TEST(ResponseSender, AFailedExecuteOrADroppedSenderEndsTheRequest) {
   EXPECT_TRUE(completions[1].final);
   EXPECT_EQ(completions[1].response.status.code(), StatusCode::kInternal);
   EXPECT_EQ(model->Counts().success, 0u);
+}
+
+namespace {
+
+// Keeps each request's sender with the INT32 state the request came with.
+class KeepStatefulSenders : public BatchCompute {
+ public:
+  Status Compute(Batch& batch, BatchOutputs*) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool reschedule = reschedules_ > 0;
+    reschedules_ -= reschedule ? 1 : 0;
+    batch.reschedule.assign(batch.requests.size(), reschedule);
+    for (size_t i = 0; i < batch.requests.size(); ++i) {
+      for (const TensorView& t : batch.requests[i]->inputs) {
+        if (t.name == "INPUT_STATE" && t.byte_size == 4) {
+          int32_t v;
+          std::memcpy(&v, t.data, 4);
+          seen_.push_back(v);
+        }
+      }
+      if (reschedule) {
+        std::vector<OutputTensor> state{Int32("A", 0), Int32("OUTPUT_STATE", state_in_execute_)};
+        EXPECT_OK(batch.senders[i]->Send(&state, Status::OK(), false));
+      }
+      senders_.push_back(batch.senders[i]);
+    }
+    cv_.notify_all();
+    return Status::OK();
+  }
+  std::shared_ptr<ResponseSender> Take() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return !senders_.empty(); });
+    if (senders_.empty()) return nullptr;
+    auto sender = senders_.front();
+    senders_.erase(senders_.begin());
+    return sender;
+  }
+  std::vector<int32_t> Seen() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return seen_;
+  }
+  // The next `reschedules_` batches: the backend sends `state_in_execute_` from execute, then
+  // releases the requests for RESCHEDULE. Set before the first request.
+  int reschedules_ = 0;
+  int32_t state_in_execute_ = 0;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<ResponseSender>> senders_;
+  std::vector<int32_t> seen_;
+};
+
+}  // namespace
+
+// Implicit state on a decoupled model: the responses, sent from another thread after the
+// batch, carry the state; each request of the sequence, all queued at once, sees what the
+// last state-carrying response of the one before it left, sent before its final response.
+// A decoupled model with sequence batching and one INT32 state (initially 0).
+std::shared_ptr<Model> DecoupledWithState(std::shared_ptr<BatchCompute> compute,
+                                          bool iterative = false) {
+  ModelSpec spec;
+  spec.name = "d";
+  spec.version = 1;
+  spec.decoupled = true;
+  spec.outputs = {{"A", DataType::kInt32, {1}}};
+  spec.state_outputs = {{"OUTPUT_STATE", DataType::kInt32, {1}}};
+  SchedulerOptions options;
+  options.model_name = "d";
+  options.sequence_batching = true;
+  options.sequence.iterative = iterative;
+  StateSpec state;
+  state.input_name = "INPUT_STATE";
+  state.output_name = "OUTPUT_STATE";
+  state.dtype = DataType::kInt32;
+  state.initial_shape = {1};
+  state.initial = std::make_shared<const std::string>(4, '\0');
+  options.sequence.states.push_back(state);
+  std::shared_ptr<Model> model;
+  EXPECT_OK(Model::Create(spec, options, std::move(compute), &model));
+  return model;
+}
+
+TEST(ResponseSender, ADecoupledSequenceGoesOnWithTheStateItsResponsesSent) {
+  auto compute = std::make_shared<KeepStatefulSenders>();
+  auto model = DecoupledWithState(compute);
+  ASSERT_NE(model, nullptr);
+  RecordingSink sink;
+  constexpr int kSteps = 4;
+  for (int step = 0; step < kSteps; ++step) {
+    auto request = Request(&sink, step);
+    request->correlation_id.number = 9;
+    request->flags = (step == 0 ? kSequenceStart : 0) | (step == kSteps - 1 ? kSequenceEnd : 0);
+    ASSERT_OK(model->Submit(request));
+  }
+  std::thread answering([&] {
+    for (int step = 0; step < kSteps; ++step) {
+      auto sender = compute->Take();
+      ASSERT_NE(sender, nullptr);
+      // A stale state first, then the one that counts, then the final flag alone.
+      std::vector<OutputTensor> stale{Int32("A", step), Int32("OUTPUT_STATE", -1)};
+      EXPECT_OK(sender->Send(&stale, Status::OK(), false));
+      std::vector<OutputTensor> next{Int32("A", step), Int32("OUTPUT_STATE", 10 * (step + 1))};
+      EXPECT_OK(sender->Send(&next, Status::OK(), false));
+      EXPECT_OK(sender->Send(nullptr, Status::OK(), true));
+    }
+  });
+  answering.join();
+  EXPECT_EQ(sink.WaitFor(3 * kSteps).size(), 3u * kSteps);
+  EXPECT_EQ(compute->Seen(), (std::vector<int32_t>{0, 10, 20, 30}));
+  EXPECT_TRUE(model->Stop(5));
+  EXPECT_EQ(model->Counts().success, static_cast<uint64_t>(kSteps));
+}
+
+// An iterative sequence on a decoupled model: released for RESCHEDULE, the request's next
+// iteration gets the state its responses sent so far, without its final response.
+TEST(ResponseSender, AnIterationReleasedForRescheduleHandsOnItsState) {
+  auto compute = std::make_shared<KeepStatefulSenders>();
+  compute->reschedules_ = 1;
+  compute->state_in_execute_ = 5;
+  auto model = DecoupledWithState(compute, /*iterative=*/true);
+  ASSERT_NE(model, nullptr);
+  RecordingSink sink;
+  auto request = Request(&sink, 1);  // no correlation ID: the iterative batcher gives one
+  ASSERT_OK(model->Submit(request));
+  auto sender = compute->Take();
+  ASSERT_NE(sender, nullptr);
+  auto again = compute->Take();  // the next iteration, through the same sender
+  ASSERT_EQ(again, sender);
+  EXPECT_OK(sender->Send(nullptr, Status::OK(), true));
+  EXPECT_EQ(sink.WaitFor(2).size(), 2u);  // the state response, the final one
+  EXPECT_EQ(compute->Seen(), (std::vector<int32_t>{0, 5}));
+  EXPECT_TRUE(model->Stop(5));
 }

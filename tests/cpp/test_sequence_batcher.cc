@@ -398,6 +398,23 @@ TEST(SequenceBatcher, IterativeSequencesRunUntilTheBackendReleasesThem) {
   EXPECT_EQ(b.ActiveCount(), 0u);
 }
 
+TEST(SequenceBatcher, DelayHooksCountSlotsAndBacklogAsTritonDoes) {
+  SequenceBatchingOptions options = Direct(1);
+  options.backlog_delay_count = 1;
+  SequenceBatcher b("m", options);
+  Requests rq;
+  EXPECT_TRUE(b.Holding(1));
+  b.Add(rq.Make(1, kSequenceStart, 0));
+  EXPECT_TRUE(b.Holding(1));  // a request in a slot, none in the backlog yet
+  b.Add(rq.Make(2, kSequenceStart, 0));
+  EXPECT_FALSE(b.Holding(1));  // one in a slot, one in the backlog
+  EXPECT_TRUE(b.Holding(2));   // the backlog does not count as queued in slots
+  b.Add(rq.Make(1, kSequenceEnd, 0));
+  EXPECT_FALSE(b.Holding(2));
+  BatchPolicy::Decision d;
+  b.TakeAll(&d.batch);
+}
+
 TEST(SequenceControls, EveryKindIsEncodedAsConfigured) {
   std::vector<SequenceControl> controls = {
       Control("S", SequenceControl::Kind::kStart, DataType::kFp32, 0.5, 2.5),

@@ -249,6 +249,61 @@ TEST(SequenceState, IdleTimeoutAndStopDropTheState) {
   EXPECT_EQ(b.StateCount(), 0u);
 }
 
+// A decoupled model's request: its sender takes the state from its responses after the batch
+// (here played by the test) and settles it with the final one; until then the sequence's next
+// request waits, other sequences do not, and a START begins anew.
+TEST(SequenceState, ADecoupledRequestHoldsItsSequenceUntilItsFinalResponse) {
+  int wakes = 0;
+  auto waker = std::make_shared<StateWaker>([&] { ++wakes; });
+  SequenceBatcher b("m", WithState(2), waker);
+  Requests rq;
+  b.Add(rq.Make(1, kSequenceStart));
+  auto d = Form(b);
+  std::shared_ptr<SequenceState> state = d.batch[0]->sequence_state;
+  ASSERT_NE(state, nullptr);
+  state->Await();  // the sender has it: the batch ends, its responses are still to come
+  ASSERT_TRUE(RunBatch(b, d, {}).ok());
+  b.Add(rq.Make(1, 0));
+  b.Add(rq.Make(2, kSequenceStart));
+  d = Form(b);  // sequence 1 waits; sequence 2 runs beside a padding row
+  ASSERT_EQ(d.batch.size(), 2u);
+  EXPECT_TRUE(d.batch[0]->padding);
+  EXPECT_EQ(d.batch[1]->correlation_id.number, 2u);
+  ASSERT_TRUE(RunBatch(b, d, {0, 0}).ok());
+  EXPECT_TRUE(Form(b).batch.empty());
+
+  // Two responses carry the state; the last one before the final is what the next sees.
+  for (int32_t value : {5, 7}) {
+    auto bytes = std::make_shared<std::string>(Int32Bytes({value}));
+    OutputTensor out;
+    out.name = "OUTPUT_STATE";
+    out.dtype = DataType::kInt32;
+    out.shape = {1, 1};
+    out.memory = bytes;
+    out.data = reinterpret_cast<const uint8_t*>(bytes->data());
+    out.byte_size = 4;
+    state->UpdateFrom({out});
+  }
+  EXPECT_EQ(wakes, 0);
+  state->Settle();  // the final response
+  EXPECT_EQ(wakes, 1);
+  d = Form(b);
+  ASSERT_EQ(d.batch.size(), 1u);
+  EXPECT_EQ(StateIn(*d.batch[0]), 7);
+  ASSERT_TRUE(RunBatch(b, d, {7}).ok());
+
+  // A START of the sequence does not wait for the request before it.
+  d.batch[0]->sequence_state->Await();
+  b.Add(rq.Make(1, kSequenceStart));
+  d = Form(b);
+  ASSERT_EQ(d.batch.size(), 1u);
+  EXPECT_EQ(StateIn(*d.batch[0]), 0);
+  ASSERT_TRUE(RunBatch(b, d, {0}).ok());
+  waker->Cut();  // what settles after the scheduler has gone wakes nothing
+  state->Settle();
+  EXPECT_EQ(wakes, 1);
+}
+
 TEST(SequenceState, AnInFlightRequestKeepsItsStateAfterTheSlotIsReleased) {
   SequenceBatcher b("m", WithState(1, 1));
   Requests rq;

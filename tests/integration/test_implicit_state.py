@@ -6,6 +6,7 @@ model doing the same through pb_utils; the core keeps each sequence's state betw
 
 from __future__ import annotations
 
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,6 +37,36 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("OUTPUT", total), pb_utils.Tensor("OUTPUT_STATE", total)]))
         return responses
+"""
+
+# Decoupled: each request is answered from a thread of its own after execute has returned,
+# with what it saw, then with the sum, then the final flag alone. Both responses carry a state
+# output: the last one sent before the final is the sequence's next state.
+DECOUPLED_ACCUMULATOR = """import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        returned = threading.Event()
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            state = pb_utils.get_input_tensor_by_name(request, "INPUT_STATE").as_numpy()
+            threading.Thread(target=self.answer, args=(request.get_response_sender(), value,
+                                                       state, returned)).start()
+        returned.set()
+        return None
+
+    def answer(self, sender, value, state, returned):
+        returned.wait()
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", state),
+                                                pb_utils.Tensor("OUTPUT_STATE", state - 1000)]))
+        total = value + state
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", total),
+                                                pb_utils.Tensor("OUTPUT_STATE", total)]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 """
 
 
@@ -146,6 +177,14 @@ def write_models(repository):
                        f'  {state(initial=ZERO)}\n}}\n'
                        'instance_group [ { kind: KIND_CPU count: 1 } ]\n',
                        PYTHON_ACCUMULATOR, max_batch_size=4)
+    write_python_model(repository, "python_decoupled_acc",
+                       'input { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }\n'
+                       'output { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }\n'
+                       f'sequence_batching {{\n  oldest {{ max_candidate_sequences: 4 }}\n'
+                       f'  {state(initial=ZERO)}\n}}\n'
+                       'model_transaction_policy { decoupled: true }\n'
+                       'instance_group [ { kind: KIND_CPU count: 1 } ]\n',
+                       DECOUPLED_ACCUMULATOR, max_batch_size=4)
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
@@ -274,6 +313,33 @@ def test_a_variable_size_state_takes_the_shape_the_model_gave_it(server, protoco
                    .as_numpy("OUTPUT").tolist() for v in (1, 2, 3)]
         # The first state is one zero (a variable dimension starts at 1, as in Triton).
         assert history == [[0, 1], [0, 1, 2], [0, 1, 2, 3]]
+
+
+def test_a_decoupled_model_sends_the_state_its_sequence_goes_on_with(server):
+    """Each request's next state is the last state output its responses carried before the
+    final flag, sent after execute returned: a request queued meanwhile waits for it."""
+    results: queue.Queue = queue.Queue()
+    sequences = {71: [3, 4, 5], 72: [10, 20]}
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(lambda result, error: results.put((result, error)))
+        for step in range(3):  # all sent at once, the two sequences interleaved
+            for sequence_id, values in sequences.items():
+                if step < len(values):
+                    tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+                    tensor.set_data_from_numpy(np.array([[values[step]]], np.int32))
+                    client.async_stream_infer(
+                        "python_decoupled_acc", [tensor], request_id=f"{sequence_id}/{step}",
+                        sequence_id=sequence_id, sequence_start=step == 0,
+                        sequence_end=step == len(values) - 1)
+        answers: dict[str, list[int]] = {}
+        for _ in range(2 * 5):
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            answers.setdefault(result.get_response().id, []).append(output(result, "python"))
+        client.stop_stream()
+    # Per request: the state it saw, then its sum.
+    assert answers == {"71/0": [0, 3], "71/1": [3, 7], "71/2": [7, 12],
+                       "72/0": [0, 10], "72/1": [10, 30]}
 
 
 # --- configurations Triton refuses ----------------------------------------------------------

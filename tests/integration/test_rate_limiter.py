@@ -7,8 +7,6 @@ are refused with Triton's texts."""
 
 from __future__ import annotations
 
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +16,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import FRONTENDS, native_frontends_built, start_server, tensor
+from conftest import (FRONTENDS, native_frontends_built, pending_requests, start_server, tensor,
+                      wait_until)
 from pyserve import cli
 
 # Each execution marks that it started, then holds its instance until the test releases it
@@ -91,21 +90,6 @@ def server(request, tmp_path_factory):
     server.stop()
 
 
-def _wait_until(done, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
-def _pending(server, model: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
-    for line in text.splitlines():
-        if line.startswith("nv_inference_pending_request_count{") and f'model="{model}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def _infer(module, url: str, model: str) -> bool:
     shape = [1, 1] if model == "second" else [1]  # second batches
     with module.InferenceServerClient(url) as client:
@@ -121,13 +105,13 @@ def test_models_sharing_a_resource_never_execute_at_once(server, protocol):
         mark.unlink()
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(_infer, module, url, "first")
-        _wait_until((server.marks / "first.started").exists, "first to start")
+        wait_until((server.marks / "first.started").exists, "first to start")
         second = pool.submit(_infer, module, url, "second")
         if server.mode == "off":  # first holds until second has started: they overlap
             assert first.result(timeout=60) and second.result(timeout=60)
             return
         # second's request waits for the resource first holds.
-        _wait_until(lambda: _pending(server, "second") == 1, "second's request to queue")
+        wait_until(lambda: pending_requests(server, "second") == 1, "second's request to queue")
         assert not (server.marks / "second.started").exists()
         (server.marks / "first.release").touch()
         assert not first.result(timeout=60)

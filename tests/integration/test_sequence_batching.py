@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FRONTENDS, native_frontends_built, start_server, write_python_model
+from conftest import (FRONTENDS, native_frontends_built, pending_requests, start_server, wait_until,
+                      write_python_model)
 
 pytest.importorskip("tritonclient.grpc")
 import tritonclient.grpc as grpcclient  # noqa: E402
@@ -371,3 +372,143 @@ def test_pyserve_client_sequences(server, protocol):
             "acc_int32", [{"INPUT": np.array([[v]], dtype=np.int32)} for v in (1, 2, 3)],
             sequence_id=1001)]
     assert sums == [[[1]], [[3]], [[6]]]
+
+
+# Sums INPUT per sequence; answers the sum and how many sequences its batch held (READY rows).
+BATCH_COUNTING = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        def get(request, name):
+            return int(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+        ready = [r for r in requests if get(r, "READY")]
+        for request in ready:
+            corrid = get(request, "CORRID")
+            self.sums[corrid] = (0 if get(request, "START") else self.sums[corrid]) + get(
+                request, "INPUT")
+        return [pb_utils.InferenceResponse([
+            pb_utils.Tensor("OUTPUT", np.array([[self.sums.get(get(r, "CORRID"), 0)]], np.int32)),
+            pb_utils.Tensor("BATCHED", np.array([[len(ready)]], np.int32))]) for r in requests]
+"""
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("backlog_delay", ["1", None])
+def test_backlog_delay_scheduler_holds_until_the_backlog_fills(tmp_path, frontend, backlog_delay):
+    """Triton's test hooks: TRITONSERVER_DELAY_SCHEDULER=1 lets a lone request run at once;
+    with TRITONSERVER_BACKLOG_DELAY_SCHEDULER=1, batching is held until a request also waits in
+    the backlog, so the requests held in the two slots run as one batch."""
+    if frontend == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    write_python_model(tmp_path / "models", "acc",
+                       'input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                       'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] },\n'
+                       '         { name: "BATCHED" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                       + sequence_batching("int32_false_true", "0", "1", "TYPE_UINT64")
+                       + 'instance_group [ { kind: KIND_CPU count: 1 } ]\n',
+                       BATCH_COUNTING, max_batch_size=2)  # two slots
+    env = {"TRITONSERVER_DELAY_SCHEDULER": "1"}
+    if backlog_delay:
+        env["TRITONSERVER_BACKLOG_DELAY_SCHEDULER"] = backlog_delay
+    server = start_server([tmp_path / "models"], tmp_path / "server.log", "--grpc-frontend",
+                          frontend, env=env)
+    results: queue.Queue = queue.Queue()
+
+    def answer() -> tuple[str, int, int]:
+        result, error = results.get(timeout=30)
+        assert error is None, error
+        return (result.get_response().id, total(result),
+                int(result.as_numpy("BATCHED").reshape(-1)[0]))
+
+    try:
+        read = "Delaying scheduler until 1 backlog queued requests" in server.log()
+        assert read == bool(backlog_delay), "the server did not read the hook: is the pyserve " \
+            "it runs (the installed one) built from this tree?"
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.start_stream(lambda result, error: results.put((result, error)))
+
+            def send(request_id, value, sequence_id, start=False, end=False):
+                client.async_stream_infer("acc", inputs(grpcclient, value), request_id=request_id,
+                                          sequence_id=sequence_id, sequence_start=start,
+                                          sequence_end=end)
+            send("a1", 1, 31, start=True)
+            if not backlog_delay:  # DELAY_SCHEDULER=1 alone: the lone request runs
+                assert answer() == ("a1", 1, 1)
+                client.stop_stream()
+                return
+            send("b1", 10, 32, start=True)
+            # Both wait in their slots, none in the backlog: held, however long.
+            wait_until(lambda: pending_requests(server, "acc") == 2, "both requests to be held")
+            send("c", 100, 33, start=True, end=True)  # no slot is free: the backlog
+            assert sorted([answer(), answer()]) == [("a1", 1, 2), ("b1", 10, 2)]
+            send("a2", 2, 31, end=True)  # frees a slot for the backlogged sequence
+            send("b2", 20, 32, end=True)
+            answered = {request_id: value for request_id, value, _ in
+                        (answer(), answer(), answer())}
+            assert answered == {"a2": 3, "b2": 30, "c": 100}
+            client.stop_stream()
+    finally:
+        assert server.stop() == 0
+
+
+# A decoupled sequence model: per request, the running sum and then its double, as two
+# responses, then the final flag alone.
+DECOUPLED_ACCUMULATOR = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        for request in requests:
+            def get(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+            corrid = int(get("CORRID"))
+            if get("START"):
+                self.sums[corrid] = 0
+            self.sums[corrid] += int(get("INPUT"))
+            sender = request.get_response_sender()
+            for factor in (1, 2):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor(
+                    "OUTPUT", np.array([[self.sums[corrid] * factor]], np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_decoupled_sequence_model_streams_each_requests_responses(tmp_path, frontend):
+    if frontend == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    write_python_model(tmp_path / "models", "acc_stream",
+                       SLOW_TENSORS + sequence_batching("int32_false_true", "0", "1",
+                                                        "TYPE_UINT64")
+                       + "model_transaction_policy { decoupled: true }\n"
+                       + 'instance_group [ { kind: KIND_CPU } ]\n',
+                       DECOUPLED_ACCUMULATOR, max_batch_size=1)
+    server = start_server([tmp_path / "models"], tmp_path / "server.log", "--grpc-frontend",
+                          frontend)
+    results: queue.Queue = queue.Queue()
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.start_stream(lambda result, error: results.put((result, error)))
+            for value, start, end in ((3, True, False), (4, False, True)):
+                client.async_stream_infer("acc_stream", inputs(grpcclient, value),
+                                          sequence_id=21, sequence_start=start,
+                                          sequence_end=end)
+            answered = []
+            for _ in range(4):
+                result, error = results.get(timeout=30)
+                assert error is None
+                answered.append(total(result))
+            client.stop_stream()
+        assert answered == [3, 6, 7, 14]
+    finally:
+        assert server.stop() == 0
