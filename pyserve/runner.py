@@ -320,7 +320,9 @@ def scheduler_options(config: pb.ModelConfig, instance_devices: list[int],
         batching.default_policy = _queue_policy(dynamic.default_queue_policy)
         batching.level_policies = {level: _queue_policy(policy)
                                    for level, policy in dynamic.priority_queue_policy.items()}
-        batching.equal_shape_inputs = [i.name for i in config.input if not i.allow_ragged_batch]
+        # Shapes to compare within a batch: the core has checked fixed dims on arrival.
+        batching.equal_shape_inputs = [i.name for i in config.input
+                                       if not i.allow_ragged_batch and -1 in i.dims]
         batching.equal_input_sets = any(i.optional for i in config.input)
     if config.HasField("sequence_batching"):
         options.sequence_batching = True

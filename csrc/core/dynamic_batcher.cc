@@ -20,6 +20,17 @@ DynamicBatcher::DynamicBatcher(BatchingOptions options) : options_(std::move(opt
   }
   admitted_.reset(new std::atomic<uint32_t>[count]);
   for (uint32_t i = 0; i < count; ++i) admitted_[i].store(0);
+  arrivals_only_grow_ = count == 1 && options_.equal_shape_inputs.empty() &&
+                        !options_.equal_input_sets && !HasTimeouts(options_);
+}
+
+bool HasTimeouts(const BatchingOptions& options) {
+  auto times_out = [](const QueuePolicy& p) {
+    return p.default_timeout_us != 0 || p.allow_timeout_override;
+  };
+  return times_out(options.default_policy) ||
+         std::any_of(options.level_policies.begin(), options.level_policies.end(),
+                     [&](const auto& level) { return times_out(level.second); });
 }
 
 Status DynamicBatcher::Admit(InferRequest& request, uint64_t now_ns) {
@@ -99,6 +110,8 @@ bool DynamicBatcher::SameShapes(const InferRequest& a, const InferRequest& b) co
 
 void DynamicBatcher::Purge(uint64_t now_ns, Decision* decision) {
   PurgeLevels(now_ns, decision);
+  // No instance is idle: arrivals change nothing until one is.
+  units_that_matter_ = arrivals_only_grow_ && queued_ > 0 ? UINT64_MAX : 1;
   Departed(decision->rejected);
   Departed(decision->cancelled);
 }
@@ -166,6 +179,7 @@ void DynamicBatcher::Form(uint64_t now_ns, bool flush, int /*idle_instances*/,
 }
 
 void DynamicBatcher::FormBatch(uint64_t now_ns, bool flush, Decision* decision) {
+  units_that_matter_ = 1;
   PurgeLevels(now_ns, decision);
   if (queued_ == 0) return;
 
@@ -213,6 +227,10 @@ void DynamicBatcher::FormBatch(uint64_t now_ns, bool flush, Decision* decision) 
   }
 
   if (send == 0) {
+    if (arrivals_only_grow_) {  // the whole queue is pending: the next preferred size sends
+      units_that_matter_ = *std::upper_bound(preferred_.begin(), preferred_.end(), pending_size) -
+                           pending_size;
+    }
     decision->wait_ns = delay_ns_ - waited_ns;
     const uint64_t deadline = ClosestDeadline();
     if (deadline != 0) decision->wait_ns = std::min(decision->wait_ns, deadline - now_ns);

@@ -35,6 +35,9 @@ struct BatchingOptions {
   bool equal_input_sets = false;                   // optional inputs: the same set per batch
 };
 
+// Whether a queued request can time out: a level's default timeout, or a request's own.
+bool HasTimeouts(const BatchingOptions& options);
+
 class DynamicBatcher : public BatchPolicy {
  public:
   explicit DynamicBatcher(BatchingOptions options);
@@ -53,6 +56,7 @@ class DynamicBatcher : public BatchPolicy {
   void Form(uint64_t now_ns, bool flush, int idle_instances, Decision* decision) override;
   void Purge(uint64_t now_ns, Decision* decision) override;
   void TakeAll(std::vector<InferRequest*>* requests) override;
+  uint64_t UnitsThatMatter() const override { return units_that_matter_; }
 
  private:
   struct Level {
@@ -73,6 +77,10 @@ class DynamicBatcher : public BatchPolicy {
   uint64_t delay_ns_ = 0;
   std::vector<Level> levels_;
   size_t queued_ = 0;
+  // Arrivals can only grow the pending batch (one level, shapes equal by the config, no
+  // timeouts): while it waits, only enough units to reach a preferred size change anything.
+  bool arrivals_only_grow_ = false;
+  uint64_t units_that_matter_ = 1;
   // Per level: admitted and not yet departed (for max_queue_size), counted on any thread.
   std::unique_ptr<std::atomic<uint32_t>[]> admitted_;
 };

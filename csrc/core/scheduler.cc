@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 #include "request_limits.h"
 #include "trace.h"
@@ -99,6 +104,9 @@ Scheduler::Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> 
   binds_ = batcher_ && batcher_->BindsInstances();
   dispatches_ = binds_ || ranks_;
   iterative_ = batcher_ && batcher_->Iterative();
+  quiet_waits_ = options_.dynamic_batching && !ranks_ && options_.delay_scheduler_count == 0;
+  inline_batching_ = quiet_waits_ && options_.instance_count == 1 && !options_.rate_limiter &&
+                     !HasTimeouts(options_.batching);
 }
 
 Status Scheduler::RegisterRateLimits() {
@@ -112,7 +120,7 @@ Status Scheduler::RegisterRateLimits() {
 
 void Scheduler::Start() {
   idle_instances_.store(options_.instance_count);
-  running_threads_ = options_.instance_count + (batcher_ ? 1 : 0);
+  running_threads_ = options_.instance_count + (batcher_ && !inline_batching_ ? 1 : 0);
   for (int i = 0; i < options_.instance_count; ++i) {
     workers_.emplace_back([this, i] {
       NameThread("ps-worker");
@@ -128,7 +136,9 @@ void Scheduler::Start() {
                        options_.model_name.c_str(), i, applied.message().c_str());
         }
       }
-      if (batcher_) {
+      if (inline_batching_) {
+        BatcherLoop(i);
+      } else if (batcher_) {
         WorkerLoop(i);
       } else {
         DirectWorkerLoop(i);
@@ -137,10 +147,10 @@ void Scheduler::Start() {
       ThreadExited();
     });
   }
-  if (batcher_) {
+  if (batcher_ && !inline_batching_) {
     batcher_thread_ = std::thread([this] {
       NameThread("ps-batcher");
-      BatcherLoop();
+      BatcherLoop(-1);
       ThreadExited();
     });
   }
@@ -190,12 +200,19 @@ Status Scheduler::Enqueue(std::unique_ptr<InferRequest>& request) {
     if (!admitted.ok()) return refuse(std::move(admitted));
   }
   InferRequest* raw = request.get();
+  // Counted before the push, so that the batcher never takes away units not yet added.
+  const uint64_t units = quiet_waits_ ? std::max<uint64_t>(raw->batch_size, 1) : 0;
+  ingress_units_.fetch_add(units, std::memory_order_seq_cst);
   if (!ingress_.TryPush(raw)) {
+    ingress_units_.fetch_sub(units, std::memory_order_seq_cst);
     if (batcher_) batcher_->Withdraw(*request);
     return refuse(Status(StatusCode::kUnavailable, "Exceeds maximum queue size"));
   }
   request.release();
-  ingress_ready_.NotifyOne();
+  if (!quiet_waits_ || ingress_units_.load(std::memory_order_seq_cst) >=
+                           wake_units_.load(std::memory_order_seq_cst)) {
+    ingress_ready_.NotifyOne();
+  }
   return Status::OK();
 }
 
@@ -207,13 +224,26 @@ void Scheduler::Release(uint64_t count) {
   }
 }
 
-void Scheduler::BatcherLoop() {
+// The batcher: on its own thread (runs_on < 0), or on the worker of the model's only
+// instance (inline batching), which then runs each batch it forms itself.
+void Scheduler::BatcherLoop(int runs_on) {
+#if defined(__linux__)
+  // The batcher's timed waits are max_queue_delay's, often 100 µs or less: the kernel's
+  // default timer slack (50 µs) would add up to half of that again to each batch.
+  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
   uint32_t hold = options_.delay_scheduler_count;
+  std::unique_lock<std::mutex> policy(policy_mutex_, std::defer_lock);
   for (;;) {
+    if (runs_on >= 0) policy.lock();  // Abandon may take the policy's requests while it runs
     // Prepared before looking, so that a notification during the look is not lost.
     const uint64_t key = ingress_ready_.PrepareWait();
     InferRequest* request = nullptr;
     while (ingress_.TryPop(request)) {
+      if (quiet_waits_) {
+        ingress_units_.fetch_sub(std::max<uint64_t>(request->batch_size, 1),
+                                 std::memory_order_seq_cst);
+      }
       batcher_->Add(request);
       in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
     }
@@ -229,9 +259,7 @@ void Scheduler::BatcherLoop() {
     for (int done = 0; ranks_ && done_.TryPop(done);) instances_[done].idle = true;
     if (abandoning_.load(std::memory_order_seq_cst)) {
       ingress_ready_.CancelWait();
-      std::vector<InferRequest*> queued;
-      batcher_->TakeAll(&queued);
-      if (!queued.empty()) RejectRequests(queued, SteadyNowNs(), AbandonedStatus());
+      TakeAllAbandoned();
       break;
     }
     const bool stopping = stopping_.load(std::memory_order_seq_cst);
@@ -265,6 +293,12 @@ void Scheduler::BatcherLoop() {
       auto batch = std::make_unique<Batch>();
       for (InferRequest* r : decision.batch) batch->requests.emplace_back(r);
       idle_instances_.fetch_sub(1, std::memory_order_acq_rel);
+      if (runs_on >= 0) {
+        ingress_ready_.CancelWait();
+        policy.unlock();
+        RunInline(std::move(batch), runs_on);
+        continue;
+      }
       Batch* raw = batch.release();
       if (ranks_) decision.instance = PreferredIdleInstance();
       if (decision.instance >= 0) {  // the policy knows this instance to be idle
@@ -275,10 +309,12 @@ void Scheduler::BatcherLoop() {
         batch_ready_.NotifyOne();
       }
     }
-    if (!decision.Empty()) {
+    if (!decision.Empty() || !SleepIsQuiet(idle)) {
       ingress_ready_.CancelWait();
+      if (runs_on >= 0) policy.unlock();
       continue;
     }
+    if (runs_on >= 0) policy.unlock();
     if (decision.wait_ns > 0) {
       ingress_ready_.Wait(key, AtSteadyNs(now + decision.wait_ns));
     } else {
@@ -287,6 +323,30 @@ void Scheduler::BatcherLoop() {
   }
   batcher_done_.store(true, std::memory_order_seq_cst);
   batch_ready_.NotifyAll();
+}
+
+// Inline batching: the batch runs on the batcher's own thread, which saves a wake-up per batch.
+void Scheduler::RunInline(std::unique_ptr<Batch> batch, int instance) {
+  batch->instance = instance;
+  if (abandoning_.load(std::memory_order_seq_cst)) {
+    RejectBatch(std::move(batch), AbandonedStatus());
+  } else {
+    Run(std::move(batch));
+  }
+  instances_[instance].executions.fetch_add(1, std::memory_order_acq_rel);
+  idle_instances_.fetch_add(1, std::memory_order_seq_cst);
+}
+
+// What waits in the policy and the ingress when Stop gives up: answered, not run.
+void Scheduler::TakeAllAbandoned() {
+  std::vector<InferRequest*> queued;
+  batcher_->TakeAll(&queued);
+  InferRequest* request = nullptr;
+  while (ingress_.TryPop(request)) {
+    in_ingress_.fetch_sub(1, std::memory_order_seq_cst);
+    queued.push_back(request);
+  }
+  if (!queued.empty()) RejectRequests(queued, SteadyNowNs(), AbandonedStatus());
 }
 
 // Of the instances without a batch, the one Triton's limiter would stage: lowest executions
@@ -310,6 +370,24 @@ int Scheduler::PreferredIdleInstance() {
   return preferred;
 }
 
+// Before the batcher sleeps (dynamic batching): says what may wake it, then looks again at
+// what arrived or went idle meanwhile (whose thread may not have seen the new rules). False:
+// something that matters did, so do not sleep.
+bool Scheduler::SleepIsQuiet(int idle_seen) {
+  if (!quiet_waits_) return true;
+  const bool stopping = stopping_.load(std::memory_order_seq_cst);  // wakes for everything
+  const bool queued = batcher_->QueuedCount() > 0;
+  uint64_t units = 1;
+  if (queued && !stopping) {
+    units = std::clamp<uint64_t>(batcher_->UnitsThatMatter(), 1,
+                                 std::max<uint64_t>(options_.queue_capacity / 2, 1));
+  }
+  wake_units_.store(units, std::memory_order_seq_cst);
+  idle_is_quiet_.store(!stopping && (!queued || idle_seen > 0), std::memory_order_seq_cst);
+  if (ingress_units_.load(std::memory_order_seq_cst) >= units) return false;
+  return idle_seen > 0 || idle_instances_.load(std::memory_order_seq_cst) == 0;
+}
+
 void Scheduler::WorkerLoop(int instance) {
   Batch* batch = nullptr;
   auto run = [&] {
@@ -321,8 +399,10 @@ void Scheduler::WorkerLoop(int instance) {
     }
     instances_[instance].executions.fetch_add(1, std::memory_order_acq_rel);
     if (dispatches_) done_.TryPush(instance);  // never full: one entry per instance at most
-    idle_instances_.fetch_add(1, std::memory_order_acq_rel);
-    ingress_ready_.NotifyOne();  // the batcher may form the next batch now
+    idle_instances_.fetch_add(1, std::memory_order_seq_cst);
+    if (!idle_is_quiet_.load(std::memory_order_seq_cst)) {
+      ingress_ready_.NotifyOne();  // the batcher may form the next batch now
+    }
   };
   for (;;) {
     if (TakeBatch(instance, batch) || SpinBriefly([&] { return TakeBatch(instance, batch); })) {
@@ -611,6 +691,9 @@ void Scheduler::Abandon() {
     std::vector<InferRequest*> queued;
     while (ingress_.TryPop(request)) queued.push_back(request);
     if (!queued.empty()) RejectRequests(queued, SteadyNowNs(), AbandonedStatus());
+  } else if (inline_batching_) {  // the batcher's thread may be the one that hangs
+    std::lock_guard<std::mutex> policy(policy_mutex_);
+    TakeAllAbandoned();
   }
   Batch* batch = nullptr;
   while (ready_.TryPop(batch)) RejectBatch(std::unique_ptr<Batch>(batch), AbandonedStatus());

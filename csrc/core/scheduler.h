@@ -120,7 +120,9 @@ class Scheduler : public RequestScheduler {
   Scheduler(const SchedulerOptions& options, std::shared_ptr<Executor> executor);
   Status RegisterRateLimits();
   void Start();
-  void BatcherLoop();
+  void BatcherLoop(int runs_on);
+  void RunInline(std::unique_ptr<Batch> batch, int instance);
+  void TakeAllAbandoned();
   void WorkerLoop(int instance);
   void DirectWorkerLoop(int instance);
   void Run(std::unique_ptr<Batch> batch);
@@ -133,6 +135,7 @@ class Scheduler : public RequestScheduler {
   void NoteEnded(const InferRequest& request);
   void Release(uint64_t count);
   bool TakeBatch(int instance, Batch*& batch);
+  bool SleepIsQuiet(int idle_seen);
   void LeaveRateLimiterLine(int instance);
   int PreferredIdleInstance();
 
@@ -173,6 +176,18 @@ class Scheduler : public RequestScheduler {
   std::atomic<uint64_t> inflight_{0};
   std::atomic<uint64_t> executing_{0};  // requests in batches an instance is running
   std::atomic<uint64_t> in_ingress_{0};  // accepted, not yet taken by the batcher
+  // What wakes a sleeping batcher (dynamic batching; other policies are woken by everything):
+  // arrivals once ingress holds `wake_units_` batch units, and instances going idle unless
+  // `idle_is_quiet_` (nothing is queued, or an instance is idle already). Each wake-up is a
+  // context switch, which costs more than the work it finds.
+  bool quiet_waits_ = false;
+  std::atomic<uint64_t> ingress_units_{0};
+  std::atomic<uint64_t> wake_units_{1};
+  std::atomic<bool> idle_is_quiet_{false};
+  // One instance, no rate limiter, no queue timeouts: its worker is also its batcher (a
+  // timeout needs a batcher awake while the instance runs).
+  bool inline_batching_ = false;
+  std::mutex policy_mutex_;  // inline batching: the policy, between its thread and Abandon
   std::mutex join_mutex_;
   std::thread batcher_thread_;
   std::vector<std::thread> workers_;

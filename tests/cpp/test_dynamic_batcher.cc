@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -112,6 +113,40 @@ TEST(DynamicBatcher, NeverExceedsMaxOrSplitsARequest) {
   EXPECT_TRUE(d2.batch.empty());
   b.Form(2 * kUs, true, 1, &d2);  // flush (stopping) sends what is left
   EXPECT_EQ(Ids(d2.batch), (std::vector<uint64_t>{3}));
+}
+
+// What the scheduler may sleep through: arrivals short of the next preferred size, while the
+// delay runs; any arrival where one could go ahead of the queue (priorities) or time out.
+TEST(DynamicBatcher, SaysHowManyUnitsCanChangeAWait) {
+  BatchingOptions o;
+  o.max_batch_size = 8;
+  o.preferred_batch_sizes = {4, 6};
+  o.max_queue_delay_us = 1000;
+  DynamicBatcher b(o);
+  Requests rq;
+  Add(b, rq.Make(1, 1, 0));
+  DynamicBatcher::Decision d;
+  b.Form(1 * kUs, false, 1, &d);
+  EXPECT_TRUE(d.batch.empty());
+  EXPECT_EQ(b.UnitsThatMatter(), 3u);  // to 4
+  Add(b, rq.Make(2, 4, 0));
+  b.Form(1 * kUs, false, 1, &d);
+  EXPECT_TRUE(d.batch.empty());
+  EXPECT_EQ(b.UnitsThatMatter(), 1u);  // 5: one more makes 6
+  b.Purge(1 * kUs, &d);
+  EXPECT_EQ(b.UnitsThatMatter(), UINT64_MAX);  // no instance is idle: no arrival matters
+
+  for (auto change : {0, 1}) {
+    BatchingOptions p = o;
+    if (change == 0) p.priority_levels = 2;
+    if (change == 1) p.default_policy.default_timeout_us = 500;
+    DynamicBatcher c(p);
+    Add(c, rq.Make(3, 1, 0));
+    DynamicBatcher::Decision e;
+    c.Form(1 * kUs, false, 1, &e);
+    EXPECT_TRUE(e.batch.empty());
+    EXPECT_EQ(c.UnitsThatMatter(), 1u) << (change == 0 ? "priority levels" : "timeouts");
+  }
 }
 
 TEST(DynamicBatcher, DifferentShapesAreNotBatchedUnlessRagged) {

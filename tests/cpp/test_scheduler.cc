@@ -151,7 +151,13 @@ class BatchRecorder : public Executor {
     std::memcpy(values.data(), x.data, x.byte_size);
     std::lock_guard<std::mutex> lock(mutex_);
     batches_.push_back({batch.requests.size(), x.shape, values});
+    batches_cv_.notify_all();
     return Status::OK();
+  }
+  // False when fewer than `count` batches ran within the limit.
+  bool WaitForBatches(size_t count) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return batches_cv_.wait_for(lock, kWaitLimit, [&] { return batches_.size() >= count; });
   }
   void Reject(const std::vector<InferRequest*>& requests, const Status& status) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -171,7 +177,7 @@ class BatchRecorder : public Executor {
   Event first_started;
   Event gate;
   std::mutex mutex_;
-  std::condition_variable rejected_cv_;
+  std::condition_variable rejected_cv_, batches_cv_;
   bool executed_ = false;
   std::vector<Seen> batches_;
   std::vector<std::pair<uint64_t, std::string>> rejected_;
@@ -330,6 +336,35 @@ TEST(Scheduler, BatchingGathersQueuedRequestsAndRecordsStats) {
   EXPECT_GT(stats.last_inference_ms, 0u);
 }
 
+// The batcher sleeps through arrivals that cannot change its decision, but not through the one
+// that fills a batch: with a minute's delay, full batches still go at once. One instance is
+// its own batcher; two have a batcher thread.
+TEST(Scheduler, AFullBatchGoesAtOnceWhateverTheDelay) {
+  for (int instances : {1, 2}) {
+    SCOPED_TRACE(std::to_string(instances) + " instance(s)");
+    auto executor = std::make_shared<BatchRecorder>();
+    executor->gate.Set();
+    SchedulerOptions options;
+    options.model_name = "m";
+    options.instance_count = instances;
+    options.dynamic_batching = true;
+    options.batching.max_batch_size = 4;
+    options.batching.max_queue_delay_us = 60'000'000;
+    std::unique_ptr<Scheduler> s;
+    ASSERT_OK(Scheduler::Create(options, executor, &s));
+    std::vector<std::vector<int32_t>> data(8, std::vector<int32_t>{1, 2, 3, 4});
+    for (int i = 0; i < 8; ++i) {
+      auto r = MakeRequest(i, data[i].data());
+      ASSERT_OK(s->Enqueue(r));
+    }
+    ASSERT_TRUE(executor->WaitForBatches(2));
+    s->Stop();
+    ASSERT_EQ(executor->batches_.size(), 2u);
+    EXPECT_EQ(executor->batches_[0].requests, 4u);
+    EXPECT_EQ(executor->batches_[1].requests, 4u);
+  }
+}
+
 TEST(Scheduler, QueuePolicyRejectsAndLimits) {
   auto executor = std::make_shared<BatchRecorder>();
   SchedulerOptions options;
@@ -464,7 +499,8 @@ TEST(Scheduler, StopTimeoutAbandonsAHungInstance) {
     const auto start = std::chrono::steady_clock::now();
     EXPECT_FALSE(s->Stop(0.2));
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
-    // The hung one and the two behind it (with batching, the batcher thread answers those).
+    // The hung one and the two behind it (with batching, the hung worker is also the batcher:
+    // Abandon answers those).
     EXPECT_TRUE(executor->WaitForRejected(3));
     {
       std::lock_guard<std::mutex> lock(executor->mutex_);
