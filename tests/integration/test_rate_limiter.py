@@ -186,11 +186,12 @@ def test_priority_two_runs_half_as_often_while_both_have_work(priority_server, p
     often = 3 * seldom  # often never runs out of work before seldom's last execution
     with ThreadPoolExecutor(often + seldom + 1) as pool:
         first = pool.submit(_infer, module, url, high)
-        _wait_until((server.marks / "started").exists, "the first execution to hold R")
+        wait_until((server.marks / "started").exists, "the first execution to hold R")
         rest = [pool.submit(_infer, module, url, model)
                 for model in [high] * often + [low] * seldom]
-        _wait_until(lambda: (_pending(server, high), _pending(server, low)) == (often, seldom),
-                    "every request to queue")
+        wait_until(lambda: (pending_requests(server, high),
+                            pending_requests(server, low)) == (often, seldom),
+                   "every request to queue")
         (server.marks / "gate").touch()
         for future in [first, *rest]:
             future.result(timeout=60)
