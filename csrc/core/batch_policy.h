@@ -63,12 +63,12 @@ class BatchPolicy {
   // releases with RESCHEDULE is added again; the sequence of one released otherwise has ended
   // (SequenceEnded, on the batcher thread).
   virtual bool Iterative() const { return false; }
+  virtual void SequenceEnded(const CorrelationId& /*id*/, uint64_t /*now_ns*/) {}
 
   // After a Form or Purge that decided to wait: how many batch units (requests' batch sizes)
   // must arrive before an arrival can change that decision, so that the scheduler need not
   // wake the batcher for fewer. 1 (the default): any arrival may.
   virtual uint64_t UnitsThatMatter() const { return 1; }
-  virtual void SequenceEnded(const CorrelationId& /*id*/, uint64_t /*now_ns*/) {}
 };
 
 }  // namespace pyserve
