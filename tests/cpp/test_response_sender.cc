@@ -41,7 +41,7 @@ class KeepSenders : public BatchCompute {
   }
   std::atomic<bool> fail_{false};
 
- private:
+ protected:
   std::mutex mutex_;
   std::condition_variable cv_;
   std::vector<std::shared_ptr<ResponseSender>> senders_;
@@ -213,7 +213,7 @@ TEST(ResponseSender, AFailedExecuteOrADroppedSenderEndsTheRequest) {
 namespace {
 
 // Keeps each request's sender with the INT32 state the request came with.
-class KeepStatefulSenders : public BatchCompute {
+class KeepStatefulSenders : public KeepSenders {
  public:
   Status Compute(Batch& batch, BatchOutputs*) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -237,14 +237,6 @@ class KeepStatefulSenders : public BatchCompute {
     cv_.notify_all();
     return Status::OK();
   }
-  std::shared_ptr<ResponseSender> Take() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return !senders_.empty(); });
-    if (senders_.empty()) return nullptr;
-    auto sender = senders_.front();
-    senders_.erase(senders_.begin());
-    return sender;
-  }
   std::vector<int32_t> Seen() {
     std::lock_guard<std::mutex> lock(mutex_);
     return seen_;
@@ -255,9 +247,6 @@ class KeepStatefulSenders : public BatchCompute {
   int32_t state_in_execute_ = 0;
 
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::vector<std::shared_ptr<ResponseSender>> senders_;
   std::vector<int32_t> seen_;
 };
 
