@@ -17,6 +17,7 @@
 #include "host_memory.h"
 #include "model.h"
 #include "model_table.h"
+#include "python_thread.h"
 #include "rate_limiter.h"
 #include "register.h"
 #include "latency_summary.h"
@@ -281,7 +282,7 @@ class PyCompute : public BatchCompute {
   void Release() { execute_ = py::object(); }  // GIL held; breaks the cycle runner -> model
 
   Status Compute(Batch& batch, BatchOutputs* out) override {
-    py::gil_scoped_acquire gil;
+    PythonThreadGil gil;
     if (!execute_) return Status(StatusCode::kUnavailable, "model '" + spec_.name + "' is stopped");
     try {
       py::list sizes(batch.requests.size());
@@ -416,7 +417,7 @@ class PythonSink : public ResponseSink {
   void Close() { callback_ = py::object(); }  // GIL held
 
   void Deliver(std::vector<Completion>& completions) override {
-    py::gil_scoped_acquire gil;
+    PythonThreadGil gil;
     HeldObjects::ReleasePending();
     if (!callback_) return;
     try {

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "grpc_server.h"
+#include "python_thread.h"
 
 namespace py = pybind11;
 
@@ -77,7 +78,7 @@ class ShellQueue {
         work = std::move(work_.front());
         work_.pop_front();
       }
-      py::gil_scoped_acquire gil;
+      pyserve::PythonThreadGil gil;
       try {
         py::object request = work.method == kModelInferMethod
                                  ? py::cast(RequestBytes{std::move(work.request)})

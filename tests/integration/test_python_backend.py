@@ -17,7 +17,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import EXAMPLES, batch_counts, send_concurrently, settled_statistics, start_server, tensor
+from conftest import (EXAMPLES, FRONTENDS, batch_counts, native_frontends_built, send_concurrently,
+                      settled_statistics, start_server, tensor)
 
 HOLD = {"TRITONSERVER_DELAY_SCHEDULER": "3"}
 TIMEOUT_S = 30
@@ -250,6 +251,34 @@ class TritonPythonModel:
             out = pb_utils.Tensor.from_dlpack("OUTPUT0", torch.utils.dlpack.to_dlpack(x * 2 + 1))
             responses.append(pb_utils.InferenceResponse([out]))
         return responses
+'''
+
+
+# Triton runs a model's execute on its stub's one thread: what execute keeps in a
+# threading.local (a tokenizer, a framework's per-thread context) is there at the next call.
+THREAD_LOCAL_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_INT64 dims: [ 1 ] } ]
+output [ { name: "CALLS" data_type: TYPE_INT64 dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+THREAD_LOCAL_MODEL = '''
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.local = threading.local()
+
+    def execute(self, requests):
+        self.local.calls = getattr(self.local, "calls", 0) + 1
+        calls = np.array([self.local.calls], dtype=np.int64)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("CALLS", calls)]) for _ in requests]
 '''
 
 
@@ -501,3 +530,27 @@ def test_requests_carry_their_id_parameters_and_requested_outputs(client):
     seen = json.loads(result.as_numpy("OUTPUT0")[0, 0])
     assert seen == {"id": "r-9", "parameters": {"temperature": "hot", "top_k": 3},
                     "outputs": ["OUTPUT0"]}
+
+
+# --- the thread execute runs on ----------------------------------------------------------
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def thread_local_server(request, tmp_path_factory):
+    if request.param == "native" and not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    repository = tmp_path_factory.mktemp("thread_local")
+    _model(repository, "thread_local", THREAD_LOCAL_CONFIG, THREAD_LOCAL_MODEL)
+    process = start_server([repository], tmp_path_factory.mktemp("logs") / "thread_local.log",
+                           "--grpc-frontend", request.param, "--http-frontend", request.param)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_execute_keeps_its_thread_local_state_between_calls(thread_local_server, protocol):
+    module = grpcclient if protocol == "grpc" else httpclient
+    url = thread_local_server.grpc_url if protocol == "grpc" else thread_local_server.http_url
+    with module.InferenceServerClient(url) as c:
+        inputs = [tensor(module, "INPUT0", np.array([0], dtype=np.int64), "INT64")]
+        calls = [int(c.infer("thread_local", inputs).as_numpy("CALLS")[0]) for _ in range(3)]
+    assert calls[1:] == [calls[0] + 1, calls[0] + 2]
