@@ -60,8 +60,12 @@ class Exchange {
   // `fire` runs on the loop at `when` unless the exchange ends first; a later call replaces it.
   virtual void Timer(std::chrono::steady_clock::time_point when, std::function<void()> fire) = 0;
   // Runs `task` on the connection's loop (work that belongs there rather than on the caller's
-  // thread: encoding an answer on the core's).
+  // thread: encoding a large answer on the core's).
   virtual void Run(std::function<void()> task) = 0;
+  // Writes the answer from the calling thread, which saves waking the loop for it, where the
+  // connection allows (plain TCP, keep-alive, nothing pipelined behind the request, not on the
+  // loop's own thread). False: `response` is as it was, for Answer.
+  virtual bool AnswerHere(HttpResponse& response) { (void)response; return false; }
 };
 
 bool EqualsIgnoringCase(std::string_view a, std::string_view b);

@@ -2,8 +2,12 @@
 // take accepted connections in turn; a connection reads one request at a time (bounded head,
 // body read as it arrives), routes it, and writes the answer handed to its loop with one post.
 // Timeouts are deadlines a connection moves with a store, which its loop's sweep (4 a second)
-// enforces: no timer is set or cancelled per request. With TLS, a connection's first step is
-// the handshake (within the idle timeout); everything else is the same on the TLS stream.
+// enforces: no timer is set or cancelled per request. A small inference answer is written by
+// the core's thread itself (AnswerHere): the loop lends it the socket while the request is in
+// the core, and learns of the answer when it next wakes for the connection (the client's next
+// request, or its leaving), which saves a wake-up per request. With TLS, a connection's first
+// step is the handshake (within the idle timeout); everything else is the same on the TLS
+// stream (whose answers the loop writes).
 // Beast's code lives in this file and relay.cc only: it compiles slowly.
 #include "http_server.h"
 
@@ -19,8 +23,10 @@
 #include <boost/beast/ssl.hpp>
 #include <chrono>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "elastic_pool.h"
 #include "exchange.h"
@@ -143,13 +149,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // The loop's sweep: a connection past its deadline is closed (its pending reads and writes
   // end with operation_aborted).
   void Sweep(Clock::time_point now) {
-    if (now >= deadline_) Close();
+    if (now >= deadline_.load()) Close();
   }
 
   // The calls below run on the connection's loop; `serial` names the request they answer, so
   // that a late call for an earlier request is dropped.
   void Answer(uint64_t serial, HttpResponse response) {
     if (!Current(serial)) return;
+    TakeBack();
     auto res = std::make_shared<http::response<http::string_body>>();
     Fill(*res, response);
     res->body() = std::move(response.body);
@@ -162,6 +169,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Head(uint64_t serial, HttpResponse head) {
     if (!Current(serial)) return;
+    TakeBack();
     auto res = std::make_shared<http::response<http::empty_body>>();
     Fill(*res, head);
     res->chunked(true);
@@ -192,6 +200,43 @@ class Session : public std::enable_shared_from_this<Session> {
     if (Current(serial)) on_gone_ = std::move(gone);
   }
 
+  // Any thread but the loop's: writes the answer to request `serial` on the socket the loop
+  // lent for it, if it still is (false: answer through the loop). What the socket does not
+  // take at once is written by the loop.
+  bool AnswerHere(uint64_t serial, HttpResponse& response) {
+    std::lock_guard<std::mutex> lock(lent_mutex_);
+    if (!lent_ || lent_serial_ != serial) return false;
+    lent_ = false;
+    http::response<http::string_body> res;
+    Fill(res, response);
+    res.body() = std::move(response.body);
+    res.prepare_payload();
+    std::string bytes = Serialized(res);
+    size_t sent = 0;
+    int error = 0;
+    while (sent < bytes.size()) {
+      const ssize_t n = ::send(socket_.native_handle(), bytes.data() + sent, bytes.size() - sent,
+                               MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) {
+        sent += static_cast<size_t>(n);
+      } else if (errno != EINTR) {
+        error = errno;
+        break;
+      }
+    }
+    if (sent == bytes.size()) {
+      answered_here_ = true;
+      --context_.in_progress;
+      Deadline(context_.options.idle_timeout_s);  // as if the loop read on
+      return true;
+    }
+    bytes.erase(0, sent);
+    net::post(socket_.get_executor(), [self = shared_from_this(), serial, rest = std::move(bytes), error]() mutable {
+      self->AnswerRest(serial, std::move(rest), error);
+    });
+    return true;
+  }
+
   void Timer(uint64_t serial, Clock::time_point when, std::function<void()> fire) {
     if (!Current(serial)) return;
     if (!timer_) timer_.emplace(socket_.get_executor());
@@ -211,6 +256,54 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
   bool Current(uint64_t serial) const { return serial == serial_ && awaiting_ && !closed_; }
+
+  // The rest of an answer AnswerHere began (or the error that stopped it).
+  void AnswerRest(uint64_t serial, std::string rest, int error) {
+    if (!Current(serial)) return;
+    Finish();
+    if (error != EAGAIN && error != EWOULDBLOCK && error != 0) return Close();
+    Enqueue(WriteBytes(std::make_shared<std::string>(std::move(rest))));
+  }
+
+  // The loop answers the request itself: the socket is no longer lent.
+  void TakeBack() {
+    std::lock_guard<std::mutex> lock(lent_mutex_);
+    lent_ = false;
+  }
+
+  // Whether AnswerHere answered the request; either way the socket is the loop's again.
+  bool TakeBackAnswered() {
+    std::lock_guard<std::mutex> lock(lent_mutex_);
+    lent_ = false;
+    return std::exchange(answered_here_, false);
+  }
+
+  // The loop's side of an answer AnswerHere wrote (the count in progress went down there).
+  void FinishAnsweredHere() {
+    awaiting_ = false;
+    on_gone_ = nullptr;
+    if (timer_) timer_->cancel();
+  }
+
+  template <class Message>
+  static std::string Serialized(Message& message) {
+    std::string out;
+    http::serializer<Message::is_request::value, typename Message::body_type, typename Message::fields_type> serializer{
+        message};
+    error_code ec;
+    do {
+      serializer.next(ec, [&](error_code& ec, const auto& buffers) {
+        ec = {};
+        size_t n = 0;
+        for (const auto buffer : beast::buffers_range_ref(buffers)) {
+          out.append(static_cast<const char*>(buffer.data()), buffer.size());
+          n += buffer.size();
+        }
+        serializer.consume(n);
+      });
+    } while (!ec && !serializer.is_done());
+    return out;
+  }
 
   // Runs `op` on the stream requests and answers travel on: the TLS stream or the socket.
   template <class Op>
@@ -292,6 +385,13 @@ class Session : public std::enable_shared_from_this<Session> {
     awaiting_ = true;
     ++context_.in_progress;
     Watch();
+    // Its answer may be written by the core's thread (AnswerHere), unless the loop must read on
+    // at once when it is written: a request pipelined after it is in the buffer already.
+    if (!tls_ && keep_alive_ && buffer_.size() == 0) {
+      std::lock_guard<std::mutex> lock(lent_mutex_);
+      lent_ = true;
+      lent_serial_ = serial_;
+    }
     HttpRequest request = ToRequest(parser_->get());
     parser_.reset();
     auto self = shared_from_this();
@@ -302,16 +402,19 @@ class Session : public std::enable_shared_from_this<Session> {
   // (Bytes instead are a pipelined request, read after this answer: the watch ends. Over TLS
   // the peek is on the socket, below the TLS stream: a client that sends close_notify before
   // closing ends the watch the same way.)
+  // It is also how the loop learns of an answer AnswerHere wrote: it reads on from there.
   void Watch() {
     socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this(), serial = serial_](error_code ec) {
       if (ec || !self->Current(serial)) return;
       char c;
       const ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        self->Close();  // which tells the request (OnGone)
-      } else if (n < 0) {
-        self->Watch();
-      }
+      const bool gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+      if (n < 0 && !gone) return self->Watch();
+      if (gone) return self->Close();  // which tells the request (OnGone), if still waiting
+      if (!self->TakeBackAnswered()) return;  // the next request waits for this answer
+      self->FinishAnsweredHere();
+      self->reading_ = true;
+      self->ReadHead();
     });
   }
 
@@ -400,6 +503,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void Close() {
     if (closed_) return;
     closed_ = true;
+    if (TakeBackAnswered()) FinishAnsweredHere();  // the socket is closed below: not lent now
     std::function<void()> gone = std::move(on_gone_);
     if (awaiting_) Finish();
     out_.clear();
@@ -411,7 +515,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
   tcp::socket socket_;
   std::optional<TlsStream> tls_;  // HTTPS: over socket_
-  Clock::time_point deadline_ = Clock::time_point::max();  // see Sweep
+  std::atomic<Clock::time_point> deadline_{Clock::time_point::max()};  // see Sweep; AnswerHere sets it too
+  // The socket lent to the core's thread for one request's answer (AnswerHere).
+  std::mutex lent_mutex_;
+  bool lent_ = false;
+  uint64_t lent_serial_ = 0;
+  bool answered_here_ = false;  // AnswerHere wrote it: the loop finishes the request when it wakes
   ServerContext& context_;
   beast::flat_buffer buffer_;  // grows as needed; the parser's limits bound it
   std::optional<http::request_parser<GrowBody>> parser_;
@@ -450,6 +559,11 @@ class SessionExchange : public Exchange {
     Post([when, fire = std::move(fire)](Session& s, uint64_t serial) mutable { s.Timer(serial, when, std::move(fire)); });
   }
   void Run(std::function<void()> task) override { net::post(session_->executor(), std::move(task)); }
+  bool AnswerHere(HttpResponse& response) override {
+    const auto* loop = session_->executor().target<net::io_context::executor_type>();
+    if (loop != nullptr && loop->running_in_this_thread()) return false;  // Answer runs here anyway
+    return session_->AnswerHere(serial_, response);
+  }
 
  private:
   template <class Task>

@@ -60,6 +60,16 @@ HttpResponse Empty(int status) {
   return response;
 }
 
+// Answers whose outputs hold at most this many bytes are encoded and written by the core's
+// thread (Exchange::AnswerHere); larger ones are encoded on the connection's loop.
+constexpr size_t kAnswerHereBytes = 16 << 10;
+
+size_t OutputBytes(const InferResponse& response) {
+  size_t bytes = 0;
+  for (const OutputTensor& output : response.outputs) bytes += output.byte_size;
+  return bytes;
+}
+
 // The answer to a request the core has answered, encoded as Triton's HTTP API writes it.
 HttpResponse Encoded(PendingInfer& pending, const InferResponse& response) {
   if (!response.status.ok()) return Error(response.status);
@@ -201,8 +211,9 @@ bool Routes::Infer(HttpRequest& request, const std::shared_ptr<Session>& session
                                         request.Header("traceparent"));
     if (infer->trace) infer->trace->Stamp("REQUEST_START", SteadyNowNs());
   }
-  Status status = table_->Submit(name, version, &model, infer);
+  // Set before Submit: the answer may be encoded (on the core's thread) before it returns.
   pending->model = std::move(model);
+  Status status = table_->Submit(name, version, &pending->model, infer);
   if (!status.ok()) pending->exchange->Answer(Error(status));
   return true;
 }
@@ -237,6 +248,11 @@ bool Routes::Generate(HttpRequest& request, const std::shared_ptr<Session>& sess
 void Routes::Deliver(std::vector<Completion>& completions) {
   for (Completion& c : completions) {
     auto pending = std::static_pointer_cast<PendingInfer>(c.owner);
+    if (OutputBytes(c.response) <= kAnswerHereBytes) {  // cheaper to write than to hand over
+      HttpResponse out = Encoded(*pending, c.response);
+      if (!pending->exchange->AnswerHere(out)) pending->exchange->Answer(std::move(out));
+      continue;
+    }
     // Encoded on the connection's loop, not on the core's thread, which has the next batch to run.
     auto response = std::make_shared<InferResponse>(std::move(c.response));
     pending->exchange->Run([pending, response] { pending->exchange->Answer(Encoded(*pending, *response)); });

@@ -219,10 +219,36 @@ def test_bodies_over_the_limit_are_413(server, path):
         assert status_of(connection.recv(65536)) == 413
 
 
-def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(native_server):
+def infer_request(value: int, headers: bytes = b"") -> bytes:
+    """A raw HTTP/1.1 request to `simple` with INPUT0 = INPUT1 = 16 times `value`."""
+    body = json.dumps({"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16],
+                                   "data": [value] * 16} for n in ("INPUT0", "INPUT1")]}).encode()
+    return (b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\n" + headers +
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def read_sums(connection: socket.socket, count: int) -> list[int]:
+    """The first element of OUTPUT0 (INPUT0 + INPUT1) of each of the next `count` answers."""
+    reader = connection.makefile("rb")  # one for all: what it buffers is the next answer's
+    sums = []
+    for _ in range(count):
+        assert status_of(reader.readline()) == 200
+        length = None
+        while (line := reader.readline()) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        sums.append(json.loads(reader.read(length))["outputs"][0]["data"][0])
+    return sums
+
+
+@pytest.mark.parametrize("request_bytes", [b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+                                           infer_request(1)], ids=["probe", "inference"])
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(native_server, request_bytes):
+    """Also after an inference answer, which the core's thread writes itself."""
     server = native_server
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=IDLE_TIMEOUT_S * 3) as s:
-        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(request_bytes)
         assert status_of(s.recv(65536)) == 200
         start = time.monotonic()
         assert s.recv(65536) == b""  # closed by the server
@@ -252,6 +278,46 @@ def test_a_request_whose_client_leaves_while_queued_is_not_computed(server):
     first.join(30)
     assert infer(3) == 3
     assert server.computed.read_text().split() == ["1", "3"]
+
+
+def test_pipelined_inference_requests_are_answered_in_order(server):
+    """Requests sent before the answers to earlier ones (in one write, or one by one as the
+    earlier ones are in the core) are answered in order on their connection, which goes on."""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
+        s.sendall(b"".join(infer_request(v) for v in range(1, 6)))
+        assert read_sums(s, 5) == [2, 4, 6, 8, 10]
+        for v in range(6, 11):
+            s.sendall(infer_request(v))
+        assert read_sums(s, 5) == [12, 14, 16, 18, 20]
+        s.sendall(infer_request(11))
+        assert read_sums(s, 1) == [22]
+
+
+def test_an_inference_answer_ends_a_connection_the_client_asked_to_close(server):
+    answer = raw_exchange(server, infer_request(3, b"Connection: close\r\n"))
+    assert status_of(answer) == 200 and b'"data":[6,' in answer.replace(b" ", b"")
+
+
+def test_answers_the_core_wrote_leave_nothing_in_progress(tmp_path):
+    """Clients that leave as soon as they have their answer, or before: the server still
+    answers the next one, and stops at once (it waits only for requests in progress)."""
+    if not native_frontends_built():
+        pytest.skip("pyserve was built without the native frontends")
+    process = start_server([EXAMPLES], tmp_path / "server.log", "--model-control-mode",
+                           "explicit", "--load-model=simple")
+    try:
+        for value in range(40):
+            with socket.create_connection(("127.0.0.1", process.http_port), timeout=10) as s:
+                s.sendall(infer_request(value))
+                if value % 2:
+                    assert read_sums(s, 1) == [2 * value]
+        with socket.create_connection(("127.0.0.1", process.http_port), timeout=10) as s:
+            s.sendall(infer_request(50))
+            assert read_sums(s, 1) == [100]
+    finally:
+        start = time.monotonic()
+        assert process.stop(timeout=20) == 0
+    assert time.monotonic() - start < 10
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
