@@ -200,10 +200,13 @@ class Session : public std::enable_shared_from_this<Session> {
     if (Current(serial)) on_gone_ = std::move(gone);
   }
 
-  // Any thread but the loop's: writes the answer to request `serial` on the socket the loop
-  // lent for it, if it still is (false: answer through the loop). What the socket does not
-  // take at once is written by the loop.
+  // Off the loop: writes the answer to request `serial` on the socket the loop lent for it,
+  // if it still is (false: answer through the loop). What the socket does not take at once is
+  // written by the loop.
   bool AnswerHere(uint64_t serial, HttpResponse& response) {
+    const net::any_io_executor executor = socket_.get_executor();
+    const auto* loop = executor.target<net::io_context::executor_type>();
+    if (loop != nullptr && loop->running_in_this_thread()) return false;  // Answer runs here anyway
     std::lock_guard<std::mutex> lock(lent_mutex_);
     if (!lent_ || lent_serial_ != serial) return false;
     lent_ = false;
@@ -559,11 +562,7 @@ class SessionExchange : public Exchange {
     Post([when, fire = std::move(fire)](Session& s, uint64_t serial) mutable { s.Timer(serial, when, std::move(fire)); });
   }
   void Run(std::function<void()> task) override { net::post(session_->executor(), std::move(task)); }
-  bool AnswerHere(HttpResponse& response) override {
-    const auto* loop = session_->executor().target<net::io_context::executor_type>();
-    if (loop != nullptr && loop->running_in_this_thread()) return false;  // Answer runs here anyway
-    return session_->AnswerHere(serial_, response);
-  }
+  bool AnswerHere(HttpResponse& response) override { return session_->AnswerHere(serial_, response); }
 
  private:
   template <class Task>
