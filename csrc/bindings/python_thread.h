@@ -15,9 +15,6 @@ namespace pyserve {
 
 // gil_scoped_acquire on a thread state kept until the thread ends.
 class PythonThreadGil {
- public:
-  PythonThreadGil() = default;
-
  private:
   class Kept {
    public:

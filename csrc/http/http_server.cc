@@ -268,31 +268,17 @@ class Session : public std::enable_shared_from_this<Session> {
     Enqueue(WriteBytes(std::make_shared<std::string>(std::move(rest))));
   }
 
-  // The loop answers the request itself: the socket is no longer lent.
-  void TakeBack() {
-    std::lock_guard<std::mutex> lock(lent_mutex_);
-    lent_ = false;
-  }
-
-  // Whether AnswerHere answered the request; either way the socket is the loop's again.
-  bool TakeBackAnswered() {
+  // The socket is the loop's again (it answers or closes, or reads on); true when AnswerHere
+  // answered the request on it.
+  bool TakeBack() {
     std::lock_guard<std::mutex> lock(lent_mutex_);
     lent_ = false;
     return std::exchange(answered_here_, false);
   }
 
-  // The loop's side of an answer AnswerHere wrote (the count in progress went down there).
-  void FinishAnsweredHere() {
-    awaiting_ = false;
-    on_gone_ = nullptr;
-    if (timer_) timer_->cancel();
-  }
-
-  template <class Message>
-  static std::string Serialized(Message& message) {
+  static std::string Serialized(http::response<http::string_body>& message) {
     std::string out;
-    http::serializer<Message::is_request::value, typename Message::body_type, typename Message::fields_type> serializer{
-        message};
+    http::response_serializer<http::string_body> serializer{message};
     error_code ec;
     do {
       serializer.next(ec, [&](error_code& ec, const auto& buffers) {
@@ -414,19 +400,20 @@ class Session : public std::enable_shared_from_this<Session> {
       const bool gone = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
       if (n < 0 && !gone) return self->Watch();
       if (gone) return self->Close();  // which tells the request (OnGone), if still waiting
-      if (!self->TakeBackAnswered()) return;  // the next request waits for this answer
-      self->FinishAnsweredHere();
+      if (!self->TakeBack()) return;  // the next request waits for this answer
+      self->Finish(/*counted=*/false);
       self->reading_ = true;
       self->ReadHead();
     });
   }
 
-  // The answer is complete (queued): nothing more for this request.
-  void Finish() {
+  // The answer is complete (queued, or written by AnswerHere, which counted it out of those in
+  // progress itself): nothing more for this request.
+  void Finish(bool counted = true) {
     awaiting_ = false;
     on_gone_ = nullptr;
     if (timer_) timer_->cancel();
-    --context_.in_progress;
+    if (counted) --context_.in_progress;
   }
 
   void Refuse(int status, const std::string& message) {
@@ -506,7 +493,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void Close() {
     if (closed_) return;
     closed_ = true;
-    if (TakeBackAnswered()) FinishAnsweredHere();  // the socket is closed below: not lent now
+    if (TakeBack()) Finish(/*counted=*/false);  // the socket is closed below: not lent now
     std::function<void()> gone = std::move(on_gone_);
     if (awaiting_) Finish();
     out_.clear();
